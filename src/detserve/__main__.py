@@ -1,0 +1,3 @@
+from detserve.cli import main
+
+main()

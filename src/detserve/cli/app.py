@@ -1,0 +1,81 @@
+"""The Typer application and the single place where errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+import click
+import typer
+
+from detserve import __version__
+from detserve.cli.output import emit_json, stderr
+from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, DetserveError
+
+app = typer.Typer(
+    name="detserve",
+    help=(
+        "Fail-closed, byte-for-byte verifiable vLLM runs in Docker.\n\n"
+        "Every mutable input is pinned and verified before a token is sampled: the model "
+        "revision (a commit), the runtime image (a registry digest), every snapshot file (a "
+        "sha256 manifest), the prompt bundle (a hash) and the sampling parameters (greedy, fixed "
+        "seed).\n\nExit codes: 0 ok; 1 verification failed; 2 bad input; 3 environment "
+        "(engine, registry, hub, container)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"detserve {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show the traceback of an error (for bug reports)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Global options come before the command: ``detserve --verbose verify ...``."""
+
+
+def _register() -> None:
+    # Command modules register themselves on `app` when imported.
+    from detserve.cli import commands_runs, commands_runtime, commands_trust  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``detserve`` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args or "-v" in args
+    json_mode = "--json" in args
+    _register()
+    try:
+        code = app(args=args, prog_name="detserve", standalone_mode=False)
+    except DetserveError as exc:
+        if verbose:
+            traceback.print_exc()
+        if json_mode:
+            emit_json(exc.as_json())
+        stderr.print(f"detserve: error: {exc.diagnostics()}", markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        stderr.print("detserve: interrupted; nothing was written", markup=False)
+        sys.exit(EXIT_ENVIRONMENT)
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        sys.exit(EXIT_INPUT)
+    except KeyboardInterrupt:
+        stderr.print("detserve: interrupted; nothing was written", markup=False)
+        sys.exit(EXIT_ENVIRONMENT)
+    sys.exit(code if isinstance(code, int) else 0)

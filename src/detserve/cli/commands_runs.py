@@ -1,0 +1,1 @@
+"""Run commands: sample, eval-determinism, replay."""

@@ -1,0 +1,1 @@
+"""Container commands: start, wait, smoke, stop, run, status, logs."""

@@ -1,0 +1,28 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOption = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        help="Profile file, e.g. configs/tiny-cpu.json.",
+        dir_okay=False,
+    ),
+]
+OptionalConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Profile file, e.g. configs/tiny-cpu.json.", dir_okay=False
+    ),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", min=1, help="Files hashed at once (default: one per usable core)."),
+]

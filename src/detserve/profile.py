@@ -1,0 +1,418 @@
+"""Profiles: the pinned description of one serving set-up (``configs/<name>.json``).
+
+A profile is loaded into frozen pydantic models that refuse unknown keys. Pins are either a full
+value (a 40-hex commit, an image digest reference) or ``null`` while not yet locked; a branch,
+tag or short hash in a pin field is always refused. Commands that need the pins call
+:meth:`LoadedProfile.require_pins`, which fails closed naming every missing pin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from detserve.canonical import canonical_bytes
+from detserve.engine_policy import (
+    MANAGED_OPTIONS,
+    NONDETERMINISTIC_OPTIONS,
+    installs_packages,
+    normalise_option,
+)
+from detserve.errors import ProfileError, UnpinnedError
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+DIGEST_REF_RE = re.compile(
+    r"^(?P<repo>[a-z0-9][a-z0-9._:/-]*[a-z0-9])@(?P<digest>sha256:[0-9a-f]{64})$"
+)
+MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.I)
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+PROFILE_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
+    )
+
+
+class ModelSpec(_Strict):
+    id: str
+    """Hugging Face model id, ``ORG/NAME``."""
+
+    ref: str = "main"
+    """The branch or tag that ``detserve lock-model`` resolves to a commit. Never used to serve."""
+
+    revision: str | None
+    """The pinned 40-hex commit of the model repository, or null until ``lock-model`` fills it."""
+
+    @field_validator("id")
+    @classmethod
+    def _model_id(cls, value: str) -> str:
+        if not MODEL_ID_RE.match(value):
+            raise ValueError(f"expected a Hugging Face model id 'ORG/NAME', found {value!r}")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str | None) -> str | None:
+        if value is not None and not COMMIT_RE.match(value):
+            raise ValueError(
+                f"expected a full 40-hex commit id, found {value!r}; a branch, tag or short hash "
+                "is refused (put it in model.ref and run `detserve lock-model --write`)"
+            )
+        return value
+
+
+class SnapshotSpec(_Strict):
+    hf_home: str
+    """Hugging Face home holding ``hub/models--ORG--NAME/snapshots/REVISION/``; a relative path is
+    relative to the profile file's directory. Mounted read-only into the container."""
+
+    manifest_dir: str = "../manifests"
+    """Directory of manifests, ``<manifest_dir>/<profile name>/<revision>.sha256``; relative to the
+    profile file's directory."""
+
+
+class RuntimeSpec(_Strict):
+    image_tag: str
+    """The image tag ``detserve lock-image`` resolves to a digest. Never used to run."""
+
+    image: str | None
+    """The pinned image, ``REPO@sha256:<64 hex>``, or null until ``lock-image`` fills it."""
+
+    device: Literal["cpu", "nvidia"]
+    """Where the engine runs."""
+
+    gpu_count: Annotated[int, Field(ge=1)] | None = None
+    """Number of GPUs to request (nvidia only); exclusive with ``gpu_ids``."""
+
+    gpu_ids: list[str] | None = None
+    """GPU ids or UUIDs to request (nvidia only); exclusive with ``gpu_count``."""
+
+    shm_size: str = "1g"
+    """Shared memory size for the container (``/dev/shm``), e.g. ``1g`` or ``64g``."""
+
+    ipc_mode: Literal["private", "shareable", "host"] | None = None
+    """Container IPC mode; tensor parallelism across GPUs usually needs ``host``."""
+
+    host: str = "127.0.0.1"
+    """Host address the server port is published on; loopback unless the profile says otherwise."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    """Host port the server is published on."""
+
+    environment: dict[str, str] = Field(default_factory=dict)
+    """Non-secret environment for the container. Secrets come from ``--secrets-file`` only."""
+
+    entrypoint: list[str] | None = None
+    """Override of the image's entrypoint; must start the vLLM OpenAI server and install nothing."""
+
+    startup_timeout_s: Annotated[int, Field(ge=10, le=7200)] = 600
+    """How long ``wait`` allows the server to become ready."""
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not DIGEST_REF_RE.match(value):
+            raise ValueError(
+                f"expected 'REPO@sha256:<64 hex>', found {value!r}; a tag alone is refused "
+                "(put it in runtime.image_tag and run `detserve lock-image --write`)"
+            )
+        return value
+
+    @field_validator("shm_size")
+    @classmethod
+    def _shm_size(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*[bkmg]?", value):
+            raise ValueError(f"expected a size like '1g' or '512m', found {value!r}")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not ENV_NAME_RE.match(name):
+                raise ValueError(f"invalid environment variable name {name!r}")
+            if SECRET_NAME_RE.search(name):
+                raise ValueError(
+                    f"{name!r} looks like a secret; put secrets in a --secrets-file, never in a "
+                    "profile (profiles are committed and hashed into labels)"
+                )
+            if name in {"HF_HUB_OFFLINE", "HF_HOME"}:
+                raise ValueError(f"{name!r} is set by detserve and cannot be overridden")
+        if installs_packages(value.values()):
+            raise ValueError("an environment value installs packages at container start")
+        return value
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("an empty entrypoint is refused; omit it to use the image's")
+            if installs_packages(value):
+                raise ValueError(
+                    "the entrypoint installs packages at container start; everything the server "
+                    "runs must be in the pinned image"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _gpus(self) -> RuntimeSpec:
+        if self.device == "cpu" and (self.gpu_count is not None or self.gpu_ids is not None):
+            raise ValueError("gpu_count and gpu_ids are for device 'nvidia' only")
+        if self.device == "nvidia" and (self.gpu_count is None) == (self.gpu_ids is None):
+            raise ValueError("device 'nvidia' needs exactly one of gpu_count or gpu_ids")
+        return self
+
+    def gpus_requested(self) -> int:
+        if self.gpu_ids is not None:
+            return len(self.gpu_ids)
+        return self.gpu_count or 0
+
+
+ExtraValue = str | int | bool
+
+
+class VllmSpec(_Strict):
+    served_model_name: str
+    """The name the server answers to; checked against ``/v1/models`` before sampling."""
+
+    dtype: Literal["auto", "float32", "float16", "bfloat16"]
+    """Weight and activation dtype; explicit, because 'auto' depends on the hardware."""
+
+    max_model_len: Annotated[int, Field(ge=16)]
+    """Maximum context length (prompt plus output tokens)."""
+
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    """Tensor parallel degree; must not exceed the GPUs requested."""
+
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Fraction of GPU memory for the engine (GPU only)."""
+
+    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    """Maximum sequences per batch."""
+
+    enforce_eager: bool = False
+    """Disable CUDA graphs."""
+
+    extra_args: dict[str, ExtraValue] = Field(default_factory=dict)
+    """Further engine options, ``{"--option": value}``; ``true`` is a bare flag. Options known to
+    break determinism and options detserve sets itself are refused."""
+
+    @field_validator("extra_args")
+    @classmethod
+    def _extra_args(cls, value: dict[str, ExtraValue]) -> dict[str, ExtraValue]:
+        for raw_name, arg in value.items():
+            if not raw_name.startswith("--"):
+                raise ValueError(f"engine option {raw_name!r} must be spelled '--name'")
+            name = normalise_option(raw_name)
+            if name in NONDETERMINISTIC_OPTIONS:
+                raise ValueError(
+                    f"{raw_name} is refused in a strict profile: {NONDETERMINISTIC_OPTIONS[name]}"
+                )
+            if name in MANAGED_OPTIONS:
+                raise ValueError(f"{raw_name} is set from the profile's structured fields")
+            if arg is False:
+                raise ValueError(f"{raw_name}: false is not a value; omit the option instead")
+        if installs_packages(str(v) for v in value.values()):
+            raise ValueError("an engine argument installs packages at container start")
+        return value
+
+
+class SamplingSpec(_Strict):
+    temperature: float = 0.0
+    """Must be 0: greedy decoding is the only strict mode."""
+
+    seed: int
+    """Fixed seed passed to the engine (``--seed``) and to every request."""
+
+    concurrency: int = 1
+    """Must be 1: one request in flight, so no batch is shared between prompts."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=65536)]
+    """Default maximum output tokens per prompt."""
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError(f"expected 0 (greedy decoding), found {value!r}")
+        return value
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(f"expected 1 (one request in flight), found {value!r}")
+        return value
+
+
+class Profile(_Strict):
+    schema_version: Literal[1]
+    """Version of the profile format."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    """Profile name; names its manifest directory and its container."""
+
+    description: str = ""
+    """Free text for people."""
+
+    model: ModelSpec
+    snapshot: SnapshotSpec
+    runtime: RuntimeSpec
+    vllm: VllmSpec
+    sampling: SamplingSpec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if self.runtime.device == "cpu":
+            if self.vllm.tensor_parallel_size != 1:
+                raise ValueError("vllm.tensor_parallel_size must be 1 on device 'cpu'")
+            if self.vllm.gpu_memory_utilization is not None:
+                raise ValueError("vllm.gpu_memory_utilization is for device 'nvidia' only")
+        elif self.vllm.tensor_parallel_size > self.runtime.gpus_requested():
+            raise ValueError(
+                f"vllm.tensor_parallel_size {self.vllm.tensor_parallel_size} exceeds the "
+                f"{self.runtime.gpus_requested()} GPU(s) requested by runtime"
+            )
+        return self
+
+
+PinName = Literal["model.revision", "runtime.image"]
+ALL_PINS: tuple[PinName, ...] = ("model.revision", "runtime.image")
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    """A validated profile and where it came from."""
+
+    profile: Profile
+    path: Path
+    file_sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def content_sha256(self) -> str:
+        """Hash of the profile's canonical JSON: the same for any formatting of the same profile."""
+        return hashlib.sha256(canonical_bytes(self.profile.model_dump(mode="json"))).hexdigest()
+
+    def _resolve(self, value: str) -> Path:
+        candidate = Path(value)
+        if not candidate.is_absolute():
+            candidate = self.path.parent / candidate
+        return Path(candidate.resolve(strict=False))
+
+    @property
+    def hf_home(self) -> Path:
+        return self._resolve(self.profile.snapshot.hf_home)
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """``hub/models--ORG--NAME`` inside the Hugging Face home."""
+        return self.hf_home / "hub" / ("models--" + self.profile.model.id.replace("/", "--"))
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.model_cache_dir / "snapshots" / self.revision
+
+    @property
+    def manifest_path(self) -> Path:
+        return (
+            self._resolve(self.profile.snapshot.manifest_dir)
+            / self.profile.name
+            / f"{self.revision}.sha256"
+        )
+
+    @property
+    def revision(self) -> str:
+        self.require_pins(("model.revision",))
+        assert self.profile.model.revision is not None
+        return self.profile.model.revision
+
+    @property
+    def image(self) -> str:
+        self.require_pins(("runtime.image",))
+        assert self.profile.runtime.image is not None
+        return self.profile.runtime.image
+
+    def missing_pins(self, pins: tuple[PinName, ...] = ALL_PINS) -> list[PinName]:
+        values = {
+            "model.revision": self.profile.model.revision,
+            "runtime.image": self.profile.runtime.image,
+        }
+        return [pin for pin in pins if values[pin] is None]
+
+    def require_pins(self, pins: tuple[PinName, ...] = ALL_PINS) -> None:
+        """Fail closed unless every named pin is filled in."""
+        missing = self.missing_pins(pins)
+        if missing:
+            commands = {
+                "model.revision": "detserve lock-model --config {p} --write",
+                "runtime.image": "detserve lock-image --config {p} --write",
+            }
+            raise UnpinnedError(
+                f"profile {self.path} is not pinned: {', '.join(missing)}",
+                details=[
+                    f"{pin}: null (unpinned); resolve it with " + commands[pin].format(p=self.path)
+                    for pin in missing
+                ],
+                hint="detserve never pins anything by itself; review and commit the lock.",
+            )
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per bad field: the path to the field, what was expected, what was found."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "(profile)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (refused; check the spelling against `detserve config schema`)"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        elif "input" in error and error["type"] not in {"value_error", "assertion_error"}:
+            message = f"{message}; found {error['input']!r}"
+        lines.append(f"{location}: {message}")
+    return lines
+
+
+def parse_profile(data: bytes, *, source: str) -> Profile:
+    try:
+        return Profile.model_validate_json(data)
+    except ValidationError as exc:
+        raise ProfileError(
+            f"invalid profile {source}",
+            details=format_validation_error(exc),
+            hint="`detserve config schema` prints the expected structure",
+        ) from exc
+
+
+def load_profile(path: Path) -> LoadedProfile:
+    """Load and validate a profile. Pins may still be null (see ``require_pins``)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(
+            f"cannot read profile {path}: {exc.strerror}", hint="pass --config configs/NAME.json"
+        ) from exc
+    profile = parse_profile(data, source=str(path))
+    return LoadedProfile(profile=profile, path=path, file_sha256=hashlib.sha256(data).hexdigest())
+
+
+def profile_json_schema() -> dict[str, object]:
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://detserve.invalid/schemas/profile.schema.json"
+    return schema

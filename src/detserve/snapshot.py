@@ -1,0 +1,220 @@
+"""Verify a model snapshot against its manifest, and make manifests from snapshots.
+
+What is on disk is scanned without following links out of the snapshot: a regular file is
+hashed; a symbolic link is hashed only when it resolves to a regular file inside the snapshot or
+inside the Hugging Face cache's ``blobs/`` of the same model (the layout huggingface_hub writes);
+anything else (a link that escapes, dangles, or points at a directory, a FIFO, a device) is a
+problem and is never read. Every difference is reported, sorted and by name: missing, extra,
+changed, unsafe entries and manifest problems.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from detserve.canonical import atomic_write_bytes, refuse_overwrite
+from detserve.errors import InputError, SnapshotMismatch
+from detserve.hashing import ProgressCallback, hash_files
+from detserve.manifest import SnapshotManifest, parse_manifest, read_manifest_bytes
+
+
+@dataclass(frozen=True)
+class SnapshotScan:
+    """Files that may be hashed, and entries that must not be."""
+
+    files: dict[str, int]  # relative path -> size
+    unsafe: dict[str, str]  # relative path -> why it is refused
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.files.values())
+
+
+def allowed_roots_for(snapshot_dir: Path) -> tuple[Path, ...]:
+    """The snapshot itself and, in a Hugging Face cache layout, the same model's ``blobs/``."""
+    snapshot = snapshot_dir.resolve()
+    roots = [snapshot]
+    if snapshot.parent.name == "snapshots":
+        blobs = snapshot.parent.parent / "blobs"
+        if blobs.is_dir():
+            roots.append(blobs.resolve())
+    return tuple(roots)
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = None) -> SnapshotScan:
+    snapshot_dir = Path(snapshot_dir)
+    if not snapshot_dir.is_dir():
+        raise InputError(
+            f"snapshot directory not found: {snapshot_dir}",
+            hint="check the profile's snapshot.hf_home and model.revision, or --snapshot",
+        )
+    roots = tuple(allowed_roots) if allowed_roots is not None else allowed_roots_for(snapshot_dir)
+    files: dict[str, int] = {}
+    unsafe: dict[str, str] = {}
+
+    def onerror(exc: OSError) -> None:
+        unsafe[os.path.relpath(exc.filename or ".", snapshot_dir)] = f"unreadable: {exc.strerror}"
+
+    for dirpath, dirnames, filenames in os.walk(snapshot_dir, onerror=onerror, followlinks=False):
+        base = Path(dirpath)
+        # os.walk lists links to directories among dirnames; they are never descended into.
+        for name in [d for d in dirnames if (base / d).is_symlink()]:
+            dirnames.remove(name)
+            filenames.append(name)
+        for name in filenames:
+            full = base / name
+            relative = full.relative_to(snapshot_dir).as_posix()
+            info = full.lstat()
+            if stat.S_ISREG(info.st_mode):
+                files[relative] = info.st_size
+            elif stat.S_ISLNK(info.st_mode):
+                target = Path(os.path.realpath(full))
+                if not _inside(target, roots):
+                    unsafe[relative] = f"symlink resolves outside the snapshot: -> {target}"
+                elif not target.exists():
+                    unsafe[relative] = f"dangling symlink: -> {full.readlink()}"
+                elif not target.is_file():
+                    unsafe[relative] = f"symlink to a non-regular file: -> {target}"
+                else:
+                    files[relative] = target.stat().st_size
+            else:
+                unsafe[relative] = "not a regular file (device, FIFO or socket)"
+    return SnapshotScan(files=files, unsafe=unsafe)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """A snapshot that verified: what was checked, and how fast."""
+
+    snapshot_dir: Path
+    manifest_sha256: str
+    files: int
+    bytes: int
+    seconds: float
+
+    @property
+    def throughput_bytes_per_s(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else float("inf")
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "snapshot": str(self.snapshot_dir),
+            "manifest_sha256": self.manifest_sha256,
+            "files": self.files,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "throughput_bytes_per_s": round(self.throughput_bytes_per_s),
+        }
+
+
+@dataclass
+class SnapshotDiff:
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    changed: list[tuple[str, str, str]] = field(default_factory=list)
+    unsafe: list[tuple[str, str]] = field(default_factory=list)
+    manifest_problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"manifest {problem}" for problem in self.manifest_problems]
+        out += [f"missing: ./{path}" for path in sorted(self.missing)]
+        out += [f"extra: ./{path}" for path in sorted(self.extra)]
+        out += [
+            f"changed: ./{path} expected {expected} actual {actual}"
+            for path, expected, actual in sorted(self.changed)
+        ]
+        out += [f"unsafe: ./{path} {why}" for path, why in sorted(self.unsafe)]
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.missing or self.extra or self.changed or self.unsafe or self.manifest_problems
+        )
+
+
+def verify_snapshot(
+    snapshot_dir: Path,
+    manifest_path: Path,
+    *,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    on_total: ProgressCallback | None = None,
+) -> VerifyReport:
+    """Check every file of ``snapshot_dir`` against ``manifest_path``; raise on any difference."""
+    started = time.perf_counter()
+    parsed = parse_manifest(read_manifest_bytes(manifest_path))
+    scan = scan_snapshot(snapshot_dir)
+    expected = parsed.manifest.digests
+    diff = SnapshotDiff(
+        manifest_problems=[str(p) for p in sorted(parsed.problems)],
+        unsafe=sorted(scan.unsafe.items()),
+    )
+    diff.missing = [p for p in expected if p not in scan.files and p not in scan.unsafe]
+    diff.extra = [p for p in scan.files if p not in expected]
+    to_hash = [p for p in expected if p in scan.files]
+    if on_total is not None:
+        on_total(sum(scan.files[p] for p in to_hash))
+    try:
+        actual = hash_files(snapshot_dir, to_hash, workers=workers, progress=progress)
+    except OSError as exc:
+        raise SnapshotMismatch(
+            f"snapshot {snapshot_dir}: cannot read {exc.filename}: {exc.strerror}"
+        ) from exc
+    diff.changed = [
+        (path, expected[path], actual[path].sha256)
+        for path in to_hash
+        if actual[path].sha256 != expected[path]
+    ]
+    if diff:
+        raise SnapshotMismatch(
+            f"snapshot {snapshot_dir} does not match manifest {manifest_path}",
+            details=diff.lines(),
+            hint="do not serve this snapshot; re-download the pinned revision and verify again",
+        )
+    return VerifyReport(
+        snapshot_dir=snapshot_dir,
+        manifest_sha256=parsed.sha256,
+        files=len(to_hash),
+        bytes=sum(d.size for d in actual.values()),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def build_manifest(
+    snapshot_dir: Path,
+    *,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    on_total: ProgressCallback | None = None,
+) -> SnapshotManifest:
+    """Hash every file of a snapshot into a manifest; refuse a snapshot with unsafe entries."""
+    scan = scan_snapshot(snapshot_dir)
+    if scan.unsafe:
+        raise SnapshotMismatch(
+            f"refusing to hash {snapshot_dir}: it has entries that cannot be pinned",
+            details=[f"unsafe: ./{p} {why}" for p, why in sorted(scan.unsafe.items())],
+        )
+    if not scan.files:
+        raise InputError(f"refusing to hash {snapshot_dir}: it has no files")
+    if on_total is not None:
+        on_total(scan.total_bytes)
+    try:
+        digests = hash_files(snapshot_dir, scan.files, workers=workers, progress=progress)
+    except OSError as exc:
+        raise InputError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return SnapshotManifest({path: item.sha256 for path, item in digests.items()})
+
+
+def write_manifest(manifest: SnapshotManifest, output: Path, *, force: bool) -> None:
+    refuse_overwrite(output, force=force)
+    atomic_write_bytes(output, manifest.to_bytes())
