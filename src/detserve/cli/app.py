@@ -78,4 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         stderr.print("detserve: interrupted; nothing was written", markup=False)
         sys.exit(EXIT_ENVIRONMENT)
+    except Exception as exc:  # noqa: BLE001
+        # A bug. Never exit 1 here: a crash must not read as a verification verdict.
+        if verbose:
+            traceback.print_exc()
+        stderr.print(
+            f"detserve: internal error: {exc.__class__.__name__}: {exc}\n"
+            "  this is a bug in detserve; re-run with --verbose and report the traceback",
+            markup=False,
+        )
+        sys.exit(EXIT_ENVIRONMENT)
     sys.exit(code if isinstance(code, int) else 0)

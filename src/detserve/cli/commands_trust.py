@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,22 @@ from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, OptionalConfigOption, WorkersOption
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
+from detserve.hashing import sha256_file
+from detserve.locks import (
+    LockResult,
+    check_unchanged,
+    resolve_image_digest,
+    resolve_model_revision,
+    write_lock,
+)
 from detserve.profile import LoadedProfile, load_profile, profile_json_schema
+from detserve.prompts import (
+    BootstrapRequest,
+    DatasetSource,
+    build_bundle,
+    download_hf_dataset_file,
+    load_bundle,
+)
 from detserve.snapshot import build_manifest, verify_snapshot, write_manifest
 
 config_app = typer.Typer(
@@ -172,4 +188,234 @@ def verify_command(
         result(
             f"OK: {report.files} files, {report.bytes} bytes match {manifest_path} "
             f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
+        )
+
+
+# --- locks -----------------------------------------------------------------------------------
+
+WriteOption = Annotated[
+    bool, typer.Option("--write", help="Write the resolved pin into the profile (one field only).")
+]
+LockOutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        dir_okay=False,
+        help="With --write: write the locked profile here instead of in place.",
+    ),
+]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite --output if it exists.")]
+
+
+def _finish_lock(
+    loaded: LoadedProfile,
+    lock: LockResult,
+    *,
+    write: bool,
+    output: Path | None,
+    force: bool,
+    json_output: bool,
+) -> None:
+    if output is not None and not write:
+        raise UsageError("--output goes with --write")
+    target = write_lock(loaded, lock, output, force=force) if write else None
+    if not write:
+        check_unchanged(lock)
+    if json_output:
+        emit_json(lock.as_json() | {"written": str(target) if target else None})
+        return
+    result(f"{lock.source} -> {lock.pinned}")
+    if target is not None:
+        say(f"trusting {lock.pinned} (resolved by {lock.resolved_by})")
+        say(f"wrote {lock.field} to {target}")
+        say("review the diff and commit it: this pin is now a trust root")
+    elif lock.previous is None:
+        say(f"{lock.field} is unpinned; re-run with --write to pin it")
+
+
+@app.command("lock-model")
+def lock_model_command(
+    config: ConfigOption,
+    write: WriteOption = False,
+    output: LockOutputOption = None,
+    force: ForceOption = False,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Hub address (default huggingface.co).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Resolve model.ref (a branch or tag) to a commit with huggingface_hub.
+
+    Without --write it only prints the commit (and exits 1 if the profile pins another one).
+    The hub token, if needed, comes from HF_TOKEN. Example:
+
+        detserve lock-model --config configs/qwen3-8b.json --write
+    """
+    loaded = load_profile(config)
+    lock = resolve_model_revision(loaded, endpoint=endpoint, token=os.environ.get("HF_TOKEN"))
+    _finish_lock(loaded, lock, write=write, output=output, force=force, json_output=json_output)
+
+
+@app.command("lock-image")
+def lock_image_command(
+    config: ConfigOption,
+    write: WriteOption = False,
+    output: LockOutputOption = None,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Resolve runtime.image_tag to its registry digest through the Docker engine.
+
+    Without --write it only prints the digest, and exits 1 if the registry now answers a
+    different digest than the profile pins. Example:
+
+        detserve lock-image --config configs/tiny-cpu.json --write \\
+            --output configs/tiny-cpu.local.json
+    """
+    loaded = load_profile(config)
+    lock = resolve_image_digest(loaded)
+    _finish_lock(loaded, lock, write=write, output=output, force=force, json_output=json_output)
+
+
+# --- prompt bundles --------------------------------------------------------------------------
+
+prompts_app = typer.Typer(help="Build and verify pinned prompt bundles.", no_args_is_help=True)
+app.add_typer(prompts_app, name="prompts")
+
+DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
+DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
+BundleOption = Annotated[
+    Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
+]
+BundlePinOption = Annotated[
+    Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
+]
+
+
+@prompts_app.command("verify")
+def prompts_verify(
+    bundle: BundleOption = DEFAULT_BUNDLE,
+    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    json_output: JsonOption = False,
+) -> None:
+    """Check a prompt bundle against its pinned hash, then parse every prompt.
+
+    detserve prompts verify
+    """
+    loaded_bundle = load_bundle(bundle, bundle_pin)
+    if json_output:
+        emit_json(
+            {
+                "ok": True,
+                "bundle": str(bundle),
+                "bundle_sha256": loaded_bundle.sha256,
+                "n_prompts": len(loaded_bundle.prompts),
+            }
+        )
+    else:
+        result(
+            f"OK: {bundle}: {len(loaded_bundle.prompts)} prompts, "
+            f"bundle sha256 {loaded_bundle.sha256}"
+        )
+
+
+@prompts_app.command("bootstrap")
+def prompts_bootstrap(
+    config: ConfigOption,
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", file_okay=False, help="Bundle directory to write.")
+    ],
+    n_prompts: Annotated[int, typer.Option("--n-prompts", min=1, help="Prompts to take.")],
+    dataset_file: Annotated[
+        Path | None, typer.Option("--dataset-file", dir_okay=False, help="A local dataset file.")
+    ] = None,
+    dataset_sha256: Annotated[
+        str | None, typer.Option("--dataset-sha256", help="Expected sha256 of --dataset-file.")
+    ] = None,
+    hf_dataset: Annotated[
+        str | None, typer.Option("--hf-dataset", help="Hugging Face dataset id ORG/NAME.")
+    ] = None,
+    dataset_revision: Annotated[
+        str | None, typer.Option("--dataset-revision", help="40-hex commit of --hf-dataset.")
+    ] = None,
+    dataset_filename: Annotated[
+        str | None, typer.Option("--dataset-filename", help="File inside --hf-dataset.")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="'jsonl' (one object a line) or 'text' (a prompt a line)."),
+    ] = "jsonl",
+    field: Annotated[str, typer.Option("--field", help="JSONL field holding the prompt.")] = "text",
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-prompt-tokens", min=1, help="Skip longer prompts (default: fits the model)."
+        ),
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub address.")] = None,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Build a prompt bundle from a dataset whose content is pinned.
+
+    Either a local file with its sha256, or a Hugging Face dataset file at a pinned commit.
+    Prompts are measured with the profile's model tokenizer, whose files must match the model's
+    manifest. The bundle is not trusted until you pin it with `detserve hash`:
+
+        detserve prompts bootstrap --config configs/tiny-cpu.json --dataset-file data.jsonl \\
+            --dataset-sha256 SHA --n-prompts 32 --output-dir artifacts/reference_prompts
+
+        detserve hash --snapshot artifacts/reference_prompts \\
+            --output manifests/reference_prompts/reference_prompts.sha256
+    """
+    if fmt not in ("jsonl", "text"):
+        raise UsageError(f"--format must be 'jsonl' or 'text', not {fmt!r}")
+    loaded = load_profile(config)
+    loaded.require_pins(("model.revision",))
+    if (dataset_file is None) == (hf_dataset is None):
+        raise UsageError("give exactly one of --dataset-file or --hf-dataset")
+    if dataset_file is not None:
+        if not dataset_sha256:
+            raise UsageError("--dataset-file needs --dataset-sha256 (the content you trust)")
+        path = dataset_file
+        source = DatasetSource(
+            kind="local-file",
+            name=dataset_file.name,
+            revision=None,
+            filename=dataset_file.name,
+            file_sha256=dataset_sha256.lower(),
+            field=field if fmt == "jsonl" else None,
+        )
+    else:
+        assert hf_dataset is not None
+        if not dataset_revision or not dataset_filename:
+            raise UsageError("--hf-dataset needs --dataset-revision and --dataset-filename")
+        path = download_hf_dataset_file(hf_dataset, dataset_revision, dataset_filename, endpoint)
+        source = DatasetSource(
+            kind="hf-dataset",
+            name=hf_dataset,
+            revision=dataset_revision,
+            filename=dataset_filename,
+            file_sha256=dataset_sha256.lower() if dataset_sha256 else sha256_file(path)[0],
+            field=field if fmt == "jsonl" else None,
+        )
+    limit = max_prompt_tokens or (
+        loaded.profile.vllm.max_model_len - loaded.profile.sampling.max_tokens
+    )
+    request = BootstrapRequest(
+        dataset_path=path,
+        source=source,
+        fmt="jsonl" if fmt == "jsonl" else "text",
+        n_prompts=n_prompts,
+        max_prompt_tokens=limit,
+    )
+    info, _ = build_bundle(loaded, request, output_dir, force=force)
+    if json_output:
+        emit_json({"ok": True, "bundle": str(output_dir), "n_prompts": info.n_prompts})
+    else:
+        result(f"wrote {output_dir}: {info.n_prompts} prompts")
+        say(
+            "not trusted yet: review it, then pin it with `detserve hash --snapshot "
+            f"{output_dir} --output manifests/reference_prompts/reference_prompts.sha256`"
         )

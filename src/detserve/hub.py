@@ -1,0 +1,46 @@
+"""Calls to the Hugging Face hub, with its failures converted where they are caught."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import requests
+from huggingface_hub import errors as hub_errors
+
+from detserve.errors import HubError, InputError
+
+DEFAULT_HUB = "https://huggingface.co"
+
+# huggingface_hub 1.x raises requests' errors, 2.x its transport's (exported as errors.HTTPError).
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    httpx.HTTPError,
+    requests.RequestException,
+    OSError,
+) + ((hub_errors.HTTPError,) if hasattr(hub_errors, "HTTPError") else ())
+
+
+@contextmanager
+def hub_call(endpoint: str | None, what: str) -> Iterator[str]:
+    """Run a hub call; not-found is bad input (exit 2), anything else unreachable (exit 3)."""
+    address = endpoint or DEFAULT_HUB
+    try:
+        yield address
+    except (
+        hub_errors.RepositoryNotFoundError,
+        hub_errors.RevisionNotFoundError,
+        hub_errors.EntryNotFoundError,
+    ) as exc:
+        raise InputError(
+            f"{address}: {what} not found",
+            hint="check the id, revision and file name (a gated repository also needs HF_TOKEN)",
+        ) from exc
+    except hub_errors.HfHubHTTPError as exc:
+        raise HubError(f"{address}: the hub refused {what}: {exc}") from exc
+    except _TRANSPORT_ERRORS as exc:
+        raise HubError(
+            f"cannot reach the Hugging Face hub at {address} for {what}: "
+            f"{exc.__class__.__name__}: {exc}",
+            hint="check the network, or pass --endpoint for a mirror",
+        ) from exc

@@ -1,0 +1,143 @@
+"""Resolve human references (a branch, a tag) to pins (a commit, a digest).
+
+These are the only functions that create pins, and they run only when a person asks
+(``lock-model``, ``lock-image``). The result is shown for review; ``--write`` changes the one pin
+field of the profile and nothing else, so that the change is committed by a person.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from huggingface_hub import HfApi
+
+from detserve.canonical import atomic_write_bytes, refuse_overwrite
+from detserve.errors import EngineError, HubError, InputError, PinMismatch, RegistryError
+from detserve.hub import hub_call
+from detserve.pinfile import replace_pin
+from detserve.profile import COMMIT_RE, DIGEST_REF_RE, LoadedProfile, parse_profile
+
+
+@dataclass(frozen=True)
+class LockResult:
+    """What a lock resolved: ``field`` of the profile, from ``source`` to ``pinned``."""
+
+    field: str
+    source: str
+    pinned: str
+    previous: str | None
+    resolved_by: str
+
+    @property
+    def changed(self) -> bool:
+        return self.previous != self.pinned
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "field": self.field,
+            "source": self.source,
+            "pinned": self.pinned,
+            "previous": self.previous,
+            "changed": self.changed,
+            "resolved_by": self.resolved_by,
+        }
+
+
+def resolve_model_revision(
+    loaded: LoadedProfile, *, endpoint: str | None = None, token: str | None = None
+) -> LockResult:
+    """Ask the hub which commit ``model.ref`` names now."""
+    model = loaded.profile.model
+    api = HfApi(endpoint=endpoint, token=token)
+    with hub_call(endpoint, f"{model.id}@{model.ref}") as address:
+        info = api.model_info(model.id, revision=model.ref, timeout=30)
+    sha = getattr(info, "sha", None)
+    if not isinstance(sha, str) or not COMMIT_RE.match(sha):
+        raise HubError(f"{address}: the hub answered no commit for {model.id}@{model.ref}: {sha!r}")
+    return LockResult(
+        field="model.revision",
+        source=f"{model.id}@{model.ref}",
+        pinned=sha,
+        previous=model.revision,
+        resolved_by=address,
+    )
+
+
+def _repository_of(tag: str) -> str:
+    # `host:5000/repo:tag` -> `host:5000/repo`; a colon before the last slash is a port.
+    if "@" in tag:
+        raise InputError(f"runtime.image_tag {tag!r} already has a digest; give a tag to resolve")
+    name, slash, last = tag.rpartition("/")
+    if ":" in last:
+        last = last.split(":", 1)[0]
+    return f"{name}{slash}{last}"
+
+
+def _registry_of(tag: str) -> str:
+    first = tag.split("/", 1)[0]
+    if "/" in tag and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def resolve_image_digest(loaded: LoadedProfile, client: Any | None = None) -> LockResult:
+    """Ask the registry, through the engine, which digest ``runtime.image_tag`` names now."""
+    tag = loaded.profile.runtime.image_tag
+    repository = _repository_of(tag)
+    registry = _registry_of(tag)
+    try:
+        engine = client if client is not None else docker.from_env(timeout=60)
+        data = engine.images.get_registry_data(tag)
+    except docker.errors.NotFound as exc:
+        raise InputError(f"registry {registry}: no image {tag}: {exc.explanation}") from exc
+    except docker.errors.APIError as exc:
+        raise RegistryError(
+            f"registry {registry} did not resolve {tag}: {exc.explanation or exc}",
+            hint=f"is the registry at {registry} reachable from the Docker engine?",
+        ) from exc
+    except docker.errors.DockerException as exc:
+        raise EngineError(
+            f"cannot reach the Docker engine: {exc}",
+            hint="is dockerd running? (DOCKER_HOST or /var/run/docker.sock)",
+        ) from exc
+    pinned = f"{repository}@{data.id}"
+    if not DIGEST_REF_RE.match(pinned):
+        raise RegistryError(
+            f"registry {registry} answered an invalid digest for {tag}: {data.id!r}"
+        )
+    return LockResult(
+        field="runtime.image",
+        source=tag,
+        pinned=pinned,
+        previous=loaded.profile.runtime.image,
+        resolved_by=registry,
+    )
+
+
+def check_unchanged(result: LockResult) -> None:
+    """Without ``--write``: a pin that no longer matches what its reference resolves to fails."""
+    if result.previous is not None and result.changed:
+        raise PinMismatch(
+            f"{result.source} now resolves to a different value than {result.field} pins",
+            details=[f"pinned:   {result.previous}", f"resolved: {result.pinned}"],
+            hint="if the new value is trusted, re-run with --write and review the diff",
+        )
+
+
+def write_lock(
+    loaded: LoadedProfile, result: LockResult, output: Path | None, *, force: bool
+) -> Path:
+    """Write the profile with the one pin changed, in place or to ``output``."""
+    section, key = result.field.split(".")
+    text = loaded.path.read_text(encoding="utf-8")
+    updated = replace_pin(text, section, key, result.pinned)
+    parse_profile(updated.encode("utf-8"), source=f"{loaded.path} (locked)")
+    target = output or loaded.path
+    if output is not None:
+        refuse_overwrite(output, force=force)
+    atomic_write_bytes(target, updated.encode("utf-8"))
+    return target

@@ -1,0 +1,284 @@
+"""Prompt bundles: the pinned list of prompts a run samples.
+
+A bundle is a directory::
+
+    bundle.json     what the bundle is: its source (dataset, revision, file sha256) and the
+                    tokenizer it was measured with (model id, revision, tokenizer file hashes)
+    prompts.jsonl   one canonical JSON object a line: {"id": ..., "n_tokens": ..., "prompt": ...}
+
+Its pin is a manifest of those files (``manifests/reference_prompts/reference_prompts.sha256``,
+the same format as snapshot manifests); the bundle's hash is the sha256 of that manifest. Every
+load verifies the files against the pin first (a mismatch is fatal, exit 1) and only then parses
+them strictly (invalid content is bad input, exit 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from detserve.canonical import atomic_write_bytes, canonical_bytes, canonical_json, refuse_overwrite
+from detserve.errors import BundleError, InputError, SnapshotMismatch
+from detserve.hub import hub_call
+from detserve.manifest import load_manifest
+from detserve.profile import COMMIT_RE, LoadedProfile, format_validation_error
+from detserve.snapshot import verify_snapshot
+
+BUNDLE_FILE = "bundle.json"
+PROMPTS_FILE = "prompts.jsonl"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+MAX_PROMPT_BYTES = 1 << 20
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class PromptRecord(_Frozen):
+    id: str = Field(min_length=1, max_length=200)
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_BYTES)
+    n_tokens: int = Field(ge=1)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
+
+
+class DatasetSource(_Frozen):
+    kind: Literal["local-file", "hf-dataset"]
+    name: str
+    revision: str | None
+    filename: str
+    file_sha256: str
+    field: str | None
+
+
+class TokenizerPin(_Frozen):
+    model_id: str
+    model_revision: str
+    files: dict[str, str]
+
+
+class BundleInfo(_Frozen):
+    format: Literal["detserve-prompt-bundle"]
+    format_version: Literal[1]
+    name: str
+    source: DatasetSource
+    tokenizer: TokenizerPin
+    n_prompts: int = Field(ge=1)
+    max_prompt_tokens: int = Field(ge=1)
+
+
+@dataclass(frozen=True)
+class PromptBundle:
+    info: BundleInfo
+    prompts: tuple[PromptRecord, ...]
+    sha256: str  # sha256 of the pin manifest: the bundle's identity
+    path: Path
+
+    def take(self, n: int | None) -> Sequence[PromptRecord]:
+        if n is None:
+            return self.prompts
+        if n < 1 or n > len(self.prompts):
+            raise InputError(
+                f"--n-prompts {n}: the bundle has {len(self.prompts)} prompts; "
+                f"choose 1..{len(self.prompts)}"
+            )
+        return self.prompts[:n]
+
+
+def _parse_prompts(data: bytes, source: Path) -> Iterator[PromptRecord]:
+    if not data:
+        raise BundleError(f"{source}: empty bundle: no prompts")
+    if not data.endswith(b"\n"):
+        raise BundleError(f"{source}: no final newline (truncated?)")
+    seen: set[str] = set()
+    for number, raw in enumerate(data.split(b"\n")[:-1], start=1):
+        where = f"{source}:{number}"
+        try:
+            text = raw.decode("utf-8")
+            value = json.loads(text)
+        except UnicodeDecodeError as exc:
+            raise BundleError(f"{where}: invalid UTF-8 at byte {exc.start}") from exc
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{where}: invalid JSON: {exc.msg}") from exc
+        try:
+            record = PromptRecord.model_validate(value)
+        except ValidationError as exc:
+            raise BundleError(
+                f"{where}: invalid prompt record", details=format_validation_error(exc)
+            ) from exc
+        if canonical_json(value) != text:
+            raise BundleError(f"{where}: not canonical JSON (sorted keys, no spaces)")
+        if record.id in seen:
+            raise BundleError(f"{where}: duplicate prompt id {record.id!r}")
+        seen.add(record.id)
+        yield record
+
+
+def load_bundle(bundle_dir: Path, pin_manifest: Path) -> PromptBundle:
+    """Verify a bundle against its pin, then parse it. Nothing is read before the hash matches."""
+    pin = load_manifest(pin_manifest)
+    if set(pin.manifest.digests) != {BUNDLE_FILE, PROMPTS_FILE}:
+        raise BundleError(
+            f"{pin_manifest}: a bundle pin must list exactly {BUNDLE_FILE} and {PROMPTS_FILE}"
+        )
+    try:
+        verify_snapshot(bundle_dir, pin_manifest, workers=1)
+    except SnapshotMismatch as exc:
+        raise SnapshotMismatch(
+            f"prompt bundle {bundle_dir} does not match its pinned hash {pin.sha256}",
+            details=exc.details,
+            hint="the prompts changed (or were reordered) since they were pinned; do not sample",
+        ) from exc
+    info_bytes = (bundle_dir / BUNDLE_FILE).read_bytes()
+    try:
+        info = BundleInfo.model_validate_json(info_bytes)
+    except ValidationError as exc:
+        raise BundleError(
+            f"{bundle_dir / BUNDLE_FILE}: invalid", details=format_validation_error(exc)
+        ) from exc
+    prompts = tuple(
+        _parse_prompts((bundle_dir / PROMPTS_FILE).read_bytes(), bundle_dir / PROMPTS_FILE)
+    )
+    if len(prompts) != info.n_prompts:
+        raise BundleError(
+            f"{bundle_dir}: bundle.json says {info.n_prompts} prompts, found {len(prompts)}"
+        )
+    return PromptBundle(info=info, prompts=prompts, sha256=pin.sha256, path=bundle_dir)
+
+
+# --- making a bundle (an explicit, human-run step) ----------------------------------------------
+
+
+def pinned_tokenizer_files(loaded: LoadedProfile) -> dict[str, str]:
+    """The model's tokenizer files, checked against the model's manifest.
+
+    Refuses unless every tokenizer file in the snapshot is in the manifest with the same hash, so
+    prompts are measured with exactly the tokenizer the pinned model serves.
+    """
+    manifest = load_manifest(loaded.manifest_path).manifest.digests
+    snapshot = loaded.snapshot_dir
+    present = [name for name in TOKENIZER_FILES if (snapshot / name).is_file()]
+    if "tokenizer.json" not in present:
+        raise InputError(f"{snapshot}: no tokenizer.json; detserve needs a fast tokenizer")
+    files: dict[str, str] = {}
+    mismatches = []
+    for name in present:
+        actual = hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+        expected = manifest.get(name)
+        if expected != actual:
+            mismatches.append(f"{name}: manifest {expected or '(absent)'} actual {actual}")
+        files[name] = actual
+    if mismatches:
+        raise SnapshotMismatch(
+            f"tokenizer files of {snapshot} do not match the model's manifest "
+            f"{loaded.manifest_path}",
+            details=mismatches,
+        )
+    return files
+
+
+def _read_dataset(path: Path, fmt: Literal["jsonl", "text"], field: str) -> Iterator[str]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{path}: invalid UTF-8 at byte {exc.start}") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if fmt == "text":
+            yield line
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+        if not isinstance(value, dict) or not isinstance(value.get(field), str):
+            raise BundleError(f"{path}:{number}: no string field {field!r}")
+        yield value[field]
+
+
+def download_hf_dataset_file(
+    repo_id: str, revision: str, filename: str, endpoint: str | None
+) -> Path:
+    """Fetch one file of a Hugging Face dataset at a pinned commit."""
+    if not COMMIT_RE.match(revision):
+        raise InputError(f"--dataset-revision must be a full 40-hex commit, found {revision!r}")
+    from huggingface_hub import hf_hub_download
+
+    with hub_call(endpoint, f"dataset {repo_id}@{revision}/{filename}"):
+        path = hf_hub_download(
+            repo_id, filename, repo_type="dataset", revision=revision, endpoint=endpoint
+        )
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class BootstrapRequest:
+    dataset_path: Path
+    source: DatasetSource
+    fmt: Literal["jsonl", "text"]
+    n_prompts: int
+    max_prompt_tokens: int
+    name: str = "reference_prompts"
+
+
+def build_bundle(
+    loaded: LoadedProfile, request: BootstrapRequest, output_dir: Path, *, force: bool
+) -> tuple[BundleInfo, list[PromptRecord]]:
+    """Build a bundle from a dataset file: the first ``n_prompts`` prompts that fit."""
+    from tokenizers import Tokenizer
+
+    for name in (BUNDLE_FILE, PROMPTS_FILE):
+        refuse_overwrite(output_dir / name, force=force)
+    actual = hashlib.sha256(request.dataset_path.read_bytes()).hexdigest()
+    if actual != request.source.file_sha256:
+        raise SnapshotMismatch(
+            f"dataset file {request.dataset_path} does not match the given sha256",
+            details=[f"expected {request.source.file_sha256}", f"actual   {actual}"],
+        )
+    files = pinned_tokenizer_files(loaded)
+    tokenizer = Tokenizer.from_file(str(loaded.snapshot_dir / "tokenizer.json"))
+    records: list[PromptRecord] = []
+    for text in _read_dataset(request.dataset_path, request.fmt, request.source.field or "text"):
+        count = len(tokenizer.encode(text).ids)
+        if 1 <= count <= request.max_prompt_tokens:
+            records.append(PromptRecord(id=f"p{len(records):05d}", prompt=text, n_tokens=count))
+        if len(records) == request.n_prompts:
+            break
+    if len(records) < request.n_prompts:
+        raise BundleError(
+            f"{request.dataset_path}: only {len(records)} prompts of at most "
+            f"{request.max_prompt_tokens} tokens; {request.n_prompts} requested"
+        )
+    info = BundleInfo(
+        format="detserve-prompt-bundle",
+        format_version=1,
+        name=request.name,
+        source=request.source,
+        tokenizer=TokenizerPin(
+            model_id=loaded.profile.model.id, model_revision=loaded.revision, files=files
+        ),
+        n_prompts=len(records),
+        max_prompt_tokens=request.max_prompt_tokens,
+    )
+    atomic_write_bytes(
+        output_dir / PROMPTS_FILE, b"".join(canonical_bytes(r.model_dump()) for r in records)
+    )
+    atomic_write_bytes(output_dir / BUNDLE_FILE, canonical_bytes(info.model_dump()))
+    return info, records
