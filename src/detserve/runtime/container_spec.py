@@ -1,0 +1,262 @@
+"""The exact container configuration sent to the engine for a pinned profile.
+
+:func:`build_container_spec` is pure: it talks to no engine and no server, and reads one file,
+the manifest, to put its hash in a label. What it returns is what ``detserve start`` sends to
+``client.containers.create(**spec.to_create_kwargs())``, so the unit tests can check every
+setting without a container.
+
+The container is labelled with every pin it was started from. ``start`` reuses a running
+container only when all those labels equal the ones the current profile would produce, and
+``wait``, ``smoke`` and ``status`` check them again, so a container from another profile, image,
+revision or manifest is never taken for the pinned one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker.types import DeviceRequest, Mount
+
+from detserve.errors import InputError
+from detserve.manifest import read_manifest_bytes
+from detserve.profile import DIGEST_REF_RE, LoadedProfile, Profile
+from detserve.runtime.secrets import SecretEnvironment
+
+#: the port the server listens on inside the container
+CONTAINER_PORT = 8000
+#: where the profile's Hugging Face home is mounted, read-only
+CONTAINER_HF_HOME = "/hf-home"
+CONTAINER_NAME_PREFIX = "detserve-"
+
+LABEL_PROFILE = "io.detserve.profile"
+LABEL_PROFILE_SHA256 = "io.detserve.profile-sha256"
+LABEL_MODEL_ID = "io.detserve.model-id"
+LABEL_MODEL_REVISION = "io.detserve.model-revision"
+LABEL_IMAGE = "io.detserve.image"
+LABEL_MANIFEST_SHA256 = "io.detserve.manifest-sha256"
+PIN_LABELS = (
+    LABEL_PROFILE,
+    LABEL_PROFILE_SHA256,
+    LABEL_MODEL_ID,
+    LABEL_MODEL_REVISION,
+    LABEL_IMAGE,
+    LABEL_MANIFEST_SHA256,
+)
+
+
+def container_name(profile: Profile) -> str:
+    return CONTAINER_NAME_PREFIX + profile.name
+
+
+def engine_args(loaded: LoadedProfile) -> list[str]:
+    """The vLLM server arguments for a profile, in a stable order (recorded in run logs).
+
+    Structured fields first, in a fixed order, then ``vllm.extra_args`` sorted by option name
+    (``true`` is a bare flag). Prefix caching is always off: it makes a request's numerics depend
+    on earlier requests.
+    """
+    profile = loaded.profile
+    vllm = profile.vllm
+    args = [
+        "--model",
+        profile.model.id,
+        "--revision",
+        loaded.revision,
+        "--served-model-name",
+        vllm.served_model_name,
+        "--dtype",
+        vllm.dtype,
+        "--max-model-len",
+        str(vllm.max_model_len),
+        "--seed",
+        str(profile.sampling.seed),
+        "--tensor-parallel-size",
+        str(vllm.tensor_parallel_size),
+        "--host",
+        "0.0.0.0",  # noqa: S104 - inside the container; the host side is published on runtime.host
+        "--port",
+        str(CONTAINER_PORT),
+        "--no-enable-prefix-caching",
+    ]
+    if vllm.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", repr(vllm.gpu_memory_utilization)]
+    if vllm.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(vllm.max_num_seqs)]
+    if vllm.enforce_eager:
+        args.append("--enforce-eager")
+    for option in sorted(vllm.extra_args):
+        value = vllm.extra_args[option]
+        if value is True:
+            args.append(option)
+        else:
+            # bool False is refused by the profile; int and str are passed as text
+            args += [option, str(value)]
+    return args
+
+
+def manifest_sha256(loaded: LoadedProfile) -> str:
+    """sha256 of the manifest file's bytes; a missing manifest is an error (exit 2)."""
+    return hashlib.sha256(read_manifest_bytes(loaded.manifest_path)).hexdigest()
+
+
+def expected_labels(loaded: LoadedProfile) -> dict[str, str]:
+    """The pin labels a container started from this profile carries (needs every pin)."""
+    loaded.require_pins()
+    return {
+        LABEL_PROFILE: loaded.name,
+        LABEL_PROFILE_SHA256: loaded.content_sha256,
+        LABEL_MODEL_ID: loaded.profile.model.id,
+        LABEL_MODEL_REVISION: loaded.revision,
+        LABEL_IMAGE: loaded.image,
+        LABEL_MANIFEST_SHA256: manifest_sha256(loaded),
+    }
+
+
+def label_mismatches(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
+    """One line per pin label that differs, sorted by label: ``label: expected X, found Y``."""
+    lines = []
+    for label in sorted(expected):
+        found = actual.get(label)
+        if found != expected[label]:
+            shown = "(absent)" if found is None else found
+            lines.append(f"{label}: expected {expected[label]}, found {shown}")
+    return lines
+
+
+def server_base_url(profile: Profile) -> str:
+    """Where the host reaches the server: the published address, or loopback for a wildcard."""
+    host = profile.runtime.host
+    if host in {"0.0.0.0", ""}:  # noqa: S104 - a wildcard bind is reached through loopback
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{profile.runtime.port}"
+
+
+def image_registry(image: str) -> str:
+    """The registry address of an image reference (``docker.io`` when it names none)."""
+    first, _, rest = image.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def split_digest_ref(image: str) -> tuple[str, str]:
+    """``REPO@sha256:HEX`` -> ``(REPO, sha256:HEX)``; anything else (a tag) is refused."""
+    match = DIGEST_REF_RE.match(image)
+    if match is None:
+        raise InputError(
+            f"refusing image reference {image!r}: only 'REPO@sha256:<64 hex>' is accepted",
+            hint="a tag can be moved to other content; pin it with `detserve lock-image --write`",
+        )
+    return match["repo"], match["digest"]
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything ``detserve start`` asks of the engine. The secrets' values never show."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    entrypoint: tuple[str, ...] | None
+    environment: Mapping[str, str]
+    hf_home: Path
+    host: str
+    port: int
+    labels: Mapping[str, str]
+    shm_size: str
+    ipc_mode: str | None
+    device: str
+    gpu_count: int | None
+    gpu_ids: tuple[str, ...] | None
+    secrets: SecretEnvironment = field(default_factory=SecretEnvironment)
+
+    def device_requests(self) -> list[DeviceRequest]:
+        if self.device != "nvidia":
+            return []
+        if self.gpu_ids is not None:
+            request = DeviceRequest(
+                driver="nvidia", device_ids=list(self.gpu_ids), capabilities=[["gpu"]]
+            )
+        else:
+            request = DeviceRequest(driver="nvidia", count=self.gpu_count, capabilities=[["gpu"]])
+        return [request]
+
+    def to_create_kwargs(self) -> dict[str, Any]:
+        """Exactly the keyword arguments of ``client.containers.create``.
+
+        The result holds the secrets' values in ``environment``: hand it to the engine only,
+        never log it.
+        """
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "name": self.name,
+            "command": list(self.command),
+            "environment": {**self.environment, **self.secrets},
+            "labels": dict(self.labels),
+            "mounts": [
+                Mount(
+                    target=CONTAINER_HF_HOME,
+                    source=str(self.hf_home),
+                    type="bind",
+                    read_only=True,
+                )
+            ],
+            "ports": {f"{CONTAINER_PORT}/tcp": (self.host, self.port)},
+            "shm_size": self.shm_size,
+            # tini as PID 1: SIGTERM reaches the server even while it loads (a bare PID 1 ignores
+            # it until a handler is installed), and the engine's child processes are reaped
+            "init": True,
+        }
+        if self.entrypoint is not None:
+            kwargs["entrypoint"] = list(self.entrypoint)
+        if self.ipc_mode is not None:
+            kwargs["ipc_mode"] = self.ipc_mode
+        requests = self.device_requests()
+        if requests:
+            kwargs["device_requests"] = requests
+        return kwargs
+
+
+def build_container_spec(
+    loaded: LoadedProfile, secrets: Mapping[str, str] | None = None
+) -> ContainerSpec:
+    """The container for a fully pinned profile. Reads the manifest (for its label) only."""
+    loaded.require_pins()
+    profile = loaded.profile
+    runtime = profile.runtime
+    split_digest_ref(loaded.image)  # the profile already refuses tags; never trust one here
+    secret_env = secrets if isinstance(secrets, SecretEnvironment) else SecretEnvironment(secrets)
+    clashes = sorted(set(secret_env) & set(runtime.environment))
+    if clashes:
+        raise InputError(
+            f"secrets file sets {', '.join(clashes)}, which the profile's runtime.environment "
+            "sets too; a variable comes from one place only"
+        )
+    environment = dict(runtime.environment)
+    environment["HF_HOME"] = CONTAINER_HF_HOME
+    environment["HF_HUB_OFFLINE"] = "1"
+    return ContainerSpec(
+        name=container_name(profile),
+        image=loaded.image,
+        command=tuple(engine_args(loaded)),
+        entrypoint=tuple(runtime.entrypoint) if runtime.entrypoint is not None else None,
+        environment=dict(sorted(environment.items())),
+        hf_home=loaded.hf_home,
+        host=runtime.host,
+        port=runtime.port,
+        labels=expected_labels(loaded),
+        shm_size=runtime.shm_size,
+        ipc_mode=runtime.ipc_mode,
+        device=runtime.device,
+        gpu_count=runtime.gpu_count,
+        gpu_ids=tuple(runtime.gpu_ids) if runtime.gpu_ids is not None else None,
+        secrets=secret_env,
+    )

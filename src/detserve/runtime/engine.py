@@ -1,0 +1,403 @@
+"""The container engine: a small protocol and its implementation over the Docker SDK.
+
+Images are only ever referred to by digest (``REPO@sha256:...``): one that is not present
+locally is pulled by that digest, never by a tag, and the engine checks the content against the
+digest as it pulls. After a container is created, the image it actually got is checked again:
+its ``RepoDigests`` must include the pin, or the container is removed and the start fails.
+
+Every ``docker.errors.*`` and ``requests`` exception is converted here into a detserve error:
+the engine unreachable is an :class:`EngineError` naming its socket or URL, a registry problem a
+:class:`RegistryError` naming the registry, a container that cannot be created or started a
+:class:`ContainerError` (a half-created container is removed first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import requests
+
+from detserve.errors import ContainerError, EngineError, PinMismatch, RegistryError
+from detserve.runtime.container_spec import ContainerSpec, image_registry, split_digest_ref
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+STOP_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """A local image: its id and the ``REPO@sha256`` references the engine knows it by."""
+
+    id: str
+    repo_digests: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What detserve needs from ``docker inspect``."""
+
+    id: str
+    name: str
+    status: str
+    running: bool
+    started_at: str
+    restart_count: int
+    exit_code: int | None
+    oom_killed: bool
+    error: str
+    image_id: str
+    image: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    #: the arguments the server was started with (``Config.Cmd``)
+    command: tuple[str, ...] = ()
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def describe(self) -> str:
+        """``exited (exit code 137, OOM killed)`` and the like."""
+        if self.running:
+            return "running"
+        notes = []
+        if self.exit_code is not None:
+            notes.append(f"exit code {self.exit_code}")
+        if self.oom_killed:
+            notes.append("OOM killed")
+        if self.error:
+            notes.append(self.error)
+        return f"{self.status} ({', '.join(notes)})" if notes else self.status
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "running": self.running,
+            "started_at": self.started_at,
+            "restart_count": self.restart_count,
+            "exit_code": self.exit_code,
+            "image_id": self.image_id,
+            "image": self.image,
+            "labels": dict(sorted(self.labels.items())),
+            "command": list(self.command),
+        }
+
+
+class ContainerEngine(Protocol):
+    """What detserve asks of a container engine."""
+
+    def ensure_image(self, image: str) -> ImageInfo:
+        """The local image of ``REPO@sha256:...``, pulled by that digest when absent."""
+        ...
+
+    def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create the container, check it got the pinned image, start it."""
+        ...
+
+    def find(self, name: str) -> ContainerInfo | None:
+        """The container of that exact name, running or not; None when there is none."""
+        ...
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        """The container's current state; an error when it no longer exists."""
+        ...
+
+    def stop_and_remove(self, container_id: str) -> None:
+        """Stop (gracefully, then killed) and remove; a container already gone is fine."""
+        ...
+
+    def logs(self, container_id: str, tail: int) -> list[str]:
+        """The last ``tail`` lines of the container's output (stdout and stderr)."""
+        ...
+
+    def follow_logs(self, container_id: str, tail: int) -> Iterator[str]:
+        """The last ``tail`` lines, then each new line until the container stops."""
+        ...
+
+
+def normalise_digest_ref(reference: str) -> str:
+    """Spell a ``REPO@sha256`` reference the way the engine does (``docker.io/library/``...)."""
+    repo, _, digest = reference.partition("@")
+    if image_registry(repo) == "docker.io":
+        repo = repo.removeprefix("docker.io/").removeprefix("index.docker.io/")
+        if "/" not in repo:
+            repo = f"library/{repo}"
+        repo = f"docker.io/{repo}"
+    return f"{repo}@{digest}"
+
+
+def _explanation(exc: docker.errors.APIError) -> str:
+    text = exc.explanation
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text or exc).strip()
+
+
+class DockerEngine:
+    """:class:`ContainerEngine` over the Docker SDK (``docker.from_env()``)."""
+
+    def __init__(self, client: docker.DockerClient, address: str) -> None:
+        self._client = client
+        self.address = address
+
+    @classmethod
+    def from_env(cls) -> DockerEngine:
+        """The engine named by ``DOCKER_HOST`` (default: the local socket)."""
+        address = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+        try:
+            client = docker.from_env()
+            client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(
+                f"the container engine at {address} does not answer",
+                details=[str(exc)],
+                hint=(
+                    "start it (here: `python scripts/stack/stack.py engine`, elsewhere: "
+                    "`systemctl start docker`) or set DOCKER_HOST"
+                ),
+            ) from exc
+        return cls(client, address)
+
+    @contextlib.contextmanager
+    def _talking(self, what: str) -> Iterator[None]:
+        """Turn an engine that stops answering mid-way into an EngineError."""
+        try:
+            yield
+        except docker.errors.APIError:
+            # an answer from the engine (APIError subclasses requests' HTTPError): the caller's
+            raise
+        except requests.exceptions.RequestException as exc:
+            raise EngineError(
+                f"the container engine at {self.address} stopped answering while {what}",
+                details=[str(exc)],
+            ) from exc
+
+    # --- images ---------------------------------------------------------------------------
+
+    def _local_image(self, image: str) -> ImageInfo | None:
+        try:
+            with self._talking(f"looking up {image}"):
+                found = self._client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot look up image {image}: {_explanation(exc)}") from exc
+        return ImageInfo(id=found.id, repo_digests=tuple(found.attrs.get("RepoDigests") or ()))
+
+    def _pull_by_digest(self, image: str) -> None:
+        repo, digest = split_digest_ref(image)
+        registry = image_registry(repo)
+        try:
+            with self._talking(f"pulling {image}"):
+                # tag=<digest>: the SDK asks for REPO@sha256:..., never a tag
+                for message in self._client.api.pull(repo, tag=digest, stream=True, decode=True):
+                    if isinstance(message, dict) and message.get("error"):
+                        raise RegistryError(
+                            f"pulling {image} from {registry} failed: {message['error']}"
+                        )
+        except docker.errors.APIError as exc:
+            text = _explanation(exc)
+            lowered = text.lower()
+            if "manifest unknown" in lowered or "not found" in lowered:
+                raise RegistryError(
+                    f"registry {registry} has no image {image}",
+                    details=[text],
+                    hint=(
+                        "the pinned digest is not in the registry: check runtime.image in the "
+                        "profile, or push the image that was locked"
+                    ),
+                ) from exc
+            if "unauthorized" in lowered or "denied" in lowered or "authentication" in lowered:
+                raise RegistryError(
+                    f"registry {registry} refused access to {image}",
+                    details=[text],
+                    hint="log in to the registry (credentials are read by the Docker SDK)",
+                ) from exc
+            raise RegistryError(
+                f"cannot pull {image}: registry {registry} is unreachable or failed",
+                details=[text],
+                hint=f"check that the registry at {registry} is running and reachable",
+            ) from exc
+
+    def ensure_image(self, image: str) -> ImageInfo:
+        split_digest_ref(image)  # refuse a tag before anything is asked of the engine
+        info = self._local_image(image)
+        if info is None:
+            self._pull_by_digest(image)
+            info = self._local_image(image)
+            if info is None:
+                raise RegistryError(f"pulled {image}, but the engine does not have it")
+        self._check_pin(image, info)
+        return info
+
+    @staticmethod
+    def _check_pin(image: str, info: ImageInfo) -> None:
+        known = {normalise_digest_ref(ref) for ref in info.repo_digests}
+        if normalise_digest_ref(image) not in known:
+            raise PinMismatch(
+                f"image {info.id} is not the pinned {image}",
+                details=[f"its RepoDigests: {', '.join(sorted(info.repo_digests)) or '(none)'}"],
+            )
+
+    # --- containers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _info(container: Any) -> ContainerInfo:
+        attrs = container.attrs
+        state = attrs.get("State") or {}
+        config = attrs.get("Config") or {}
+        running = bool(state.get("Running")) and not state.get("Restarting")
+        exit_code = state.get("ExitCode")
+        return ContainerInfo(
+            id=attrs["Id"],
+            name=str(attrs.get("Name", "")).lstrip("/"),
+            status=str(state.get("Status", "unknown")),
+            running=running,
+            started_at=str(state.get("StartedAt", "")),
+            restart_count=int(attrs.get("RestartCount") or 0),
+            exit_code=None if running or exit_code is None else int(exit_code),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+            image_id=str(attrs.get("Image", "")),
+            image=str(config.get("Image", "")),
+            labels=dict(config.get("Labels") or {}),
+            command=tuple(str(word) for word in config.get("Cmd") or ()),
+        )
+
+    def _remove_quietly(self, container: Any) -> None:
+        # Best effort while another error is being reported; that error is the one that matters.
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):
+            container.remove(force=True)
+
+    def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
+        image = self.ensure_image(spec.image)
+        try:
+            with self._talking(f"creating {spec.name}"):
+                container = self._client.containers.create(**spec.to_create_kwargs())
+        except docker.errors.APIError as exc:
+            text = _explanation(exc)
+            if exc.status_code == 409:
+                raise ContainerError(
+                    f"a container named {spec.name} already exists",
+                    details=[text],
+                    hint=f"`detserve status` shows it; `detserve stop` removes {spec.name}",
+                ) from exc
+            raise ContainerError(f"cannot create container {spec.name}: {text}") from exc
+        try:
+            created = self._info(container)
+            if created.image_id != image.id:
+                raise PinMismatch(
+                    f"container {spec.name} got image {created.image_id}, not the pinned "
+                    f"{spec.image} ({image.id}); it was removed"
+                )
+            # Re-read the image the container got: its references may have changed since.
+            current = self._local_image(created.image_id)
+            if current is None:
+                raise PinMismatch(f"image {created.image_id} of {spec.name} vanished; removed")
+            self._check_pin(spec.image, current)
+            try:
+                with self._talking(f"starting {spec.name}"):
+                    container.start()
+            except docker.errors.APIError as exc:
+                text = _explanation(exc)
+                lowered = text.lower()
+                if "address already in use" in lowered or "port is already allocated" in lowered:
+                    raise ContainerError(
+                        f"host port {spec.host}:{spec.port} is already in use; container "
+                        f"{spec.name} was not started (and was removed)",
+                        details=[text],
+                        hint="stop what listens there, or set runtime.port in the profile",
+                    ) from exc
+                raise ContainerError(
+                    f"cannot start container {spec.name} (it was removed): {text}"
+                ) from exc
+            container.reload()
+        except BaseException:
+            self._remove_quietly(container)
+            raise
+        return self._info(container)
+
+    def find(self, name: str) -> ContainerInfo | None:
+        try:
+            with self._talking(f"looking up container {name}"):
+                container = self._client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise EngineError(f"cannot look up container {name}: {_explanation(exc)}") from exc
+        info = self._info(container)
+        # containers.get also matches an id prefix; only the exact name is this profile's
+        return info if info.name == name else None
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        try:
+            with self._talking(f"inspecting container {container_id[:12]}"):
+                container = self._client.containers.get(container_id)
+        except docker.errors.NotFound as exc:
+            raise ContainerError(f"container {container_id[:12]} no longer exists") from exc
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"cannot inspect container {container_id[:12]}: {_explanation(exc)}"
+            ) from exc
+        return self._info(container)
+
+    def stop_and_remove(self, container_id: str) -> None:
+        try:
+            with self._talking(f"stopping container {container_id[:12]}"):
+                container = self._client.containers.get(container_id)
+                container.stop(timeout=STOP_TIMEOUT_S)
+                container.remove(force=True)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as exc:
+            raise ContainerError(
+                f"cannot stop and remove container {container_id[:12]}: {_explanation(exc)}"
+            ) from exc
+
+    def _container(self, container_id: str) -> Any:
+        try:
+            with self._talking(f"reading logs of {container_id[:12]}"):
+                return self._client.containers.get(container_id)
+        except docker.errors.NotFound as exc:
+            raise ContainerError(f"container {container_id[:12]} no longer exists") from exc
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"cannot read container {container_id[:12]}: {_explanation(exc)}"
+            ) from exc
+
+    def logs(self, container_id: str, tail: int) -> list[str]:
+        container = self._container(container_id)
+        try:
+            with self._talking(f"reading logs of {container_id[:12]}"):
+                raw = container.logs(stdout=True, stderr=True, tail=tail)
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"cannot read logs of {container_id[:12]}: {_explanation(exc)}"
+            ) from exc
+        text: str = raw.decode("utf-8", "replace")
+        return text.splitlines()
+
+    def follow_logs(self, container_id: str, tail: int) -> Iterator[str]:
+        container = self._container(container_id)
+        try:
+            with self._talking(f"following logs of {container_id[:12]}"):
+                pending = ""
+                for chunk in container.logs(
+                    stdout=True, stderr=True, tail=tail, stream=True, follow=True
+                ):
+                    pending += chunk.decode("utf-8", "replace")
+                    *lines, pending = pending.split("\n")
+                    yield from lines
+                if pending:
+                    yield pending
+        except docker.errors.APIError as exc:
+            raise EngineError(
+                f"cannot follow logs of {container_id[:12]}: {_explanation(exc)}"
+            ) from exc
