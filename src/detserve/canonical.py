@@ -29,6 +29,32 @@ def canonical_bytes(value: Any) -> bytes:
     return (canonical_json(value) + "\n").encode("utf-8")
 
 
+def duplicate_keys(text: str | bytes) -> list[str]:
+    """Keys that occur twice in one object of a JSON document, in order of appearance.
+
+    Parsers disagree on which of two equal keys wins (Python and pydantic take the last), so a
+    reviewer reading the first one is not reading what is used. A document that is not JSON has
+    none; parsing it properly reports it.
+    """
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                found.append(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        # Numbers are kept as text: the int() of a 5000-digit literal raises, and values do not
+        # matter here.
+        json.loads(text, object_pairs_hook=pairs, parse_int=str, parse_float=str)
+    except (ValueError, RecursionError):
+        return []
+    return found
+
+
 @contextlib.contextmanager
 def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
     """Write ``path`` all at once or not at all.

@@ -68,7 +68,8 @@ MANAGED_OPTIONS: frozenset[str] = frozenset(
 )
 
 _PACKAGE_INSTALL = re.compile(
-    r"\b(pip3?|uv|apt(-get)?|conda|mamba|micromamba|dnf|yum|apk|poetry|easy_install)\b"
+    # `pip3.11` is as much pip as `pip`: the version suffix must not hide an install.
+    r"\b(pip(3(\.\d+)?)?|uv|apt(-get)?|conda|mamba|micromamba|dnf|yum|apk|poetry|easy_install)\b"
     r"(\s+\S+)*?\s+(install|add|sync|upgrade)\b",
     re.IGNORECASE,
 )

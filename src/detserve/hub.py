@@ -38,6 +38,18 @@ def hub_call(endpoint: str | None, what: str) -> Iterator[str]:
         ) from exc
     except hub_errors.HfHubHTTPError as exc:
         raise HubError(f"{address}: the hub refused {what}: {exc}") from exc
+    except hub_errors.HFValidationError as exc:
+        raise InputError(
+            f"{what}: refused by huggingface_hub before asking {address}: {exc}"
+        ) from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        # huggingface_hub parses the answer without checking it: HTML from a proxy, or JSON
+        # without the fields it expects, surfaces as these.
+        raise HubError(
+            f"{address}: the answer for {what} is not what the hub sends: "
+            f"{exc.__class__.__name__}: {exc}",
+            hint="is --endpoint a Hugging Face hub (or a mirror of its API)?",
+        ) from exc
     except _TRANSPORT_ERRORS as exc:
         raise HubError(
             f"cannot reach the Hugging Face hub at {address} for {what}: "

@@ -95,9 +95,18 @@ def resolve_image_digest(loaded: LoadedProfile, client: Any | None = None) -> Lo
     except docker.errors.NotFound as exc:
         raise InputError(f"registry {registry}: no image {tag}: {exc.explanation}") from exc
     except docker.errors.APIError as exc:
+        explanation = str(exc.explanation or exc)
+        refused = exc.status_code in (401, 403) or any(
+            word in explanation.lower() for word in ("unauthorized", "credentials", "denied")
+        )
         raise RegistryError(
-            f"registry {registry} did not resolve {tag}: {exc.explanation or exc}",
-            hint=f"is the registry at {registry} reachable from the Docker engine?",
+            f"registry {registry} did not resolve {tag}: {explanation}",
+            hint=(
+                f"the registry at {registry} wants credentials: `docker login {registry}` "
+                "(read from ~/.docker/config.json, or $DOCKER_CONFIG/config.json)"
+                if refused
+                else f"is the registry at {registry} reachable from the Docker engine?"
+            ),
         ) from exc
     except docker.errors.DockerException as exc:
         raise EngineError(

@@ -37,6 +37,13 @@ def check_relative_path(path: str) -> str | None:
     """Why ``path`` is not a safe path inside a snapshot, or None when it is."""
     if not path:
         return "empty path"
+    if any(char in path for char in "\n\r\x00"):
+        # A manifest is one line per file: such a name cannot be written in one.
+        return "line break or NUL in path"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "path is not valid UTF-8"
     if path.startswith("/"):
         return "absolute path"
     parts = PurePosixPath(path).parts

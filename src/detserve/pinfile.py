@@ -13,6 +13,7 @@ import json
 import re
 from typing import Any
 
+from detserve.canonical import duplicate_keys
 from detserve.errors import ProfileError
 
 _VALUE = r'(null|"(?:[^"\\]|\\.)*")'
@@ -22,8 +23,14 @@ def replace_pin(text: str, section: str, key: str, value: str) -> str:
     """Return ``text`` with ``data[section][key]`` set to the string ``value``."""
     try:
         original = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise ProfileError(f"profile is not valid JSON: {exc}") from exc
+    duplicates = duplicate_keys(text)
+    if duplicates:
+        raise ProfileError(
+            f"cannot edit {section}.{key} in place: duplicate key(s) {', '.join(duplicates)}",
+            hint="a key given twice is ambiguous; keep one and run the lock again",
+        )
     if not isinstance(original, dict) or not isinstance(original.get(section), dict):
         raise ProfileError(f"profile has no object {section!r}")
     expected: dict[str, Any] = copy.deepcopy(original)
@@ -36,7 +43,7 @@ def replace_pin(text: str, section: str, key: str, value: str) -> str:
         try:
             if json.loads(candidate) == expected:
                 results.append(candidate)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             continue
     if len(results) != 1:
         raise ProfileError(

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detserve.canonical import canonical_bytes
+from detserve.canonical import canonical_bytes, duplicate_keys
 from detserve.engine_policy import (
     MANAGED_OPTIONS,
     NONDETERMINISTIC_OPTIONS,
@@ -26,8 +26,11 @@ from detserve.engine_policy import (
 from detserve.errors import ProfileError, UnpinnedError
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# A colon is allowed before the last slash only (a registry port): `repo:tag@digest` names two
+# things, and a reviewer reading the tag would not be reading the pin.
 DIGEST_REF_RE = re.compile(
-    r"^(?P<repo>[a-z0-9][a-z0-9._:/-]*[a-z0-9])@(?P<digest>sha256:[0-9a-f]{64})$"
+    r"^(?P<repo>(?:[a-z0-9][a-z0-9._:-]*/)*[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?)"
+    r"@(?P<digest>sha256:[0-9a-f]{64})$"
 )
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.I)
@@ -388,6 +391,12 @@ def format_validation_error(exc: ValidationError) -> list[str]:
 
 
 def parse_profile(data: bytes, *, source: str) -> Profile:
+    duplicates = duplicate_keys(data)
+    if duplicates:
+        raise ProfileError(
+            f"invalid profile {source}",
+            details=[f"{key}: duplicate key (ambiguous; keep one)" for key in duplicates],
+        )
     try:
         return Profile.model_validate_json(data)
     except ValidationError as exc:

@@ -115,6 +115,9 @@ def _parse_prompts(data: bytes, source: Path) -> Iterator[PromptRecord]:
             raise BundleError(f"{where}: invalid UTF-8 at byte {exc.start}") from exc
         except json.JSONDecodeError as exc:
             raise BundleError(f"{where}: invalid JSON: {exc.msg}") from exc
+        except (ValueError, RecursionError) as exc:
+            # json raises these for a number of over 4300 digits or very deep nesting.
+            raise BundleError(f"{where}: invalid JSON: {exc}") from exc
         try:
             record = PromptRecord.model_validate(value)
         except ValidationError as exc:
@@ -208,6 +211,8 @@ def _read_dataset(path: Path, fmt: Literal["jsonl", "text"], field: str) -> Iter
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise BundleError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise BundleError(f"{path}:{number}: invalid JSON: {exc}") from exc
         if not isinstance(value, dict) or not isinstance(value.get(field), str):
             raise BundleError(f"{path}:{number}: no string field {field!r}")
         yield value[field]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
 
@@ -47,9 +48,46 @@ def _root(
     """Global options come before the command: ``detserve --verbose verify ...``."""
 
 
-def _register() -> None:
-    # Command modules register themselves on `app` when imported.
-    from detserve.cli import commands_runs, commands_runtime, commands_trust  # noqa: F401
+# Command modules register themselves on `app` when imported. Trust commands come first:
+# `verify` runs before every run, and its start-up counts in what verification costs.
+_COMMAND_MODULES = ("commands_trust", "commands_runs", "commands_sample", "commands_runtime")
+
+
+def _registered() -> set[str]:
+    commands = {info.name for info in app.registered_commands}
+    return {name for name in commands | {info.name for info in app.registered_groups} if name}
+
+
+def _register(args: list[str]) -> None:
+    """Import the command modules, stopping once the command named in ``args`` is known.
+
+    Importing a module is not free (the runtime commands import the Docker SDK and httpx: about
+    0.3 s), so `detserve verify` does not import what only `detserve start` needs. Help, an
+    unknown command or none at all imports every module, so that all commands are listed.
+    """
+    wanted = next((arg for arg in args if not arg.startswith("-")), None)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"detserve.cli.{module}")
+        if wanted is not None and wanted in _registered():
+            return
+
+
+# Typer 0.2x raises its own vendored copy of click's exceptions, older Typers click's: catch both,
+# or every usage error would read as an internal error (exit 3).
+_EXIT: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
+_ABORT: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+_USAGE: tuple[type[BaseException], ...] = (
+    click.ClickException,
+    getattr(typer, "TyperException", click.ClickException),
+)
+
+
+def _show_usage_error(exc: BaseException) -> None:
+    show = getattr(exc, "show", None)
+    if callable(show):
+        show(file=sys.stderr)
+    else:
+        stderr.print(f"detserve: error: {exc}", markup=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
     json_mode = "--json" in args
-    _register()
+    _register(args)
     try:
         code = app(args=args, prog_name="detserve", standalone_mode=False)
     except DetserveError as exc:
@@ -67,13 +105,13 @@ def main(argv: list[str] | None = None) -> None:
             emit_json(exc.as_json())
         stderr.print(f"detserve: error: {exc.diagnostics()}", markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except _EXIT as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except _ABORT:
         stderr.print("detserve: interrupted; nothing was written", markup=False)
         sys.exit(EXIT_ENVIRONMENT)
-    except click.ClickException as exc:
-        exc.show(file=sys.stderr)
+    except _USAGE as exc:
+        _show_usage_error(exc)
         sys.exit(EXIT_INPUT)
     except KeyboardInterrupt:
         stderr.print("detserve: interrupted; nothing was written", markup=False)

@@ -1,0 +1,59 @@
+"""Where the committed artifacts the unit tests check live, and small helpers shared by tests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.json"
+TINY_REVISION = "bfbd2660aade325c3aa4e6bf8b5ea7ab2d2d5038"
+TINY_MODEL_FOLDER = "models--detserve--tiny-llama"
+TINY_MODEL_DIR = REPO_ROOT / "artifacts" / "hf-cache" / "hub" / TINY_MODEL_FOLDER
+TINY_SNAPSHOT = TINY_MODEL_DIR / "snapshots" / TINY_REVISION
+TINY_MANIFEST = REPO_ROOT / "manifests" / "tiny-cpu" / f"{TINY_REVISION}.sha256"
+BUNDLE_DIR = REPO_ROOT / "artifacts" / "reference_prompts"
+BUNDLE_PIN = REPO_ROOT / "manifests" / "reference_prompts" / "reference_prompts.sha256"
+DATASET_SOURCE = REPO_ROOT / "artifacts" / "datasets" / "reference_prompts.source.jsonl"
+SCHEMA_FILE = REPO_ROOT / "docs" / "profile.schema.json"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What one ``detserve`` command did: its exit status, stdout and stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+CliRunner = Callable[..., CliResult]
+
+
+@dataclass(frozen=True)
+class TinyWorkspace:
+    """A copy of the tiny model, its manifest and its profile, in the repository's layout."""
+
+    root: Path
+    config: Path
+    model_dir: Path
+    snapshot: Path
+    manifest: Path
+
+    @property
+    def blobs(self) -> Path:
+        return self.model_dir / "blobs"
+
+    def blob_of(self, name: str) -> Path:
+        """The blob file a snapshot entry links to (writing it changes what the snapshot serves)."""
+        return (self.snapshot / name).resolve()

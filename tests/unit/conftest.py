@@ -1,0 +1,74 @@
+"""Fixtures shared by the unit tests: the committed tiny model, copies of it, and the CLI.
+
+Tests never touch the committed artifacts: anything a test changes is a copy under ``tmp_path``,
+laid out like the repository (``configs/``, ``artifacts/hf-cache``, ``manifests/``) so that a
+copied profile's relative paths resolve to the copies.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from detserve.cli import main
+
+from .committed import (
+    TINY_CONFIG,
+    TINY_MANIFEST,
+    TINY_MODEL_DIR,
+    TINY_MODEL_FOLDER,
+    TINY_REVISION,
+    CliResult,
+    CliRunner,
+    TinyWorkspace,
+)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
+    """Run ``detserve ARGS...`` in-process; return its exit status, stdout and stderr."""
+
+    def run(*args: str | Path) -> CliResult:
+        capsys.readouterr()  # drop anything printed before this command
+        with pytest.raises(SystemExit) as exited:
+            main([str(arg) for arg in args])
+        captured = capsys.readouterr()
+        code = exited.value.code
+        return CliResult(
+            code=code if isinstance(code, int) else 0, out=captured.out, err=captured.err
+        )
+
+    return run
+
+
+@pytest.fixture
+def tiny_workspace(tmp_path: Path) -> TinyWorkspace:
+    root = tmp_path / "repo"
+    config = root / "configs" / "tiny-cpu.json"
+    config.parent.mkdir(parents=True)
+    shutil.copyfile(TINY_CONFIG, config)
+    model_dir = root / "artifacts" / "hf-cache" / "hub" / TINY_MODEL_FOLDER
+    # symlinks=True keeps the snapshot's relative links, so they point at the copied blobs.
+    shutil.copytree(TINY_MODEL_DIR, model_dir, symlinks=True)
+    manifest = root / "manifests" / "tiny-cpu" / TINY_MANIFEST.name
+    manifest.parent.mkdir(parents=True)
+    shutil.copyfile(TINY_MANIFEST, manifest)
+    workspace = TinyWorkspace(
+        root=root,
+        config=config,
+        model_dir=model_dir,
+        snapshot=model_dir / "snapshots" / TINY_REVISION,
+        manifest=manifest,
+    )
+    for entry in workspace.snapshot.iterdir():
+        assert entry.is_symlink(), f"{entry}: the copy must keep the HF cache's symlinks"
+        assert workspace.blob_of(entry.name).is_relative_to(workspace.blobs)
+    return workspace
+
+
+@pytest.fixture
+def tiny_snapshot_copy(tiny_workspace: TinyWorkspace) -> TinyWorkspace:
+    """The same workspace; the name says what a test uses it for."""
+    return tiny_workspace
