@@ -20,7 +20,12 @@ from pathlib import Path
 from detserve.canonical import atomic_write_bytes, refuse_overwrite
 from detserve.errors import InputError, SnapshotMismatch
 from detserve.hashing import ProgressCallback, hash_files
-from detserve.manifest import SnapshotManifest, parse_manifest, read_manifest_bytes
+from detserve.manifest import (
+    SnapshotManifest,
+    check_relative_path,
+    parse_manifest,
+    read_manifest_bytes,
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,10 @@ def _inside(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or path.is_relative_to(root) for root in roots)
 
 
+def _printable(path: str) -> str:
+    return repr(path)[1:-1]
+
+
 def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = None) -> SnapshotScan:
     snapshot_dir = Path(snapshot_dir)
     if not snapshot_dir.is_dir():
@@ -74,7 +83,11 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
             full = base / name
             relative = full.relative_to(snapshot_dir).as_posix()
             info = full.lstat()
-            if stat.S_ISREG(info.st_mode):
+            unpinnable = check_relative_path(relative)
+            if unpinnable:
+                # Shown escaped: the raw name may hold a line break or bytes that are not UTF-8.
+                unsafe[_printable(relative)] = f"name cannot be written in a manifest: {unpinnable}"
+            elif stat.S_ISREG(info.st_mode):
                 files[relative] = info.st_size
             elif stat.S_ISLNK(info.st_mode):
                 target = Path(os.path.realpath(full))
@@ -200,7 +213,8 @@ def build_manifest(
     """Hash every file of a snapshot into a manifest; refuse a snapshot with unsafe entries."""
     scan = scan_snapshot(snapshot_dir)
     if scan.unsafe:
-        raise SnapshotMismatch(
+        # Bad input, not a failed verification (exit 1): there is no manifest to fail against.
+        raise InputError(
             f"refusing to hash {snapshot_dir}: it has entries that cannot be pinned",
             details=[f"unsafe: ./{p} {why}" for p, why in sorted(scan.unsafe.items())],
         )
