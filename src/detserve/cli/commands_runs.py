@@ -1,1 +1,193 @@
 """Run commands: sample, eval-determinism, replay."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from detserve.canonical import atomic_write_bytes, refuse_overwrite
+from detserve.cli.app import app
+from detserve.cli.output import JsonOption, count_progress, emit_json, result, say
+from detserve.errors import UsageError
+
+if TYPE_CHECKING:
+    from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+
+# --- eval-determinism ---------------------------------------------------------------------------
+
+
+def _write_report(path: Path, report: dict[str, object]) -> None:
+    text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+@contextmanager
+def _sample_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    with count_progress(description, None) as (progress, task):
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield advance
+
+
+@app.command("eval-determinism")
+def eval_determinism(
+    run_a: Annotated[
+        Path | None,
+        typer.Option("--run-a", help="The reference run log.", dir_okay=False, metavar="PATH"),
+    ] = None,
+    run_b: Annotated[
+        Path | None,
+        typer.Option(
+            "--run-b", help="The run log to compare with it.", dir_okay=False, metavar="PATH"
+        ),
+    ] = None,
+    expected_hash: Annotated[
+        str | None,
+        typer.Option(
+            "--expected-hash",
+            help="Check --run-a against this published sha256 instead of comparing two logs.",
+            metavar="SHA256",
+        ),
+    ] = None,
+    runs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--run",
+            help="A run log for the majority mode; repeat it, once per node (three or more).",
+            dir_okay=False,
+            metavar="PATH",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write the JSON report here (atomically).", dir_okay=False
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
+    min_exact_match_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--min-exact-match-ratio",
+            help=(
+                "Accept run B when at least this fraction of samples match exactly "
+                "(default 1: every sample). Verdict: within-threshold, exit 0."
+            ),
+            metavar="RATIO",
+        ),
+    ] = None,
+    logprob_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            "--logprob-tolerance",
+            help=(
+                "A sample whose tokens, text and finish reason are identical matches when its "
+                "logprobs differ by at most this much (default: they must be identical)."
+            ),
+            metavar="ABS",
+        ),
+    ] = None,
+    max_reported: Annotated[
+        int,
+        typer.Option(
+            "--max-reported",
+            min=0,
+            help="Divergent samples described in full; all are counted.",
+        ),
+    ] = 20,
+    json_output: JsonOption = False,
+) -> None:
+    """Compare run logs byte for byte, and say where they part.
+
+    Two logs (is B a faithful replay of A?):
+
+        detserve eval-determinism --run-a runs/a.runlog.jsonl --run-b runs/b.runlog.jsonl \\
+            --output runs/a-vs-b.report.json
+
+    Identical bytes: IDENTICAL. Otherwise different pins, sampling parameters or prompts: NOT A
+    REPLAY, each differing field with both values. Otherwise DIVERGENT, each divergent sample with
+    its first divergent output token, 8 tokens either side, the texts around the first differing
+    character, both finish reasons and the largest logprob difference. Thresholds relax the
+    strict default, and the report records them:
+
+        detserve eval-determinism --run-a A --run-b B --min-exact-match-ratio 0.99
+
+    One log against its published sha256:
+
+        detserve eval-determinism --run-a runs/a.runlog.jsonl --expected-hash 3f5a...
+
+    One log per node, grouped by sha256 (a majority is more than half; a tie is none):
+
+        detserve eval-determinism --run n1.runlog.jsonl --run n2.runlog.jsonl --run n3.runlog.jsonl
+
+    Every log is validated completely first. Exit 0: identical, within the thresholds, the
+    expected hash, or unanimous; 1: divergent, not a replay, another hash, or any dissent;
+    2: an invalid log or bad options.
+    """
+    from detserve.evaluation import check_expected_hash, compare_many, evaluate
+
+    report: DeterminismReport | HashCheckReport | MajorityReport
+    thresholds_given = min_exact_match_ratio is not None or logprob_tolerance is not None
+    if runs:
+        if run_a is not None or run_b is not None or expected_hash is not None:
+            raise UsageError("--run (majority mode) excludes --run-a, --run-b and --expected-hash")
+        if thresholds_given:
+            raise UsageError("the majority mode groups logs by sha256: thresholds do not apply")
+        _refuse_report_overwrite(output, force)
+        report = compare_many(
+            runs, max_reported=max_reported, progress=lambda path: say(f"validating {path}")
+        )
+    elif expected_hash is not None:
+        if run_a is None or run_b is not None:
+            raise UsageError("--expected-hash checks one log: give --run-a PATH, not --run-b")
+        if thresholds_given:
+            raise UsageError("--expected-hash is an exact check: thresholds do not apply")
+        _refuse_report_overwrite(output, force)
+        report = check_expected_hash(run_a, expected_hash)
+    elif run_a is not None and run_b is not None:
+        _refuse_report_overwrite(output, force)
+        with _sample_progress("comparing") as advance:
+            report = evaluate(
+                run_a,
+                run_b,
+                min_exact_match_ratio=min_exact_match_ratio,
+                logprob_tolerance=logprob_tolerance,
+                max_reported=max_reported,
+                progress=advance,
+            )
+    else:
+        raise UsageError(
+            "give --run-a A --run-b B, or --run-a A --expected-hash SHA256, or --run PATH "
+            "three or more times",
+            hint="see `detserve eval-determinism --help` for examples",
+        )
+
+    document = report.as_json()
+    if output is not None:
+        _write_report(output, document)
+    if json_output:
+        emit_json(document)
+    else:
+        for line in report.summary_lines():
+            result(line)
+        if output is not None:
+            say(f"report written to {output}")
+    error = report.error()
+    if error is not None:
+        if json_output:
+            # The report on stdout is the one JSON object; the verdict is in it and the exit code.
+            raise typer.Exit(error.exit_code)
+        raise error
+
+
+def _refuse_report_overwrite(output: Path | None, force: bool) -> None:
+    # Before reading the logs, which may take a while, not after.
+    if output is not None:
+        refuse_overwrite(output, force=force)
