@@ -1,0 +1,219 @@
+"""The operator's and the verifier's commands: sample, replay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from detserve.canonical import refuse_overwrite
+from detserve.cli.app import app
+from detserve.cli.commands_runs import _write_report as write_report
+from detserve.cli.options import ConfigOption
+from detserve.cli.output import JsonOption, byte_progress, count_progress, emit_json, result, say
+from detserve.errors import UsageError
+from detserve.profile import load_profile
+from detserve.prompts import load_bundle
+
+DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
+DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
+
+BundleOption = Annotated[
+    Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
+]
+BundlePinOption = Annotated[
+    Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
+]
+
+
+def _refuse_weakening(
+    skip_reference_hash_check: bool, concurrency: int | None, temperature: float | None
+) -> None:
+    # These options exist only to be refused by name: a strict run has no way to weaken itself.
+    if skip_reference_hash_check:
+        raise UsageError(
+            "--skip-reference-hash-check is refused: the prompt bundle is always verified"
+        )
+    if concurrency is not None and concurrency != 1:
+        raise UsageError(f"--concurrency {concurrency} is refused: strict sampling is sequential")
+    if temperature is not None and temperature != 0:
+        raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
+
+
+@contextmanager
+def _sampling_display(total: int) -> Iterator[Callable[[int, int], None]]:
+    with count_progress("sampling", total) as (progress, task):
+        started: list[float] = []
+
+        def advance(done: int, tokens: int) -> None:
+            now = time.perf_counter()
+            if not started:
+                started.append(now)
+            elapsed = now - started[0]
+            rate = f"{tokens / elapsed:,.0f} tok/s" if elapsed > 0 else ""
+            progress.update(task, completed=done, rate=rate)
+
+        yield advance
+
+
+@app.command("sample")
+def sample_command(
+    config: ConfigOption,
+    run_log_output: Annotated[
+        Path,
+        typer.Option("--run-log-output", dir_okay=False, help="The canonical run log to write."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            dir_okay=False,
+            help="The run's sidecar: what varies between faithful runs (times, host, container "
+            "id) and a summary. Never compared.",
+        ),
+    ],
+    n_prompts: Annotated[
+        int | None,
+        typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
+        ),
+    ] = None,
+    logprobs: Annotated[
+        int | None,
+        typer.Option("--logprobs", min=0, help="Record each output token's logprob."),
+    ] = None,
+    bundle: BundleOption = DEFAULT_BUNDLE,
+    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    skip_reference_hash_check: Annotated[
+        bool, typer.Option("--skip-reference-hash-check", hidden=True)
+    ] = False,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", hidden=True)] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", hidden=True)] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Sample the pinned prompt bundle from the running server, strictly, into a run log.
+
+    Refuses unless the whole snapshot verifies, the prompt bundle matches its pin, and the
+    running container is the pinned image serving the pinned model. Greedy, the profile's seed,
+    one request at a time; no option weakens this (--concurrency 2, --temperature or
+    --skip-reference-hash-check exit 2). Any failure, Ctrl-C included, leaves nothing at the
+    output paths. Example:
+
+        detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
+            --run-log-output runs/a.runlog.jsonl --output runs/a.sidecar.json
+    """
+    from detserve.runtime.engine import DockerEngine
+    from detserve.sampling import SampleRequest, sample
+
+    _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
+    loaded = load_profile(config)
+    loaded.require_pins()
+    prompts = load_bundle(bundle, bundle_pin)
+    request = SampleRequest(
+        n_prompts=n_prompts,
+        max_tokens=max_tokens or loaded.profile.sampling.max_tokens,
+        logprobs=logprobs,
+        run_log_output=run_log_output,
+        sidecar_output=output,
+        force=force,
+    )
+    engine = DockerEngine.from_env()
+    total = len(prompts.take(n_prompts))
+    with byte_progress("verifying snapshot") as bar, _sampling_display(total) as advance:
+        summary = sample(
+            loaded, prompts, request, engine=engine, progress=advance, verify_progress=bar.advance
+        )
+    if json_output:
+        emit_json(summary.as_json())
+        return
+    result(
+        f"wrote {summary.run_log}: {summary.n_samples} samples, {summary.output_tokens} tokens, "
+        f"sha256 {summary.run_log_sha256}"
+    )
+    say(f"sidecar {summary.sidecar}; {summary.tokens_per_s} tokens/s")
+
+
+@app.command("replay")
+def replay_command(
+    claim: Annotated[
+        Path, typer.Option("--claim", dir_okay=False, help="The claimed run log to replay.")
+    ],
+    config: ConfigOption,
+    output_dir: Annotated[
+        Path,
+        typer.Option(
+            "--output-dir",
+            file_okay=False,
+            help="Where the replay's run log, sidecar and report go.",
+        ),
+    ],
+    bundle: BundleOption = DEFAULT_BUNDLE,
+    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    stop_after: Annotated[
+        bool, typer.Option("--stop", help="Stop and remove the container at the end.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Re-run a claimed run log under your own pinned profile and compare, in one step.
+
+    First the claim is validated and its pins compared with the profile's (model, revision,
+    manifest, image, engine args, prompt bundle, seed): other pins mean NOT A REPLAY, exit 1,
+    and nothing runs. Then: run (start, wait with verification, smoke), sample with the claim's
+    parameters, and eval-determinism against the claim. Example:
+
+        detserve replay --claim claims/a.runlog.jsonl --config configs/tiny-cpu.local.json \\
+            --output-dir replays/a
+    """
+    from detserve.evaluation import evaluate
+    from detserve.replay import plan_replay
+    from detserve.runtime import lifecycle
+    from detserve.runtime.engine import DockerEngine
+    from detserve.sampling import SampleRequest, sample
+
+    loaded = load_profile(config)
+    prompts = load_bundle(bundle, bundle_pin)
+    plan = plan_replay(claim, loaded, prompts)
+    replay_log = output_dir / "replay.runlog.jsonl"
+    request = SampleRequest(
+        n_prompts=plan.n_prompts,
+        max_tokens=plan.max_tokens,
+        logprobs=plan.logprobs,
+        run_log_output=replay_log,
+        sidecar_output=output_dir / "replay.sidecar.json",
+        force=force,
+    )
+    report_path = output_dir / "report.json"
+    refuse_overwrite(report_path, force=force)
+    engine = DockerEngine.from_env()
+    say(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
+    lifecycle.run(loaded, engine=engine, on_stage=say)
+    try:
+        with _sampling_display(plan.n_prompts) as advance:
+            summary = sample(loaded, prompts, request, engine=engine, progress=advance)
+    finally:
+        if stop_after:
+            lifecycle.stop(loaded, engine=engine)
+    report = evaluate(claim, summary.run_log)
+    write_report(report_path, report.as_json())
+    if json_output:
+        emit_json(report.as_json() | {"replay_run_log": str(summary.run_log)})
+    else:
+        for line in report.summary_lines():
+            result(line)
+        say(f"replay run log {summary.run_log}; report {report_path}")
+    error = report.error()
+    if error is not None:
+        if json_output:
+            raise typer.Exit(error.exit_code)  # the report above is the one JSON object
+        raise error

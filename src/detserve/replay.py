@@ -1,0 +1,74 @@
+"""Replay a claimed run: check that a profile can reproduce it, re-run it, and compare.
+
+A verifier's claim is a run log. Before anything runs, the claim's pins are compared with the
+verifier's own profile, manifest and prompt bundle: a claim made under other pins cannot be
+replayed and is reported as such (exit 1), not sampled against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from detserve.errors import VerificationError
+from detserve.profile import LoadedProfile
+from detserve.prompts import PromptBundle
+from detserve.runlog import RunLogHeader, validate_run_log
+from detserve.runtime.container_spec import engine_args, manifest_sha256
+
+
+class NotAReplay(VerificationError):
+    kind = "not-a-replay"
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """What to sample so that the result is comparable with the claim."""
+
+    claim: Path
+    header: RunLogHeader
+    n_prompts: int
+    max_tokens: int
+    logprobs: int | None
+
+
+def plan_replay(claim: Path, loaded: LoadedProfile, bundle: PromptBundle) -> ReplayPlan:
+    """Validate the claim completely and refuse unless the local pins are the claim's."""
+    summary = validate_run_log(claim)
+    header = summary.header
+    loaded.require_pins()
+    pins = header.pins
+    local = {
+        "profile_name": loaded.name,
+        "model_id": loaded.profile.model.id,
+        "model_revision": loaded.revision,
+        "manifest_sha256": manifest_sha256(loaded),
+        "image": loaded.image,
+        "prompt_bundle_sha256": bundle.sha256,
+        "engine_args": engine_args(loaded),
+        "served_model_name": loaded.profile.vllm.served_model_name,
+        "seed": loaded.profile.sampling.seed,
+    }
+    claimed = pins.model_dump(mode="json") | {"seed": header.sampling.seed}
+    differences = [
+        f"{key}: claim {claimed.get(key)!r}, local {value!r}"
+        for key, value in sorted(local.items())
+        if claimed.get(key) != value
+    ]
+    if differences:
+        raise NotAReplay(
+            f"{claim} was made under other pins than {loaded.path}: not a replay",
+            details=differences,
+            hint="replay with the claim's profile, manifest, image and prompt bundle",
+        )
+    if header.n_samples > len(bundle.prompts):
+        raise NotAReplay(
+            f"{claim} has {header.n_samples} samples; the pinned bundle has {len(bundle.prompts)}"
+        )
+    return ReplayPlan(
+        claim=claim,
+        header=header,
+        n_prompts=header.n_samples,
+        max_tokens=header.sampling.max_tokens,
+        logprobs=header.sampling.logprobs,
+    )
