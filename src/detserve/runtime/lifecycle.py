@@ -441,11 +441,13 @@ class SmokeResult:
         }
 
 
-def _root_is_model(root: str | None, model_id: str) -> bool:
+def _root_is_model(root: str | None, loaded: LoadedProfile) -> bool:
+    """vLLM reports the model it loaded as the id it was given, or as the snapshot path."""
     if root is None:
         return False
-    cache_name = "models--" + model_id.replace("/", "--")
-    return root == model_id or model_id in root or cache_name in root
+    model_id = loaded.profile.model.id
+    snapshot = f"models--{model_id.replace('/', '--')}/snapshots/{loaded.revision}"
+    return root == model_id or root.rstrip("/").endswith("/" + snapshot)
 
 
 def _first_difference(first: Sequence[object], second: Sequence[object]) -> int:
@@ -490,7 +492,7 @@ def check_served_model(loaded: LoadedProfile, server: VllmServer) -> str | None:
             details=[f"it serves: {', '.join(sorted(served)) or '(nothing)'}"],
         )
     root = served[served_name].root
-    if not _root_is_model(root, profile.model.id):
+    if not _root_is_model(root, loaded):
         raise PinMismatch(
             f"the server at {server.base_url} serves {served_name!r} from {root!r}, not from "
             f"the pinned model {profile.model.id}"
