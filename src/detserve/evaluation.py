@@ -19,7 +19,7 @@ verdict, because a failed comparison is still a result someone must read; each r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import zip_longest
@@ -290,10 +290,16 @@ def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
     """The first index where ``a`` and ``b`` differ, or where the shorter one ends."""
     if a == b:
         return None
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return min(len(a), len(b))
+    # Bisect on equal prefixes: slices compare in C, so a 4-million-character text costs
+    # milliseconds, not seconds.
+    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; the answer is at most high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def _text_window(a: str, b: str) -> TextWindow | None:
@@ -553,9 +559,7 @@ def evaluate(
     ):
         headers = tuple(header_differences(log_a.header, log_b.header))
         announced = log_a.header.n_samples
-        pairs: Iterator[tuple[tuple[bytes, RunLogSample] | None, tuple[bytes, RunLogSample] | None]]
-        pairs = zip_longest(log_a.lines(), log_b.lines())
-        for entry_a, entry_b in pairs:
+        for entry_a, entry_b in zip_longest(log_a.lines(), log_b.lines()):
             if entry_a is None or entry_b is None:
                 unpaired += 1
                 continue
@@ -599,8 +603,7 @@ def evaluate(
     elif headers or mismatch_count or unpaired:
         verdict = Verdict.NOT_A_REPLAY
     else:
-        total = compared
-        ratio = (identical + tolerated) / total
+        ratio = (identical + tolerated) / compared
         verdict = (
             Verdict.WITHIN_THRESHOLD
             if ratio >= thresholds.min_exact_match_ratio
