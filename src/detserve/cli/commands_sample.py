@@ -13,21 +13,17 @@ import typer
 from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
 from detserve.cli.commands_runs import _write_report as write_report
-from detserve.cli.options import ConfigOption
+from detserve.cli.options import (
+    DEFAULT_BUNDLE,
+    DEFAULT_BUNDLE_PIN,
+    BundleOption,
+    BundlePinOption,
+    ConfigOption,
+)
 from detserve.cli.output import JsonOption, byte_progress, count_progress, emit_json, result, say
 from detserve.errors import UsageError
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle
-
-DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
-DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
-
-BundleOption = Annotated[
-    Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
-]
-BundlePinOption = Annotated[
-    Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
-]
 
 
 def _refuse_weakening(

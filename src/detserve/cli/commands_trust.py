@@ -12,7 +12,15 @@ import typer
 
 from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption, OptionalConfigOption, WorkersOption
+from detserve.cli.options import (
+    DEFAULT_BUNDLE,
+    DEFAULT_BUNDLE_PIN,
+    BundleOption,
+    BundlePinOption,
+    ConfigOption,
+    OptionalConfigOption,
+    WorkersOption,
+)
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
 from detserve.snapshot import build_manifest, verify_snapshot, write_manifest
@@ -296,15 +304,6 @@ def lock_image_command(
 
 prompts_app = typer.Typer(help="Build and verify pinned prompt bundles.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
-
-DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
-DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
-BundleOption = Annotated[
-    Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
-]
-BundlePinOption = Annotated[
-    Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
-]
 
 
 @prompts_app.command("verify")
