@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+from typing import NoReturn
 
 import click
 import typer
@@ -92,6 +93,16 @@ def _show_usage_error(exc: BaseException) -> None:
         stderr.print(f"detserve: error: {exc}", markup=False)
 
 
+#: Typer turns Ctrl-C inside a command into ``Exit(130)``, which a non-standalone call returns
+#: instead of raising the KeyboardInterrupt; no detserve command exits 130 by itself.
+_TYPER_INTERRUPTED = 130
+
+
+def _interrupted() -> NoReturn:
+    stderr.print("detserve: interrupted; nothing was written", markup=False)
+    sys.exit(EXIT_ENVIRONMENT)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``detserve`` console script."""
     args = sys.argv[1:] if argv is None else argv
@@ -108,16 +119,14 @@ def main(argv: list[str] | None = None) -> None:
         stderr.print(f"detserve: error: {exc.diagnostics()}", markup=False)
         sys.exit(exc.exit_code)
     except _EXIT as exc:
-        sys.exit(getattr(exc, "exit_code", 0))
+        code = getattr(exc, "exit_code", 0)
     except _ABORT:
-        stderr.print("detserve: interrupted; nothing was written", markup=False)
-        sys.exit(EXIT_ENVIRONMENT)
+        _interrupted()
     except _USAGE as exc:
         _show_usage_error(exc)
         sys.exit(EXIT_INPUT)
     except KeyboardInterrupt:
-        stderr.print("detserve: interrupted; nothing was written", markup=False)
-        sys.exit(EXIT_ENVIRONMENT)
+        _interrupted()
     except Exception as exc:  # noqa: BLE001
         # A bug. Never exit 1 here: a crash must not read as a verification verdict.
         if verbose:
@@ -128,4 +137,6 @@ def main(argv: list[str] | None = None) -> None:
             markup=False,
         )
         sys.exit(EXIT_ENVIRONMENT)
+    if code == _TYPER_INTERRUPTED:
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)

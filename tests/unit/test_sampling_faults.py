@@ -1,0 +1,557 @@
+"""The strict sampler against servers that misbehave on purpose.
+
+Real vLLM cannot be made to fail on cue, so here the sampler (:func:`detserve.sampling.sample`)
+talks to a real HTTP server in a thread that answers as vLLM does (``/v1/models``, ``/version``,
+``/v1/completions`` with ``token_ids`` and ``prompt_token_ids``) until a test tells it to fail,
+and to a fake container engine that reports the profile's own container. Every failure must
+raise the documented error with its exit code and leave nothing at either output path, not even
+a ``.partial`` temporary file.
+
+The retry policy tested is the one ``detserve/runtime/server.py`` documents: at most four
+attempts, waiting 0.5 s, 1 s and 2 s; 5xx and timeouts retried, 4xx and malformed 2xx never.
+The client's ``sleep`` is recorded instead of slept (and, for the timeout, its timeout is short):
+what is tested is how many requests were sent and how long the client asked to wait between them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detserve import sampling
+from detserve.errors import (
+    ContainerError,
+    DetserveError,
+    PinMismatch,
+    ServerError,
+    SnapshotMismatch,
+)
+from detserve.profile import LoadedProfile, load_profile
+from detserve.prompts import PromptBundle, load_bundle
+from detserve.runlog import validate_run_log
+from detserve.runtime.container_spec import ContainerSpec, engine_args, expected_labels
+from detserve.runtime.engine import ContainerInfo, DockerEngine, ImageInfo
+from detserve.runtime.server import VllmServer
+from detserve.sampling import SampleRequest, SampleSummary, sample
+
+from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
+from .conftest import TinyWorkspace
+
+IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
+SERVED_NAME = "tiny-llama"
+N_PROMPTS = 4
+MAX_TOKENS = 6
+EXIT_VERIFICATION, EXIT_ENVIRONMENT = 1, 3
+
+# --- a server that answers as vLLM does, until told otherwise -----------------------------------
+
+#: (completion request number from 1, request body) -> an answer that replaces the normal one
+Fault = Callable[[int, dict[str, Any]], "Answer | None"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    body: bytes | dict[str, Any] = b""
+    delay_s: float = 0.0
+
+
+@dataclass
+class FakeVllm:
+    """What the fake server knows (the bundle's prompts) and what it was asked."""
+
+    n_tokens: dict[str, int]
+    models: list[dict[str, Any]] = field(
+        default_factory=lambda: [{"id": SERVED_NAME, "root": "detserve/tiny-llama"}]
+    )
+    fault: Fault | None = None
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A well-formed answer: the prompt's pinned length, tokens derived from the prompt."""
+        prompt = body["prompt"]
+        seed = hashlib.sha256(prompt.encode()).digest()
+        tokens = [seed[i] + 3 for i in range(body["max_tokens"])]
+        choice: dict[str, Any] = {
+            "index": 0,
+            "text": "".join(f" t{token}" for token in tokens),
+            "finish_reason": "length",
+            "token_ids": tokens,
+            "prompt_token_ids": list(range(1, self.n_tokens[prompt] + 1)),
+            "logprobs": None,
+        }
+        if body.get("logprobs") is not None:
+            choice["logprobs"] = {
+                "tokens": [f" t{token}" for token in tokens],
+                "token_logprobs": [-token / 64 for token in tokens],
+                "top_logprobs": [{f" t{token}": -token / 64} for token in tokens],
+            }
+        return {"id": "cmpl-1", "model": body["model"], "choices": [choice]}
+
+    def answer(self, method: str, path: str, body: dict[str, Any] | None) -> Answer:
+        if method == "GET" and path == "/v1/models":
+            return Answer(body={"object": "list", "data": self.models})
+        if method == "GET" and path == "/version":
+            return Answer(body={"version": "0.32.0"})
+        if method == "POST" and path == "/v1/completions" and body is not None:
+            with self.lock:
+                self.completions.append(body)
+                number = len(self.completions)
+            replaced = self.fault(number, body) if self.fault is not None else None
+            return replaced or Answer(body=self.completion(body))
+        return Answer(404, {"error": f"no route {method} {path}"})
+
+
+def _handler(fake: FakeVllm) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _serve(self, method: str) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            answer = fake.answer(method, self.path, json.loads(raw) if raw else None)
+            if answer.delay_s:
+                time.sleep(answer.delay_s)
+            body = answer.body
+            data = json.dumps(body).encode() if isinstance(body, dict) else body
+            try:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up: a timeout test
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+    return Handler
+
+
+# --- a container engine that holds the profile's container --------------------------------------
+
+
+class FakeEngine:
+    """The profile's container, running with its pins; ``restart`` gives it another lifetime."""
+
+    def __init__(self, container: ContainerInfo) -> None:
+        self.container = container
+        self.gone = False
+
+    def restart(self) -> None:
+        self.container = dataclasses.replace(
+            self.container, started_at="2030-01-01T00:00:00.000000000Z"
+        )
+
+    def find(self, name: str) -> ContainerInfo | None:
+        return self.container if name == self.container.name and not self.gone else None
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        if self.gone or container_id != self.container.id:
+            raise ContainerError(f"container {container_id[:12]} no longer exists")
+        return self.container
+
+    def logs(self, container_id: str, tail: int) -> list[str]:
+        return ["(fake engine)"]
+
+    # The sampler never starts, stops or pulls anything.
+    def ensure_image(self, image: str) -> ImageInfo:
+        raise AssertionError("the sampler pulled an image")
+
+    def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
+        raise AssertionError("the sampler started a container")
+
+    def stop_and_remove(self, container_id: str) -> None:
+        raise AssertionError("the sampler stopped a container")
+
+    def follow_logs(self, container_id: str, tail: int) -> Iterator[str]:
+        raise AssertionError("the sampler followed logs")
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    """A pinned profile on a copy of the tiny model, its server, engine and output paths."""
+
+    loaded: LoadedProfile
+    bundle: PromptBundle
+    fake: FakeVllm
+    engine: FakeEngine
+    out: Path
+    sleeps: list[float]
+    workspace: TinyWorkspace
+
+    def request(self, name: str = "run", *, logprobs: int | None = 1) -> SampleRequest:
+        return SampleRequest(
+            n_prompts=N_PROMPTS,
+            max_tokens=MAX_TOKENS,
+            logprobs=logprobs,
+            run_log_output=self.out / f"{name}.runlog.jsonl",
+            sidecar_output=self.out / f"{name}.sidecar.json",
+        )
+
+    def sample(
+        self,
+        request: SampleRequest | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> SampleSummary:
+        return sample(
+            self.loaded,
+            self.bundle,
+            request or self.request(),
+            engine=self.engine,
+            progress=progress,
+        )
+
+    def fails(
+        self,
+        error: type[DetserveError],
+        exit_code: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> DetserveError:
+        """Sample, expect ``error``, and check that nothing was left in the output folder."""
+        request = self.request()
+        with pytest.raises(error) as raised:
+            self.sample(request, progress)
+        assert raised.value.exit_code == exit_code
+        assert not request.run_log_output.exists()
+        assert not request.sidecar_output.exists()
+        leftovers = sorted(p.name for p in self.out.iterdir()) if self.out.exists() else []
+        assert leftovers == [], f"left behind: {leftovers}"
+        return raised.value
+
+
+@pytest.fixture
+def rig(
+    tiny_workspace: TinyWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Rig]:
+    bundle = load_bundle(BUNDLE_DIR, BUNDLE_PIN)
+    fake = FakeVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    httpd.daemon_threads = True
+    httpd.block_on_close = False  # a handler still sleeping for a timeout test is not waited for
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+
+    document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
+    document["runtime"]["image"] = IMAGE
+    document["runtime"]["port"] = httpd.server_address[1]
+    tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
+    loaded = load_profile(tiny_workspace.config)
+    container = ContainerInfo(
+        id="c0ffee" * 10 + "abcd",
+        name=f"detserve-{loaded.name}",
+        status="running",
+        running=True,
+        started_at="2026-01-01T00:00:00.000000000Z",
+        restart_count=0,
+        exit_code=None,
+        oom_killed=False,
+        error="",
+        image_id="sha256:" + "b" * 64,
+        image=IMAGE,
+        labels=expected_labels(loaded),
+        command=tuple(engine_args(loaded)),
+    )
+    sleeps: list[float] = []
+    # The sampler's own client, with the documented retry policy; its waits are recorded.
+    monkeypatch.setattr(sampling, "VllmServer", functools.partial(VllmServer, sleep=sleeps.append))
+    try:
+        yield Rig(
+            loaded=loaded,
+            bundle=bundle,
+            fake=fake,
+            engine=FakeEngine(container),
+            out=tmp_path / "out",
+            sleeps=sleeps,
+            workspace=tiny_workspace,
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def on_request(number: int, answer: Answer, *, every_attempt: bool = True) -> Fault:
+    """Answer completion request ``number`` (and, by default, every later one) with ``answer``."""
+
+    def fault(received: int, body: dict[str, Any]) -> Answer | None:
+        if received == number or (every_attempt and received > number):
+            return answer
+        return None
+
+    return fault
+
+
+# --- the baseline -------------------------------------------------------------------------------
+
+
+def test_a_well_behaved_server_gives_a_valid_run_log(rig: Rig) -> None:
+    summary = rig.sample()
+    checked = validate_run_log(summary.run_log)
+    assert checked.sha256 == summary.run_log_sha256
+    assert checked.n_samples == N_PROMPTS
+    pins = checked.header.pins
+    assert pins.image == IMAGE
+    assert pins.served_model_name == SERVED_NAME
+    assert pins.vllm_version == "0.32.0"
+    assert pins.prompt_bundle_sha256 == rig.bundle.sha256
+    assert list(pins.engine_args) == engine_args(rig.loaded)
+    sidecar = json.loads(summary.sidecar.read_text(encoding="utf-8"))
+    assert sidecar["run_log_sha256"] == summary.run_log_sha256
+    assert sidecar["container_id"] == rig.engine.container.id
+    # greedy, the profile's seed, the pinned name, one request per prompt, nothing retried
+    assert [body["prompt"] for body in rig.fake.completions] == [
+        p.prompt for p in rig.bundle.prompts[:N_PROMPTS]
+    ]
+    assert {(b["temperature"], b["seed"], b["model"], b["n"]) for b in rig.fake.completions} == {
+        (0, 0, SERVED_NAME, 1)
+    }
+    assert rig.sleeps == []
+
+
+# --- HTTP failures and the retry policy ---------------------------------------------------------
+
+
+def test_http_500_on_the_third_request_fails_after_the_documented_retries(rig: Rig) -> None:
+    rig.fake.fault = on_request(3, Answer(500, b"engine dead"))
+    error = rig.fails(ServerError, EXIT_ENVIRONMENT)
+    assert "HTTP 500: engine dead (after 4 attempts)" in error.message
+    # two good requests, then the third sent 1 + 3 times, waiting 0.5 s, 1 s, 2 s between
+    assert len(rig.fake.completions) == 2 + 4
+    assert rig.sleeps == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_a_transient_5xx_is_retried_and_changes_nothing(rig: Rig, status: int) -> None:
+    reference = rig.sample(rig.request("reference"))
+    rig.fake.completions.clear()
+    rig.fake.fault = on_request(3, Answer(status, b"busy"), every_attempt=False)
+    retried = rig.sample(rig.request("retried"))
+    assert len(rig.fake.completions) == N_PROMPTS + 1
+    assert rig.sleeps == [0.5]
+    # a greedy request with a fixed seed is safe to repeat: the log is the same bytes
+    assert retried.run_log.read_bytes() == reference.run_log.read_bytes()
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_a_4xx_is_never_retried(rig: Rig, status: int) -> None:
+    rig.fake.fault = on_request(2, Answer(status, {"message": "bad request"}))
+    error = rig.fails(ServerError, EXIT_ENVIRONMENT)
+    assert f"was refused: HTTP {status}" in error.message
+    assert len(rig.fake.completions) == 2
+    assert rig.sleeps == []
+
+
+def test_a_timeout_is_retried_then_fails(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        sampling,
+        "VllmServer",
+        functools.partial(VllmServer, timeout_s=0.3, sleep=rig.sleeps.append),
+    )
+    rig.fake.fault = on_request(2, Answer(body=b"{}", delay_s=1.5))
+    error = rig.fails(ServerError, EXIT_ENVIRONMENT)
+    assert "timed out (ReadTimeout) (after 4 attempts)" in error.message
+    assert len(rig.fake.completions) == 1 + 4
+    assert rig.sleeps == [0.5, 1.0, 2.0]
+
+
+def test_malformed_json_is_never_retried(rig: Rig) -> None:
+    rig.fake.fault = on_request(3, Answer(body=b'{"choices": [ oops'))
+    error = rig.fails(ServerError, EXIT_ENVIRONMENT)
+    assert "malformed response from POST" in error.message
+    assert "not JSON" in error.message
+    assert len(rig.fake.completions) == 3
+    assert rig.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("missing", "expected"),
+    [
+        ("token_ids", "choices.0.token_ids: Field required"),
+        ("prompt_token_ids", "no prompt_token_ids"),
+    ],
+)
+def test_a_response_without_token_ids_is_refused(rig: Rig, missing: str, expected: str) -> None:
+    def without(number: int, body: dict[str, Any]) -> Answer | None:
+        if number != 2:
+            return None
+        answer = rig.fake.completion(body)
+        del answer["choices"][0][missing]
+        return Answer(body=answer)
+
+    rig.fake.fault = without
+    error = rig.fails(ServerError, EXIT_ENVIRONMENT)
+    assert expected in error.diagnostics()
+    assert len(rig.fake.completions) == 2
+    assert rig.sleeps == []
+
+
+def test_logprobs_asked_and_none_given_is_refused(rig: Rig) -> None:
+    def no_logprobs(number: int, body: dict[str, Any]) -> Answer | None:
+        answer = rig.fake.completion(body)
+        answer["choices"][0]["logprobs"] = None
+        return Answer(body=answer)
+
+    rig.fake.fault = no_logprobs
+    error = rig.fails(ServerError, EXIT_ENVIRONMENT)
+    assert "logprobs were asked, none came" in error.message
+
+
+# --- a server that is not the pinned one --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("models", "expected"),
+    [
+        (
+            [{"id": "other-model", "root": "detserve/tiny-llama"}],
+            "does not serve 'tiny-llama'",
+        ),
+        (
+            [{"id": SERVED_NAME, "root": "someone/other-model"}],
+            "serves 'tiny-llama' from 'someone/other-model', not from the pinned model",
+        ),
+        ([{"id": SERVED_NAME, "root": None}], "from None, not from the pinned model"),
+    ],
+)
+def test_another_model_is_refused_before_any_completion(
+    rig: Rig, models: list[dict[str, Any]], expected: str
+) -> None:
+    rig.fake.models = models
+    error = rig.fails(PinMismatch, EXIT_VERIFICATION)
+    assert expected in error.message
+    assert rig.fake.completions == []
+
+
+def test_a_tokenizer_mismatch_fails_the_run(rig: Rig) -> None:
+    prompt = rig.bundle.prompts[1]
+
+    def one_token_more(number: int, body: dict[str, Any]) -> Answer | None:
+        if number != 2:
+            return None
+        answer = rig.fake.completion(body)
+        answer["choices"][0]["prompt_token_ids"].append(2)
+        return Answer(body=answer)
+
+    rig.fake.fault = one_token_more
+    error = rig.fails(PinMismatch, EXIT_VERIFICATION)
+    assert error.message == (
+        f"sample 1 ({prompt.id}): the server tokenized the prompt into {prompt.n_tokens + 1} "
+        f"tokens; the pinned tokenizer gives {prompt.n_tokens}"
+    )
+    assert len(rig.fake.completions) == 2
+
+
+# --- the container and the snapshot during the run ----------------------------------------------
+
+
+def test_a_container_restarted_during_the_run_voids_it(rig: Rig) -> None:
+    def restart_after_first(done: int, tokens: int) -> None:
+        if done == 1:
+            rig.engine.restart()
+
+    error = rig.fails(ContainerError, EXIT_ENVIRONMENT, progress=restart_after_first)
+    assert "the server changed during the run" in error.message
+    assert any("2030-01-01" in detail for detail in error.details)
+
+
+def test_a_container_gone_during_the_run_voids_it(rig: Rig) -> None:
+    def remove_after_first(done: int, tokens: int) -> None:
+        if done == 1:
+            rig.engine.gone = True
+
+    error = rig.fails(ContainerError, EXIT_ENVIRONMENT, progress=remove_after_first)
+    assert "is gone; no run log was written" in error.message
+
+
+def test_a_snapshot_changed_during_the_run_voids_it(rig: Rig) -> None:
+    weights = rig.workspace.blob_of("model.safetensors")
+
+    def flip_after_first(done: int, tokens: int) -> None:
+        if done == 1:
+            data = bytearray(weights.read_bytes())
+            data[-1] ^= 0x01
+            weights.write_bytes(bytes(data))
+
+    error = rig.fails(SnapshotMismatch, EXIT_VERIFICATION, progress=flip_after_first)
+    assert "changed: ./model.safetensors" in error.diagnostics()
+    assert len(rig.fake.completions) == N_PROMPTS  # found at the end, before the commit
+
+
+def test_no_container_is_an_environment_error_before_any_request(rig: Rig) -> None:
+    rig.engine.gone = True
+    error = rig.fails(ContainerError, EXIT_ENVIRONMENT)
+    assert error.message == f"no container detserve-{rig.loaded.name} to sample from"
+    assert rig.fake.completions == []
+
+
+def test_ctrl_c_during_the_run_leaves_nothing(rig: Rig) -> None:
+    request = rig.request()
+
+    def interrupt(done: int, tokens: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rig.sample(request, interrupt)
+    assert not request.run_log_output.exists()
+    assert not request.sidecar_output.exists()
+    assert sorted(rig.out.iterdir()) == []
+
+
+def test_ctrl_c_in_the_cli_exits_3_and_says_nothing_was_written(
+    rig: Rig, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through ``main``: Typer turns Ctrl-C into exit 130 unless detserve maps it (it must)."""
+    real_sample = sampling.sample
+
+    def interrupted_sample(*args: Any, progress: Any = None, **kwargs: Any) -> SampleSummary:
+        def interrupt(done: int, tokens: int) -> None:
+            progress(done, tokens)
+            if done == 2:
+                raise KeyboardInterrupt
+
+        return real_sample(*args, progress=interrupt, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", interrupted_sample)
+    monkeypatch.setattr(DockerEngine, "from_env", classmethod(lambda cls: rig.engine))
+    request = rig.request()
+    ran = cli(
+        "sample",
+        "--config",
+        rig.loaded.path,
+        "--bundle",
+        BUNDLE_DIR,
+        "--bundle-pin",
+        BUNDLE_PIN,
+        "--n-prompts",
+        str(N_PROMPTS),
+        "--run-log-output",
+        request.run_log_output,
+        "--output",
+        request.sidecar_output,
+    )
+    assert ran.code == EXIT_ENVIRONMENT, ran
+    assert "detserve: interrupted; nothing was written" in ran.err
+    assert len(rig.fake.completions) == 2
+    assert sorted(rig.out.iterdir()) == []
