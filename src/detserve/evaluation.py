@@ -286,7 +286,7 @@ def _short(value: object) -> str:
 # --- comparing two samples ----------------------------------------------------------------------
 
 
-def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
+def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
     """The first index where ``a`` and ``b`` differ, or where the shorter one ends."""
     if a == b:
         return None
@@ -303,7 +303,7 @@ def _first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
 
 
 def _text_window(a: str, b: str) -> TextWindow | None:
-    first = _first_difference(a, b)
+    first = first_difference(a, b)
     if first is None:
         return None
     start = max(0, first - TEXT_WINDOW)
@@ -331,7 +331,7 @@ def _compare_samples(a: RunLogSample, b: RunLogSample, thresholds: Thresholds) -
     fields = tuple(
         name for name in _SAMPLE_FIELDS if _json(getattr(a, name)) != _json(getattr(b, name))
     )
-    first = _first_difference(a.output_token_ids, b.output_token_ids)
+    first = first_difference(a.output_token_ids, b.output_token_ids)
     window = None
     if first is not None:
         start = max(0, first - TOKEN_WINDOW)
@@ -354,7 +354,7 @@ def _compare_samples(a: RunLogSample, b: RunLogSample, thresholds: Thresholds) -
         text=_text_window(a.text, b.text),
         finish_reasons=(a.finish_reason, b.finish_reason),
         logprobs=logprobs,
-        prompt_first_divergence=_first_difference(a.prompt_token_ids, b.prompt_token_ids),
+        prompt_first_divergence=first_difference(a.prompt_token_ids, b.prompt_token_ids),
         tolerated=tolerated,
     )
 

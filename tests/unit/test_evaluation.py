@@ -15,7 +15,7 @@ from detserve.errors import EXIT_INPUT, EXIT_OK, EXIT_VERIFICATION, UsageError
 from detserve.evaluation import (
     TOKEN_WINDOW,
     Verdict,
-    _first_difference,
+    first_difference,
     check_expected_hash,
     compare_many,
     evaluate,
@@ -422,11 +422,11 @@ def test_cli_help_teaches_by_example(cli: CliRunner) -> None:
     a=st.lists(st.integers(0, 2), max_size=10) | st.text(alphabet="ab", max_size=10),
     b=st.lists(st.integers(0, 2), max_size=10) | st.text(alphabet="ab", max_size=10),
 )
-def test_first_difference(a: Any, b: Any) -> None:
+def testfirst_difference(a: Any, b: Any) -> None:
     assume(type(a) is type(b))
     expected = None
     if a != b:
         expected = next(
             (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
         )
-    assert _first_difference(a, b) == expected
+    assert first_difference(a, b) == expected

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,20 +9,22 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.canonical import atomic_write_bytes, refuse_overwrite
+from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
-from detserve.cli.output import JsonOption, count_progress, emit_json, result, say
+from detserve.cli.output import (
+    JsonOption,
+    count_progress,
+    emit_json,
+    result,
+    say,
+    write_report,
+)
 from detserve.errors import UsageError
 
 if TYPE_CHECKING:
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
 
 # --- eval-determinism ---------------------------------------------------------------------------
-
-
-def _write_report(path: Path, report: dict[str, object]) -> None:
-    text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 @contextmanager
@@ -171,7 +172,7 @@ def eval_determinism(
 
     document = report.as_json()
     if output is not None:
-        _write_report(output, document)
+        write_report(output, document)
     if json_output:
         emit_json(document)
     else:

@@ -12,7 +12,6 @@ import typer
 
 from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
-from detserve.cli.commands_runs import _write_report as write_report
 from detserve.cli.options import (
     DEFAULT_BUNDLE,
     DEFAULT_BUNDLE_PIN,
@@ -20,7 +19,15 @@ from detserve.cli.options import (
     BundlePinOption,
     ConfigOption,
 )
-from detserve.cli.output import JsonOption, byte_progress, count_progress, emit_json, result, say
+from detserve.cli.output import (
+    JsonOption,
+    byte_progress,
+    count_progress,
+    emit_json,
+    result,
+    say,
+    write_report,
+)
 from detserve.errors import UsageError
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle

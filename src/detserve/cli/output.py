@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,6 +16,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -21,7 +24,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from detserve.canonical import canonical_json
+from detserve.canonical import atomic_write_bytes, canonical_json
 
 stdout = Console(soft_wrap=True, highlight=False)
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -34,6 +37,12 @@ JsonOption = Annotated[
 def emit_json(value: Any) -> None:
     sys.stdout.write(canonical_json(value) + "\n")
     sys.stdout.flush()
+
+
+def write_report(path: Path, report: dict[str, object]) -> None:
+    """A JSON report for people and machines (indented, sorted keys), written atomically."""
+    text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def say(message: str) -> None:
@@ -60,16 +69,20 @@ class ByteProgress:
         self._progress.advance(self._task, count)
 
 
-@contextmanager
-def byte_progress(description: str) -> Iterator[ByteProgress]:
-    columns = (
+def byte_columns() -> tuple[ProgressColumn, ...]:
+    """The columns of the hashing bar: what, bar, bytes done of total, throughput, time left."""
+    return (
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=stderr, transient=True) as progress:
+
+
+@contextmanager
+def byte_progress(description: str) -> Iterator[ByteProgress]:
+    with Progress(*byte_columns(), console=stderr, transient=True) as progress:
         yield ByteProgress(progress, description)
 
 

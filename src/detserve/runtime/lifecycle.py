@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from detserve.errors import (
     ServerError,
     SnapshotMismatch,
 )
+from detserve.evaluation import first_difference
 from detserve.manifest import load_manifest
 from detserve.profile import LoadedProfile
 from detserve.runtime.container_spec import (
@@ -450,19 +451,12 @@ def _root_is_model(root: str | None, loaded: LoadedProfile) -> bool:
     return root == model_id or root.rstrip("/").endswith("/" + snapshot)
 
 
-def _first_difference(first: Sequence[object], second: Sequence[object]) -> int:
-    for index, (a, b) in enumerate(zip(first, second, strict=False)):
-        if a != b:
-            return index
-    return min(len(first), len(second))
-
-
 def _compare_repeats(prompt: str, first: Completion, second: Completion) -> list[str]:
     lines = []
     if first.prompt_token_ids != second.prompt_token_ids:
         lines.append(f"{prompt!r}: prompt token ids differ between the two runs")
     if first.token_ids != second.token_ids:
-        at = _first_difference(first.token_ids, second.token_ids)
+        at = first_difference(first.token_ids, second.token_ids)
         lines.append(
             f"{prompt!r}: token ids first differ at position {at}: run 1 "
             f"{list(first.token_ids)}, run 2 {list(second.token_ids)}"
@@ -476,7 +470,7 @@ def _compare_repeats(prompt: str, first: Completion, second: Completion) -> list
             f"{prompt!r}: finish_reason {first.finish_reason!r} vs {second.finish_reason!r}"
         )
     if first.token_ids == second.token_ids and first.logprobs != second.logprobs:
-        at = _first_difference(first.logprobs or (), second.logprobs or ())
+        at = first_difference(first.logprobs or (), second.logprobs or ())
         lines.append(f"{prompt!r}: same tokens, logprobs first differ at position {at}")
     return lines
 

@@ -131,6 +131,31 @@ def _validation_lines(exc: ValidationError) -> list[str]:
     ]
 
 
+def completion_body(
+    prompt: str | Sequence[int],
+    max_tokens: int,
+    seed: int,
+    logprobs: int | None = None,
+    *,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """The exact body of a strict completion request: greedy, seeded, one choice, token ids."""
+    body: dict[str, Any] = {
+        "prompt": prompt if isinstance(prompt, str) else list(prompt),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "seed": seed,
+        "n": 1,
+        "stream": False,
+        "return_token_ids": True,
+    }
+    if model is not None:
+        body["model"] = model
+    if logprobs is not None:
+        body["logprobs"] = logprobs
+    return body
+
+
 class VllmServer:
     """A client of one vLLM OpenAI-compatible server, e.g. ``http://127.0.0.1:8000``."""
 
@@ -257,20 +282,7 @@ class VllmServer:
         model: str | None = None,
     ) -> Completion:
         """One greedy completion (``temperature: 0``) with token ids and, when asked, logprobs."""
-        body: dict[str, Any] = {
-            "prompt": prompt if isinstance(prompt, str) else list(prompt),
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "seed": seed,
-            "n": 1,
-            "stream": False,
-            "return_token_ids": True,
-        }
-        served = model or self.model
-        if served is not None:
-            body["model"] = served
-        if logprobs is not None:
-            body["logprobs"] = logprobs
+        body = completion_body(prompt, max_tokens, seed, logprobs, model=model or self.model)
         response = self._send("POST", "/v1/completions", body=body)
         parsed, data = self._parse(response, _CompletionResponse)
         choice = parsed.choices[0]
