@@ -6,13 +6,23 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv lint format test test-unit test-integration stack demo schemas clean
+.PHONY: venv constraints lint format test test-unit test-integration stack demo schemas clean bench bench-hash bench-eval bench-runtime
 
-$(STAMP): pyproject.toml
+# Versions come from constraints.txt, so that a fresh clone tests what was tested here.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# After a dependency change in pyproject.toml: resolve afresh and record the exact versions.
+constraints:
+	rm -rf $(VENV).constraints
+	$(PYTHON) -m venv $(VENV).constraints
+	$(VENV).constraints/bin/pip install --quiet -e '.[dev]'
+	{ head -2 constraints.txt; $(VENV).constraints/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(VENV).constraints
 
 venv: $(STAMP)
 
@@ -20,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests scripts benchmarks
 	$(BIN)/ruff check src tests scripts benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy benchmarks/*.py scripts/*.py scripts/stack/*.py
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests scripts benchmarks
@@ -41,8 +52,32 @@ test: stack
 demo: stack
 	bash scripts/demo.sh
 
+# The benchmarks of docs/performance.md through one tool, benchmarks/bench.py; each writes its
+# record to benchmarks/results/ and exits 0 when its targets are met, 1 when one is missed, 2 when
+# it could not run. `make bench` runs hash, eval and runtime and writes one combined record; each
+# part takes the options of its own target below.
+bench: stack
+	$(BIN)/python benchmarks/bench.py all --hash-args="$(BENCH_HASH_ARGS)" \
+		--eval-args="$(BENCH_EVAL_ARGS)" --runtime-args="$(BENCH_RUNTIME_ARGS)"
+
+# Verification throughput against this machine's limits, warm and cold; exit 1 below target.
+# Options: make bench-hash BENCH_HASH_ARGS="--total-gib 1 --shards 1" (docs/performance.md).
+bench-hash: $(STAMP)
+	$(BIN)/python benchmarks/bench.py hash $(BENCH_HASH_ARGS)
+
+# eval-determinism on two synthetic 100,000-sample run logs: time and peak memory; exit 1 above
+# target. Options: make bench-eval BENCH_EVAL_ARGS="--samples 20000 --repeat 3".
+bench-eval: $(STAMP)
+	$(BIN)/python benchmarks/bench.py eval $(BENCH_EVAL_ARGS)
+
+# Sampling overhead and time to ready on the tiny CPU container against the bare server; exit 1
+# below target. Options: make bench-runtime BENCH_RUNTIME_ARGS="--rounds 4 --ready-rounds 1".
+bench-runtime: stack
+	$(BIN)/python benchmarks/bench.py runtime $(BENCH_RUNTIME_ARGS)
+
 schemas: $(STAMP)
 	$(BIN)/detserve config schema > docs/profile.schema.json
+	$(BIN)/python -m detserve.runlog > src/detserve/schemas/run-log.schema.json
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
