@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -135,11 +136,21 @@ def hash_command(
     """
     snapshot_dir, _, _ = _snapshot_and_manifest(config, snapshot, None)
     refuse_overwrite(output, force=force)  # before hashing, not after
+    started = time.perf_counter()
+    hashed = 0
+
     with byte_progress("hashing") as bar:
+
+        def on_total(total: int) -> None:
+            nonlocal hashed
+            hashed = total
+            bar.set_total(total)
+
         manifest = build_manifest(
-            snapshot_dir, workers=workers, progress=bar.advance, on_total=bar.set_total
+            snapshot_dir, workers=workers, progress=bar.advance, on_total=on_total
         )
     write_manifest(manifest, output, force=force)
+    seconds = time.perf_counter() - started
     if json_output:
         emit_json(
             {
@@ -147,6 +158,9 @@ def hash_command(
                 "manifest": str(output),
                 "manifest_sha256": manifest.sha256,
                 "files": manifest.total_files,
+                "bytes": hashed,
+                "seconds": round(seconds, 3),
+                "throughput_bytes_per_s": round(hashed / seconds) if seconds > 0 else None,
                 "snapshot": str(snapshot_dir),
             }
         )
