@@ -139,7 +139,12 @@ class SnapshotDiff:
     manifest_problems: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
-        out = [f"manifest {problem}" for problem in self.manifest_problems]
+        # "line 3: …" reads "manifest line 3: …"; a problem of the whole file already reads
+        # "manifest: …" and is shown once.
+        out = [
+            problem if problem.startswith("manifest:") else f"manifest {problem}"
+            for problem in self.manifest_problems
+        ]
         out += [f"missing: ./{path}" for path in sorted(self.missing)]
         out += [f"extra: ./{path}" for path in sorted(self.extra)]
         out += [

@@ -4,8 +4,9 @@ Containers are expensive here (40-80 s to start on two cores, then about 20 s of
 compilation on the first completions), so the whole file starts the server three times:
 
 1. ``run`` (with a secrets file), ``sample`` A and A with logprobs, ``stop``;
-2. ``run`` again, a fresh container: ``sample`` B and B with logprobs. Every test of
-   :class:`TestSampling` then uses this server, the ones that break it last;
+2. ``run`` again, a fresh container: ``sample`` B and B with logprobs, ``replay`` of A (which
+   finds the container running with its pins). Every test of :class:`TestSampling` then uses
+   this server, the ones that break it last;
 3. the restart of that container by :meth:`TestSampling.test_a_server_restarted_mid_run_voids_it`
    (same container, another lifetime), which the last test then kills.
 
@@ -262,6 +263,17 @@ def session(
     state.run_server("run-2")
     state.sample_cli("b")
     state.sample_cli("b-logprobs", "--logprobs", "1")
+    # A replay of A on the running server (same pins: it starts nothing). Here rather than in its
+    # test, so that the secrets test reads a replay's output whatever ran before it.
+    state.runs["replay-a"] = state.cli(
+        "replay",
+        "--claim",
+        state.log("a"),
+        "--config",
+        profile,
+        "--output-dir",
+        state.work / "replay-a",
+    )
     yield state
     detserve("stop", "--config", profile)
 
@@ -388,15 +400,7 @@ class TestSampling:
 
     def test_replay_of_a_genuine_claim_is_identical(self, session: Session) -> None:
         output = session.work / "replay-a"
-        ran = session.cli(
-            "replay",
-            "--claim",
-            session.log("a"),
-            "--config",
-            session.profile,
-            "--output-dir",
-            output,
-        )
+        ran = session.runs["replay-a"]  # run by the fixture, on the second container
         assert ran.code == 0, ran
         assert "pins match" in ran.err, ran
         assert "already running with these pins" in ran.err, ran
@@ -500,16 +504,35 @@ class TestSampling:
     def test_the_secret_shows_only_in_the_container_environment(
         self, session: Session, docker_client: docker.DockerClient
     ) -> None:
+        """Reads what the fixture ran (run with the secrets file, sample, stop, replay) and what
+        this test runs itself, none of which starts a container; so it needs no other test to
+        have run first. Whatever other tests ran before it is read too."""
         secret = session.secret
+        session.cli(
+            "eval-determinism",
+            "--run-a",
+            session.log("a"),
+            "--run-b",
+            session.log("b"),
+            "--output",
+            session.work / "secret-check.report.json",
+        )
         session.cli("status", "--json", "--config", session.profile)
         session.cli("logs", "--tail", "100000", "--config", session.profile)
         commands = {ran.args[0] for ran in session.ran}
-        assert {"run", "sample", "eval-determinism", "replay", "status", "logs"} <= commands
+        assert {"run", "sample", "stop", "replay", "eval-determinism", "status", "logs"} <= commands
         for ran in session.ran:
             assert secret not in ran.text, f"the secret leaked through: {ran.args}"
         files = [path for path in session.work.rglob("*") if path.is_file()]
-        assert any(path.name.endswith(".sidecar.json") for path in files)
-        assert any(path.name.endswith(".report.json") for path in files)
+        assert {
+            "a.runlog.jsonl",
+            "a.sidecar.json",
+            "b.sidecar.json",
+            "replay.runlog.jsonl",
+            "replay.sidecar.json",
+            "report.json",
+            "secret-check.report.json",
+        } <= {path.name for path in files}
         for path in files:
             assert secret.encode() not in path.read_bytes(), f"the secret leaked into {path}"
         container = docker_client.containers.get(session.container)

@@ -15,10 +15,10 @@ from detserve.errors import EXIT_INPUT, EXIT_OK, EXIT_VERIFICATION, UsageError
 from detserve.evaluation import (
     TOKEN_WINDOW,
     Verdict,
-    first_difference,
     check_expected_hash,
     compare_many,
     evaluate,
+    first_difference,
 )
 
 from .committed import CliRunner, sha256_hex
@@ -370,6 +370,13 @@ def _break(lines: list[bytes], how: str) -> bytes:
         lines[1] = canonical_bytes(sample)
     elif how == "after-footer":
         return b"".join([*lines, b"{}\n"])
+    elif how == "header-pin":
+        # one pin edited in a canonical header line, the footer left as written: invalid, not
+        # "not a replay", though the pins now differ from the other log's
+        header = json.loads(lines[0])
+        header["pins"]["image"] = header["pins"]["image"].replace("c" * 64, "d" * 64)
+        lines[0] = canonical_bytes(header)
+        return b"".join(lines)
     return b"".join(with_footer(lines[:-1]))
 
 
@@ -383,6 +390,7 @@ def _break(lines: list[bytes], how: str) -> bytes:
         "invalid-utf8",
         "huge-field",
         "after-footer",
+        "header-pin",
     ],
 )
 @pytest.mark.parametrize("side", ["run-a", "run-b"])

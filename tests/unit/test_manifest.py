@@ -127,8 +127,8 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
         b"".join([LINES[1], LINES[0], *LINES[2:]]),
         "manifest line 2: not sorted by path: ./config.json",
     ),
-    "empty": (b"", "manifest manifest: empty manifest: it pins nothing"),
-    "no-final-newline": (COMMITTED[:-1], "manifest manifest: no final newline (truncated?)"),
+    "empty": (b"", "manifest: empty manifest: it pins nothing"),
+    "no-final-newline": (COMMITTED[:-1], "manifest: no final newline (truncated?)"),
     "blank-line": (b"".join([*LINES[:2], b"\n", *LINES[2:]]), "manifest line 3: blank line"),
     "nul-in-path": (
         _replace_line(1, _digest(1) + b"  ./config.json\x00x\n"),

@@ -95,7 +95,7 @@ def _set(path: str, value: Any) -> Callable[[Document], None]:
     return mutate
 
 
-# (mutation, the field path the message must name, a phrase the message must contain)
+# (mutation, the field path the message must name, a phrase its line must contain)
 INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
     "branch-revision": (_set("model.revision", "main"), "model.revision", "40-hex commit"),
     "short-hash": (_set("model.revision", TINY_REVISION[:12]), "model.revision", "short hash"),
@@ -144,6 +144,21 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
         "installs packages",
     ),
     "empty-entrypoint": (_set("runtime.entrypoint", []), "runtime.entrypoint", "empty"),
+    "extra-args-pip-install": (
+        _set("vllm.extra_args", {"--additional-config": "pip install evil-kernels"}),
+        "vllm.extra_args",
+        "vllm.extra_args: an engine argument installs packages at container start",
+    ),
+    "extra-args-uv-pip-install": (
+        _set("vllm.extra_args", {"--worker-extension-cls": "uv pip install --system evil"}),
+        "vllm.extra_args",
+        "vllm.extra_args: an engine argument installs packages at container start",
+    ),
+    "extra-args-apt-get-install": (
+        _set("vllm.extra_args", {"--chat-template": "x; apt-get install -y gcc"}),
+        "vllm.extra_args",
+        "vllm.extra_args: an engine argument installs packages at container start",
+    ),
     "env-installs-packages": (
         _set("runtime.environment", {"PRESTART": "pip install torch"}),
         "runtime.environment",
@@ -191,7 +206,11 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
         "vllm.tensor_parallel_size",
         "must be 1 on device 'cpu'",
     ),
-    "schema-version": (_set("schema_version", 2), "schema_version", "1"),
+    "schema-version": (
+        _set("schema_version", 2),
+        "schema_version",
+        "schema_version: Input should be 1; found 2",
+    ),
     "revision-not-a-string": (_set("model.revision", 1234), "model.revision", "string"),
     "port-out-of-range": (_set("runtime.port", 70000), "runtime.port", "65535"),
 }
@@ -209,8 +228,8 @@ def test_invalid_profile_exits_2_naming_the_field(
     result = cli("config", "validate", "--config", path)
     assert result.code == EXIT_INPUT, result.text
     assert f"invalid profile {path}" in result.err
-    assert field in result.err, result.err
-    assert phrase in result.err, result.err
+    # The field and what was wrong with it on one line, so that neither is matched elsewhere.
+    assert any(field in line and phrase in line for line in result.err.splitlines()), result.err
     assert path.read_bytes() == before
 
 

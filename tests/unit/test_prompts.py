@@ -192,17 +192,23 @@ BAD_CONTENT: dict[str, tuple[bytes, str]] = {
     ),
     "zero-tokens": (
         b"".join(PROMPT_LINES[:-1]) + _line({"id": "p00063", "n_tokens": 0, "prompt": "x"}),
-        "n_tokens",
+        "prompts.jsonl:64: invalid prompt record\n"
+        "  n_tokens: Input should be greater than or equal to 1; found 0",
     ),
     "empty-prompt": (
         b"".join(PROMPT_LINES[:-1]) + _line({"id": "p00063", "n_tokens": 1, "prompt": ""}),
-        "prompt",
+        "prompts.jsonl:64: invalid prompt record\n"
+        "  prompt: String should have at least 1 character; found ''",
     ),
     "tokens-as-string": (
         b"".join(PROMPT_LINES[:-1]) + _line({"id": "p00063", "n_tokens": "4", "prompt": "x"}),
-        "n_tokens",
+        "prompts.jsonl:64: invalid prompt record\n"
+        "  n_tokens: Input should be a valid integer; found '4'",
     ),
-    "not-an-object": (b"".join(PROMPT_LINES[:-1]) + b'["p00063"]\n', "invalid prompt record"),
+    "not-an-object": (
+        b"".join(PROMPT_LINES[:-1]) + b'["p00063"]\n',
+        "prompts.jsonl:64: invalid prompt record",
+    ),
     "huge-integer": (
         b"".join(PROMPT_LINES[:-1])
         + b'{"id":"p00063","n_tokens":'

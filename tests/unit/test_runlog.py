@@ -332,6 +332,27 @@ def test_tampered_sample_breaks_the_footer_hash(tmp_path: Path, log_lines: list[
     assert error.hint is not None
 
 
+def test_a_changed_header_line_breaks_the_footer_hash(
+    tmp_path: Path, log_lines: list[bytes]
+) -> None:
+    # One pin edited and the header re-serialised canonically: a valid header line on its own,
+    # with the footer and every sample line as written. Only the footer's header hash sees it.
+    original = log_lines[0]
+    header = json.loads(original)
+    header["pins"]["model_revision"] = "e" * 40
+    log_lines[0] = canonical_bytes(header)
+    RunLogHeader.model_validate_json(log_lines[0])
+    error = _refused(
+        _write_lines(tmp_path / "x.jsonl", log_lines),
+        "line 5: the header line does not match the footer's hash",
+    )
+    assert error.details == (
+        f"footer: {sha256_hex(original)}",
+        f"header: {sha256_hex(log_lines[0])}",
+    )
+    assert error.hint == "the log was changed after it was written"
+
+
 def test_footer_count_must_match(tmp_path: Path, log_lines: list[bytes]) -> None:
     footer = json.loads(log_lines[-1])
     footer["n_samples"] = 4

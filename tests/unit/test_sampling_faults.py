@@ -465,7 +465,13 @@ def test_a_tokenizer_mismatch_fails_the_run(rig: Rig) -> None:
 # --- the container and the snapshot during the run ----------------------------------------------
 
 
-def test_a_container_restarted_during_the_run_voids_it(rig: Rig) -> None:
+def test_a_container_restarted_during_the_run_voids_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole run is shorter than the interval: with it at 0 the check between samples runs
+    # after every sample, and it is that check, not the one before the commit, that stops the run.
+    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+
     def restart_after_first(done: int, tokens: int) -> None:
         if done == 1:
             rig.engine.restart()
@@ -473,15 +479,52 @@ def test_a_container_restarted_during_the_run_voids_it(rig: Rig) -> None:
     error = rig.fails(ContainerError, EXIT_ENVIRONMENT, progress=restart_after_first)
     assert "the server changed during the run" in error.message
     assert any("2030-01-01" in detail for detail in error.details)
+    # restarted after sample 1: sample 2 is requested, its check fails, samples 3 and 4 are not
+    assert len(rig.fake.completions) == 2
 
 
-def test_a_container_gone_during_the_run_voids_it(rig: Rig) -> None:
+def test_a_container_gone_during_the_run_voids_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+
     def remove_after_first(done: int, tokens: int) -> None:
         if done == 1:
             rig.engine.gone = True
 
     error = rig.fails(ContainerError, EXIT_ENVIRONMENT, progress=remove_after_first)
     assert "is gone; no run log was written" in error.message
+    assert len(rig.fake.completions) == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(FakeEngine.restart, "the server changed during the run", id="restarted"),
+        pytest.param(
+            lambda engine: setattr(engine, "gone", True),
+            "is gone; no run log was written",
+            id="gone",
+        ),
+    ],
+)
+def test_a_container_changed_after_the_last_sample_is_caught_before_the_commit(
+    rig: Rig,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[FakeEngine], None],
+    expected: str,
+) -> None:
+    # Checked after every sample, and still: a change after the last sample's check is caught
+    # only by the check that runs before the run log is committed.
+    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+
+    def change_after_last(done: int, tokens: int) -> None:
+        if done == N_PROMPTS:
+            change(rig.engine)
+
+    error = rig.fails(ContainerError, EXIT_ENVIRONMENT, progress=change_after_last)
+    assert expected in error.message
+    assert len(rig.fake.completions) == N_PROMPTS
 
 
 def test_a_snapshot_changed_during_the_run_voids_it(rig: Rig) -> None:

@@ -262,17 +262,19 @@ def test_two_choices_are_refused(server: LocalServer) -> None:
 
 
 def test_timeout_is_retried(server: LocalServer) -> None:
+    # The first answer comes after the client's timeout, the second at once. How long this takes
+    # is not asserted (speed belongs to the benchmarks): had the client waited for the slow
+    # answer instead of giving up, it would have sent one request, not two.
     server.script.answers["/v1/completions"] = [
         Answer(body=completion_body(), delay_s=1.0),
         Answer(body=completion_body()),
     ]
-    started = time.monotonic()
     with server.client(timeout_s=0.3) as client:
         result = client.complete("x", 3, 0, 1)
     assert result.token_ids == (11, 12, 13)
-    assert len(server.posts()) == 2
+    first, retry = server.posts()  # exactly one retry
+    assert retry == first, "a retry repeats the same greedy request"
     assert server.sleeps == [0.5]
-    assert time.monotonic() - started < 1.0
 
 
 def test_timeout_every_time_is_an_error(server: LocalServer) -> None:
