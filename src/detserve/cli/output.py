@@ -82,7 +82,9 @@ def byte_columns() -> tuple[ProgressColumn, ...]:
 
 @contextmanager
 def byte_progress(description: str) -> Iterator[ByteProgress]:
-    with Progress(*byte_columns(), console=stderr, transient=True) as progress:
+    with Progress(
+        *byte_columns(), console=stderr, transient=True, refresh_per_second=4
+    ) as progress:
         yield ByteProgress(progress, description)
 
 
@@ -97,6 +99,6 @@ def count_progress(description: str, total: int | None) -> Iterator[tuple[Progre
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*columns, console=stderr, transient=True, refresh_per_second=2) as progress:
         task = progress.add_task(description, total=total, rate="")
         yield progress, task
