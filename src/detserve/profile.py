@@ -35,6 +35,7 @@ DIGEST_REF_RE = re.compile(
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.I)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+OPTION_NAME_RE = re.compile(r"^--[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -221,6 +222,13 @@ class VllmSpec(_Strict):
                 raise ValueError(
                     f"{raw_name} is refused in a strict profile: {NONDETERMINISTIC_OPTIONS[name]}"
                 )
+            if not OPTION_NAME_RE.match(raw_name):
+                # The name reaches the server's command line as one word: only a plain option
+                # name, never a value, a second option or a shell fragment hidden in it.
+                raise ValueError(
+                    f"engine option {raw_name!r} must be spelled '--name' "
+                    "(letters, digits, '-' and '_'; its value goes in the value)"
+                )
             if name in MANAGED_OPTIONS:
                 raise ValueError(f"{raw_name} is set from the profile's structured fields")
             if arg is False:
@@ -374,11 +382,14 @@ class LoadedProfile:
             )
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
-    """One line per bad field: the path to the field, what was expected, what was found."""
+def format_validation_error(exc: ValidationError, *, whole: str = "(profile)") -> list[str]:
+    """One line per bad field: the path to the field, what was expected, what was found.
+
+    An error about the whole document (not one field) is labelled ``whole``.
+    """
     lines = []
     for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or "(profile)"
+        location = ".".join(str(part) for part in error["loc"]) or whole
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key (refused; check the spelling against `detserve config schema`)"

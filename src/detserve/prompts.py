@@ -122,7 +122,8 @@ def _parse_prompts(data: bytes, source: Path) -> Iterator[PromptRecord]:
             record = PromptRecord.model_validate(value)
         except ValidationError as exc:
             raise BundleError(
-                f"{where}: invalid prompt record", details=format_validation_error(exc)
+                f"{where}: invalid prompt record",
+                details=format_validation_error(exc, whole="(record)"),
             ) from exc
         if canonical_json(value) != text:
             raise BundleError(f"{where}: not canonical JSON (sorted keys, no spaces)")
@@ -152,7 +153,8 @@ def load_bundle(bundle_dir: Path, pin_manifest: Path) -> PromptBundle:
         info = BundleInfo.model_validate_json(info_bytes)
     except ValidationError as exc:
         raise BundleError(
-            f"{bundle_dir / BUNDLE_FILE}: invalid", details=format_validation_error(exc)
+            f"{bundle_dir / BUNDLE_FILE}: invalid",
+            details=format_validation_error(exc, whole="(bundle.json)"),
         ) from exc
     prompts = tuple(
         _parse_prompts((bundle_dir / PROMPTS_FILE).read_bytes(), bundle_dir / PROMPTS_FILE)

@@ -159,6 +159,16 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
         "vllm.extra_args",
         "vllm.extra_args: an engine argument installs packages at container start",
     ),
+    "extra-args-install-in-the-name": (
+        _set("vllm.extra_args", {"--x; pip install evil": True}),
+        "vllm.extra_args",
+        "engine option '--x; pip install evil' must be spelled '--name'",
+    ),
+    "extra-args-value-in-the-name": (
+        _set("vllm.extra_args", {"--max-num-seqs=64": True}),
+        "vllm.extra_args",
+        "engine option '--max-num-seqs=64' must be spelled '--name'",
+    ),
     "env-installs-packages": (
         _set("runtime.environment", {"PRESTART": "pip install torch"}),
         "runtime.environment",

@@ -207,7 +207,7 @@ BAD_CONTENT: dict[str, tuple[bytes, str]] = {
     ),
     "not-an-object": (
         b"".join(PROMPT_LINES[:-1]) + b'["p00063"]\n',
-        "prompts.jsonl:64: invalid prompt record",
+        "prompts.jsonl:64: invalid prompt record\n  (record): Input should be a valid dictionary",
     ),
     "huge-integer": (
         b"".join(PROMPT_LINES[:-1])
