@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -21,10 +18,9 @@ from detserve.cli.options import (
 )
 from detserve.cli.output import (
     JsonOption,
-    byte_progress,
-    count_progress,
     emit_json,
     result,
+    sampling_progress,
     say,
     write_report,
 )
@@ -45,22 +41,6 @@ def _refuse_weakening(
         raise UsageError(f"--concurrency {concurrency} is refused: strict sampling is sequential")
     if temperature is not None and temperature != 0:
         raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
-
-
-@contextmanager
-def _sampling_display(total: int) -> Iterator[Callable[[int, int], None]]:
-    with count_progress("sampling", total) as (progress, task):
-        started: list[float] = []
-
-        def advance(done: int, tokens: int) -> None:
-            now = time.perf_counter()
-            if not started:
-                started.append(now)
-            elapsed = now - started[0]
-            rate = f"{tokens / elapsed:,.0f} tok/s" if elapsed > 0 else ""
-            progress.update(task, completed=done, rate=rate)
-
-        yield advance
 
 
 @app.command("sample")
@@ -132,9 +112,14 @@ def sample_command(
     )
     engine = DockerEngine.from_env()
     total = len(prompts.take(n_prompts))
-    with byte_progress("verifying snapshot") as bar, _sampling_display(total) as advance:
+    with sampling_progress(total) as shown:
         summary = sample(
-            loaded, prompts, request, engine=engine, progress=advance, verify_progress=bar.advance
+            loaded,
+            prompts,
+            request,
+            engine=engine,
+            progress=shown.sampled,
+            verify_progress=shown.verified,
         )
     if json_output:
         emit_json(summary.as_json())
@@ -202,8 +187,15 @@ def replay_command(
     say(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=say)
     try:
-        with _sampling_display(plan.n_prompts) as advance:
-            summary = sample(loaded, prompts, request, engine=engine, progress=advance)
+        with sampling_progress(plan.n_prompts) as shown:
+            summary = sample(
+                loaded,
+                prompts,
+                request,
+                engine=engine,
+                progress=shown.sampled,
+                verify_progress=shown.verified,
+            )
     finally:
         if stop_after:
             lifecycle.stop(loaded, engine=engine)

@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    Task,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 
 from detserve.canonical import atomic_write_bytes, canonical_json
 
@@ -102,3 +105,54 @@ def count_progress(description: str, total: int | None) -> Iterator[tuple[Progre
     with Progress(*columns, console=stderr, transient=True, refresh_per_second=2) as progress:
         task = progress.add_task(description, total=total, rate="")
         yield progress, task
+
+
+class _ByKind(ProgressColumn):
+    """One column that renders bytes for a hashing task and counts for a sampling task."""
+
+    def __init__(self, **by_kind: ProgressColumn) -> None:
+        super().__init__()
+        self._by_kind = by_kind
+
+    def render(self, task: Task) -> RenderableType:
+        column = self._by_kind.get(task.fields.get("kind", ""))
+        return column.render(task) if column is not None else Text("")
+
+
+class SamplingProgress:
+    """The snapshot verifications and the samples of one run, in one live display."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self._progress = progress
+        self._verify = progress.add_task("verifying snapshot", total=None, kind="bytes")
+        self._sample = progress.add_task("sampling", total=total, kind="count", rate="")
+        self._started: float | None = None
+
+    def verified(self, count: int) -> None:
+        """Bytes hashed (thread-safe)."""
+        self._progress.advance(self._verify, count)
+
+    def sampled(self, done: int, tokens: int) -> None:
+        """Samples done so far, and output tokens so far."""
+        now = time.perf_counter()
+        if self._started is None:
+            self._started = now
+        elapsed = now - self._started
+        rate = f"{tokens / elapsed:,.0f} tok/s" if elapsed > 0 else ""
+        self._progress.update(self._sample, completed=done, rate=rate)
+
+
+@contextmanager
+def sampling_progress(total: int) -> Iterator[SamplingProgress]:
+    # One live display, redrawn twice a second: on a CPU server every cycle the client spends is
+    # taken from the model (two displays at 10 Hz cost 2.6 % of a core; this one 0.5 %).
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        _ByKind(bytes=DownloadColumn(binary_units=True), count=MofNCompleteColumn()),
+        _ByKind(bytes=TransferSpeedColumn(), count=TextColumn("{task.fields[rate]}")),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=True, refresh_per_second=2) as progress:
+        yield SamplingProgress(progress, total)
