@@ -72,8 +72,8 @@ from benchlib import (
     write_result,
 )
 from detserve import __version__
-from detserve.cli.commands_sample import _sampling_display
 from detserve.cli.options import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
+from detserve.cli.output import sampling_progress
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PromptBundle, load_bundle
 from detserve.runtime.container_spec import build_container_spec, container_name, server_base_url
@@ -437,8 +437,15 @@ def sampler_client_work(
     )
     engine = DockerEngine.from_env()
     total = len(bundle.take(args.prompts))
-    with completion_sends() as spent, _sampling_display(total) as advance:
-        summary = sample(loaded, bundle, request, engine=engine, progress=advance)
+    with completion_sends() as spent, sampling_progress(total) as shown:
+        summary = sample(
+            loaded,
+            bundle,
+            request,
+            engine=engine,
+            progress=shown.sampled,
+            verify_progress=shown.verified,
+        )
     return ClientWork(seconds=summary.seconds, client_s=summary.seconds - sum(spent))
 
 
@@ -477,7 +484,7 @@ def profile_sampler(argv: list[str], out: Path, n_samples: int) -> dict[str, Any
         "response validation (pydantic)": cumulative("server.py", "_parse"),
         "RunLogWriter.write (validate, hash)": cumulative("runlog.py", "write"),
         "identity check (docker inspect)": cumulative("sampling.py", "check"),
-        "progress bar update": cumulative("commands_sample.py", "advance"),
+        "progress bar update": cumulative("output.py", "sampled"),
     }
     per_sample = {
         "RunLogWriter.write": parts["RunLogWriter.write (validate, hash)"] / n_samples,
