@@ -94,6 +94,22 @@ def completions_served(client: docker.DockerClient, name: str) -> int:
     )
 
 
+def sample_into(
+    detserve: Callable[..., CliRun], profile: Path, out: Path, *options: object
+) -> CliRun:
+    """``detserve sample`` writing ``x.runlog.jsonl`` and ``x.sidecar.json`` into ``out``."""
+    return detserve(
+        "sample",
+        "--config",
+        profile,
+        *options,
+        "--run-log-output",
+        out / "x.runlog.jsonl",
+        "--output",
+        out / "x.sidecar.json",
+    )
+
+
 # --- refusals that need no server ---------------------------------------------------------------
 
 
@@ -113,16 +129,7 @@ def test_weakening_options_are_refused_and_nothing_is_written(
     message: str,
 ) -> None:
     out = tmp_path / "out"
-    ran = detserve(
-        "sample",
-        "--config",
-        local_profile,
-        "--run-log-output",
-        out / "x.runlog.jsonl",
-        "--output",
-        out / "x.sidecar.json",
-        *option,
-    )
+    ran = sample_into(detserve, local_profile, out, *option)
     assert ran.code == EXIT_INPUT, ran
     assert message in ran.err, ran
     assert nothing_written(out) == []
@@ -133,15 +140,7 @@ def test_sampling_with_no_container_is_an_environment_error(
 ) -> None:
     out = tmp_path / "out"
     name = json.loads(local_profile.read_text(encoding="utf-8"))["name"]
-    ran = detserve(
-        "sample",
-        "--config",
-        local_profile,
-        "--run-log-output",
-        out / "x.runlog.jsonl",
-        "--output",
-        out / "x.sidecar.json",
-    )
+    ran = sample_into(detserve, local_profile, out)
     assert ran.code == EXIT_ENVIRONMENT, ran
     assert f"no container detserve-{name} to sample from" in ran.err, ran
     assert nothing_written(out) == []
@@ -321,18 +320,8 @@ class TestSampling:
         prompts = bundle / "prompts.jsonl"
         prompts.write_bytes(prompts.read_bytes().replace(b"France", b"Frbnce", 1))
         out = tmp_path / "out"
-        ran = session.cli(
-            "sample",
-            "--config",
-            session.profile,
-            "--bundle",
-            bundle,
-            "--bundle-pin",
-            BUNDLE_PIN,
-            "--run-log-output",
-            out / "x.runlog.jsonl",
-            "--output",
-            out / "x.sidecar.json",
+        ran = sample_into(
+            session.cli, session.profile, out, "--bundle", bundle, "--bundle-pin", BUNDLE_PIN
         )
         assert ran.code == EXIT_VERIFICATION, ran
         assert f"prompt bundle {bundle} does not match its pinned hash" in ran.err, ran
@@ -346,15 +335,7 @@ class TestSampling:
         out = tmp_path / "out"
         flip_last_byte(session.weights)
         try:
-            ran = session.cli(
-                "sample",
-                "--config",
-                session.profile,
-                "--run-log-output",
-                out / "x.runlog.jsonl",
-                "--output",
-                out / "x.sidecar.json",
-            )
+            ran = sample_into(session.cli, session.profile, out)
         finally:
             flip_last_byte(session.weights)
         assert ran.code == EXIT_VERIFICATION, ran

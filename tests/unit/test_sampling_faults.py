@@ -20,10 +20,8 @@ import functools
 import hashlib
 import json
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,7 @@ from detserve.sampling import SampleRequest, SampleSummary, sample
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
 from .conftest import TinyWorkspace
+from .fake_http import Answer, serving
 
 IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
 SERVED_NAME = "tiny-llama"
@@ -58,13 +57,6 @@ EXIT_VERIFICATION, EXIT_ENVIRONMENT = 1, 3
 
 #: (completion request number from 1, request body) -> an answer that replaces the normal one
 Fault = Callable[[int, dict[str, Any]], "Answer | None"]
-
-
-@dataclass(frozen=True)
-class Answer:
-    status: int = 200
-    body: bytes | dict[str, Any] = b""
-    delay_s: float = 0.0
 
 
 @dataclass
@@ -112,37 +104,6 @@ class FakeVllm:
             replaced = self.fault(number, body) if self.fault is not None else None
             return replaced or Answer(body=self.completion(body))
         return Answer(404, {"error": f"no route {method} {path}"})
-
-
-def _handler(fake: FakeVllm) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _serve(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            answer = fake.answer(method, self.path, json.loads(raw) if raw else None)
-            if answer.delay_s:
-                time.sleep(answer.delay_s)
-            body = answer.body
-            data = json.dumps(body).encode() if isinstance(body, dict) else body
-            try:
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up: a timeout test
-
-        def do_GET(self) -> None:
-            self._serve("GET")
-
-        def do_POST(self) -> None:
-            self._serve("POST")
-
-    return Handler
 
 
 # --- a container engine that holds the profile's container --------------------------------------
@@ -247,15 +208,21 @@ def rig(
 ) -> Iterator[Rig]:
     bundle = load_bundle(BUNDLE_DIR, BUNDLE_PIN)
     fake = FakeVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False  # a handler still sleeping for a timeout test is not waited for
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
+    with serving(fake.answer) as port:
+        yield from _rig(tiny_workspace, tmp_path, monkeypatch, bundle, fake, port)
 
+
+def _rig(
+    tiny_workspace: TinyWorkspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bundle: PromptBundle,
+    fake: FakeVllm,
+    port: int,
+) -> Iterator[Rig]:
     document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
     document["runtime"]["image"] = IMAGE
-    document["runtime"]["port"] = httpd.server_address[1]
+    document["runtime"]["port"] = port
     tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
     loaded = load_profile(tiny_workspace.config)
     container = ContainerInfo(
@@ -276,19 +243,15 @@ def rig(
     sleeps: list[float] = []
     # The sampler's own client, with the documented retry policy; its waits are recorded.
     monkeypatch.setattr(sampling, "VllmServer", functools.partial(VllmServer, sleep=sleeps.append))
-    try:
-        yield Rig(
-            loaded=loaded,
-            bundle=bundle,
-            fake=fake,
-            engine=FakeEngine(container),
-            out=tmp_path / "out",
-            sleeps=sleeps,
-            workspace=tiny_workspace,
-        )
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    yield Rig(
+        loaded=loaded,
+        bundle=bundle,
+        fake=fake,
+        engine=FakeEngine(container),
+        out=tmp_path / "out",
+        sleeps=sleeps,
+        workspace=tiny_workspace,
+    )
 
 
 def on_request(number: int, answer: Answer, *, every_attempt: bool = True) -> Fault:

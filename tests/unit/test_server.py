@@ -7,13 +7,10 @@ timeouts and refused connections are retried with backoff, 4xx and malformed ans
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -21,12 +18,7 @@ import pytest
 from detserve.errors import ServerError
 from detserve.runtime.server import Completion, ServedModel, TokenLogprob, VllmServer
 
-
-@dataclass
-class Answer:
-    status: int = 200
-    body: bytes | str | dict[str, Any] = b""
-    delay_s: float = 0.0
+from .fake_http import Answer, serving
 
 
 @dataclass
@@ -41,41 +33,6 @@ class Script:
         with self.lock:
             queue = self.answers.get(path) or [Answer(404, {"error": "no such path"})]
             return queue.pop(0) if len(queue) > 1 else queue[0]
-
-
-def _handler(script: Script) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def _answer(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            with script.lock:
-                script.received.append((method, self.path, json.loads(raw) if raw else None))
-            answer = script.next(self.path)
-            if answer.delay_s:
-                time.sleep(answer.delay_s)
-            body = answer.body
-            if isinstance(body, dict):
-                body = json.dumps(body)
-            data = body.encode() if isinstance(body, str) else body
-            try:
-                self.send_response(answer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (a timeout test)
-
-        def do_GET(self) -> None:
-            self._answer("GET")
-
-        def do_POST(self) -> None:
-            self._answer("POST")
-
-    return Handler
 
 
 @dataclass
@@ -95,16 +52,14 @@ class LocalServer:
 @pytest.fixture
 def server() -> Iterator[LocalServer]:
     script = Script()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
-    httpd.daemon_threads = True
-    httpd.block_on_close = False  # a handler still sleeping for a timeout test is not waited for
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield LocalServer(f"http://127.0.0.1:{httpd.server_address[1]}", script, [])
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+
+    def respond(method: str, path: str, body: Any) -> Answer:
+        with script.lock:
+            script.received.append((method, path, body))
+        return script.next(path)
+
+    with serving(respond) as port:
+        yield LocalServer(f"http://127.0.0.1:{port}", script, [])
 
 
 def completion_body(**overrides: Any) -> dict[str, Any]:

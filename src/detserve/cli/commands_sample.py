@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,6 +28,12 @@ from detserve.errors import UsageError
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle
 
+if TYPE_CHECKING:
+    from detserve.profile import LoadedProfile
+    from detserve.prompts import PromptBundle
+    from detserve.runtime.engine import DockerEngine
+    from detserve.sampling import SampleRequest, SampleSummary
+
 
 def _refuse_weakening(
     skip_reference_hash_check: bool, concurrency: int | None, temperature: float | None
@@ -41,6 +47,23 @@ def _refuse_weakening(
         raise UsageError(f"--concurrency {concurrency} is refused: strict sampling is sequential")
     if temperature is not None and temperature != 0:
         raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
+
+
+def _sample_shown(
+    loaded: LoadedProfile, prompts: PromptBundle, request: SampleRequest, engine: DockerEngine
+) -> SampleSummary:
+    """Sample with the verifications and the samples drawn on stderr."""
+    from detserve.sampling import sample
+
+    with sampling_progress(len(prompts.take(request.n_prompts))) as shown:
+        return sample(
+            loaded,
+            prompts,
+            request,
+            engine=engine,
+            progress=shown.sampled,
+            verify_progress=shown.verified,
+        )
 
 
 @app.command("sample")
@@ -96,7 +119,7 @@ def sample_command(
             --run-log-output runs/a.runlog.jsonl --output runs/a.sidecar.json
     """
     from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest, sample
+    from detserve.sampling import SampleRequest
 
     _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
     loaded = load_profile(config)
@@ -111,16 +134,7 @@ def sample_command(
         force=force,
     )
     engine = DockerEngine.from_env()
-    total = len(prompts.take(n_prompts))
-    with sampling_progress(total) as shown:
-        summary = sample(
-            loaded,
-            prompts,
-            request,
-            engine=engine,
-            progress=shown.sampled,
-            verify_progress=shown.verified,
-        )
+    summary = _sample_shown(loaded, prompts, request, engine)
     if json_output:
         emit_json(summary.as_json())
         return
@@ -167,7 +181,7 @@ def replay_command(
     from detserve.replay import plan_replay
     from detserve.runtime import lifecycle
     from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest, sample
+    from detserve.sampling import SampleRequest
 
     loaded = load_profile(config)
     prompts = load_bundle(bundle, bundle_pin)
@@ -187,15 +201,7 @@ def replay_command(
     say(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=say)
     try:
-        with sampling_progress(plan.n_prompts) as shown:
-            summary = sample(
-                loaded,
-                prompts,
-                request,
-                engine=engine,
-                progress=shown.sampled,
-                verify_progress=shown.verified,
-            )
+        summary = _sample_shown(loaded, prompts, request, engine)
     finally:
         if stop_after:
             lifecycle.stop(loaded, engine=engine)
