@@ -121,6 +121,11 @@ def pinned_image(docker_client: docker.DockerClient) -> str:
     return str(digests[0])
 
 
+def profile_name(path: Path) -> str:
+    """The ``name`` of the profile at ``path``: its container is ``detserve-<name>``."""
+    return str(json.loads(path.read_text(encoding="utf-8"))["name"])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

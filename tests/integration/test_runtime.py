@@ -38,6 +38,7 @@ from .conftest import (
     DetserveRunner,
     ProfileFactory,
     free_port,
+    profile_name,
     run_detserve,
 )
 
@@ -51,10 +52,6 @@ def container_or_none(client: docker.DockerClient, name: str) -> Any:
         return client.containers.get(name)
     except docker.errors.NotFound:
         return None
-
-
-def profile_name(path: Path) -> str:
-    return str(json.loads(path.read_text(encoding="utf-8"))["name"])
 
 
 def wait_for_running(client: docker.DockerClient, name: str, timeout: float = 60) -> Any:
