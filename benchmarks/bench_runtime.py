@@ -1,6 +1,6 @@
 """What does detserve add to the server it wraps? Sampling overhead and time to ready, in one run.
 
-    .venv/bin/python benchmarks/bench_runtime.py       # 32 x 48: 12 sampling rounds, 3 starts each
+    .venv/bin/python benchmarks/bench_runtime.py       # 32 x 48: 30 sampling rounds, 3 starts each
     .venv/bin/python benchmarks/bench_runtime.py --rounds 4 --ready-rounds 1   # a quicker look
 
 It runs the tiny CPU container under a profile of its own (configs/tiny-cpu.local.json copied to
@@ -620,7 +620,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=32, help="prompts per sampling run (32)")
     parser.add_argument("--tokens", type=int, default=48, help="output tokens per prompt (48)")
     parser.add_argument("--logprobs", type=int, help="ask for logprobs too (default: none)")
-    parser.add_argument("--rounds", type=int, default=12, help="sampling rounds, interleaved (12)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=30,
+        help="sampling rounds, interleaved (30: single rounds vary by tens of percent here)",
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (1)")
     parser.add_argument(
         "--client-rounds",
