@@ -169,8 +169,9 @@ def load_bundle(bundle_dir: Path, pin_manifest: Path) -> PromptBundle:
 # --- making a bundle (an explicit, human-run step) ----------------------------------------------
 
 
-def pinned_tokenizer_files(loaded: LoadedProfile) -> dict[str, str]:
-    """The model's tokenizer files, checked against the model's manifest.
+def pinned_tokenizer_files(loaded: LoadedProfile) -> tuple[dict[str, str], bytes]:
+    """The model's tokenizer files, checked against the model's manifest: their hashes, and the
+    bytes of ``tokenizer.json`` that were hashed (to build the tokenizer from, not a second read).
 
     Refuses unless every tokenizer file in the snapshot is in the manifest with the same hash, so
     prompts are measured with exactly the tokenizer the pinned model serves.
@@ -181,9 +182,13 @@ def pinned_tokenizer_files(loaded: LoadedProfile) -> dict[str, str]:
     if "tokenizer.json" not in present:
         raise InputError(f"{snapshot}: no tokenizer.json; detserve needs a fast tokenizer")
     files: dict[str, str] = {}
+    tokenizer_json = b""
     mismatches = []
     for name in present:
-        actual = hashlib.sha256((snapshot / name).read_bytes()).hexdigest()
+        content = (snapshot / name).read_bytes()
+        if name == "tokenizer.json":
+            tokenizer_json = content
+        actual = hashlib.sha256(content).hexdigest()
         expected = manifest.get(name)
         if expected != actual:
             mismatches.append(f"{name}: manifest {expected or '(absent)'} actual {actual}")
@@ -194,11 +199,13 @@ def pinned_tokenizer_files(loaded: LoadedProfile) -> dict[str, str]:
             f"{loaded.manifest_path}",
             details=mismatches,
         )
-    return files
+    return files, tokenizer_json
 
 
-def _read_dataset(path: Path, fmt: Literal["jsonl", "text"], field: str) -> Iterator[str]:
-    data = path.read_bytes()
+def _read_dataset(
+    data: bytes, path: Path, fmt: Literal["jsonl", "text"], field: str
+) -> Iterator[str]:
+    """The prompts of a dataset file's bytes (those whose hash was checked; ``path`` names it)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -253,16 +260,19 @@ def build_bundle(
 
     for name in (BUNDLE_FILE, PROMPTS_FILE):
         refuse_overwrite(output_dir / name, force=force)
-    actual = hashlib.sha256(request.dataset_path.read_bytes()).hexdigest()
+    # Read once: the bytes whose hash is checked are the bytes parsed.
+    data = request.dataset_path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != request.source.file_sha256:
         raise SnapshotMismatch(
             f"dataset file {request.dataset_path} does not match the given sha256",
             details=[f"expected {request.source.file_sha256}", f"actual   {actual}"],
         )
-    files = pinned_tokenizer_files(loaded)
-    tokenizer = Tokenizer.from_file(str(loaded.snapshot_dir / "tokenizer.json"))
+    files, tokenizer_json = pinned_tokenizer_files(loaded)
+    tokenizer = Tokenizer.from_buffer(tokenizer_json)
     records: list[PromptRecord] = []
-    for text in _read_dataset(request.dataset_path, request.fmt, request.source.field or "text"):
+    field = request.source.field or "text"
+    for text in _read_dataset(data, request.dataset_path, request.fmt, field):
         count = len(tokenizer.encode(text).ids)
         if 1 <= count <= request.max_prompt_tokens:
             records.append(PromptRecord(id=f"p{len(records):05d}", prompt=text, n_tokens=count))
