@@ -57,3 +57,8 @@ class TinyWorkspace:
     def blob_of(self, name: str) -> Path:
         """The blob file a snapshot entry links to (writing it changes what the snapshot serves)."""
         return (self.snapshot / name).resolve()
+
+
+def verify_copy(cli: CliRunner, ws: TinyWorkspace, *extra: str) -> CliResult:
+    """``detserve verify`` of a workspace's snapshot against its manifest, as a user runs it."""
+    return cli("verify", "--snapshot", ws.snapshot, "--manifest", ws.manifest, *extra)

@@ -19,7 +19,14 @@ from detserve.errors import EXIT_INPUT, EXIT_OK, EXIT_VERIFICATION, ManifestErro
 from detserve.manifest import ManifestProblem, SnapshotManifest, load_manifest, parse_manifest
 from detserve.snapshot import build_manifest
 
-from .committed import TINY_MANIFEST, TINY_SNAPSHOT, CliRunner, TinyWorkspace, sha256_hex
+from .committed import (
+    TINY_MANIFEST,
+    TINY_SNAPSHOT,
+    CliRunner,
+    TinyWorkspace,
+    sha256_hex,
+    verify_copy,
+)
 
 COMMITTED = TINY_MANIFEST.read_bytes()
 LINES = COMMITTED.splitlines(keepends=True)  # 6 lines: config.json ... tokenizer_config.json
@@ -151,13 +158,7 @@ def test_malformed_manifest_exits_1_naming_the_line(
 ) -> None:
     data, expected = MALFORMED[case]
     tiny_snapshot_copy.manifest.write_bytes(data)
-    result = cli(
-        "verify",
-        "--snapshot",
-        tiny_snapshot_copy.snapshot,
-        "--manifest",
-        tiny_snapshot_copy.manifest,
-    )
+    result = verify_copy(cli, tiny_snapshot_copy)
     assert result.code == EXIT_VERIFICATION, result.text
     assert f"  {expected}" in result.err, result.err
     assert parse_manifest(data).problems, "the parser must see the problem too"
@@ -201,13 +202,7 @@ def test_manifest_of_another_snapshot_lists_missing_and_extra(
 ) -> None:
     bundle_pin = b"0" * 64 + b"  ./bundle.json\n" + b"1" * 64 + b"  ./prompts.jsonl\n"
     tiny_snapshot_copy.manifest.write_bytes(bundle_pin)
-    result = cli(
-        "verify",
-        "--snapshot",
-        tiny_snapshot_copy.snapshot,
-        "--manifest",
-        tiny_snapshot_copy.manifest,
-    )
+    result = verify_copy(cli, tiny_snapshot_copy)
     assert result.code == EXIT_VERIFICATION
     assert "  missing: ./bundle.json\n  missing: ./prompts.jsonl\n  extra: ./config.json" in (
         result.err

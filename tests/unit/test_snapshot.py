@@ -27,6 +27,7 @@ from .committed import (
     CliRunner,
     TinyWorkspace,
     sha256_hex,
+    verify_copy,
 )
 
 DIGEST_LINE = re.compile(r"^(?P<digest>[0-9a-f]{64})  \./(?P<path>.+)$")
@@ -38,7 +39,7 @@ def committed_digests() -> dict[str, str]:
 
 
 def verify(cli: CliRunner, ws: TinyWorkspace, *extra: str) -> tuple[int, str]:
-    result = cli("verify", "--snapshot", ws.snapshot, "--manifest", ws.manifest, *extra)
+    result = verify_copy(cli, ws, *extra)
     return result.code, result.err
 
 
@@ -55,13 +56,7 @@ def replace_with_symlink(link: Path, target: str | Path) -> None:
 
 
 def test_clean_copy_verifies(tiny_snapshot_copy: TinyWorkspace, cli: CliRunner) -> None:
-    result = cli(
-        "verify",
-        "--snapshot",
-        tiny_snapshot_copy.snapshot,
-        "--manifest",
-        tiny_snapshot_copy.manifest,
-    )
+    result = verify_copy(cli, tiny_snapshot_copy)
     assert result.code == EXIT_OK, result.err
     assert result.out.startswith("OK: 6 files, 1724796 bytes match")
 
@@ -317,14 +312,7 @@ def test_snapshot_diff_lines_order() -> None:
 
 def test_failure_as_json(tiny_snapshot_copy: TinyWorkspace, cli: CliRunner) -> None:
     (tiny_snapshot_copy.snapshot / "config.json").unlink()
-    result = cli(
-        "verify",
-        "--snapshot",
-        tiny_snapshot_copy.snapshot,
-        "--manifest",
-        tiny_snapshot_copy.manifest,
-        "--json",
-    )
+    result = verify_copy(cli, tiny_snapshot_copy, "--json")
     assert result.code == EXIT_VERIFICATION
     assert '"details":["missing: ./config.json"]' in result.out
     assert '"error":"snapshot-mismatch"' in result.out
