@@ -185,6 +185,17 @@ def apt_install(packages: list[str], what: str) -> None:
             policy.unlink(missing_ok=True)
 
 
+def installed(binary: str, package: str, what: str) -> str:
+    """The path of ``binary``, installing Debian's ``package`` first when it is missing."""
+    if which(binary) is None:
+        log(f"{what}: {binary} missing; installing Debian's {package}")
+        apt_install([package], what)
+    path = which(binary)
+    if path is None:
+        raise EnvFailure(f"{what}: {binary} still missing after installing {package}")
+    return path
+
+
 def http_get(
     url: str, timeout: float = 5.0, headers: Mapping[str, str] | None = None, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
@@ -303,12 +314,7 @@ def ensure_engine() -> None:
         if pid is not None:
             log(f"engine: dockerd (pid {pid}) is running but not answering yet; waiting")
         else:
-            if which("dockerd") is None:
-                log("engine: dockerd missing; installing Debian's docker.io")
-                apt_install(["docker.io"], "engine")
-            dockerd = which("dockerd")
-            if dockerd is None:
-                raise EnvFailure("engine: dockerd still missing after installing docker.io")
+            dockerd = installed("dockerd", "docker.io", "engine")
             proc = start_background([dockerd, "--iptables=false"], DOCKERD_LOG, "engine")
         wait_until(engine_answers, ENGINE_TIMEOUT_S, proc, "engine", DOCKERD_LOG)
         log(f"engine: answers on {DOCKER_SOCK}")
@@ -349,12 +355,7 @@ def ensure_registry() -> None:
                 f"registry: something else answers on {REGISTRY_ADDR} ({state}, e.g. a registry "
                 "that demands auth); stop it first"
             )
-        if which("docker-registry") is None:
-            log("registry: docker-registry missing; installing Debian's docker-registry")
-            apt_install(["docker-registry"], "registry")
-        binary = which("docker-registry")
-        if binary is None:
-            raise EnvFailure("registry: docker-registry still missing after installing it")
+        binary = installed("docker-registry", "docker-registry", "registry")
         proc = start_background([binary, "serve", str(REGISTRY_CONFIG)], REGISTRY_LOG, "registry")
         wait_until(lambda: registry_state() == "ok", 30, proc, "registry", REGISTRY_LOG)
         log(f"registry: {REGISTRY_URL}/v2/ answers 200 (pid {proc.pid})")
@@ -423,12 +424,7 @@ def ensure_base(mirror: str | None) -> None:
         if image_exists(client, BASE_IMAGE):
             log(f"base: image {BASE_IMAGE} exists; nothing to do")
             return
-        if which("debootstrap") is None:
-            log("base: debootstrap missing; installing it")
-            apt_install(["debootstrap"], "base")
-        debootstrap = which("debootstrap")
-        if debootstrap is None:
-            raise EnvFailure("base: debootstrap still missing after installing it")
+        debootstrap = installed("debootstrap", "debootstrap", "base")
         mirror = mirror or detect_debian_mirror()
         work = Path(tempfile.mkdtemp(prefix="detserve-rootfs-", dir="/var/tmp"))
         rootfs = work / "rootfs"
