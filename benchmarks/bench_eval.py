@@ -79,7 +79,6 @@ def header(n_samples: int, max_tokens: int) -> dict[str, object]:
         "format": "detserve-run-log",
         "format_version": 1,
         "pins": {
-            "profile_name": "bench",
             "model_id": "detserve/bench-model",
             "model_revision": "a" * 40,
             "manifest_sha256": sha(b"manifest").hexdigest(),
@@ -88,6 +87,9 @@ def header(n_samples: int, max_tokens: int) -> dict[str, object]:
             "vllm_version": "0.6.3",
             "engine_args": ["--seed", "0", "--max-model-len", "1024"],
             "served_model_name": "bench",
+            "environment": {"HF_HOME": "/hf-home", "HF_HUB_OFFLINE": "1"},
+            "entrypoint": None,
+            "device": {"kind": "cpu", "gpus": 0},
         },
         "sampling": {
             "temperature": 0.0,

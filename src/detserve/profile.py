@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from detserve.canonical import canonical_bytes, duplicate_keys
 from detserve.engine_policy import (
-    MANAGED_OPTIONS,
-    NONDETERMINISTIC_OPTIONS,
+    check_engine_option,
+    check_entrypoint,
+    check_environment_variable,
     installs_packages,
-    normalise_option,
 )
 from detserve.errors import ProfileError, UnpinnedError
 
@@ -35,7 +35,6 @@ DIGEST_REF_RE = re.compile(
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.I)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-OPTION_NAME_RE = re.compile(r"^--[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 PROFILE_SCHEMA_VERSION = 1
 
@@ -113,10 +112,12 @@ class RuntimeSpec(_Strict):
     """Host port the server is published on."""
 
     environment: dict[str, str] = Field(default_factory=dict)
-    """Non-secret environment for the container. Secrets come from ``--secrets-file`` only."""
+    """Non-secret environment for the container, from an allowlist of names (``detserve config
+    options`` lists them). Secrets come from ``--secrets-file`` only."""
 
     entrypoint: list[str] | None = None
-    """Override of the image's entrypoint; must start the vLLM OpenAI server and install nothing."""
+    """Override of the image's entrypoint: ``[PYTHON, "-m", "vllm.entrypoints.openai.api_server"]``
+    only, or null for the image's own."""
 
     startup_timeout_s: Annotated[int, Field(ge=10, le=7200)] = 600
     """How long ``wait`` allows the server to become ready."""
@@ -141,31 +142,31 @@ class RuntimeSpec(_Strict):
     @field_validator("environment")
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
+        for name, setting in value.items():
             if not ENV_NAME_RE.match(name):
-                raise ValueError(f"invalid environment variable name {name!r}")
+                raise ValueError(f"invalid environment variable name {name[:64]!r}")
             if SECRET_NAME_RE.search(name):
                 raise ValueError(
                     f"{name!r} looks like a secret; put secrets in a --secrets-file, never in a "
                     "profile (profiles are committed and hashed into labels)"
                 )
-            if name in {"HF_HUB_OFFLINE", "HF_HOME"}:
-                raise ValueError(f"{name!r} is set by detserve and cannot be overridden")
-        if installs_packages(value.values()):
-            raise ValueError("an environment value installs packages at container start")
+            problem = check_environment_variable(name, setting)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @field_validator("entrypoint")
     @classmethod
     def _entrypoint(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
-            if not value:
-                raise ValueError("an empty entrypoint is refused; omit it to use the image's")
             if installs_packages(value):
                 raise ValueError(
                     "the entrypoint installs packages at container start; everything the server "
                     "runs must be in the pinned image"
                 )
+            problem = check_entrypoint(value)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -182,7 +183,7 @@ class RuntimeSpec(_Strict):
         return self.gpu_count or 0
 
 
-ExtraValue = str | int | bool
+ExtraValue = str | int | float | bool
 
 
 class VllmSpec(_Strict):
@@ -208,33 +209,17 @@ class VllmSpec(_Strict):
     """Disable CUDA graphs."""
 
     extra_args: dict[str, ExtraValue] = Field(default_factory=dict)
-    """Further engine options, ``{"--option": value}``; ``true`` is a bare flag. Options known to
-    break determinism and options detserve sets itself are refused."""
+    """Further engine options, ``{"--option": value}``, by their exact names in vLLM's parser;
+    ``true`` is a bare flag. Only options on detserve's allowlist pass (``detserve config
+    options`` lists them, with why each is safe to pin); abbreviations are refused."""
 
     @field_validator("extra_args")
     @classmethod
     def _extra_args(cls, value: dict[str, ExtraValue]) -> dict[str, ExtraValue]:
-        for raw_name, arg in value.items():
-            if not raw_name.startswith("--"):
-                raise ValueError(f"engine option {raw_name!r} must be spelled '--name'")
-            name = normalise_option(raw_name)
-            if name in NONDETERMINISTIC_OPTIONS:
-                raise ValueError(
-                    f"{raw_name} is refused in a strict profile: {NONDETERMINISTIC_OPTIONS[name]}"
-                )
-            if not OPTION_NAME_RE.match(raw_name):
-                # The name reaches the server's command line as one word: only a plain option
-                # name, never a value, a second option or a shell fragment hidden in it.
-                raise ValueError(
-                    f"engine option {raw_name!r} must be spelled '--name' "
-                    "(letters, digits, '-' and '_'; its value goes in the value)"
-                )
-            if name in MANAGED_OPTIONS:
-                raise ValueError(f"{raw_name} is set from the profile's structured fields")
-            if arg is False:
-                raise ValueError(f"{raw_name}: false is not a value; omit the option instead")
-        if installs_packages(str(v) for v in value.values()):
-            raise ValueError("an engine argument installs packages at container start")
+        for name, arg in value.items():
+            problem = check_engine_option(name, arg)
+            if problem:
+                raise ValueError(problem)
         return value
 
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detserve.errors import VerificationError
+from detserve.pins import pin_differences, profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
 from detserve.runlog import RunLogHeader, validate_run_log
-from detserve.runtime.container_spec import engine_args, manifest_sha256
+from detserve.runtime.container_spec import manifest_sha256
 
 
 class NotAReplay(VerificationError):
@@ -36,25 +37,12 @@ def plan_replay(claim: Path, loaded: LoadedProfile, bundle: PromptBundle) -> Rep
     """Validate the claim completely and refuse unless the local pins are the claim's."""
     summary = validate_run_log(claim)
     header = summary.header
-    loaded.require_pins()
-    pins = header.pins
-    local = {
-        "profile_name": loaded.name,
-        "model_id": loaded.profile.model.id,
-        "model_revision": loaded.revision,
-        "manifest_sha256": manifest_sha256(loaded),
-        "image": loaded.image,
-        "prompt_bundle_sha256": bundle.sha256,
-        "engine_args": engine_args(loaded),
-        "served_model_name": loaded.profile.vllm.served_model_name,
-        "seed": loaded.profile.sampling.seed,
-    }
-    claimed = pins.model_dump(mode="json") | {"seed": header.sampling.seed}
-    differences = [
-        f"{key}: claim {claimed.get(key)!r}, local {value!r}"
-        for key, value in sorted(local.items())
-        if claimed.get(key) != value
-    ]
+    local = profile_pins(loaded, manifest_sha256=manifest_sha256(loaded))
+    differences = pin_differences(header.pins, local, prompt_bundle_sha256=bundle.sha256)
+    if header.sampling.seed != loaded.profile.sampling.seed:
+        differences.append(
+            f"seed: claim {header.sampling.seed!r}, local {loaded.profile.sampling.seed!r}"
+        )
     if differences:
         raise NotAReplay(
             f"{claim} was made under other pins than {loaded.path}: not a replay",

@@ -123,11 +123,52 @@ class _Record(BaseModel):
     )
 
 
-class RunPins(_Record):
-    """Everything a replay must hold fixed to be a replay."""
+_ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=_ENV_NAME_PATTERN)]
 
-    profile_name: Name
-    """Name of the profile the run was sampled with."""
+
+class DevicePins(_Record):
+    """What the server ran on, as far as it is the same on every host that replays it."""
+
+    gpus: Annotated[int, Field(ge=0, le=1024)]
+    """The number of GPUs requested (0 on a CPU). Which GPUs, by id, is the host's business."""
+
+    kind: Literal["cpu", "nvidia"]
+    """The device the engine ran on."""
+
+
+class RunPins(_Record):
+    """Everything a replay must hold fixed to be a replay, and nothing else.
+
+    Only what decides the tokens: a profile's file name or directory, the host and the container's
+    id are not pins (they go to the sidecar), so a verifier who names things differently still
+    replays the claim.
+    """
+
+    device: DevicePins
+    """The device request: CPU, or how many GPUs."""
+
+    engine_args: Annotated[
+        tuple[Annotated[str, Field(max_length=4096)], ...], Field(max_length=1024)
+    ]
+    """The engine arguments the container runs, in order."""
+
+    entrypoint: (
+        Annotated[tuple[Annotated[str, Field(max_length=4096)], ...], Field(max_length=16)] | None
+    )
+    """The container's entrypoint when the profile sets one; null for the image's own."""
+
+    environment: Annotated[
+        dict[EnvName, Annotated[str, Field(max_length=4096)]],
+        Field(max_length=256, json_schema_extra={"additionalProperties": False}),
+    ]
+    """The container's environment as detserve sets it (secrets excluded), by name."""
+
+    image: Annotated[str, Field(max_length=512, pattern=_IMAGE_PATTERN)]
+    """The runtime image, ``REPO@sha256:<64 hex>``."""
+
+    manifest_sha256: Sha256Hex
+    """sha256 of the snapshot manifest the snapshot verified against, before and after sampling."""
 
     model_id: Annotated[str, Field(min_length=3, max_length=256, pattern=_MODEL_ID_PATTERN)]
     """Hugging Face model id, ``ORG/NAME``."""
@@ -135,25 +176,14 @@ class RunPins(_Record):
     model_revision: Annotated[str, Field(min_length=40, max_length=40, pattern=_COMMIT_PATTERN)]
     """The model repository commit, 40 hex digits."""
 
-    manifest_sha256: Sha256Hex
-    """sha256 of the snapshot manifest the snapshot verified against before sampling."""
-
-    image: Annotated[str, Field(max_length=512, pattern=_IMAGE_PATTERN)]
-    """The runtime image, ``REPO@sha256:<64 hex>``."""
-
     prompt_bundle_sha256: Sha256Hex
     """sha256 of the prompt bundle."""
 
-    vllm_version: Annotated[str, Field(min_length=1, max_length=128)]
-    """The version the server reported."""
-
-    engine_args: Annotated[
-        tuple[Annotated[str, Field(max_length=4096)], ...], Field(max_length=1024)
-    ]
-    """The engine arguments the container runs, in order."""
-
     served_model_name: Name
     """The model name the server serves and requests name."""
+
+    vllm_version: Annotated[str, Field(min_length=1, max_length=128)]
+    """The version the server reported."""
 
 
 class SamplingParams(_Record):

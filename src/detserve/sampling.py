@@ -23,10 +23,11 @@ from pathlib import Path
 from detserve import __version__
 from detserve.canonical import atomic_write_bytes, canonical_bytes, refuse_overwrite
 from detserve.errors import ContainerError, PinMismatch, UsageError
+from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle, PromptRecord
 from detserve.runlog import RunLogWriter
-from detserve.runtime.container_spec import engine_args, server_base_url
+from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
 from detserve.runtime.lifecycle import check_served_model, checked_container
 from detserve.runtime.server import Completion, VllmServer
@@ -139,6 +140,16 @@ def _sample_record(index: int, prompt: PromptRecord, result: Completion) -> dict
     }
 
 
+def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
+    # The log names one manifest: the snapshot must have verified against that same manifest at
+    # the end as at the start, or the run straddles two trust roots.
+    if final != first:
+        raise PinMismatch(
+            f"the manifest {loaded.manifest_path} changed during the run; no run log was written",
+            details=[f"at start: sha256 {first}", f"at end:   sha256 {final}"],
+        )
+
+
 def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
     """Refuse a request before any work: outputs, token budget, pins."""
     loaded.require_pins()
@@ -169,23 +180,15 @@ def sample(
     check_request(loaded, bundle, request)
     prompts = bundle.take(request.n_prompts)
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
+    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     container = checked_container(loaded, engine, what="sample from")
     watch = _IdentityWatch(engine, container)
     profile = loaded.profile
     with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
+        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
         header: dict[str, object] = {
-            "pins": {
-                "profile_name": loaded.name,
-                "model_id": profile.model.id,
-                "model_revision": loaded.revision,
-                "manifest_sha256": report.manifest_sha256,
-                "image": loaded.image,
-                "prompt_bundle_sha256": bundle.sha256,
-                "vllm_version": server.version(),
-                "engine_args": engine_args(loaded),
-                "served_model_name": profile.vllm.served_model_name,
-            },
+            "pins": run_pins.model_dump(mode="json"),
             "sampling": {
                 "temperature": profile.sampling.temperature,
                 "seed": profile.sampling.seed,
@@ -216,7 +219,10 @@ def sample(
             # Before the log is committed: still the same server, and still the same snapshot
             # (it is mounted read-only, but the host side can change under a running server).
             watch.check(force=True)
-            verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
+            final = verify_snapshot(
+                loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress
+            )
+            _check_same_manifest(report.manifest_sha256, final.manifest_sha256, loaded)
     summary = SampleSummary(
         run_log=request.run_log_output,
         run_log_sha256=run_log.sha256,

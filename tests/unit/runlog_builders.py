@@ -19,7 +19,6 @@ def make_header(n_samples: int, *, logprobs: int | None = 1, **pins: Any) -> dic
     """A header as the sampler builds it: no ``record`` or ``format`` keys."""
     return {
         "pins": {
-            "profile_name": "tiny-cpu",
             "model_id": "detserve/tiny-llama",
             "model_revision": "b" * 40,
             "manifest_sha256": sha("manifest"),
@@ -28,6 +27,9 @@ def make_header(n_samples: int, *, logprobs: int | None = 1, **pins: Any) -> dic
             "vllm_version": "0.6.3",
             "engine_args": ["--seed", "0", "--max-model-len", "512"],
             "served_model_name": "tiny",
+            "environment": {"HF_HOME": "/hf-home", "HF_HUB_OFFLINE": "1"},
+            "entrypoint": None,
+            "device": {"kind": "cpu", "gpus": 0},
         }
         | pins,
         "sampling": {

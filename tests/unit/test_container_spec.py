@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -140,13 +141,21 @@ def test_cpu_profile_exact_create_kwargs(cpu_profile: LoadedProfile) -> None:
             "io.detserve.image": CPU_IMAGE,
             "io.detserve.manifest-sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         },
+        # the verified snapshot and the blobs it links into, read-only, and nothing else of the
+        # Hugging Face home
         "mounts": [
             Mount(
-                target="/hf-home",
-                source=str(cpu_profile.hf_home),
+                target=f"/hf-home/hub/models--detserve--tiny-llama/snapshots/{TINY_REVISION}",
+                source=str(cpu_profile.snapshot_dir),
                 type="bind",
                 read_only=True,
-            )
+            ),
+            Mount(
+                target="/hf-home/hub/models--detserve--tiny-llama/blobs",
+                source=str(cpu_profile.model_cache_dir / "blobs"),
+                type="bind",
+                read_only=True,
+            ),
         ],
         "ports": {"8000/tcp": ("127.0.0.1", 8000)},
         "shm_size": "1g",
@@ -203,8 +212,14 @@ def test_gpu_profile_exact_create_kwargs(gpu_profile: LoadedProfile) -> None:
     assert kwargs["ipc_mode"] == "host"
     assert kwargs["shm_size"] == "16g"
     assert kwargs["ports"] == {"8000/tcp": ("127.0.0.1", 8123)}
+    # no blobs/ in this model's cache: the snapshot alone is mounted
     assert kwargs["mounts"] == [
-        Mount(target="/hf-home", source=str(gpu_profile.hf_home), type="bind", read_only=True)
+        Mount(
+            target=f"/hf-home/hub/models--Qwen--Qwen3-8B/snapshots/{GPU_REVISION}",
+            source=str(gpu_profile.snapshot_dir),
+            type="bind",
+            read_only=True,
+        )
     ]
     assert kwargs["environment"] == {
         "HF_HOME": "/hf-home",
@@ -354,7 +369,9 @@ def _compose_variables(loaded: LoadedProfile) -> dict[str, str]:
         "DETSERVE_MODEL_ID": profile.model.id,
         "DETSERVE_MODEL_REVISION": loaded.revision,
         "DETSERVE_MANIFEST_SHA256": hashlib.sha256(loaded.manifest_path.read_bytes()).hexdigest(),
-        "DETSERVE_HF_HOME": str(loaded.hf_home),
+        "DETSERVE_MODEL_FOLDER": loaded.model_cache_dir.name,
+        "DETSERVE_SNAPSHOT_DIR": os.path.realpath(loaded.snapshot_dir),
+        "DETSERVE_BLOBS_DIR": os.path.realpath(loaded.model_cache_dir / "blobs"),
         "DETSERVE_SERVED_MODEL_NAME": profile.vllm.served_model_name,
         "DETSERVE_DTYPE": profile.vllm.dtype,
         "DETSERVE_MAX_MODEL_LEN": str(profile.vllm.max_model_len),
@@ -381,12 +398,8 @@ def test_compose_file_starts_the_same_container(cpu_profile: LoadedProfile) -> N
     assert service["init"] is kwargs["init"] is True
     assert service["ports"] == ["127.0.0.1:8000:8000"]
     assert service["volumes"] == [
-        {
-            "type": "bind",
-            "source": str(cpu_profile.hf_home),
-            "target": "/hf-home",
-            "read_only": True,
-        }
+        {"type": "bind", "source": m["Source"], "target": m["Target"], "read_only": m["ReadOnly"]}
+        for m in kwargs["mounts"]
     ]
     # detserve's own variables, plus the profile's environment through DETSERVE_RUNTIME_ENV_FILE
     assert service["environment"] == {"HF_HOME": "/hf-home", "HF_HUB_OFFLINE": "1"}

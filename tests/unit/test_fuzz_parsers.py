@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from detserve.canonical import canonical_bytes
+from detserve.engine_policy import ENGINE_OPTIONS, ENVIRONMENT_VARIABLES, EngineOption
 from detserve.errors import DetserveError, ManifestError, ProfileError
 from detserve.manifest import SnapshotManifest, check_relative_path, parse_manifest
 from detserve.pinfile import replace_pin
@@ -193,6 +194,17 @@ plain_text = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size
 )
 
 
+def _option_values(option: EngineOption) -> st.SearchStrategy[Any]:
+    """Values an allowed engine option takes, by its kind."""
+    if option.kind == "flag":
+        return st.just(True)
+    if option.kind == "int":
+        return st.integers(0, 2**53 - 1)
+    if option.kind == "number":
+        return st.integers(0, 1000) | st.floats(0, 1000, allow_nan=False)
+    return st.sampled_from(option.choices)
+
+
 @st.composite
 def valid_tiny(draw: st.DrawFn) -> dict[str, Any]:
     """The tiny profile with every field that has a range moved within it."""
@@ -209,21 +221,20 @@ def valid_tiny(draw: st.DrawFn) -> dict[str, Any]:
     size = draw(st.integers(1, 99999))
     document["runtime"]["shm_size"] = f"{size}{draw(st.sampled_from(['', 'b', 'k', 'm', 'g']))}"
     document["runtime"]["port"] = draw(st.integers(1, 65535))
-    document["runtime"]["environment"] = draw(st.dictionaries(env_names, plain_text, max_size=4))
+    # allowed variables only, each with a value of its documented form
+    document["runtime"]["environment"] = {
+        name: draw(st.from_regex(ENVIRONMENT_VARIABLES[name].pattern, fullmatch=True))
+        for name in draw(st.sets(st.sampled_from(sorted(ENVIRONMENT_VARIABLES)), max_size=4))
+    }
     document["runtime"]["startup_timeout_s"] = draw(st.integers(10, 7200))
     document["vllm"]["dtype"] = draw(st.sampled_from(["auto", "float32", "float16", "bfloat16"]))
     document["vllm"]["max_model_len"] = draw(st.integers(16, 1 << 20))
     document["vllm"]["max_num_seqs"] = draw(st.none() | st.integers(1, 1024))
     document["vllm"]["enforce_eager"] = draw(st.booleans())
-    document["vllm"]["extra_args"] = draw(
-        st.dictionaries(
-            st.sampled_from(
-                ["--block-size", "--swap-space", "--disable-log-stats", "--kv-cache-dtype"]
-            ),
-            st.one_of(st.just(True), st.integers(0, 1000), st.sampled_from(["auto", "fp8"])),
-            max_size=3,
-        )
-    )
+    document["vllm"]["extra_args"] = {
+        name: draw(_option_values(ENGINE_OPTIONS[name]))
+        for name in draw(st.sets(st.sampled_from(sorted(ENGINE_OPTIONS)), max_size=3))
+    }
     document["sampling"]["temperature"] = draw(st.sampled_from([0, 0.0, -0.0]))
     document["sampling"]["seed"] = draw(st.integers(-(2**63), 2**64))
     document["sampling"]["max_tokens"] = draw(st.integers(1, 65536))

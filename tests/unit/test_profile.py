@@ -143,21 +143,21 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
         "runtime.entrypoint",
         "installs packages",
     ),
-    "empty-entrypoint": (_set("runtime.entrypoint", []), "runtime.entrypoint", "empty"),
+    "empty-entrypoint": (_set("runtime.entrypoint", []), "runtime.entrypoint", "must be [PYTHON"),
     "extra-args-pip-install": (
         _set("vllm.extra_args", {"--additional-config": "pip install evil-kernels"}),
         "vllm.extra_args",
-        "vllm.extra_args: an engine argument installs packages at container start",
+        "--additional-config is not an engine option a strict profile may set",
     ),
     "extra-args-uv-pip-install": (
         _set("vllm.extra_args", {"--worker-extension-cls": "uv pip install --system evil"}),
         "vllm.extra_args",
-        "vllm.extra_args: an engine argument installs packages at container start",
+        "--worker-extension-cls is not an engine option a strict profile may set",
     ),
     "extra-args-apt-get-install": (
         _set("vllm.extra_args", {"--chat-template": "x; apt-get install -y gcc"}),
         "vllm.extra_args",
-        "vllm.extra_args: an engine argument installs packages at container start",
+        "--chat-template is refused in a strict profile",
     ),
     "extra-args-install-in-the-name": (
         _set("vllm.extra_args", {"--x; pip install evil": True}),
@@ -172,7 +172,7 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
     "env-installs-packages": (
         _set("runtime.environment", {"PRESTART": "pip install torch"}),
         "runtime.environment",
-        "installs packages",
+        "'PRESTART' is not an environment variable a strict profile may set",
     ),
     "temperature-above-zero": (
         _set("sampling.temperature", 0.7),
@@ -208,7 +208,82 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
     "undashed-engine-option": (
         _set("vllm.extra_args", {"enable_prefix_caching": True}),
         "vllm.extra_args",
-        "--name",
+        "refused in a strict profile",
+    ),
+    # Environment: an allowlist. Each of these redirects the weights, the code or the packages.
+    **{
+        f"env-{name.lower()}": (
+            _set("runtime.environment", {name: value}),
+            "runtime.environment",
+            f"{name!r} is not an environment variable a strict profile may set",
+        )
+        for name, value in {
+            "HF_HUB_CACHE": "/tmp/unverified",
+            "HF_HUB_OFFLINE_X": "1",
+            "PYTHONPATH": "/tmp/evil",
+            "LD_PRELOAD": "/tmp/evil.so",
+            "PIP_INDEX_URL": "http://evil.invalid/simple",
+            "TRANSFORMERS_CACHE": "/tmp/unverified",
+            "VLLM_PLUGINS": "evil",
+        }.items()
+    },
+    "env-value-of-the-wrong-form": (
+        _set("runtime.environment", {"VLLM_CPU_KVCACHE_SPACE": "1 --enable-prefix-caching"}),
+        "runtime.environment",
+        "does not have the form",
+    ),
+    # Engine options: exact names on an allowlist; vLLM's parser expands prefixes, so a prefix of
+    # a refused option is that option.
+    **{
+        f"abbreviated-{name.strip('-')}": (
+            _set("vllm.extra_args", {name: True}),
+            "vllm.extra_args",
+            f"{name} is an abbreviation",
+        )
+        for name in ("--enable-prefix-cach", "--enable-prefix", "--trust-remote", "--load-form")
+    },
+    "config-file-option": (
+        _set("vllm.extra_args", {"--config": "/hf-home/evil.yaml"}),
+        "vllm.extra_args",
+        "--config is refused in a strict profile",
+    ),
+    "negated-managed-flag": (
+        _set("vllm.extra_args", {"--no-enforce-eager": True}),
+        "vllm.extra_args",
+        "--no-enforce-eager is not an engine option a strict profile may set",
+    ),
+    "flag-given-a-value": (
+        _set("vllm.extra_args", {"--disable-log-stats": "--enable-prefix-caching"}),
+        "vllm.extra_args",
+        "is a flag: its value must be true",
+    ),
+    "option-given-true": (
+        _set("vllm.extra_args", {"--max-num-batched-tokens": True}),
+        "vllm.extra_args",
+        "takes a value, not true",
+    ),
+    "choice-out-of-range": (
+        _set("vllm.extra_args", {"--kv-cache-dtype": "--enable-prefix-caching"}),
+        "vllm.extra_args",
+        "takes one of",
+    ),
+    "uppercase-option": (
+        _set("vllm.extra_args", {"--Enable-Prefix-Caching": True}),
+        "vllm.extra_args",
+        "must be spelled '--name'",
+    ),
+    "entrypoint-shell": (
+        _set("runtime.entrypoint", ["sh", "-c", "exec vllm serve --enable-prefix-caching"]),
+        "runtime.entrypoint",
+        "must be [PYTHON",
+    ),
+    "entrypoint-extra-options": (
+        _set(
+            "runtime.entrypoint",
+            ["python3", "-m", "vllm.entrypoints.openai.api_server", "--enable-prefix-caching"],
+        ),
+        "runtime.entrypoint",
+        "must be [PYTHON",
     ),
     "gpu-count-on-cpu": (_set("runtime.gpu_count", 1), "runtime", "device 'nvidia' only"),
     "tensor-parallel-on-cpu": (

@@ -66,7 +66,6 @@ def headers(draw: st.DrawFn, n_samples: int, logprobs: bool) -> dict[str, Any]:
     repo = draw(st.from_regex(r"[a-z0-9][a-z0-9._:/-]{0,20}[a-z0-9]", fullmatch=True))
     return {
         "pins": {
-            "profile_name": draw(names),
             "model_id": draw(
                 st.from_regex(
                     r"[A-Za-z0-9][A-Za-z0-9._-]{0,8}/[A-Za-z0-9][A-Za-z0-9._-]{0,8}", fullmatch=True
@@ -79,6 +78,16 @@ def headers(draw: st.DrawFn, n_samples: int, logprobs: bool) -> dict[str, Any]:
             "vllm_version": draw(names),
             "engine_args": draw(st.lists(texts, max_size=4)),
             "served_model_name": draw(names),
+            "environment": draw(
+                st.dictionaries(
+                    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True), texts, max_size=3
+                )
+            ),
+            "entrypoint": draw(st.none() | st.lists(texts, max_size=3)),
+            "device": {
+                "kind": draw(st.sampled_from(["cpu", "nvidia"])),
+                "gpus": draw(st.integers(0, 8)),
+            },
         },
         "sampling": {
             "temperature": draw(st.sampled_from([0.0, 0, -0.0])),

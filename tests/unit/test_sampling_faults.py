@@ -38,13 +38,14 @@ from detserve.errors import (
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PromptBundle, load_bundle
 from detserve.runlog import validate_run_log
-from detserve.runtime.container_spec import ContainerSpec, engine_args, expected_labels
+from detserve.runtime.container_spec import ContainerSpec, build_container_spec, engine_args
 from detserve.runtime.engine import ContainerInfo, DockerEngine, ImageInfo
 from detserve.runtime.server import VllmServer
 from detserve.sampling import SampleRequest, SampleSummary, sample
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
 from .conftest import TinyWorkspace
+from .containers import faithful_container, pinned_image
 from .fake_http import Answer, serving
 
 IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
@@ -112,9 +113,14 @@ class FakeVllm:
 class FakeEngine:
     """The profile's container, running with its pins; ``restart`` gives it another lifetime."""
 
-    def __init__(self, container: ContainerInfo) -> None:
+    def __init__(self, container: ContainerInfo, image: ImageInfo) -> None:
         self.container = container
+        self.image = image
         self.gone = False
+
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        assert image_id == self.image.id
+        return self.image
 
     def restart(self) -> None:
         self.container = dataclasses.replace(
@@ -225,21 +231,8 @@ def _rig(
     document["runtime"]["port"] = port
     tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
     loaded = load_profile(tiny_workspace.config)
-    container = ContainerInfo(
-        id="c0ffee" * 10 + "abcd",
-        name=f"detserve-{loaded.name}",
-        status="running",
-        running=True,
-        started_at="2026-01-01T00:00:00.000000000Z",
-        restart_count=0,
-        exit_code=None,
-        oom_killed=False,
-        error="",
-        image_id="sha256:" + "b" * 64,
-        image=IMAGE,
-        labels=expected_labels(loaded),
-        command=tuple(engine_args(loaded)),
-    )
+    spec = build_container_spec(loaded)
+    container = faithful_container(spec)
     sleeps: list[float] = []
     # The sampler's own client, with the documented retry policy; its waits are recorded.
     monkeypatch.setattr(sampling, "VllmServer", functools.partial(VllmServer, sleep=sleeps.append))
@@ -247,7 +240,7 @@ def _rig(
         loaded=loaded,
         bundle=bundle,
         fake=fake,
-        engine=FakeEngine(container),
+        engine=FakeEngine(container, pinned_image(spec)),
         out=tmp_path / "out",
         sleeps=sleeps,
         workspace=tiny_workspace,
@@ -279,6 +272,15 @@ def test_a_well_behaved_server_gives_a_valid_run_log(rig: Rig) -> None:
     assert pins.vllm_version == "0.32.0"
     assert pins.prompt_bundle_sha256 == rig.bundle.sha256
     assert list(pins.engine_args) == engine_args(rig.loaded)
+    # the container's whole configuration that decides tokens is pinned; names are not
+    assert pins.environment == {
+        "HF_HOME": "/hf-home",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }
+    assert pins.entrypoint is None
+    assert (pins.device.kind, pins.device.gpus) == ("cpu", 0)
+    assert "profile_name" not in pins.model_dump()
     sidecar = json.loads(summary.sidecar.read_text(encoding="utf-8"))
     assert sidecar["run_log_sha256"] == summary.run_log_sha256
     assert sidecar["container_id"] == rig.engine.container.id

@@ -14,6 +14,7 @@ revision or manifest is never taken for the pinned one.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from detserve.runtime.secrets import SecretEnvironment
 
 #: the port the server listens on inside the container
 CONTAINER_PORT = 8000
-#: where the profile's Hugging Face home is mounted, read-only
+#: the container's Hugging Face home; only the verified snapshot and its blobs are mounted in it
 CONTAINER_HF_HOME = "/hf-home"
 CONTAINER_NAME_PREFIX = "detserve-"
 
@@ -158,6 +159,51 @@ def split_digest_ref(image: str) -> tuple[str, str]:
     return match["repo"], match["digest"]
 
 
+@dataclass(frozen=True, order=True)
+class SnapshotMount:
+    """One read-only bind mount of the verified snapshot: a host directory, where it appears."""
+
+    source: Path
+    target: str
+
+
+def model_cache_target(profile: Profile) -> str:
+    """``/hf-home/hub/models--ORG--NAME`` inside the container."""
+    return f"{CONTAINER_HF_HOME}/hub/models--{profile.model.id.replace('/', '--')}"
+
+
+def snapshot_mounts(loaded: LoadedProfile) -> tuple[SnapshotMount, ...]:
+    """The only host paths the container sees: the pinned snapshot and the blobs it links into.
+
+    Not the whole Hugging Face home: other models, other revisions' snapshots, ``refs/`` (which
+    can map a commit to another snapshot) and ``.no_exist/`` stay out of the container's reach.
+    Sources are resolved (symlinks followed) now, so the mount is the directory that was
+    verified, and :mod:`detserve.runtime.binding` can compare them with a running container's.
+    The blobs directory is mounted only when the model's cache has one (the layout
+    huggingface_hub writes; :func:`detserve.snapshot.allowed_roots_for` lets the snapshot's links
+    point there and nowhere else).
+    """
+    target = model_cache_target(loaded.profile)
+    mounts = [
+        SnapshotMount(
+            source=Path(os.path.realpath(loaded.snapshot_dir)),
+            target=f"{target}/snapshots/{loaded.revision}",
+        )
+    ]
+    blobs = loaded.model_cache_dir / "blobs"
+    if blobs.is_dir():
+        mounts.append(SnapshotMount(source=Path(os.path.realpath(blobs)), target=f"{target}/blobs"))
+    return tuple(mounts)
+
+
+def container_environment(loaded: LoadedProfile) -> dict[str, str]:
+    """The environment detserve gives the container, secrets aside, sorted by name."""
+    environment = dict(loaded.profile.runtime.environment)
+    environment["HF_HOME"] = CONTAINER_HF_HOME
+    environment["HF_HUB_OFFLINE"] = "1"
+    return dict(sorted(environment.items()))
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     """Everything ``detserve start`` asks of the engine. The secrets' values never show."""
@@ -167,7 +213,7 @@ class ContainerSpec:
     command: tuple[str, ...]
     entrypoint: tuple[str, ...] | None
     environment: Mapping[str, str]
-    hf_home: Path
+    mounts: tuple[SnapshotMount, ...]
     host: str
     port: int
     labels: Mapping[str, str]
@@ -202,12 +248,8 @@ class ContainerSpec:
             "environment": {**self.environment, **self.secrets},
             "labels": dict(self.labels),
             "mounts": [
-                Mount(
-                    target=CONTAINER_HF_HOME,
-                    source=str(self.hf_home),
-                    type="bind",
-                    read_only=True,
-                )
+                Mount(target=mount.target, source=str(mount.source), type="bind", read_only=True)
+                for mount in self.mounts
             ],
             "ports": {f"{CONTAINER_PORT}/tcp": (self.host, self.port)},
             "shm_size": self.shm_size,
@@ -240,16 +282,13 @@ def build_container_spec(
             f"secrets file sets {', '.join(clashes)}, which the profile's runtime.environment "
             "sets too; a variable comes from one place only"
         )
-    environment = dict(runtime.environment)
-    environment["HF_HOME"] = CONTAINER_HF_HOME
-    environment["HF_HUB_OFFLINE"] = "1"
     return ContainerSpec(
         name=container_name(profile),
         image=loaded.image,
         command=tuple(engine_args(loaded)),
         entrypoint=tuple(runtime.entrypoint) if runtime.entrypoint is not None else None,
-        environment=dict(sorted(environment.items())),
-        hf_home=loaded.hf_home,
+        environment=container_environment(loaded),
+        mounts=snapshot_mounts(loaded),
         host=runtime.host,
         port=runtime.port,
         labels=expected_labels(loaded),

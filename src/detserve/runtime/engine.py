@@ -32,10 +32,59 @@ STOP_TIMEOUT_S = 10
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """A local image: its id and the ``REPO@sha256`` references the engine knows it by."""
+    """A local image: its id, the ``REPO@sha256`` references the engine knows it by, and the
+    defaults a container of it inherits (environment, entrypoint)."""
 
     id: str
     repo_digests: tuple[str, ...]
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)
+    entrypoint: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, order=True)
+class MountInfo:
+    """One mount of a container, as the engine reports it."""
+
+    type: str
+    source: str
+    destination: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class DeviceRequestInfo:
+    """One device request of a container (GPUs), as the engine reports it."""
+
+    driver: str
+    count: int
+    device_ids: tuple[str, ...]
+    capabilities: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    """How a container was created: everything that decides what its server runs and sees.
+
+    :mod:`detserve.runtime.binding` compares it with what the pins produce. The environment
+    holds secrets' values: it is never shown, logged or put in ``as_json``.
+    """
+
+    entrypoint: tuple[str, ...] | None
+    environment: Mapping[str, str] = field(repr=False)
+    mounts: tuple[MountInfo, ...]
+    #: ``"8000/tcp" -> ((host ip, host port), ...)``
+    port_bindings: Mapping[str, tuple[tuple[str, str], ...]]
+    device_requests: tuple[DeviceRequestInfo, ...]
+    privileged: bool
+    devices: tuple[str, ...]
+    volumes_from: tuple[str, ...]
+    cap_add: tuple[str, ...]
+    tmpfs: tuple[str, ...]
+    network_mode: str
+    ipc_mode: str
+    pid_mode: str
+    shm_size: int
+    init: bool
 
 
 @dataclass(frozen=True)
@@ -56,6 +105,8 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: the arguments the server was started with (``Config.Cmd``)
     command: tuple[str, ...] = ()
+    #: how it was created; None only where an engine does not say (then it binds to nothing)
+    config: ContainerConfig | None = None
 
     @property
     def short_id(self) -> str:
@@ -95,6 +146,10 @@ class ContainerEngine(Protocol):
 
     def ensure_image(self, image: str) -> ImageInfo:
         """The local image of ``REPO@sha256:...``, pulled by that digest when absent."""
+        ...
+
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        """The local image with that id (a running container's); never pulls."""
         ...
 
     def create_and_start(self, spec: ContainerSpec) -> ContainerInfo:
@@ -138,6 +193,97 @@ def _explanation(exc: docker.errors.APIError) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     return str(text or exc).strip()
+
+
+def is_pinned_image(image: str, info: ImageInfo) -> bool:
+    """Whether the local image ``info`` is the pinned ``REPO@sha256`` reference ``image``."""
+    known = {normalise_digest_ref(ref) for ref in info.repo_digests}
+    return normalise_digest_ref(image) in known
+
+
+def repo_digests_shown(info: ImageInfo) -> str:
+    return f"its RepoDigests: {', '.join(sorted(info.repo_digests)) or '(none)'}"
+
+
+def _words(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # the engine API allows a string; Docker reports lists
+        return (value,)
+    return tuple(str(word) for word in value)  # type: ignore[attr-defined]
+
+
+def _environment(entries: object) -> dict[str, str]:
+    environment: dict[str, str] = {}
+    for entry in entries or ():  # type: ignore[attr-defined]
+        name, _, value = str(entry).partition("=")
+        environment[name] = value
+    return environment
+
+
+def _image_info(attrs: Mapping[str, Any]) -> ImageInfo:
+    config = attrs.get("Config") or {}
+    return ImageInfo(
+        id=str(attrs.get("Id", "")),
+        repo_digests=tuple(attrs.get("RepoDigests") or ()),
+        environment=_environment(config.get("Env")),
+        entrypoint=_words(config.get("Entrypoint")),
+    )
+
+
+def _container_config(attrs: Mapping[str, Any]) -> ContainerConfig:
+    """What ``docker inspect`` says about how a container was created."""
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    mounts = tuple(
+        sorted(
+            MountInfo(
+                type=str(mount.get("Type", "")),
+                source=str(mount.get("Source", "")),
+                destination=str(mount.get("Destination", "")),
+                read_only=not mount.get("RW", True),
+            )
+            for mount in attrs.get("Mounts") or ()
+        )
+    )
+    ports = {
+        str(port): tuple(
+            (str(binding.get("HostIp", "")), str(binding.get("HostPort", "")))
+            for binding in bindings or ()
+        )
+        for port, bindings in (host.get("PortBindings") or {}).items()
+    }
+    requests = tuple(
+        DeviceRequestInfo(
+            driver=str(request.get("Driver") or ""),
+            count=int(request.get("Count") or 0),
+            device_ids=tuple(str(i) for i in request.get("DeviceIDs") or ()),
+            capabilities=tuple(
+                tuple(str(c) for c in caps) for caps in request.get("Capabilities") or ()
+            ),
+        )
+        for request in host.get("DeviceRequests") or ()
+    )
+    return ContainerConfig(
+        entrypoint=_words(config.get("Entrypoint")),
+        environment=_environment(config.get("Env")),
+        mounts=mounts,
+        port_bindings=ports,
+        device_requests=requests,
+        privileged=bool(host.get("Privileged")),
+        devices=tuple(
+            f"{device.get('PathOnHost')}:{device.get('PathInContainer')}"
+            for device in host.get("Devices") or ()
+        ),
+        volumes_from=tuple(str(v) for v in host.get("VolumesFrom") or ()),
+        cap_add=tuple(str(c) for c in host.get("CapAdd") or ()),
+        tmpfs=tuple(sorted(str(t) for t in host.get("Tmpfs") or {})),
+        network_mode=str(host.get("NetworkMode") or ""),
+        ipc_mode=str(host.get("IpcMode") or ""),
+        pid_mode=str(host.get("PidMode") or ""),
+        shm_size=int(host.get("ShmSize") or 0),
+        init=bool(host.get("Init")),
+    )
 
 
 class DockerEngine:
@@ -189,7 +335,13 @@ class DockerEngine:
             return None
         except docker.errors.APIError as exc:
             raise EngineError(f"cannot look up image {image}: {_explanation(exc)}") from exc
-        return ImageInfo(id=found.id, repo_digests=tuple(found.attrs.get("RepoDigests") or ()))
+        return _image_info(found.attrs)
+
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        info = self._local_image(image_id)
+        if info is None:
+            raise ContainerError(f"image {image_id} of a running container is not in the engine")
+        return info
 
     def _pull_by_digest(self, image: str) -> None:
         repo, digest = split_digest_ref(image)
@@ -239,11 +391,9 @@ class DockerEngine:
 
     @staticmethod
     def _check_pin(image: str, info: ImageInfo) -> None:
-        known = {normalise_digest_ref(ref) for ref in info.repo_digests}
-        if normalise_digest_ref(image) not in known:
+        if not is_pinned_image(image, info):
             raise PinMismatch(
-                f"image {info.id} is not the pinned {image}",
-                details=[f"its RepoDigests: {', '.join(sorted(info.repo_digests)) or '(none)'}"],
+                f"image {info.id} is not the pinned {image}", details=[repo_digests_shown(info)]
             )
 
     # --- containers ------------------------------------------------------------------------
@@ -269,6 +419,7 @@ class DockerEngine:
             image=str(config.get("Image", "")),
             labels=dict(config.get("Labels") or {}),
             command=tuple(str(word) for word in config.get("Cmd") or ()),
+            config=_container_config(attrs),
         )
 
     def _remove_quietly(self, container: Any) -> None:

@@ -40,6 +40,7 @@ from detserve.errors import (
 from detserve.evaluation import first_difference
 from detserve.manifest import load_manifest
 from detserve.profile import LoadedProfile
+from detserve.runtime.binding import bound_container, container_mismatches
 from detserve.runtime.container_spec import (
     LABEL_PROFILE,
     LABEL_PROFILE_SHA256,
@@ -48,7 +49,6 @@ from detserve.runtime.container_spec import (
     container_name,
     engine_args,
     expected_labels,
-    label_mismatches,
     server_base_url,
 )
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
@@ -87,45 +87,15 @@ def _failure_logs(engine: ContainerEngine, container_id: str) -> list[str]:
     return [f"last {len(lines)} log lines:", *(f"| {line}" for line in lines)]
 
 
-def pin_mismatches(loaded: LoadedProfile, container: ContainerInfo) -> list[str]:
-    """How a container differs from what the profile starts: pin labels, image, engine args.
-
-    The labels name the pins; the image reference and the command are checked as well, because a
-    container started by other means (docker compose) can carry the right labels over a wrong
-    command.
-    """
-    lines = label_mismatches(expected_labels(loaded), container.labels)
-    if container.image != loaded.image:
-        lines.append(f"image: expected {loaded.image}, found {container.image or '(none)'}")
-    args = engine_args(loaded)
-    if list(container.command) != args:
-        lines.append(f"engine args: expected {' '.join(args)}, found {' '.join(container.command)}")
-    return lines
-
-
 def checked_container(
     loaded: LoadedProfile, engine: ContainerEngine, *, what: str
 ) -> ContainerInfo:
-    """The profile's container, running and carrying exactly the profile's pins."""
-    name = container_name(loaded.profile)
-    expected_labels(loaded)  # pins and manifest first: nothing is asked of a profile without them
-    container = engine.find(name)
-    if container is None:
-        raise ContainerError(
-            f"no container {name} to {what}",
-            hint=f"start it with `detserve start --config {loaded.path}`",
-        )
-    mismatches = pin_mismatches(loaded, container)
-    if mismatches:
-        raise PinMismatch(
-            f"container {name} was not started from the pins of {loaded.path}; refusing to "
-            f"{what} it",
-            details=mismatches,
-            hint=f"`detserve stop --config {loaded.path}` removes it; then start it again",
-        )
+    """The profile's container: created exactly as its pins say (see
+    :mod:`~detserve.runtime.binding`), and running."""
+    container = bound_container(loaded, engine, what=what)
     if not container.running:
         raise ContainerError(
-            f"container {name} is {container.describe()}",
+            f"container {container.name} is {container.describe()}",
             details=_failure_logs(engine, container.id),
             hint=f"`detserve run --config {loaded.path}` starts it again",
         )
@@ -168,22 +138,15 @@ def start(
     replaced = None
     existing = engine.find(spec.name)
     if existing is not None:
-        mismatches = pin_mismatches(loaded, existing)
-        if existing.running and mismatches:
-            found = existing.labels.get(LABEL_PROFILE_SHA256, "(none)")
-            raise PinMismatch(
-                f"container {spec.name} is running with profile sha256 {found}, but "
-                f"{loaded.path} has profile sha256 {loaded.content_sha256}; it is never reused",
-                details=mismatches,
-                hint=f"`detserve stop --config {loaded.path}` removes it; then start again",
-            )
+        mismatches = container_mismatches(loaded, existing, engine)
         if existing.running:
-            image = engine.ensure_image(spec.image)
-            if existing.image_id != image.id:
+            if mismatches:
+                found = existing.labels.get(LABEL_PROFILE_SHA256, "(none)")
                 raise PinMismatch(
-                    f"container {spec.name} runs image {existing.image_id}, not the pinned "
-                    f"{spec.image} ({image.id}); it is never reused",
-                    hint=f"`detserve stop --config {loaded.path}` removes it",
+                    f"container {spec.name} is running (profile sha256 {found}) but is not the "
+                    f"one the pins of {loaded.path} describe; it is never reused",
+                    details=mismatches,
+                    hint=f"`detserve stop --config {loaded.path}` removes it; then start again",
                 )
             return StartResult(
                 container=existing,
@@ -720,7 +683,7 @@ def status(loaded: LoadedProfile, *, engine: ContainerEngine | None = None) -> S
     container = engine.find(name)
     if container is None:
         return StatusResult(name, None, (), "no container", (), base_url)
-    mismatches = tuple(pin_mismatches(loaded, container))
+    mismatches = tuple(container_mismatches(loaded, container, engine))
     served: tuple[ServedModel, ...] = ()
     if not container.running:
         health = f"not running: {container.describe()}"
@@ -762,9 +725,9 @@ __all__ = [
     "StopResult",
     "WaitProgress",
     "WaitResult",
+    "checked_container",
     "engine_args",
     "logs",
-    "pin_mismatches",
     "require_manifest",
     "run",
     "smoke",

@@ -1,0 +1,213 @@
+"""Is this running container the verified one? The single answer, for every command.
+
+A claim names the pins; the server must have used exactly those. Labels alone cannot say so: two
+profiles with the same content in two directories carry the same labels and mount different
+snapshots, and a container made by other means (compose, the docker CLI) can carry any label. So
+a running container is compared, field by field, with the container the pins produce
+(:func:`~detserve.runtime.container_spec.build_container_spec`):
+
+* its pin labels, its image reference, and the id of the image it runs, whose ``RepoDigests``
+  must include the pinned digest;
+* its command (the engine arguments) and entrypoint (the profile's, or the image's own);
+* its environment: the image's, overlaid with exactly the profile's and detserve's variables;
+  any other variable must be a secret's (a name :data:`~detserve.profile.SECRET_NAME_RE`
+  matches), whose value is never compared or shown;
+* its mounts: exactly the read-only binds of the snapshot and its blobs, from the very host
+  directories that were verified (resolved paths), and nothing else;
+* its published ports, its GPU requests, and the host settings that could hand it anything
+  else (privileged mode, devices, volumes of other containers, tmpfs, added capabilities, the
+  host's PID namespace or network).
+
+Every difference is listed, sorted by field; any one of them means the container is not the
+verified one and nothing is sampled, smoked or waited on from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from detserve.errors import ContainerError, PinMismatch
+from detserve.profile import SECRET_NAME_RE, LoadedProfile
+from detserve.runtime.container_spec import (
+    CONTAINER_PORT,
+    ContainerSpec,
+    build_container_spec,
+    label_mismatches,
+)
+from detserve.runtime.engine import (
+    ContainerEngine,
+    ContainerInfo,
+    DeviceRequestInfo,
+    ImageInfo,
+    MountInfo,
+    is_pinned_image,
+    repo_digests_shown,
+)
+
+#: values longer than this are shown cut, with their length
+_SHOWN_CHARS = 200
+#: the network modes of a container that has its own network namespace
+_OWN_NETWORK = frozenset({"default", "bridge", ""})
+#: the IPC modes a container gets when the profile asks for none
+_DEFAULT_IPC = frozenset({"", "private", "shareable"})
+
+_SIZE_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def shm_bytes(size: str) -> int:
+    """``1g`` -> 1073741824, as the engine stores a container's shm size."""
+    unit = size[-1]
+    if unit in _SIZE_UNITS:
+        return int(size[:-1]) * _SIZE_UNITS[unit]
+    return int(size)
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+    return text
+
+
+def _expected_devices(spec: ContainerSpec) -> tuple[DeviceRequestInfo, ...]:
+    return tuple(
+        DeviceRequestInfo(
+            driver=str(request["Driver"]),
+            count=int(request.get("Count") or 0),
+            device_ids=tuple(request.get("DeviceIDs") or ()),
+            capabilities=tuple(tuple(caps) for caps in request.get("Capabilities") or ()),
+        )
+        for request in spec.device_requests()
+    )
+
+
+def _environment_mismatches(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
+    lines = []
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            lines.append(f"environment {name}: expected {_shown(expected[name])}, absent")
+        elif name not in expected:
+            if not SECRET_NAME_RE.search(name):
+                lines.append(
+                    f"environment {name}: not set by the pins, found {_shown(actual[name])}"
+                )
+        elif actual[name] != expected[name]:
+            lines.append(
+                f"environment {name}: expected {_shown(expected[name])}, "
+                f"found {_shown(actual[name])}"
+            )
+    return lines
+
+
+def _mount_mismatches(spec: ContainerSpec, actual: tuple[MountInfo, ...]) -> list[str]:
+    expected = {
+        MountInfo(type="bind", source=str(m.source), destination=m.target, read_only=True)
+        for m in spec.mounts
+    }
+    found = set(actual)
+    lines = [
+        f"mount {m.destination}: expected a read-only bind of {m.source}, absent"
+        for m in sorted(expected - found)
+    ]
+    lines += [
+        f"mount {m.destination}: not one of the pins' mounts: {m.type} of {m.source or '(none)'}"
+        f"{' (read-only)' if m.read_only else ' (read-write)'}"
+        for m in sorted(found - expected)
+    ]
+    return lines
+
+
+def binding_mismatches(
+    spec: ContainerSpec, image: ImageInfo, container: ContainerInfo
+) -> list[str]:
+    """Every way ``container`` differs from the container ``spec`` describes, sorted by field.
+
+    ``image`` is the local image the container runs (looked up by the container's image id).
+    """
+    lines = label_mismatches(spec.labels, container.labels)
+    if container.image != spec.image:
+        lines.append(f"image: expected {spec.image}, found {container.image or '(none)'}")
+    if container.image_id != image.id:
+        lines.append(f"image id: expected {image.id}, found {container.image_id or '(none)'}")
+    if not is_pinned_image(spec.image, image):
+        lines.append(f"image id: {image.id} is not the pinned image; {repo_digests_shown(image)}")
+    if tuple(container.command) != spec.command:
+        lines.append(
+            f"engine args: expected {' '.join(spec.command)}, found {' '.join(container.command)}"
+        )
+    config = container.config
+    if config is None:
+        return [*lines, "configuration: the engine did not report how the container was created"]
+    entrypoint = spec.entrypoint if spec.entrypoint is not None else image.entrypoint
+    if config.entrypoint != entrypoint:
+        lines.append(
+            f"entrypoint: expected {list(entrypoint or ())}, found {list(config.entrypoint or ())}"
+        )
+    lines += _environment_mismatches({**image.environment, **spec.environment}, config.environment)
+    lines += _mount_mismatches(spec, config.mounts)
+    ports = {f"{CONTAINER_PORT}/tcp": ((spec.host, str(spec.port)),)}
+    if dict(config.port_bindings) != ports:
+        lines.append(f"published ports: expected {ports}, found {dict(config.port_bindings)}")
+    devices = _expected_devices(spec)
+    if config.device_requests != devices:
+        lines.append(
+            f"device requests: expected {list(devices) or 'none'}, "
+            f"found {list(config.device_requests) or 'none'}"
+        )
+    if config.privileged:
+        lines.append("privileged: expected false, found true")
+    for what, value in (
+        ("devices", config.devices),
+        ("volumes from", config.volumes_from),
+        ("added capabilities", config.cap_add),
+        ("tmpfs", config.tmpfs),
+    ):
+        if value:
+            lines.append(f"{what}: expected none, found {', '.join(value)}")
+    if config.network_mode not in _OWN_NETWORK:
+        lines.append(f"network mode: expected its own network, found {config.network_mode}")
+    if config.pid_mode:
+        lines.append(f"pid mode: expected its own, found {config.pid_mode}")
+    if spec.ipc_mode is not None and config.ipc_mode != spec.ipc_mode:
+        lines.append(f"ipc mode: expected {spec.ipc_mode}, found {config.ipc_mode or '(default)'}")
+    if spec.ipc_mode is None and config.ipc_mode not in _DEFAULT_IPC:
+        lines.append(f"ipc mode: expected the default, found {config.ipc_mode}")
+    if config.shm_size != shm_bytes(spec.shm_size):
+        lines.append(
+            f"shm size: expected {shm_bytes(spec.shm_size)} bytes, found {config.shm_size}"
+        )
+    if not config.init:
+        lines.append("init: expected an init process (tini) as PID 1, found none")
+    return lines
+
+
+def container_mismatches(
+    loaded: LoadedProfile, container: ContainerInfo, engine: ContainerEngine
+) -> list[str]:
+    """How a container differs from the one ``loaded``'s pins produce (empty: it is that one)."""
+    spec = build_container_spec(loaded)
+    try:
+        image = engine.image_by_id(container.image_id)
+    except ContainerError as exc:
+        return [f"image id: {exc.message}"]
+    return binding_mismatches(spec, image, container)
+
+
+def bound_container(loaded: LoadedProfile, engine: ContainerEngine, *, what: str) -> ContainerInfo:
+    """The profile's container: running, and created exactly as its pins say. Raise otherwise."""
+    name = build_container_spec(loaded).name  # pins and manifest first
+    container = engine.find(name)
+    if container is None:
+        raise ContainerError(
+            f"no container {name} to {what}",
+            hint=f"start it with `detserve start --config {loaded.path}`",
+        )
+    mismatches = container_mismatches(loaded, container, engine)
+    if mismatches:
+        raise PinMismatch(
+            f"container {name} is not the one the pins of {loaded.path} describe; refusing to "
+            f"{what} it",
+            details=mismatches,
+            hint=f"`detserve stop --config {loaded.path}` removes it; then start it again",
+        )
+    return container
