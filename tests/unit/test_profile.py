@@ -462,3 +462,17 @@ def test_schema_rejects_unknown_keys_as_the_model_does() -> None:
 )
 def test_installs_packages(words: list[str], installs: bool) -> None:
     assert installs_packages(words) is installs
+
+
+def test_config_options_lists_every_allowlist_entry(cli: CliRunner) -> None:
+    from detserve.engine_policy import ENGINE_OPTIONS, ENVIRONMENT_VARIABLES
+
+    shown = cli("config", "options", "--json")
+    assert shown.code == 0, shown.text
+    document = json.loads(shown.out)
+    assert sorted(document["engine_options"]) == sorted(ENGINE_OPTIONS)
+    assert sorted(document["environment"]) == sorted(ENVIRONMENT_VARIABLES)
+    assert "--config" in document["refused_engine_options"]
+    text = cli("config", "options")
+    assert text.code == 0
+    assert all(name in text.out for name in ENGINE_OPTIONS)

@@ -42,6 +42,7 @@ from detserve.runtime.container_spec import ContainerSpec, build_container_spec,
 from detserve.runtime.engine import ContainerInfo, DockerEngine, ImageInfo
 from detserve.runtime.server import VllmServer
 from detserve.sampling import SampleRequest, SampleSummary, sample
+from detserve.snapshot import build_manifest
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
 from .conftest import TinyWorkspace
@@ -504,6 +505,24 @@ def test_a_snapshot_changed_during_the_run_voids_it(rig: Rig) -> None:
     error = rig.fails(SnapshotMismatch, EXIT_VERIFICATION, progress=flip_after_first)
     assert "changed: ./model.safetensors" in error.diagnostics()
     assert len(rig.fake.completions) == N_PROMPTS  # found at the end, before the commit
+
+
+def test_a_manifest_changed_during_the_run_voids_it(rig: Rig) -> None:
+    """Weights and manifest swapped together mid-run: the snapshot verifies at both ends, but
+    against two manifests; the log could name only one of them."""
+    weights = rig.workspace.blob_of("model.safetensors")
+
+    def swap_after_first(done: int, tokens: int) -> None:
+        if done == 1:
+            data = bytearray(weights.read_bytes())
+            data[-1] ^= 0x01
+            weights.write_bytes(bytes(data))
+            manifest = build_manifest(rig.loaded.snapshot_dir)
+            rig.loaded.manifest_path.write_bytes(manifest.to_bytes())
+
+    error = rig.fails(PinMismatch, EXIT_VERIFICATION, progress=swap_after_first)
+    assert error.message.startswith(f"the manifest {rig.loaded.manifest_path} changed during")
+    assert len(rig.fake.completions) == N_PROMPTS
 
 
 def test_no_container_is_an_environment_error_before_any_request(rig: Rig) -> None:

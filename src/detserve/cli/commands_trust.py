@@ -87,6 +87,51 @@ def config_schema() -> None:
     sys.stdout.write(json.dumps(profile_json_schema(), indent=2, sort_keys=True) + "\n")
 
 
+@config_app.command("options")
+def config_options(json_output: JsonOption = False) -> None:
+    """List what a strict profile may set, and why each is safe to pin.
+
+    Engine options (vllm.extra_args) and environment variables (runtime.environment) pass only
+    by exact name from these allowlists; vLLM's parser would expand an abbreviation, so none is
+    accepted. Refused options are listed with the reason. Example:
+
+        detserve config options --json
+    """
+    from detserve import engine_policy as policy
+
+    if json_output:
+        emit_json(
+            {
+                "engine_options": {
+                    name: {"kind": o.kind, "choices": list(o.choices), "why": o.why}
+                    for name, o in sorted(policy.ENGINE_OPTIONS.items())
+                },
+                "refused_engine_options": dict(sorted(policy.NONDETERMINISTIC_OPTIONS.items())),
+                "managed_engine_options": sorted(policy.MANAGED_OPTIONS),
+                "environment": {
+                    name: {"form": v.pattern, "why": v.why}
+                    for name, v in sorted(policy.ENVIRONMENT_VARIABLES.items())
+                },
+                "entrypoint": ["PYTHON", "-m", policy.SERVER_MODULE],
+            }
+        )
+        return
+    result("engine options (vllm.extra_args), by exact name:")
+    for name, option in sorted(policy.ENGINE_OPTIONS.items()):
+        kind = f"one of {', '.join(option.choices)}" if option.choices else option.kind
+        result(f"  {name} ({kind}): {option.why}")
+    result("refused engine options:")
+    for name, why in sorted(policy.NONDETERMINISTIC_OPTIONS.items()):
+        result(f"  {name}: {why}")
+    result(
+        f"set by detserve from the profile's fields: {', '.join(sorted(policy.MANAGED_OPTIONS))}"
+    )
+    result("environment variables (runtime.environment):")
+    for name, variable in sorted(policy.ENVIRONMENT_VARIABLES.items()):
+        result(f"  {name} (form {variable.pattern}): {variable.why}")
+    result(f"entrypoint: omitted, or [PYTHON, '-m', '{policy.SERVER_MODULE}']")
+
+
 def _snapshot_and_manifest(
     config: Path | None, snapshot: Path | None, manifest: Path | None
 ) -> tuple[Path, Path | None, LoadedProfile | None]:
