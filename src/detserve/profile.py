@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detserve.canonical import canonical_bytes, duplicate_keys
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, duplicate_keys
 from detserve.engine_policy import (
     MANAGED_OPTIONS,
     NONDETERMINISTIC_OPTIONS,
@@ -242,8 +242,9 @@ class SamplingSpec(_Strict):
     temperature: float = 0.0
     """Must be 0: greedy decoding is the only strict mode."""
 
-    seed: int
-    """Fixed seed passed to the engine (``--seed``) and to every request."""
+    seed: Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
+    """Fixed seed passed to the engine (``--seed``) and to every request; at most 2**53 - 1, the
+    largest integer a run log (RFC 8785) holds exactly."""
 
     concurrency: int = 1
     """Must be 1: one request in flight, so no batch is shared between prompts."""
