@@ -50,6 +50,7 @@ from benchlib import (
     write_result,
 )
 from detserve.canonical import canonical_bytes
+from detserve.runlog import FORMAT_VERSION
 
 TARGET_SECONDS = 10.0
 TARGET_MB = 500.0
@@ -77,7 +78,7 @@ def header(n_samples: int, max_tokens: int) -> dict[str, object]:
     return {
         "record": "header",
         "format": "detserve-run-log",
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "pins": {
             "model_id": "detserve/bench-model",
             "model_revision": "a" * 40,

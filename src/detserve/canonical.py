@@ -1,7 +1,15 @@
 """Canonical JSON and atomic file writes.
 
-Canonical JSON is what makes two faithful runs byte-identical: sorted keys, no insignificant
-white space, UTF-8 (not ``\\u`` escapes), and one final newline per document.
+Canonical JSON is what makes two faithful runs byte-identical. It is RFC 8785, the JSON
+Canonicalization Scheme (JCS), written by Trail of Bits' ``rfc8785`` package, so that a verifier
+in any language re-canonicalises a document with its own JCS library and compares bytes: keys
+sorted by their UTF-16 code units, no insignificant white space, UTF-8 (``\\u`` escapes only for
+control characters), numbers as ECMAScript writes them (``0.0`` is ``0``, ``1e-05`` is
+``0.00001``, ``1e-07`` is ``1e-7``), and one final newline per document (:func:`canonical_bytes`).
+
+JCS numbers are IEEE 754 doubles: an integer is exact only within ±(2**53 - 1)
+(:data:`MAX_EXACT_INTEGER`), so every integer a model writes is bounded by it where it is
+validated, and a value JCS cannot write is a :class:`CanonicalJSONError`, never a changed number.
 """
 
 from __future__ import annotations
@@ -12,21 +20,34 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
-from detserve.errors import OutputExistsError
+import rfc8785
+
+from detserve.errors import CanonicalJSONError, OutputExistsError
+
+#: The largest integer JCS writes exactly (RFC 8785 section 3.2.2.3, ECMAScript's safe integer).
+MAX_EXACT_INTEGER: Final = 2**53 - 1
 
 
 def canonical_json(value: Any) -> str:
-    """Serialise ``value`` canonically, without the final newline."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """Serialise ``value`` as RFC 8785 (JCS), without the final newline."""
+    return _jcs(value).decode("utf-8")
 
 
 def canonical_bytes(value: Any) -> bytes:
-    """Canonical JSON as UTF-8 bytes with one final newline."""
-    return (canonical_json(value) + "\n").encode("utf-8")
+    """RFC 8785 (JCS) as UTF-8 bytes with one final newline."""
+    return _jcs(value) + b"\n"
+
+
+def _jcs(value: Any) -> bytes:
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError as exc:
+        # Integers beyond ±(2**53 - 1), NaN and infinities, lone surrogates, non-string keys.
+        raise CanonicalJSONError(f"not representable as canonical JSON (RFC 8785): {exc}") from exc
+    except RecursionError as exc:
+        raise CanonicalJSONError("not representable as canonical JSON: nested too deeply") from exc
 
 
 def duplicate_keys(text: str | bytes) -> list[str]:

@@ -129,6 +129,13 @@ class OutputExistsError(InputError):
     kind = "output-exists"
 
 
+class CanonicalJSONError(InputError):
+    """A value canonical JSON (RFC 8785) cannot write: an integer beyond ±(2**53 - 1), NaN or an
+    infinity, a lone surrogate, a key that is not a string."""
+
+    kind = "not-canonical-json"
+
+
 # --- exit 3: environment ------------------------------------------------------------------------
 
 

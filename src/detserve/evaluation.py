@@ -26,7 +26,6 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Final
 
-from detserve.canonical import canonical_json
 from detserve.errors import Divergence, PinMismatch, UsageError, VerificationError
 from detserve.runlog import (
     LineParser,
@@ -60,9 +59,14 @@ _SAMPLE_FIELDS: Final = (
 )
 
 
-def _json(value: object) -> str:
-    """A value as the run log writes it: comparing these, -0.0 and 0.0 differ as they do there."""
-    return canonical_json(value)
+def _differ(a: object, b: object) -> bool:
+    """Whether two validated values are written differently in a run log.
+
+    Under RFC 8785 two finite doubles have the same bytes exactly when they are equal (-0.0 and
+    0.0 are both ``0``), and the records' types are fixed, so ``!=`` is the byte comparison
+    without serialising anything (rfc8785 is pure Python; a log can diverge on every sample).
+    """
+    return a != b
 
 
 class Verdict(StrEnum):
@@ -319,7 +323,7 @@ def _logprob_difference(
     max_diff, position, first = 0.0, 0, None
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         diff = abs(x - y)
-        if first is None and _json(x) != _json(y):
+        if first is None and _differ(x, y):
             first = i
         if diff > max_diff:
             max_diff, position = diff, i
@@ -327,10 +331,7 @@ def _logprob_difference(
 
 
 def _compare_samples(a: RunLogSample, b: RunLogSample, thresholds: Thresholds) -> SampleDivergence:
-    # Compared as written, so that a difference the bytes show (-0.0 against 0.0) is never lost.
-    fields = tuple(
-        name for name in _SAMPLE_FIELDS if _json(getattr(a, name)) != _json(getattr(b, name))
-    )
+    fields = tuple(name for name in _SAMPLE_FIELDS if _differ(getattr(a, name), getattr(b, name)))
     first = first_difference(a.output_token_ids, b.output_token_ids)
     window = None
     if first is not None:
@@ -365,7 +366,7 @@ def header_differences(a: RunLogHeader, b: RunLogHeader) -> list[FieldDifference
     return [
         FieldDifference(name, flat_a.get(name), flat_b.get(name))
         for name in sorted(flat_a.keys() | flat_b.keys())
-        if _json(flat_a.get(name)) != _json(flat_b.get(name))
+        if _differ(flat_a.get(name), flat_b.get(name))
     ]
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detserve.canonical import canonical_bytes, duplicate_keys
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, duplicate_keys
 from detserve.engine_policy import (
     check_engine_option,
     check_entrypoint,
@@ -93,7 +93,7 @@ class RuntimeSpec(_Strict):
     device: Literal["cpu", "nvidia"]
     """Where the engine runs."""
 
-    gpu_count: Annotated[int, Field(ge=1)] | None = None
+    gpu_count: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Number of GPUs to request (nvidia only); exclusive with ``gpu_ids``."""
 
     gpu_ids: list[str] | None = None
@@ -193,16 +193,16 @@ class VllmSpec(_Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"]
     """Weight and activation dtype; explicit, because 'auto' depends on the hardware."""
 
-    max_model_len: Annotated[int, Field(ge=16)]
+    max_model_len: Annotated[int, Field(ge=16, le=MAX_EXACT_INTEGER)]
     """Maximum context length (prompt plus output tokens)."""
 
-    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=1024)] = 1
     """Tensor parallel degree; must not exceed the GPUs requested."""
 
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
     """Fraction of GPU memory for the engine (GPU only)."""
 
-    max_num_seqs: Annotated[int, Field(ge=1)] | None = None
+    max_num_seqs: Annotated[int, Field(ge=1, le=MAX_EXACT_INTEGER)] | None = None
     """Maximum sequences per batch."""
 
     enforce_eager: bool = False
@@ -227,8 +227,9 @@ class SamplingSpec(_Strict):
     temperature: float = 0.0
     """Must be 0: greedy decoding is the only strict mode."""
 
-    seed: int
-    """Fixed seed passed to the engine (``--seed``) and to every request."""
+    seed: Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
+    """Fixed seed passed to the engine (``--seed``) and to every request; at most 2**53 - 1, the
+    largest integer a run log (RFC 8785) holds exactly."""
 
     concurrency: int = 1
     """Must be 1: one request in flight, so no batch is shared between prompts."""

@@ -23,7 +23,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from detserve.canonical import atomic_write_bytes, canonical_bytes, canonical_json, refuse_overwrite
+from detserve.canonical import (
+    MAX_EXACT_INTEGER,
+    atomic_write_bytes,
+    canonical_bytes,
+    canonical_json,
+    refuse_overwrite,
+)
 from detserve.errors import BundleError, InputError, SnapshotMismatch
 from detserve.hub import hub_call
 from detserve.manifest import load_manifest
@@ -50,7 +56,7 @@ class _Frozen(BaseModel):
 class PromptRecord(_Frozen):
     id: str = Field(min_length=1, max_length=200)
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_BYTES)
-    n_tokens: int = Field(ge=1)
+    n_tokens: int = Field(ge=1, le=MAX_EXACT_INTEGER)
 
     @property
     def sha256(self) -> str:
@@ -78,8 +84,9 @@ class BundleInfo(_Frozen):
     name: str
     source: DatasetSource
     tokenizer: TokenizerPin
-    n_prompts: int = Field(ge=1)
-    max_prompt_tokens: int = Field(ge=1)
+    # Both are written as RFC 8785, which holds integers up to 2**53 - 1 exactly.
+    n_prompts: int = Field(ge=1, le=MAX_EXACT_INTEGER)
+    max_prompt_tokens: int = Field(ge=1, le=MAX_EXACT_INTEGER)
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,9 @@ def _parse_prompts(data: bytes, source: Path) -> Iterator[PromptRecord]:
                 f"{where}: invalid prompt record",
                 details=format_validation_error(exc, whole="(record)"),
             ) from exc
+        # The record's bounds make its value one that RFC 8785 writes exactly.
         if canonical_json(value) != text:
-            raise BundleError(f"{where}: not canonical JSON (sorted keys, no spaces)")
+            raise BundleError(f"{where}: not canonical JSON (RFC 8785: sorted keys, no spaces)")
         if record.id in seen:
             raise BundleError(f"{where}: duplicate prompt id {record.id!r}")
         seen.add(record.id)
@@ -258,6 +266,11 @@ def build_bundle(
     """Build a bundle from a dataset file: the first ``n_prompts`` prompts that fit."""
     from tokenizers import Tokenizer
 
+    if not 1 <= request.max_prompt_tokens <= MAX_EXACT_INTEGER:
+        # Refused before any work: bundle.json (RFC 8785) could not hold it.
+        raise InputError(
+            f"--max-prompt-tokens {request.max_prompt_tokens}: choose 1..{MAX_EXACT_INTEGER}"
+        )
     for name in (BUNDLE_FILE, PROMPTS_FILE):
         refuse_overwrite(output_dir / name, force=force)
     # Read once: the bytes whose hash is checked are the bytes parsed.

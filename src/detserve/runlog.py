@@ -1,7 +1,9 @@
 """Run logs: the operator's claim, "with these pinned inputs, this server generated these tokens".
 
-A run log (``*.runlog.jsonl``) is canonical JSON Lines: every line is :func:`canonical_json` of
-one record plus ``"\\n"``, so two faithful runs are byte-identical and one sha256 names a run.
+A run log (``*.runlog.jsonl``) is canonical JSON Lines: every line is RFC 8785 (JCS,
+:func:`~detserve.canonical.canonical_json`) of one record plus ``"\\n"``, so two faithful runs are
+byte-identical, one sha256 names a run, and a verifier in any language checks a line by
+re-canonicalising it with its own JCS library.
 Nothing that legitimately varies between runs (times, host, container id) is in it; that goes to
 the sampler's sidecar.
 
@@ -25,33 +27,34 @@ tokens with logprobs, 1.8 kB): ``jsonschema``'s Draft 2020-12 validator costs ab
 two 100,000-sample logs, so every record is validated by the models the committed schema is
 generated from, and ``tests/unit/test_runlog_fuzz.py`` proves, on generated records and
 mutations of them, that ``jsonschema`` with the committed schema accepts exactly the lines the
-reader accepts. The reader is stricter than a plain JSON Schema validator in two documented
-respects that JSON Schema cannot express or that Python's ``re`` gets wrong:
+reader accepts. JCS, like JSON Schema, has one number type: a float field holding a whole number
+is written as an integer (``0``, ``-1``), and pydantic's strict floats accept that. Beyond the
+canonical form and the rules across lines, the reader is stricter than a plain JSON Schema
+validator in one documented respect that Python's ``re`` gets wrong: ``$`` in a pattern matches
+only at the end of the string, as ECMA-262 (which JSON Schema specifies) says; Python's ``re``,
+which ``jsonschema`` uses, also matches before a final newline.
 
-* a number keeps its written type: an integer field is written as an integer (``1``, never
-  ``1.0``) and a float field as a float (``0.0``, never ``0``). JSON Schema has one number type;
-  canonical run logs, like the records, have two;
-* ``$`` in a pattern matches only at the end of the string, as ECMA-262 (which JSON Schema
-  specifies) says; Python's ``re``, which ``jsonschema`` uses, also matches before a final
-  newline.
+Every integer field is bounded within ±(2**53 - 1), what JCS writes exactly
+(:data:`~detserve.canonical.MAX_EXACT_INTEGER`). A log of another ``format_version`` is refused
+by name (version 1 was Python's ``json.dumps`` form, before JCS).
 
 Checks, in order, for every line: at most :data:`MAX_LINE_BYTES` (a longer line is refused
 without reading it into memory), strict UTF-8, JSON, the schema (field types and bounds, which
-also bound memory), canonical form (re-serialising the record gives the same bytes: sorted keys,
-no spaces, integers as integers, shortest floats, no duplicate keys), then the rules across
+also bound memory), canonical form (re-serialising the record as JCS gives the same bytes:
+sorted keys, no spaces, ECMAScript numbers, no duplicate keys), then the rules across
 lines: header first, indices in order, logprobs present exactly when the header asks for them
 and one per output token, at most ``max_tokens`` output tokens, the footer's count and hash, and
 nothing after the footer. Every failure is a :class:`RunLogError` naming the file and the line.
 
-Cost (best of repeated runs, a 1.9 kB line whose logprobs are 40% within 1e-4 of 0): about
-45 µs a line: 10 µs for pydantic-core to parse and validate it, 25 µs for the canonical check, the
-rest reading and hashing. Re-serialising with canonical_json would cost 40 µs for the check alone,
-most of it Python's float repr (0.5 to 1 µs a float). So a sample line is compared with pydantic's
-own serialisation of its record (Rust), after respelling the floats that Rust's ryu writes
-differently from Python (``1e-7`` is ``1e-07``, ``0.00001234`` is ``1.234e-05``); any difference
-sends the line to canonical_json itself, which decides. ``tests/unit/test_runlog_fuzz.py`` checks
-that the respelled line is canonical_json's on generated samples (all of Unicode, floats of every
-magnitude, the edge cases) and that every field is declared in canonical order.
+Cost (best of 5 runs over 2,000 lines like ``benchmarks/bench_eval.py``'s, 1.9 kB, logprobs 40%
+within 1e-4 of 0): re-serialising a sample line with ``rfc8785`` (pure Python) costs 100 µs, 10 s
+for one 100,000-sample log, beyond what reading two logs within 10 s allows. So a sample line is
+compared with pydantic's own serialisation of its record (Rust), after respelling the floats it
+writes differently from ECMAScript (see :func:`_fast_sample_line`): 23 µs, and 38 µs a line for
+the whole check with pydantic-core's parsing and validation. Any difference sends the line to
+``rfc8785`` itself, which decides. ``tests/unit/test_runlog_fuzz.py``
+checks that the respelled line is ``rfc8785``'s on generated samples (all of Unicode, floats of
+every magnitude, the edge cases) and that every field is declared in canonical order.
 
 Two logs read in lock-step with one :class:`LineParser` validate the lines they share once.
 Validating in worker processes was measured and dropped: on this shared 2-core machine two
@@ -72,11 +75,17 @@ from typing import IO, Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from detserve.canonical import atomic_writer, refuse_overwrite
-from detserve.errors import RunLogError
+from detserve.canonical import (
+    MAX_EXACT_INTEGER,
+    atomic_writer,
+    canonical_bytes,
+    refuse_overwrite,
+)
+from detserve.errors import CanonicalJSONError, RunLogError
 
 FORMAT: Final = "detserve-run-log"
-FORMAT_VERSION: Final = 1
+#: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
+FORMAT_VERSION: Final = 2
 
 #: The longest line read, newline included; a longer one is refused before it is parsed. Parsing
 #: takes up to 40 times a line's size in memory (measured: 335 MB for an 8 MiB line of one-digit
@@ -98,12 +107,6 @@ _COMMIT_PATTERN: Final = r"^[0-9a-f]{40}$"
 _IMAGE_PATTERN: Final = r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$"
 _MODEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _FINISH_REASON_PATTERN: Final = r"^[a-z_]+$"
-
-# json.dumps builds a new encoder on every call with these settings (about 10 µs a line); this is
-# the same encoder as canonical_json, built once (a test checks that the two agree).
-_CANONICAL_ENCODER: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
 
 Sha256Hex = Annotated[str, Field(min_length=64, max_length=64, pattern=_SHA256_PATTERN)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -192,8 +195,8 @@ class SamplingParams(_Record):
     temperature: Annotated[float, Field(ge=0, le=0)]
     """Always 0: greedy decoding."""
 
-    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
-    """The seed of the engine and of every request."""
+    seed: Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
+    """The seed of the engine and of every request; at most 2**53 - 1, what JCS writes exactly."""
 
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)]
     """Maximum output tokens per prompt."""
@@ -214,7 +217,7 @@ class RunLogHeader(_Record):
     format: Literal["detserve-run-log"] = FORMAT
     """File format name."""
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[2] = FORMAT_VERSION
     """File format version."""
 
     pins: RunPins
@@ -294,8 +297,8 @@ def run_log_json_schema() -> dict[str, Any]:
         "description": (
             "One line of a detserve run log (canonical JSON Lines): a header, then one sample "
             "per prompt in index order, then a footer. Beyond this schema, readers require "
-            "canonical JSON (integers written as integers, floats as floats) and the rules across "
-            "lines (order, counts, the footer's hash)."
+            "RFC 8785 canonical JSON (JCS) and the rules across lines (order, counts, the "
+            "footer's hash)."
         ),
         **schema,
     }
@@ -305,11 +308,15 @@ def run_log_json_schema() -> dict[str, Any]:
 
 
 def record_line(record: BaseModel) -> bytes:
-    """The canonical line of ``record``: what a writer writes and a reader requires."""
+    """The canonical (JCS) line of ``record``: what a writer writes and a reader requires.
+
+    Raises :class:`~detserve.errors.CanonicalJSONError` for a value JCS cannot write, which a
+    validated record never holds.
+    """
     # A sample's fields are all plain values, so its __dict__ is its model_dump() without the
-    # copy (4 µs a line); the header nests models and needs the dump.
+    # copy; the header nests models and needs the dump.
     data = record.__dict__ if type(record) is RunLogSample else record.model_dump()
-    return (_CANONICAL_ENCODER.encode(data) + "\n").encode("utf-8")
+    return canonical_bytes(data)
 
 
 def _brief(value: object) -> str:
@@ -327,6 +334,17 @@ def _schema_error(where: str, exc: ValidationError) -> RunLogError:
     errors = exc.errors(include_url=False)
     if errors and errors[0]["type"] == "json_invalid":
         return RunLogError(f"{where}: not valid JSON: {errors[0]['ctx']['error']}")
+    for error in errors:
+        if error["loc"] == ("header", "format_version") and error["type"] == "literal_error":
+            # Said first and alone: the rest of another version's header is another schema.
+            return RunLogError(
+                f"{where}: run-log format version {_brief(error['input'])}; this detserve reads "
+                f"version {FORMAT_VERSION} only",
+                hint=(
+                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS); re-sample with this "
+                    "detserve, or read the log with the detserve that wrote it"
+                ),
+            )
     details = []
     for error in errors[:10]:
         loc = error["loc"]
@@ -340,42 +358,53 @@ def _schema_error(where: str, exc: ValidationError) -> RunLogError:
     return RunLogError(f"{where}: does not match the run-log schema", details=details)
 
 
-# Python's float repr costs 0.5 to 1 µs a float, most of a sample line's check. pydantic serialises
-# the same record in Rust; the two agree on everything but how some floats are spelt: Rust (ryu)
-# writes 1e-7 and 0.00001234 where Python writes 1e-07 and 1.234e-05. Respelling those turns
-# pydantic's line into canonical_json's for about half the cost. Wherever the two lines differ,
-# canonical_json decides; the fuzz tests check that they never differ.
+# rfc8785 is pure Python (100 µs a sample line). pydantic serialises the same record in Rust; the
+# two agree on everything but how some floats are spelt. Measured over the whole double range
+# (tests/unit/test_runlog_fuzz.py keeps checking it), pydantic-core writes the same shortest
+# digits as ECMAScript and differs only in:
+#   whole numbers below 1e16    -3.0, 0.0, -0.0      JCS: -3, 0, 0
+#   [1e-6, 1e-5)                1.234e-6, 1e-6       JCS: 0.000001234, 0.000001
+#   [1e16, 1e21)                1.5e+16              JCS: 15000000000000000
+# Below 1e-6 and from 1e21 both write an exponent (1e-7, 1e+21), the same way. Respelling those
+# three turns pydantic's line into rfc8785's; wherever the two lines differ, rfc8785 decides.
 _SAMPLE_SERIALIZER: Final = RunLogSample.__pydantic_serializer__
 _LOGPROBS_KEY: Final = b'"logprobs":['
-# ryu writes 1e-7, Python 1e-07
-_ONE_DIGIT_EXPONENT: Final = re.compile(rb"e-([1-9])(?=[,\]])")
-# ryu writes [1e-5, 1e-4) positionally (0.00001234), Python with an exponent (1.234e-05)
-_FIFTH_DECADE: Final = re.compile(rb"([\[,]-?)0\.0000([1-9])([0-9]*)(?=[,\]])")
+_WHOLE: Final = re.compile(rb"([\[,])(-?)([0-9]+)\.0(?=[,\]])")
+_SIXTH_DECADE: Final = re.compile(rb"([\[,]-?)([1-9])(?:\.([0-9]+))?e-6(?=[,\]])")
+_POSITIONAL_EXPONENT: Final = re.compile(rb"([\[,]-?)([1-9])(?:\.([0-9]+))?e\+(1[6-9]|20)(?=[,\]])")
 
 
-def _pad_exponent(match: re.Match[bytes]) -> bytes:
-    return b"e-0" + match[1]
+def _whole(match: re.Match[bytes]) -> bytes:
+    digits = match[3]
+    return match[1] + (digits if digits == b"0" else match[2] + digits)  # -0.0 is 0
 
 
-def _fifth_decade(match: re.Match[bytes]) -> bytes:
-    tail = match[3]
-    return match[1] + match[2] + (b"." + tail if tail else b"") + b"e-05"
+def _sixth_decade(match: re.Match[bytes]) -> bytes:
+    return match[1] + b"0.00000" + match[2] + (match[3] or b"")
 
 
-def _fast_sample_line(sample: RunLogSample) -> bytes | None:
-    """canonical_json's line for ``sample``, computed by pydantic; None where it would not be."""
+def _positional(match: re.Match[bytes]) -> bytes:
+    # ECMAScript: the digits, then zeros up to the exponent (17 digits at most, so never a point)
+    digits = match[2] + (match[3] or b"")
+    width = int(match[4]) + 1
+    if len(digits) > width:
+        return match[1] + digits[:width] + b"." + digits[width:]
+    return match[1] + digits + b"0" * (width - len(digits))
+
+
+def _fast_sample_line(sample: RunLogSample) -> bytes:
+    """rfc8785's line for ``sample``, computed by pydantic (the fuzz tests check it is)."""
     line: bytes = _SAMPLE_SERIALIZER.to_json(sample)
-    logprobs = sample.logprobs
-    if logprobs:
-        if max(logprobs) >= 1e16 or min(logprobs) <= -1e16:
-            return None  # spelt positionally by ryu, with an exponent by Python: rare, not worth it
+    if sample.logprobs:
         start = line.index(_LOGPROBS_KEY) + len(_LOGPROBS_KEY) - 1
         end = line.index(b"]", start) + 1
         floats = line[start:end]
-        if b"e-" in floats:
-            floats = _ONE_DIGIT_EXPONENT.sub(_pad_exponent, floats)
-        if b"0.0000" in floats:
-            floats = _FIFTH_DECADE.sub(_fifth_decade, floats)
+        if b".0," in floats or b".0]" in floats:
+            floats = _WHOLE.sub(_whole, floats)
+        if b"e-6" in floats:
+            floats = _SIXTH_DECADE.sub(_sixth_decade, floats)
+        if b"e+" in floats:
+            floats = _POSITIONAL_EXPONENT.sub(_positional, floats)
         line = line[:start] + floats + line[end:]
     return line + b"\n"
 
@@ -406,7 +435,10 @@ class LineParser:
             raise _schema_error(where, exc) from exc
         canonical = _fast_sample_line(record) if type(record) is RunLogSample else None
         if canonical != line:
-            canonical = record_line(record)  # exact: canonical_json of the record
+            try:
+                canonical = record_line(record)  # exact: rfc8785 decides
+            except CanonicalJSONError as exc:  # the bounds make it unreachable; fail closed
+                raise RunLogError(f"{where}: {exc.message}") from exc
         if canonical != line:
             offset = next(
                 (i for i, (a, b) in enumerate(zip(canonical, line, strict=False)) if a != b),
@@ -415,9 +447,10 @@ class LineParser:
             raise RunLogError(
                 f"{where}: not canonical JSON (first difference at byte {offset})",
                 hint=(
-                    "run-log lines are canonical: sorted keys, no spaces, UTF-8 (no \\u escapes "
-                    "but for control characters), integers as integers, shortest floats, one "
-                    "record per line; a line that is not was not written by detserve"
+                    "run-log lines are RFC 8785 (JCS): keys sorted by UTF-16 code units, no "
+                    "spaces, UTF-8 (no \\u escapes but for control characters), numbers as "
+                    "ECMAScript writes them, one record per line; a line that is not was not "
+                    "written by detserve"
                 ),
             )
         self._last_line, self._last_record = line, record
@@ -680,6 +713,8 @@ class _Aborted(Exception):
     """Passed to the atomic writer to make it discard the partial file."""
 
 
+# json.dumps builds a new encoder on every call (about 10 µs a line); this one is built once.
+_TRANSPORT_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 _WrittenRecord = TypeVar("_WrittenRecord", RunLogHeader, RunLogSample)
 
 
@@ -691,8 +726,10 @@ def _coerce(
     if isinstance(value, BaseModel):
         raise RunLogError(f"{what}: expected a {kind.__name__}, got a {type(value).__name__}")
     try:
-        # Through JSON, where arrays become the records' tuples under strict validation.
-        document = _CANONICAL_ENCODER.encode(dict(value)).encode("utf-8")
+        # Through JSON, where arrays become the records' tuples under strict validation. Any
+        # JSON does: the line written is record_line's, and an integer JCS cannot hold reaches
+        # validation, which names its field.
+        document = _TRANSPORT_ENCODER.encode(dict(value)).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (a lone surrogate) included
         raise RunLogError(f"{what}: not JSON: {exc}") from exc
     try:
@@ -763,8 +800,8 @@ class RunLogWriter:
     def _checked_line(self, record: BaseModel, what: str) -> bytes:
         try:
             line = record_line(record)
-        except (TypeError, ValueError) as exc:  # a record built with model_construct
-            raise RunLogError(f"{what}: not JSON: {exc}") from exc
+        except CanonicalJSONError as exc:  # a record built with model_construct
+            raise RunLogError(f"{what}: not JSON: {exc.message}") from exc
         if len(line) > MAX_LINE_BYTES:
             raise RunLogError(f"{what}: the line would be longer than {MAX_LINE_BYTES} bytes")
         # The reader's own checks, so that a writer never writes what a reader refuses.

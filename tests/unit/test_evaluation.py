@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +166,33 @@ def test_logprob_tolerance(run_a: Path, tmp_path: Path) -> None:
     assert evaluate(run_a, run_b, logprob_tolerance=1e-8).verdict is Verdict.DIVERGENT
 
 
-def test_negative_zero_is_a_difference(tmp_path: Path) -> None:
+def test_negative_zero_is_written_as_zero(tmp_path: Path) -> None:
+    # RFC 8785 writes -0.0 and 0.0 alike (``0``): the same log, byte for byte.
     first = make_sample(0)
     assert first["logprobs"][0] == 0.0
     run_a = _log(tmp_path / "a.runlog.jsonl", 2)
     run_b = _changed(
         tmp_path / "b.runlog.jsonl", 2, index=0, logprobs=[-0.0, *first["logprobs"][1:]]
     )
+    assert run_a.read_bytes() == run_b.read_bytes()
+    assert evaluate(run_a, run_b).verdict is Verdict.IDENTICAL
+
+
+def test_a_logprob_one_ulp_apart_is_a_difference(tmp_path: Path) -> None:
+    first = make_sample(0)
+    nudged = math.nextafter(first["logprobs"][3], 0.0)
+    run_a = _log(tmp_path / "a.runlog.jsonl", 2)
+    run_b = _changed(
+        tmp_path / "b.runlog.jsonl",
+        2,
+        index=0,
+        logprobs=[*first["logprobs"][:3], nudged, *first["logprobs"][4:]],
+    )
     report = evaluate(run_a, run_b)
     assert report.verdict is Verdict.DIVERGENT
     assert report.divergences[0].fields == ("logprobs",)
+    assert report.divergences[0].logprobs is not None
+    assert report.divergences[0].logprobs.first_difference == 3
 
 
 def test_report_is_bounded(run_a: Path, tmp_path: Path) -> None:

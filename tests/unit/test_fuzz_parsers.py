@@ -19,12 +19,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from detserve.canonical import canonical_bytes
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes
 from detserve.engine_policy import ENGINE_OPTIONS, ENVIRONMENT_VARIABLES, EngineOption
 from detserve.errors import DetserveError, ManifestError, ProfileError
 from detserve.manifest import SnapshotManifest, check_relative_path, parse_manifest
 from detserve.pinfile import replace_pin
-from detserve.profile import SECRET_NAME_RE, load_profile, parse_profile
+from detserve.profile import SECRET_NAME_RE, LoadedProfile, load_profile, parse_profile
 from detserve.prompts import (
     BUNDLE_FILE,
     PROMPTS_FILE,
@@ -236,7 +236,7 @@ def valid_tiny(draw: st.DrawFn) -> dict[str, Any]:
         for name in draw(st.sets(st.sampled_from(sorted(ENGINE_OPTIONS)), max_size=3))
     }
     document["sampling"]["temperature"] = draw(st.sampled_from([0, 0.0, -0.0]))
-    document["sampling"]["seed"] = draw(st.integers(-(2**63), 2**64))
+    document["sampling"]["seed"] = draw(st.integers(0, MAX_EXACT_INTEGER))
     document["sampling"]["max_tokens"] = draw(st.integers(1, 65536))
     return document
 
@@ -248,6 +248,8 @@ def test_valid_profiles_round_trip(document: dict[str, Any], indent: int | str |
     again = parse_profile(profile.model_dump_json().encode(), source="dumped")
     assert again == profile
     assert again.model_dump_json() == profile.model_dump_json()
+    # and its canonical form (RFC 8785) exists: the content hash of labels and sidecars
+    assert LoadedProfile(profile, Path("p.json"), "").content_sha256
 
 
 @FUZZ

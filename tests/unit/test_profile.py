@@ -298,7 +298,18 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
     ),
     "revision-not-a-string": (_set("model.revision", 1234), "model.revision", "string"),
     "port-out-of-range": (_set("runtime.port", 70000), "runtime.port", "65535"),
+    # A run log is RFC 8785, exact for integers up to 2**53 - 1: refused here, not mid-sampling.
+    "seed-2**64": (_set("sampling.seed", 2**64), "sampling.seed", "9007199254740991"),
+    "seed-2**53": (_set("sampling.seed", 2**53), "sampling.seed", "9007199254740991"),
+    "seed-negative": (_set("sampling.seed", -1), "sampling.seed", "greater than or equal to 0"),
 }
+
+
+def test_the_largest_seed_a_run_log_holds_is_accepted() -> None:
+    document = tiny_document()
+    document["sampling"]["seed"] = 2**53 - 1
+    profile = parse_profile(json.dumps(document).encode(), source="test")
+    assert profile.sampling.seed == 2**53 - 1
 
 
 @pytest.mark.parametrize("case", sorted(INVALID_TINY), ids=str)

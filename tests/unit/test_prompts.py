@@ -217,6 +217,17 @@ BAD_CONTENT: dict[str, tuple[bytes, str]] = {
         "prompts.jsonl:64: invalid JSON",
     ),
     "deep-nesting": (b"[" * 100_000 + b"\n", "prompts.jsonl:1: invalid JSON"),
+    # RFC 8785 holds integers up to 2**53 - 1 exactly, and no lone surrogate
+    "tokens-beyond-2**53": (
+        b"".join(PROMPT_LINES[:-1]) + _line({"id": "p00063", "n_tokens": 2**53, "prompt": "x"}),
+        "prompts.jsonl:64: invalid prompt record\n"
+        "  n_tokens: Input should be less than or equal to 9007199254740991; found "
+        "9007199254740992",
+    ),
+    "lone-surrogate": (
+        b"".join(PROMPT_LINES[:-1]) + b'{"id":"p00063","n_tokens":1,"prompt":"\\ud800"}\n',
+        "prompts.jsonl:64: invalid prompt record\n  prompt: Input should be a valid string",
+    ),
 }
 
 
@@ -242,6 +253,22 @@ def test_invalid_bundle_info_with_a_remade_pin_exits_2(
     code, err = verify(cli, bundle)
     assert code == EXIT_INPUT, err
     assert "format_version" in err
+
+
+def test_bundle_info_beyond_2_53_with_a_remade_pin_exits_2(
+    bundle: tuple[Path, Path], cli: CliRunner
+) -> None:
+    # bundle.json is RFC 8785, exact for integers up to 2**53 - 1: a larger one is no bundle.
+    info = bundle[0] / "bundle.json"
+    info.write_bytes(
+        info.read_bytes().replace(
+            b'"max_prompt_tokens":480', f'"max_prompt_tokens":{2**53}'.encode()
+        )
+    )
+    repin(cli, bundle)
+    code, err = verify(cli, bundle)
+    assert code == EXIT_INPUT, err
+    assert "max_prompt_tokens: Input should be less than or equal to 9007199254740991" in err
 
 
 # --- bootstrap -------------------------------------------------------------------------------
@@ -334,6 +361,21 @@ def test_bootstrap_too_few_prompts_exits_2(tmp_path: Path, cli: CliRunner) -> No
     assert result.code == EXIT_INPUT, result.text
     assert "only 64 prompts" in result.err
     assert not (output / "prompts.jsonl").exists()
+
+
+def test_bootstrap_refuses_max_prompt_tokens_bundle_json_cannot_hold(
+    tmp_path: Path, cli: CliRunner
+) -> None:
+    output = tmp_path / "out"
+    result = cli(
+        "prompts", "bootstrap", "--config", TINY_CONFIG, "--dataset-file", DATASET_SOURCE,
+        "--dataset-sha256", DATASET_SHA256, "--n-prompts", "2", "--output-dir", output,
+        "--max-prompt-tokens", str(2**53),
+    )  # fmt: skip
+    assert result.code == EXIT_INPUT, result.text
+    assert f"--max-prompt-tokens {2**53}: choose 1..{2**53 - 1}" in result.err
+    assert "internal error" not in result.err
+    assert not output.exists()
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from detserve import runlog
 from detserve.canonical import canonical_bytes, canonical_json
-from detserve.errors import EXIT_INPUT, OutputExistsError, RunLogError
+from detserve.errors import EXIT_INPUT, CanonicalJSONError, OutputExistsError, RunLogError
 from detserve.runlog import (
     MAX_LINE_BYTES,
     MAX_TEXT_CHARS,
@@ -41,7 +42,7 @@ def test_written_log_is_canonical_json_lines(tmp_path: Path) -> None:
     header, footer = json.loads(lines[0]), json.loads(lines[-1])
     assert header["record"] == "header"
     assert header["format"] == "detserve-run-log"
-    assert header["format_version"] == 1
+    assert header["format_version"] == 2
     assert footer == {
         "record": "footer",
         "n_samples": 3,
@@ -85,12 +86,18 @@ def test_writer_takes_typed_records(tmp_path: Path) -> None:
     assert typed == untyped
 
 
-def test_writer_normalises_an_integer_temperature(tmp_path: Path) -> None:
+@pytest.mark.parametrize("temperature", [0, 0.0, -0.0])
+def test_a_whole_float_is_written_as_jcs_writes_it(tmp_path: Path, temperature: float) -> None:
+    # RFC 8785 writes numbers as ECMAScript does: 0.0 and -0.0 are 0, -1.0 is -1.
     header = make_header(1)
-    header["sampling"]["temperature"] = 0
+    header["sampling"]["temperature"] = temperature
+    sample = make_sample(0) | {"logprobs": [-1.0, -0.0, -1e-5, -1e-7, *[-0.5] * 8]}
     path = tmp_path / "a.runlog.jsonl"
-    write_run_log(path, header, [make_sample(0)])
-    assert b'"temperature":0.0' in lines_of(path)[0]
+    write_run_log(path, header, [sample])
+    lines = lines_of(path)
+    assert b'"temperature":0}' in lines[0]
+    assert b'"logprobs":[-1,0,-0.00001,-1e-7,-0.5,' in lines[1]
+    assert validate_run_log(path).n_samples == 1
 
 
 def _no_files(directory: Path) -> list[Path]:
@@ -135,6 +142,7 @@ def test_more_samples_than_announced_is_refused(tmp_path: Path) -> None:
         pytest.param({"logprobs": [-1.0]}, "1 logprobs for 12 output tokens", id="logprob-count"),
         pytest.param({"output_token_ids": list(range(17))}, "exceed", id="over-max-tokens"),
         pytest.param({"text": "\ud800"}, "not JSON|surrogate", id="lone-surrogate"),
+        pytest.param({"index": 2**53}, "index", id="beyond-2**53"),
         pytest.param({"extra": 1}, "extra", id="unknown-key"),
     ],
 )
@@ -155,6 +163,8 @@ def test_writer_refuses_an_invalid_sample(
         pytest.param("sampling", {"concurrency": 2}, "concurrency", id="concurrency"),
         pytest.param("pins", {"model_revision": "main"}, "model_revision", id="revision"),
         pytest.param("pins", {"image": "vllm:latest"}, "image", id="image-tag"),
+        pytest.param("sampling", {"seed": 2**53}, "sampling.seed", id="seed-beyond-2**53"),
+        pytest.param("sampling", {"seed": -1}, "sampling.seed", id="negative-seed"),
     ],
 )
 def test_writer_refuses_an_invalid_header(
@@ -258,7 +268,8 @@ def test_unknown_record_type(tmp_path: Path, log_lines: list[bytes]) -> None:
             lambda d: canonical_json(d).replace('"index":0', '"index":0,"index":0'),
             id="duplicate-key",
         ),
-        pytest.param(lambda d: canonical_json(d).replace("[0.0,", "[0,"), id="integer-for-float"),
+        pytest.param(lambda d: canonical_json(d).replace("[0,", "[0.0,"), id="float-for-integer"),
+        pytest.param(lambda d: canonical_json(d).replace("[0,", "[-0,"), id="negative-zero"),
         pytest.param(
             lambda d: canonical_json(d).replace("-0.125001", "-0.1250010"), id="float-zero"
         ),
@@ -283,6 +294,41 @@ def test_non_canonical_line_message(tmp_path: Path, log_lines: list[bytes]) -> N
         _write_lines(tmp_path / "x.jsonl", with_footer(log_lines[:-1])),
         "line 2: not canonical JSON",
     )
+
+
+def test_a_record_jcs_cannot_write_is_a_run_log_error(
+    tmp_path: Path, log_lines: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unreachable through the models' bounds; if it ever is, the reader names the line.
+    def unwritable(record: object) -> bytes:
+        raise CanonicalJSONError("not representable as canonical JSON (RFC 8785): 2**53")
+
+    monkeypatch.setattr(runlog, "record_line", unwritable)
+    path = _write_lines(tmp_path / "x.jsonl", log_lines)
+    with pytest.raises(RunLogError, match=r"line 1: not representable as canonical JSON"):
+        validate_run_log(path)
+
+
+def test_a_version_1_log_is_refused_by_name(tmp_path: Path, log_lines: list[bytes]) -> None:
+    # Version 1 lines were Python's json.dumps form: 0.0, not JCS's 0.
+    header = json.loads(log_lines[0]) | {"format_version": 1}
+    header["sampling"]["temperature"] = 0.0
+    log_lines[0] = (json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    error = _refused(
+        _write_lines(tmp_path / "v1.jsonl", log_lines),
+        "line 1: run-log format version 1; this detserve reads version 2 only",
+    )
+    assert error.details == ()
+
+
+def test_a_seed_beyond_2_53_is_refused_by_the_reader(
+    tmp_path: Path, log_lines: list[bytes]
+) -> None:
+    header = json.loads(log_lines[0])
+    header["sampling"]["seed"] = 2**64
+    log_lines[0] = (json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    error = _refused(_write_lines(tmp_path / "x.jsonl", log_lines), "line 1", "schema")
+    assert any(detail.startswith("sampling.seed") for detail in error.details), error.details
 
 
 def test_integer_written_as_float_is_refused(tmp_path: Path, log_lines: list[bytes]) -> None:
