@@ -78,9 +78,9 @@ from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PromptBundle, load_bundle
 from detserve.runtime.container_spec import build_container_spec, container_name, server_base_url
 from detserve.runtime.engine import DockerEngine
-from detserve.runtime.lifecycle import SMOKE_LOGPROBS, SMOKE_MAX_TOKENS, SMOKE_PROMPTS
 from detserve.runtime.lifecycle import require_manifest as check_manifest
 from detserve.runtime.server import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, completion_body
+from detserve.runtime.smoke import SMOKE_LOGPROBS, SMOKE_MAX_TOKENS, SMOKE_PROMPTS
 from detserve.sampling import SampleRequest, sample
 from detserve.snapshot import verify_snapshot
 
@@ -477,8 +477,8 @@ def profile_sampler(argv: list[str], out: Path, n_samples: int) -> dict[str, Any
     parts = {
         "sample() total": sample_s,
         "snapshot verification (x2)": cumulative("snapshot.py", "verify_snapshot"),
-        "container and model checks": cumulative("lifecycle.py", "checked_container")
-        + cumulative("lifecycle.py", "check_served_model"),
+        "container and model checks": cumulative("binding.py", "checked_container")
+        + cumulative("smoke.py", "check_served_model"),
         "waiting on sockets (server, docker)": sum(own(f) for f in SOCKET_WAITS),
         "VllmServer.complete (request, parse)": cumulative("server.py", "complete"),
         "response validation (pydantic)": cumulative("server.py", "_parse"),

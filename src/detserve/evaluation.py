@@ -35,6 +35,7 @@ from detserve.runlog import (
     RunLogSummary,
     validate_run_log,
 )
+from detserve.sequences import first_difference
 
 REPORT_FORMAT: Final = "detserve-eval-determinism"
 REPORT_VERSION: Final = 1
@@ -288,22 +289,6 @@ def _short(value: object) -> str:
 
 
 # --- comparing two samples ----------------------------------------------------------------------
-
-
-def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int | None:
-    """The first index where ``a`` and ``b`` differ, or where the shorter one ends."""
-    if a == b:
-        return None
-    # Bisect on equal prefixes: slices compare in C, so a 4-million-character text costs
-    # milliseconds, not seconds.
-    low, high = 0, min(len(a), len(b))  # a[:low] == b[:low]; the answer is at most high
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a[:middle] == b[:middle]:
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _text_window(a: str, b: str) -> TextWindow | None:

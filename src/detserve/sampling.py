@@ -27,10 +27,11 @@ from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle, PromptRecord
 from detserve.runlog import RunLogWriter
+from detserve.runtime.binding import checked_container
 from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
-from detserve.runtime.lifecycle import check_served_model, checked_container
 from detserve.runtime.server import Completion, VllmServer
+from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
 
 #: how often, in seconds, the container's identity is re-checked while sampling

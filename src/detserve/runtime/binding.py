@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from detserve.errors import ContainerError, PinMismatch
+from detserve.errors import ContainerError, DetserveError, PinMismatch
 from detserve.profile import SECRET_NAME_RE, LoadedProfile
 from detserve.runtime.container_spec import (
     CONTAINER_PORT,
@@ -209,5 +209,34 @@ def bound_container(loaded: LoadedProfile, engine: ContainerEngine, *, what: str
             f"{what} it",
             details=mismatches,
             hint=f"`detserve stop --config {loaded.path}` removes it; then start it again",
+        )
+    return container
+
+
+#: log lines shown when a container fails
+FAILURE_LOG_LINES = 30
+
+
+def failure_logs(engine: ContainerEngine, container_id: str) -> list[str]:
+    try:
+        lines = engine.logs(container_id, FAILURE_LOG_LINES)
+    except DetserveError as exc:
+        return [f"(its logs could not be read: {exc.message})"]
+    if not lines:
+        return ["(it wrote no log lines)"]
+    return [f"last {len(lines)} log lines:", *(f"| {line}" for line in lines)]
+
+
+def checked_container(
+    loaded: LoadedProfile, engine: ContainerEngine, *, what: str
+) -> ContainerInfo:
+    """The profile's container: created exactly as its pins say (see
+    :mod:`~detserve.runtime.binding`), and running."""
+    container = bound_container(loaded, engine, what=what)
+    if not container.running:
+        raise ContainerError(
+            f"container {container.name} is {container.describe()}",
+            details=failure_logs(engine, container.id),
+            hint=f"`detserve run --config {loaded.path}` starts it again",
         )
     return container
