@@ -287,7 +287,7 @@ def check_entrypoint(words: list[str]) -> str | None:
     Only a Python interpreter of the image running vLLM's OpenAI server module: anything else
     could run other code, or put engine options ahead of the checked ones.
     """
-    if len(words) == 3 and _PYTHON_RE.match(words[0]) and words[1:] == ["-m", SERVER_MODULE]:
+    if len(words) == 3 and _PYTHON_RE.fullmatch(words[0]) and words[1:] == ["-m", SERVER_MODULE]:
         return None
     return (
         f"the entrypoint must be [PYTHON, '-m', '{SERVER_MODULE}'] (or omitted, for the image's "

@@ -18,8 +18,9 @@ from huggingface_hub import HfApi
 from detserve.canonical import atomic_write_bytes, refuse_overwrite
 from detserve.errors import EngineError, HubError, InputError, PinMismatch, RegistryError
 from detserve.hub import hub_call
+from detserve.imageref import is_digest_ref, registry_of, repository_of_tag
 from detserve.pinfile import replace_pin
-from detserve.profile import COMMIT_RE, DIGEST_REF_RE, LoadedProfile, parse_profile
+from detserve.profile import COMMIT_RE, LoadedProfile, parse_profile
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def resolve_model_revision(
     with hub_call(endpoint, f"{model.id}@{model.ref}") as address:
         info = api.model_info(model.id, revision=model.ref, timeout=30)
     sha = getattr(info, "sha", None)
-    if not isinstance(sha, str) or not COMMIT_RE.match(sha):
+    if not isinstance(sha, str) or not COMMIT_RE.fullmatch(sha):
         raise HubError(f"{address}: the hub answered no commit for {model.id}@{model.ref}: {sha!r}")
     return LockResult(
         field="model.revision",
@@ -67,28 +68,11 @@ def resolve_model_revision(
     )
 
 
-def _repository_of(tag: str) -> str:
-    # `host:5000/repo:tag` -> `host:5000/repo`; a colon before the last slash is a port.
-    if "@" in tag:
-        raise InputError(f"runtime.image_tag {tag!r} already has a digest; give a tag to resolve")
-    name, slash, last = tag.rpartition("/")
-    if ":" in last:
-        last = last.split(":", 1)[0]
-    return f"{name}{slash}{last}"
-
-
-def _registry_of(tag: str) -> str:
-    first = tag.split("/", 1)[0]
-    if "/" in tag and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
 def resolve_image_digest(loaded: LoadedProfile, client: Any | None = None) -> LockResult:
     """Ask the registry, through the engine, which digest ``runtime.image_tag`` names now."""
     tag = loaded.profile.runtime.image_tag
-    repository = _repository_of(tag)
-    registry = _registry_of(tag)
+    repository = repository_of_tag(tag)
+    registry = registry_of(repository)
     try:
         engine = client if client is not None else docker.from_env(timeout=60)
         data = engine.images.get_registry_data(tag)
@@ -114,7 +98,7 @@ def resolve_image_digest(loaded: LoadedProfile, client: Any | None = None) -> Lo
             hint="is dockerd running? (DOCKER_HOST or /var/run/docker.sock)",
         ) from exc
     pinned = f"{repository}@{data.id}"
-    if not DIGEST_REF_RE.match(pinned):
+    if not is_digest_ref(pinned):
         raise RegistryError(
             f"registry {registry} answered an invalid digest for {tag}: {data.id!r}"
         )

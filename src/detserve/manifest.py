@@ -67,7 +67,7 @@ class SnapshotManifest:
             reason = check_relative_path(path)
             if reason:
                 raise ManifestError(f"{path!r}: {reason}")
-            if not _DIGEST_RE.match(digest):
+            if not _DIGEST_RE.fullmatch(digest):
                 raise ManifestError(f"{path!r}: not a lowercase 64-hex sha256: {digest!r}")
 
     @property

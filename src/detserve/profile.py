@@ -24,14 +24,9 @@ from detserve.engine_policy import (
     installs_packages,
 )
 from detserve.errors import ProfileError, UnpinnedError
+from detserve.imageref import is_digest_ref
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-# A colon is allowed before the last slash only (a registry port): `repo:tag@digest` names two
-# things, and a reviewer reading the tag would not be reading the pin.
-DIGEST_REF_RE = re.compile(
-    r"^(?P<repo>(?:[a-z0-9][a-z0-9._:-]*/)*[a-z0-9](?:[a-z0-9._-]*[a-z0-9])?)"
-    r"@(?P<digest>sha256:[0-9a-f]{64})$"
-)
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.I)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -58,14 +53,14 @@ class ModelSpec(_Strict):
     @field_validator("id")
     @classmethod
     def _model_id(cls, value: str) -> str:
-        if not MODEL_ID_RE.match(value):
+        if not MODEL_ID_RE.fullmatch(value):
             raise ValueError(f"expected a Hugging Face model id 'ORG/NAME', found {value!r}")
         return value
 
     @field_validator("revision")
     @classmethod
     def _revision(cls, value: str | None) -> str | None:
-        if value is not None and not COMMIT_RE.match(value):
+        if value is not None and not COMMIT_RE.fullmatch(value):
             raise ValueError(
                 f"expected a full 40-hex commit id, found {value!r}; a branch, tag or short hash "
                 "is refused (put it in model.ref and run `detserve lock-model --write`)"
@@ -125,7 +120,7 @@ class RuntimeSpec(_Strict):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        if value is not None and not DIGEST_REF_RE.match(value):
+        if value is not None and not is_digest_ref(value):
             raise ValueError(
                 f"expected 'REPO@sha256:<64 hex>', found {value!r}; a tag alone is refused "
                 "(put it in runtime.image_tag and run `detserve lock-image --write`)"
@@ -143,7 +138,7 @@ class RuntimeSpec(_Strict):
     @classmethod
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
         for name, setting in value.items():
-            if not ENV_NAME_RE.match(name):
+            if not ENV_NAME_RE.fullmatch(name):
                 raise ValueError(f"invalid environment variable name {name[:64]!r}")
             if SECRET_NAME_RE.search(name):
                 raise ValueError(

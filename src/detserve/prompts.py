@@ -239,7 +239,7 @@ def download_hf_dataset_file(
     repo_id: str, revision: str, filename: str, endpoint: str | None
 ) -> Path:
     """Fetch one file of a Hugging Face dataset at a pinned commit."""
-    if not COMMIT_RE.match(revision):
+    if not COMMIT_RE.fullmatch(revision):
         raise InputError(f"--dataset-revision must be a full 40-hex commit, found {revision!r}")
     from huggingface_hub import hf_hub_download
 

@@ -82,6 +82,7 @@ from detserve.canonical import (
     refuse_overwrite,
 )
 from detserve.errors import CanonicalJSONError, RunLogError
+from detserve.imageref import DIGEST_REF_PATTERN
 
 FORMAT: Final = "detserve-run-log"
 #: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
@@ -104,7 +105,6 @@ SCHEMA_ID: Final = "https://detserve.invalid/schemas/run-log.schema.json"
 # Patterns are ECMA-262 and Python compatible; each fixed-length one is paired with its length.
 _SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 _COMMIT_PATTERN: Final = r"^[0-9a-f]{40}$"
-_IMAGE_PATTERN: Final = r"^[a-z0-9][a-z0-9._:/-]*[a-z0-9]@sha256:[0-9a-f]{64}$"
 _MODEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _FINISH_REASON_PATTERN: Final = r"^[a-z_]+$"
 
@@ -167,7 +167,7 @@ class RunPins(_Record):
     ]
     """The container's environment as detserve sets it (secrets excluded), by name."""
 
-    image: Annotated[str, Field(max_length=512, pattern=_IMAGE_PATTERN)]
+    image: Annotated[str, Field(max_length=512, pattern=DIGEST_REF_PATTERN)]
     """The runtime image, ``REPO@sha256:<64 hex>``."""
 
     manifest_sha256: Sha256Hex

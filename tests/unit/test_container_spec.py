@@ -21,13 +21,13 @@ import yaml
 from docker.types import DeviceRequest, Mount
 
 from detserve.errors import InputError, ManifestError, UnpinnedError
+from detserve.imageref import ImageRef
 from detserve.profile import LoadedProfile, load_profile
 from detserve.runtime.container_spec import (
     build_container_spec,
     engine_args,
     label_mismatches,
     server_base_url,
-    split_digest_ref,
 )
 
 from .committed import REPO_ROOT, TINY_REVISION
@@ -51,6 +51,11 @@ def cpu_profile(tiny_workspace: TinyWorkspace) -> LoadedProfile:
     document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
     document["runtime"]["image"] = CPU_IMAGE
     return _write(tiny_workspace.config, document)
+
+
+def _split(reference: str) -> tuple[str, str]:
+    ref = ImageRef.parse(reference)
+    return ref.repository, ref.digest
 
 
 def gpu_document(hf_home: Path) -> dict[str, Any]:
@@ -304,11 +309,11 @@ def test_missing_manifest_is_refused(cpu_profile: LoadedProfile) -> None:
 )
 def test_only_digest_references_are_accepted(reference: str) -> None:
     with pytest.raises(InputError, match="only 'REPO@sha256:<64 hex>' is accepted"):
-        split_digest_ref(reference)
+        _split(reference)
 
 
 def test_digest_reference_is_split() -> None:
-    assert split_digest_ref(CPU_IMAGE) == ("127.0.0.1:5000/detserve/vllm-cpu", DIGEST)
+    assert _split(CPU_IMAGE) == ("127.0.0.1:5000/detserve/vllm-cpu", DIGEST)
 
 
 @pytest.mark.parametrize(
@@ -357,7 +362,7 @@ def _interpolate(text: str, variables: dict[str, str]) -> str:
 
 def _compose_variables(loaded: LoadedProfile) -> dict[str, str]:
     """What a user writes into .env for a profile, following .env.example's comments."""
-    repo, digest = split_digest_ref(loaded.image)
+    repo, digest = _split(loaded.image)
     args = engine_args(loaded)
     optional = args[args.index("--no-enable-prefix-caching") + 1 :]
     profile = loaded.profile

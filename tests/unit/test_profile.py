@@ -285,6 +285,22 @@ INVALID_TINY: dict[str, tuple[Callable[[Document], None], str, str]] = {
         "runtime.entrypoint",
         "must be [PYTHON",
     ),
+    # Python's `$` also matches before a final newline: every pattern must take the whole value
+    "revision-trailing-newline": (
+        _set("model.revision", TINY_REVISION + "\n"),
+        "model.revision",
+        "40-hex commit",
+    ),
+    "model-id-trailing-newline": (
+        _set("model.id", "detserve/tiny-llama\n"),
+        "model.id",
+        "ORG/NAME",
+    ),
+    "image-trailing-newline": (
+        _set("runtime.image", PINNED_IMAGE + "\n"),
+        "runtime.image",
+        "REPO@sha256:<64 hex>",
+    ),
     "gpu-count-on-cpu": (_set("runtime.gpu_count", 1), "runtime", "device 'nvidia' only"),
     "tensor-parallel-on-cpu": (
         _set("vllm.tensor_parallel_size", 2),

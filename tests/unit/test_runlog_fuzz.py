@@ -66,7 +66,11 @@ names = st.text(alphabet=st.characters(exclude_categories=["Cs"]), min_size=1, m
 
 @st.composite
 def headers(draw: st.DrawFn, n_samples: int, logprobs: bool) -> dict[str, Any]:
-    repo = draw(st.from_regex(r"[a-z0-9][a-z0-9._:/-]{0,20}[a-z0-9]", fullmatch=True))
+    repo = draw(
+        st.from_regex(
+            r"([a-z0-9][a-z0-9._:-]{0,8}/){0,2}[a-z0-9]([a-z0-9._-]{0,8}[a-z0-9])?", fullmatch=True
+        )
+    )
     return {
         "pins": {
             "model_id": draw(

@@ -23,8 +23,9 @@ from typing import Any
 from docker.types import DeviceRequest, Mount
 
 from detserve.errors import InputError
+from detserve.imageref import ImageRef
 from detserve.manifest import read_manifest_bytes
-from detserve.profile import DIGEST_REF_RE, LoadedProfile, Profile
+from detserve.profile import LoadedProfile, Profile
 from detserve.runtime.secrets import SecretEnvironment
 
 #: the port the server listens on inside the container
@@ -138,25 +139,6 @@ def server_base_url(profile: Profile) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{profile.runtime.port}"
-
-
-def image_registry(image: str) -> str:
-    """The registry address of an image reference (``docker.io`` when it names none)."""
-    first, _, rest = image.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
-
-
-def split_digest_ref(image: str) -> tuple[str, str]:
-    """``REPO@sha256:HEX`` -> ``(REPO, sha256:HEX)``; anything else (a tag) is refused."""
-    match = DIGEST_REF_RE.match(image)
-    if match is None:
-        raise InputError(
-            f"refusing image reference {image!r}: only 'REPO@sha256:<64 hex>' is accepted",
-            hint="a tag can be moved to other content; pin it with `detserve lock-image --write`",
-        )
-    return match["repo"], match["digest"]
 
 
 @dataclass(frozen=True, order=True)
@@ -274,7 +256,7 @@ def build_container_spec(
     loaded.require_pins()
     profile = loaded.profile
     runtime = profile.runtime
-    split_digest_ref(loaded.image)  # the profile already refuses tags; never trust one here
+    ImageRef.parse(loaded.image)  # the profile already refuses tags; never trust one here
     secret_env = secrets if isinstance(secrets, SecretEnvironment) else SecretEnvironment(secrets)
     clashes = sorted(set(secret_env) & set(runtime.environment))
     if clashes:

@@ -24,7 +24,8 @@ import docker.errors
 import requests
 
 from detserve.errors import ContainerError, EngineError, PinMismatch, RegistryError
-from detserve.runtime.container_spec import ContainerSpec, image_registry, split_digest_ref
+from detserve.imageref import ImageRef, is_digest_ref
+from detserve.runtime.container_spec import ContainerSpec
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 STOP_TIMEOUT_S = 10
@@ -177,17 +178,6 @@ class ContainerEngine(Protocol):
         ...
 
 
-def normalise_digest_ref(reference: str) -> str:
-    """Spell a ``REPO@sha256`` reference the way the engine does (``docker.io/library/``...)."""
-    repo, _, digest = reference.partition("@")
-    if image_registry(repo) == "docker.io":
-        repo = repo.removeprefix("docker.io/").removeprefix("index.docker.io/")
-        if "/" not in repo:
-            repo = f"library/{repo}"
-        repo = f"docker.io/{repo}"
-    return f"{repo}@{digest}"
-
-
 def _explanation(exc: docker.errors.APIError) -> str:
     text = exc.explanation
     if isinstance(text, bytes):
@@ -197,8 +187,8 @@ def _explanation(exc: docker.errors.APIError) -> str:
 
 def is_pinned_image(image: str, info: ImageInfo) -> bool:
     """Whether the local image ``info`` is the pinned ``REPO@sha256`` reference ``image``."""
-    known = {normalise_digest_ref(ref) for ref in info.repo_digests}
-    return normalise_digest_ref(image) in known
+    known = {ImageRef.parse(ref).normalised() for ref in info.repo_digests if is_digest_ref(ref)}
+    return ImageRef.parse(image).normalised() in known
 
 
 def repo_digests_shown(info: ImageInfo) -> str:
@@ -344,8 +334,8 @@ class DockerEngine:
         return info
 
     def _pull_by_digest(self, image: str) -> None:
-        repo, digest = split_digest_ref(image)
-        registry = image_registry(repo)
+        ref = ImageRef.parse(image)
+        repo, digest, registry = ref.repository, ref.digest, ref.registry
         try:
             with self._talking(f"pulling {image}"):
                 # tag=<digest>: the SDK asks for REPO@sha256:..., never a tag
@@ -379,7 +369,7 @@ class DockerEngine:
             ) from exc
 
     def ensure_image(self, image: str) -> ImageInfo:
-        split_digest_ref(image)  # refuse a tag before anything is asked of the engine
+        ImageRef.parse(image)  # refuse a tag before anything is asked of the engine
         info = self._local_image(image)
         if info is None:
             self._pull_by_digest(image)

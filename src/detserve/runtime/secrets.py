@@ -67,7 +67,7 @@ class SecretEnvironment(Mapping[str, str]):
 
 
 def _check_name(name: str, *, where: str) -> None:
-    if not ENV_NAME_RE.match(name):
+    if not ENV_NAME_RE.fullmatch(name):
         raise InputError(f"{where}: {name!r} is not a valid environment variable name")
     if name in RESERVED_NAMES:
         raise InputError(f"{where}: {name} is set by detserve and cannot be overridden")
