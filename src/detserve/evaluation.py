@@ -134,7 +134,9 @@ class FieldDifference:
         return {"field": self.field, "run_a": self.run_a, "run_b": self.run_b}
 
     def __str__(self) -> str:
-        return f"{self.field}: run A {_short(self.run_a)}, run B {_short(self.run_b)}"
+        # In full: header values are bounded by the schema, and two pins that differ in their
+        # last character must not read alike.
+        return f"{self.field}: run A {self.run_a!r}, run B {self.run_b!r}"
 
 
 @dataclass(frozen=True)
