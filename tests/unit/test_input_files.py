@@ -258,22 +258,31 @@ def test_every_input_option_is_in_the_table() -> None:
     covered = {option for name, *_ in INPUTS for option in name.split() if option.startswith("--")}
     assert file_options <= covered
 
-    import typer.main
+    import typing
 
-    group = typer.main.get_command(app)
+    import typer
+
+    def commands(typer_app: typer.Typer) -> list[typing.Callable[..., object]]:
+        found = [info.callback for info in typer_app.registered_commands if info.callback]
+        for group in typer_app.registered_groups:
+            if group.typer_instance is not None:
+                found += commands(group.typer_instance)
+        return found
+
     seen: set[str] = set()
-
-    def walk(command: object) -> None:
-        for sub in getattr(command, "commands", {}).values():
-            walk(sub)
-        for param in getattr(command, "params", []):
-            type_name = type(getattr(param, "type", None)).__name__
-            if type_name == "Path" and getattr(param.type, "file_okay", False):
-                is_output = any("output" in opt for opt in param.opts)
-                if not is_output:
-                    seen.update(opt for opt in param.opts if opt.startswith("--"))
-
-    walk(group)
+    for callback in commands(app):
+        hints = typing.get_type_hints(callback, include_extras=True)
+        for hint in hints.values():
+            if typing.get_origin(hint) is not typing.Annotated or "Path" not in str(hint):
+                continue
+            option = hint.__metadata__[0]
+            if getattr(option, "file_okay", True) is False:
+                continue  # a directory
+            names = [option.default, *(option.param_decls or ())]
+            long = [n for n in names if isinstance(n, str) and n.startswith("--")]
+            seen.update(n for n in long if "output" not in n)
+    assert "--config" in seen  # the walk finds options at all
+    assert "--claim" in seen
     assert seen <= file_options, f"file options not in the table: {sorted(seen - file_options)}"
 
 
