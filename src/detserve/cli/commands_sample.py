@@ -119,7 +119,7 @@ def sample_command(
             --run-log-output runs/a.runlog.jsonl --output runs/a.sidecar.json
     """
     from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest
+    from detserve.sampling import SampleRequest, check_request
 
     _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
     loaded = load_profile(config)
@@ -133,6 +133,7 @@ def sample_command(
         sidecar_output=output,
         force=force,
     )
+    check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
     engine = DockerEngine.from_env()
     summary = _sample_shown(loaded, prompts, request, engine)
     if json_output:
