@@ -198,6 +198,15 @@ def open_input(
 # --- writing ------------------------------------------------------------------------------------
 
 
+#: The longest path the kernel opens (Linux PATH_MAX); a longer one names nothing, and resolving
+#: it component by component would take minutes for a 20 MiB path.
+_PATH_MAX: Final = 4096
+
+
+def _too_long(path: Path) -> bool:
+    return len(os.fsencode(path)) >= _PATH_MAX
+
+
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         info = Path(path).stat()
@@ -216,6 +225,9 @@ def _resolved(path: Path) -> Path:
 def _refuse_input(output: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output that is an input, or lies inside an input directory."""
     shown = bounded(str(output))
+    if _too_long(output):
+        raise UnsafeOutputError(f"cannot write {shown}: the path is too long")
+    inputs = [source for source in inputs if not _too_long(source)]  # they cannot be read
     target = _resolved(output)
     output_id = _identity(output)
     ancestors = {_identity(parent) for parent in target.parents} - {None}

@@ -163,7 +163,11 @@ def _show(raw: bytes, limit: int = 120) -> str:
 
 def read_manifest_bytes(path: Path) -> bytes:
     """Read a manifest; a missing one is a hard error, never created implicitly."""
-    if not Path(path).exists():
+    try:
+        present = Path(path).exists()
+    except OSError:
+        present = True  # a name too long, say: reading it says why
+    if not present:
         raise ManifestError(
             f"manifest not found: {path}",
             hint=(

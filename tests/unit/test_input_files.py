@@ -247,6 +247,22 @@ def test_an_input_that_is_not_a_small_regular_file_exits_2(
     assert any(said in result.err for said in KINDS[kind]), result.err
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("args", [a for _, a, _ in INPUTS], ids=[i for i, *_ in INPUTS])
+def test_a_20_mib_path_is_refused_in_a_bounded_message(
+    world: World, cli: CliRunner, args: Args, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = Path("d/" + "x" * (20 * 1024 * 1024))
+    argv, where = args(world)
+    if where != world.bad:
+        pytest.skip("the path is the profile's, not an option")
+    argv = [huge if arg == world.bad else arg for arg in argv]
+    result = cli(*argv)
+    assert result.code == EXIT_INPUT, result.err[:1000]
+    assert "internal error" not in result.err
+    assert len(result.err) < 20_000, len(result.err)
+
+
 def test_every_input_option_is_in_the_table() -> None:
     """A new option that names a file must be added to the table above."""
     from detserve.cli.app import _COMMAND_MODULES, app
