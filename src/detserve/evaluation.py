@@ -280,11 +280,6 @@ def _at(tokens: tuple[int, ...], offset: int) -> str:
     return str(tokens[offset]) if 0 <= offset < len(tokens) else "end"
 
 
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 # --- comparing two samples ----------------------------------------------------------------------
 
 
