@@ -1,4 +1,4 @@
-"""Canonical JSON and atomic file writes.
+"""Canonical JSON.
 
 Canonical JSON is what makes two faithful runs byte-identical. It is RFC 8785, the JSON
 Canonicalization Scheme (JCS), written by Trail of Bits' ``rfc8785`` package, so that a verifier
@@ -14,17 +14,12 @@ validated, and a value JCS cannot write is a :class:`CanonicalJSONError`, never 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import rfc8785
 
-from detserve.errors import CanonicalJSONError, OutputExistsError
+from detserve.errors import CanonicalJSONError
 
 #: The largest integer JCS writes exactly (RFC 8785 section 3.2.2.3, ECMAScript's safe integer).
 MAX_EXACT_INTEGER: Final = 2**53 - 1
@@ -74,38 +69,3 @@ def duplicate_keys(text: str | bytes) -> list[str]:
     except (ValueError, RecursionError):
         return []
     return found
-
-
-@contextlib.contextmanager
-def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
-    """Write ``path`` all at once or not at all.
-
-    The content goes to a temporary file in the same directory, which is fsynced and renamed over
-    ``path`` only when the ``with`` block finishes without an exception. On any exception, Ctrl-C
-    included, the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.chmod(mode)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def refuse_overwrite(path: Path, *, force: bool) -> None:
-    """Fail before any work when ``path`` exists and the user did not pass ``--force``."""
-    if Path(path).exists() and not force:
-        raise OutputExistsError(f"refusing to overwrite {path}", hint="pass --force to replace it")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as handle:
-        handle.write(data)

@@ -16,12 +16,41 @@ Exit codes (the same for every command):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Final
 
 EXIT_OK = 0
 EXIT_VERIFICATION = 1
 EXIT_INPUT = 2
 EXIT_ENVIRONMENT = 3
+
+#: The longest line of an error message, in characters; a longer one is cut and says so. Bounds
+#: what user-supplied content (a path, a value) can put on a terminal: a pin (at most 512
+#: characters) fits whole, a 20 MiB path does not.
+MAX_LINE_CHARS: Final = 2000
+#: The most detail lines of one error; the rest are counted, not shown.
+MAX_DETAIL_LINES: Final = 100
+
+# Control characters would let a file name or a value rewrite the terminal; they are escaped.
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x09: "\\t"}
+
+
+def bounded(text: str, limit: int = MAX_LINE_CHARS) -> str:
+    """``text`` as one line of at most about ``limit`` characters, control characters escaped.
+
+    The one way an excerpt of user-supplied content enters a message: a cut line says how much
+    was cut, so that two long values that differ past the cut never read as equal.
+    """
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters not shown)"
+    return text.translate(_CONTROL)
+
+
+def bounded_lines(lines: Sequence[str], limit: int = MAX_DETAIL_LINES) -> tuple[str, ...]:
+    """At most ``limit`` lines, each :func:`bounded`; the lines left out are counted."""
+    shown = tuple(bounded(line) for line in lines[:limit])
+    if len(lines) > limit:
+        shown += (f"... and {len(lines) - limit} more not shown",)
+    return shown
 
 
 class DetserveError(Exception):
@@ -38,10 +67,12 @@ class DetserveError(Exception):
         details: Sequence[str] = (),
         hint: str | None = None,
     ) -> None:
+        # Bounded here, once: every message reaches people and machines through these fields.
+        message = "\n".join(bounded_lines(message.split("\n"), limit=10))
         super().__init__(message)
         self.message = message
-        self.details: tuple[str, ...] = tuple(details)
-        self.hint = hint
+        self.details: tuple[str, ...] = bounded_lines(list(details))
+        self.hint = None if hint is None else bounded(hint)
 
     def diagnostics(self) -> str:
         """A human text: what failed, the items that failed, and what to do next."""
@@ -75,6 +106,16 @@ class SnapshotMismatch(VerificationError):
     """The files of a snapshot do not match its manifest."""
 
     kind = "snapshot-mismatch"
+
+
+class SnapshotChanged(SnapshotMismatch):
+    """Files of a snapshot vanished or changed type while detserve read them (a race).
+
+    Exit 1, whether verifying or hashing: what was read is not a stable snapshot, so nothing can
+    be vouched for; running again once nothing writes the snapshot is the remedy.
+    """
+
+    kind = "snapshot-changed"
 
 
 class PinMismatch(VerificationError):
@@ -134,6 +175,12 @@ class CanonicalJSONError(InputError):
     infinity, a lone surrogate, a key that is not a string."""
 
     kind = "not-canonical-json"
+
+
+class UnsafeOutputError(InputError):
+    """An output that must not be written even with ``--force``: not a regular file, an input."""
+
+    kind = "unsafe-output"
 
 
 # --- exit 3: environment ------------------------------------------------------------------------

@@ -139,7 +139,9 @@ class FieldDifference:
         return {"field": self.field, "run_a": self.run_a, "run_b": self.run_b}
 
     def __str__(self) -> str:
-        return f"{self.field}: run A {_short(self.run_a)}, run B {_short(self.run_b)}"
+        # In full: header values are bounded by the schema, and two pins that differ in their
+        # last character must not read alike.
+        return f"{self.field}: run A {self.run_a!r}, run B {self.run_b!r}"
 
 
 @dataclass(frozen=True)
@@ -281,11 +283,6 @@ class SampleDivergence:
 
 def _at(tokens: tuple[int, ...], offset: int) -> str:
     return str(tokens[offset]) if 0 <= offset < len(tokens) else "end"
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- comparing two samples ----------------------------------------------------------------------

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from detserve.fileio import open_regular
+
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 
 #: called with a number of bytes just hashed; must be thread-safe
@@ -52,11 +54,15 @@ def sha256_file(
     progress: ProgressCallback | None = None,
     buffer: memoryview | None = None,
 ) -> tuple[str, int]:
-    """Return ``(hex digest, size)`` of one file, reading it once in ``chunk_size`` pieces."""
+    """Return ``(hex digest, size)`` of one file, reading it once in ``chunk_size`` pieces.
+
+    Raises ``OSError``, :class:`~detserve.fileio.NotRegularFile` when ``path`` is (or has
+    become) anything but a regular file: a FIFO swapped in after a scan never blocks the read.
+    """
     view = buffer if buffer is not None else memoryview(bytearray(chunk_size))
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd, _ = open_regular(path)
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)

@@ -7,6 +7,7 @@ field of the profile and nothing else, so that the change is committed by a pers
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,15 @@ import docker
 import docker.errors
 from huggingface_hub import HfApi
 
-from detserve.canonical import atomic_write_bytes, refuse_overwrite
-from detserve.errors import EngineError, HubError, InputError, PinMismatch, RegistryError
+from detserve.errors import (
+    EngineError,
+    HubError,
+    InputError,
+    PinMismatch,
+    ProfileError,
+    RegistryError,
+)
+from detserve.fileio import MAX_PROFILE_BYTES, atomic_write_bytes, check_outputs, read_input
 from detserve.hub import hub_call
 from detserve.imageref import is_digest_ref, registry_of, repository_of_tag
 from detserve.pinfile import replace_pin
@@ -126,11 +134,16 @@ def write_lock(
 ) -> Path:
     """Write the profile with the one pin changed, in place or to ``output``."""
     section, key = result.field.split(".")
-    text = loaded.path.read_text(encoding="utf-8")
-    updated = replace_pin(text, section, key, result.pinned)
+    data = read_input(loaded.path, what="profile", cap=MAX_PROFILE_BYTES, error=ProfileError)
+    if hashlib.sha256(data).hexdigest() != loaded.file_sha256:
+        raise ProfileError(
+            f"profile {loaded.path} changed since it was validated; nothing was written",
+            hint="run the lock again",
+        )
+    updated = replace_pin(data.decode("utf-8"), section, key, result.pinned)
     parse_profile(updated.encode("utf-8"), source=f"{loaded.path} (locked)")
-    target = output or loaded.path
-    if output is not None:
-        refuse_overwrite(output, force=force)
-    atomic_write_bytes(target, updated.encode("utf-8"))
+    # In place (the purpose of --write) the profile is replaced; --output is never the profile.
+    target, replace = (loaded.path, True) if output is None else (output, force)
+    check_outputs([target], force=replace, inputs=() if output is None else [loaded.path])
+    atomic_write_bytes(target, updated.encode("utf-8"), force=replace)
     return target

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from detserve.errors import ManifestError, SnapshotMismatch
+from detserve.fileio import MAX_MANIFEST_BYTES, read_input
 
 _LINE_RE = re.compile(rb"^(?P<digest>[0-9a-f]{64})  \./(?P<path>[^\n\r\x00]+)$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -163,17 +164,18 @@ def _show(raw: bytes, limit: int = 120) -> str:
 def read_manifest_bytes(path: Path) -> bytes:
     """Read a manifest; a missing one is a hard error, never created implicitly."""
     try:
-        return Path(path).read_bytes()
-    except FileNotFoundError as exc:
+        present = Path(path).exists()
+    except OSError:
+        present = True  # a name too long, say: reading it says why
+    if not present:
         raise ManifestError(
             f"manifest not found: {path}",
             hint=(
                 "detserve never creates a manifest implicitly; make one from a snapshot you trust "
                 "with `detserve hash ... --output PATH`, review it and commit it"
             ),
-        ) from exc
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
+        )
+    return read_input(path, what="manifest", cap=MAX_MANIFEST_BYTES, error=ManifestError)
 
 
 def load_manifest(path: Path) -> ParsedManifest:

@@ -23,7 +23,8 @@ from detserve.engine_policy import (
     check_environment_variable,
     installs_packages,
 )
-from detserve.errors import ProfileError, UnpinnedError
+from detserve.errors import ProfileError, UnpinnedError, bounded
+from detserve.fileio import MAX_PROFILE_BYTES, read_input
 from detserve.imageref import is_digest_ref
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -366,7 +367,9 @@ class LoadedProfile:
 def format_validation_error(exc: ValidationError, *, whole: str = "(profile)") -> list[str]:
     """One line per bad field: the path to the field, what was expected, what was found.
 
-    An error about the whole document (not one field) is labelled ``whole``.
+    An error about the whole document (not one field) is labelled ``whole``. What was found is
+    shown only for a field of a JSON document, as a bounded excerpt: a file that is not JSON, or
+    not an object, is never echoed (it may be a ``.env`` file of tokens given by mistake).
     """
     lines = []
     for error in exc.errors(include_url=False):
@@ -376,10 +379,19 @@ def format_validation_error(exc: ValidationError, *, whole: str = "(profile)") -
             message = "unknown key (refused; check the spelling against `detserve config schema`)"
         elif error["type"] == "missing":
             message = "required field is missing"
+        elif error["type"] == "json_invalid" or not error["loc"]:
+            pass  # pydantic's message gives the line and column; the input is the whole file
         elif "input" in error and error["type"] not in {"value_error", "assertion_error"}:
-            message = f"{message}; found {error['input']!r}"
+            message = f"{message}; found {_excerpt(error['input'])}"
         lines.append(f"{location}: {message}")
     return lines
+
+
+def _excerpt(value: object) -> str:
+    """A found value as an error shows it: scalars cut short, containers by their type only."""
+    if isinstance(value, str | bytes | int | float | bool) or value is None:
+        return bounded(repr(value), 120)
+    return f"a {type(value).__name__}"
 
 
 def parse_profile(data: bytes, *, source: str) -> Profile:
@@ -402,12 +414,7 @@ def parse_profile(data: bytes, *, source: str) -> Profile:
 def load_profile(path: Path) -> LoadedProfile:
     """Load and validate a profile. Pins may still be null (see ``require_pins``)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ProfileError(
-            f"cannot read profile {path}: {exc.strerror}", hint="pass --config configs/NAME.json"
-        ) from exc
+    data = read_input(path, what="profile", cap=MAX_PROFILE_BYTES, error=ProfileError)
     profile = parse_profile(data, source=str(path))
     return LoadedProfile(profile=profile, path=path, file_sha256=hashlib.sha256(data).hexdigest())
 

@@ -16,21 +16,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from detserve.canonical import (
-    MAX_EXACT_INTEGER,
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
+from detserve.errors import BundleError, InputError, SnapshotMismatch, bounded
+from detserve.fileio import (
+    MAX_BUNDLE_INFO_BYTES,
+    MAX_DATASET_BYTES,
+    MAX_PROMPTS_BYTES,
+    MAX_TOKENIZER_BYTES,
     atomic_write_bytes,
-    canonical_bytes,
-    canonical_json,
-    refuse_overwrite,
+    check_output_dir,
+    check_outputs,
+    read_input,
 )
-from detserve.errors import BundleError, InputError, SnapshotMismatch
 from detserve.hub import hub_call
 from detserve.manifest import load_manifest
 from detserve.profile import COMMIT_RE, LoadedProfile, format_validation_error
@@ -95,6 +100,12 @@ class PromptBundle:
     prompts: tuple[PromptRecord, ...]
     sha256: str  # sha256 of the pin manifest: the bundle's identity
     path: Path
+    pin_path: Path
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """What loading the bundle read: its pin and its two files."""
+        return (self.pin_path, self.path / BUNDLE_FILE, self.path / PROMPTS_FILE)
 
     def take(self, n: int | None) -> Sequence[PromptRecord]:
         if n is None:
@@ -156,7 +167,9 @@ def load_bundle(bundle_dir: Path, pin_manifest: Path) -> PromptBundle:
             details=exc.details,
             hint="the prompts changed (or were reordered) since they were pinned; do not sample",
         ) from exc
-    info_bytes = (bundle_dir / BUNDLE_FILE).read_bytes()
+    # The bytes parsed are the bytes hashed: read once, checked against the pin again.
+    info_bytes = _read_pinned(bundle_dir, BUNDLE_FILE, pin.manifest.digests, MAX_BUNDLE_INFO_BYTES)
+    prompts_bytes = _read_pinned(bundle_dir, PROMPTS_FILE, pin.manifest.digests, MAX_PROMPTS_BYTES)
     try:
         info = BundleInfo.model_validate_json(info_bytes)
     except ValidationError as exc:
@@ -164,14 +177,27 @@ def load_bundle(bundle_dir: Path, pin_manifest: Path) -> PromptBundle:
             f"{bundle_dir / BUNDLE_FILE}: invalid",
             details=format_validation_error(exc, whole="(bundle.json)"),
         ) from exc
-    prompts = tuple(
-        _parse_prompts((bundle_dir / PROMPTS_FILE).read_bytes(), bundle_dir / PROMPTS_FILE)
-    )
+    prompts = tuple(_parse_prompts(prompts_bytes, bundle_dir / PROMPTS_FILE))
     if len(prompts) != info.n_prompts:
         raise BundleError(
             f"{bundle_dir}: bundle.json says {info.n_prompts} prompts, found {len(prompts)}"
         )
-    return PromptBundle(info=info, prompts=prompts, sha256=pin.sha256, path=bundle_dir)
+    return PromptBundle(
+        info=info, prompts=prompts, sha256=pin.sha256, path=bundle_dir, pin_path=pin_manifest
+    )
+
+
+def _read_pinned(bundle_dir: Path, name: str, digests: Mapping[str, str], cap: int) -> bytes:
+    path = bundle_dir / name
+    data = read_input(path, what="prompt bundle file", cap=cap, error=BundleError)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != digests[name]:
+        raise SnapshotMismatch(
+            f"prompt bundle file {path} changed after it was verified",
+            details=[f"expected {digests[name]}", f"actual   {actual}"],
+            hint="something is writing the bundle; stop it, then run again",
+        )
+    return data
 
 
 # --- making a bundle (an explicit, human-run step) ----------------------------------------------
@@ -186,14 +212,14 @@ def pinned_tokenizer_files(loaded: LoadedProfile) -> tuple[dict[str, str], bytes
     """
     manifest = load_manifest(loaded.manifest_path).manifest.digests
     snapshot = loaded.snapshot_dir
-    present = [name for name in TOKENIZER_FILES if (snapshot / name).is_file()]
+    present = [name for name in TOKENIZER_FILES if os.path.lexists(snapshot / name)]
     if "tokenizer.json" not in present:
         raise InputError(f"{snapshot}: no tokenizer.json; detserve needs a fast tokenizer")
     files: dict[str, str] = {}
     tokenizer_json = b""
     mismatches = []
     for name in present:
-        content = (snapshot / name).read_bytes()
+        content = read_input(snapshot / name, what="tokenizer file", cap=MAX_TOKENIZER_BYTES)
         if name == "tokenizer.json":
             tokenizer_json = content
         actual = hashlib.sha256(content).hexdigest()
@@ -224,15 +250,30 @@ def _read_dataset(
         if fmt == "text":
             yield line
             continue
+        where = f"{path}:{number}"
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BundleError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+            raise BundleError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from exc
         except (ValueError, RecursionError) as exc:
-            raise BundleError(f"{path}:{number}: invalid JSON: {exc}") from exc
+            raise BundleError(f"{where}: invalid JSON: {exc}") from exc
+        duplicates = duplicate_keys(line)
+        if duplicates:
+            # Which of two equal keys is "the" prompt depends on the parser: refused, as profiles.
+            shown = ", ".join(bounded(repr(key), 80) for key in duplicates[:5])
+            raise BundleError(f"{where}: duplicate key(s) {shown} (ambiguous; keep one)")
         if not isinstance(value, dict) or not isinstance(value.get(field), str):
-            raise BundleError(f"{path}:{number}: no string field {field!r}")
-        yield value[field]
+            raise BundleError(f"{where}: no string field {bounded(repr(field))}")
+        prompt: str = value[field]
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A \ud800 escape decodes to a lone surrogate, which no UTF-8 file can hold.
+            raise BundleError(
+                f"{where}: field {bounded(repr(field), 80)} holds a lone surrogate "
+                f"(a \\ud800-\\udfff escape) at character {exc.start}: not text"
+            ) from None
+        yield prompt
 
 
 def download_hf_dataset_file(
@@ -271,10 +312,14 @@ def build_bundle(
         raise InputError(
             f"--max-prompt-tokens {request.max_prompt_tokens}: choose 1..{MAX_EXACT_INTEGER}"
         )
-    for name in (BUNDLE_FILE, PROMPTS_FILE):
-        refuse_overwrite(output_dir / name, force=force)
+    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, request.dataset_path)
+    outputs = (output_dir / PROMPTS_FILE, output_dir / BUNDLE_FILE)
+    check_outputs(outputs, force=force, inputs=inputs)
+    check_output_dir(output_dir, force=force, inputs=inputs)
     # Read once: the bytes whose hash is checked are the bytes parsed.
-    data = request.dataset_path.read_bytes()
+    data = read_input(
+        request.dataset_path, what="dataset file", cap=MAX_DATASET_BYTES, error=BundleError
+    )
     actual = hashlib.sha256(data).hexdigest()
     if actual != request.source.file_sha256:
         raise SnapshotMismatch(
@@ -308,7 +353,7 @@ def build_bundle(
         max_prompt_tokens=request.max_prompt_tokens,
     )
     atomic_write_bytes(
-        output_dir / PROMPTS_FILE, b"".join(canonical_bytes(r.model_dump()) for r in records)
+        outputs[0], b"".join(canonical_bytes(r.model_dump()) for r in records), force=force
     )
-    atomic_write_bytes(output_dir / BUNDLE_FILE, canonical_bytes(info.model_dump()))
+    atomic_write_bytes(outputs[1], canonical_bytes(info.model_dump()), force=force)
     return info, records

@@ -75,13 +75,9 @@ from typing import IO, Annotated, Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from detserve.canonical import (
-    MAX_EXACT_INTEGER,
-    atomic_writer,
-    canonical_bytes,
-    refuse_overwrite,
-)
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes
 from detserve.errors import CanonicalJSONError, RunLogError
+from detserve.fileio import MAX_RUN_LOG_BYTES, atomic_writer, check_outputs, open_input
 from detserve.imageref import DIGEST_REF_PATTERN
 
 FORMAT: Final = "detserve-run-log"
@@ -566,10 +562,7 @@ class RunLogReader:
         self._footer: RunLogFooter | None = None
 
     def __enter__(self) -> RunLogReader:
-        try:
-            self._file = self.path.open("rb", buffering=1 << 20)
-        except OSError as exc:
-            raise RunLogError(f"cannot read run log {self.path}: {exc.strerror or exc}") from exc
+        self._file = open_input(self.path, what="run log", cap=MAX_RUN_LOG_BYTES, error=RunLogError)
         try:
             first = self._next_line()
             if first is None:
@@ -699,11 +692,11 @@ def validate_run_log(path: Path) -> RunLogSummary:
 
 def run_log_sha256(path: Path) -> str:
     """sha256 of the bytes of ``path`` (no validation: see :func:`validate_run_log`)."""
-    try:
-        with Path(path).open("rb") as handle:
+    with open_input(path, what="run log", cap=MAX_RUN_LOG_BYTES, error=RunLogError) as handle:
+        try:
             return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as exc:
-        raise RunLogError(f"cannot read run log {path}: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            raise RunLogError(f"cannot read run log {path}: {exc.strerror or exc}") from exc
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -759,7 +752,8 @@ class RunLogWriter:
         force: bool = False,
     ) -> None:
         self.path = Path(path)
-        refuse_overwrite(self.path, force=force)
+        check_outputs([self.path], force=force)
+        self._force = force
         self._header = _coerce(RunLogHeader, header, f"{self.path}: header")
         self._parser = LineParser()
         self._file_sha256 = hashlib.sha256()
@@ -776,7 +770,7 @@ class RunLogWriter:
         return self._sha256
 
     def __enter__(self) -> RunLogWriter:
-        self._target = atomic_writer(self.path)
+        self._target = atomic_writer(self.path, force=self._force)
         self._handle = self._target.__enter__()
         try:
             self._sequence = _Sequence(self._header)

@@ -21,8 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detserve import __version__
-from detserve.canonical import atomic_write_bytes, canonical_bytes, refuse_overwrite
+from detserve.canonical import canonical_bytes
 from detserve.errors import ContainerError, PinMismatch, UsageError
+from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle, PromptRecord
@@ -154,10 +155,11 @@ def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
 def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
     """Refuse a request before any work: outputs, token budget, pins."""
     loaded.require_pins()
-    if request.run_log_output.resolve() == request.sidecar_output.resolve():
-        raise UsageError("--run-log-output and --output must be different files")
-    refuse_overwrite(request.run_log_output, force=request.force)
-    refuse_overwrite(request.sidecar_output, force=request.force)
+    check_outputs(
+        [request.run_log_output, request.sidecar_output],
+        force=request.force,
+        inputs=(loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files),
+    )
     prompts = bundle.take(request.n_prompts)
     limit = loaded.profile.vllm.max_model_len
     too_long = [p.id for p in prompts if p.n_tokens + request.max_tokens > limit]
@@ -250,7 +252,7 @@ def sample(
         "note": "varies between faithful runs; never compared (the run log is)",
     }
     try:
-        atomic_write_bytes(request.sidecar_output, canonical_bytes(sidecar))
+        atomic_write_bytes(request.sidecar_output, canonical_bytes(sidecar), force=request.force)
     except BaseException:
         # The pair is the claim: no sidecar, no run log.
         request.run_log_output.unlink(missing_ok=True)

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detserve.canonical import atomic_write_bytes, refuse_overwrite
-from detserve.errors import InputError, SnapshotMismatch
-from detserve.hashing import ProgressCallback, hash_files
+from detserve.errors import InputError, SnapshotChanged, SnapshotMismatch
+from detserve.fileio import NotRegularFile, atomic_write_bytes, check_outputs
+from detserve.hashing import FileDigest, ProgressCallback, hash_files
 from detserve.manifest import (
     SnapshotManifest,
     check_relative_path,
@@ -59,6 +59,35 @@ def _printable(path: str) -> str:
     return repr(path)[1:-1]
 
 
+def _changed(snapshot_dir: Path, exc: OSError) -> SnapshotChanged:
+    """A file that vanished or changed type between the scan and the read: a race, not a bug."""
+    what = "is no longer a regular file" if isinstance(exc, NotRegularFile) else "vanished"
+    return SnapshotChanged(
+        f"snapshot {snapshot_dir} changed while it was read: {exc.filename} {what}",
+        hint="something is writing the snapshot; stop it, then run again",
+    )
+
+
+def _link_text(link: Path, snapshot_dir: Path) -> str:
+    try:
+        return str(link.readlink())
+    except FileNotFoundError as exc:
+        raise _changed(snapshot_dir, exc) from exc
+
+
+def _hash_stable(
+    snapshot_dir: Path,
+    paths: Sequence[str],
+    workers: int | None,
+    progress: ProgressCallback | None,
+) -> dict[str, FileDigest]:
+    """``hash_files``, with a file that vanished or changed type since the scan reported as such."""
+    try:
+        return hash_files(snapshot_dir, paths, workers=workers, progress=progress)
+    except (FileNotFoundError, NotRegularFile) as exc:
+        raise _changed(snapshot_dir, exc) from exc
+
+
 def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = None) -> SnapshotScan:
     snapshot_dir = Path(snapshot_dir)
     if not snapshot_dir.is_dir():
@@ -82,7 +111,10 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
         for name in filenames:
             full = base / name
             relative = full.relative_to(snapshot_dir).as_posix()
-            info = full.lstat()
+            try:
+                info = full.lstat()
+            except FileNotFoundError as exc:
+                raise _changed(snapshot_dir, exc) from exc
             unpinnable = check_relative_path(relative)
             if unpinnable:
                 # Shown escaped: the raw name may hold a line break or bytes that are not UTF-8.
@@ -94,7 +126,7 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
                 if not _inside(target, roots):
                     unsafe[relative] = f"symlink resolves outside the snapshot: -> {target}"
                 elif not target.exists():
-                    unsafe[relative] = f"dangling symlink: -> {full.readlink()}"
+                    unsafe[relative] = f"dangling symlink: -> {_link_text(full, snapshot_dir)}"
                 elif not target.is_file():
                     unsafe[relative] = f"symlink to a non-regular file: -> {target}"
                 else:
@@ -183,7 +215,7 @@ def verify_snapshot(
     if on_total is not None:
         on_total(sum(scan.files[p] for p in to_hash))
     try:
-        actual = hash_files(snapshot_dir, to_hash, workers=workers, progress=progress)
+        actual = _hash_stable(snapshot_dir, to_hash, workers, progress)
     except OSError as exc:
         raise SnapshotMismatch(
             f"snapshot {snapshot_dir}: cannot read {exc.filename}: {exc.strerror}"
@@ -228,12 +260,14 @@ def build_manifest(
     if on_total is not None:
         on_total(scan.total_bytes)
     try:
-        digests = hash_files(snapshot_dir, scan.files, workers=workers, progress=progress)
+        digests = _hash_stable(snapshot_dir, list(scan.files), workers, progress)
     except OSError as exc:
         raise InputError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     return SnapshotManifest({path: item.sha256 for path, item in digests.items()})
 
 
-def write_manifest(manifest: SnapshotManifest, output: Path, *, force: bool) -> None:
-    refuse_overwrite(output, force=force)
-    atomic_write_bytes(output, manifest.to_bytes())
+def write_manifest(
+    manifest: SnapshotManifest, output: Path, *, force: bool, inputs: Sequence[Path] = ()
+) -> None:
+    check_outputs([output], force=force, inputs=inputs)
+    atomic_write_bytes(output, manifest.to_bytes(), force=force)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import sys
 import traceback
 from typing import NoReturn
@@ -12,7 +13,7 @@ import typer
 
 from detserve import __version__
 from detserve.cli.output import emit_json, stderr
-from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, DetserveError
+from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, DetserveError, bounded, bounded_lines
 
 app = typer.Typer(
     name="detserve",
@@ -86,11 +87,15 @@ _USAGE: tuple[type[BaseException], ...] = (
 
 
 def _show_usage_error(exc: BaseException) -> None:
+    # Click's text may quote an option's value (a 20 MiB path): rendered, then bounded.
     show = getattr(exc, "show", None)
     if callable(show):
-        show(file=sys.stderr)
+        rendered = io.StringIO()
+        show(file=rendered)
+        text = rendered.getvalue()
     else:
-        stderr.print(f"detserve: error: {exc}", markup=False)
+        text = f"detserve: error: {exc}"
+    sys.stderr.write("\n".join(bounded_lines(text.rstrip("\n").split("\n"))) + "\n")
 
 
 #: Typer turns Ctrl-C inside a command into ``Exit(130)``, which a non-standalone call returns
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         if verbose:
             traceback.print_exc()
         stderr.print(
-            f"detserve: internal error: {exc.__class__.__name__}: {exc}\n"
+            f"detserve: internal error: {exc.__class__.__name__}: {bounded(str(exc))}\n"
             "  this is a bug in detserve; re-run with --verbose and report the traceback",
             markup=False,
         )

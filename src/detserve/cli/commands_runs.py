@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
 from detserve.cli.output import (
     JsonOption,
@@ -20,6 +19,7 @@ from detserve.cli.output import (
     write_report,
 )
 from detserve.errors import UsageError
+from detserve.fileio import check_outputs
 
 if TYPE_CHECKING:
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
@@ -141,7 +141,7 @@ def eval_determinism(
             raise UsageError("--run (majority mode) excludes --run-a, --run-b and --expected-hash")
         if thresholds_given:
             raise UsageError("the majority mode groups logs by sha256: thresholds do not apply")
-        _refuse_report_overwrite(output, force)
+        _refuse_report_overwrite(output, force, runs)
         report = compare_many(
             runs, max_reported=max_reported, progress=lambda path: say(f"validating {path}")
         )
@@ -150,10 +150,10 @@ def eval_determinism(
             raise UsageError("--expected-hash checks one log: give --run-a PATH, not --run-b")
         if thresholds_given:
             raise UsageError("--expected-hash is an exact check: thresholds do not apply")
-        _refuse_report_overwrite(output, force)
+        _refuse_report_overwrite(output, force, [run_a])
         report = check_expected_hash(run_a, expected_hash)
     elif run_a is not None and run_b is not None:
-        _refuse_report_overwrite(output, force)
+        _refuse_report_overwrite(output, force, [run_a, run_b])
         with _sample_progress("comparing") as advance:
             report = evaluate(
                 run_a,
@@ -172,7 +172,7 @@ def eval_determinism(
 
     document = report.as_json()
     if output is not None:
-        write_report(output, document)
+        write_report(output, document, force=force)
     if json_output:
         emit_json(document)
     else:
@@ -188,7 +188,8 @@ def eval_determinism(
         raise error
 
 
-def _refuse_report_overwrite(output: Path | None, force: bool) -> None:
-    # Before reading the logs, which may take a while, not after.
+def _refuse_report_overwrite(output: Path | None, force: bool, inputs: list[Path]) -> None:
+    # Before reading the logs, which may take a while, not after; a log is evidence and is
+    # never overwritten by the report.
     if output is not None:
-        refuse_overwrite(output, force=force)
+        check_outputs([output], force=force, inputs=inputs)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
 from detserve.cli.options import (
     DEFAULT_BUNDLE,
@@ -25,6 +24,7 @@ from detserve.cli.output import (
     write_report,
 )
 from detserve.errors import UsageError
+from detserve.fileio import check_output_dir, check_outputs
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle
 
@@ -119,7 +119,7 @@ def sample_command(
             --run-log-output runs/a.runlog.jsonl --output runs/a.sidecar.json
     """
     from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest
+    from detserve.sampling import SampleRequest, check_request
 
     _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
     loaded = load_profile(config)
@@ -133,6 +133,7 @@ def sample_command(
         sidecar_output=output,
         force=force,
     )
+    check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
     engine = DockerEngine.from_env()
     summary = _sample_shown(loaded, prompts, request, engine)
     if json_output:
@@ -185,18 +186,23 @@ def replay_command(
 
     loaded = load_profile(config)
     prompts = load_bundle(bundle, bundle_pin)
-    plan = plan_replay(claim, loaded, prompts)
+    inputs = (claim, loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
     replay_log = output_dir / "replay.runlog.jsonl"
+    report_path = output_dir / "report.json"
+    outputs = (replay_log, output_dir / "replay.sidecar.json", report_path)
+    # Before the claim is read and anything runs; the outputs are named, so a directory that
+    # holds other files is fine.
+    check_output_dir(output_dir, force=True, inputs=inputs)
+    check_outputs(outputs, force=force, inputs=inputs)
+    plan = plan_replay(claim, loaded, prompts)
     request = SampleRequest(
         n_prompts=plan.n_prompts,
         max_tokens=plan.max_tokens,
         logprobs=plan.logprobs,
         run_log_output=replay_log,
-        sidecar_output=output_dir / "replay.sidecar.json",
+        sidecar_output=outputs[1],
         force=force,
     )
-    report_path = output_dir / "report.json"
-    refuse_overwrite(report_path, force=force)
     engine = DockerEngine.from_env()
     say(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=say)
@@ -206,7 +212,7 @@ def replay_command(
         if stop_after:
             lifecycle.stop(loaded, engine=engine)
     report = evaluate(claim, summary.run_log)
-    write_report(report_path, report.as_json())
+    write_report(report_path, report.as_json(), force=force)
     if json_output:
         emit_json(report.as_json() | {"replay_run_log": str(summary.run_log)})
     else:

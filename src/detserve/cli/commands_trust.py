@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.canonical import refuse_overwrite
 from detserve.cli.app import app
 from detserve.cli.options import (
     DEFAULT_BUNDLE,
@@ -24,6 +23,7 @@ from detserve.cli.options import (
 )
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
+from detserve.fileio import check_outputs
 from detserve.snapshot import build_manifest, verify_snapshot, write_manifest
 
 # `hash` and `verify` run before every run, and their start-up is part of what verification
@@ -180,7 +180,9 @@ def hash_command(
         detserve hash --snapshot DIR --output DIR.sha256
     """
     snapshot_dir, _, _ = _snapshot_and_manifest(config, snapshot, None)
-    refuse_overwrite(output, force=force)  # before hashing, not after
+    # Before hashing, not after; a manifest written into the snapshot would pin itself.
+    inputs = (snapshot_dir,) if config is None else (config, snapshot_dir)
+    check_outputs([output], force=force, inputs=inputs)
     started = time.perf_counter()
     hashed = 0
 
@@ -194,7 +196,7 @@ def hash_command(
         manifest = build_manifest(
             snapshot_dir, workers=workers, progress=bar.advance, on_total=on_total
         )
-    write_manifest(manifest, output, force=force)
+    write_manifest(manifest, output, force=force, inputs=inputs)
     seconds = time.perf_counter() - started
     if json_output:
         emit_json(
@@ -273,12 +275,15 @@ LockOutputOption = Annotated[
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite --output if it exists.")]
 
 
-def _check_lock_options(*, write: bool, output: Path | None, force: bool) -> None:
+def _check_lock_options(*, config: Path, write: bool, output: Path | None, force: bool) -> None:
     # Before the hub or the registry is asked anything: a usage error needs no network.
     if output is not None and not write:
         raise UsageError("--output goes with --write")
     if output is not None:
-        refuse_overwrite(output, force=force)
+        check_outputs([output], force=force, inputs=[config])
+    elif write:
+        # In place is the purpose of --write; the profile must still be a regular file.
+        check_outputs([config], force=True)
 
 
 def _finish_lock(
@@ -328,7 +333,7 @@ def lock_model_command(
     from detserve.locks import resolve_model_revision
     from detserve.profile import load_profile
 
-    _check_lock_options(write=write, output=output, force=force)
+    _check_lock_options(config=config, write=write, output=output, force=force)
     loaded = load_profile(config)
     lock = resolve_model_revision(loaded, endpoint=endpoint, token=os.environ.get("HF_TOKEN"))
     _finish_lock(loaded, lock, write=write, output=output, force=force, json_output=json_output)
@@ -353,7 +358,7 @@ def lock_image_command(
     from detserve.locks import resolve_image_digest
     from detserve.profile import load_profile
 
-    _check_lock_options(write=write, output=output, force=force)
+    _check_lock_options(config=config, write=write, output=output, force=force)
     loaded = load_profile(config)
     lock = resolve_image_digest(loaded)
     _finish_lock(loaded, lock, write=write, output=output, force=force, json_output=json_output)

@@ -27,7 +27,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from detserve.canonical import atomic_write_bytes, canonical_json
+from detserve.canonical import canonical_json
+from detserve.errors import bounded
+from detserve.fileio import atomic_write_bytes
 
 stdout = Console(soft_wrap=True, highlight=False)
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -42,15 +44,15 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def write_report(path: Path, report: dict[str, object]) -> None:
+def write_report(path: Path, report: dict[str, object], *, force: bool) -> None:
     """A JSON report for people and machines (indented, sorted keys), written atomically."""
     text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"), force=force)
 
 
 def say(message: str) -> None:
-    """A progress or diagnostic line for people, on stderr."""
-    stderr.print(message, markup=False)
+    """A progress or diagnostic line for people, on stderr; it may name a path, so it is bounded."""
+    stderr.print(bounded(message), markup=False)
 
 
 def result(message: str) -> None:

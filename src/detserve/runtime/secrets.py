@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from detserve.errors import InputError
+from detserve.fileio import MAX_SECRETS_BYTES, read_input
 from detserve.profile import ENV_NAME_RE, SECRET_NAME_RE
 
 #: variables detserve sets itself; a secrets file may not override them
@@ -128,10 +129,7 @@ def parse_secrets(text: str, *, source: str) -> SecretEnvironment:
 
 def load_secrets_file(path: Path) -> SecretEnvironment:
     """Read and parse a secrets file (``--secrets-file``)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read secrets file {path}: {exc.strerror}") from exc
+    data = read_input(path, what="secrets file", cap=MAX_SECRETS_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
