@@ -1,3 +1,87 @@
-"""detserve: pinned, replayable, byte-for-byte verifiable vLLM runs."""
+"""detserve: pinned, replayable, byte-for-byte verifiable vLLM runs.
+
+The library face is :mod:`detserve.api`, re-exported here: ``detserve.verify``,
+``detserve.sample``, ``detserve.evaluate``, ``detserve.replay`` and the rest of
+``detserve.api.__all__``. They are imported on first use, so that ``import detserve`` (and the
+CLI's start-up) stays cheap. Every failure is a :class:`detserve.errors.DetserveError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from detserve.api import (
+        DEFAULT_BUNDLE,
+        DEFAULT_BUNDLE_PIN,
+        BytesObserver,
+        HashResult,
+        ReplayResult,
+        SamplingObserver,
+        check_hash,
+        compare_runs,
+        evaluate,
+        hash_snapshot,
+        load_profile,
+        load_prompts,
+        replay,
+        run,
+        sample,
+        show_run_log,
+        smoke,
+        start,
+        status,
+        stop,
+        verify,
+        wait,
+        write_json_report,
+    )
+    from detserve.errors import DetserveError
+
+__all__ = [
+    "DEFAULT_BUNDLE",
+    "DEFAULT_BUNDLE_PIN",
+    "BytesObserver",
+    "DetserveError",
+    "HashResult",
+    "ReplayResult",
+    "SamplingObserver",
+    "__version__",
+    "check_hash",
+    "compare_runs",
+    "evaluate",
+    "hash_snapshot",
+    "load_profile",
+    "load_prompts",
+    "replay",
+    "run",
+    "sample",
+    "show_run_log",
+    "smoke",
+    "start",
+    "status",
+    "stop",
+    "verify",
+    "wait",
+    "write_json_report",
+]
+_API = frozenset(__all__) - {"DetserveError", "__version__"}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the API is imported when first asked for, not when detserve is.
+    if name in _API:
+        from detserve import api
+
+        return getattr(api, name)
+    if name == "DetserveError":
+        from detserve.errors import DetserveError
+
+        return DetserveError
+    raise AttributeError(f"module 'detserve' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API, "DetserveError"])

@@ -145,6 +145,8 @@ class VerifyReport:
     files: int
     bytes: int
     seconds: float
+    #: the manifest it verified against
+    manifest: Path | None = None
 
     @property
     def throughput_bytes_per_s(self) -> float:
@@ -154,6 +156,7 @@ class VerifyReport:
         return {
             "ok": True,
             "snapshot": str(self.snapshot_dir),
+            "manifest": None if self.manifest is None else str(self.manifest),
             "manifest_sha256": self.manifest_sha256,
             "files": self.files,
             "bytes": self.bytes,
@@ -237,6 +240,7 @@ def verify_snapshot(
         files=len(to_hash),
         bytes=sum(d.size for d in actual.values()),
         seconds=time.perf_counter() - started,
+        manifest=manifest_path,
     )
 
 

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import pytest
 
-from detserve.cli import commands_trust
+from detserve import api
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_OK, EngineError
 from detserve.runtime.engine import DockerEngine
 
@@ -128,7 +128,7 @@ def test_an_unexpected_exception_exits_3_as_an_internal_error(
     def crashing_verify(*args: object, **kwargs: object) -> NoReturn:
         raise crash
 
-    monkeypatch.setattr(commands_trust, "verify_snapshot", crashing_verify)
+    monkeypatch.setattr(api, "verify", crashing_verify)
     flags = ["--verbose"] if verbose else []
     result = cli(*flags, "verify", "--snapshot", TINY_SNAPSHOT, "--manifest", TINY_MANIFEST)
     assert result.code == EXIT_ENVIRONMENT, result.text

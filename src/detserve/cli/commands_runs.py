@@ -16,10 +16,8 @@ from detserve.cli.output import (
     emit_json,
     result,
     say,
-    write_report,
 )
 from detserve.errors import UsageError
-from detserve.fileio import check_outputs
 
 if TYPE_CHECKING:
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
@@ -132,7 +130,7 @@ def eval_determinism(
     expected hash, or unanimous; 1: divergent, not a replay, another hash, or any dissent;
     2: an invalid log or bad options.
     """
-    from detserve.evaluation import check_expected_hash, compare_many, evaluate
+    from detserve import api
 
     report: DeterminismReport | HashCheckReport | MajorityReport
     thresholds_given = min_exact_match_ratio is not None or logprob_tolerance is not None
@@ -141,26 +139,29 @@ def eval_determinism(
             raise UsageError("--run (majority mode) excludes --run-a, --run-b and --expected-hash")
         if thresholds_given:
             raise UsageError("the majority mode groups logs by sha256: thresholds do not apply")
-        _refuse_report_overwrite(output, force, runs)
-        report = compare_many(
-            runs, max_reported=max_reported, progress=lambda path: say(f"validating {path}")
+        report = api.compare_runs(
+            runs,
+            max_reported=max_reported,
+            report=output,
+            force=force,
+            progress=lambda path: say(f"validating {path}"),
         )
     elif expected_hash is not None:
         if run_a is None or run_b is not None:
             raise UsageError("--expected-hash checks one log: give --run-a PATH, not --run-b")
         if thresholds_given:
             raise UsageError("--expected-hash is an exact check: thresholds do not apply")
-        _refuse_report_overwrite(output, force, [run_a])
-        report = check_expected_hash(run_a, expected_hash)
+        report = api.check_hash(run_a, expected_hash, report=output, force=force)
     elif run_a is not None and run_b is not None:
-        _refuse_report_overwrite(output, force, [run_a, run_b])
         with _sample_progress("comparing") as advance:
-            report = evaluate(
+            report = api.evaluate(
                 run_a,
                 run_b,
                 min_exact_match_ratio=min_exact_match_ratio,
                 logprob_tolerance=logprob_tolerance,
                 max_reported=max_reported,
+                report=output,
+                force=force,
                 progress=advance,
             )
     else:
@@ -170,11 +171,8 @@ def eval_determinism(
             hint="see `detserve eval-determinism --help` for examples",
         )
 
-    document = report.as_json()
-    if output is not None:
-        write_report(output, document, force=force)
     if json_output:
-        emit_json(document)
+        emit_json(report.as_json())
     else:
         for line in report.summary_lines():
             result(line)
@@ -186,10 +184,3 @@ def eval_determinism(
             # The report on stdout is the one JSON object; the verdict is in it and the exit code.
             raise typer.Exit(error.exit_code)
         raise error
-
-
-def _refuse_report_overwrite(output: Path | None, force: bool, inputs: list[Path]) -> None:
-    # Before reading the logs, which may take a while, not after; a log is evidence and is
-    # never overwritten by the report.
-    if output is not None:
-        check_outputs([output], force=force, inputs=inputs)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
 from detserve.cli.options import (
-    DEFAULT_BUNDLE,
-    DEFAULT_BUNDLE_PIN,
     BundleOption,
     BundlePinOption,
     ConfigOption,
@@ -21,18 +20,8 @@ from detserve.cli.output import (
     result,
     sampling_progress,
     say,
-    write_report,
 )
 from detserve.errors import UsageError
-from detserve.fileio import check_output_dir, check_outputs
-from detserve.profile import load_profile
-from detserve.prompts import load_bundle
-
-if TYPE_CHECKING:
-    from detserve.profile import LoadedProfile
-    from detserve.prompts import PromptBundle
-    from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest, SampleSummary
 
 
 def _refuse_weakening(
@@ -47,23 +36,6 @@ def _refuse_weakening(
         raise UsageError(f"--concurrency {concurrency} is refused: strict sampling is sequential")
     if temperature is not None and temperature != 0:
         raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
-
-
-def _sample_shown(
-    loaded: LoadedProfile, prompts: PromptBundle, request: SampleRequest, engine: DockerEngine
-) -> SampleSummary:
-    """Sample with the verifications and the samples drawn on stderr."""
-    from detserve.sampling import sample
-
-    with sampling_progress(len(prompts.take(request.n_prompts))) as shown:
-        return sample(
-            loaded,
-            prompts,
-            request,
-            engine=engine,
-            progress=shown.sampled,
-            verify_progress=shown.verified,
-        )
 
 
 @app.command("sample")
@@ -118,24 +90,22 @@ def sample_command(
         detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
             --run-log-output runs/a.runlog.jsonl --output runs/a.sidecar.json
     """
-    from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest, check_request
+    from detserve import api
 
     _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
-    loaded = load_profile(config)
-    loaded.require_pins()
-    prompts = load_bundle(bundle, bundle_pin)
-    request = SampleRequest(
-        n_prompts=n_prompts,
-        max_tokens=max_tokens or loaded.profile.sampling.max_tokens,
-        logprobs=logprobs,
-        run_log_output=run_log_output,
-        sidecar_output=output,
-        force=force,
-    )
-    check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
-    engine = DockerEngine.from_env()
-    summary = _sample_shown(loaded, prompts, request, engine)
+    with sampling_progress() as shown:
+        summary = api.sample(
+            config,
+            run_log=run_log_output,
+            sidecar=output,
+            n_prompts=n_prompts,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            bundle=bundle,
+            bundle_pin=bundle_pin,
+            force=force,
+            observer=shown,
+        )
     if json_output:
         emit_json(summary.as_json())
         return
@@ -178,47 +148,27 @@ def replay_command(
         detserve replay --claim claims/a.runlog.jsonl --config configs/tiny-cpu.local.json \\
             --output-dir replays/a
     """
-    from detserve.evaluation import evaluate
-    from detserve.replay import plan_replay
-    from detserve.runtime import lifecycle
-    from detserve.runtime.engine import DockerEngine
-    from detserve.sampling import SampleRequest
+    from detserve import api
 
-    loaded = load_profile(config)
-    prompts = load_bundle(bundle, bundle_pin)
-    inputs = (claim, loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
-    replay_log = output_dir / "replay.runlog.jsonl"
-    report_path = output_dir / "report.json"
-    outputs = (replay_log, output_dir / "replay.sidecar.json", report_path)
-    # Before the claim is read and anything runs; the outputs are named, so a directory that
-    # holds other files is fine.
-    check_output_dir(output_dir, force=True, inputs=inputs)
-    check_outputs(outputs, force=force, inputs=inputs)
-    plan = plan_replay(claim, loaded, prompts)
-    request = SampleRequest(
-        n_prompts=plan.n_prompts,
-        max_tokens=plan.max_tokens,
-        logprobs=plan.logprobs,
-        run_log_output=replay_log,
-        sidecar_output=outputs[1],
-        force=force,
-    )
-    engine = DockerEngine.from_env()
-    say(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
-    lifecycle.run(loaded, engine=engine, on_stage=say)
-    try:
-        summary = _sample_shown(loaded, prompts, request, engine)
-    finally:
-        if stop_after:
-            lifecycle.stop(loaded, engine=engine)
-    report = evaluate(claim, summary.run_log)
-    write_report(report_path, report.as_json(), force=force)
+    with sampling_progress() as shown:
+        replayed = api.replay(
+            claim,
+            config,
+            output_dir=output_dir,
+            bundle=bundle,
+            bundle_pin=bundle_pin,
+            stop_after=stop_after,
+            force=force,
+            on_stage=say,
+            observer=shown,
+        )
+    report, summary = replayed.report, replayed.summary
     if json_output:
-        emit_json(report.as_json() | {"replay_run_log": str(summary.run_log)})
+        emit_json(replayed.as_json())
     else:
         for line in report.summary_lines():
             result(line)
-        say(f"replay run log {summary.run_log}; report {report_path}")
+        say(f"replay run log {summary.run_log}; report {replayed.report_path}")
     error = report.error()
     if error is not None:
         if json_output:

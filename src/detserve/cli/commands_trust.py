@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
 from detserve.cli.options import (
-    DEFAULT_BUNDLE,
-    DEFAULT_BUNDLE_PIN,
     BundleOption,
     BundlePinOption,
     ConfigOption,
@@ -24,7 +22,6 @@ from detserve.cli.options import (
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
 from detserve.fileio import check_outputs
-from detserve.snapshot import build_manifest, verify_snapshot, write_manifest
 
 # `hash` and `verify` run before every run, and their start-up is part of what verification
 # costs: importing what only the other commands need (the Docker SDK, huggingface_hub, httpx,
@@ -132,24 +129,6 @@ def config_options(json_output: JsonOption = False) -> None:
     result(f"entrypoint: omitted, or [PYTHON, '-m', '{policy.SERVER_MODULE}']")
 
 
-def _snapshot_and_manifest(
-    config: Path | None, snapshot: Path | None, manifest: Path | None
-) -> tuple[Path, Path | None, LoadedProfile | None]:
-    if config is not None:
-        from detserve.profile import load_profile
-
-        if snapshot is not None:
-            raise UsageError(
-                "--snapshot and --config are exclusive: the profile names the snapshot"
-            )
-        loaded = load_profile(config)
-        loaded.require_pins(("model.revision",))
-        return loaded.snapshot_dir, manifest or loaded.manifest_path, loaded
-    if snapshot is None:
-        raise UsageError("give --config PROFILE, or --snapshot DIR (with --manifest PATH)")
-    return snapshot, manifest, None
-
-
 SnapshotOption = Annotated[
     Path | None,
     typer.Option(
@@ -179,40 +158,16 @@ def hash_command(
 
         detserve hash --snapshot DIR --output DIR.sha256
     """
-    snapshot_dir, _, _ = _snapshot_and_manifest(config, snapshot, None)
-    # Before hashing, not after; a manifest written into the snapshot would pin itself.
-    inputs = (snapshot_dir,) if config is None else (config, snapshot_dir)
-    check_outputs([output], force=force, inputs=inputs)
-    started = time.perf_counter()
-    hashed = 0
+    from detserve import api
 
     with byte_progress("hashing") as bar:
-
-        def on_total(total: int) -> None:
-            nonlocal hashed
-            hashed = total
-            bar.set_total(total)
-
-        manifest = build_manifest(
-            snapshot_dir, workers=workers, progress=bar.advance, on_total=on_total
+        hashed = api.hash_snapshot(
+            config, output=output, snapshot=snapshot, force=force, workers=workers, observer=bar
         )
-    write_manifest(manifest, output, force=force, inputs=inputs)
-    seconds = time.perf_counter() - started
     if json_output:
-        emit_json(
-            {
-                "ok": True,
-                "manifest": str(output),
-                "manifest_sha256": manifest.sha256,
-                "files": manifest.total_files,
-                "bytes": hashed,
-                "seconds": round(seconds, 3),
-                "throughput_bytes_per_s": round(hashed / seconds) if seconds > 0 else None,
-                "snapshot": str(snapshot_dir),
-            }
-        )
+        emit_json(hashed.as_json())
     else:
-        result(f"wrote {output}: {manifest.total_files} files, manifest sha256 {manifest.sha256}")
+        result(f"wrote {output}: {hashed.files} files, manifest sha256 {hashed.manifest_sha256}")
         say("review this manifest before you commit it: it becomes the trust root of the snapshot")
 
 
@@ -237,19 +192,15 @@ def verify_command(
 
         detserve verify --snapshot DIR --manifest DIR.sha256
     """
-    snapshot_dir, manifest_path, _ = _snapshot_and_manifest(config, snapshot, manifest)
-    if manifest_path is None:
-        raise UsageError("--snapshot needs --manifest PATH")
+    from detserve import api
+
     with byte_progress("verifying") as bar:
-        report = verify_snapshot(
-            snapshot_dir,
-            manifest_path,
-            workers=workers,
-            progress=bar.advance,
-            on_total=bar.set_total,
+        report = api.verify(
+            config, snapshot=snapshot, manifest=manifest, workers=workers, observer=bar
         )
+    manifest_path = report.manifest
     if json_output:
-        emit_json(report.as_json() | {"manifest": str(manifest_path)})
+        emit_json(report.as_json())
     else:
         rate = report.throughput_bytes_per_s / 1e9
         result(

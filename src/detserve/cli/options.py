@@ -27,8 +27,6 @@ WorkersOption = Annotated[
     typer.Option("--workers", min=1, help="Files hashed at once (default: one per usable core)."),
 ]
 
-DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
-DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
 BundleOption = Annotated[
     Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
 ]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -29,7 +27,6 @@ from rich.text import Text
 
 from detserve.canonical import canonical_json
 from detserve.errors import bounded
-from detserve.fileio import atomic_write_bytes
 
 stdout = Console(soft_wrap=True, highlight=False)
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -42,12 +39,6 @@ JsonOption = Annotated[
 def emit_json(value: Any) -> None:
     sys.stdout.write(canonical_json(value) + "\n")
     sys.stdout.flush()
-
-
-def write_report(path: Path, report: dict[str, object], *, force: bool) -> None:
-    """A JSON report for people and machines (indented, sorted keys), written atomically."""
-    text = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"), force=force)
 
 
 def say(message: str) -> None:
@@ -122,13 +113,20 @@ class _ByKind(ProgressColumn):
 
 
 class SamplingProgress:
-    """The snapshot verifications and the samples of one run, in one live display."""
+    """The snapshot verifications and the samples of one run, in one live display.
 
-    def __init__(self, progress: Progress, total: int) -> None:
+    It is a :class:`detserve.api.SamplingObserver`: the API tells it how many samples to expect.
+    """
+
+    def __init__(self, progress: Progress, total: int | None = None) -> None:
         self._progress = progress
         self._verify = progress.add_task("verifying snapshot", total=None, kind="bytes")
         self._sample = progress.add_task("sampling", total=total, kind="count", rate="")
         self._started: float | None = None
+
+    def planned(self, n_samples: int) -> None:
+        """How many samples the run will take."""
+        self._progress.update(self._sample, total=n_samples)
 
     def verified(self, count: int) -> None:
         """Bytes hashed (thread-safe)."""
@@ -145,7 +143,7 @@ class SamplingProgress:
 
 
 @contextmanager
-def sampling_progress(total: int) -> Iterator[SamplingProgress]:
+def sampling_progress(total: int | None = None) -> Iterator[SamplingProgress]:
     # One live display, redrawn twice a second: on a CPU server every cycle the client spends is
     # taken from the model (two displays at 10 Hz cost 2.6 % of a core; this one 0.5 %).
     columns = (

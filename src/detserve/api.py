@@ -1,0 +1,573 @@
+"""detserve as a library: one typed function per thing a person does with it.
+
+Every function here takes paths (or an already loaded profile), returns a frozen result object
+and raises a :class:`~detserve.errors.DetserveError` subclass on failure; its ``exit_code`` is what
+the CLI exits with (1 verification failed, 2 bad input, 3 environment). Nothing here prints or
+exits: progress reaches the caller through optional observers, and the CLI is a thin layer that
+parses options, calls one of these functions and renders the result.
+
+Verification functions raise on any mismatch and never return a bool. A comparison's verdict,
+on the other hand, is data: :func:`evaluate` returns the report whatever it says, and
+``report.error()`` is the error to raise when it is not a pass (``None`` when it is).
+
+Heavy dependencies (the Docker SDK, httpx, the evaluation layer) are imported inside the functions
+that need them, so that ``import detserve`` and ``detserve verify`` stay fast.
+
+Stability (semantic versioning, see the README): the names in ``__all__`` and the documented
+fields of their results are the public API; everything else in ``detserve`` may change in a minor
+release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeAlias
+
+from detserve.errors import UsageError
+from detserve.fileio import check_output_dir, check_outputs
+
+if TYPE_CHECKING:
+    from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.profile import LoadedProfile
+    from detserve.prompts import PromptBundle
+    from detserve.replay import ReplayPlan
+    from detserve.runlog import RunLogSummary
+    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.lifecycle import (
+        RunResult,
+        SmokeResult,
+        StartResult,
+        StatusResult,
+        StopResult,
+        WaitProgress,
+        WaitResult,
+    )
+    from detserve.sampling import SampleRequest, SampleSummary
+    from detserve.snapshot import VerifyReport
+
+#: the committed reference prompt bundle and its pin, relative to the working directory
+DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
+DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
+
+#: a loaded profile, or the path of a profile file
+ProfileLike: TypeAlias = "LoadedProfile | Path | str"
+
+
+class BytesObserver(Protocol):
+    """Told how many bytes there are to hash, then each chunk hashed (from several threads)."""
+
+    def set_total(self, total: int) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+
+class SamplingObserver(Protocol):
+    """Told how many samples a run will take, each snapshot byte verified, each sample done."""
+
+    def planned(self, n_samples: int) -> None: ...
+
+    def verified(self, count: int) -> None: ...
+
+    def sampled(self, done: int, tokens: int) -> None: ...
+
+
+StageSink = Callable[[str], None]
+WaitSink = Callable[["WaitProgress"], None]
+
+
+def load_profile(config: ProfileLike) -> LoadedProfile:
+    """Load and validate a profile (pins may still be null; commands that need them say so)."""
+    from detserve.profile import LoadedProfile
+    from detserve.profile import load_profile as load_profile_file
+
+    if isinstance(config, LoadedProfile):
+        return config
+    return load_profile_file(Path(config))
+
+
+def _engine(engine: ContainerEngine | None) -> ContainerEngine:
+    from detserve.runtime.engine import DockerEngine
+
+    return engine if engine is not None else DockerEngine.from_env()
+
+
+# --- snapshots ----------------------------------------------------------------------------------
+
+
+def _snapshot_of(
+    config: ProfileLike | None, snapshot: Path | str | None
+) -> tuple[Path, LoadedProfile | None]:
+    if config is not None:
+        if snapshot is not None:
+            raise UsageError(
+                "--snapshot and --config are exclusive: the profile names the snapshot"
+            )
+        loaded = load_profile(config)
+        loaded.require_pins(("model.revision",))
+        return loaded.snapshot_dir, loaded
+    if snapshot is None:
+        raise UsageError("give --config PROFILE, or --snapshot DIR (with --manifest PATH)")
+    return Path(snapshot), None
+
+
+def verify(
+    config: ProfileLike | None = None,
+    *,
+    snapshot: Path | str | None = None,
+    manifest: Path | str | None = None,
+    workers: int | None = None,
+    observer: BytesObserver | None = None,
+) -> VerifyReport:
+    """Verify every file of a snapshot against its sha256 manifest; raise on any difference.
+
+    Give a profile (its pinned snapshot and committed manifest), or any ``snapshot`` directory
+    with a ``manifest``. Raises :class:`~detserve.errors.SnapshotMismatch` (exit 1) naming every
+    missing, extra, changed or unsafe file, :class:`~detserve.errors.ManifestError` (exit 2) for a
+    missing or malformed manifest.
+
+    >>> report = detserve.verify("configs/tiny-cpu.json")          # doctest: +SKIP
+    >>> report.files, report.manifest_sha256                       # doctest: +SKIP
+    """
+    from detserve.snapshot import verify_snapshot
+
+    snapshot_dir, loaded = _snapshot_of(config, snapshot)
+    if manifest is None:
+        if loaded is None:
+            raise UsageError("--snapshot needs --manifest PATH")
+        manifest_path = loaded.manifest_path
+    else:
+        manifest_path = Path(manifest)
+    return verify_snapshot(
+        snapshot_dir,
+        manifest_path,
+        workers=workers,
+        progress=observer.advance if observer is not None else None,
+        on_total=observer.set_total if observer is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class HashResult:
+    """A manifest written by :func:`hash_snapshot`."""
+
+    manifest: Path
+    manifest_sha256: str
+    files: int
+    bytes: int
+    seconds: float
+    snapshot: Path
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "manifest": str(self.manifest),
+            "manifest_sha256": self.manifest_sha256,
+            "files": self.files,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "throughput_bytes_per_s": round(self.bytes / self.seconds) if self.seconds else None,
+            "snapshot": str(self.snapshot),
+        }
+
+
+def hash_snapshot(
+    config: ProfileLike | None = None,
+    *,
+    output: Path | str,
+    snapshot: Path | str | None = None,
+    force: bool = False,
+    workers: int | None = None,
+    observer: BytesObserver | None = None,
+) -> HashResult:
+    """Hash every file of a snapshot into a coreutils-compatible sha256 manifest at ``output``.
+
+    Making a manifest creates a trust root: review it and commit it. The output is checked
+    before hashing (a regular file or nothing, not inside the snapshot, not replaced without
+    ``force``) and written atomically.
+    """
+    import time
+
+    from detserve.snapshot import build_manifest, write_manifest
+
+    snapshot_dir, loaded = _snapshot_of(config, snapshot)
+    output = Path(output)
+    # Before hashing, not after; a manifest written into the snapshot would pin itself.
+    inputs = (snapshot_dir,) if loaded is None else (loaded.path, snapshot_dir)
+    check_outputs([output], force=force, inputs=inputs)
+    started = time.perf_counter()
+    total = 0
+
+    def on_total(value: int) -> None:
+        nonlocal total
+        total = value
+        if observer is not None:
+            observer.set_total(value)
+
+    manifest = build_manifest(
+        snapshot_dir,
+        workers=workers,
+        progress=observer.advance if observer is not None else None,
+        on_total=on_total,
+    )
+    write_manifest(manifest, output, force=force, inputs=inputs)
+    return HashResult(
+        manifest=output,
+        manifest_sha256=manifest.sha256,
+        files=manifest.total_files,
+        bytes=total,
+        seconds=time.perf_counter() - started,
+        snapshot=snapshot_dir,
+    )
+
+
+# --- the container ------------------------------------------------------------------------------
+
+
+def start(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    engine: ContainerEngine | None = None,
+) -> StartResult:
+    """Start the profile's pinned container (or find it running, bound to the same pins)."""
+    from detserve.runtime import lifecycle
+
+    loaded = load_profile(config)
+    secrets = Path(secrets_file) if secrets_file is not None else None
+    return lifecycle.start(loaded, secrets, engine=engine)
+
+
+def wait(
+    config: ProfileLike,
+    *,
+    timeout_s: float | None = None,
+    verify_manifest: bool = False,
+    on_progress: WaitSink | None = None,
+    engine: ContainerEngine | None = None,
+) -> WaitResult:
+    """Wait until the bound container serves the pinned model; optionally verify meanwhile."""
+    from detserve.runtime import lifecycle
+
+    return lifecycle.wait(
+        load_profile(config),
+        timeout_s,
+        verify_manifest=verify_manifest,
+        on_progress=on_progress,
+        engine=engine,
+    )
+
+
+def smoke(config: ProfileLike, *, engine: ContainerEngine | None = None) -> SmokeResult:
+    """The pinned model is served, and repeated greedy completions are identical; else raise."""
+    from detserve.runtime import lifecycle
+
+    return lifecycle.smoke(load_profile(config), engine=engine)
+
+
+def run(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    hash_first: bool = False,
+    stop_after: bool = False,
+    timeout_s: float | None = None,
+    on_stage: StageSink | None = None,
+    on_progress: WaitSink | None = None,
+    engine: ContainerEngine | None = None,
+) -> RunResult:
+    """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample."""
+    from detserve.runtime import lifecycle
+
+    secrets = Path(secrets_file) if secrets_file is not None else None
+    return lifecycle.run(
+        load_profile(config),
+        secrets,
+        hash_first=hash_first,
+        stop_after=stop_after,
+        timeout_s=timeout_s,
+        on_stage=on_stage,
+        on_progress=on_progress,
+        engine=engine,
+    )
+
+
+def stop(config: ProfileLike, *, engine: ContainerEngine | None = None) -> StopResult:
+    """Stop and remove the profile's container; none running is not an error."""
+    from detserve.runtime import lifecycle
+
+    return lifecycle.stop(load_profile(config), engine=engine)
+
+
+def status(config: ProfileLike, *, engine: ContainerEngine | None = None) -> StatusResult:
+    """The profile's container, how it differs from the pins (if at all), and its health."""
+    from detserve.runtime import lifecycle
+
+    return lifecycle.status(load_profile(config), engine=engine)
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def load_prompts(
+    bundle: Path | str = DEFAULT_BUNDLE, bundle_pin: Path | str = DEFAULT_BUNDLE_PIN
+) -> PromptBundle:
+    """A prompt bundle, verified against its pin before a prompt is read."""
+    from detserve.prompts import load_bundle
+
+    return load_bundle(Path(bundle), Path(bundle_pin))
+
+
+def _sample_observed(
+    loaded: LoadedProfile,
+    prompts: PromptBundle,
+    request: SampleRequest,
+    engine: ContainerEngine,
+    observer: SamplingObserver | None,
+) -> SampleSummary:
+    from detserve.sampling import sample as sample_core
+
+    if observer is not None:
+        observer.planned(len(prompts.take(request.n_prompts)))
+    return sample_core(
+        loaded,
+        prompts,
+        request,
+        engine=engine,
+        progress=observer.sampled if observer is not None else None,
+        verify_progress=observer.verified if observer is not None else None,
+    )
+
+
+def sample(
+    config: ProfileLike,
+    *,
+    run_log: Path | str,
+    sidecar: Path | str,
+    n_prompts: int | None = None,
+    max_tokens: int | None = None,
+    logprobs: int | None = None,
+    bundle: Path | str = DEFAULT_BUNDLE,
+    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    force: bool = False,
+    observer: SamplingObserver | None = None,
+    engine: ContainerEngine | None = None,
+) -> SampleSummary:
+    """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
+
+    Strict only: every pin filled, the snapshot and the bundle verified, the container bound to
+    the pins, greedy with the profile's seed, one request in flight. Any failure, Ctrl-C
+    included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256 is the claim.
+    """
+    from detserve.sampling import SampleRequest, check_request
+
+    loaded = load_profile(config)
+    loaded.require_pins()
+    prompts = load_prompts(bundle, bundle_pin)
+    request = SampleRequest(
+        n_prompts=n_prompts,
+        max_tokens=max_tokens or loaded.profile.sampling.max_tokens,
+        logprobs=logprobs,
+        run_log_output=Path(run_log),
+        sidecar_output=Path(sidecar),
+        force=force,
+    )
+    check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
+    return _sample_observed(loaded, prompts, request, _engine(engine), observer)
+
+
+def show_run_log(path: Path | str) -> RunLogSummary:
+    """Validate a run log completely (schema, canonical form, order, footer) and summarise it."""
+    from detserve.runlog import validate_run_log
+
+    return validate_run_log(Path(path))
+
+
+def evaluate(
+    run_a: Path | str,
+    run_b: Path | str,
+    *,
+    min_exact_match_ratio: float | None = None,
+    logprob_tolerance: float | None = None,
+    max_reported: int = 20,
+    report: Path | str | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> DeterminismReport:
+    """Compare two run logs byte for byte and say where they part; write the JSON ``report``.
+
+    Returns the report whatever its verdict (IDENTICAL, WITHIN_THRESHOLD, DIVERGENT, NOT A
+    REPLAY); ``report.error()`` is the error to raise when it is not a pass. Invalid logs raise
+    (exit 2) before anything is compared.
+    """
+    from detserve.evaluation import evaluate as evaluate_core
+
+    logs = [Path(run_a), Path(run_b)]
+    output = Path(report) if report is not None else None
+    if output is not None:
+        check_outputs([output], force=force, inputs=logs)  # a log is evidence: never replaced
+    result = evaluate_core(
+        logs[0],
+        logs[1],
+        min_exact_match_ratio=min_exact_match_ratio,
+        logprob_tolerance=logprob_tolerance,
+        max_reported=max_reported,
+        progress=progress,
+    )
+    if output is not None:
+        write_json_report(output, result.as_json(), force=force)
+    return result
+
+
+def check_hash(
+    run_log: Path | str,
+    expected_sha256: str,
+    *,
+    report: Path | str | None = None,
+    force: bool = False,
+) -> HashCheckReport:
+    """Check one run log against a published sha256 (after validating it completely)."""
+    from detserve.evaluation import check_expected_hash
+
+    output = Path(report) if report is not None else None
+    if output is not None:
+        check_outputs([output], force=force, inputs=[Path(run_log)])
+    result = check_expected_hash(Path(run_log), expected_sha256)
+    if output is not None:
+        write_json_report(output, result.as_json(), force=force)
+    return result
+
+
+def compare_runs(
+    run_logs: Sequence[Path | str],
+    *,
+    max_reported: int = 20,
+    report: Path | str | None = None,
+    force: bool = False,
+    progress: Callable[[Path], None] | None = None,
+) -> MajorityReport:
+    """Group one run log per node by sha256 and name the nodes that disagree with the majority."""
+    from detserve.evaluation import compare_many
+
+    logs = [Path(path) for path in run_logs]
+    output = Path(report) if report is not None else None
+    if output is not None:
+        check_outputs([output], force=force, inputs=logs)
+    result = compare_many(logs, max_reported=max_reported, progress=progress)
+    if output is not None:
+        write_json_report(output, result.as_json(), force=force)
+    return result
+
+
+def write_json_report(path: Path, document: dict[str, object], *, force: bool) -> None:
+    """A JSON report for people and machines (indented, sorted keys), written atomically."""
+    import json
+
+    from detserve.fileio import atomic_write_bytes
+
+    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"), force=force)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What :func:`replay` did: the plan it checked, the run it sampled and the comparison."""
+
+    plan: ReplayPlan
+    summary: SampleSummary
+    report: DeterminismReport
+    report_path: Path
+
+    def as_json(self) -> dict[str, object]:
+        return self.report.as_json() | {"replay_run_log": str(self.summary.run_log)}
+
+
+def replay(
+    claim: Path | str,
+    config: ProfileLike,
+    *,
+    output_dir: Path | str,
+    bundle: Path | str = DEFAULT_BUNDLE,
+    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    stop_after: bool = False,
+    force: bool = False,
+    on_stage: StageSink | None = None,
+    observer: SamplingObserver | None = None,
+    engine: ContainerEngine | None = None,
+) -> ReplayResult:
+    """Re-run a claimed run log under your own pinned profile, and compare, in one step.
+
+    The claim is validated and its pins compared with the profile's before anything starts
+    (other pins: :class:`~detserve.replay.NotAReplay`, exit 1). Then the server is run (start,
+    wait with verification, smoke), the claim's prompts are sampled with its parameters into
+    ``output_dir/replay.runlog.jsonl``, and the two logs are compared into
+    ``output_dir/report.json``. Returns the result whatever the verdict; ``result.report.error()``
+    is the error to raise when it is not IDENTICAL.
+    """
+    from detserve.replay import plan_replay
+    from detserve.runtime import lifecycle
+    from detserve.sampling import SampleRequest
+
+    stage = on_stage or (lambda _message: None)
+    claim = Path(claim)
+    output_dir = Path(output_dir)
+    loaded = load_profile(config)
+    prompts = load_prompts(bundle, bundle_pin)
+    inputs = (claim, loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
+    replay_log = output_dir / "replay.runlog.jsonl"
+    sidecar = output_dir / "replay.sidecar.json"
+    report_path = output_dir / "report.json"
+    # Before the claim is read and anything runs; the outputs are named, so a directory that
+    # holds other files is fine.
+    check_output_dir(output_dir, force=True, inputs=inputs)
+    check_outputs((replay_log, sidecar, report_path), force=force, inputs=inputs)
+    plan = plan_replay(claim, loaded, prompts)
+    request = SampleRequest(
+        n_prompts=plan.n_prompts,
+        max_tokens=plan.max_tokens,
+        logprobs=plan.logprobs,
+        run_log_output=replay_log,
+        sidecar_output=sidecar,
+        force=force,
+    )
+    engine = _engine(engine)
+    stage(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
+    lifecycle.run(loaded, engine=engine, on_stage=stage)
+    try:
+        summary = _sample_observed(loaded, prompts, request, engine, observer)
+    finally:
+        if stop_after:
+            lifecycle.stop(loaded, engine=engine)
+    from detserve.evaluation import evaluate as evaluate_core
+
+    report = evaluate_core(claim, summary.run_log)
+    write_json_report(report_path, report.as_json(), force=force)
+    return ReplayResult(plan=plan, summary=summary, report=report, report_path=report_path)
+
+
+__all__ = [
+    "DEFAULT_BUNDLE",
+    "DEFAULT_BUNDLE_PIN",
+    "BytesObserver",
+    "HashResult",
+    "ReplayResult",
+    "SamplingObserver",
+    "check_hash",
+    "compare_runs",
+    "evaluate",
+    "hash_snapshot",
+    "load_profile",
+    "load_prompts",
+    "replay",
+    "run",
+    "sample",
+    "show_run_log",
+    "smoke",
+    "start",
+    "status",
+    "stop",
+    "verify",
+    "wait",
+    "write_json_report",
+]
