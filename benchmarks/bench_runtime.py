@@ -72,7 +72,7 @@ from benchlib import (
     write_result,
 )
 from detserve import __version__
-from detserve.cli.options import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
+from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.output import sampling_progress
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PromptBundle, load_bundle
