@@ -20,7 +20,7 @@ release.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias
@@ -307,6 +307,19 @@ def status(config: ProfileLike, *, engine: ContainerEngine | None = None) -> Sta
     return lifecycle.status(load_profile(config), engine=engine)
 
 
+def logs(
+    config: ProfileLike,
+    *,
+    follow: bool = False,
+    tail: int = 100,
+    engine: ContainerEngine | None = None,
+) -> Iterator[str]:
+    """The container's last ``tail`` log lines; with ``follow``, then new ones as they come."""
+    from detserve.runtime import lifecycle
+
+    return lifecycle.logs(load_profile(config), follow=follow, tail=tail, engine=engine)
+
+
 # --- claims -------------------------------------------------------------------------------------
 
 
@@ -559,6 +572,7 @@ __all__ = [
     "hash_snapshot",
     "load_profile",
     "load_prompts",
+    "logs",
     "replay",
     "run",
     "sample",

@@ -60,3 +60,36 @@ def plan_replay(claim: Path, loaded: LoadedProfile, bundle: PromptBundle) -> Rep
         max_tokens=header.sampling.max_tokens,
         logprobs=header.sampling.logprobs,
     )
+
+
+def replay_requirements(header: RunLogHeader) -> list[tuple[str, str]]:
+    """What a verifier's profile must hold to replay a claim: (profile field, required value).
+
+    The claim's pins, translated into the profile fields and files that produce them; a
+    verifier fills these in (or takes the operator's profile) and ``replay`` checks them all.
+    """
+    pins = header.pins
+    environment = {
+        k: v for k, v in pins.environment.items() if k not in {"HF_HOME", "HF_HUB_OFFLINE"}
+    }
+    gpus = "" if pins.device.kind == "cpu" else f" with {pins.device.gpus} GPU(s)"
+    return [
+        ("model.id", pins.model_id),
+        ("model.revision", pins.model_revision),
+        (
+            "manifest (manifests/<name>/<revision>.sha256)",
+            f"a file whose sha256 is {pins.manifest_sha256}",
+        ),
+        ("runtime.image", pins.image),
+        ("runtime.device", f"{pins.device.kind}{gpus}"),
+        (
+            "runtime.entrypoint",
+            "null (the image's)" if pins.entrypoint is None else repr(list(pins.entrypoint)),
+        ),
+        ("runtime.environment", repr(environment)),
+        ("vllm.served_model_name", pins.served_model_name),
+        ("vllm.* and vllm.extra_args", "giving the engine arguments " + " ".join(pins.engine_args)),
+        ("sampling.seed", str(header.sampling.seed)),
+        ("--bundle / --bundle-pin", f"a prompt bundle whose sha256 is {pins.prompt_bundle_sha256}"),
+        ("the image's vLLM", pins.vllm_version),
+    ]

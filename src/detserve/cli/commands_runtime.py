@@ -11,14 +11,14 @@ from typing import Annotated
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from detserve import api
 from detserve.cli.app import app
 from detserve.cli.options import ConfigOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
 from detserve.errors import EXIT_VERIFICATION
 from detserve.profile import load_profile
-from detserve.runtime import lifecycle
 from detserve.runtime.container_spec import container_name
-from detserve.runtime.lifecycle import WaitProgress
+from detserve.runtime.readiness import WaitProgress
 
 SecretsFileOption = Annotated[
     Path | None,
@@ -100,7 +100,7 @@ def start_command(
         detserve start --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
-    started = lifecycle.start(loaded, secrets_file)
+    started = api.start(loaded, secrets_file=secrets_file)
     if json_output:
         emit_json(started.as_json())
         return
@@ -140,8 +140,8 @@ def wait_command(
     """
     loaded = load_profile(config)
     with _wait_display(container_name(loaded.profile)) as display:
-        waited = lifecycle.wait(
-            loaded, timeout, verify_manifest=verify_manifest, on_progress=display
+        waited = api.wait(
+            loaded, timeout_s=timeout, verify_manifest=verify_manifest, on_progress=display
         )
     if json_output:
         emit_json(waited.as_json())
@@ -171,7 +171,7 @@ def smoke_command(config: ConfigOption, json_output: JsonOption = False) -> None
         detserve smoke --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
-    smoked = lifecycle.smoke(loaded)
+    smoked = api.smoke(loaded)
     if json_output:
         emit_json(smoked.as_json())
         return
@@ -193,7 +193,7 @@ def stop_command(config: ConfigOption, json_output: JsonOption = False) -> None:
         detserve stop --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
-    stopped = lifecycle.stop(loaded)
+    stopped = api.stop(loaded)
     if json_output:
         emit_json(stopped.as_json())
     elif stopped.removed is None:
@@ -232,9 +232,9 @@ def run_command(
     """
     loaded = load_profile(config)
     with _wait_display(container_name(loaded.profile)) as display:
-        ran = lifecycle.run(
+        ran = api.run(
             loaded,
-            secrets_file,
+            secrets_file=secrets_file,
             hash_first=hash_first,
             stop_after=stop_after,
             timeout_s=timeout,
@@ -267,7 +267,7 @@ def status_command(config: ConfigOption, json_output: JsonOption = False) -> Non
         detserve status --config configs/tiny-cpu.json --json
     """
     loaded = load_profile(config)
-    state = lifecycle.status(loaded)
+    state = api.status(loaded)
     if json_output:
         emit_json(state.as_json())  # one object: "ok": false and the mismatches, then exit 1
         if state.mismatches:
@@ -306,7 +306,7 @@ def logs_command(
     detserve logs --config configs/tiny-cpu.json --follow
     """
     loaded = load_profile(config)
-    lines = lifecycle.logs(loaded, follow=follow, tail=tail)
+    lines = api.logs(loaded, follow=follow, tail=tail)
     if json_output and not follow:
         emit_json({"ok": True, "name": container_name(loaded.profile), "lines": list(lines)})
         return

@@ -85,11 +85,16 @@ def start(
     loaded: LoadedProfile,
     secrets_file: Path | None = None,
     *,
+    secrets: SecretEnvironment | None = None,
     engine: ContainerEngine | None = None,
 ) -> StartResult:
-    """Start the profile's container, or find it already running with the same pins."""
+    """Start the profile's container, or find it already running with the same pins.
+
+    Secrets come from ``secrets_file``, or already read as ``secrets``.
+    """
     require_manifest(loaded)
-    secrets = load_secrets_file(secrets_file) if secrets_file is not None else SecretEnvironment()
+    if secrets is None:
+        secrets = load_secrets_file(secrets_file) if secrets_file else SecretEnvironment()
     spec = build_container_spec(loaded, secrets)
     engine = _engine(engine)
     replaced = None
@@ -208,13 +213,15 @@ def run(
     """
     stage = on_stage or (lambda _message: None)
     require_manifest(loaded)
+    # Every input is read before the engine is asked anything: a bad secrets file is bad input.
+    secrets = load_secrets_file(secrets_file) if secrets_file else SecretEnvironment()
     prehash = None
     if hash_first:
         stage(f"verifying {loaded.snapshot_dir} against {loaded.manifest_path} before start")
         prehash = verify_now(loaded, on_progress)
     engine = _engine(engine)
     stage(f"starting {container_name(loaded.profile)}")
-    started = start(loaded, secrets_file, engine=engine)
+    started = start(loaded, secrets=secrets, engine=engine)
     try:
         if started.already_running:
             stage(f"{started.container.name} is already running with these pins")
