@@ -431,7 +431,8 @@ def bench(args: argparse.Namespace, spec: SnapshotSpec, work: Path) -> Outcome:
     total = sum(files.values())
     paths = sorted(files, key=lambda p: p.encode())
     workers = ["--workers", str(args.workers)] if args.workers else []
-    hash_argv = [args.detserve, "hash", "--snapshot", str(snapshot), "--output", str(manifest)]
+    hash_argv = [args.detserve, "hash", "--snapshot", str(snapshot)]
+    hash_argv += ["--manifest-output", str(manifest)]
     hash_argv += ["--force", "--json", *workers]
     verify_argv = [args.detserve, "verify", "--snapshot", str(snapshot), "--manifest"]
     verify_argv += [str(manifest), "--json", *workers]

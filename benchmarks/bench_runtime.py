@@ -132,7 +132,7 @@ def write_bench_profile(base: Path, name: str, port: int, folder: Path) -> Path:
 def lock_base_profile(detserve: str) -> None:
     """The trust bootstrap of `make demo`: pin the locally built image into the local profile."""
     argv = [detserve, "lock-image", "--config", str(COMMITTED_PROFILE), "--write"]
-    argv += ["--output", str(BASE_PROFILE), "--force"]
+    argv += ["--profile-output", str(BASE_PROFILE), "--force"]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv)} exited {done.returncode}:\n{done.stderr}")
@@ -365,7 +365,7 @@ def sample_argv(
     argv = [*detserve, "sample", "--config", str(profile), "--n-prompts", str(args.prompts)]
     argv += ["--max-tokens", str(args.tokens), "--force"]
     argv += ["--run-log-output", str(out / "bench.runlog.jsonl")]
-    argv += ["--output", str(out / "bench.sidecar.json")]
+    argv += ["--sidecar-output", str(out / "bench.sidecar.json")]
     if args.logprobs is not None:
         argv += ["--logprobs", str(args.logprobs)]
     return argv

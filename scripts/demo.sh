@@ -19,7 +19,7 @@ MAX_TOKENS=${MAX_TOKENS:-32}
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "trust bootstrap: pin the locally built image's digest into $LOCAL (git-ignored)"
-"$DETSERVE" lock-image --config "$PROFILE" --write --output "$LOCAL" --force
+"$DETSERVE" lock-image --config "$PROFILE" --write --profile-output "$LOCAL" --force
 
 step "verify the snapshot against its committed manifest, and the prompt bundle against its pin"
 "$DETSERVE" verify --config "$LOCAL"
@@ -31,12 +31,12 @@ for side in a b; do
   "$DETSERVE" run --config "$LOCAL"
   step "sample ($side): $N_PROMPTS prompts x $MAX_TOKENS tokens, greedy, seed from the profile"
   "$DETSERVE" sample --config "$LOCAL" --n-prompts "$N_PROMPTS" --max-tokens "$MAX_TOKENS" \
-    --run-log-output "$RUNS/demo-$side.runlog.jsonl" --output "$RUNS/demo-$side.sidecar.json" --force
+    --run-log-output "$RUNS/demo-$side.runlog.jsonl" --sidecar-output "$RUNS/demo-$side.sidecar.json" --force
   step "stop ($side): the next run starts a fresh container"
   "$DETSERVE" stop --config "$LOCAL"
 done
 
 step "eval-determinism: the two run logs must be identical byte for byte"
 "$DETSERVE" eval-determinism --run-a "$RUNS/demo-a.runlog.jsonl" --run-b "$RUNS/demo-b.runlog.jsonl" \
-  --output "$RUNS/demo.report.json"
+  --report-output "$RUNS/demo.report.json" --force
 sha256sum "$RUNS/demo-a.runlog.jsonl" "$RUNS/demo-b.runlog.jsonl" >&2

@@ -327,7 +327,7 @@ def test_lock_model_output_without_write_is_a_usage_error(
         "lock-model", "--config", tiny_profile, "--endpoint", fake_hub.url, "--output", output
     )
     assert result.code == EXIT_INPUT
-    assert "--output goes with --write" in result.err
+    assert "--profile-output goes with --write" in result.err
     assert fake_hub.requests == []
     assert not output.exists()
 

@@ -44,3 +44,43 @@ def test_validate_accepts_a_valid_log_and_names_the_line_of_a_broken_one(
         refused = cli("runlog", command, broken)
         assert refused.code == EXIT_INPUT, refused.text
         assert str(broken) in refused.err
+
+
+def test_outputs_are_named_for_what_they_are_and_the_old_spelling_still_works(
+    tmp_path: Path, cli: CliRunner
+) -> None:
+    log = write_log(tmp_path / "a.runlog.jsonl", 2)
+    other = write_log(tmp_path / "b.runlog.jsonl", 2)
+    named = cli(
+        "eval-determinism",
+        "--run-a",
+        log,
+        "--run-b",
+        other,
+        "--report-output",
+        tmp_path / "new.json",
+    )
+    assert named.code == 0, named.text
+    assert "deprecated" not in named.err
+    assert (tmp_path / "new.json").is_file()
+    old = cli(
+        "eval-determinism", "--run-a", log, "--run-b", other, "--output", tmp_path / "old.json"
+    )
+    assert old.code == 0, old.text
+    assert "--output is deprecated here; use --report-output" in old.err
+    assert (tmp_path / "old.json").is_file()
+    both = cli(
+        "eval-determinism",
+        "--run-a",
+        log,
+        "--run-b",
+        other,
+        "--report-output",
+        tmp_path / "x.json",
+        "--output",
+        tmp_path / "y.json",
+    )
+    assert both.code == EXIT_INPUT
+    assert "--output is the old spelling of --report-output" in both.err
+    assert not (tmp_path / "x.json").exists()
+    assert not (tmp_path / "y.json").exists()

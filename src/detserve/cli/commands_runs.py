@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from detserve.cli.app import app
+from detserve.cli.options import legacy_output_option, renamed
 from detserve.cli.output import (
     JsonOption,
     count_progress,
@@ -64,12 +65,13 @@ def eval_determinism(
             metavar="PATH",
         ),
     ] = None,
-    output: Annotated[
+    report_output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write the JSON report here (atomically).", dir_okay=False
+            "--report-output", help="Write the JSON report here (atomically).", dir_okay=False
         ),
     ] = None,
+    legacy_output: Annotated[Path | None, legacy_output_option("--report-output")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing report.")] = False,
     min_exact_match_ratio: Annotated[
         float | None,
@@ -108,7 +110,7 @@ def eval_determinism(
     Two logs (is B a faithful replay of A?):
 
         detserve eval-determinism --run-a runs/a.runlog.jsonl --run-b runs/b.runlog.jsonl \\
-            --output runs/a-vs-b.report.json
+            --report-output runs/a-vs-b.report.json
 
     Identical bytes: IDENTICAL. Otherwise different pins, sampling parameters or prompts: NOT A
     REPLAY, each differing field with both values. Otherwise DIVERGENT, each divergent sample with
@@ -132,6 +134,7 @@ def eval_determinism(
     """
     from detserve import api
 
+    output = renamed(report_output, legacy_output, name="--report-output", old="--output")
     report: DeterminismReport | HashCheckReport | MajorityReport
     thresholds_given = min_exact_match_ratio is not None or logprob_tolerance is not None
     if runs:

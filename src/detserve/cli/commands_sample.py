@@ -13,6 +13,8 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    legacy_output_option,
+    renamed,
 )
 from detserve.cli.output import (
     JsonOption,
@@ -45,16 +47,16 @@ def sample_command(
         Path,
         typer.Option("--run-log-output", dir_okay=False, help="The canonical run log to write."),
     ],
-    output: Annotated[
-        Path,
+    sidecar_output: Annotated[
+        Path | None,
         typer.Option(
-            "--output",
-            "-o",
+            "--sidecar-output",
             dir_okay=False,
             help="The run's sidecar: what varies between faithful runs (times, host, container "
-            "id) and a summary. Never compared.",
+            "id) and a summary. Never compared. Required.",
         ),
-    ],
+    ] = None,
+    legacy_output: Annotated[Path | None, legacy_output_option("--sidecar-output")] = None,
     n_prompts: Annotated[
         int | None,
         typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
@@ -88,16 +90,19 @@ def sample_command(
     output paths. Example:
 
         detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
-            --run-log-output runs/a.runlog.jsonl --output runs/a.sidecar.json
+            --run-log-output runs/a.runlog.jsonl --sidecar-output runs/a.sidecar.json
     """
     from detserve import api
 
     _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
+    sidecar = renamed(sidecar_output, legacy_output, name="--sidecar-output", old="--output")
+    if sidecar is None:
+        raise UsageError("give --sidecar-output PATH: the run's sidecar")
     with sampling_progress() as shown:
         summary = api.sample(
             config,
             run_log=run_log_output,
-            sidecar=output,
+            sidecar=sidecar,
             n_prompts=n_prompts,
             max_tokens=max_tokens,
             logprobs=logprobs,

@@ -18,6 +18,8 @@ from detserve.cli.options import (
     ConfigOption,
     OptionalConfigOption,
     WorkersOption,
+    legacy_output_option,
+    renamed,
 )
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
@@ -141,9 +143,11 @@ SnapshotOption = Annotated[
 
 @app.command("hash")
 def hash_command(
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Manifest file to write.", dir_okay=False)
-    ],
+    manifest_output: Annotated[
+        Path | None,
+        typer.Option("--manifest-output", help="Manifest file to write. Required.", dir_okay=False),
+    ] = None,
+    legacy_output: Annotated[Path | None, legacy_output_option("--manifest-output")] = None,
     config: OptionalConfigOption = None,
     snapshot: SnapshotOption = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest.")] = False,
@@ -154,12 +158,15 @@ def hash_command(
 
     Making a manifest creates a trust root: review it and commit it. Examples:
 
-        detserve hash --config configs/tiny-cpu.json --output manifests/tiny-cpu/REV.sha256
+        detserve hash --config configs/tiny-cpu.json --manifest-output manifests/tiny-cpu/REV.sha256
 
-        detserve hash --snapshot DIR --output DIR.sha256
+        detserve hash --snapshot DIR --manifest-output DIR.sha256
     """
     from detserve import api
 
+    output = renamed(manifest_output, legacy_output, name="--manifest-output", old="--output")
+    if output is None:
+        raise UsageError("give --manifest-output PATH: the manifest to write")
     with byte_progress("hashing") as bar:
         hashed = api.hash_snapshot(
             config, output=output, snapshot=snapshot, force=force, workers=workers, observer=bar
@@ -217,19 +224,21 @@ WriteOption = Annotated[
 LockOutputOption = Annotated[
     Path | None,
     typer.Option(
-        "--output",
-        "-o",
+        "--profile-output",
         dir_okay=False,
         help="With --write: write the locked profile here instead of in place.",
     ),
 ]
-ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite --output if it exists.")]
+LegacyLockOutputOption = Annotated[Path | None, legacy_output_option("--profile-output")]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Overwrite --profile-output if it exists.")
+]
 
 
 def _check_lock_options(*, config: Path, write: bool, output: Path | None, force: bool) -> None:
     # Before the hub or the registry is asked anything: a usage error needs no network.
     if output is not None and not write:
-        raise UsageError("--output goes with --write")
+        raise UsageError("--profile-output goes with --write")
     if output is not None:
         check_outputs([output], force=force, inputs=[config])
     elif write:
@@ -267,7 +276,8 @@ def _finish_lock(
 def lock_model_command(
     config: ConfigOption,
     write: WriteOption = False,
-    output: LockOutputOption = None,
+    profile_output: LockOutputOption = None,
+    legacy_output: LegacyLockOutputOption = None,
     force: ForceOption = False,
     endpoint: Annotated[
         str | None, typer.Option("--endpoint", help="Hub address (default huggingface.co).")
@@ -284,6 +294,7 @@ def lock_model_command(
     from detserve.locks import resolve_model_revision
     from detserve.profile import load_profile
 
+    output = renamed(profile_output, legacy_output, name="--profile-output", old="--output")
     _check_lock_options(config=config, write=write, output=output, force=force)
     loaded = load_profile(config)
     lock = resolve_model_revision(loaded, endpoint=endpoint, token=os.environ.get("HF_TOKEN"))
@@ -294,7 +305,8 @@ def lock_model_command(
 def lock_image_command(
     config: ConfigOption,
     write: WriteOption = False,
-    output: LockOutputOption = None,
+    profile_output: LockOutputOption = None,
+    legacy_output: LegacyLockOutputOption = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -309,6 +321,7 @@ def lock_image_command(
     from detserve.locks import resolve_image_digest
     from detserve.profile import load_profile
 
+    output = renamed(profile_output, legacy_output, name="--profile-output", old="--output")
     _check_lock_options(config=config, write=write, output=output, force=force)
     loaded = load_profile(config)
     lock = resolve_image_digest(loaded)

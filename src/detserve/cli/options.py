@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
+
+from detserve.errors import UsageError
+
+T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path,
@@ -33,3 +37,25 @@ BundleOption = Annotated[
 BundlePinOption = Annotated[
     Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
 ]
+
+
+def renamed(value: T | None, legacy: T | None, *, name: str, old: str) -> T | None:
+    """The value of an option that was renamed; the old spelling still works, with a warning.
+
+    Outputs are named for what they are (``--report-output``, ``--sidecar-output``,
+    ``--manifest-output``, ``--profile-output``); ``--output`` meant a different thing in each
+    command, and stays as a deprecated alias.
+    """
+    if legacy is None:
+        return value
+    if value is not None:
+        raise UsageError(f"{old} is the old spelling of {name}: give one of them")
+    from detserve.cli.output import say
+
+    say(f"detserve: warning: {old} is deprecated here; use {name}")
+    return legacy
+
+
+def legacy_output_option(name: str) -> Any:
+    """The hidden, deprecated ``--output``/``-o`` spelling of ``name``."""
+    return typer.Option("--output", "-o", hidden=True, dir_okay=False, help=f"Deprecated: {name}.")
