@@ -53,7 +53,13 @@ def _root(
 
 # Command modules register themselves on `app` when imported. Trust commands come first:
 # `verify` runs before every run, and its start-up counts in what verification costs.
-_COMMAND_MODULES = ("commands_trust", "commands_runs", "commands_sample", "commands_runtime")
+_COMMAND_MODULES = (
+    "commands_trust",
+    "commands_runs",
+    "commands_sample",
+    "commands_runtime",
+    "commands_attest",
+)
 
 
 def _registered() -> set[str]:
