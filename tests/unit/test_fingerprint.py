@@ -25,7 +25,7 @@ from detserve.fingerprint import (
 )
 from detserve.profile import LoadedProfile, load_profile
 
-from .committed import TinyWorkspace
+from .committed import CliRunner, TinyWorkspace
 
 IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a1" * 32
 
@@ -146,3 +146,20 @@ def test_a_file_that_is_not_a_fingerprint_is_bad_input(tmp_path: Path) -> None:
     path.write_text('{"format": "detserve-environment", "format_version": 1}')
     with pytest.raises(InputError, match="not an environment fingerprint"):
         read_fingerprint(path)
+
+
+def test_env_exits_3_when_the_engine_does_not_answer(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    document = json.loads(tiny_workspace.config.read_text())
+    document["runtime"]["image"] = IMAGE
+    tiny_workspace.config.write_text(json.dumps(document))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    output = tmp_path / "env.json"
+    ran = cli("env", "--config", tiny_workspace.config, "--output", output)
+    assert ran.code == 3, ran
+    assert f"the container engine at unix://{tmp_path}/no-engine.sock does not answer" in ran.err
+    assert not output.exists()
