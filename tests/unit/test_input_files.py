@@ -85,6 +85,53 @@ def _sample(w: World, config: Path, pin: Path) -> list[str | Path]:
     ]  # fmt: skip
 
 
+def _keys(w: World) -> tuple[Path, Path]:
+    """A genuine key pair in the world (made once)."""
+    from detserve.attest import generate_key_pair
+
+    private, public = w.tmp / "keys" / "detserve.key", w.tmp / "keys" / "detserve.pub"
+    if not private.exists():
+        generate_key_pair(w.tmp / "keys")
+    return private, public
+
+
+def _sidecar(w: World) -> Path:
+    """A sidecar of run A without an environment fingerprint (so --environment is read)."""
+    from detserve.runlog import run_log_sha256
+
+    sidecar = w.tmp / "a.sidecar.json"
+    sidecar.write_text(json.dumps({"run_log_sha256": run_log_sha256(w.run_a)}), encoding="utf-8")
+    return sidecar
+
+
+def _attest(
+    w: World,
+    *,
+    key: Path | None = None,
+    run_log: Path | None = None,
+    sidecar: Path | None = None,
+    environment: Path | None = None,
+) -> list[str | Path]:
+    args: list[str | Path] = [
+        "attest", "--run-log", run_log or w.run_a, "--sidecar", sidecar or _sidecar(w),
+        "--key", key or _keys(w)[0], "--envelope-output", w.tmp / "claim.intoto.json",
+    ]  # fmt: skip
+    if environment is not None:
+        args += ["--environment", environment]
+    return args
+
+
+def _verify_claim(
+    w: World, *, envelope: Path | None = None, public_key: Path | None = None
+) -> list[str | Path]:
+    dummy = w.tmp / "dummy.intoto.json"
+    dummy.write_text("{}", encoding="utf-8")
+    return [
+        "verify-claim", "--envelope", envelope or dummy,
+        "--public-key", public_key or _keys(w)[1], "--run-log", w.run_a,
+    ]  # fmt: skip
+
+
 def _replay(w: World, config: Path, pin: Path, claim: Path) -> list[str | Path]:
     return [
         "replay", "--claim", claim, "--config", config, "--bundle", BUNDLE_DIR,
@@ -108,7 +155,39 @@ INPUTS: list[tuple[str, Args, int]] = [
             ("run",),
             ("status",),
             ("logs",),
+            ("env",),
+            ("doctor",),
         ]
+    ),
+    (
+        "attest --key",
+        lambda w: (_attest(w, key=w.bad), w.bad),
+        4 * 1024 * 1024,
+    ),
+    (
+        "attest --run-log",
+        lambda w: (_attest(w, run_log=w.bad), w.bad),
+        fileio.MAX_RUN_LOG_BYTES,
+    ),
+    (
+        "attest --sidecar",
+        lambda w: (_attest(w, sidecar=w.bad), w.bad),
+        4 * 1024 * 1024,
+    ),
+    (
+        "attest --environment",
+        lambda w: (_attest(w, environment=w.bad), w.bad),
+        1024 * 1024,
+    ),
+    (
+        "verify-claim --public-key",
+        lambda w: (_verify_claim(w, public_key=w.bad), w.bad),
+        4 * 1024 * 1024,
+    ),
+    (
+        "verify-claim --envelope",
+        lambda w: (_verify_claim(w, envelope=w.bad), w.bad),
+        4 * 1024 * 1024,
     ),
     (
         "hash --config",
@@ -270,7 +349,8 @@ def test_every_input_option_is_in_the_table() -> None:
     for module in _COMMAND_MODULES:
         __import__(f"detserve.cli.{module}")
     file_options = {"--config", "--manifest", "--bundle-pin", "--claim", "--run-a", "--run-b",
-                    "--run", "--dataset-file", "--secrets-file"}  # fmt: skip
+                    "--run", "--dataset-file", "--secrets-file", "--key", "--run-log",
+                    "--sidecar", "--environment", "--public-key", "--envelope"}  # fmt: skip
     covered = {option for name, *_ in INPUTS for option in name.split() if option.startswith("--")}
     assert file_options <= covered
 

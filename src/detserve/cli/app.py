@@ -60,6 +60,7 @@ _COMMAND_MODULES = (
     "commands_sample",
     "commands_runtime",
     "commands_runlog",
+    "commands_attest",
 )
 
 

@@ -1,0 +1,632 @@
+"""Signed claims: a run log's hash and pins in an in-toto Statement, in a signed DSSE envelope.
+
+A run log's sha256 is the claim; an attestation says *who* makes it. ``detserve attest`` writes
+an in-toto Statement v1 (built with ``in_toto_attestation``) whose one subject is the run log, by
+file name and sha256, and whose predicate (:data:`PREDICATE_TYPE`) holds the run log header's
+pins, sampling parameters and sample count, the detserve version, the environment fingerprint
+(:mod:`detserve.fingerprint`) and the sha256 of the sidecar. The statement is RFC 8785 JSON and
+the payload of a DSSE envelope (``application/vnd.in-toto+json``) signed through
+``securesystemslib`` (its PAE, its signers) with an Ed25519 or ECDSA P-256 key.
+
+:func:`verify_claim` checks in a fixed order and stops at the first failure, each a
+:class:`~detserve.errors.VerificationError` (exit 1) naming what failed:
+
+1. the signature, before the payload is even parsed: no signature, another key, or any changed
+   byte of the payload or its type (:class:`SignatureError`);
+2. the statement: an in-toto Statement v1 of detserve's predicate type, one subject with a
+   sha256 (:class:`ClaimError`);
+3. the subject's sha256 against the run log's bytes (:class:`SubjectMismatch`);
+4. the predicate's pins, sampling parameters and count against the run log's header, and the
+   environment fingerprint against its recorded hash (:class:`ClaimPinMismatch`).
+
+An envelope that is not an envelope at all (not JSON, missing fields, not base64) and a key file
+that is not a supported public key are bad input (:class:`~detserve.errors.InputError`, exit 2).
+
+Keys (:func:`generate_key_pair`): a PKCS#8 PEM private key, mode 0600, never overwritten, never
+printed; a SubjectPublicKeyInfo PEM public key, which cosign also reads. The signature's key id
+is securesystemslib's default (the sha256 of the key's canonical form); it is a hint, not a
+trust root: verification takes the public key it is given and tries it on every signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import securesystemslib.exceptions
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+    load_pem_public_key,
+)
+from google.protobuf import json_format
+from in_toto_attestation.v1 import statement_pb2
+from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+from in_toto_attestation.v1.statement import Statement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from securesystemslib.dsse import Envelope
+
+# securesystemslib.signer's public names, re-exported without __all__ (mypy's strict view).
+from securesystemslib.signer import (  # type: ignore[attr-defined]
+    CryptoSigner,
+    Key,
+    Signature,
+    SSlibKey,
+)
+
+from detserve import __version__
+from detserve.canonical import canonical_bytes, duplicate_keys
+from detserve.errors import InputError, PinMismatch, UsageError, VerificationError
+from detserve.fileio import atomic_writer, check_outputs, read_input
+from detserve.fingerprint import EnvironmentFingerprint, parse_fingerprint, read_fingerprint
+from detserve.runlog import (
+    RunLogSummary,
+    RunPins,
+    SamplingParams,
+    Sha256Hex,
+    run_log_sha256,
+    validate_run_log,
+)
+
+#: The predicate type of a detserve claim.
+PREDICATE_TYPE: Final = "https://detserve.invalid/attestation/run-log/v1"
+#: DSSE's payload type for an in-toto statement.
+PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
+#: The largest envelope, sidecar or key file read; real ones are a few kB.
+MAX_DOCUMENT_BYTES: Final = 4 * 1024 * 1024
+
+Algorithm = Literal["ed25519", "ecdsa-p256"]
+ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ed25519", "ecdsa-p256")
+
+
+class SignatureError(VerificationError):
+    """The envelope carries no signature the given public key verifies."""
+
+    kind = "bad-signature"
+
+
+class ClaimError(VerificationError):
+    """A signed envelope whose statement is not a detserve claim."""
+
+    kind = "not-a-claim"
+
+
+class SubjectMismatch(VerificationError):
+    """The statement's subject is not the run log at hand."""
+
+    kind = "subject-mismatch"
+
+
+class ClaimPinMismatch(PinMismatch):
+    """The predicate says other pins than the run log's header."""
+
+    kind = "claim-pin-mismatch"
+
+
+class AttestationKeyError(InputError):
+    """A key file that cannot be used."""
+
+    kind = "bad-key"
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """Where ``keygen`` wrote a key pair (the private key's bytes are never held here)."""
+
+    private_key: Path
+    public_key: Path
+    algorithm: Algorithm
+    keyid: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "private_key": str(self.private_key),
+            "public_key": str(self.public_key),
+            "algorithm": self.algorithm,
+            "keyid": self.keyid,
+        }
+
+
+def _algorithm_of(key: SSlibKey) -> Algorithm:
+    return "ed25519" if key.keytype == "ed25519" else "ecdsa-p256"
+
+
+def _sslib_key(public: Any, source: str) -> SSlibKey:
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return SSlibKey.from_crypto(public)
+    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
+        return SSlibKey.from_crypto(public)
+    raise AttestationKeyError(
+        f"{source}: a {type(public).__name__.lstrip('_')} key; detserve signs and verifies with "
+        "Ed25519 or ECDSA P-256 only"
+    )
+
+
+def generate_key_pair(
+    output_dir: Path, *, algorithm: Algorithm = "ed25519", name: str = "detserve"
+) -> KeyPair:
+    """Write ``NAME.key`` (private, PKCS#8 PEM, 0600) and ``NAME.pub`` (PEM) in ``output_dir``.
+
+    Refuses when either exists: a signing key is never replaced by accident.
+    """
+    if algorithm not in ALGORITHMS:
+        raise UsageError(f"unknown algorithm {algorithm!r}; choose {', '.join(ALGORITHMS)}")
+    private_path = Path(output_dir) / f"{name}.key"
+    public_path = Path(output_dir) / f"{name}.pub"
+    check_outputs([private_path, public_path], force=False)
+    signer = CryptoSigner.generate_ed25519() if algorithm == "ed25519" else _generate_ecdsa()
+    public_pem = signer.public_key._crypto_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
+    )
+    with atomic_writer(private_path, force=False, mode=0o600) as handle:
+        handle.write(signer.private_bytes)
+    try:
+        with atomic_writer(public_path, force=False, mode=0o644) as handle:
+            handle.write(public_pem)
+    except BaseException:
+        private_path.unlink(missing_ok=True)
+        raise
+    return KeyPair(private_path, public_path, algorithm, signer.public_key.keyid)
+
+
+def _generate_ecdsa() -> CryptoSigner:
+    return CryptoSigner.generate_ecdsa(scheme="ecdsa-sha2-nistp256")
+
+
+def _read_limited(path: Path, what: str) -> bytes:
+    # a regular file under the cap, checked before it is read (fileio)
+    return read_input(Path(path), what=what, cap=MAX_DOCUMENT_BYTES)
+
+
+def load_public_key(path: Path) -> SSlibKey:
+    """The Ed25519 or ECDSA P-256 public key of a PEM file; :class:`InputError` otherwise."""
+    data = _read_limited(path, "public key")
+    try:
+        public = load_pem_public_key(data)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise AttestationKeyError(
+            f"{path}: not a PEM public key",
+            hint="pass the .pub file `detserve keygen` wrote (never the private key)",
+        ) from exc
+    return _sslib_key(public, str(path))
+
+
+def load_signer(path: Path) -> CryptoSigner:
+    """A signer for the unencrypted PKCS#8 PEM private key at ``path``.
+
+    Refused when group or others may read it, as ssh refuses such a key: a signing key others
+    can read signs for them too. The key's bytes never appear in a message.
+    """
+    # A regular file under the cap first (a FIFO or a device is bad input whatever its mode).
+    data = _read_limited(path, "private key")
+    try:
+        mode = Path(path).stat().st_mode
+    except OSError as exc:
+        raise AttestationKeyError(f"cannot read private key {path}: {exc.strerror or exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AttestationKeyError(
+            f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o})",
+            hint=f"chmod 600 {path}",
+        )
+    try:
+        private = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        # The library's message can quote the input; say only what kind of failure it was.
+        raise AttestationKeyError(
+            f"{path}: not an unencrypted PEM private key",
+            hint="pass the .key file `detserve keygen` wrote",
+        ) from exc
+    key = _sslib_key(private.public_key(), str(path))
+    return CryptoSigner(private, key)
+
+
+def public_key_pem(key: SSlibKey) -> str:
+    """The SubjectPublicKeyInfo PEM of ``key``."""
+    pem: bytes = key._crypto_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    return pem.decode("ascii")
+
+
+# --- the statement ------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
+    )
+
+
+class ClaimPredicate(_Model):
+    """What a detserve claim says beyond the run log's hash."""
+
+    pins: RunPins
+    """The run log header's pins."""
+
+    sampling: SamplingParams
+    """The run log header's sampling parameters."""
+
+    n_samples: Annotated[int, Field(ge=1)]
+    """The number of samples in the run log."""
+
+    detserve_version: Annotated[str, Field(min_length=1, max_length=64)]
+    """The detserve that made the attestation."""
+
+    environment: EnvironmentFingerprint
+    """The host and container the run used."""
+
+    environment_sha256: Sha256Hex
+    """sha256 of the fingerprint's canonical bytes."""
+
+    sidecar_sha256: Sha256Hex
+    """sha256 of the sidecar file written beside the run log."""
+
+
+class _Digest(_Model):
+    sha256: Sha256Hex
+
+
+class _Subject(_Model):
+    name: Annotated[str, Field(min_length=1, max_length=4096)]
+    digest: _Digest
+
+
+class ClaimStatement(BaseModel):
+    """An in-toto Statement v1 of detserve's predicate type, as JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+
+    type: Literal["https://in-toto.io/Statement/v1"] = Field(alias="_type")
+    subject: Annotated[tuple[_Subject], Field(min_length=1, max_length=1)]
+    predicateType: Literal["https://detserve.invalid/attestation/run-log/v1"]
+    predicate: ClaimPredicate
+
+
+def build_statement(summary: RunLogSummary, predicate: ClaimPredicate) -> dict[str, Any]:
+    """The in-toto Statement v1 (as JSON) naming the run log and saying ``predicate``."""
+    subject = ResourceDescriptor(name=summary.path.name, digest={"sha256": summary.sha256})
+    statement = Statement(
+        [subject.pb], PREDICATE_TYPE, predicate.model_dump(mode="json", by_alias=True)
+    )
+    try:
+        statement.validate()
+    except ValueError as exc:  # not reachable with a validated predicate
+        raise ClaimError(f"the statement is not valid in-toto: {exc}") from exc
+    document: dict[str, Any] = json_format.MessageToDict(statement.pb)
+    return document
+
+
+def _predicate_from(
+    summary: RunLogSummary, environment: EnvironmentFingerprint, sidecar_sha256: str
+) -> ClaimPredicate:
+    return ClaimPredicate(
+        pins=summary.header.pins,
+        sampling=summary.header.sampling,
+        n_samples=summary.n_samples,
+        detserve_version=__version__,
+        environment=environment,
+        environment_sha256=environment.sha256,
+        sidecar_sha256=sidecar_sha256,
+    )
+
+
+# --- attest -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignedClaim:
+    """What ``attest`` wrote."""
+
+    envelope: Path
+    run_log: Path
+    run_log_sha256: str
+    keyid: str
+    algorithm: Algorithm
+    environment_sha256: str
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "envelope": str(self.envelope),
+            "run_log": str(self.run_log),
+            "run_log_sha256": self.run_log_sha256,
+            "predicate_type": PREDICATE_TYPE,
+            "keyid": self.keyid,
+            "algorithm": self.algorithm,
+            "environment_sha256": self.environment_sha256,
+        }
+
+
+def _json_object(data: bytes, source: str) -> dict[str, Any]:
+    duplicates = duplicate_keys(data)
+    if duplicates:
+        raise InputError(f"{source}: duplicate keys {', '.join(sorted(set(duplicates)))}")
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{source}: not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InputError(f"{source}: not a JSON object")
+    return document
+
+
+def _sidecar_environment(
+    sidecar: Path, summary: RunLogSummary, environment: Path | None
+) -> tuple[str, EnvironmentFingerprint]:
+    data = _read_limited(sidecar, "sidecar")
+    document = _json_object(data, str(sidecar))
+    named = document.get("run_log_sha256")
+    if named != summary.sha256:
+        raise VerificationError(
+            f"sidecar {sidecar} is not the run log's: it names another run",
+            details=[f"sidecar run_log_sha256: {named!r}", f"run log sha256: {summary.sha256}"],
+        )
+    if "environment" in document and environment is not None:
+        raise UsageError(
+            f"sidecar {sidecar} holds an environment fingerprint; --environment would be a second"
+        )
+    if "environment" in document:
+        fingerprint = parse_fingerprint(document["environment"], source=f"{sidecar}: environment")
+    elif environment is not None:
+        fingerprint = read_fingerprint(environment)
+    else:
+        raise UsageError(
+            f"sidecar {sidecar} holds no environment fingerprint",
+            hint="take one with `detserve env --config P --fingerprint-output env.json` while the "
+            "server "
+            "runs, and pass --environment env.json",
+        )
+    if fingerprint.container.image != summary.header.pins.image:
+        raise PinMismatch(
+            "the environment fingerprint is of another image than the run log's",
+            details=[
+                f"fingerprint: {fingerprint.container.image}",
+                f"run log:     {summary.header.pins.image}",
+            ],
+        )
+    return hashlib.sha256(data).hexdigest(), fingerprint
+
+
+def attest(
+    run_log: Path,
+    sidecar: Path,
+    private_key: Path,
+    output: Path,
+    *,
+    environment: Path | None = None,
+    force: bool = False,
+) -> SignedClaim:
+    """Sign a claim about ``run_log`` and write its DSSE envelope to ``output`` atomically.
+
+    The run log is validated completely; the sidecar must name its sha256; the environment
+    fingerprint comes from the sidecar or, for sidecars without one, from ``environment`` (a
+    file ``detserve env --fingerprint-output`` wrote), and must be of the run log's image.
+    """
+    inputs = [Path(p) for p in (run_log, sidecar, private_key, environment) if p is not None]
+    check_outputs([Path(output)], force=force, inputs=inputs)
+    signer = load_signer(private_key)
+    summary = validate_run_log(run_log)
+    sidecar_sha256, fingerprint = _sidecar_environment(sidecar, summary, environment)
+    predicate = _predicate_from(summary, fingerprint, sidecar_sha256)
+    payload = canonical_bytes(build_statement(summary, predicate)).rstrip(b"\n")
+    envelope = Envelope(payload, PAYLOAD_TYPE, {})
+    try:
+        envelope.sign(signer)
+    except securesystemslib.exceptions.Error as exc:
+        raise AttestationKeyError(f"cannot sign with {private_key}: {type(exc).__name__}") from exc
+    document = envelope.to_dict()
+    # What was just signed must verify before it is published.
+    _verify_signature(
+        _parse_envelope(canonical_bytes(document), "the new envelope"), signer.public_key
+    )
+    with atomic_writer(output, force=force) as handle:
+        handle.write(canonical_bytes(document))
+    return SignedClaim(
+        envelope=output,
+        run_log=run_log,
+        run_log_sha256=summary.sha256,
+        keyid=signer.public_key.keyid,
+        algorithm=_algorithm_of(signer.public_key),
+        environment_sha256=fingerprint.sha256,
+    )
+
+
+# --- verify -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttestedClaim:
+    """A claim whose signature, subject and pins verified."""
+
+    envelope: Path
+    run_log: Path
+    run_log_sha256: str
+    subject_name: str
+    keyid: str
+    algorithm: Algorithm
+    predicate: ClaimPredicate
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "verified": ["signature", "statement", "subject", "pins"],
+            "envelope": str(self.envelope),
+            "run_log": str(self.run_log),
+            "run_log_sha256": self.run_log_sha256,
+            "subject_name": self.subject_name,
+            "keyid": self.keyid,
+            "algorithm": self.algorithm,
+            "predicate_type": PREDICATE_TYPE,
+            "detserve_version": self.predicate.detserve_version,
+            "n_samples": self.predicate.n_samples,
+            "environment_sha256": self.predicate.environment_sha256,
+            "pins": self.predicate.pins.model_dump(mode="json"),
+        }
+
+
+def _b64(value: object, what: str, source: str) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(f"{source}: {what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError(f"{source}: {what} is not base64") from exc
+
+
+def _parse_envelope(data: bytes, source: str) -> Envelope:
+    """A DSSE envelope of strictly the DSSE shape; nothing in it is trusted yet."""
+    document = _json_object(data, source)
+    expected = {"payload", "payloadType", "signatures"}
+    if set(document) != expected:
+        raise InputError(
+            f"{source}: not a DSSE envelope",
+            details=[
+                *(f"missing: {name}" for name in sorted(expected - set(document))),
+                *(f"extra: {name}" for name in sorted(set(document) - expected)),
+            ],
+        )
+    payload = _b64(document["payload"], "payload", source)
+    payload_type = document["payloadType"]
+    if not isinstance(payload_type, str):
+        raise InputError(f"{source}: payloadType is not a string")
+    entries = document["signatures"]
+    if not isinstance(entries, list):
+        raise InputError(f"{source}: signatures is not a list")
+    signatures: dict[str, Signature] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"keyid", "sig"}:
+            raise InputError(f"{source}: signature {index} is not {{keyid, sig}}")
+        keyid = entry["keyid"]
+        if not isinstance(keyid, str):
+            raise InputError(f"{source}: signature {index}: keyid is not a string")
+        if keyid in signatures:
+            raise InputError(f"{source}: two signatures with key id {keyid!r}")
+        signatures[keyid] = Signature(keyid, _b64(entry["sig"], f"signature {index}", source).hex())
+    return Envelope(payload, payload_type, signatures)
+
+
+def _verify_signature(envelope: Envelope, key: SSlibKey) -> str:
+    """The key id of a signature ``key`` verifies over the envelope's PAE; raise otherwise."""
+    if not envelope.signatures:
+        raise SignatureError("the envelope carries no signature")
+    # The key id is a hint: try the given key on every signature (cosign writes an empty id).
+    candidates: list[Key] = [
+        SSlibKey(keyid, key.keytype, key.scheme, dict(key.keyval)) for keyid in envelope.signatures
+    ]
+    try:
+        accepted = envelope.verify(candidates, 1)
+    except (securesystemslib.exceptions.Error, ValueError) as exc:
+        raise SignatureError(
+            "the envelope's signature does not verify with the given public key",
+            details=[
+                f"public key: {_algorithm_of(key)}, key id {key.keyid}",
+                f"signatures: {len(envelope.signatures)}, key ids "
+                + ", ".join(repr(k) for k in sorted(envelope.signatures)),
+            ],
+            hint="the envelope was changed after signing, or another key signed it; "
+            "trust nothing in it",
+        ) from exc
+    return next(iter(accepted))
+
+
+def _statement(envelope: Envelope) -> ClaimStatement:
+    if envelope.payload_type != PAYLOAD_TYPE:
+        raise ClaimError(
+            f"the signed payload is {envelope.payload_type!r}, not an in-toto statement "
+            f"({PAYLOAD_TYPE})"
+        )
+    try:
+        document = _json_object(envelope.payload, "the signed statement")
+        # The in-toto library's own checks first: the statement type, subjects with digests.
+        Statement.copy_from_pb(
+            json_format.ParseDict(document, statement_pb2.Statement())
+        ).validate()
+        return ClaimStatement.model_validate_json(envelope.payload)
+    except (InputError, json_format.ParseError, ValueError) as exc:
+        details = []
+        if isinstance(exc, ValidationError):
+            details = [
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False)[:10]
+            ]
+        raise ClaimError(
+            "the signed statement is not a detserve claim (in-toto Statement v1, predicate "
+            f"{PREDICATE_TYPE})",
+            details=details or [str(exc)[:300]],
+        ) from exc
+
+
+def _differences(claimed: Mapping[str, Any], actual: Mapping[str, Any], prefix: str) -> list[str]:
+    lines = []
+    for name in sorted(set(claimed) | set(actual)):
+        if claimed.get(name) != actual.get(name):
+            lines.append(
+                f"{prefix}{name}: claim {claimed.get(name)!r}, run log {actual.get(name)!r}"
+            )
+    return lines
+
+
+def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedClaim:
+    """Verify a signed claim against a run log: signature, statement, subject, pins.
+
+    Raises a :class:`~detserve.errors.VerificationError` subclass (exit 1) at the first check
+    that fails, and :class:`~detserve.errors.InputError` (exit 2) for a file that is not a key,
+    an envelope or a run log. Never returns a failed verdict.
+    """
+    key = load_public_key(public_key)
+    parsed = _parse_envelope(_read_limited(envelope, "envelope"), str(envelope))
+    keyid = _verify_signature(parsed, key)
+    statement = _statement(parsed)
+    subject = statement.subject[0]
+    actual_sha256 = run_log_sha256(run_log)
+    if subject.digest.sha256 != actual_sha256:
+        raise SubjectMismatch(
+            f"the claim is about another run log than {run_log}",
+            details=[
+                f"claim subject: {subject.name} sha256 {subject.digest.sha256}",
+                f"run log:       {run_log} sha256 {actual_sha256}",
+            ],
+            hint="the run log was changed after it was attested, or this is not its envelope",
+        )
+    summary = validate_run_log(run_log)
+    predicate = statement.predicate
+    differences = _differences(
+        predicate.pins.model_dump(mode="json"), summary.header.pins.model_dump(mode="json"), "pins."
+    )
+    differences += _differences(
+        predicate.sampling.model_dump(mode="json"),
+        summary.header.sampling.model_dump(mode="json"),
+        "sampling.",
+    )
+    if predicate.n_samples != summary.n_samples:
+        differences.append(f"n_samples: claim {predicate.n_samples}, run log {summary.n_samples}")
+    if predicate.environment.sha256 != predicate.environment_sha256:
+        differences.append(
+            f"environment_sha256: claim {predicate.environment_sha256}, fingerprint "
+            f"{predicate.environment.sha256}"
+        )
+    if differences:
+        raise ClaimPinMismatch(
+            "the signed predicate does not match the run log's header", details=differences
+        )
+    return AttestedClaim(
+        envelope=envelope,
+        run_log=run_log,
+        run_log_sha256=actual_sha256,
+        subject_name=subject.name,
+        keyid=keyid,
+        algorithm=_algorithm_of(key),
+        predicate=predicate,
+    )
