@@ -482,7 +482,7 @@ def profile_sampler(argv: list[str], out: Path, n_samples: int) -> dict[str, Any
         "waiting on sockets (server, docker)": sum(own(f) for f in SOCKET_WAITS),
         "VllmServer.complete (request, parse)": cumulative("server.py", "complete"),
         "response validation (pydantic)": cumulative("server.py", "_parse"),
-        "RunLogWriter.write (validate, hash)": cumulative("runlog.py", "write"),
+        "RunLogWriter.write (validate, hash)": cumulative("runlog/writer.py", "write"),
         "identity check (docker inspect)": cumulative("sampling.py", "check"),
         "progress bar update": cumulative("output.py", "sampled"),
     }

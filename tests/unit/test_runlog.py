@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from detserve import runlog
 from detserve.canonical import canonical_bytes, canonical_json
 from detserve.errors import EXIT_INPUT, CanonicalJSONError, OutputExistsError, RunLogError
 from detserve.runlog import (
@@ -26,6 +25,7 @@ from detserve.runlog import (
     validate_run_log,
     write_run_log,
 )
+from detserve.runlog import lines as runlog_lines
 
 from .committed import REPO_ROOT, sha256_hex
 from .runlog_builders import lines_of, make_header, make_sample, sha, with_footer, write_log
@@ -303,7 +303,7 @@ def test_a_record_jcs_cannot_write_is_a_run_log_error(
     def unwritable(record: object) -> bytes:
         raise CanonicalJSONError("not representable as canonical JSON (RFC 8785): 2**53")
 
-    monkeypatch.setattr(runlog, "record_line", unwritable)
+    monkeypatch.setattr(runlog_lines, "record_line", unwritable)
     path = _write_lines(tmp_path / "x.jsonl", log_lines)
     with pytest.raises(RunLogError, match=r"line 1: not representable as canonical JSON"):
         validate_run_log(path)

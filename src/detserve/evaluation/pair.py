@@ -1,0 +1,291 @@
+"""Is run B a faithful replay of run A? Two logs read once, in lock-step, in bounded memory.
+
+Identical bytes are identical; otherwise the headers are compared (different pins or sampling:
+"not a replay", each differing field listed with both values), then the samples: for each
+divergent sample the first divergent output token, ±8 tokens of both sides, the text around the
+first differing character, both finish reasons and the logprob differences.
+
+Invariants: both logs are validated completely before a verdict is given (an invalid log is a
+:class:`~detserve.errors.RunLogError`, never a verdict); a log is never compared with itself;
+every divergent sample is counted, the first ``max_reported`` described.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from itertools import zip_longest
+from pathlib import Path
+from typing import Final
+
+from detserve.errors import Divergence, PinMismatch, UsageError, VerificationError
+from detserve.evaluation.compare import (
+    FieldDifference,
+    PromptMismatch,
+    SampleDivergence,
+    Thresholds,
+    compare_samples,
+    header_differences,
+)
+from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
+from detserve.runlog import LineParser, RunLogReader
+
+#: divergent samples described in full by default; all are counted
+DEFAULT_MAX_REPORTED: Final = 20
+#: samples between two progress calls
+PROGRESS_EVERY: Final = 4096
+
+#: called with (samples compared so far, samples announced by run A's header)
+EvalProgress = Callable[[int, int], None]
+
+
+class Verdict(StrEnum):
+    IDENTICAL = "identical"
+    WITHIN_THRESHOLD = "within-threshold"
+    DIVERGENT = "divergent"
+    NOT_A_REPLAY = "not-a-replay"
+
+
+@dataclass(frozen=True)
+class DeterminismReport:
+    """The comparison of run B with run A."""
+
+    run_a: LogRef
+    run_b: LogRef
+    thresholds: Thresholds
+    verdict: Verdict
+    header_differences: tuple[FieldDifference, ...]
+    prompt_mismatches: tuple[PromptMismatch, ...]
+    """The first ``max_reported`` of them."""
+    prompt_mismatch_count: int
+    samples_compared: int
+    """Indices both logs have."""
+    unpaired_samples: int
+    """Samples only the longer log has."""
+    identical_samples: int
+    tolerated_samples: int
+    divergent_samples: int
+    divergences: tuple[SampleDivergence, ...]
+    """The first ``max_reported`` divergent (not tolerated) samples."""
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict in (Verdict.IDENTICAL, Verdict.WITHIN_THRESHOLD)
+
+    @property
+    def exact_match_ratio(self) -> float:
+        total = self.samples_compared + self.unpaired_samples
+        return (self.identical_samples + self.tolerated_samples) / total if total else 0.0
+
+    @property
+    def first_divergence(self) -> SampleDivergence | None:
+        return self.divergences[0] if self.divergences else None
+
+    def summary_lines(self) -> list[str]:
+        """A human text, one finding a line, most important first."""
+        lines = [
+            f"run A: {self.run_a}",
+            f"run B: {self.run_b}",
+        ]
+        if self.verdict is Verdict.IDENTICAL:
+            lines.append(
+                f"IDENTICAL: the two run logs are byte-identical ({self.run_a.n_samples} samples)"
+            )
+            return lines
+        total = self.samples_compared + self.unpaired_samples
+        counts = (
+            f"{self.identical_samples} identical, {self.tolerated_samples} within tolerance, "
+            f"{self.divergent_samples} divergent of {total} samples "
+            f"(match ratio {self.exact_match_ratio:.6g}; required "
+            f"{self.thresholds.min_exact_match_ratio:g})"
+        )
+        headline = {
+            Verdict.WITHIN_THRESHOLD: "WITHIN THRESHOLD",
+            Verdict.DIVERGENT: "DIVERGENT",
+            Verdict.NOT_A_REPLAY: "NOT A REPLAY",
+        }[self.verdict]
+        lines.append(f"{headline}: {counts}")
+        if self.header_differences:
+            lines.append("header fields that differ:")
+            lines.extend(f"  {difference}" for difference in self.header_differences)
+        if self.unpaired_samples:
+            lines.append(f"{self.unpaired_samples} samples are in one log only")
+        if self.prompt_mismatch_count:
+            lines.append(f"{self.prompt_mismatch_count} samples are for different prompts:")
+            lines.extend(f"  {mismatch}" for mismatch in self.prompt_mismatches)
+            if self.prompt_mismatch_count > len(self.prompt_mismatches):
+                lines.append(
+                    f"  ... {self.prompt_mismatch_count - len(self.prompt_mismatches)} more"
+                )
+        if self.divergences:
+            lines.append("divergent samples:")
+            lines.extend(f"  {divergence}" for divergence in self.divergences)
+            if self.divergent_samples > len(self.divergences):
+                lines.append(f"  ... {self.divergent_samples - len(self.divergences)} more")
+        return lines
+
+    def error(self) -> VerificationError | None:
+        """The error to raise when the verdict is not ok."""
+        if self.ok:
+            return None
+        if self.verdict is Verdict.NOT_A_REPLAY:
+            details = [str(d) for d in self.header_differences[:5]]
+            details += [str(m) for m in self.prompt_mismatches[:3]]
+            if self.unpaired_samples and not self.header_differences:
+                details.append(f"{self.unpaired_samples} samples are in one log only")
+            return PinMismatch(
+                f"{self.run_b.path} is not a replay of {self.run_a.path}",
+                details=details,
+                hint="a replay needs the same pins, sampling parameters and prompts",
+            )
+        first = self.first_divergence
+        return Divergence(
+            f"{self.run_b.path} diverges from {self.run_a.path}: {self.divergent_samples} of "
+            f"{self.samples_compared} samples differ",
+            details=[str(first)] if first else [],
+            hint=None
+            if not self.thresholds.strict
+            else "see the report for every divergent sample (--output REPORT)",
+        )
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "report": REPORT_FORMAT,
+            "report_version": REPORT_VERSION,
+            "mode": "pair",
+            "ok": self.ok,
+            "verdict": str(self.verdict),
+            "run_a": self.run_a.as_json(),
+            "run_b": self.run_b.as_json(),
+            "thresholds": self.thresholds.as_json(),
+            "header_differences": [d.as_json() for d in self.header_differences],
+            "counts": {
+                "samples_compared": self.samples_compared,
+                "unpaired": self.unpaired_samples,
+                "identical": self.identical_samples,
+                "tolerated": self.tolerated_samples,
+                "divergent": self.divergent_samples,
+                "prompt_mismatches": self.prompt_mismatch_count,
+            },
+            "exact_match_ratio": self.exact_match_ratio,
+            "prompt_mismatches": [m.as_json() for m in self.prompt_mismatches],
+            "divergences": [d.as_json() for d in self.divergences],
+            "divergences_reported": len(self.divergences),
+        }
+
+
+def refuse_same_file(paths: Sequence[Path]) -> None:
+    seen: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # the reader reports it, as a bad log
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen:
+            raise UsageError(
+                f"{path} and {seen[key]} are the same file: comparing a log with itself "
+                "proves nothing",
+                hint="compare logs sampled by separate runs",
+            )
+        seen[key] = path
+
+
+def evaluate(
+    run_a: Path,
+    run_b: Path,
+    *,
+    min_exact_match_ratio: float | None = None,
+    logprob_tolerance: float | None = None,
+    max_reported: int = DEFAULT_MAX_REPORTED,
+    progress: EvalProgress | None = None,
+) -> DeterminismReport:
+    """Compare run B with run A, one line of each at a time, validating both completely.
+
+    Raises :class:`RunLogError` when either log is invalid and :class:`UsageError` for bad
+    thresholds; otherwise returns the report, whatever its verdict.
+    """
+    thresholds = Thresholds(
+        1.0 if min_exact_match_ratio is None else min_exact_match_ratio, logprob_tolerance
+    )
+    if max_reported < 0:
+        raise UsageError(f"max_reported must be >= 0, found {max_reported}")
+    run_a, run_b = Path(run_a), Path(run_b)
+    refuse_same_file([run_a, run_b])
+    # One parser for both: a line the two logs share is validated once.
+    parser = LineParser()
+    identical = tolerated = divergent = compared = unpaired = mismatch_count = 0
+    divergences: list[SampleDivergence] = []
+    mismatches: list[PromptMismatch] = []
+    with (
+        RunLogReader(run_a, parser=parser) as log_a,
+        RunLogReader(run_b, parser=parser) as log_b,
+    ):
+        headers = tuple(header_differences(log_a.header, log_b.header))
+        announced = log_a.header.n_samples
+        for entry_a, entry_b in zip_longest(log_a.lines(), log_b.lines()):
+            if entry_a is None or entry_b is None:
+                unpaired += 1
+                continue
+            compared += 1
+            if progress is not None and compared % PROGRESS_EVERY == 0:
+                progress(compared, announced)
+            line_a, sample_a = entry_a
+            line_b, sample_b = entry_b
+            if line_a == line_b:
+                identical += 1
+                continue
+            if (
+                sample_a.prompt_id != sample_b.prompt_id
+                or sample_a.prompt_sha256 != sample_b.prompt_sha256
+            ):
+                mismatch_count += 1
+                if len(mismatches) < max_reported:
+                    mismatches.append(
+                        PromptMismatch(
+                            sample_a.index,
+                            sample_a.prompt_id,
+                            sample_b.prompt_id,
+                            sample_a.prompt_sha256,
+                            sample_b.prompt_sha256,
+                        )
+                    )
+                continue
+            comparison = compare_samples(sample_a, sample_b, thresholds)
+            if comparison.tolerated:
+                tolerated += 1
+                continue
+            divergent += 1
+            if len(divergences) < max_reported:
+                divergences.append(comparison)
+        if progress is not None:
+            progress(compared, announced)
+        summary_a, summary_b = log_a.summary(), log_b.summary()
+
+    if summary_a.sha256 == summary_b.sha256:
+        verdict = Verdict.IDENTICAL
+    elif headers or mismatch_count or unpaired:
+        verdict = Verdict.NOT_A_REPLAY
+    else:
+        ratio = (identical + tolerated) / compared
+        verdict = (
+            Verdict.WITHIN_THRESHOLD
+            if ratio >= thresholds.min_exact_match_ratio
+            else Verdict.DIVERGENT
+        )
+    return DeterminismReport(
+        run_a=LogRef.of(summary_a),
+        run_b=LogRef.of(summary_b),
+        thresholds=thresholds,
+        verdict=verdict,
+        header_differences=headers,
+        prompt_mismatches=tuple(mismatches),
+        prompt_mismatch_count=mismatch_count,
+        samples_compared=compared,
+        unpaired_samples=unpaired,
+        identical_samples=identical,
+        tolerated_samples=tolerated,
+        divergent_samples=divergent,
+        divergences=tuple(divergences),
+    )

@@ -1,0 +1,180 @@
+"""One run-log line: its canonical bytes, and the check that a line is exactly that.
+
+A line is RFC 8785 (JCS, :func:`~detserve.canonical.canonical_json`) of one record plus
+``"\\n"``. :class:`LineParser` checks, in order: strict UTF-8, JSON, the schema (the records of
+:mod:`detserve.runlog.models`), then canonical form (re-serialising the record as JCS gives the
+same bytes). Every failure is a :class:`~detserve.errors.RunLogError` naming where.
+
+Invariant of the fast path: a sample line is first compared with pydantic's own serialisation of
+its record, respelled into ECMAScript's number format (:func:`_fast_sample_line`); wherever the
+two differ, ``rfc8785`` itself decides, so the fast path can only accept a line ``rfc8785``
+writes. ``tests/unit/test_runlog_fuzz.py`` checks the respelled line is ``rfc8785``'s. Why there
+is a fast path at all, and what it costs: docs/performance.md, "Reading run logs".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from pydantic import BaseModel, ValidationError
+
+from detserve.canonical import canonical_bytes
+from detserve.errors import CanonicalJSONError, RunLogError
+from detserve.runlog.models import (
+    FORMAT_VERSION,
+    RECORD_ADAPTER,
+    RunLogFooter,
+    RunLogHeader,
+    RunLogSample,
+)
+
+
+def record_line(record: BaseModel) -> bytes:
+    """The canonical (JCS) line of ``record``: what a writer writes and a reader requires.
+
+    Raises :class:`~detserve.errors.CanonicalJSONError` for a value JCS cannot write, which a
+    validated record never holds.
+    """
+    # A sample's fields are all plain values, so its __dict__ is its model_dump() without the
+    # copy; the header nests models and needs the dump.
+    data = record.__dict__ if type(record) is RunLogSample else record.model_dump()
+    return canonical_bytes(data)
+
+
+def _brief(value: object) -> str:
+    if isinstance(value, str):
+        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:60]
+    return type(value).__name__
+
+
+_RECORD_TYPES: Final = ("header", "sample", "footer")
+
+
+def schema_error(where: str, exc: ValidationError) -> RunLogError:
+    errors = exc.errors(include_url=False)
+    if errors and errors[0]["type"] == "json_invalid":
+        return RunLogError(f"{where}: not valid JSON: {errors[0]['ctx']['error']}")
+    for error in errors:
+        if error["loc"] == ("header", "format_version") and error["type"] == "literal_error":
+            # Said first and alone: the rest of another version's header is another schema.
+            return RunLogError(
+                f"{where}: run-log format version {_brief(error['input'])}; this detserve reads "
+                f"version {FORMAT_VERSION} only",
+                hint=(
+                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS); re-sample with this "
+                    "detserve, or read the log with the detserve that wrote it"
+                ),
+            )
+    details = []
+    for error in errors[:10]:
+        loc = error["loc"]
+        if loc and loc[0] in _RECORD_TYPES:  # the record type, when the union found it
+            loc = loc[1:]
+        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        found = _brief(error["input"])
+        details.append(f"{field.lstrip('.') or '(record)'}: {error['msg']} (found {found})")
+    if len(errors) > 10:
+        details.append(f"... and {len(errors) - 10} more")
+    return RunLogError(f"{where}: does not match the run-log schema", details=details)
+
+
+# rfc8785 is pure Python, and slow (docs/performance.md). pydantic serialises the same record in
+# Rust; the two agree on everything but how some floats are spelt. Over the whole double range
+# (tests/unit/test_runlog_fuzz.py keeps checking it), pydantic-core writes the same shortest
+# digits as ECMAScript and differs only in:
+#   whole numbers below 1e16    -3.0, 0.0, -0.0      JCS: -3, 0, 0
+#   [1e-6, 1e-5)                1.234e-6, 1e-6       JCS: 0.000001234, 0.000001
+#   [1e16, 1e21)                1.5e+16              JCS: 15000000000000000
+# Below 1e-6 and from 1e21 both write an exponent (1e-7, 1e+21), the same way. Respelling those
+# three turns pydantic's line into rfc8785's; wherever the two lines differ, rfc8785 decides.
+_SAMPLE_SERIALIZER: Final = RunLogSample.__pydantic_serializer__
+_LOGPROBS_KEY: Final = b'"logprobs":['
+_WHOLE: Final = re.compile(rb"([\[,])(-?)([0-9]+)\.0(?=[,\]])")
+_SIXTH_DECADE: Final = re.compile(rb"([\[,]-?)([1-9])(?:\.([0-9]+))?e-6(?=[,\]])")
+_POSITIONAL_EXPONENT: Final = re.compile(rb"([\[,]-?)([1-9])(?:\.([0-9]+))?e\+(1[6-9]|20)(?=[,\]])")
+
+
+def _whole(match: re.Match[bytes]) -> bytes:
+    digits = match[3]
+    return match[1] + (digits if digits == b"0" else match[2] + digits)  # -0.0 is 0
+
+
+def _sixth_decade(match: re.Match[bytes]) -> bytes:
+    return match[1] + b"0.00000" + match[2] + (match[3] or b"")
+
+
+def _positional(match: re.Match[bytes]) -> bytes:
+    # ECMAScript: the digits, then zeros up to the exponent (17 digits at most, so never a point)
+    digits = match[2] + (match[3] or b"")
+    width = int(match[4]) + 1
+    if len(digits) > width:
+        return match[1] + digits[:width] + b"." + digits[width:]
+    return match[1] + digits + b"0" * (width - len(digits))
+
+
+def _fast_sample_line(sample: RunLogSample) -> bytes:
+    """rfc8785's line for ``sample``, computed by pydantic (the fuzz tests check it is)."""
+    line: bytes = _SAMPLE_SERIALIZER.to_json(sample)
+    if sample.logprobs:
+        start = line.index(_LOGPROBS_KEY) + len(_LOGPROBS_KEY) - 1
+        end = line.index(b"]", start) + 1
+        floats = line[start:end]
+        if b".0," in floats or b".0]" in floats:
+            floats = _WHOLE.sub(_whole, floats)
+        if b"e-6" in floats:
+            floats = _SIXTH_DECADE.sub(_sixth_decade, floats)
+        if b"e+" in floats:
+            floats = _POSITIONAL_EXPONENT.sub(_positional, floats)
+        line = line[:start] + floats + line[end:]
+    return line + b"\n"
+
+
+class LineParser:
+    """Checks one line: UTF-8, JSON, schema, canonical form.
+
+    It remembers the last line it accepted, so that two logs read in lock-step with one parser
+    validate each line they share once (records are immutable, so sharing them is safe).
+    """
+
+    def __init__(self) -> None:
+        self._last_line = b""
+        self._last_record: RunLogHeader | RunLogSample | RunLogFooter | None = None
+
+    def parse(self, line: bytes, where: str) -> RunLogHeader | RunLogSample | RunLogFooter:
+        if self._last_record is not None and line == self._last_line:
+            return self._last_record
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RunLogError(
+                f"{where}: invalid UTF-8 at byte {exc.start} of the line ({exc.reason})"
+            ) from exc
+        try:
+            record = RECORD_ADAPTER.validate_json(text)
+        except ValidationError as exc:
+            raise schema_error(where, exc) from exc
+        canonical = _fast_sample_line(record) if type(record) is RunLogSample else None
+        if canonical != line:
+            try:
+                canonical = record_line(record)  # exact: rfc8785 decides
+            except CanonicalJSONError as exc:  # the bounds make it unreachable; fail closed
+                raise RunLogError(f"{where}: {exc.message}") from exc
+        if canonical != line:
+            offset = next(
+                (i for i, (a, b) in enumerate(zip(canonical, line, strict=False)) if a != b),
+                min(len(canonical), len(line)),
+            )
+            raise RunLogError(
+                f"{where}: not canonical JSON (first difference at byte {offset})",
+                hint=(
+                    "run-log lines are RFC 8785 (JCS): keys sorted by UTF-16 code units, no "
+                    "spaces, UTF-8 (no \\u escapes but for control characters), numbers as "
+                    "ECMAScript writes them, one record per line; a line that is not was not "
+                    "written by detserve"
+                ),
+            )
+        self._last_line, self._last_record = line, record
+        return record

@@ -1,0 +1,243 @@
+"""The run-log records: what each line may hold, within which bounds, and their JSON Schema.
+
+Invariants:
+
+* every record is frozen, forbids unknown fields and validates strictly; every field has a
+  docstring, which becomes its description in the schema;
+* every integer field is bounded within ±(2**53 - 1), what JCS writes exactly
+  (:data:`~detserve.canonical.MAX_EXACT_INTEGER`), and every array and string has a maximum
+  length, so validation also bounds memory;
+* :class:`RunLogSample` declares its fields in sorted order, the order canonical JSON writes
+  them in (:mod:`detserve.runlog.lines` relies on it);
+* the JSON Schema committed at ``src/detserve/schemas/run-log.schema.json`` is
+  :func:`run_log_json_schema`, printed by ``python -m detserve.runlog``;
+  ``tests/unit/test_runlog.py`` checks that the committed file is the generated one.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from detserve.canonical import MAX_EXACT_INTEGER
+from detserve.imageref import DIGEST_REF_PATTERN
+
+FORMAT: Final = "detserve-run-log"
+#: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
+FORMAT_VERSION: Final = 2
+
+#: The longest line read, newline included; a longer one is refused before it is parsed. Parsing
+#: takes a multiple of a line's size in memory (docs/performance.md), so this is what bounds the
+#: reader's memory. A sample of 1M prompt and 1M output tokens with logprobs fits.
+MAX_LINE_BYTES: Final = 8 * 1024 * 1024
+#: The most token ids (or logprobs) in one field of a sample.
+MAX_TOKENS: Final = 1 << 20
+#: The longest ``text`` of a sample, in characters.
+MAX_TEXT_CHARS: Final = 1 << 22
+#: The most samples in one log.
+MAX_SAMPLES: Final = 10**9
+
+SCHEMA_ID: Final = "https://detserve.invalid/schemas/run-log.schema.json"
+
+# Patterns are ECMA-262 and Python compatible; each fixed-length one is paired with its length.
+_SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+_COMMIT_PATTERN: Final = r"^[0-9a-f]{40}$"
+_MODEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+_FINISH_REASON_PATTERN: Final = r"^[a-z_]+$"
+
+Sha256Hex = Annotated[str, Field(min_length=64, max_length=64, pattern=_SHA256_PATTERN)]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[tuple[TokenId, ...], Field(max_length=MAX_TOKENS)]
+Logprob = Annotated[float, Field(allow_inf_nan=False)]
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        use_attribute_docstrings=True,
+        # The schema describes lines as written, where `record` and `format` are always present.
+        json_schema_serialization_defaults_required=True,
+    )
+
+
+_ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
+EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=_ENV_NAME_PATTERN)]
+
+
+class DevicePins(_Record):
+    """What the server ran on, as far as it is the same on every host that replays it."""
+
+    gpus: Annotated[int, Field(ge=0, le=1024)]
+    """The number of GPUs requested (0 on a CPU). Which GPUs, by id, is the host's business."""
+
+    kind: Literal["cpu", "nvidia"]
+    """The device the engine ran on."""
+
+
+class RunPins(_Record):
+    """Everything a replay must hold fixed to be a replay, and nothing else.
+
+    Only what decides the tokens: a profile's file name or directory, the host and the container's
+    id are not pins (they go to the sidecar), so a verifier who names things differently still
+    replays the claim.
+    """
+
+    device: DevicePins
+    """The device request: CPU, or how many GPUs."""
+
+    engine_args: Annotated[
+        tuple[Annotated[str, Field(max_length=4096)], ...], Field(max_length=1024)
+    ]
+    """The engine arguments the container runs, in order."""
+
+    entrypoint: (
+        Annotated[tuple[Annotated[str, Field(max_length=4096)], ...], Field(max_length=16)] | None
+    )
+    """The container's entrypoint when the profile sets one; null for the image's own."""
+
+    environment: Annotated[
+        dict[EnvName, Annotated[str, Field(max_length=4096)]],
+        Field(max_length=256, json_schema_extra={"additionalProperties": False}),
+    ]
+    """The container's environment as detserve sets it (secrets excluded), by name."""
+
+    image: Annotated[str, Field(max_length=512, pattern=DIGEST_REF_PATTERN)]
+    """The runtime image, ``REPO@sha256:<64 hex>``."""
+
+    manifest_sha256: Sha256Hex
+    """sha256 of the snapshot manifest the snapshot verified against, before and after sampling."""
+
+    model_id: Annotated[str, Field(min_length=3, max_length=256, pattern=_MODEL_ID_PATTERN)]
+    """Hugging Face model id, ``ORG/NAME``."""
+
+    model_revision: Annotated[str, Field(min_length=40, max_length=40, pattern=_COMMIT_PATTERN)]
+    """The model repository commit, 40 hex digits."""
+
+    prompt_bundle_sha256: Sha256Hex
+    """sha256 of the prompt bundle."""
+
+    served_model_name: Name
+    """The model name the server serves and requests name."""
+
+    vllm_version: Annotated[str, Field(min_length=1, max_length=128)]
+    """The version the server reported."""
+
+
+class SamplingParams(_Record):
+    """How every prompt was sampled."""
+
+    temperature: Annotated[float, Field(ge=0, le=0)]
+    """Always 0: greedy decoding."""
+
+    seed: Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
+    """The seed of the engine and of every request; at most 2**53 - 1, what JCS writes exactly."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+    """Maximum output tokens per prompt."""
+
+    concurrency: Literal[1]
+    """Always 1: one request in flight."""
+
+    logprobs: Annotated[int, Field(ge=0, le=1024)] | None
+    """The ``logprobs`` request parameter, or null when logprobs were not requested."""
+
+
+class RunLogHeader(_Record):
+    """Line 1 of a run log."""
+
+    record: Literal["header"] = "header"
+    """Record type."""
+
+    format: Literal["detserve-run-log"] = FORMAT
+    """File format name."""
+
+    format_version: Literal[2] = FORMAT_VERSION
+    """File format version."""
+
+    pins: RunPins
+    """The pinned inputs."""
+
+    sampling: SamplingParams
+    """The sampling parameters."""
+
+    n_samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+    """The number of sample lines that follow."""
+
+
+class RunLogSample(_Record):
+    """One prompt and what the server generated for it.
+
+    The fields are declared in sorted order, the order canonical JSON writes them in, so that
+    pydantic's own serialiser can stand in for it (see :func:`_fast_sample_line`).
+    """
+
+    finish_reason: Annotated[
+        str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)
+    ]
+    """Why generation stopped: ``length``, ``stop``, ..."""
+
+    index: Annotated[int, Field(ge=0, lt=MAX_SAMPLES)]
+    """Position in the log, from 0."""
+
+    logprobs: Annotated[tuple[Logprob, ...], Field(max_length=MAX_TOKENS)] | None
+    """The logprob of each generated token, or null when the header's ``logprobs`` is null."""
+
+    output_token_ids: TokenIds
+    """The generated tokens."""
+
+    prompt_id: Name
+    """The prompt's id in the prompt bundle."""
+
+    prompt_sha256: Sha256Hex
+    """sha256 of the prompt, as in the prompt bundle."""
+
+    prompt_token_ids: Annotated[tuple[TokenId, ...], Field(min_length=1, max_length=MAX_TOKENS)]
+    """The prompt as the server tokenized it."""
+
+    record: Literal["sample"] = "sample"
+    """Record type."""
+
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    """The generated text, as the server decoded it."""
+
+
+class RunLogFooter(_Record):
+    """The last line of a run log."""
+
+    record: Literal["footer"] = "footer"
+    """Record type."""
+
+    n_samples: Annotated[int, Field(ge=1, le=MAX_SAMPLES)]
+    """The number of sample lines, as in the header."""
+
+    header_sha256: Sha256Hex
+    """sha256 of the exact bytes of the header line, newline included."""
+
+    samples_sha256: Sha256Hex
+    """sha256 of the exact bytes of all sample lines, newlines included."""
+
+
+RunLogRecord = Annotated[RunLogHeader | RunLogSample | RunLogFooter, Field(discriminator="record")]
+#: Validates one line's JSON as whichever record its ``record`` field names.
+RECORD_ADAPTER: TypeAdapter[RunLogHeader | RunLogSample | RunLogFooter] = TypeAdapter(RunLogRecord)
+
+
+def run_log_json_schema() -> dict[str, Any]:
+    """The JSON Schema of one run-log line (committed as ``schemas/run-log.schema.json``)."""
+    schema = RECORD_ADAPTER.json_schema(mode="serialization")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "detserve run-log line",
+        "description": (
+            "One line of a detserve run log (canonical JSON Lines): a header, then one sample "
+            "per prompt in index order, then a footer. Beyond this schema, readers require "
+            "RFC 8785 canonical JSON (JCS) and the rules across lines (order, counts, the "
+            "footer's hash)."
+        ),
+        **schema,
+    }

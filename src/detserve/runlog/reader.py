@@ -1,0 +1,196 @@
+"""Reading a run log: one line at a time, each checked, in bounded memory whatever its length.
+
+Checks, in order, for every line: at most :data:`~detserve.runlog.models.MAX_LINE_BYTES` (a
+longer line is refused without reading it into memory), the line itself
+(:class:`~detserve.runlog.lines.LineParser`), then the rules across lines
+(:mod:`detserve.runlog.sequence`) and nothing after the footer. Every failure is a
+:class:`~detserve.errors.RunLogError` naming the file and the line; a sample must not be acted
+on before the footer was checked.
+
+Two logs read in lock-step with one :class:`~detserve.runlog.lines.LineParser` validate the
+lines they share once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from detserve.errors import RunLogError
+from detserve.fileio import MAX_RUN_LOG_BYTES, open_input
+from detserve.runlog.lines import LineParser
+from detserve.runlog.models import MAX_LINE_BYTES, RunLogFooter, RunLogHeader, RunLogSample
+from detserve.runlog.sequence import LineSequence
+
+
+@dataclass(frozen=True)
+class RunLogSummary:
+    """A run log that was read to its end and found valid."""
+
+    path: Path
+    sha256: str
+    header: RunLogHeader
+    footer: RunLogFooter
+
+    @property
+    def n_samples(self) -> int:
+        return self.header.n_samples
+
+
+class RunLogReader:
+    """One run log, read and checked one line at a time; use it as a context manager.
+
+    The header is read on entry. :meth:`lines` (or :meth:`samples`) yields the samples and,
+    once it is exhausted, has checked the footer and the end of the file; only then are
+    :attr:`footer` and :attr:`sha256` available.
+    """
+
+    def __init__(self, path: Path, *, parser: LineParser | None = None) -> None:
+        self.path = Path(path)
+        self._parser = parser or LineParser()
+        self._file: IO[bytes] | None = None
+        self._line_no = 0
+        self._file_sha256 = hashlib.sha256()
+        self._sequence: LineSequence | None = None
+        self._footer: RunLogFooter | None = None
+
+    def __enter__(self) -> RunLogReader:
+        self._file = open_input(self.path, what="run log", cap=MAX_RUN_LOG_BYTES, error=RunLogError)
+        try:
+            first = self._next_line()
+            if first is None:
+                raise RunLogError(f"{self.path}: empty file: not a run log")
+            record = self._parser.parse(first, self._where())
+            if not isinstance(record, RunLogHeader):
+                raise RunLogError(
+                    f"{self._where()}: expected the header record, found a {record.record!r} record"
+                )
+            self._sequence = LineSequence(record)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def header(self) -> RunLogHeader:
+        if self._sequence is None:
+            raise RuntimeError("RunLogReader is used outside its `with` block")
+        return self._sequence.header
+
+    @property
+    def footer(self) -> RunLogFooter:
+        if self._footer is None:
+            raise RuntimeError("the footer is known once lines() is exhausted")
+        return self._footer
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the whole file, once :meth:`lines` is exhausted."""
+        if self._footer is None:
+            raise RuntimeError("the file hash is known once lines() is exhausted")
+        return self._file_sha256.hexdigest()
+
+    def summary(self) -> RunLogSummary:
+        return RunLogSummary(self.path, self.sha256, self.header, self.footer)
+
+    def _where(self) -> str:
+        return f"{self.path}: line {self._line_no}"
+
+    def _next_line(self) -> bytes | None:
+        assert self._file is not None
+        try:
+            line = self._file.readline(MAX_LINE_BYTES + 1)
+        except OSError as exc:
+            raise RunLogError(f"cannot read run log {self.path}: {exc.strerror or exc}") from exc
+        if not line:
+            return None
+        self._line_no += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise RunLogError(
+                f"{self._where()}: longer than {MAX_LINE_BYTES} bytes; refused without parsing it",
+                hint="no valid run-log line is this long",
+            )
+        if not line.endswith(b"\n"):
+            raise RunLogError(f"{self._where()}: truncated: the last line has no newline")
+        self._file_sha256.update(line)
+        return line
+
+    def lines(self) -> Iterator[tuple[bytes, RunLogSample]]:
+        """Yield each sample with its exact line, then check the footer and the end of file."""
+        sequence = self._sequence
+        if sequence is None or self._file is None:
+            raise RuntimeError("RunLogReader is used outside its `with` block")
+        parse = self._parser.parse
+        while True:
+            line = self._next_line()
+            if line is None:
+                raise RunLogError(
+                    f"{self.path}: truncated: no footer after {sequence.next_index} of "
+                    f"{sequence.header.n_samples} samples"
+                )
+            where = self._where()
+            record = parse(line, where)
+            if isinstance(record, RunLogSample):
+                sequence.sample(record, line, where)
+                yield line, record
+            elif isinstance(record, RunLogFooter):
+                sequence.footer(record, where)
+                footer = record
+                break
+            else:
+                raise RunLogError(f"{where}: a second header")
+        if self._file.read(1):
+            raise RunLogError(f"{self.path}: data after the footer (line {self._line_no})")
+        self._footer = footer
+
+    def samples(self) -> Iterator[RunLogSample]:
+        for _, sample in self.lines():
+            yield sample
+
+
+def read_run_log(
+    path: Path,
+) -> Iterator[RunLogHeader | RunLogSample | RunLogFooter]:
+    """Yield the header, every sample and the footer of ``path``, each checked as it is read.
+
+    A failure (a :class:`RunLogError`) can come at any line: act on the samples only once the
+    footer was yielded.
+    """
+    with RunLogReader(path) as reader:
+        yield reader.header
+        yield from reader.samples()
+        yield reader.footer
+
+
+def validate_run_log(path: Path) -> RunLogSummary:
+    """Read ``path`` to its end, checking everything; raise :class:`RunLogError` on any failure."""
+    with RunLogReader(path) as reader:
+        for _ in reader.lines():
+            pass
+        return reader.summary()
+
+
+def run_log_sha256(path: Path) -> str:
+    """sha256 of the bytes of ``path`` (no validation: see :func:`validate_run_log`)."""
+    with open_input(path, what="run log", cap=MAX_RUN_LOG_BYTES, error=RunLogError) as handle:
+        try:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as exc:
+            raise RunLogError(f"cannot read run log {path}: {exc.strerror or exc}") from exc
