@@ -22,10 +22,12 @@ the payload of a DSSE envelope (``application/vnd.in-toto+json``) signed through
 An envelope that is not an envelope at all (not JSON, missing fields, not base64) and a key file
 that is not a supported public key are bad input (:class:`~detserve.errors.InputError`, exit 2).
 
-Keys (:func:`generate_key_pair`): a PKCS#8 PEM private key, mode 0600, never overwritten, never
-printed; a SubjectPublicKeyInfo PEM public key, which cosign also reads. The signature's key id
-is securesystemslib's default (the sha256 of the key's canonical form); it is a hint, not a
-trust root: verification takes the public key it is given and tries it on every signature.
+Keys live in :mod:`detserve.keys`. The signature's key id is securesystemslib's default (the
+sha256 of the key's canonical form); it is a hint, not a trust root: verification takes the
+public key it is given and tries it on every signature.
+
+This module is over 450 lines because writing and checking a claim are the two halves of one
+format: they share the statement model and must change together.
 """
 
 from __future__ import annotations
@@ -34,21 +36,12 @@ import base64
 import binascii
 import hashlib
 import json
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import securesystemslib.exceptions
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_private_key,
-    load_pem_public_key,
-)
 from google.protobuf import json_format
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
@@ -58,35 +51,40 @@ from securesystemslib.dsse import Envelope
 
 # securesystemslib.signer's public names, re-exported without __all__ (mypy's strict view).
 from securesystemslib.signer import (  # type: ignore[attr-defined]
-    CryptoSigner,
     Key,
     Signature,
     SSlibKey,
 )
 
-from detserve import __version__
+from detserve._version import __version__
 from detserve.canonical import canonical_bytes, duplicate_keys
 from detserve.errors import InputError, PinMismatch, UsageError, VerificationError
-from detserve.fileio import atomic_writer, check_outputs, read_input
+from detserve.fileio import atomic_writer, check_outputs
 from detserve.fingerprint import EnvironmentFingerprint, parse_fingerprint, read_fingerprint
+from detserve.keys import MAX_DOCUMENT_BYTES as KEY_MAX_DOCUMENT_BYTES
+from detserve.keys import (
+    Algorithm,
+    AttestationKeyError,
+    algorithm_of,
+    load_public_key,
+    load_signer,
+    read_limited,
+)
 from detserve.runlog import (
     RunLogSummary,
     RunPins,
     SamplingParams,
-    Sha256Hex,
     run_log_sha256,
     validate_run_log,
 )
+from detserve.runlog.models import Sha256Hex
 
 #: The predicate type of a detserve claim.
 PREDICATE_TYPE: Final = "https://detserve.invalid/attestation/run-log/v1"
 #: DSSE's payload type for an in-toto statement.
 PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
 #: The largest envelope, sidecar or key file read; real ones are a few kB.
-MAX_DOCUMENT_BYTES: Final = 4 * 1024 * 1024
-
-Algorithm = Literal["ed25519", "ecdsa-p256"]
-ALGORITHMS: Final[tuple[Algorithm, ...]] = ("ed25519", "ecdsa-p256")
+MAX_DOCUMENT_BYTES: Final = KEY_MAX_DOCUMENT_BYTES
 
 
 class SignatureError(VerificationError):
@@ -111,133 +109,6 @@ class ClaimPinMismatch(PinMismatch):
     """The predicate says other pins than the run log's header."""
 
     kind = "claim-pin-mismatch"
-
-
-class AttestationKeyError(InputError):
-    """A key file that cannot be used."""
-
-    kind = "bad-key"
-
-
-# --- keys ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyPair:
-    """Where ``keygen`` wrote a key pair (the private key's bytes are never held here)."""
-
-    private_key: Path
-    public_key: Path
-    algorithm: Algorithm
-    keyid: str
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "ok": True,
-            "private_key": str(self.private_key),
-            "public_key": str(self.public_key),
-            "algorithm": self.algorithm,
-            "keyid": self.keyid,
-        }
-
-
-def _algorithm_of(key: SSlibKey) -> Algorithm:
-    return "ed25519" if key.keytype == "ed25519" else "ecdsa-p256"
-
-
-def _sslib_key(public: Any, source: str) -> SSlibKey:
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        return SSlibKey.from_crypto(public)
-    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
-        return SSlibKey.from_crypto(public)
-    raise AttestationKeyError(
-        f"{source}: a {type(public).__name__.lstrip('_')} key; detserve signs and verifies with "
-        "Ed25519 or ECDSA P-256 only"
-    )
-
-
-def generate_key_pair(
-    output_dir: Path, *, algorithm: Algorithm = "ed25519", name: str = "detserve"
-) -> KeyPair:
-    """Write ``NAME.key`` (private, PKCS#8 PEM, 0600) and ``NAME.pub`` (PEM) in ``output_dir``.
-
-    Refuses when either exists: a signing key is never replaced by accident.
-    """
-    if algorithm not in ALGORITHMS:
-        raise UsageError(f"unknown algorithm {algorithm!r}; choose {', '.join(ALGORITHMS)}")
-    private_path = Path(output_dir) / f"{name}.key"
-    public_path = Path(output_dir) / f"{name}.pub"
-    check_outputs([private_path, public_path], force=False)
-    signer = CryptoSigner.generate_ed25519() if algorithm == "ed25519" else _generate_ecdsa()
-    public_pem = signer.public_key._crypto_key().public_bytes(
-        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo
-    )
-    with atomic_writer(private_path, force=False, mode=0o600) as handle:
-        handle.write(signer.private_bytes)
-    try:
-        with atomic_writer(public_path, force=False, mode=0o644) as handle:
-            handle.write(public_pem)
-    except BaseException:
-        private_path.unlink(missing_ok=True)
-        raise
-    return KeyPair(private_path, public_path, algorithm, signer.public_key.keyid)
-
-
-def _generate_ecdsa() -> CryptoSigner:
-    return CryptoSigner.generate_ecdsa(scheme="ecdsa-sha2-nistp256")
-
-
-def _read_limited(path: Path, what: str) -> bytes:
-    # a regular file under the cap, checked before it is read (fileio)
-    return read_input(Path(path), what=what, cap=MAX_DOCUMENT_BYTES)
-
-
-def load_public_key(path: Path) -> SSlibKey:
-    """The Ed25519 or ECDSA P-256 public key of a PEM file; :class:`InputError` otherwise."""
-    data = _read_limited(path, "public key")
-    try:
-        public = load_pem_public_key(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise AttestationKeyError(
-            f"{path}: not a PEM public key",
-            hint="pass the .pub file `detserve keygen` wrote (never the private key)",
-        ) from exc
-    return _sslib_key(public, str(path))
-
-
-def load_signer(path: Path) -> CryptoSigner:
-    """A signer for the unencrypted PKCS#8 PEM private key at ``path``.
-
-    Refused when group or others may read it, as ssh refuses such a key: a signing key others
-    can read signs for them too. The key's bytes never appear in a message.
-    """
-    # A regular file under the cap first (a FIFO or a device is bad input whatever its mode).
-    data = _read_limited(path, "private key")
-    try:
-        mode = Path(path).stat().st_mode
-    except OSError as exc:
-        raise AttestationKeyError(f"cannot read private key {path}: {exc.strerror or exc}") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise AttestationKeyError(
-            f"private key {path} is readable by others (mode {stat.S_IMODE(mode):04o})",
-            hint=f"chmod 600 {path}",
-        )
-    try:
-        private = load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        # The library's message can quote the input; say only what kind of failure it was.
-        raise AttestationKeyError(
-            f"{path}: not an unencrypted PEM private key",
-            hint="pass the .key file `detserve keygen` wrote",
-        ) from exc
-    key = _sslib_key(private.public_key(), str(path))
-    return CryptoSigner(private, key)
-
-
-def public_key_pem(key: SSlibKey) -> str:
-    """The SubjectPublicKeyInfo PEM of ``key``."""
-    pem: bytes = key._crypto_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    return pem.decode("ascii")
 
 
 # --- the statement ------------------------------------------------------------------------------
@@ -365,7 +236,7 @@ def _json_object(data: bytes, source: str) -> dict[str, Any]:
 def _sidecar_environment(
     sidecar: Path, summary: RunLogSummary, environment: Path | None
 ) -> tuple[str, EnvironmentFingerprint]:
-    data = _read_limited(sidecar, "sidecar")
+    data = read_limited(sidecar, "sidecar")
     document = _json_object(data, str(sidecar))
     named = document.get("run_log_sha256")
     if named != summary.sha256:
@@ -438,7 +309,7 @@ def attest(
         run_log=run_log,
         run_log_sha256=summary.sha256,
         keyid=signer.public_key.keyid,
-        algorithm=_algorithm_of(signer.public_key),
+        algorithm=algorithm_of(signer.public_key),
         environment_sha256=fingerprint.sha256,
     )
 
@@ -531,7 +402,7 @@ def _verify_signature(envelope: Envelope, key: SSlibKey) -> str:
         raise SignatureError(
             "the envelope's signature does not verify with the given public key",
             details=[
-                f"public key: {_algorithm_of(key)}, key id {key.keyid}",
+                f"public key: {algorithm_of(key)}, key id {key.keyid}",
                 f"signatures: {len(envelope.signatures)}, key ids "
                 + ", ".join(repr(k) for k in sorted(envelope.signatures)),
             ],
@@ -586,7 +457,7 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
     an envelope or a run log. Never returns a failed verdict.
     """
     key = load_public_key(public_key)
-    parsed = _parse_envelope(_read_limited(envelope, "envelope"), str(envelope))
+    parsed = _parse_envelope(read_limited(envelope, "envelope"), str(envelope))
     keyid = _verify_signature(parsed, key)
     statement = _statement(parsed)
     subject = statement.subject[0]
@@ -627,6 +498,6 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
         run_log_sha256=actual_sha256,
         subject_name=subject.name,
         keyid=keyid,
-        algorithm=_algorithm_of(key),
+        algorithm=algorithm_of(key),
         predicate=predicate,
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from detserve import __version__
+from detserve._version import __version__
 from detserve.canonical import canonical_bytes
 from detserve.errors import ContainerError, PinMismatch, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs

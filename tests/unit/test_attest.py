@@ -30,7 +30,6 @@ from detserve.attest import (
     ClaimPinMismatch,
     SignatureError,
     SubjectMismatch,
-    load_signer,
     verify_claim,
 )
 from detserve.canonical import canonical_bytes
@@ -39,6 +38,7 @@ from detserve.fingerprint import (
     EnvironmentFingerprint,
     HostFingerprint,
 )
+from detserve.keys import load_signer
 
 from .committed import CliRunner
 from .runlog_builders import write_log

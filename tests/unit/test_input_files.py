@@ -87,7 +87,7 @@ def _sample(w: World, config: Path, pin: Path) -> list[str | Path]:
 
 def _keys(w: World) -> tuple[Path, Path]:
     """A genuine key pair in the world (made once)."""
-    from detserve.attest import generate_key_pair
+    from detserve.keys import generate_key_pair
 
     private, public = w.tmp / "keys" / "detserve.key", w.tmp / "keys" / "detserve.pub"
     if not private.exists():

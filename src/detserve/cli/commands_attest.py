@@ -39,8 +39,8 @@ def keygen_command(
         detserve keygen --output-dir keys/
         detserve keygen --output-dir keys/ --algorithm ecdsa-p256 --name operator
     """
-    from detserve.attest import ALGORITHMS, generate_key_pair
     from detserve.errors import UsageError
+    from detserve.keys import ALGORITHMS, generate_key_pair
 
     if algorithm not in ALGORITHMS:
         raise UsageError(f"--algorithm {algorithm!r}: choose {' or '.join(ALGORITHMS)}")
