@@ -6,32 +6,28 @@ import importlib
 import io
 import sys
 import traceback
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import typer
 
 from detserve import __version__
-from detserve.cli.output import emit_json, stderr
+from detserve.cli.catalog import COMMANDS, ROOT_HELP
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, DetserveError, bounded, bounded_lines
 
-app = typer.Typer(
-    name="detserve",
-    help=(
-        "Fail-closed, byte-for-byte verifiable vLLM runs in Docker.\n\n"
-        "Every mutable input is pinned and verified before a token is sampled: the model "
-        "revision (a commit), the runtime image (a registry digest), every snapshot file (a "
-        "sha256 manifest), the prompt bundle (a hash) and the sampling parameters (greedy, fixed "
-        "seed).\n\nExit codes: 0 ok; 1 verification failed; 2 bad input; 3 environment "
-        "(engine, registry, hub, container)."
-    ),
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+#: the settings of the application and of the root-help application built from the catalogue
+_APP_SETTINGS: dict[str, Any] = {
+    "name": "detserve",
+    "help": ROOT_HELP,
+    "no_args_is_help": True,
+    "pretty_exceptions_enable": False,
     # Docstrings are Markdown: paragraphs reflow to the terminal, indented examples stay as-is.
-    rich_markup_mode="markdown",
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+    "rich_markup_mode": "markdown",
+    "add_completion": False,
+    "context_settings": {"help_option_names": ["-h", "--help"]},
+}
+
+app = typer.Typer(**_APP_SETTINGS)
 
 
 def _version(value: bool) -> None:
@@ -40,7 +36,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Show the traceback of an error (for bug reports)."
@@ -50,6 +45,9 @@ def _root(
     ),
 ) -> None:
     """Global options come before the command: ``detserve --verbose verify ...``."""
+
+
+app.callback()(_root)
 
 
 # Command modules register themselves on `app` when imported. Trust commands come first:
@@ -69,18 +67,37 @@ def _registered() -> set[str]:
     return {name for name in commands | {info.name for info in app.registered_groups} if name}
 
 
-def _register(args: list[str]) -> None:
-    """Import the command modules, stopping once the command named in ``args`` is known.
+def _stub() -> None:
+    """Never run: the root-help application only lists the commands."""
+
+
+def _root_help_app() -> typer.Typer:
+    """The root options and every command's summary, from the catalogue: no command imported."""
+    listing = typer.Typer(**_APP_SETTINGS)
+    listing.callback()(_root)
+    for name, summary in COMMANDS:
+        listing.command(name, help=summary)(_stub)
+    return listing
+
+
+def _register(args: list[str]) -> typer.Typer:
+    """The application to run ``args`` with, with the command modules it needs imported.
 
     Importing a module is not free (the runtime commands import the Docker SDK and httpx: about
-    0.3 s), so `detserve verify` does not import what only `detserve start` needs. Help, an
-    unknown command or none at all imports every module, so that all commands are listed.
+    0.3 s), so the command modules are imported in order until the command named in ``args`` is
+    known: `detserve verify` does not import what only `detserve start` needs. Without a command
+    (``--help``, no arguments, a root option alone) nothing can run but the root's own options,
+    so the catalogue's application answers, importing no command at all. An unknown command
+    imports every module, so that the error is the full application's.
     """
     wanted = next((arg for arg in args if not arg.startswith("-")), None)
+    if wanted is None:
+        return _root_help_app()
     for module in _COMMAND_MODULES:
         importlib.import_module(f"detserve.cli.{module}")
-        if wanted is not None and wanted in _registered():
-            return
+        if wanted in _registered():
+            break
+    return app
 
 
 # Typer 0.2x raises its own vendored copy of click's exceptions, older Typers click's: catch both,
@@ -111,6 +128,8 @@ _TYPER_INTERRUPTED = 130
 
 
 def _interrupted() -> NoReturn:
+    from detserve.cli.output import stderr
+
     stderr.print("detserve: interrupted; nothing was written", markup=False)
     sys.exit(EXIT_ENVIRONMENT)
 
@@ -120,10 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in args or "-v" in args
     json_mode = "--json" in args
-    _register(args)
+    application = _register(args)
     try:
-        code = app(args=args, prog_name="detserve", standalone_mode=False)
+        code = application(args=args, prog_name="detserve", standalone_mode=False)
     except DetserveError as exc:
+        from detserve.cli.output import emit_json, stderr
+
         if verbose:
             traceback.print_exc()
         if json_mode:
@@ -140,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted()
     except Exception as exc:  # noqa: BLE001
+        from detserve.cli.output import stderr
+
         # A bug. Never exit 1 here: a crash must not read as a verification verdict.
         if verbose:
             traceback.print_exc()
