@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +80,11 @@ def _hash_stable(
     paths: Sequence[str],
     workers: int | None,
     progress: ProgressCallback | None,
+    sizes: Mapping[str, int],
 ) -> dict[str, FileDigest]:
     """``hash_files``, with a file that vanished or changed type since the scan reported as such."""
     try:
-        return hash_files(snapshot_dir, paths, workers=workers, progress=progress)
+        return hash_files(snapshot_dir, paths, workers=workers, progress=progress, sizes=sizes)
     except (FileNotFoundError, NotRegularFile) as exc:
         raise _changed(snapshot_dir, exc) from exc
 
@@ -99,40 +100,57 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
     files: dict[str, int] = {}
     unsafe: dict[str, str] = {}
 
-    def onerror(exc: OSError) -> None:
+    def unreadable(exc: OSError) -> None:
         unsafe[os.path.relpath(exc.filename or ".", snapshot_dir)] = f"unreadable: {exc.strerror}"
 
-    for dirpath, dirnames, filenames in os.walk(snapshot_dir, onerror=onerror, followlinks=False):
-        base = Path(dirpath)
-        # os.walk lists links to directories among dirnames; they are never descended into.
-        for name in [d for d in dirnames if (base / d).is_symlink()]:
-            dirnames.remove(name)
-            filenames.append(name)
-        for name in filenames:
-            full = base / name
-            relative = full.relative_to(snapshot_dir).as_posix()
-            try:
-                info = full.lstat()
-            except FileNotFoundError as exc:
-                raise _changed(snapshot_dir, exc) from exc
-            unpinnable = check_relative_path(relative)
-            if unpinnable:
-                # Shown escaped: the raw name may hold a line break or bytes that are not UTF-8.
-                unsafe[_printable(relative)] = f"name cannot be written in a manifest: {unpinnable}"
-            elif stat.S_ISREG(info.st_mode):
-                files[relative] = info.st_size
-            elif stat.S_ISLNK(info.st_mode):
-                target = Path(os.path.realpath(full))
-                if not _inside(target, roots):
-                    unsafe[relative] = f"symlink resolves outside the snapshot: -> {target}"
-                elif not target.exists():
-                    unsafe[relative] = f"dangling symlink: -> {_link_text(full, snapshot_dir)}"
-                elif not target.is_file():
-                    unsafe[relative] = f"symlink to a non-regular file: -> {target}"
-                else:
-                    files[relative] = target.stat().st_size
+    def classify(full: str, relative: str) -> None:
+        try:
+            info = os.lstat(full)
+        except FileNotFoundError as exc:
+            raise _changed(snapshot_dir, exc) from exc
+        unpinnable = check_relative_path(relative)
+        if unpinnable:
+            # Shown escaped: the raw name may hold a line break or bytes that are not UTF-8.
+            unsafe[_printable(relative)] = f"name cannot be written in a manifest: {unpinnable}"
+        elif stat.S_ISREG(info.st_mode):
+            files[relative] = info.st_size
+        elif stat.S_ISLNK(info.st_mode):
+            link = Path(full)
+            target = Path(os.path.realpath(full))
+            if not _inside(target, roots):
+                unsafe[relative] = f"symlink resolves outside the snapshot: -> {target}"
+            elif not target.exists():
+                unsafe[relative] = f"dangling symlink: -> {_link_text(link, snapshot_dir)}"
+            elif not target.is_file():
+                unsafe[relative] = f"symlink to a non-regular file: -> {target}"
             else:
-                unsafe[relative] = "not a regular file (device, FIFO or socket)"
+                files[relative] = target.stat().st_size
+        else:
+            unsafe[relative] = "not a regular file (device, FIFO or socket)"
+
+    # os.walk, unrolled on strings: Path objects cost more than the system calls for a folder of
+    # thousands of small files. Links are never followed: a link to a directory is classified
+    # like any other link (and refused), and a directory that became a link after it was listed
+    # is not descended into.
+    pending = [(os.fspath(snapshot_dir), "")]
+    while pending:
+        directory, prefix = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            unreadable(exc)
+            continue
+        for entry in listed:
+            relative = prefix + entry.name
+            try:
+                descend = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                descend = False
+            if not descend:
+                classify(entry.path, relative)
+            elif not Path(entry.path).is_symlink():
+                pending.append((entry.path, relative + "/"))
     return SnapshotScan(files=files, unsafe=unsafe)
 
 
@@ -218,7 +236,7 @@ def verify_snapshot(
     if on_total is not None:
         on_total(sum(scan.files[p] for p in to_hash))
     try:
-        actual = _hash_stable(snapshot_dir, to_hash, workers, progress)
+        actual = _hash_stable(snapshot_dir, to_hash, workers, progress, scan.files)
     except OSError as exc:
         raise SnapshotMismatch(
             f"snapshot {snapshot_dir}: cannot read {exc.filename}: {exc.strerror}"
@@ -264,7 +282,7 @@ def build_manifest(
     if on_total is not None:
         on_total(scan.total_bytes)
     try:
-        digests = _hash_stable(snapshot_dir, list(scan.files), workers, progress)
+        digests = _hash_stable(snapshot_dir, list(scan.files), workers, progress, scan.files)
     except OSError as exc:
         raise InputError(f"cannot read {exc.filename}: {exc.strerror}") from exc
     return SnapshotManifest({path: item.sha256 for path, item in digests.items()})

@@ -151,15 +151,18 @@ def test_a_file_that_changes_between_scan_and_hash_is_a_race_exit_1(
 def test_a_file_that_vanishes_during_the_scan_is_a_race_exit_1(
     tmp_path: Path, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import os
+
     root = _plain_snapshot(tmp_path)
-    real_lstat = Path.lstat
+    real_lstat = os.lstat
 
-    def vanishing(self: Path) -> object:
-        if self.name == "b.bin":
-            self.unlink(missing_ok=True)
-        return real_lstat(self)
+    def vanishing(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        # The scan lists a folder, then lstat()s each entry: b.bin goes in between.
+        if Path(path).name == "b.bin":
+            Path(path).unlink(missing_ok=True)
+        return real_lstat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Path, "lstat", vanishing)
+    monkeypatch.setattr(os, "lstat", vanishing)
     result = cli("hash", "--snapshot", root, "--output", tmp_path / "m.sha256")
     assert result.code == EXIT_VERIFICATION, result.text
     assert "changed while it was read" in result.err
