@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv constraints lint format test test-unit test-integration stack demo schemas clean bench bench-hash bench-eval bench-runtime
+.PHONY: venv constraints lint format test test-unit test-integration stack demo schemas clean bench bench-hash bench-eval bench-cli bench-runtime
 
 # Versions come from constraints.txt, so that a fresh clone tests what was tested here.
 $(STAMP): pyproject.toml constraints.txt
@@ -54,11 +54,12 @@ demo: stack
 
 # The benchmarks of docs/performance.md through one tool, benchmarks/bench.py; each writes its
 # record to benchmarks/results/ and exits 0 when its targets are met, 1 when one is missed, 2 when
-# it could not run. `make bench` runs hash, eval and runtime and writes one combined record; each
+# it could not run. `make bench` runs hash, eval, cli and runtime and writes one combined record; each
 # part takes the options of its own target below.
 bench: stack
 	$(BIN)/python benchmarks/bench.py all --hash-args="$(BENCH_HASH_ARGS)" \
-		--eval-args="$(BENCH_EVAL_ARGS)" --runtime-args="$(BENCH_RUNTIME_ARGS)"
+		--eval-args="$(BENCH_EVAL_ARGS)" --cli-args="$(BENCH_CLI_ARGS)" \
+		--runtime-args="$(BENCH_RUNTIME_ARGS)"
 
 # Verification throughput against this machine's limits, warm and cold; exit 1 below target.
 # Options: make bench-hash BENCH_HASH_ARGS="--total-gib 1 --shards 1" (docs/performance.md).
@@ -69,6 +70,12 @@ bench-hash: $(STAMP)
 # target. Options: make bench-eval BENCH_EVAL_ARGS="--samples 20000 --repeat 3".
 bench-eval: $(STAMP)
 	$(BIN)/python benchmarks/bench.py eval $(BENCH_EVAL_ARGS)
+
+# Start-up: --version, --help and verify of the tiny model against `python -c pass`, with hyperfine
+# (apt-get installs it when missing; exit 2 when it cannot). Exit 1 above target.
+# Options: make bench-cli BENCH_CLI_ARGS="--runs 50".
+bench-cli: $(STAMP)
+	$(BIN)/python benchmarks/bench.py cli $(BENCH_CLI_ARGS)
 
 # Sampling overhead and time to ready on the tiny CPU container against the bare server; exit 1
 # below target. Options: make bench-runtime BENCH_RUNTIME_ARGS="--rounds 4 --ready-rounds 1".

@@ -1,19 +1,19 @@
 """The performance benchmarks in one command: hashing, eval-determinism, time to ready, sampling.
 
-    .venv/bin/python benchmarks/bench.py all            # hash, eval, runtime: each its defaults
+    .venv/bin/python benchmarks/bench.py all            # hash, eval, cli, runtime: each its defaults
     .venv/bin/python benchmarks/bench.py all --hash-args='--total-gib 1 --repeat 1' \\
         --eval-args='--samples 20000' --runtime-args='--rounds 4 --ready-rounds 1'
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval`` and ``runtime`` run one benchmark (``bench_hash.py``, ``bench_eval.py``,
-``bench_runtime.py``) with that script's options, as the script itself would; it writes its own
-record to ``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli`` and ``runtime`` run one benchmark (``bench_hash.py``,
+``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``) with that script's options, as the
+script itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
 
-``all`` runs the three in that order (runtime last: it starts containers, and the CPU it takes
-must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args`` or
-``--runtime-args`` give it options (write them with ``=``: ``--hash-args='--shards 1'``). Each
-still writes its own record; then ``benchmarks/results/bench-<timestamp>.json`` holds the
+``all`` runs the four in that order (runtime last: it starts containers, and the CPU it takes
+must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args``,
+``--cli-args`` or ``--runtime-args`` give it options (write them with ``=``:
+``--hash-args='--shards 1'``). Each still writes its own record; then ``benchmarks/results/bench-<timestamp>.json`` holds the
 machine, each part's options, exit status and whole record (or why it could not run), and
 ``targets``: every target of every part, as ``name``, ``measured``, ``target``, ``met``. A part
 that cannot run does not stop the others.
@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import bench_cli
 import bench_eval
 import bench_hash
 import bench_runtime
@@ -52,6 +53,7 @@ from benchlib import (
 PARTS: dict[str, Benchmark] = {
     "hash": bench_hash.BENCHMARK,
     "eval": bench_eval.BENCHMARK,
+    "cli": bench_cli.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
 }
 
@@ -73,7 +75,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     }
     every = commands.add_parser(
         "all",
-        help="hash, eval and runtime in one run, and one record of all their targets",
+        help="hash, eval, cli and runtime in one run, and one record of all their targets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
