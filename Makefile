@@ -54,8 +54,8 @@ demo: stack
 
 # The benchmarks of docs/performance.md through one tool, benchmarks/bench.py; each writes its
 # record to benchmarks/results/ and exits 0 when its targets are met, 1 when one is missed, 2 when
-# it could not run. `make bench` runs hash, eval, cli and runtime and writes one combined record; each
-# part takes the options of its own target below.
+# it could not run. `make bench` runs hash, eval, cli and runtime and writes one combined record;
+# each part takes the options of its own target below.
 bench: stack
 	$(BIN)/python benchmarks/bench.py all --hash-args="$(BENCH_HASH_ARGS)" \
 		--eval-args="$(BENCH_EVAL_ARGS)" --cli-args="$(BENCH_CLI_ARGS)" \

@@ -1,6 +1,6 @@
 """The performance benchmarks in one command: hashing, eval-determinism, time to ready, sampling.
 
-    .venv/bin/python benchmarks/bench.py all            # hash, eval, cli, runtime: each its defaults
+    .venv/bin/python benchmarks/bench.py all            # hash, eval, cli, runtime: defaults
     .venv/bin/python benchmarks/bench.py all --hash-args='--total-gib 1 --repeat 1' \\
         --eval-args='--samples 20000' --runtime-args='--rounds 4 --ready-rounds 1'
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
@@ -13,10 +13,10 @@ script itself would; it writes its own record to ``benchmarks/results/<script>-<
 ``all`` runs the four in that order (runtime last: it starts containers, and the CPU it takes
 must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args``,
 ``--cli-args`` or ``--runtime-args`` give it options (write them with ``=``:
-``--hash-args='--shards 1'``). Each still writes its own record; then ``benchmarks/results/bench-<timestamp>.json`` holds the
-machine, each part's options, exit status and whole record (or why it could not run), and
-``targets``: every target of every part, as ``name``, ``measured``, ``target``, ``met``. A part
-that cannot run does not stop the others.
+``--hash-args='--shards 1'``). Each still writes its own record; then
+``benchmarks/results/bench-<timestamp>.json`` holds the machine, each part's options, exit
+status and whole record (or why it could not run), and ``targets``: every target of every part,
+as ``name``, ``measured``, ``target``, ``met``. A part that cannot run does not stop the others.
 
 The runtime part needs the stack (`make stack`: dockerd, the local registry, the vLLM CPU
 image); `make bench` and `make bench-runtime` start it first. Exit status: 0 when every target is
