@@ -37,7 +37,7 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("detserve.runtime", "detserve.evaluation", "the runtime depends on neither evaluation"),
     ("detserve.runtime", "detserve.runlog", "nor on run logs"),
     ("detserve.runtime", "detserve.sampling", "sampling drives the runtime, not the reverse"),
-    ("detserve.runtime", "detserve.replay", "replay drives the runtime, not the reverse"),
+    ("detserve.runtime", "detserve.replay_plan", "replay drives the runtime, not the reverse"),
     ("detserve.runtime", "detserve.cli", "the CLI is a skin over the core"),
     ("detserve.runlog", "detserve.runtime", "a run log is a format, below the runtime"),
     ("detserve.runlog", "detserve.evaluation", "evaluation depends on run logs"),

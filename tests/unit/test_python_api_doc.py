@@ -60,3 +60,10 @@ def test_importing_detserve_imports_no_heavy_dependency() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert shown.stdout.strip() == "[]"
+
+
+def test_no_api_name_is_also_a_module_of_the_package() -> None:
+    # Importing detserve.X sets the package's attribute X to the module, which would hide the
+    # API function of that name (as detserve/replay.py once hid detserve.replay).
+    for name in api.__all__:
+        assert importlib.util.find_spec(f"detserve.{name}") is None, name
