@@ -35,6 +35,7 @@ from detserve.fileio import check_output_dir, check_outputs
 if TYPE_CHECKING:
     from detserve.attest import AttestedClaim
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
     from detserve.replay_plan import ReplayPlan
@@ -224,6 +225,94 @@ def hash_snapshot(
         bytes=total,
         seconds=time.perf_counter() - started,
         snapshot=snapshot_dir,
+    )
+
+
+# --- locks: the only functions that create pins ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """A pin resolved (and, with ``write``, written: the profile file it went to)."""
+
+    lock: LockResult
+    written: Path | None
+
+
+def _lock(
+    config: Path | str,
+    resolve: Callable[[LoadedProfile], LockResult],
+    *,
+    write: bool,
+    profile_output: Path | str | None,
+    force: bool,
+) -> LockOutcome:
+    from detserve.locks import check_unchanged, write_lock
+
+    config = Path(config)
+    output = Path(profile_output) if profile_output is not None else None
+    # Before the hub or the registry is asked anything: a usage error needs no network.
+    if output is not None and not write:
+        raise UsageError("--profile-output goes with --write")
+    if output is not None:
+        check_outputs([output], force=force, inputs=[config])
+    elif write:
+        # In place is the purpose of --write; the profile must still be a regular file.
+        check_outputs([config], force=True)
+    loaded = load_profile(config)
+    lock = resolve(loaded)
+    if not write:
+        check_unchanged(lock)  # a pin that no longer matches its reference: PinMismatch, exit 1
+        return LockOutcome(lock=lock, written=None)
+    return LockOutcome(lock=lock, written=write_lock(loaded, lock, output, force=force))
+
+
+def lock_model(
+    config: Path | str,
+    *,
+    write: bool = False,
+    profile_output: Path | str | None = None,
+    force: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> LockOutcome:
+    """Resolve ``model.ref`` to a commit with huggingface_hub; with ``write``, pin it.
+
+    Without ``write`` nothing is written, and a profile that pins another commit than the
+    reference now names raises :class:`~detserve.errors.PinMismatch` (exit 1). The token
+    defaults to ``HF_TOKEN``. Making a pin creates a trust root: review and commit it.
+    """
+    import os
+
+    from detserve.locks import resolve_model_revision
+
+    secret = token if token is not None else os.environ.get("HF_TOKEN")
+    return _lock(
+        config,
+        lambda loaded: resolve_model_revision(loaded, endpoint=endpoint, token=secret),
+        write=write,
+        profile_output=profile_output,
+        force=force,
+    )
+
+
+def lock_image(
+    config: Path | str,
+    *,
+    write: bool = False,
+    profile_output: Path | str | None = None,
+    force: bool = False,
+) -> LockOutcome:
+    """Resolve ``runtime.image_tag`` to its registry digest through the engine; with ``write``,
+    pin it. Without ``write``, a moved tag raises :class:`~detserve.errors.PinMismatch`."""
+    from detserve.locks import resolve_image_digest
+
+    return _lock(
+        config,
+        resolve_image_digest,
+        write=write,
+        profile_output=profile_output,
+        force=force,
     )
 
 
@@ -629,6 +718,7 @@ __all__ = [
     "DEFAULT_BUNDLE_PIN",
     "BytesObserver",
     "HashResult",
+    "LockOutcome",
     "ReplayResult",
     "SamplingObserver",
     "check_hash",
@@ -637,6 +727,8 @@ __all__ = [
     "hash_snapshot",
     "load_profile",
     "load_prompts",
+    "lock_image",
+    "lock_model",
     "logs",
     "replay",
     "run",
