@@ -190,7 +190,10 @@ def sample(
     prompts = bundle.take(request.n_prompts)
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
-    container = checked_container(loaded, engine, what="sample from")
+    # the container is compared with the manifest bytes just verified, not a second read
+    container = checked_container(
+        loaded, engine, what="sample from", manifest=report.manifest_sha256
+    )
     environment = fingerprint() if fingerprint is not None else None
     watch = _IdentityWatch(engine, container)
     profile = loaded.profile
