@@ -85,6 +85,7 @@ bench-runtime: stack
 schemas: $(STAMP)
 	$(BIN)/detserve config schema > docs/profile.schema.json
 	$(BIN)/python -m detserve.runlog > src/detserve/schemas/run-log.schema.json
+	$(BIN)/python scripts/api_reference.py docs/python-api.md
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ reference without separating concepts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias
@@ -33,10 +33,12 @@ from detserve.errors import UsageError
 from detserve.fileio import check_output_dir, check_outputs
 
 if TYPE_CHECKING:
+    from detserve.attest import AttestedClaim
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
-    from detserve.replay import ReplayPlan
+    from detserve.replay_plan import ReplayPlan
     from detserve.runlog import RunLogSummary
     from detserve.runtime.engine import ContainerEngine
     from detserve.runtime.lifecycle import (
@@ -226,6 +228,94 @@ def hash_snapshot(
     )
 
 
+# --- locks: the only functions that create pins ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """A pin resolved (and, with ``write``, written: the profile file it went to)."""
+
+    lock: LockResult
+    written: Path | None
+
+
+def _lock(
+    config: Path | str,
+    resolve: Callable[[LoadedProfile], LockResult],
+    *,
+    write: bool,
+    profile_output: Path | str | None,
+    force: bool,
+) -> LockOutcome:
+    from detserve.locks import check_unchanged, write_lock
+
+    config = Path(config)
+    output = Path(profile_output) if profile_output is not None else None
+    # Before the hub or the registry is asked anything: a usage error needs no network.
+    if output is not None and not write:
+        raise UsageError("--profile-output goes with --write")
+    if output is not None:
+        check_outputs([output], force=force, inputs=[config])
+    elif write:
+        # In place is the purpose of --write; the profile must still be a regular file.
+        check_outputs([config], force=True)
+    loaded = load_profile(config)
+    lock = resolve(loaded)
+    if not write:
+        check_unchanged(lock)  # a pin that no longer matches its reference: PinMismatch, exit 1
+        return LockOutcome(lock=lock, written=None)
+    return LockOutcome(lock=lock, written=write_lock(loaded, lock, output, force=force))
+
+
+def lock_model(
+    config: Path | str,
+    *,
+    write: bool = False,
+    profile_output: Path | str | None = None,
+    force: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> LockOutcome:
+    """Resolve ``model.ref`` to a commit with huggingface_hub; with ``write``, pin it.
+
+    Without ``write`` nothing is written, and a profile that pins another commit than the
+    reference now names raises :class:`~detserve.errors.PinMismatch` (exit 1). The token
+    defaults to ``HF_TOKEN``. Making a pin creates a trust root: review and commit it.
+    """
+    import os
+
+    from detserve.locks import resolve_model_revision
+
+    secret = token if token is not None else os.environ.get("HF_TOKEN")
+    return _lock(
+        config,
+        lambda loaded: resolve_model_revision(loaded, endpoint=endpoint, token=secret),
+        write=write,
+        profile_output=profile_output,
+        force=force,
+    )
+
+
+def lock_image(
+    config: Path | str,
+    *,
+    write: bool = False,
+    profile_output: Path | str | None = None,
+    force: bool = False,
+) -> LockOutcome:
+    """Resolve ``runtime.image_tag`` to its registry digest through the engine; with ``write``,
+    pin it. Without ``write``, a moved tag raises :class:`~detserve.errors.PinMismatch`."""
+    from detserve.locks import resolve_image_digest
+
+    return _lock(
+        config,
+        resolve_image_digest,
+        write=write,
+        profile_output=profile_output,
+        force=force,
+    )
+
+
 # --- the container ------------------------------------------------------------------------------
 
 
@@ -336,12 +426,37 @@ def load_prompts(
     return load_bundle(Path(bundle), Path(bundle_pin))
 
 
+def _fingerprint_for(
+    loaded: LoadedProfile, engine: ContainerEngine
+) -> Callable[[], Mapping[str, object]] | None:
+    """The environment fingerprint of the bound container, for the sidecar, when the engine is
+    Docker's (another engine, a test's, has no probe to ask)."""
+    from detserve.runtime.engine import DockerEngine
+
+    if not isinstance(engine, DockerEngine):
+        return None
+    docker_engine = engine
+
+    def take() -> Mapping[str, object]:
+        from detserve.fingerprint import environment_fingerprint
+        from detserve.runtime.probe import DockerProbe
+
+        probe = DockerProbe(docker_engine.client, docker_engine.address)
+        document: Mapping[str, object] = environment_fingerprint(loaded, probe).model_dump(
+            mode="json"
+        )
+        return document
+
+    return take
+
+
 def _sample_observed(
     loaded: LoadedProfile,
     prompts: PromptBundle,
     request: SampleRequest,
     engine: ContainerEngine,
     observer: SamplingObserver | None,
+    fingerprint: Callable[[], Mapping[str, object]] | None = None,
 ) -> SampleSummary:
     from detserve.sampling import sample as sample_core
 
@@ -354,6 +469,7 @@ def _sample_observed(
         engine=engine,
         progress=observer.sampled if observer is not None else None,
         verify_progress=observer.verified if observer is not None else None,
+        fingerprint=fingerprint,
     )
 
 
@@ -391,7 +507,9 @@ def sample(
         force=force,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
-    return _sample_observed(loaded, prompts, request, _engine(engine), observer)
+    engine = _engine(engine)
+    fingerprint = _fingerprint_for(loaded, engine)
+    return _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
 
 
 def show_run_log(path: Path | str) -> RunLogSummary:
@@ -495,6 +613,8 @@ class ReplayResult:
     summary: SampleSummary
     report: DeterminismReport
     report_path: Path
+    #: the verified envelope, when the claim was a signed one
+    attested: AttestedClaim | None = None
 
     def as_json(self) -> dict[str, object]:
         return self.report.as_json() | {"replay_run_log": str(self.summary.run_log)}
@@ -509,6 +629,8 @@ def replay(
     bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
     stop_after: bool = False,
     force: bool = False,
+    public_key: Path | str | None = None,
+    run_log: Path | str | None = None,
     on_stage: StageSink | None = None,
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
@@ -516,22 +638,47 @@ def replay(
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
     The claim is validated and its pins compared with the profile's before anything starts
-    (other pins: :class:`~detserve.replay.NotAReplay`, exit 1). Then the server is run (start,
+    (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run (start,
     wait with verification, smoke), the claim's prompts are sampled with its parameters into
     ``output_dir/replay.runlog.jsonl``, and the two logs are compared into
     ``output_dir/report.json``. Returns the result whatever the verdict; ``result.report.error()``
     is the error to raise when it is not IDENTICAL.
+
+    A signed claim: ``claim`` is its DSSE envelope, ``public_key`` the signer's key and
+    ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
+    :class:`~detserve.attest.SignatureError`, exit 1, before anything else is read), then the
+    subject's sha256 against ``run_log``, then the pins as above.
     """
-    from detserve.replay import plan_replay
+    from detserve.replay_plan import plan_replay
     from detserve.runtime import lifecycle
     from detserve.sampling import SampleRequest
 
     stage = on_stage or (lambda _message: None)
     claim = Path(claim)
     output_dir = Path(output_dir)
+    attested = None
+    signed: tuple[Path, ...] = ()
+    if public_key is not None or run_log is not None:
+        if public_key is None or run_log is None:
+            raise UsageError(
+                "a signed claim needs both --public-key KEY and --run-log LOG (the log it signs)"
+            )
+        from detserve.attest import verify_claim
+
+        attested = verify_claim(claim, Path(public_key), Path(run_log))
+        stage(f"envelope {claim}: signature and subject verified")
+        signed = (claim, Path(public_key))
+        claim = Path(run_log)
     loaded = load_profile(config)
     prompts = load_prompts(bundle, bundle_pin)
-    inputs = (claim, loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
+    inputs = (
+        claim,
+        *signed,
+        loaded.path,
+        loaded.manifest_path,
+        loaded.snapshot_dir,
+        *prompts.files,
+    )
     replay_log = output_dir / "replay.runlog.jsonl"
     sidecar = output_dir / "replay.sidecar.json"
     report_path = output_dir / "report.json"
@@ -549,10 +696,11 @@ def replay(
         force=force,
     )
     engine = _engine(engine)
+    fingerprint = _fingerprint_for(loaded, engine)
     stage(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=stage)
     try:
-        summary = _sample_observed(loaded, prompts, request, engine, observer)
+        summary = _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
     finally:
         if stop_after:
             lifecycle.stop(loaded, engine=engine)
@@ -560,7 +708,9 @@ def replay(
 
     report = evaluate_core(claim, summary.run_log)
     write_json_report(report_path, report.as_json(), force=force)
-    return ReplayResult(plan=plan, summary=summary, report=report, report_path=report_path)
+    return ReplayResult(
+        plan=plan, summary=summary, report=report, report_path=report_path, attested=attested
+    )
 
 
 __all__ = [
@@ -568,6 +718,7 @@ __all__ = [
     "DEFAULT_BUNDLE_PIN",
     "BytesObserver",
     "HashResult",
+    "LockOutcome",
     "ReplayResult",
     "SamplingObserver",
     "check_hash",
@@ -576,6 +727,8 @@ __all__ = [
     "hash_snapshot",
     "load_profile",
     "load_prompts",
+    "lock_image",
+    "lock_model",
     "logs",
     "replay",
     "run",

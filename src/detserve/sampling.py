@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,13 +178,23 @@ def sample(
     engine: ContainerEngine,
     progress: SampleProgress | None = None,
     verify_progress: Callable[[int], None] | None = None,
+    fingerprint: Callable[[], Mapping[str, object]] | None = None,
 ) -> SampleSummary:
-    """Sample ``bundle`` strictly and write the run log and its sidecar; raise on any failure."""
+    """Sample ``bundle`` strictly and write the run log and its sidecar; raise on any failure.
+
+    ``fingerprint``, when given, is called once the container is known to be the bound one; what
+    it returns (the environment fingerprint, :mod:`detserve.fingerprint`) goes into the sidecar as
+    ``environment``, never into the run log.
+    """
     check_request(loaded, bundle, request)
     prompts = bundle.take(request.n_prompts)
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
-    container = checked_container(loaded, engine, what="sample from")
+    # the container is compared with the manifest bytes just verified, not a second read
+    container = checked_container(
+        loaded, engine, what="sample from", manifest=report.manifest_sha256
+    )
+    environment = fingerprint() if fingerprint is not None else None
     watch = _IdentityWatch(engine, container)
     profile = loaded.profile
     with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
@@ -251,6 +261,8 @@ def sample(
         "tokens_per_s": summary.tokens_per_s,
         "note": "varies between faithful runs; never compared (the run log is)",
     }
+    if environment is not None:
+        sidecar["environment"] = dict(environment)
     try:
         atomic_write_bytes(request.sidecar_output, canonical_bytes(sidecar), force=request.force)
     except BaseException:

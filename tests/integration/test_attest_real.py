@@ -89,20 +89,28 @@ def test_a_real_sample_attested_verifies_and_a_tampered_one_fails(
         "--run-log-output", run_log, "--sidecar-output", sidecar,
     )  # fmt: skip
     assert sampled.code == 0, sampled
-    environment = tmp_path / "a.env.json"
-    assert detserve("env", "--config", running, "--fingerprint-output", environment).code == 0
+    # sample writes the environment fingerprint into the sidecar itself
+    sidecar_document = json.loads(sidecar.read_bytes())
+    assert sidecar_document["environment"]["container"]["image"] in running.read_text()
     assert detserve("keygen", "--output-dir", tmp_path / "keys").code == 0
     envelope = tmp_path / "a.claim.intoto.json"
     attested = detserve(
-        "attest", "--run-log", run_log, "--sidecar", sidecar, "--environment", environment,
+        "attest", "--run-log", run_log, "--sidecar", sidecar,
         "--key", tmp_path / "keys" / "detserve.key", "--envelope-output", envelope,
     )  # fmt: skip
     assert attested.code == 0, attested
-    verify = ["verify-claim", "--envelope", envelope, "--public-key"]
-    verify += [tmp_path / "keys" / "detserve.pub", "--run-log", run_log]
+    public = tmp_path / "keys" / "detserve.pub"
+    verify = ["verify-claim", "--envelope", envelope, "--public-key", public, "--run-log", run_log]
     verified = detserve(*verify)
     assert verified.code == 0, verified
     assert "VERIFIED" in verified.out
+    # A signed claim replays: signature, subject, pins, then the run and the comparison.
+    replayed = detserve(
+        "replay", "--claim", envelope, "--public-key", public, "--run-log", run_log,
+        "--config", running, "--output-dir", tmp_path / "replay",
+    )  # fmt: skip
+    assert replayed.code == 0, replayed
+    assert "IDENTICAL" in replayed.out
 
     document = json.loads(envelope.read_bytes())
     document["payloadType"] = "application/json"
@@ -110,3 +118,11 @@ def test_a_real_sample_attested_verifies_and_a_tampered_one_fails(
     tampered = detserve(*verify)
     assert tampered.code == 1, tampered
     assert "signature does not verify" in tampered.err
+    # ... and a replay of it stops at the signature, before the profile is even read
+    refused = detserve(
+        "replay", "--claim", envelope, "--public-key", public, "--run-log", run_log,
+        "--config", tmp_path / "no-such-profile.json", "--output-dir", tmp_path / "replay-2",
+    )  # fmt: skip
+    assert refused.code == 1, refused
+    assert "signature does not verify" in refused.err
+    assert not (tmp_path / "replay-2").exists()

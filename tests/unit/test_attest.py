@@ -587,3 +587,30 @@ def test_a_huge_envelope_is_refused_unread(claim: Claim, cli: CliRunner) -> None
     ran = cli(*claim.verify_args())
     assert ran.code == 2, ran
     assert "over the limit of 4194304 (refused unread)" in ran.err
+
+
+def test_a_signed_claim_replays_only_after_its_signature_verifies(
+    claim: Claim, cli: CliRunner, tmp_path: Path
+) -> None:
+    _, other_public = keygen(cli, tmp_path / "other-keys")
+    args = ["replay", "--claim", claim.envelope, "--run-log", claim.run_log]
+    args += ["--config", tmp_path / "no-such-profile.json", "--output-dir", tmp_path / "replay"]
+    refused = cli(*args, "--public-key", other_public)
+    assert refused.code == 1, refused
+    assert "signature does not verify" in refused.err
+    assert not (tmp_path / "replay").exists()  # nothing read or made after the signature
+    # with the right key, the next thing checked is the profile (which does not exist: exit 2)
+    checked = cli(*args, "--public-key", claim.public_key)
+    assert checked.code == 2, checked
+    assert "no-such-profile.json" in checked.err
+
+
+def test_a_signed_replay_needs_the_key_and_the_log(
+    claim: Claim, cli: CliRunner, tmp_path: Path
+) -> None:
+    ran = cli(
+        "replay", "--claim", claim.envelope, "--public-key", claim.public_key,
+        "--config", tmp_path / "p.json", "--output-dir", tmp_path / "replay",
+    )  # fmt: skip
+    assert ran.code == 2, ran
+    assert "needs both --public-key KEY and --run-log LOG" in ran.err

@@ -525,6 +525,27 @@ def test_a_manifest_changed_during_the_run_voids_it(rig: Rig) -> None:
     assert len(rig.fake.completions) == N_PROMPTS
 
 
+def test_the_manifest_is_read_at_the_start_and_at_the_end_only(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One read before the first request (the container is compared with those very bytes) and
+    one before the commit; a third read could see other bytes than the ones verified."""
+    from detserve import manifest, snapshot
+    from detserve.runtime import container_spec
+
+    reads: list[Path] = []
+    original = manifest.read_manifest_bytes
+
+    def counted(path: Path) -> bytes:
+        reads.append(path)
+        return original(path)
+
+    monkeypatch.setattr(snapshot, "read_manifest_bytes", counted)
+    monkeypatch.setattr(container_spec, "read_manifest_bytes", counted)
+    rig.sample()
+    assert reads == [rig.loaded.manifest_path, rig.loaded.manifest_path]
+
+
 def test_no_container_is_an_environment_error_before_any_request(rig: Rig) -> None:
     rig.engine.gone = True
     error = rig.fails(ContainerError, EXIT_ENVIRONMENT)

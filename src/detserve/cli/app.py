@@ -54,6 +54,7 @@ app.callback()(_root)
 # `verify` runs before every run, and its start-up counts in what verification costs.
 _COMMAND_MODULES = (
     "commands_trust",
+    "commands_locks",
     "commands_runs",
     "commands_sample",
     "commands_runtime",

@@ -55,7 +55,7 @@ def runlog_show(run_log: RunLogArgument, json_output: JsonOption = False) -> Non
         detserve runlog show runs/a.runlog.jsonl --json
     """
     from detserve import api
-    from detserve.replay import replay_requirements
+    from detserve.replay_plan import replay_requirements
 
     summary = api.show_run_log(run_log)
     header = summary.header

@@ -140,6 +140,21 @@ def replay_command(
     stop_after: Annotated[
         bool, typer.Option("--stop", help="Stop and remove the container at the end.")
     ] = False,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--public-key",
+            dir_okay=False,
+            help="The claim is a signed envelope (`detserve attest`): check it with this public "
+            "key before anything else. Needs --run-log.",
+        ),
+    ] = None,
+    run_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--run-log", dir_okay=False, help="With --public-key: the run log the envelope signs."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -152,6 +167,11 @@ def replay_command(
 
         detserve replay --claim claims/a.runlog.jsonl --config configs/tiny-cpu.local.json \\
             --output-dir replays/a
+
+    A signed claim is checked first, signature then subject, and nothing runs unless both hold:
+
+        detserve replay --claim a.claim.intoto.json --public-key detserve.pub \\
+            --run-log a.runlog.jsonl --config configs/tiny-cpu.local.json --output-dir replays/a
     """
     from detserve import api
 
@@ -164,6 +184,8 @@ def replay_command(
             bundle_pin=bundle_pin,
             stop_after=stop_after,
             force=force,
+            public_key=public_key,
+            run_log=run_log,
             on_stage=say,
             observer=shown,
         )

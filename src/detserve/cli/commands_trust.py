@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,15 +22,13 @@ from detserve.cli.options import (
 )
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
-from detserve.fileio import check_outputs
 
 # `hash` and `verify` run before every run, and their start-up is part of what verification
 # costs: importing what only the other commands need (the Docker SDK, huggingface_hub, httpx,
 # the pydantic profile models) took 0.5 s, a quarter of verifying 4 GiB. Those imports are made
 # inside the commands that use them.
 if TYPE_CHECKING:
-    from detserve.locks import LockResult
-    from detserve.profile import LoadedProfile
+    pass
 
 config_app = typer.Typer(
     help="Validate profiles and print their JSON Schema.", no_args_is_help=True
@@ -216,117 +213,7 @@ def verify_command(
         )
 
 
-# --- locks -----------------------------------------------------------------------------------
-
-WriteOption = Annotated[
-    bool, typer.Option("--write", help="Write the resolved pin into the profile (one field only).")
-]
-LockOutputOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--profile-output",
-        dir_okay=False,
-        help="With --write: write the locked profile here instead of in place.",
-    ),
-]
-LegacyLockOutputOption = Annotated[Path | None, legacy_output_option("--profile-output")]
-ForceOption = Annotated[
-    bool, typer.Option("--force", help="Overwrite --profile-output if it exists.")
-]
-
-
-def _check_lock_options(*, config: Path, write: bool, output: Path | None, force: bool) -> None:
-    # Before the hub or the registry is asked anything: a usage error needs no network.
-    if output is not None and not write:
-        raise UsageError("--profile-output goes with --write")
-    if output is not None:
-        check_outputs([output], force=force, inputs=[config])
-    elif write:
-        # In place is the purpose of --write; the profile must still be a regular file.
-        check_outputs([config], force=True)
-
-
-def _finish_lock(
-    loaded: LoadedProfile,
-    lock: LockResult,
-    *,
-    write: bool,
-    output: Path | None,
-    force: bool,
-    json_output: bool,
-) -> None:
-    from detserve.locks import check_unchanged, write_lock
-
-    target = write_lock(loaded, lock, output, force=force) if write else None
-    if not write:
-        check_unchanged(lock)
-    if json_output:
-        emit_json(lock.as_json() | {"written": str(target) if target else None})
-        return
-    result(f"{lock.source} -> {lock.pinned}")
-    if target is not None:
-        say(f"trusting {lock.pinned} (resolved by {lock.resolved_by})")
-        say(f"wrote {lock.field} to {target}")
-        say("review the diff and commit it: this pin is now a trust root")
-    elif lock.previous is None:
-        say(f"{lock.field} is unpinned; re-run with --write to pin it")
-
-
-@app.command("lock-model")
-def lock_model_command(
-    config: ConfigOption,
-    write: WriteOption = False,
-    profile_output: LockOutputOption = None,
-    legacy_output: LegacyLockOutputOption = None,
-    force: ForceOption = False,
-    endpoint: Annotated[
-        str | None, typer.Option("--endpoint", help="Hub address (default huggingface.co).")
-    ] = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Resolve model.ref (a branch or tag) to a commit with huggingface_hub.
-
-    Without --write it only prints the commit (and exits 1 if the profile pins another one).
-    The hub token, if needed, comes from HF_TOKEN. Example:
-
-        detserve lock-model --config configs/qwen3-8b.json --write
-    """
-    from detserve.locks import resolve_model_revision
-    from detserve.profile import load_profile
-
-    output = renamed(profile_output, legacy_output, name="--profile-output", old="--output")
-    _check_lock_options(config=config, write=write, output=output, force=force)
-    loaded = load_profile(config)
-    lock = resolve_model_revision(loaded, endpoint=endpoint, token=os.environ.get("HF_TOKEN"))
-    _finish_lock(loaded, lock, write=write, output=output, force=force, json_output=json_output)
-
-
-@app.command("lock-image")
-def lock_image_command(
-    config: ConfigOption,
-    write: WriteOption = False,
-    profile_output: LockOutputOption = None,
-    legacy_output: LegacyLockOutputOption = None,
-    force: ForceOption = False,
-    json_output: JsonOption = False,
-) -> None:
-    """Resolve runtime.image_tag to its registry digest through the Docker engine.
-
-    Without --write it only prints the digest, and exits 1 if the registry now answers a
-    different digest than the profile pins. Example:
-
-        detserve lock-image --config configs/tiny-cpu.json --write \\
-            --output configs/tiny-cpu.local.json
-    """
-    from detserve.locks import resolve_image_digest
-    from detserve.profile import load_profile
-
-    output = renamed(profile_output, legacy_output, name="--profile-output", old="--output")
-    _check_lock_options(config=config, write=write, output=output, force=force)
-    loaded = load_profile(config)
-    lock = resolve_image_digest(loaded)
-    _finish_lock(loaded, lock, write=write, output=output, force=force, json_output=json_output)
-
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
 # --- prompt bundles --------------------------------------------------------------------------
 

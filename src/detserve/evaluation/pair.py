@@ -146,7 +146,7 @@ class DeterminismReport:
             details=[str(first)] if first else [],
             hint=None
             if not self.thresholds.strict
-            else "see the report for every divergent sample (--output REPORT)",
+            else "see the report for every divergent sample (--report-output REPORT)",
         )
 
     def as_json(self) -> dict[str, object]:

@@ -33,6 +33,7 @@ from detserve.runtime.container_spec import (
     ContainerSpec,
     build_container_spec,
     label_mismatches,
+    manifest_sha256,
 )
 from detserve.runtime.engine import (
     ContainerEngine,
@@ -182,10 +183,17 @@ def binding_mismatches(
 
 
 def container_mismatches(
-    loaded: LoadedProfile, container: ContainerInfo, engine: ContainerEngine
+    loaded: LoadedProfile,
+    container: ContainerInfo,
+    engine: ContainerEngine,
+    *,
+    manifest: str | None = None,
 ) -> list[str]:
-    """How a container differs from the one ``loaded``'s pins produce (empty: it is that one)."""
-    spec = build_container_spec(loaded)
+    """How a container differs from the one ``loaded``'s pins produce (empty: it is that one).
+
+    ``manifest``: the sha256 of the manifest the command verified (read here when not given).
+    """
+    spec = build_container_spec(loaded, manifest=manifest)
     try:
         image = engine.image_by_id(container.image_id)
     except ContainerError as exc:
@@ -193,16 +201,24 @@ def container_mismatches(
     return binding_mismatches(spec, image, container)
 
 
-def bound_container(loaded: LoadedProfile, engine: ContainerEngine, *, what: str) -> ContainerInfo:
-    """The profile's container: running, and created exactly as its pins say. Raise otherwise."""
-    name = build_container_spec(loaded).name  # pins and manifest first
+def bound_container(
+    loaded: LoadedProfile, engine: ContainerEngine, *, what: str, manifest: str | None = None
+) -> ContainerInfo:
+    """The profile's container, created exactly as its pins say. Raise otherwise.
+
+    ``manifest``: the sha256 of the manifest the command verified, so that the container is
+    compared with those very bytes and the manifest is not read again.
+    """
+    if manifest is None:
+        manifest = manifest_sha256(loaded)  # pins and manifest first
+    name = build_container_spec(loaded, manifest=manifest).name
     container = engine.find(name)
     if container is None:
         raise ContainerError(
             f"no container {name} to {what}",
             hint=f"start it with `detserve start --config {loaded.path}`",
         )
-    mismatches = container_mismatches(loaded, container, engine)
+    mismatches = container_mismatches(loaded, container, engine, manifest=manifest)
     if mismatches:
         raise PinMismatch(
             f"container {name} is not the one the pins of {loaded.path} describe; refusing to "
@@ -228,11 +244,11 @@ def failure_logs(engine: ContainerEngine, container_id: str) -> list[str]:
 
 
 def checked_container(
-    loaded: LoadedProfile, engine: ContainerEngine, *, what: str
+    loaded: LoadedProfile, engine: ContainerEngine, *, what: str, manifest: str | None = None
 ) -> ContainerInfo:
     """The profile's container: created exactly as its pins say (see
     :mod:`~detserve.runtime.binding`), and running."""
-    container = bound_container(loaded, engine, what=what)
+    container = bound_container(loaded, engine, what=what, manifest=manifest)
     if not container.running:
         raise ContainerError(
             f"container {container.name} is {container.describe()}",

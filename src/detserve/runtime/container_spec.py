@@ -105,8 +105,12 @@ def manifest_sha256(loaded: LoadedProfile) -> str:
     return hashlib.sha256(read_manifest_bytes(loaded.manifest_path)).hexdigest()
 
 
-def expected_labels(loaded: LoadedProfile) -> dict[str, str]:
-    """The pin labels a container started from this profile carries (needs every pin)."""
+def expected_labels(loaded: LoadedProfile, manifest: str | None = None) -> dict[str, str]:
+    """The pin labels a container started from this profile carries (needs every pin).
+
+    ``manifest`` is the sha256 of the manifest bytes the command already read and verified;
+    without it the manifest is read here.
+    """
     loaded.require_pins()
     return {
         LABEL_PROFILE: loaded.name,
@@ -114,7 +118,7 @@ def expected_labels(loaded: LoadedProfile) -> dict[str, str]:
         LABEL_MODEL_ID: loaded.profile.model.id,
         LABEL_MODEL_REVISION: loaded.revision,
         LABEL_IMAGE: loaded.image,
-        LABEL_MANIFEST_SHA256: manifest_sha256(loaded),
+        LABEL_MANIFEST_SHA256: manifest if manifest is not None else manifest_sha256(loaded),
     }
 
 
@@ -250,9 +254,13 @@ class ContainerSpec:
 
 
 def build_container_spec(
-    loaded: LoadedProfile, secrets: Mapping[str, str] | None = None
+    loaded: LoadedProfile,
+    secrets: Mapping[str, str] | None = None,
+    *,
+    manifest: str | None = None,
 ) -> ContainerSpec:
-    """The container for a fully pinned profile. Reads the manifest (for its label) only."""
+    """The container for a fully pinned profile. Reads the manifest (for its label) only, and not
+    even that when ``manifest``, the sha256 of the manifest the command verified, is given."""
     loaded.require_pins()
     profile = loaded.profile
     runtime = profile.runtime
@@ -273,7 +281,7 @@ def build_container_spec(
         mounts=snapshot_mounts(loaded),
         host=runtime.host,
         port=runtime.port,
-        labels=expected_labels(loaded),
+        labels=expected_labels(loaded, manifest),
         shm_size=runtime.shm_size,
         ipc_mode=runtime.ipc_mode,
         device=runtime.device,

@@ -109,6 +109,11 @@ class DockerEngine:
         self._client = client
         self.address = address
 
+    @property
+    def client(self) -> docker.DockerClient:
+        """The Docker SDK client this engine talks through (for the environment probe)."""
+        return self._client
+
     @classmethod
     def from_env(cls) -> DockerEngine:
         """The engine named by ``DOCKER_HOST`` (default: the local socket)."""

@@ -53,10 +53,13 @@ def _engine(engine: ContainerEngine | None) -> ContainerEngine:
     return engine if engine is not None else DockerEngine.from_env()
 
 
-def require_manifest(loaded: LoadedProfile) -> None:
-    """The manifest of the pinned revision exists and is valid; checked before anything runs."""
+def require_manifest(loaded: LoadedProfile) -> str:
+    """The manifest of the pinned revision exists and is valid; checked before anything runs.
+
+    Returns the sha256 of the bytes it parsed, for the container's label: one read a command.
+    """
     loaded.require_pins()
-    load_manifest(loaded.manifest_path)
+    return load_manifest(loaded.manifest_path).sha256
 
 
 # --- start --------------------------------------------------------------------------------------
@@ -92,15 +95,15 @@ def start(
 
     Secrets come from ``secrets_file``, or already read as ``secrets``.
     """
-    require_manifest(loaded)
+    manifest = require_manifest(loaded)
     if secrets is None:
         secrets = load_secrets_file(secrets_file) if secrets_file else SecretEnvironment()
-    spec = build_container_spec(loaded, secrets)
+    spec = build_container_spec(loaded, secrets, manifest=manifest)
     engine = _engine(engine)
     replaced = None
     existing = engine.find(spec.name)
     if existing is not None:
-        mismatches = container_mismatches(loaded, existing, engine)
+        mismatches = container_mismatches(loaded, existing, engine, manifest=manifest)
         if existing.running:
             if mismatches:
                 found = existing.labels.get(LABEL_PROFILE_SHA256, "(none)")

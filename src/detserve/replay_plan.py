@@ -1,4 +1,4 @@
-"""Replay a claimed run: check that a profile can reproduce it, re-run it, and compare.
+"""Planning a replay: whether a claim can be replayed under a profile, and what it needs.
 
 A verifier's claim is a run log. Before anything runs, the claim's pins are compared with the
 verifier's own profile, manifest and prompt bundle: a claim made under other pins cannot be

@@ -1,0 +1,69 @@
+"""The library face is documented: every public name, with its docstring, in docs/python-api.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import subprocess
+import sys
+
+import detserve
+from detserve import api
+
+from .committed import REPO_ROOT
+
+DOC = REPO_ROOT / "docs" / "python-api.md"
+
+
+def _generator() -> object:
+    spec = importlib.util.spec_from_file_location(
+        "api_reference", REPO_ROOT / "scripts" / "api_reference.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_reference_is_the_generated_one() -> None:
+    generator = _generator()
+    text = DOC.read_text(encoding="utf-8")
+    assert generator.reference() in text, "run `make schemas` to regenerate docs/python-api.md"  # type: ignore[attr-defined]
+
+
+def test_every_public_function_is_documented_and_re_exported() -> None:
+    for name in api.__all__:
+        value = getattr(api, name)
+        assert getattr(detserve, name) is value
+        if inspect.isfunction(value):
+            assert inspect.getdoc(value), f"detserve.{name} has no docstring"
+
+
+def test_help_documents_sample() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-c", "import detserve; help(detserve.sample)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PAGER": "cat", "PATH": "/usr/bin:/bin"},
+    )
+    assert "Sample the pinned prompt bundle" in shown.stdout
+
+
+def test_importing_detserve_imports_no_heavy_dependency() -> None:
+    probe = (
+        "import sys, detserve; "
+        "print(sorted(m for m in ('docker', 'httpx', 'pydantic', 'rich') if m in sys.modules))"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "[]"
+
+
+def test_no_api_name_is_also_a_module_of_the_package() -> None:
+    # Importing detserve.X sets the package's attribute X to the module, which would hide the
+    # API function of that name (as detserve/replay.py once hid detserve.replay).
+    for name in api.__all__:
+        assert importlib.util.find_spec(f"detserve.{name}") is None, name
