@@ -196,7 +196,6 @@ def sample(
                 "temperature": profile.sampling.temperature,
                 "seed": profile.sampling.seed,
                 "max_tokens": request.max_tokens,
-                "concurrency": profile.sampling.concurrency,
                 "logprobs": request.logprobs,
             },
             "n_samples": len(prompts),
