@@ -31,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import bench_concurrency
 import bench_eval
 import bench_hash
 import bench_runtime
@@ -53,6 +54,7 @@ PARTS: dict[str, Benchmark] = {
     "hash": bench_hash.BENCHMARK,
     "eval": bench_eval.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
+    "concurrency": bench_concurrency.BENCHMARK,
 }
 
 
