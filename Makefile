@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv constraints lint format test test-unit test-integration stack demo schemas clean bench bench-hash bench-eval bench-cli bench-runtime
+.PHONY: venv constraints lint format test test-unit test-integration stack browser demo schemas clean bench bench-hash bench-eval bench-cli bench-runtime
 
 # Versions come from constraints.txt, so that a fresh clone tests what was tested here.
 $(STAMP): pyproject.toml constraints.txt
@@ -40,13 +40,18 @@ format: $(STAMP)
 stack: $(STAMP)
 	$(BIN)/python scripts/stack/stack.py all
 
-test-unit: $(STAMP)
+# Debian's headless Chromium, for the screenshot test of `detserve check`'s report.html.
+browser:
+	command -v chromium >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+test-unit: $(STAMP) browser
 	$(BIN)/pytest tests/unit
 
 test-integration: stack
 	$(BIN)/pytest tests/integration
 
-test: stack
+test: stack browser
 	$(BIN)/pytest tests
 
 demo: stack
@@ -79,8 +84,13 @@ bench-cli: $(STAMP)
 
 # Sampling overhead and time to ready on the tiny CPU container against the bare server; exit 1
 # below target. Options: make bench-runtime BENCH_RUNTIME_ARGS="--rounds 4 --ready-rounds 1".
+# Then certified sampling at concurrency 1..32, side by side, logs compared (bench_concurrency.py;
+# BENCH_CONCURRENCY_ARGS="--rounds 1"); exit 1 below 8x or on any log that differs.
 bench-runtime: stack
-	$(BIN)/python benchmarks/bench.py runtime $(BENCH_RUNTIME_ARGS)
+	status=0; \
+	$(BIN)/python benchmarks/bench.py runtime $(BENCH_RUNTIME_ARGS) || status=$$?; \
+	$(BIN)/python benchmarks/bench.py concurrency $(BENCH_CONCURRENCY_ARGS) || status=$$?; \
+	exit $$status
 
 schemas: $(STAMP)
 	$(BIN)/detserve config schema > docs/profile.schema.json

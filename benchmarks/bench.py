@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import bench_cli
+import bench_concurrency
 import bench_eval
 import bench_hash
 import bench_runtime
@@ -55,6 +56,7 @@ PARTS: dict[str, Benchmark] = {
     "eval": bench_eval.BENCHMARK,
     "cli": bench_cli.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
+    "concurrency": bench_concurrency.BENCHMARK,
 }
 
 

@@ -96,7 +96,6 @@ def header(n_samples: int, max_tokens: int) -> dict[str, object]:
             "temperature": 0.0,
             "seed": 0,
             "max_tokens": max_tokens,
-            "concurrency": 1,
             "logprobs": 1,
         },
         "n_samples": n_samples,

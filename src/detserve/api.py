@@ -34,7 +34,13 @@ from detserve.fileio import check_output_dir, check_outputs
 
 if TYPE_CHECKING:
     from detserve.attest import AttestedClaim
+    from detserve.diagnosis.certificate import Certificate
+    from detserve.diagnosis.check import CheckResult
+    from detserve.diagnosis.measure import PassKey
+    from detserve.diagnosis.repropack import ReproPack
+    from detserve.errors import DetserveError
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.fingerprint import FingerprintEngine
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
@@ -484,14 +490,22 @@ def sample(
     bundle: Path | str = DEFAULT_BUNDLE,
     bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
     force: bool = False,
+    concurrency: int = 1,
+    certificate: Path | str | None = None,
+    audit: float = 0.0,
+    audit_seed: int = 0,
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
     Strict only: every pin filled, the snapshot and the bundle verified, the container bound to
-    the pins, greedy with the profile's seed, one request in flight. Any failure, Ctrl-C
-    included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256 is the claim.
+    the pins, greedy with the profile's seed, one request in flight, unless ``certificate`` (a
+    :func:`check`'s ``certificate.json`` for these very pins and parameters) covers
+    ``concurrency``; the log is then the same bytes as at concurrency 1. ``audit`` re-samples
+    that fraction of the prompts one at a time afterwards (seeded by ``audit_seed``) and fails
+    the run on any difference. Any failure, Ctrl-C included, leaves nothing at ``run_log`` or
+    ``sidecar``. The run log's sha256 is the claim.
     """
     from detserve.sampling import SampleRequest, check_request
 
@@ -505,6 +519,10 @@ def sample(
         run_log_output=Path(run_log),
         sidecar_output=Path(sidecar),
         force=force,
+        concurrency=concurrency,
+        certificate=Path(certificate) if certificate is not None else None,
+        audit_fraction=audit,
+        audit_seed=audit_seed,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
     engine = _engine(engine)
@@ -713,14 +731,143 @@ def replay(
     )
 
 
+# --- diagnosis ----------------------------------------------------------------------------------
+
+#: the levels ``check`` measures unless told otherwise
+DEFAULT_CHECK_LEVELS = (1, 2, 4, 8, 16, 32)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What :func:`check` measured, its verdict, and the repro pack it wrote."""
+
+    result: CheckResult
+    pack: ReproPack
+
+    @property
+    def verdict(self) -> str:
+        return self.result.diagnosis.verdict.value
+
+    @property
+    def passed(self) -> bool:
+        """A pass at the requested tier (tier 0 promises no equality; ENV_CHANGED never passes)."""
+        return self.result.passed
+
+    @property
+    def certificate(self) -> Path | None:
+        return self.pack.certificate_path
+
+    def error(self) -> DetserveError | None:
+        """The error to raise when this is not a pass at the tier (exit 1); None when it is."""
+        from detserve.errors import Divergence
+
+        if self.passed:
+            return None
+        return Divergence(
+            f"{self.verdict} at tier {self.result.plan.tier}: {self.result.diagnosis.reason}",
+            hint=f"the repro pack is in {self.pack.directory} (report.txt, report.html)",
+        )
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": self.passed,
+            "verdict": self.verdict,
+            "output_dir": str(self.pack.directory),
+            "files": [str(path) for path in self.pack.files],
+            "certificate": str(self.certificate) if self.certificate is not None else None,
+            "certificate_sha256": (
+                self.pack.certificate.sha256 if self.pack.certificate is not None else None
+            ),
+            "report": self.pack.report,
+        }
+
+
+def check(
+    config: ProfileLike,
+    *,
+    output_dir: Path | str,
+    tier: int = 1,
+    runs: int = 3,
+    concurrency: Sequence[int] = DEFAULT_CHECK_LEVELS,
+    n_prompts: int | None = None,
+    max_tokens: int | None = None,
+    logprobs: int | None = None,
+    shuffle: bool = True,
+    shuffle_seed: int = 0,
+    bundle: Path | str = DEFAULT_BUNDLE,
+    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    force: bool = False,
+    on_pass: Callable[[PassKey], None] | None = None,
+    engine: ContainerEngine | None = None,
+    probe: FingerprintEngine | None = None,
+) -> CheckOutcome:
+    """Diagnose non-determinism against the running, verified container; write a repro pack.
+
+    Samples the first ``n_prompts`` prompts at every ``concurrency`` level (1 is always added:
+    the baseline), ``runs`` times each in the bundle's order and once more shuffled, with that
+    many requests truly in flight, and compares everything with concurrency 1. ``tier`` 0 writes
+    the pack and promises nothing; 1 requires identical tokens; 2 identical logprobs too, bit for
+    bit (``logprobs`` defaults to 1 there). The verdict is PASS, RUN_VARIANCE, BATCH_VARIANCE,
+    LOGPROB_VARIANCE, LOGPROBS_UNAVAILABLE or ENV_CHANGED. A PASS at tier 1 or 2 writes
+    ``certificate.json``, which :func:`sample` accepts for ``concurrency`` above 1.
+
+    The same pre-flight as :func:`sample` (pins, snapshot, bundle, the bound container, the
+    served model); with the default engine the environment is fingerprinted before and after
+    (``env.json``; a change is ENV_CHANGED). Returns the outcome whatever the verdict;
+    ``outcome.error()`` is the error to raise when it is not a pass (exit 1).
+    """
+    from detserve.diagnosis.check import run_check
+    from detserve.diagnosis.measure import CheckPlan, levels_with_baseline
+    from detserve.diagnosis.repropack import check_pack_outputs, write_repro_pack
+
+    if tier not in (0, 1, 2):
+        raise UsageError(f"--tier {tier}: expected 0, 1 or 2")
+    if runs < 1 or any(level < 1 for level in concurrency):
+        raise UsageError("--runs and every --concurrency level must be at least 1")
+    loaded = load_profile(config)
+    loaded.require_pins()
+    prompts = load_prompts(bundle, bundle_pin)
+    directory = Path(output_dir)
+    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
+    check_pack_outputs(directory, force=force, inputs=inputs)
+    plan = CheckPlan(
+        tier=tier,  # type: ignore[arg-type]  # checked above
+        runs=runs,
+        levels=levels_with_baseline(concurrency),
+        n_prompts=n_prompts or len(prompts.prompts),
+        max_tokens=max_tokens or loaded.profile.sampling.max_tokens,
+        logprobs=logprobs if logprobs is not None or tier < 2 else 1,
+        shuffle=shuffle,
+        shuffle_seed=shuffle_seed,
+    )
+    if engine is None:
+        from detserve.runtime.probe import DockerProbe
+
+        docker_probe = DockerProbe.from_env()
+        engine, probe = docker_probe.engine, probe or docker_probe
+    result = run_check(loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass)
+    pack = write_repro_pack(loaded, result, directory, force=force)
+    return CheckOutcome(result=result, pack=pack)
+
+
+def read_certificate(path: Path | str) -> Certificate:
+    """A concurrency certificate, validated (exit 2 when it is not one)."""
+    from detserve.diagnosis.certificate import read_certificate as read_core
+
+    return read_core(Path(path))
+
+
 __all__ = [
     "DEFAULT_BUNDLE",
     "DEFAULT_BUNDLE_PIN",
+    "DEFAULT_CHECK_LEVELS",
     "BytesObserver",
+    "CheckOutcome",
     "HashResult",
     "LockOutcome",
     "ReplayResult",
     "SamplingObserver",
+    "check",
     "check_hash",
     "compare_runs",
     "evaluate",
@@ -730,6 +877,7 @@ __all__ = [
     "lock_image",
     "lock_model",
     "logs",
+    "read_certificate",
     "replay",
     "run",
     "sample",

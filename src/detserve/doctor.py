@@ -273,6 +273,8 @@ def check_batch_invariant(loaded: LoadedProfile, facts: DoctorFacts) -> CheckIte
     seqs = profile.vllm.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
     concurrency = max(profile.sampling.concurrency, seqs)
     value = profile.runtime.environment.get("VLLM_BATCH_INVARIANT")
+    if profile.vllm.batch_invariant:
+        value = "1"  # vllm.batch_invariant sets it (the profile refuses another value)
     problem = None
     if concurrency > 1 and value != "1":
         problem = (
@@ -284,7 +286,7 @@ def check_batch_invariant(loaded: LoadedProfile, facts: DoctorFacts) -> CheckIte
         "batch-invariant mode",
         problem,
         "VLLM_BATCH_INVARIANT=1" if concurrency > 1 else "vllm.max_num_seqs 1: never batched",
-        'set runtime.environment.VLLM_BATCH_INVARIANT to "1" (or vllm.max_num_seqs to 1)',
+        "set vllm.batch_invariant to true (or vllm.max_num_seqs to 1)",
     )
 
 

@@ -186,6 +186,40 @@ ENVIRONMENT_VARIABLES: Mapping[str, EnvironmentVariable] = {
     "PYTHONHASHSEED": EnvironmentVariable("Python's hash seed", r"[0-9]{1,10}"),
 }
 
+#: What ``vllm.batch_invariant: true`` puts in the container. vLLM 0.32 reads
+#: VLLM_BATCH_INVARIANT; its ``override_envs_for_invariance`` then sets CUBLAS_WORKSPACE_CONFIG
+#: to ``:4096:8`` itself (with NCCL's single-channel tree settings), so it is set here to the
+#: same value, to be pinned and recorded rather than left to the engine.
+BATCH_INVARIANT_ENVIRONMENT: Mapping[str, str] = {
+    "VLLM_BATCH_INVARIANT": "1",
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+}
+#: Attention backends of the allowlist that vLLM 0.32 does not support in batch-invariant mode:
+#: only FLASH_ATTN, FLEX_ATTENTION and TRITON_ATTN (and the MLA variants FLASH_ATTN_MLA and
+#: TRITON_MLA) answer ``supports_batch_invariance()`` with True in the pinned image
+#: (vllm/v1/attention/backends/*.py); the documentation names NVIDIA GPUs only.
+BATCH_INVARIANT_UNSUPPORTED_BACKENDS: frozenset[str] = frozenset({"FLASHINFER", "CPU_ATTN"})
+
+
+def batch_invariant_problem(
+    environment: Mapping[str, str], extra_args: Mapping[str, object]
+) -> str | None:
+    """Why a profile's environment and engine options cannot run batch-invariant, or None."""
+    for name, value in BATCH_INVARIANT_ENVIRONMENT.items():
+        found = environment.get(name)
+        if found is not None and found != value:
+            return (
+                f"vllm.batch_invariant sets {name}={value}; runtime.environment sets {name}={found}"
+            )
+    backend = extra_args.get("--attention-backend")
+    if backend in BATCH_INVARIANT_UNSUPPORTED_BACKENDS:
+        return (
+            f"vllm.batch_invariant: attention backend {backend} is not supported by vLLM's "
+            "batch-invariant mode (FLASH_ATTN, FLEX_ATTENTION or TRITON_ATTN are)"
+        )
+    return None
+
+
 #: variables detserve sets itself; a profile or a secrets file may not
 RESERVED_ENVIRONMENT: frozenset[str] = frozenset({"HF_HOME", "HF_HUB_OFFLINE"})
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, duplicate_keys
 from detserve.engine_policy import (
+    batch_invariant_problem,
     check_engine_option,
     check_entrypoint,
     check_environment_variable,
@@ -204,6 +205,10 @@ class VllmSpec(_Strict):
     enforce_eager: bool = False
     """Disable CUDA graphs."""
 
+    batch_invariant: bool = False
+    """vLLM's batch-invariant mode (NVIDIA): ``VLLM_BATCH_INVARIANT=1`` and what it needs
+    (``engine_policy.BATCH_INVARIANT_ENVIRONMENT``); unsupported attention backends refused."""
+
     extra_args: dict[str, ExtraValue] = Field(default_factory=dict)
     """Further engine options, ``{"--option": value}``, by their exact names in vLLM's parser;
     ``true`` is a bare flag. Only options on detserve's allowlist pass (``detserve config
@@ -271,11 +276,18 @@ class Profile(_Strict):
                 raise ValueError("vllm.tensor_parallel_size must be 1 on device 'cpu'")
             if self.vllm.gpu_memory_utilization is not None:
                 raise ValueError("vllm.gpu_memory_utilization is for device 'nvidia' only")
+            if self.vllm.batch_invariant:
+                raise ValueError("vllm.batch_invariant is vLLM's GPU mode; device 'cpu' has none")
         elif self.vllm.tensor_parallel_size > self.runtime.gpus_requested():
             raise ValueError(
                 f"vllm.tensor_parallel_size {self.vllm.tensor_parallel_size} exceeds the "
                 f"{self.runtime.gpus_requested()} GPU(s) requested by runtime"
             )
+        problem = self.vllm.batch_invariant and batch_invariant_problem(
+            self.runtime.environment, self.vllm.extra_args
+        )
+        if problem:
+            raise ValueError(problem)
         return self
 
 

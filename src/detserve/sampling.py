@@ -4,26 +4,34 @@ tokens", written as a canonical run log.
 Nothing is sampled from an unverified state. Before the first request: every pin is filled, the
 snapshot verifies against its manifest, the prompt bundle against its pin, the running container
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
-server serves the pinned model. Requests are greedy with the profile's seed, one at a time. The
-container's identity (id, start time, restart count) is checked during the run and at its end, and
-the snapshot is verified again before the log is committed: a restarted server or a changed
-snapshot voids the run. The run log is written atomically; any failure, Ctrl-C included, leaves
-nothing at the output paths.
+server serves the pinned model. Requests are greedy with the profile's seed, one at a time,
+unless a concurrency certificate (:mod:`detserve.diagnosis.certificate`, measured by ``detserve
+check`` for these very pins) covers more in flight; the log is then written in index order and
+is the same bytes as at concurrency 1 (the concurrency and the certificate's sha256 go to the
+sidecar). With an audit fraction, a seeded random subset is sampled again one at a time after
+the concurrent pass, and any difference voids the run. The container's identity (id, start time,
+restart count) is checked during the run and at its end, and the snapshot is verified again
+before the log is committed: a restarted server or a changed snapshot voids the run. The run log
+is written atomically; any failure, Ctrl-C included, leaves nothing at the output paths.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 from detserve._version import __version__
 from detserve.canonical import canonical_bytes
-from detserve.errors import ContainerError, PinMismatch, UsageError
+from detserve.diagnosis.certificate import Certificate, read_certificate, require_coverage
+from detserve.errors import ContainerError, Divergence, PinMismatch, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
+from detserve.inflight import Timed, run_in_flight
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle, PromptRecord
@@ -47,6 +55,12 @@ class SampleRequest:
     run_log_output: Path
     sidecar_output: Path
     force: bool = False
+    #: requests in flight; above 1 only with a certificate that covers it
+    concurrency: int = 1
+    certificate: Path | None = None
+    #: the fraction of samples sampled again at concurrency 1 after the pass (0: none)
+    audit_fraction: float = 0.0
+    audit_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,9 @@ class SampleSummary:
     n_samples: int
     output_tokens: int
     seconds: float
+    concurrency: int = 1
+    certificate_sha256: str | None = None
+    audited: tuple[int, ...] = ()
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -72,6 +89,9 @@ class SampleSummary:
             "output_tokens": self.output_tokens,
             "seconds": round(self.seconds, 3),
             "tokens_per_s": self.tokens_per_s,
+            "concurrency": self.concurrency,
+            "certificate_sha256": self.certificate_sha256,
+            "audited": list(self.audited),
         }
 
 
@@ -83,7 +103,7 @@ def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
     return (container.id, container.started_at, container.restart_count, container.running)
 
 
-class _IdentityWatch:
+class IdentityWatch:
     """Fails the run as soon as the container is not the one sampling started with."""
 
     def __init__(self, engine: ContainerEngine, container: ContainerInfo) -> None:
@@ -116,7 +136,7 @@ class _IdentityWatch:
             )
 
 
-def _check_prompt_tokens(prompt: PromptRecord, result: Completion, index: int) -> None:
+def check_prompt_tokens(prompt: PromptRecord, result: Completion, index: int) -> None:
     # The bundle recorded each prompt's length with the pinned tokenizer; a server that tokenizes
     # differently is not serving the pinned tokenizer.
     if len(result.prompt_token_ids) != prompt.n_tokens:
@@ -152,9 +172,36 @@ def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
         )
 
 
+def audit_indices(n_samples: int, fraction: float, seed: int) -> tuple[int, ...]:
+    """The samples an audit re-samples: ``ceil(fraction * n)`` of them, seeded, ascending."""
+    if fraction <= 0:
+        return ()
+    count = min(n_samples, math.ceil(fraction * n_samples))
+    # Not for secrecy: the subset is reproducible from the seed the sidecar records.
+    chooser = random.Random(f"detserve-audit:{seed}")  # noqa: S311
+    return tuple(sorted(chooser.sample(range(n_samples), count)))
+
+
+def _check_concurrency(request: SampleRequest) -> Certificate | None:
+    if not 0 <= request.audit_fraction <= 1:
+        raise UsageError(f"--audit {request.audit_fraction} is not a fraction between 0 and 1")
+    if request.concurrency < 1:
+        raise UsageError(f"--concurrency {request.concurrency} is refused: at least 1")
+    if request.certificate is None:
+        if request.concurrency != 1:
+            raise UsageError(
+                f"--concurrency {request.concurrency} is refused: strict sampling is sequential "
+                "unless a concurrency certificate measured for these pins covers it",
+                hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
+            )
+        return None
+    return read_certificate(request.certificate)
+
+
 def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
-    """Refuse a request before any work: outputs, token budget, pins."""
+    """Refuse a request before any work: outputs, token budget, pins, concurrency."""
     loaded.require_pins()
+    certificate = _check_concurrency(request)
     check_outputs(
         [request.run_log_output, request.sidecar_output],
         force=request.force,
@@ -168,6 +215,49 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
             f"{len(too_long)} prompt(s) plus --max-tokens {request.max_tokens} exceed "
             f"max_model_len {limit}: {', '.join(too_long[:5])}"
         )
+    if certificate is not None:
+        # Everything but the pins, which need the server's version: checked before a request.
+        require_coverage(
+            certificate,
+            pins=certificate.pins,
+            seed=loaded.profile.sampling.seed,
+            max_tokens=request.max_tokens,
+            logprobs=request.logprobs,
+            concurrency=request.concurrency,
+            n_prompts=len(prompts),
+        )
+
+
+def sample_one(
+    server: VllmServer, prompt: PromptRecord, index: int, request: SampleRequest, seed: int
+) -> dict[str, object]:
+    """One strict request and its run-log record: the single place a sample is made."""
+    result = server.complete(
+        prompt.prompt, max_tokens=request.max_tokens, seed=seed, logprobs=request.logprobs
+    )
+    check_prompt_tokens(prompt, result, index)
+    return _sample_record(index, prompt, result)
+
+
+def _audit(
+    server: VllmServer,
+    prompts: Sequence[PromptRecord],
+    request: SampleRequest,
+    seed: int,
+    kept: dict[int, dict[str, object]],
+) -> None:
+    # Defence in depth: the certificate was measured on these pins, and this checks that the
+    # concurrent pass agreed with one-at-a-time sampling where it was looked at.
+    for index in sorted(kept):
+        again = sample_one(server, prompts[index], index, request, seed)
+        if again != kept[index]:
+            fields = sorted(name for name in again if again[name] != kept[index].get(name))
+            raise Divergence(
+                f"audit: sample {index} ({prompts[index].id}) differs between concurrency "
+                f"{request.concurrency} and concurrency 1; no run log was written",
+                details=[f"differing fields: {', '.join(fields)}"],
+                hint="the certificate does not hold for this server; run `detserve check` again",
+            )
 
 
 def sample(
@@ -188,6 +278,7 @@ def sample(
     """
     check_request(loaded, bundle, request)
     prompts = bundle.take(request.n_prompts)
+    certificate = read_certificate(request.certificate) if request.certificate else None
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     # the container is compared with the manifest bytes just verified, not a second read
@@ -195,18 +286,27 @@ def sample(
         loaded, engine, what="sample from", manifest=report.manifest_sha256
     )
     environment = fingerprint() if fingerprint is not None else None
-    watch = _IdentityWatch(engine, container)
+    watch = IdentityWatch(engine, container)
     profile = loaded.profile
     with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        if certificate is not None:
+            require_coverage(
+                certificate,
+                pins=run_pins,
+                seed=profile.sampling.seed,
+                max_tokens=request.max_tokens,
+                logprobs=request.logprobs,
+                concurrency=request.concurrency,
+                n_prompts=len(prompts),
+            )
         header: dict[str, object] = {
             "pins": run_pins.model_dump(mode="json"),
             "sampling": {
                 "temperature": profile.sampling.temperature,
                 "seed": profile.sampling.seed,
                 "max_tokens": request.max_tokens,
-                "concurrency": profile.sampling.concurrency,
                 "logprobs": request.logprobs,
             },
             "n_samples": len(prompts),
@@ -214,21 +314,32 @@ def sample(
         started_wall = datetime.now(UTC)
         started = time.perf_counter()
         output_tokens = 0
+        audited = audit_indices(len(prompts), request.audit_fraction, request.audit_seed)
+        audit_set = frozenset(audited)
+        kept: dict[int, dict[str, object]] = {}
         with RunLogWriter(request.run_log_output, header, force=request.force) as run_log:
-            for index, prompt in enumerate(prompts):
-                result = server.complete(
-                    prompt.prompt,
-                    max_tokens=request.max_tokens,
-                    seed=profile.sampling.seed,
-                    logprobs=request.logprobs,
-                )
-                _check_prompt_tokens(prompt, result, index)
-                run_log.write(_sample_record(index, prompt, result))
-                output_tokens += len(result.token_ids)
+
+            def write(timed: Timed[dict[str, object]]) -> None:
+                nonlocal output_tokens
+                record = timed.result
+                run_log.write(record)  # in index order, whatever order requests completed in
+                if timed.index in audit_set:
+                    kept[timed.index] = record
+                output_tokens += len(record["output_token_ids"])  # type: ignore[arg-type]
                 watch.check()
                 if progress is not None:
-                    progress(index + 1, output_tokens)
+                    progress(timed.index + 1, output_tokens)
+
+            seed = profile.sampling.seed
+            run_in_flight(
+                prompts,
+                lambda index, prompt: sample_one(server, prompt, index, request, seed),
+                concurrency=request.concurrency,
+                on_result=write,
+                between=watch.check,
+            )
             seconds = time.perf_counter() - started
+            _audit(server, prompts, request, seed, kept)
             # Before the log is committed: still the same server, and still the same snapshot
             # (it is mounted read-only, but the host side can change under a running server).
             watch.check(force=True)
@@ -243,6 +354,9 @@ def sample(
         n_samples=len(prompts),
         output_tokens=output_tokens,
         seconds=seconds,
+        concurrency=request.concurrency,
+        certificate_sha256=certificate.sha256 if certificate is not None else None,
+        audited=audited,
     )
     sidecar = {
         "detserve_version": __version__,
@@ -259,6 +373,19 @@ def sample(
         "n_samples": len(prompts),
         "output_tokens": output_tokens,
         "tokens_per_s": summary.tokens_per_s,
+        # How the log was sampled, not what it says: a certified concurrency gives the same log.
+        "concurrency": request.concurrency,
+        "certificate_sha256": summary.certificate_sha256,
+        "audit": (
+            {
+                "fraction": request.audit_fraction,
+                "seed": request.audit_seed,
+                "indices": list(audited),
+                "identical": True,
+            }
+            if request.audit_fraction > 0
+            else None
+        ),
         "note": "varies between faithful runs; never compared (the run log is)",
     }
     if environment is not None:

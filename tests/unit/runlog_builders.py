@@ -36,7 +36,6 @@ def make_header(n_samples: int, *, logprobs: int | None = 1, **pins: Any) -> dic
             "temperature": 0.0,
             "seed": 0,
             "max_tokens": 16,
-            "concurrency": 1,
             "logprobs": logprobs,
         },
         "n_samples": n_samples,

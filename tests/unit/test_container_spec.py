@@ -130,7 +130,7 @@ def test_cpu_profile_exact_create_kwargs(cpu_profile: LoadedProfile) -> None:
             "8000",
             "--no-enable-prefix-caching",
             "--max-num-seqs",
-            "8",
+            "32",
             "--enforce-eager",
         ],
         "environment": {

@@ -204,7 +204,7 @@ def test_a_gpu_profile_that_may_batch_without_batch_invariance_fails(
     loaded = gpu_profile(tiny_workspace)
     fails = failed(loaded, facts_for(loaded, FakeDoctorEngine(loaded)))
     assert list(fails) == ["batch-invariant mode"]
-    assert "may batch 8 sequences" in fails["batch-invariant mode"]
+    assert "may batch 32 sequences" in fails["batch-invariant mode"]
 
 
 def test_a_gpu_profile_with_batch_invariance_passes(tiny_workspace: TinyWorkspace) -> None:

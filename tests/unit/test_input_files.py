@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from detserve import fileio
+from detserve.diagnosis.certificate import MAX_CERTIFICATE_BYTES
 from detserve.errors import EXIT_INPUT
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace, sha256_hex
@@ -235,6 +236,14 @@ INPUTS: list[tuple[str, Args, int]] = [
         fileio.MAX_MANIFEST_BYTES,
     ),
     (
+        "sample --certificate",
+        lambda w: (
+            [*_sample(w, w.ws.config, BUNDLE_PIN), "--concurrency", "4", "--certificate", w.bad],
+            w.bad,
+        ),
+        MAX_CERTIFICATE_BYTES,
+    ),
+    (
         "replay --bundle-pin",
         lambda w: (_replay(w, w.ws.config, w.bad, w.run_a), w.bad),
         fileio.MAX_MANIFEST_BYTES,
@@ -350,7 +359,8 @@ def test_every_input_option_is_in_the_table() -> None:
         __import__(f"detserve.cli.{module}")
     file_options = {"--config", "--manifest", "--bundle-pin", "--claim", "--run-a", "--run-b",
                     "--run", "--dataset-file", "--secrets-file", "--key", "--run-log",
-                    "--sidecar", "--environment", "--public-key", "--envelope"}  # fmt: skip
+                    "--sidecar", "--environment", "--public-key", "--envelope",
+                    "--certificate"}  # fmt: skip
     covered = {option for name, *_ in INPUTS for option in name.split() if option.startswith("--")}
     assert file_options <= covered
 

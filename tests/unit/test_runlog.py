@@ -42,7 +42,7 @@ def test_written_log_is_canonical_json_lines(tmp_path: Path) -> None:
     header, footer = json.loads(lines[0]), json.loads(lines[-1])
     assert header["record"] == "header"
     assert header["format"] == "detserve-run-log"
-    assert header["format_version"] == 2
+    assert header["format_version"] == 3
     assert footer == {
         "record": "footer",
         "n_samples": 3,
@@ -160,7 +160,8 @@ def test_writer_refuses_an_invalid_sample(
     ("section", "change", "message"),
     [
         pytest.param("sampling", {"temperature": 0.7}, "temperature", id="temperature"),
-        pytest.param("sampling", {"concurrency": 2}, "concurrency", id="concurrency"),
+        # version 3: the concurrency is the sidecar's; a header that names one is refused
+        pytest.param("sampling", {"concurrency": 1}, "concurrency", id="concurrency"),
         pytest.param("pins", {"model_revision": "main"}, "model_revision", id="revision"),
         pytest.param("pins", {"image": "vllm:latest"}, "image", id="image-tag"),
         pytest.param("sampling", {"seed": 2**53}, "sampling.seed", id="seed-beyond-2**53"),
@@ -316,9 +317,23 @@ def test_a_version_1_log_is_refused_by_name(tmp_path: Path, log_lines: list[byte
     log_lines[0] = (json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n").encode()
     error = _refused(
         _write_lines(tmp_path / "v1.jsonl", log_lines),
-        "line 1: run-log format version 1; this detserve reads version 2 only",
+        "line 1: run-log format version 1; this detserve reads version 3 only",
     )
     assert error.details == ()
+
+
+def test_a_version_2_log_is_refused_by_name(tmp_path: Path, log_lines: list[bytes]) -> None:
+    # Version 2 headers held sampling.concurrency (always 1); version 3 moved it to the sidecar.
+    header = json.loads(log_lines[0]) | {"format_version": 2}
+    header["sampling"]["concurrency"] = 1
+    log_lines[0] = canonical_bytes(header)
+    error = _refused(
+        _write_lines(tmp_path / "v2.jsonl", log_lines),
+        "line 1: run-log format version 2; this detserve reads version 3 only",
+    )
+    assert error.details == ()
+    assert error.hint is not None
+    assert "sampling.concurrency" in error.hint
 
 
 def test_a_seed_beyond_2_53_is_refused_by_the_reader(

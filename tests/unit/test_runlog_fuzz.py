@@ -100,7 +100,6 @@ def headers(draw: st.DrawFn, n_samples: int, logprobs: bool) -> dict[str, Any]:
             "temperature": draw(st.sampled_from([0.0, 0, -0.0])),
             "seed": draw(st.integers(min_value=0, max_value=MAX_EXACT_INTEGER)),
             "max_tokens": 8,
-            "concurrency": 1,
             "logprobs": draw(st.integers(0, 20)) if logprobs else None,
         },
         "n_samples": n_samples,

@@ -57,6 +57,7 @@ _COMMAND_MODULES = (
     "commands_locks",
     "commands_runs",
     "commands_sample",
+    "commands_check",
     "commands_runtime",
     "commands_runlog",
     "commands_attest",

@@ -35,6 +35,10 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
         "replay",
         "Re-run a claimed run log under your own pinned profile and compare, in one step.",
     ),
+    (
+        "check",
+        "Diagnose non-determinism against the running, verified server; write a repro pack.",
+    ),
     ("start", "Start the profile's pinned vLLM container (or find it already running)."),
     ("wait", "Wait until the started server answers with the pinned model name."),
     (

@@ -27,15 +27,22 @@ from detserve.errors import UsageError
 
 
 def _refuse_weakening(
-    skip_reference_hash_check: bool, concurrency: int | None, temperature: float | None
+    skip_reference_hash_check: bool,
+    concurrency: int | None,
+    certificate: Path | None,
+    temperature: float | None,
 ) -> None:
     # These options exist only to be refused by name: a strict run has no way to weaken itself.
     if skip_reference_hash_check:
         raise UsageError(
             "--skip-reference-hash-check is refused: the prompt bundle is always verified"
         )
-    if concurrency is not None and concurrency != 1:
-        raise UsageError(f"--concurrency {concurrency} is refused: strict sampling is sequential")
+    if concurrency is not None and concurrency != 1 and certificate is None:
+        raise UsageError(
+            f"--concurrency {concurrency} is refused: strict sampling is sequential unless a "
+            "concurrency certificate measured for these pins covers it",
+            hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
+        )
     if temperature is not None and temperature != 0:
         raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
 
@@ -77,7 +84,36 @@ def sample_command(
     skip_reference_hash_check: Annotated[
         bool, typer.Option("--skip-reference-hash-check", hidden=True)
     ] = False,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", hidden=True)] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Requests in flight. Above 1 only with a --certificate that covers it; the run "
+            "log is the same bytes as at 1.",
+        ),
+    ] = None,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate",
+            dir_okay=False,
+            help="A concurrency certificate (`detserve check`) for these pins and parameters.",
+        ),
+    ] = None,
+    audit: Annotated[
+        float,
+        typer.Option(
+            "--audit",
+            min=0.0,
+            max=1.0,
+            help="Re-sample this fraction of the prompts one at a time after the pass; any "
+            "difference fails the run, nothing written.",
+        ),
+    ] = 0.0,
+    audit_seed: Annotated[
+        int, typer.Option("--audit-seed", min=0, help="Seed of the audited subset.")
+    ] = 0,
     temperature: Annotated[float | None, typer.Option("--temperature", hidden=True)] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -85,16 +121,21 @@ def sample_command(
 
     Refuses unless the whole snapshot verifies, the prompt bundle matches its pin, and the
     running container is the pinned image serving the pinned model. Greedy, the profile's seed,
-    one request at a time; no option weakens this (--concurrency 2, --temperature or
-    --skip-reference-hash-check exit 2). Any failure, Ctrl-C included, leaves nothing at the
-    output paths. Example:
+    one request at a time; no option weakens this (--temperature, --skip-reference-hash-check,
+    or --concurrency 2 without a certificate exit 2). With a certificate from `detserve check`
+    that covers these pins, parameters and N, --concurrency N keeps N requests in flight and
+    writes the same bytes as one at a time; anything the certificate does not cover exits 2,
+    naming it. Any failure, Ctrl-C included, leaves nothing at the output paths. Examples:
 
         detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
             --run-log-output runs/a.runlog.jsonl --sidecar-output runs/a.sidecar.json
+        detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
+            --concurrency 16 --certificate check/certificate.json --audit 0.1 \\
+            --run-log-output runs/b.runlog.jsonl --sidecar-output runs/b.sidecar.json
     """
     from detserve import api
 
-    _refuse_weakening(skip_reference_hash_check, concurrency, temperature)
+    _refuse_weakening(skip_reference_hash_check, concurrency, certificate, temperature)
     sidecar = renamed(sidecar_output, legacy_output, name="--sidecar-output", old="--output")
     if sidecar is None:
         raise UsageError("give --sidecar-output PATH: the run's sidecar")
@@ -109,6 +150,10 @@ def sample_command(
             bundle=bundle,
             bundle_pin=bundle_pin,
             force=force,
+            concurrency=concurrency or 1,
+            certificate=certificate,
+            audit=audit,
+            audit_seed=audit_seed,
             observer=shown,
         )
     if json_output:
@@ -118,7 +163,12 @@ def sample_command(
         f"wrote {summary.run_log}: {summary.n_samples} samples, {summary.output_tokens} tokens, "
         f"sha256 {summary.run_log_sha256}"
     )
-    say(f"sidecar {summary.sidecar}; {summary.tokens_per_s} tokens/s")
+    say(
+        f"sidecar {summary.sidecar}; {summary.tokens_per_s} tokens/s at concurrency "
+        f"{summary.concurrency}"
+        + (f" (certificate {summary.certificate_sha256})" if summary.certificate_sha256 else "")
+        + (f"; audit: {len(summary.audited)} re-sampled, identical" if summary.audited else "")
+    )
 
 
 @app.command("replay")

@@ -64,8 +64,9 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
                 f"{where}: run-log format version {_brief(error['input'])}; this detserve reads "
                 f"version {FORMAT_VERSION} only",
                 hint=(
-                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS); re-sample with this "
-                    "detserve, or read the log with the detserve that wrote it"
+                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS) and the header holds no "
+                    "sampling.concurrency (version 2 did; the concurrency is the sidecar's now); "
+                    "re-sample with this detserve, or read the log with the detserve that wrote it"
                 ),
             )
     details = []

@@ -24,8 +24,11 @@ from detserve.canonical import MAX_EXACT_INTEGER
 from detserve.imageref import DIGEST_REF_PATTERN
 
 FORMAT: Final = "detserve-run-log"
+#: 3: the header holds no ``sampling.concurrency``: how many requests were in flight is not an
+#: input of the tokens a certified server generates, so a log sampled at a certified concurrency
+#: is byte-identical to the concurrency-1 log (the concurrency goes to the sidecar).
 #: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
-FORMAT_VERSION: Final = 2
+FORMAT_VERSION: Final = 3
 
 #: The longest line read, newline included; a longer one is refused before it is parsed. Parsing
 #: takes a multiple of a line's size in memory (docs/performance.md), so this is what bounds the
@@ -139,9 +142,6 @@ class SamplingParams(_Record):
     max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)]
     """Maximum output tokens per prompt."""
 
-    concurrency: Literal[1]
-    """Always 1: one request in flight."""
-
     logprobs: Annotated[int, Field(ge=0, le=1024)] | None
     """The ``logprobs`` request parameter, or null when logprobs were not requested."""
 
@@ -155,7 +155,7 @@ class RunLogHeader(_Record):
     format: Literal["detserve-run-log"] = FORMAT
     """File format name."""
 
-    format_version: Literal[2] = FORMAT_VERSION
+    format_version: Literal[3] = FORMAT_VERSION
     """File format version."""
 
     pins: RunPins

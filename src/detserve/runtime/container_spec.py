@@ -22,6 +22,7 @@ from typing import Any
 
 from docker.types import DeviceRequest, Mount
 
+from detserve.engine_policy import BATCH_INVARIANT_ENVIRONMENT
 from detserve.errors import InputError
 from detserve.imageref import ImageRef
 from detserve.manifest import read_manifest_bytes
@@ -183,8 +184,13 @@ def snapshot_mounts(loaded: LoadedProfile) -> tuple[SnapshotMount, ...]:
 
 
 def container_environment(loaded: LoadedProfile) -> dict[str, str]:
-    """The environment detserve gives the container, secrets aside, sorted by name."""
+    """The environment detserve gives the container, secrets aside, sorted by name.
+
+    The profile's variables, then those ``vllm.batch_invariant`` implies (the profile refuses a
+    clash), then detserve's own."""
     environment = dict(loaded.profile.runtime.environment)
+    if loaded.profile.vllm.batch_invariant:
+        environment.update(BATCH_INVARIANT_ENVIRONMENT)
     environment["HF_HOME"] = CONTAINER_HF_HOME
     environment["HF_HUB_OFFLINE"] = "1"
     return dict(sorted(environment.items()))

@@ -1,0 +1,182 @@
+"""Certified concurrency: output tokens/s of strict sampling at 1, 2, 4, 8, 16 and 32 in flight.
+
+    .venv/bin/python benchmarks/bench_concurrency.py                  # 64 prompts x 128 tokens
+    .venv/bin/python benchmarks/bench_concurrency.py --rounds 1 --tokens 32   # a quicker look
+
+On the tiny CPU container under a profile of its own (configs/tiny-cpu.local.json copied with
+the name ``bench-concurrency`` and port 18010, as bench_runtime.py does), in one run:
+
+1. ``detserve run`` (start, wait with verification, smoke);
+2. ``detserve check`` at tier 1 with 2 runs at every level (and shuffled orders): the
+   certificate, or, when the engine is not invariant here, the verdict and exit 1;
+3. ``detserve sample --concurrency N --certificate`` for every level, ``--rounds`` times, the
+   level order reversed every other round; each run log is compared byte for byte with the
+   concurrency-1 log. Throughput is the sampler's own ``sampling_seconds`` (its sidecar's: the
+   two snapshot verifications and start-up excluded), median over rounds.
+
+Targets: every log byte-identical to concurrency 1, and the best level at least ``--target``
+(8) times the concurrency-1 throughput. Exit 0 met, 1 missed, 2 could not run. The container is
+removed at the end. The record goes to ``benchmarks/results/bench_concurrency-<stamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
+from benchlib import (
+    REPO,
+    BenchError,
+    Benchmark,
+    Outcome,
+    Target,
+    add_detserve_option,
+    load_average,
+    machine_facts,
+    say,
+    utc_stamp,
+    write_result,
+)
+from detserve import api
+from detserve.errors import DetserveError
+
+LEVELS = (1, 2, 4, 8, 16, 32)
+BUNDLE = REPO / "artifacts" / "reference_prompts"
+BUNDLE_PIN = REPO / "manifests" / "reference_prompts" / "reference_prompts.sha256"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per run (64)")
+    parser.add_argument("--tokens", type=int, default=128, help="output tokens per prompt (128)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per level (3)")
+    parser.add_argument("--target", type=float, default=8.0, help="speed-up target (8)")
+    parser.add_argument("--name", default="bench-concurrency", help="profile name")
+    parser.add_argument("--port", type=int, default=18010, help="host port (18010)")
+    parser.add_argument("--keep", action="store_true", help="leave the container running")
+    add_detserve_option(parser)
+
+
+def _sample(profile: Path, out: Path, level: int, certificate: Path, args: Any) -> dict[str, Any]:
+    log = out / f"c{level}.runlog.jsonl"
+    summary = api.sample(
+        profile,
+        run_log=log,
+        sidecar=out / f"c{level}.sidecar.json",
+        n_prompts=args.prompts,
+        max_tokens=args.tokens,
+        concurrency=level,
+        certificate=certificate if level > 1 else None,
+        bundle=BUNDLE,
+        bundle_pin=BUNDLE_PIN,
+        force=True,
+    )
+    return {
+        "seconds": summary.seconds,
+        "tokens": summary.output_tokens,
+        "sha256": hashlib.sha256(log.read_bytes()).hexdigest(),
+    }
+
+
+def run(args: argparse.Namespace) -> Outcome:
+    if not BASE_PROFILE.is_file():
+        lock_base_profile(args.detserve)
+    if not port_is_free("127.0.0.1", args.port):
+        raise BenchError(f"port {args.port} is taken; pass --port")
+    stamp = utc_stamp()
+    with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as temp:
+        folder = Path(temp)
+        profile = write_bench_profile(BASE_PROFILE, args.name, args.port, folder)
+        try:
+            say(f"starting {args.name} on port {args.port}")
+            api.run(profile, on_stage=say)
+            say(f"check: tier 1, 2 runs at {LEVELS}, {args.prompts} x {args.tokens}")
+            outcome = api.check(
+                profile,
+                output_dir=folder / "check",
+                tier=1,
+                runs=2,
+                concurrency=LEVELS,
+                n_prompts=args.prompts,
+                max_tokens=args.tokens,
+                bundle=BUNDLE,
+                bundle_pin=BUNDLE_PIN,
+            )
+            say(f"check verdict: {outcome.verdict} ({outcome.result.diagnosis.reason})")
+            record: dict[str, Any] = {
+                "benchmark": "bench_concurrency",
+                "stamp": stamp,
+                "machine": machine_facts(),
+                "load_average_before": load_average(),
+                "prompts": args.prompts,
+                "tokens": args.tokens,
+                "rounds": args.rounds,
+                "check_verdict": outcome.verdict,
+                "check_passes": outcome.pack.report["volatile"],
+            }
+            if outcome.certificate is None:
+                path = write_result("bench_concurrency", record, stamp=stamp)
+                return Outcome(record, path, (Target("check passes (1 = yes)", 0, 1, False),))
+            certificate = folder / "certificate.json"
+            certificate.write_bytes(outcome.certificate.read_bytes())
+            runs: dict[int, list[dict[str, Any]]] = {level: [] for level in LEVELS}
+            for round_ in range(args.rounds):
+                order = LEVELS if round_ % 2 == 0 else tuple(reversed(LEVELS))
+                for level in order:
+                    runs[level].append(_sample(profile, folder, level, certificate, args))
+                    last = runs[level][-1]
+                    say(
+                        f"round {round_ + 1} concurrency {level:>2}: "
+                        f"{last['tokens'] / last['seconds']:8.1f} tokens/s"
+                    )
+        except DetserveError as exc:
+            raise BenchError(exc.diagnostics()) from exc
+        finally:
+            if not args.keep:
+                api.stop(profile)
+    baseline_sha = runs[1][0]["sha256"]
+    curve = {
+        level: statistics.median(r["tokens"] / r["seconds"] for r in runs[level])
+        for level in LEVELS
+    }
+    identical = all(r["sha256"] == baseline_sha for level in LEVELS for r in runs[level])
+    best = max(curve[level] / curve[1] for level in LEVELS)
+    record.update(
+        load_average_after=load_average(),
+        runs={str(level): runs[level] for level in LEVELS},
+        tokens_per_s={str(level): round(curve[level], 1) for level in LEVELS},
+        speedup={str(level): round(curve[level] / curve[1], 2) for level in LEVELS},
+        logs_identical=identical,
+        run_log_sha256=baseline_sha,
+    )
+    print("concurrency  tokens/s  speed-up  log = concurrency 1")
+    for level in LEVELS:
+        same = all(r["sha256"] == baseline_sha for r in runs[level])
+        print(f"{level:>11}  {curve[level]:8.1f}  {curve[level] / curve[1]:7.2f}x  {same}")
+    path = write_result("bench_concurrency", record, stamp=stamp)
+    say(f"record: {path}")
+    return Outcome(
+        record,
+        path,
+        (
+            Target(
+                "run logs byte-identical to concurrency 1 (1 = yes)", float(identical), 1, identical
+            ),
+            Target(
+                "best speed-up over concurrency 1 (x, higher is better)",
+                round(best, 2),
+                args.target,
+                best >= args.target,
+            ),
+        ),
+    )
+
+
+BENCHMARK = Benchmark("bench_concurrency", __doc__, add_arguments, run)
+
+if __name__ == "__main__":
+    raise SystemExit(BENCHMARK.main())

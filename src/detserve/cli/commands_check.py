@@ -1,0 +1,125 @@
+"""Determinism diagnosis: detserve check (a thin layer over :func:`detserve.api.check`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN, DEFAULT_CHECK_LEVELS
+from detserve.cli.app import app
+from detserve.cli.options import BundleOption, BundlePinOption, ConfigOption
+from detserve.cli.output import JsonOption, emit_json, result, say
+from detserve.errors import UsageError
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """``1,4,16`` -> (1, 4, 16); anything else is a usage error naming the item."""
+    levels = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise UsageError(f"--concurrency {text!r}: {item!r} is not a positive integer")
+        levels.append(int(item))
+    return tuple(levels)
+
+
+@app.command("check")
+def check_command(
+    config: ConfigOption,
+    output_dir: Annotated[
+        Path,
+        typer.Option("--output-dir", file_okay=False, help="Where the repro pack is written."),
+    ],
+    tier: Annotated[
+        int,
+        typer.Option(
+            "--tier",
+            min=0,
+            max=2,
+            help="0: artifacts only, no promise; 1: identical tokens; 2: and logprobs, bit for "
+            "bit.",
+        ),
+    ] = 1,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Runs at each concurrency level.")] = 3,
+    concurrency: Annotated[
+        str,
+        typer.Option(
+            "--concurrency",
+            help="Levels of requests in flight, comma-separated; 1 (the baseline) is always "
+            "measured.",
+        ),
+    ] = ",".join(str(level) for level in DEFAULT_CHECK_LEVELS),
+    n_prompts: Annotated[
+        int | None,
+        typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
+        ),
+    ] = None,
+    logprobs: Annotated[
+        int | None,
+        typer.Option("--logprobs", min=0, help="Request logprobs (tier 2 default: 1)."),
+    ] = None,
+    no_shuffle: Annotated[
+        bool,
+        typer.Option("--no-shuffle", help="Do not also sample each level in a shuffled order."),
+    ] = False,
+    shuffle_seed: Annotated[
+        int, typer.Option("--shuffle-seed", min=0, help="Seed of the shuffled orders.")
+    ] = 0,
+    bundle: BundleOption = DEFAULT_BUNDLE,
+    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Diagnose non-determinism against the running, verified server; write a repro pack.
+
+    The same checks as `sample` first (pins, snapshot, bundle, the bound container). Then the
+    same prompts at each concurrency level, --runs times in the bundle's order and once
+    shuffled, with that many requests truly in flight, all compared with concurrency 1.
+    Verdicts: PASS, RUN_VARIANCE, BATCH_VARIANCE, LOGPROB_VARIANCE, LOGPROBS_UNAVAILABLE,
+    ENV_CHANGED. A PASS at tier 1 or 2 writes certificate.json, which `sample --concurrency N
+    --certificate` accepts. Exit 0 pass at the tier; 1 otherwise; 2 bad input; 3 environment.
+    Example:
+
+        detserve check --config configs/tiny-cpu.local.json --tier 2 --runs 3 \\
+            --concurrency 1,4,16 --n-prompts 16 --output-dir checks/tiny
+    """
+    from detserve import api
+
+    outcome = api.check(
+        config,
+        output_dir=output_dir,
+        tier=tier,
+        runs=runs,
+        concurrency=parse_levels(concurrency),
+        n_prompts=n_prompts,
+        max_tokens=max_tokens,
+        logprobs=logprobs,
+        shuffle=not no_shuffle,
+        shuffle_seed=shuffle_seed,
+        bundle=bundle,
+        bundle_pin=bundle_pin,
+        force=force,
+        on_pass=lambda key: say(f"pass {key.label()}"),
+    )
+    if json_output:
+        emit_json(outcome.as_json())
+    else:
+        text = (outcome.pack.directory / "report.txt").read_text(encoding="utf-8")
+        for line in text.splitlines():
+            result(line)
+        say(f"repro pack: {outcome.pack.directory}")
+        certificate = outcome.pack.certificate
+        if certificate is not None:
+            say(f"certificate: {outcome.certificate} (sha256 {certificate.sha256})")
+    error = outcome.error()
+    if error is not None:
+        if json_output:
+            raise typer.Exit(error.exit_code)
+        raise error

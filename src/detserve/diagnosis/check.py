@@ -1,0 +1,172 @@
+"""``detserve check``: measure, against the running pinned server, why runs could differ.
+
+The same pre-flight as strict sampling, nothing weaker: every pin filled, the snapshot verified
+against its manifest, the container bound to the pins (:func:`checked_container`), the pinned
+model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
+container's identity checked while requests are in flight (sampling's :class:`IdentityWatch`).
+At the end the identity is checked again, the snapshot verified again against the same manifest
+and, when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED``
+and the measurements are not compared (a restarted server's tokens are not one server's).
+
+The core never prints; it returns a :class:`CheckResult`, whatever the verdict. A server that
+fails to answer is an environment error (exit 3), not a verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from detserve.diagnosis.measure import CheckPlan, Measurements, PassKey, measure
+from detserve.diagnosis.verdict import Diagnosis, diagnose, env_changed
+from detserve.errors import ContainerError, SnapshotMismatch, UsageError
+from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine, environment_fingerprint
+from detserve.pins import profile_pins
+from detserve.profile import LoadedProfile
+from detserve.prompts import PromptBundle, PromptRecord
+from detserve.runlog import RunPins
+from detserve.runtime.binding import checked_container
+from detserve.runtime.container_spec import server_base_url
+from detserve.runtime.engine import ContainerEngine
+from detserve.runtime.metrics import read_counters
+from detserve.runtime.server import Completion, VllmServer
+from detserve.runtime.smoke import check_served_model
+from detserve.sampling import IdentityWatch, check_prompt_tokens
+from detserve.snapshot import verify_snapshot
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a check measured and concluded; written out by :mod:`~detserve.diagnosis.repropack`."""
+
+    plan: CheckPlan
+    diagnosis: Diagnosis
+    measurements: Measurements | None
+    pins: RunPins
+    seed: int
+    fingerprint: EnvironmentFingerprint | None
+    container_id: str
+    started_at: str
+    finished_at: str
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.diagnosis.passed
+
+
+def check_plan(loaded: LoadedProfile, bundle: PromptBundle, plan: CheckPlan) -> None:
+    """Refuse a plan before any work: pins, prompts, token budget, levels, runs, tier."""
+    loaded.require_pins()
+    prompts = bundle.take(plan.n_prompts)
+    limit = loaded.profile.vllm.max_model_len
+    too_long = [p.id for p in prompts if p.n_tokens + plan.max_tokens > limit]
+    if too_long:
+        raise UsageError(
+            f"{len(too_long)} prompt(s) plus --max-tokens {plan.max_tokens} exceed "
+            f"max_model_len {limit}: {', '.join(too_long[:5])}"
+        )
+    if plan.levels[0] != 1 or len(plan.levels) < 2:
+        raise UsageError("--concurrency needs at least one level above 1 (1 is the baseline)")
+    if plan.tier >= 1 and plan.runs < 2:
+        raise UsageError(f"tier {plan.tier} needs --runs 2 or more: one run shows no run variance")
+    if plan.tier == 2 and plan.logprobs is None:
+        raise UsageError("tier 2 compares logprobs: give --logprobs N (0 or more)")
+
+
+def _complete(
+    server: VllmServer, plan: CheckPlan, seed: int
+) -> Callable[[PromptRecord], Completion]:
+    def complete(prompt: PromptRecord) -> Completion:
+        result = server.complete(
+            prompt.prompt, max_tokens=plan.max_tokens, seed=seed, logprobs=plan.logprobs
+        )
+        check_prompt_tokens(prompt, result, 0)
+        return result
+
+    return complete
+
+
+def run_check(
+    loaded: LoadedProfile,
+    bundle: PromptBundle,
+    plan: CheckPlan,
+    *,
+    engine: ContainerEngine,
+    probe: FingerprintEngine | None = None,
+    on_pass: Callable[[PassKey], None] | None = None,
+) -> CheckResult:
+    """Measure ``plan`` against the profile's running, verified container."""
+    check_plan(loaded, bundle, plan)
+    prompts = bundle.take(plan.n_prompts)
+    seed = loaded.profile.sampling.seed
+    first = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
+    container = checked_container(loaded, engine, what="check")
+    watch = IdentityWatch(engine, container)
+    fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
+    started_wall = datetime.now(UTC).isoformat()
+    started = time.perf_counter()
+    base_url = server_base_url(loaded.profile)
+    measurements: Measurements | None = None
+    with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
+        check_served_model(loaded, server)
+        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        try:
+            measurements = measure(
+                prompts,
+                plan,
+                _complete(server, plan, seed),
+                counters=lambda: read_counters(base_url),
+                between=watch.check,
+                on_pass=on_pass,
+            )
+            watch.check(force=True)
+            diagnosis = _after(loaded, plan, first.manifest_sha256, fingerprint, probe)
+            if diagnosis is None:
+                diagnosis = diagnose(measurements, plan.tier)
+        except ContainerError as exc:
+            diagnosis = env_changed(plan.tier, f"{exc.message} ({'; '.join(exc.details)})")
+    return CheckResult(
+        plan=plan,
+        diagnosis=diagnosis,
+        measurements=measurements,
+        pins=run_pins,
+        seed=seed,
+        fingerprint=fingerprint,
+        container_id=container.id,
+        started_at=started_wall,
+        finished_at=datetime.now(UTC).isoformat(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _after(
+    loaded: LoadedProfile,
+    plan: CheckPlan,
+    manifest_sha256: str,
+    fingerprint: EnvironmentFingerprint | None,
+    probe: FingerprintEngine | None,
+) -> Diagnosis | None:
+    """ENV_CHANGED when the snapshot, its manifest or the environment changed; else None."""
+    try:
+        final = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    except SnapshotMismatch as exc:
+        return env_changed(plan.tier, f"the snapshot changed during the check: {exc.message}")
+    if final.manifest_sha256 != manifest_sha256:
+        return env_changed(
+            plan.tier,
+            f"the manifest changed during the check: sha256 {manifest_sha256} at start, "
+            f"{final.manifest_sha256} at end",
+        )
+    if probe is not None and fingerprint is not None:
+        now = environment_fingerprint(loaded, probe)
+        if now.sha256 != fingerprint.sha256:
+            return env_changed(
+                plan.tier,
+                f"the environment fingerprint changed during the check: {fingerprint.sha256} "
+                f"at start, {now.sha256} at end",
+            )
+    return None

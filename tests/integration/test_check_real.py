@@ -1,0 +1,118 @@
+"""``detserve check`` and certified concurrency against the real tiny CPU container.
+
+One container for the module (started once, stopped at the end): the check at tier 2 with 3
+runs at concurrency 1, 4 and 16 writes every file of the repro pack and reports what the engine
+really does (asserted only where it must hold: a PASS issues a certificate, anything else does
+not); then, with that certificate, ``sample --concurrency 16`` must write the very bytes of the
+concurrency-1 log, and ``--concurrency 16`` without one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import CliRun, DetserveRunner, ProfileFactory
+
+N_PROMPTS = 16
+MAX_TOKENS = 16
+PACK = (
+    "env.json",
+    "run_config.json",
+    "determinism_applied.json",
+    "trace.jsonl",
+    "report.json",
+    "report.txt",
+    "report.html",
+    "diffs/first_divergence.json",
+)
+
+
+@pytest.fixture(scope="module")
+def server(profile_factory: ProfileFactory, detserve: DetserveRunner) -> Iterator[Path]:
+    profile = profile_factory("check-real")
+    started = detserve("run", "--config", profile, timeout=600)
+    assert started.code == 0, started
+    yield profile
+    detserve("stop", "--config", profile)
+
+
+@pytest.fixture(scope="module")
+def checked(
+    server: Path, detserve: DetserveRunner, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[CliRun, Path]:
+    out = tmp_path_factory.mktemp("check") / "pack"
+    run = detserve(
+        "check", "--config", server, "--tier", "2", "--runs", "3", "--concurrency", "1,4,16",
+        "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS), "--output-dir", out,
+    )  # fmt: skip
+    return run, out
+
+
+def test_check_writes_the_whole_repro_pack_and_the_measured_verdict(
+    checked: tuple[CliRun, Path],
+) -> None:
+    run, out = checked
+    assert run.code in (0, 1), run
+    for name in PACK:
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["verdict"] in {
+        "PASS", "RUN_VARIANCE", "BATCH_VARIANCE", "LOGPROB_VARIANCE", "LOGPROBS_UNAVAILABLE"
+    }  # fmt: skip
+    assert run.code == (0 if report["verdict"] == "PASS" else 1)
+    assert (out / "certificate.json").is_file() == (report["verdict"] == "PASS")
+    trace = (out / "trace.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(trace) == N_PROMPTS * (3 + 4 + 4)  # 3 runs per level, shuffled above 1
+    env = json.loads((out / "env.json").read_text(encoding="utf-8"))["fingerprint"]
+    assert env["container"]["vllm_version"] == "0.32.0"
+    assert env["host"]["cpu_flags"]
+    # batches really formed: requests overlapped, and the server's steps carried more tokens
+    passes = {p["pass"]: p for p in report["volatile"]["passes"]}
+    # measured, not assumed: 16 short requests on 2 busy cores do not always all overlap
+    assert max(p["max_in_flight"] for p in passes.values() if p["concurrency"] == 16) >= 8
+    assert passes["c1/run1"]["max_in_flight"] == 1
+    c1 = passes["c1/run1"]["server_tokens_per_step"]
+    c16 = max(p["server_tokens_per_step"] for p in passes.values() if p["concurrency"] == 16)
+    assert c16 > 2 * c1, (c1, c16)
+    print(run.out)  # the measured verdict, in the test log
+
+
+def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(
+    server: Path, checked: tuple[CliRun, Path], detserve: DetserveRunner, tmp_path: Path
+) -> None:
+    run, out = checked
+    certificate = out / "certificate.json"
+    if not certificate.is_file():
+        pytest.fail(f"the engine was not invariant here, so nothing is certified: {run.out}")
+    common = ["--config", server, "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS),
+              "--logprobs", "1"]  # fmt: skip
+    one = detserve("sample", *common, "--run-log-output", tmp_path / "c1.runlog.jsonl",
+                   "--sidecar-output", tmp_path / "c1.sidecar.json")  # fmt: skip
+    assert one.code == 0, one
+    sixteen = detserve(
+        "sample", *common, "--concurrency", "16", "--certificate", certificate, "--audit", "0.25",
+        "--run-log-output", tmp_path / "c16.runlog.jsonl",
+        "--sidecar-output", tmp_path / "c16.sidecar.json",
+    )  # fmt: skip
+    assert sixteen.code == 0, sixteen
+    assert (tmp_path / "c16.runlog.jsonl").read_bytes() == (
+        tmp_path / "c1.runlog.jsonl"
+    ).read_bytes()
+    sidecar = json.loads((tmp_path / "c16.sidecar.json").read_text(encoding="utf-8"))
+    assert sidecar["concurrency"] == 16
+    assert len(sidecar["audit"]["indices"]) == 4
+    refused = detserve("sample", *common, "--concurrency", "16",
+                       "--run-log-output", tmp_path / "x.runlog.jsonl",
+                       "--sidecar-output", tmp_path / "x.sidecar.json")  # fmt: skip
+    assert refused.code == 2, refused
+    assert "--concurrency 16 is refused" in refused.err
+    uncovered = detserve("sample", *common, "--concurrency", "8", "--certificate", certificate,
+                         "--run-log-output", tmp_path / "y.runlog.jsonl",
+                         "--sidecar-output", tmp_path / "y.sidecar.json")  # fmt: skip
+    assert uncovered.code == 2, uncovered
+    assert "concurrency: certificate measured 1, 4, 16, run asks 8" in uncovered.err
+    assert not (tmp_path / "y.runlog.jsonl").exists()
