@@ -24,8 +24,7 @@ from detserve.errors import CanonicalJSONError, RunLogError
 from detserve.runlog.models import (
     FORMAT_VERSION,
     RECORD_ADAPTER,
-    RunLogFooter,
-    RunLogHeader,
+    AnyRecord,
     RunLogSample,
 )
 
@@ -50,7 +49,7 @@ def _brief(value: object) -> str:
     return type(value).__name__
 
 
-_RECORD_TYPES: Final = ("header", "sample", "footer")
+_RECORD_TYPES: Final = ("header", "sample", "footer", "transcript", "exchange", "transcript-end")
 
 
 def schema_error(where: str, exc: ValidationError) -> RunLogError:
@@ -58,7 +57,10 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
     if errors and errors[0]["type"] == "json_invalid":
         return RunLogError(f"{where}: not valid JSON: {errors[0]['ctx']['error']}")
     for error in errors:
-        if error["loc"] == ("header", "format_version") and error["type"] == "literal_error":
+        if (
+            error["loc"] in {("header", "format_version"), ("transcript", "format_version")}
+            and error["type"] == "literal_error"
+        ):
             # Said first and alone: the rest of another version's header is another schema.
             return RunLogError(
                 f"{where}: run-log format version {_brief(error['input'])}; this detserve reads "
@@ -142,9 +144,9 @@ class LineParser:
 
     def __init__(self) -> None:
         self._last_line = b""
-        self._last_record: RunLogHeader | RunLogSample | RunLogFooter | None = None
+        self._last_record: AnyRecord | None = None
 
-    def parse(self, line: bytes, where: str) -> RunLogHeader | RunLogSample | RunLogFooter:
+    def parse(self, line: bytes, where: str) -> AnyRecord:
         if self._last_record is not None and line == self._last_line:
             return self._last_record
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER
 from detserve.imageref import DIGEST_REF_PATTERN
@@ -81,12 +81,12 @@ class DevicePins(_Record):
     """The device the engine ran on."""
 
 
-class RunPins(_Record):
-    """Everything a replay must hold fixed to be a replay, and nothing else.
+class EnginePins(_Record):
+    """What fixes the server: every pin of a run but the prompt bundle.
 
     Only what decides the tokens: a profile's file name or directory, the host and the container's
     id are not pins (they go to the sidecar), so a verifier who names things differently still
-    replays the claim.
+    replays the claim. A gateway transcript's header holds these (its requests are its own lines).
     """
 
     device: DevicePins
@@ -120,14 +120,18 @@ class RunPins(_Record):
     model_revision: Annotated[str, Field(min_length=40, max_length=40, pattern=_COMMIT_PATTERN)]
     """The model repository commit, 40 hex digits."""
 
-    prompt_bundle_sha256: Sha256Hex
-    """sha256 of the prompt bundle."""
-
     served_model_name: Name
     """The model name the server serves and requests name."""
 
     vllm_version: Annotated[str, Field(min_length=1, max_length=128)]
     """The version the server reported."""
+
+
+class RunPins(EnginePins):
+    """Everything a replay of a sampled run must hold fixed to be a replay, and nothing else."""
+
+    prompt_bundle_sha256: Sha256Hex
+    """sha256 of the prompt bundle."""
 
 
 class SamplingParams(_Record):
@@ -221,9 +225,173 @@ class RunLogFooter(_Record):
     """sha256 of the exact bytes of all sample lines, newlines included."""
 
 
-RunLogRecord = Annotated[RunLogHeader | RunLogSample | RunLogFooter, Field(discriminator="record")]
+# --- gateway transcripts: the same family of lines, for exchanges a client asked for ---------
+
+_EXCHANGE_ID_PATTERN: Final = r"^[0-9a-f]{32}$"
+ExchangeId = Annotated[str, Field(min_length=32, max_length=32, pattern=_EXCHANGE_ID_PATTERN)]
+StopString = tuple[Annotated[str, Field(min_length=1, max_length=256)], ...]
+#: The constraint kinds a request may carry, by the names of a prompt bundle line's constraint.
+CONSTRAINT_KINDS: Final = ("choice", "grammar", "json_schema", "regex")
+
+
+class ChatMessage(_Record):
+    """One message of a chat request."""
+
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    """The message text."""
+
+    role: Literal["system", "user", "assistant"]
+    """Who says it."""
+
+
+class ExchangeRequest(_Record):
+    """A client's request in its one canonical form: what decides the tokens, nothing else.
+
+    The same form as a prompt bundle line (a ``prompt`` or ``messages``, ``stop``, one
+    ``constraint`` object such as ``{"json_schema": {...}}``), with the request's ``max_tokens``;
+    the seed and the model are the header's. Its sha256 (of this object's canonical JSON, nulls
+    included) is the request hash a gateway answer names.
+    """
+
+    constraint: Annotated[dict[str, Any], Field(min_length=1, max_length=1)] | None
+    """One structured-output constraint: ``{"json_schema": {...}}``, ``{"regex": "..."}``,
+    ``{"choice": ["...", ...]}`` or ``{"grammar": "..."}``; null when unconstrained."""
+
+    kind: Literal["completion", "chat"]
+    """A completion of ``prompt``, or a chat of ``messages`` rendered by the pinned template."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)]
+    """The most output tokens asked for."""
+
+    messages: Annotated[tuple[ChatMessage, ...], Field(min_length=1, max_length=1024)] | None
+    """A chat's messages; null for a completion."""
+
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None
+    """A completion's prompt; null for a chat."""
+
+    stop: Annotated[StopString, Field(min_length=1, max_length=16)] | None
+    """Stop strings; null when none."""
+
+    @field_validator("constraint")
+    @classmethod
+    def _one_constraint(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        ((kind, argument),) = value.items()
+        if kind not in CONSTRAINT_KINDS:
+            raise ValueError(f"a constraint is one of {', '.join(CONSTRAINT_KINDS)}, not {kind!r}")
+        expected: type = {"json_schema": dict, "choice": list}.get(kind, str)
+        if not isinstance(argument, expected) or not argument:
+            raise ValueError(f"a {kind} constraint holds a non-empty {expected.__name__}")
+        if isinstance(argument, list) and not all(isinstance(option, str) for option in argument):
+            raise ValueError("a choice constraint holds strings")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ExchangeRequest:
+        if (self.kind == "chat") != (self.messages is not None) or (self.messages is None) == (
+            self.prompt is None
+        ):
+            raise ValueError("a completion holds a prompt and no messages; a chat the reverse")
+        return self
+
+
+class TranscriptHeader(_Record):
+    """Line 1 of a gateway transcript: the pins every exchange below was answered under."""
+
+    record: Literal["transcript"] = "transcript"
+    """Record type."""
+
+    format: Literal["detserve-run-log"] = FORMAT
+    """File format name."""
+
+    format_version: Literal[3] = FORMAT_VERSION
+    """File format version."""
+
+    pins: EnginePins
+    """The pinned inputs of the server."""
+
+    previous_sha256: Sha256Hex | None
+    """sha256 of the previous segment of this transcript (rotation); null for segment 0."""
+
+    seed: Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
+    """The seed of the engine and of every request; every request was greedy."""
+
+    segment: Annotated[int, Field(ge=0, le=MAX_SAMPLES)]
+    """The segment's number, from 0; a transcript is rotated into segments."""
+
+    transcript_id: ExchangeId
+    """Names the gateway run the segments belong to (random; not an input of any token)."""
+
+
+class TranscriptExchange(_Record):
+    """One exchange: a client's canonical request and what the engine answered."""
+
+    finish_reason: (
+        Annotated[str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)] | None
+    )
+    """Why generation stopped (``length``, ``stop``, ...); null when the exchange is incomplete."""
+
+    id: ExchangeId
+    """The exchange's provenance id, as the answer named it (random; not an input)."""
+
+    incomplete: Literal["client_disconnected", "engine_failed"] | None
+    """Why a streamed exchange ended before its end (the output is what was streamed); null when
+    the exchange completed."""
+
+    index: Annotated[int, Field(ge=0, lt=MAX_SAMPLES)]
+    """Position in the segment, from 0."""
+
+    output_token_ids: TokenIds
+    """The generated tokens."""
+
+    prompt_token_ids: Annotated[tuple[TokenId, ...], Field(min_length=1, max_length=MAX_TOKENS)]
+    """The prompt as the server tokenized it (for a chat: as the pinned template rendered it)."""
+
+    record: Literal["exchange"] = "exchange"
+    """Record type."""
+
+    request: ExchangeRequest
+    """The request, in canonical form."""
+
+    text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+    """The generated text, as the server decoded it."""
+
+
+class TranscriptFooter(_Record):
+    """The last line of a transcript segment that was closed (rotated, or the server stopped).
+
+    A segment without one was cut: the gateway did not stop cleanly; every line before the cut
+    is still valid, each having been synced to disk before its answer finished.
+    """
+
+    record: Literal["transcript-end"] = "transcript-end"
+    """Record type."""
+
+    n_exchanges: Annotated[int, Field(ge=0, le=MAX_SAMPLES)]
+    """The number of exchange lines."""
+
+    header_sha256: Sha256Hex
+    """sha256 of the exact bytes of the header line, newline included."""
+
+    exchanges_sha256: Sha256Hex
+    """sha256 of the exact bytes of all exchange lines, newlines included."""
+
+    reason: Literal["rotated", "stopped"]
+    """Why the segment was closed."""
+
+
+AnyRecord = (
+    RunLogHeader
+    | RunLogSample
+    | RunLogFooter
+    | TranscriptHeader
+    | TranscriptExchange
+    | TranscriptFooter
+)
+RunLogRecord = Annotated[AnyRecord, Field(discriminator="record")]
 #: Validates one line's JSON as whichever record its ``record`` field names.
-RECORD_ADAPTER: TypeAdapter[RunLogHeader | RunLogSample | RunLogFooter] = TypeAdapter(RunLogRecord)
+RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(RunLogRecord)
 
 
 def run_log_json_schema() -> dict[str, Any]:

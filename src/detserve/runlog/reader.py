@@ -23,7 +23,13 @@ from typing import IO
 from detserve.errors import RunLogError
 from detserve.fileio import MAX_RUN_LOG_BYTES, open_input
 from detserve.runlog.lines import LineParser
-from detserve.runlog.models import MAX_LINE_BYTES, RunLogFooter, RunLogHeader, RunLogSample
+from detserve.runlog.models import (
+    MAX_LINE_BYTES,
+    RunLogFooter,
+    RunLogHeader,
+    RunLogSample,
+    TranscriptHeader,
+)
 from detserve.runlog.sequence import LineSequence
 
 
@@ -65,6 +71,11 @@ class RunLogReader:
             if first is None:
                 raise RunLogError(f"{self.path}: empty file: not a run log")
             record = self._parser.parse(first, self._where())
+            if isinstance(record, TranscriptHeader):
+                raise RunLogError(
+                    f"{self._where()}: a gateway transcript, not a sampled run log",
+                    hint="read it as a transcript (detserve.runlog.transcript)",
+                )
             if not isinstance(record, RunLogHeader):
                 raise RunLogError(
                     f"{self._where()}: expected the header record, found a {record.record!r} record"
@@ -154,8 +165,10 @@ class RunLogReader:
                 sequence.footer(record, where)
                 footer = record
                 break
-            else:
+            elif isinstance(record, RunLogHeader):
                 raise RunLogError(f"{where}: a second header")
+            else:
+                raise RunLogError(f"{where}: a {record.record!r} record in a sampled run log")
         if self._file.read(1):
             raise RunLogError(f"{self.path}: data after the footer (line {self._line_no})")
         self._footer = footer

@@ -1,0 +1,387 @@
+"""Gateway transcripts: run logs of the exchanges clients asked for, appended as they complete.
+
+A transcript segment is canonical JSON Lines of the run-log family (same line rules, same
+:class:`~detserve.runlog.lines.LineParser`): a :class:`TranscriptHeader` (the server's pins and
+seed), one :class:`TranscriptExchange` per answered request (its canonical request, prompt and
+output tokens), and, when the segment is closed (rotated, or the gateway stopped), a
+:class:`TranscriptFooter` with the exchange count and the sha256 of the header line and of the
+exchange lines, as a sampled run log's footer has.
+
+Unlike a sampled run log, a segment is written in place and grows: the number of exchanges is
+not known in advance, and an answer must never exist without its record. So
+:class:`TranscriptWriter` writes each line with one ``write`` and syncs it to disk before it
+returns (the gateway answers only after that); a line that cannot be written whole is cut back
+off, so the file always ends at a complete line. A gateway that crashes leaves a segment without
+a footer: :func:`validate_transcript` reads such a segment up to its last complete line and
+says it was cut (refusing it unless ``allow_cut``).
+
+The request hash an answer names is :func:`request_sha256`; the output hash
+:func:`output_sha256`; both are computed from the exchange line, by anyone.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
+
+from detserve.canonical import canonical_bytes
+from detserve.errors import EnvironmentFault, RunLogError
+from detserve.fileio import MAX_RUN_LOG_BYTES, check_outputs, open_input
+from detserve.runlog.lines import LineParser, record_line, schema_error
+from detserve.runlog.models import (
+    MAX_LINE_BYTES,
+    ExchangeRequest,
+    TranscriptExchange,
+    TranscriptFooter,
+    TranscriptHeader,
+)
+
+#: the file name suffix of a transcript segment
+SUFFIX = ".transcript.jsonl"
+
+
+def request_sha256(request: ExchangeRequest) -> str:
+    """sha256 of the request's canonical JSON (RFC 8785, nulls included, no newline)."""
+    return hashlib.sha256(canonical_bytes(request.model_dump())[:-1]).hexdigest()
+
+
+def output_sha256(output_token_ids: Sequence[int], text: str) -> str:
+    """sha256 of ``{"output_token_ids": [...], "text": "..."}`` in canonical JSON."""
+    document = {"output_token_ids": list(output_token_ids), "text": text}
+    return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
+
+
+class TranscriptSequence:
+    """The rules across a segment's lines: order, the token budget, completeness, the footer."""
+
+    def __init__(self, header: TranscriptHeader) -> None:
+        self.header = header
+        self.next_index = 0
+        self.header_sha256 = hashlib.sha256(record_line(header)).hexdigest()
+        self._exchanges_sha256 = hashlib.sha256()
+
+    def exchange(self, exchange: TranscriptExchange, line: bytes, where: str) -> None:
+        if exchange.index != self.next_index:
+            raise RunLogError(
+                f"{where}: exchange index {exchange.index} out of order: expected {self.next_index}"
+            )
+        if len(exchange.output_token_ids) > exchange.request.max_tokens:
+            raise RunLogError(
+                f"{where}: {len(exchange.output_token_ids)} output tokens exceed the request's "
+                f"max_tokens ({exchange.request.max_tokens})"
+            )
+        if (exchange.finish_reason is None) == (exchange.incomplete is None):
+            raise RunLogError(
+                f"{where}: an exchange has a finish_reason exactly when it is not incomplete"
+            )
+        self._exchanges_sha256.update(line)
+        self.next_index += 1
+
+    def expected_footer(self, reason: Literal["rotated", "stopped"]) -> TranscriptFooter:
+        return TranscriptFooter(
+            n_exchanges=self.next_index,
+            header_sha256=self.header_sha256,
+            exchanges_sha256=self._exchanges_sha256.hexdigest(),
+            reason=reason,
+        )
+
+    def footer(self, footer: TranscriptFooter, where: str) -> None:
+        expected = self.expected_footer(footer.reason)
+        if footer != expected:
+            raise RunLogError(
+                f"{where}: the footer does not match the lines above it",
+                details=[f"footer:   {footer.model_dump()}", f"expected: {expected.model_dump()}"],
+                hint="the transcript was changed after it was written",
+            )
+
+
+def _coerce_exchange(value: Mapping[str, Any], where: str) -> TranscriptExchange:
+    try:
+        return TranscriptExchange.model_validate_json(canonical_bytes(dict(value)))
+    except ValidationError as exc:
+        raise schema_error(where, exc) from exc
+
+
+class TranscriptWriter:
+    """Append exchanges to a new transcript segment, each synced to disk before it returns.
+
+    Thread-safe: one line at a time, in the order :meth:`append` is called. After a write fails
+    (a full disk) the writer is broken: the partial line is cut off, and every later call raises.
+    """
+
+    def __init__(self, path: Path, header: TranscriptHeader) -> None:
+        self.path = Path(path)
+        check_outputs([self.path], force=False)
+        self._parser = LineParser()
+        self._sequence = TranscriptSequence(header)
+        self._file_sha256 = hashlib.sha256()
+        self._lock = threading.Lock()
+        self._broken: EnvironmentFault | None = None
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise EnvironmentFault(
+                f"cannot create transcript {self.path}: {exc.strerror or exc}"
+            ) from exc
+        self._size = 0
+        self._emit(self._checked(header, f"{self.path}: header"))
+        _sync_directory(self.path.parent)
+
+    @property
+    def header(self) -> TranscriptHeader:
+        return self._sequence.header
+
+    @property
+    def n_exchanges(self) -> int:
+        return self._sequence.next_index
+
+    @property
+    def broken(self) -> EnvironmentFault | None:
+        """Why the writer can write no more, or None."""
+        return self._broken
+
+    def _checked(self, record: Any, what: str) -> bytes:
+        line = record_line(record)
+        if len(line) > MAX_LINE_BYTES:
+            raise RunLogError(f"{what}: the line would be longer than {MAX_LINE_BYTES} bytes")
+        self._parser.parse(line, what)
+        return line
+
+    def _emit(self, line: bytes) -> None:
+        try:
+            written = 0
+            while written < len(line):
+                written += _write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, self._size)  # the file ends at its last complete line
+                os.fsync(self._fd)
+            except OSError:
+                pass  # the reader refuses a partial last line anyway
+            self._broken = EnvironmentFault(
+                f"cannot write transcript {self.path}: {exc.strerror or exc}",
+                hint="an answer is never given without its record: free space, then restart",
+            )
+            raise self._broken from exc
+        self._size += len(line)
+        self._file_sha256.update(line)
+
+    def append(self, fields: Mapping[str, Any]) -> TranscriptExchange:
+        """Write the next exchange (``fields`` without ``index`` and ``record``); return it once
+        it is on disk. Raises :class:`EnvironmentFault` when it cannot be written."""
+        with self._lock:
+            if self._broken is not None:
+                raise self._broken
+            if self._closed:
+                raise EnvironmentFault(f"transcript {self.path} is closed")
+            where = f"{self.path}: exchange {self._sequence.next_index}"
+            record = _coerce_exchange({**fields, "index": self._sequence.next_index}, where)
+            line = self._checked(record, where)
+            self._emit(line)
+            self._sequence.exchange(record, line, where)
+            return record
+
+    def close(self, reason: Literal["rotated", "stopped"]) -> str:
+        """Write the footer and close the file; return the segment's sha256."""
+        with self._lock:
+            if self._closed:
+                return self._file_sha256.hexdigest()
+            self._closed = True
+            try:
+                if self._broken is None:
+                    footer = self._sequence.expected_footer(reason)
+                    self._emit(self._checked(footer, f"{self.path}: footer"))
+            finally:
+                os.close(self._fd)
+            return self._file_sha256.hexdigest()
+
+    def __enter__(self) -> TranscriptWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close("stopped")
+
+
+def _write(fd: int, data: bytes) -> int:
+    """One ``write(2)``; a seam for the full-disk tests."""
+    return os.write(fd, data)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class TranscriptSummary:
+    """A transcript segment read to its end (or to its cut) and found valid."""
+
+    path: Path
+    sha256: str
+    header: TranscriptHeader
+    #: None when the segment was cut (no footer)
+    footer: TranscriptFooter | None
+    n_exchanges: int
+
+    @property
+    def cut(self) -> bool:
+        return self.footer is None
+
+
+class TranscriptReader:
+    """One transcript segment, read and checked one line at a time (a context manager)."""
+
+    def __init__(
+        self, path: Path, *, parser: LineParser | None = None, allow_cut: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self.allow_cut = allow_cut
+        self._parser = parser or LineParser()
+        self._file: IO[bytes] | None = None
+        self._line_no = 0
+        self._file_sha256 = hashlib.sha256()
+        self._sequence: TranscriptSequence | None = None
+        self._summary: TranscriptSummary | None = None
+
+    def __enter__(self) -> TranscriptReader:
+        self._file = open_input(
+            self.path, what="transcript", cap=MAX_RUN_LOG_BYTES, error=RunLogError
+        )
+        try:
+            first = self._next_line()
+            if first is None:
+                raise RunLogError(f"{self.path}: empty file: not a transcript")
+            record = self._parser.parse(first, self._where())
+            if not isinstance(record, TranscriptHeader):
+                raise RunLogError(
+                    f"{self._where()}: expected a transcript header, found a {record.record!r} "
+                    "record"
+                )
+            self._sequence = TranscriptSequence(record)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @property
+    def header(self) -> TranscriptHeader:
+        if self._sequence is None:
+            raise RuntimeError("TranscriptReader is used outside its `with` block")
+        return self._sequence.header
+
+    def summary(self) -> TranscriptSummary:
+        if self._summary is None:
+            raise RuntimeError("the summary is known once lines() is exhausted")
+        return self._summary
+
+    def _where(self) -> str:
+        return f"{self.path}: line {self._line_no}"
+
+    def _next_line(self) -> bytes | None:
+        assert self._file is not None
+        try:
+            line = self._file.readline(MAX_LINE_BYTES + 1)
+        except OSError as exc:
+            raise RunLogError(f"cannot read transcript {self.path}: {exc.strerror or exc}") from exc
+        if not line:
+            return None
+        self._line_no += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise RunLogError(f"{self._where()}: longer than {MAX_LINE_BYTES} bytes")
+        if not line.endswith(b"\n"):
+            raise RunLogError(f"{self._where()}: truncated: the last line has no newline")
+        self._file_sha256.update(line)
+        return line
+
+    def _cut(self, sequence: TranscriptSequence) -> None:
+        if not self.allow_cut:
+            raise RunLogError(
+                f"{self.path}: cut after {sequence.next_index} exchanges: no footer (the gateway "
+                "did not stop cleanly)",
+                hint="every exchange before the cut is valid; read it with allow_cut",
+            )
+        self._summary = TranscriptSummary(
+            self.path, self._file_sha256.hexdigest(), sequence.header, None, sequence.next_index
+        )
+
+    def lines(self) -> Iterator[tuple[bytes, TranscriptExchange]]:
+        """Yield each exchange with its exact line, then check the footer and the end."""
+        sequence = self._sequence
+        if sequence is None or self._file is None:
+            raise RuntimeError("TranscriptReader is used outside its `with` block")
+        while True:
+            line = self._next_line()
+            if line is None:
+                self._cut(sequence)
+                return
+            where = self._where()
+            record = self._parser.parse(line, where)
+            if isinstance(record, TranscriptExchange):
+                sequence.exchange(record, line, where)
+                yield line, record
+            elif isinstance(record, TranscriptFooter):
+                sequence.footer(record, where)
+                footer = record
+                break
+            else:
+                raise RunLogError(f"{where}: a {record.record!r} record in a transcript")
+        if self._file.read(1):
+            raise RunLogError(f"{self.path}: data after the footer (line {self._line_no})")
+        self._summary = TranscriptSummary(
+            self.path, self._file_sha256.hexdigest(), sequence.header, footer, sequence.next_index
+        )
+
+
+def validate_transcript(path: Path, *, allow_cut: bool = False) -> TranscriptSummary:
+    """Read a segment to its end, checking everything; a cut segment raises unless allowed."""
+    with TranscriptReader(path, allow_cut=allow_cut) as reader:
+        for _ in reader.lines():
+            pass
+        return reader.summary()
+
+
+def read_exchanges(path: Path, *, allow_cut: bool = False) -> list[TranscriptExchange]:
+    """Every exchange of a valid segment (in memory: for replay and tests)."""
+    with TranscriptReader(path, allow_cut=allow_cut) as reader:
+        return [exchange for _, exchange in reader.lines()]
+
+
+def is_transcript(path: Path) -> bool:
+    """Whether the first line of ``path`` is a transcript header (nothing else is checked)."""
+    try:
+        with open_input(path, what="log", cap=MAX_RUN_LOG_BYTES, error=RunLogError) as handle:
+            first = handle.readline(MAX_LINE_BYTES + 1)
+    except RunLogError:
+        return False
+    return first.startswith(b'{"format":') and b'"record":"transcript"' in first

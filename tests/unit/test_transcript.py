@@ -1,0 +1,208 @@
+"""Gateway transcripts: the run-log family's lines, appended durably, read back strictly.
+
+A segment that was closed validates; one that was cut (a crash: no footer) validates up to its
+last complete line only when the cut is allowed, and says so; any change to a line, a partial
+last line, a line out of order or a transcript read as a sampled run log is refused by name.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detserve.errors import EnvironmentFault, OutputExistsError, RunLogError
+from detserve.runlog import DevicePins, validate_run_log
+from detserve.runlog import transcript as transcript_module
+from detserve.runlog.models import EnginePins, ExchangeRequest, TranscriptHeader
+from detserve.runlog.transcript import (
+    TranscriptWriter,
+    is_transcript,
+    output_sha256,
+    read_exchanges,
+    request_sha256,
+    validate_transcript,
+)
+
+PINS = EnginePins(
+    model_id="detserve/tiny-llama",
+    model_revision="b" * 40,
+    manifest_sha256="c" * 64,
+    image="127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64,
+    engine_args=("--model", "/m"),
+    entrypoint=None,
+    environment={"HF_HUB_OFFLINE": "1"},
+    device=DevicePins(kind="cpu", gpus=0),
+    served_model_name="tiny-llama",
+    vllm_version="0.32.0",
+)
+HEADER = TranscriptHeader(
+    pins=PINS, previous_sha256=None, seed=0, segment=0, transcript_id="d" * 32
+)
+
+
+def exchange(number: int, **changes: Any) -> dict[str, Any]:
+    return {
+        "id": f"{number:032x}",
+        "request": {
+            "constraint": None,
+            "kind": "completion",
+            "max_tokens": 4,
+            "messages": None,
+            "prompt": f"prompt {number}",
+            "stop": None,
+        },
+        "prompt_token_ids": [1, 2, 3],
+        "output_token_ids": [5, 6, 7, 8],
+        "text": " a b c d",
+        "finish_reason": "length",
+        "incomplete": None,
+    } | changes
+
+
+def written(path: Path, count: int, *, close: bool = True) -> Path:
+    writer = TranscriptWriter(path, HEADER)
+    for number in range(count):
+        writer.append(exchange(number))
+    if close:
+        writer.close("stopped")
+    return path
+
+
+def test_a_closed_segment_validates_and_names_its_hashes(tmp_path: Path) -> None:
+    path = written(tmp_path / "t.transcript.jsonl", 3)
+    summary = validate_transcript(path)
+    assert summary.n_exchanges == 3
+    assert not summary.cut
+    assert summary.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert is_transcript(path)
+    first = read_exchanges(path)[0]
+    assert (
+        request_sha256(first.request)
+        == hashlib.sha256(
+            b'{"constraint":null,"kind":"completion","max_tokens":4,"messages":null,'
+            b'"prompt":"prompt 0","stop":null}'
+        ).hexdigest()
+    )
+    assert (
+        output_sha256((5, 6, 7, 8), " a b c d")
+        == hashlib.sha256(b'{"output_token_ids":[5,6,7,8],"text":" a b c d"}').hexdigest()
+    )
+
+
+def test_every_line_is_on_disk_when_append_returns(tmp_path: Path) -> None:
+    path = tmp_path / "t.transcript.jsonl"
+    writer = TranscriptWriter(path, HEADER)
+    writer.append(exchange(0))
+    # read by another reader while the writer is open: the line is there, whole
+    assert [e.id for e in read_exchanges(path, allow_cut=True)] == [f"{0:032x}"]
+    writer.close("stopped")
+
+
+def test_a_cut_segment_is_refused_unless_allowed_and_then_says_so(tmp_path: Path) -> None:
+    path = written(tmp_path / "t.transcript.jsonl", 2, close=False)
+    with pytest.raises(RunLogError, match="cut after 2 exchanges: no footer"):
+        validate_transcript(path)
+    summary = validate_transcript(path, allow_cut=True)
+    assert summary.cut
+    assert summary.n_exchanges == 2
+
+
+def test_a_partial_last_line_is_refused(tmp_path: Path) -> None:
+    path = written(tmp_path / "t.transcript.jsonl", 2, close=False)
+    with path.open("ab") as handle:
+        handle.write(b'{"finish_reason":"len')
+    with pytest.raises(RunLogError, match="truncated: the last line has no newline"):
+        validate_transcript(path, allow_cut=True)
+
+
+def test_a_changed_line_is_refused_by_the_footer(tmp_path: Path) -> None:
+    path = written(tmp_path / "t.transcript.jsonl", 2)
+    data = path.read_bytes().replace(b'"text":" a b c d"', b'"text":" a b c e"', 1)
+    path.write_bytes(data)
+    with pytest.raises(RunLogError, match="the footer does not match"):
+        validate_transcript(path)
+
+
+def test_a_write_that_fails_is_cut_off_and_breaks_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "t.transcript.jsonl"
+    writer = TranscriptWriter(path, HEADER)
+    writer.append(exchange(0))
+    real = transcript_module._write
+
+    def half(fd: int, data: bytes) -> int:
+        real(fd, data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transcript_module, "_write", half)
+    with pytest.raises(EnvironmentFault, match="No space left on device"):
+        writer.append(exchange(1))
+    monkeypatch.setattr(transcript_module, "_write", real)
+    with pytest.raises(EnvironmentFault):
+        writer.append(exchange(2))  # broken for good: no gap in the indices either
+    writer.close("stopped")
+    summary = validate_transcript(path, allow_cut=True)
+    assert summary.cut
+    assert summary.n_exchanges == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"finish_reason": None}, "finish_reason exactly when it is not incomplete"),
+        ({"incomplete": "client_disconnected"}, "finish_reason exactly when"),
+        ({"output_token_ids": [1] * 5}, "exceed the request's max_tokens"),
+        ({"prompt_token_ids": []}, "does not match the run-log schema"),
+    ],
+)
+def test_an_invalid_exchange_is_never_written(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    writer = TranscriptWriter(tmp_path / "t.transcript.jsonl", HEADER)
+    with pytest.raises(RunLogError, match=message):
+        writer.append(exchange(0, **changes))
+
+
+@pytest.mark.parametrize(
+    "request_changes",
+    [
+        {"kind": "chat"},
+        {"constraint": {"regex": "a", "choice": ["b"]}},
+        {"constraint": {"json": {}}},
+        {"constraint": {"choice": [1]}},
+    ],
+)
+def test_a_request_that_is_not_canonical_is_refused(
+    tmp_path: Path, request_changes: dict[str, Any]
+) -> None:
+    writer = TranscriptWriter(tmp_path / "t.transcript.jsonl", HEADER)
+    base = exchange(0)
+    with pytest.raises(RunLogError, match="does not match the run-log schema"):
+        writer.append(base | {"request": base["request"] | request_changes})
+
+
+def test_a_transcript_is_not_read_as_a_sampled_run_log(tmp_path: Path) -> None:
+    path = written(tmp_path / "t.transcript.jsonl", 1)
+    with pytest.raises(RunLogError, match="a gateway transcript, not a sampled run log"):
+        validate_run_log(path)
+
+
+def test_an_existing_segment_is_never_overwritten(tmp_path: Path) -> None:
+    path = written(tmp_path / "t.transcript.jsonl", 1)
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError):
+        TranscriptWriter(path, HEADER)
+    assert path.read_bytes() == before
+
+
+def test_the_request_form_is_the_canonical_one() -> None:
+    request = ExchangeRequest.model_validate_json(
+        '{"constraint":{"json_schema":{"type":"object"}},"kind":"chat","max_tokens":3,'
+        '"messages":[{"content":"hi","role":"user"}],"prompt":null,"stop":["\\n"]}'
+    )
+    assert request.constraint == {"json_schema": {"type": "object"}}
