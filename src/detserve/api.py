@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from detserve.errors import DetserveError
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
     from detserve.fingerprint import FingerprintEngine
+    from detserve.gateway.app import Gateway
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
@@ -731,6 +732,126 @@ def replay(
     )
 
 
+# --- the gateway --------------------------------------------------------------------------------
+
+#: where ``serve`` listens unless told otherwise
+DEFAULT_GATEWAY_PORT = 8088
+
+
+def build_gateway(
+    config: ProfileLike,
+    *,
+    transcript_dir: Path | str,
+    api_key: str | None = None,
+    concurrency: int = 1,
+    certificate: Path | str | None = None,
+    queue_size: int = 32,
+    reverify_interval_s: float = 300.0,
+    identity_interval_s: float = 2.0,
+    rotate_exchanges: int | None = None,
+    engine: ContainerEngine | None = None,
+) -> Gateway:
+    """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
+    return the gateway's ASGI application object (``gateway.app``), its transcript opened.
+
+    Above one request in flight only with a ``certificate`` covering these pins and that level.
+    """
+    from detserve.gateway.app import Gateway, GatewaySettings
+    from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
+
+    if concurrency < 1 or queue_size < 0:
+        raise UsageError("--concurrency must be at least 1 and --queue-size at least 0")
+    if concurrency > 1 and certificate is None:
+        raise UsageError(
+            f"--concurrency {concurrency} is refused: the gateway sends one request at a time "
+            "unless a concurrency certificate measured for these pins covers more",
+            hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
+        )
+    if reverify_interval_s <= 0 or identity_interval_s <= 0:
+        raise UsageError("re-verification intervals must be positive")
+    if rotate_exchanges is not None and rotate_exchanges < 1:
+        raise UsageError("--rotate-exchanges must be at least 1")
+    loaded = load_profile(config)
+    loaded.require_pins()
+    engine = _engine(engine)
+    verified = verify_for_serving(loaded, engine)
+    if certificate is not None:
+        require_gateway_coverage(Path(certificate), verified, concurrency)
+    settings = GatewaySettings(
+        transcript_dir=Path(transcript_dir),
+        api_key=api_key,
+        concurrency=concurrency,
+        queue_size=queue_size,
+        identity_interval_s=identity_interval_s,
+        reverify_interval_s=reverify_interval_s,
+        rotate_exchanges=rotate_exchanges,
+    )
+    return Gateway(verified, engine, settings)
+
+
+@dataclass(frozen=True)
+class ServeResult:
+    """What a gateway run left: its transcript segments (path, sha256), in order."""
+
+    url: str
+    segments: tuple[tuple[Path, str], ...]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "url": self.url,
+            "transcripts": [{"path": str(path), "sha256": sha} for path, sha in self.segments],
+        }
+
+
+def serve(
+    config: ProfileLike,
+    *,
+    transcript_dir: Path | str,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_GATEWAY_PORT,
+    secrets_file: Path | str | None = None,
+    concurrency: int = 1,
+    certificate: Path | str | None = None,
+    queue_size: int = 32,
+    reverify_interval_s: float = 300.0,
+    rotate_exchanges: int | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    engine: ContainerEngine | None = None,
+) -> ServeResult:
+    """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
+
+    Binds loopback by default; another address only with an API key (``DETSERVE_API_KEY`` in
+    ``secrets_file``). Every answer is recorded in a transcript under ``transcript_dir`` before
+    it is given; ``on_ready`` is called with the gateway's URL once its socket listens.
+    """
+    from detserve.gateway.server import GatewayServer, api_key_from, check_bind
+
+    api_key = api_key_from(Path(secrets_file) if secrets_file is not None else None)
+    check_bind(host, api_key)  # before anything is verified or opened
+    gateway = build_gateway(
+        config,
+        transcript_dir=transcript_dir,
+        api_key=api_key,
+        concurrency=concurrency,
+        certificate=certificate,
+        queue_size=queue_size,
+        reverify_interval_s=reverify_interval_s,
+        rotate_exchanges=rotate_exchanges,
+        engine=engine,
+    )
+    try:
+        server = GatewayServer(gateway, host, port)
+    except BaseException:
+        gateway.transcript.close("stopped")
+        raise
+    if on_ready is not None:
+        on_ready(server.url)  # the socket listens: connections wait until uvicorn accepts them
+    server.run()
+    segments = gateway.transcript.close("stopped")
+    return ServeResult(url=server.url, segments=tuple(segments))
+
+
 # --- diagnosis ----------------------------------------------------------------------------------
 
 #: the levels ``check`` measures unless told otherwise
@@ -861,12 +982,15 @@ __all__ = [
     "DEFAULT_BUNDLE",
     "DEFAULT_BUNDLE_PIN",
     "DEFAULT_CHECK_LEVELS",
+    "DEFAULT_GATEWAY_PORT",
     "BytesObserver",
     "CheckOutcome",
     "HashResult",
     "LockOutcome",
     "ReplayResult",
     "SamplingObserver",
+    "ServeResult",
+    "build_gateway",
     "check",
     "check_hash",
     "compare_runs",
@@ -881,6 +1005,7 @@ __all__ = [
     "replay",
     "run",
     "sample",
+    "serve",
     "show_run_log",
     "smoke",
     "start",

@@ -8,6 +8,7 @@ codes and malformed bodies reach it as they would from a server.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,11 @@ class Answer:
     #: a dict is sent as JSON; bytes and str as they are (malformed bodies included)
     body: bytes | str | dict[str, Any] = b""
     delay_s: float = 0.0
+    #: server-sent events: each sent as ``data: EVENT``, chunked, ``event_delay_s`` apart
+    events: tuple[str, ...] | None = None
+    event_delay_s: float = 0.0
+    #: drop the connection after this many events, mid-body, as a killed engine does
+    drop_after: int | None = None
 
     def data(self) -> bytes:
         body = json.dumps(self.body) if isinstance(self.body, dict) else self.body
@@ -44,6 +50,9 @@ def _handler(respond: Respond) -> type[BaseHTTPRequestHandler]:
             answer = respond(method, self.path, json.loads(raw) if raw else None)
             if answer.delay_s:
                 time.sleep(answer.delay_s)
+            if answer.events is not None:
+                self._stream(answer)
+                return
             data = answer.data()
             try:
                 self.send_response(answer.status)
@@ -53,6 +62,28 @@ def _handler(respond: Respond) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up: a timeout test
+
+        def _stream(self, answer: Answer) -> None:
+            self.close_connection = True
+            self.protocol_version = "HTTP/1.1"  # chunked: a dropped connection is then an error
+            try:
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                assert answer.events is not None
+                for number, event in enumerate(answer.events):
+                    if number == answer.drop_after:
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    data = f"data: {event}\n\n".encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+                    time.sleep(answer.event_delay_s)
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away mid-stream
 
         def do_GET(self) -> None:
             self._serve("GET")

@@ -58,6 +58,7 @@ _COMMAND_MODULES = (
     "commands_runs",
     "commands_sample",
     "commands_check",
+    "commands_serve",
     "commands_runtime",
     "commands_runlog",
     "commands_attest",

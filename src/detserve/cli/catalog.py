@@ -39,6 +39,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
         "check",
         "Diagnose non-determinism against the running, verified server; write a repro pack.",
     ),
+    ("serve", "Serve a verified, OpenAI-compatible gateway in front of the pinned server."),
     ("start", "Start the profile's pinned vLLM container (or find it already running)."),
     ("wait", "Wait until the started server answers with the pinned model name."),
     (

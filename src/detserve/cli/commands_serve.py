@@ -1,0 +1,106 @@
+"""The gateway command: serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from detserve.cli.app import app
+from detserve.cli.options import ConfigOption
+from detserve.cli.output import JsonOption, emit_json, result, say
+
+
+@app.command("serve")
+def serve_command(
+    config: ConfigOption,
+    transcript_dir: Annotated[
+        Path,
+        typer.Option(
+            "--transcript-dir",
+            file_okay=False,
+            help="Where the transcript segments go (canonical run-log lines, one per exchange).",
+        ),
+    ],
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to bind; not loopback only with --secrets-file."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to bind.")] = 8088,
+    secrets_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--secrets-file",
+            dir_okay=False,
+            help="A .env file holding DETSERVE_API_KEY; clients must then send it as a bearer "
+            "token.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Requests in flight to the engine; above 1 only with --certificate.",
+        ),
+    ] = 1,
+    certificate: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate",
+            dir_okay=False,
+            help="A concurrency certificate (`detserve check`) for these pins and that level.",
+        ),
+    ] = None,
+    queue_size: Annotated[
+        int,
+        typer.Option("--queue-size", min=0, help="Requests that may wait; beyond, 429."),
+    ] = 32,
+    reverify_interval: Annotated[
+        float,
+        typer.Option(
+            "--reverify-interval",
+            min=0.001,
+            help="Seconds between two verifications of the whole snapshot while serving.",
+        ),
+    ] = 300.0,
+    rotate_exchanges: Annotated[
+        int | None,
+        typer.Option("--rotate-exchanges", min=1, help="Close a segment after N exchanges."),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Serve a verified, OpenAI-compatible gateway in front of the pinned server.
+
+    Verifies as `sample` does (pins, the whole snapshot, the bound container, the served model),
+    then answers /v1/completions and /v1/chat/completions (streamed or not), /v1/models,
+    /health and /v1/provenance/ID. Requests are admitted strictly (greedy, the profile's seed,
+    no chat-template override; anything else is a 400 naming the field); every answer carries
+    its provenance (X-Detserve-* headers and a `detserve` field) and is recorded in a transcript
+    before it is given. Stop it with Ctrl-C; the transcript is then closed. Examples:
+
+        detserve serve --config configs/tiny-cpu.local.json --transcript-dir runs/gateway
+        detserve serve --config configs/tiny-cpu.local.json --transcript-dir runs/gateway \\
+            --host 0.0.0.0 --secrets-file gateway.env
+    """
+    from detserve import api
+
+    outcome = api.serve(
+        config,
+        transcript_dir=transcript_dir,
+        host=host,
+        port=port,
+        secrets_file=secrets_file,
+        concurrency=concurrency,
+        certificate=certificate,
+        queue_size=queue_size,
+        reverify_interval_s=reverify_interval,
+        rotate_exchanges=rotate_exchanges,
+        on_ready=lambda url: say(f"gateway ready at {url} (Ctrl-C stops it)"),
+    )
+    if json_output:
+        emit_json(outcome.as_json())
+        return
+    for path, sha256 in outcome.segments:
+        result(f"transcript {path} (sha256 {sha256})")

@@ -1,0 +1,112 @@
+"""Serving the gateway with uvicorn, on a socket bound before it starts, and the bind policy.
+
+The gateway binds loopback by default; any other address needs an API key (``--secrets-file``
+holding ``DETSERVE_API_KEY``), or it is refused before anything is verified. uvicorn's access
+log is off: a request line is the client's business, and nothing the gateway logs holds a key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import threading
+from pathlib import Path
+from typing import Final
+
+import uvicorn
+
+from detserve.errors import EnvironmentFault, UsageError
+from detserve.gateway.app import Gateway
+
+#: the secrets-file name of the gateway's API key
+API_KEY_NAME: Final = "DETSERVE_API_KEY"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name could resolve anywhere
+
+
+def api_key_from(secrets_file: Path | None) -> str | None:
+    """The API key of a secrets file (``DETSERVE_API_KEY``), or None without a file."""
+    if secrets_file is None:
+        return None
+    from detserve.runtime.secrets import load_secrets_file
+
+    secrets = load_secrets_file(secrets_file)
+    if API_KEY_NAME not in secrets:
+        raise UsageError(
+            f"{secrets_file} has no {API_KEY_NAME}",
+            hint=f"add a line {API_KEY_NAME}=... (a long random value)",
+        )
+    return secrets[API_KEY_NAME]
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse a non-loopback bind without an API key."""
+    if not is_loopback(host) and api_key is None:
+        raise UsageError(
+            f"--host {host} is refused without an API key: the gateway binds loopback unless "
+            "clients must authenticate",
+            hint=f"pass --secrets-file FILE holding {API_KEY_NAME}=...",
+        )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as exc:
+        raise EnvironmentFault(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+class GatewayServer:
+    """uvicorn serving ``gateway`` on ``host:port`` (port 0: any free one)."""
+
+    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
+        self.gateway = gateway
+        self.host = host
+        self.socket = bind(host, port)
+        self.port: int = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            gateway.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        """Serve in this thread until stopped (Ctrl-C, SIGTERM, or :meth:`stop`)."""
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.socket.close()
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Serve in a thread; return once it accepts connections."""
+        self._thread = threading.Thread(target=self.run, name="detserve-gateway", daemon=True)
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(timeout_s / 0.02)):
+            if self.server.started or not self._thread.is_alive():
+                break
+            deadline.wait(0.02)
+        if not self.server.started:
+            raise EnvironmentFault("the gateway did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=30)

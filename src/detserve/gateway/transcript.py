@@ -1,0 +1,149 @@
+"""The gateway's transcript: segments of the run-log family, rotated, and the provenance index.
+
+This is a run-log writer (:class:`~detserve.runlog.transcript.TranscriptWriter`), not a second
+format. Segments are ``DIR/<transcript_id>.<segment>.transcript.jsonl``; each header names the
+previous segment's sha256, so the chain can be checked. A segment is rotated after
+``rotate_exchanges`` exchanges (never, by default) and closed when the gateway stops.
+
+Every exchange's provenance (its id, the pins' digest, the request's and the output's sha256,
+where it is recorded) is kept in memory, so that ``GET /v1/provenance/{id}`` answers for every
+exchange of this gateway run; a record is added only once its line is on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from detserve.runlog.models import ExchangeRequest, TranscriptExchange, TranscriptHeader
+from detserve.runlog.transcript import (
+    SUFFIX,
+    TranscriptWriter,
+    output_sha256,
+    request_sha256,
+)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What an answer carries: enough to find its record and check it."""
+
+    id: str
+    pins_sha256: str
+    request_sha256: str
+    output_sha256: str
+    transcript: Path
+    segment: int
+    index: int
+    incomplete: str | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "pins_sha256": self.pins_sha256,
+            "request_sha256": self.request_sha256,
+            "output_sha256": self.output_sha256,
+            "transcript": self.transcript.name,
+            "segment": self.segment,
+            "index": self.index,
+            "complete": self.incomplete is None,
+            "incomplete": self.incomplete,
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-Detserve-Id": self.id,
+            "X-Detserve-Pins-Sha256": self.pins_sha256,
+            "X-Detserve-Request-Sha256": self.request_sha256,
+            "X-Detserve-Output-Sha256": self.output_sha256,
+        }
+
+
+def new_exchange_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Transcript:
+    """The gateway run's segments and provenance index (thread-safe)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        header: TranscriptHeader,
+        *,
+        pins_sha256: str,
+        rotate_exchanges: int | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.pins_sha256 = pins_sha256
+        self.rotate_exchanges = rotate_exchanges
+        self._template = header
+        self._lock = threading.Lock()
+        self._index: dict[str, Provenance] = {}
+        self.closed_segments: list[tuple[Path, str]] = []
+        self._writer = self._open(0, None)
+
+    def _open(self, segment: int, previous: str | None) -> TranscriptWriter:
+        header = self._template.model_copy(update={"segment": segment, "previous_sha256": previous})
+        name = f"{header.transcript_id}.{segment:06d}{SUFFIX}"
+        return TranscriptWriter(self.directory / name, header)
+
+    @property
+    def path(self) -> Path:
+        return self._writer.path
+
+    @property
+    def broken(self) -> str | None:
+        fault = self._writer.broken
+        return None if fault is None else fault.message
+
+    def record(
+        self,
+        exchange_id: str,
+        request: ExchangeRequest,
+        fields: Mapping[str, Any],
+    ) -> Provenance:
+        """Append one exchange, synced to disk; return its provenance. Raises
+        :class:`~detserve.errors.EnvironmentFault` when it cannot be written."""
+        with self._lock:
+            writer = self._writer
+            exchange: TranscriptExchange = writer.append(
+                {**fields, "id": exchange_id, "request": request.model_dump(mode="json")}
+            )
+            provenance = Provenance(
+                id=exchange_id,
+                pins_sha256=self.pins_sha256,
+                request_sha256=request_sha256(exchange.request),
+                output_sha256=output_sha256(exchange.output_token_ids, exchange.text),
+                transcript=writer.path,
+                segment=writer.header.segment,
+                index=exchange.index,
+                incomplete=exchange.incomplete,
+            )
+            self._index[exchange_id] = provenance
+            if self.rotate_exchanges is not None and writer.n_exchanges >= self.rotate_exchanges:
+                self._rotate()
+            return provenance
+
+    def _rotate(self) -> None:
+        writer = self._writer
+        sha256 = writer.close("rotated")
+        self.closed_segments.append((writer.path, sha256))
+        self._writer = self._open(writer.header.segment + 1, sha256)
+
+    def provenance(self, exchange_id: str) -> Provenance | None:
+        with self._lock:
+            return self._index.get(exchange_id)
+
+    def close(self, reason: Literal["rotated", "stopped"] = "stopped") -> list[tuple[Path, str]]:
+        """Close the current segment; return every segment closed (path, sha256)."""
+        with self._lock:
+            writer = self._writer
+            sha256 = writer.close(reason)
+            if not self.closed_segments or self.closed_segments[-1][0] != writer.path:
+                self.closed_segments.append((writer.path, sha256))
+            return list(self.closed_segments)

@@ -1,0 +1,91 @@
+"""What the engine answers, read into an exchange's output; the engine's refusals, in OpenAI's
+error shape.
+
+vLLM with ``return_token_ids`` puts the generated token ids in every choice and the prompt's
+ids in the choice (a completion) or at the top level (a chat), on the first chunk of a stream.
+Anything else is not an answer the gateway can record: :meth:`Output.add_chunk` and
+:meth:`Output.add_answer` raise, and the gateway answers 502 (or ends the stream with an error
+event and records what was streamed as incomplete).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sse_starlette import ServerSentEvent
+from starlette.responses import JSONResponse
+
+from detserve.gateway.admission import Refused
+
+
+def error_response(
+    status: int, message: str, *, param: str | None = None, headers: Mapping[str, str] = {}
+) -> JSONResponse:
+    return JSONResponse(Refused(param, message, status=status).body(), status, dict(headers))
+
+
+@dataclass
+class Output:
+    """What the engine answered so far."""
+
+    kind: str
+    prompt_token_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add_chunk(self, chunk: Any) -> None:
+        """One streamed chunk; raise ValueError when it is not what vLLM streams."""
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if not isinstance(choices, list) or len(choices) != 1:
+            raise ValueError("a chunk without exactly one choice")
+        choice = choices[0]
+        prompt = chunk.get("prompt_token_ids") or choice.get("prompt_token_ids")
+        if prompt:
+            self.prompt_token_ids = list(prompt)
+        tokens = choice.get("token_ids")
+        if not isinstance(tokens, list):
+            raise ValueError("a chunk without token_ids")
+        self.token_ids.extend(tokens)
+        piece = choice.get("text") if self.kind == "completion" else choice["delta"].get("content")
+        self.text.append(piece or "")
+        self.finish_reason = choice.get("finish_reason")
+
+    def add_answer(self, data: Any) -> None:
+        """A whole answer."""
+        choice = data["choices"][0]
+        self.prompt_token_ids = list(choice.get("prompt_token_ids") or data["prompt_token_ids"])
+        self.token_ids = list(choice["token_ids"])
+        text = choice["text"] if self.kind == "completion" else choice["message"]["content"]
+        self.text = [text or ""]
+        self.finish_reason = choice["finish_reason"] or "unknown"
+
+    def fields(self, incomplete: str | None = None) -> dict[str, Any]:
+        return {
+            "finish_reason": None if incomplete is not None else self.finish_reason,
+            "incomplete": incomplete,
+            "output_token_ids": self.token_ids,
+            "prompt_token_ids": self.prompt_token_ids,
+            "text": "".join(self.text),
+        }
+
+
+def error_event(message: str) -> ServerSentEvent:
+    error = Refused(None, message, status=500).body()
+    return ServerSentEvent(data=json.dumps(error))
+
+
+def engine_refusal(status: int, content: bytes) -> JSONResponse:
+    """The engine refused (a constraint it cannot compile, a prompt too long): its 4xx passes
+    through in OpenAI's shape; anything else is the gateway's 502."""
+    try:
+        engine: Any = json.loads(content)
+        message = engine.get("error", {}).get("message") or engine.get("message") or str(engine)
+    except (ValueError, AttributeError):
+        message = content[:300].decode("utf-8", "replace")
+    if 400 <= status < 500:
+        return error_response(status, f"the engine refused the request: {message}")
+    return error_response(502, f"the engine failed: HTTP {status}: {message}")

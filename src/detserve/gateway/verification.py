@@ -1,0 +1,195 @@
+"""What the gateway verifies before it serves, and keeps verifying while it does.
+
+Before the first request, exactly what ``sample`` checks that does not depend on a prompt: every
+pin is filled, the snapshot verifies against its manifest, the running container is the one the
+pins bind (:func:`~detserve.runtime.binding.checked_container`) and the server serves the pinned
+model (:func:`~detserve.runtime.smoke.check_served_model`). While serving,
+:class:`HealthMonitor` checks the container's identity (id, start time, restart count) every
+``identity_interval_s`` and verifies the whole snapshot again every ``reverify_interval_s``; the
+first failure is sticky: the gateway answers 503 with its reason from then on, because answers
+from another server or snapshot are not the claim its transcript makes.
+
+Above one request in flight the gateway needs a concurrency certificate
+(:mod:`detserve.diagnosis.certificate`) for these engine pins, this seed and that level
+(:func:`require_gateway_coverage`). A certificate was measured on a prompt bundle's prompts with
+its ``max_tokens``; the gateway extends it to client requests, which is weaker than what
+``sample`` requires, and says so in its docstring and the README: replaying the transcript (at
+concurrency 1) is what checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from detserve.canonical import canonical_bytes
+from detserve.diagnosis.certificate import CertificateMismatch, read_certificate
+from detserve.errors import DetserveError, PinMismatch
+from detserve.pins import profile_pins
+from detserve.profile import LoadedProfile
+from detserve.runlog.models import EnginePins
+from detserve.runtime.binding import checked_container
+from detserve.runtime.container_spec import server_base_url
+from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.server import VllmServer
+from detserve.runtime.smoke import check_served_model
+from detserve.snapshot import verify_snapshot
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A profile verified for serving: its engine pins and the container bound to them."""
+
+    loaded: LoadedProfile
+    pins: EnginePins
+    seed: int
+    manifest_sha256: str
+    container: ContainerInfo
+    base_url: str
+
+    @property
+    def pins_sha256(self) -> str:
+        """The pins' digest: sha256 of ``{"pins": ..., "seed": ...}`` in canonical JSON."""
+        document = {"pins": self.pins.model_dump(mode="json"), "seed": self.seed}
+        return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
+
+
+def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verified:
+    """The pre-flight of ``sample`` that needs no prompt; raise on any failure."""
+    loaded.require_pins()
+    report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
+    container = checked_container(loaded, engine, what="serve", manifest=report.manifest_sha256)
+    profile = loaded.profile
+    base_url = server_base_url(profile)
+    with VllmServer(base_url, model=profile.vllm.served_model_name) as server:
+        check_served_model(loaded, server)
+        version = server.version()
+    engine_pins = EnginePins(
+        model_id=pins.model_id,
+        model_revision=pins.model_revision,
+        manifest_sha256=pins.manifest_sha256,
+        image=pins.image,
+        engine_args=pins.engine_args,
+        entrypoint=pins.entrypoint,
+        environment=dict(pins.environment),
+        device=pins.device,
+        served_model_name=pins.served_model_name,
+        vllm_version=version,
+    )
+    return Verified(
+        loaded=loaded,
+        pins=engine_pins,
+        seed=profile.sampling.seed,
+        manifest_sha256=report.manifest_sha256,
+        container=container,
+        base_url=base_url,
+    )
+
+
+def require_gateway_coverage(certificate_path: Path, verified: Verified, concurrency: int) -> str:
+    """Refuse unless the certificate covers these engine pins, this seed and ``concurrency``;
+    return its sha256."""
+    certificate = read_certificate(certificate_path)
+    theirs = certificate.pins.model_dump(mode="json")
+    ours = verified.pins.model_dump(mode="json")
+    lines = [
+        f"pins.{name}: certificate {theirs.get(name)!r}, gateway {ours[name]!r}"
+        for name in sorted(ours)
+        if theirs.get(name) != ours[name]
+    ]
+    if certificate.seed != verified.seed:
+        lines.append(f"seed: certificate {certificate.seed}, gateway {verified.seed}")
+    if concurrency not in certificate.concurrency_levels:
+        levels = ", ".join(str(level) for level in certificate.concurrency_levels)
+        lines.append(f"concurrency: certificate measured {levels}, gateway asks {concurrency}")
+    if lines:
+        raise CertificateMismatch(
+            f"the certificate (sha256 {certificate.sha256}) does not cover the gateway; "
+            f"--concurrency {concurrency} is refused",
+            details=sorted(lines),
+            hint="run `detserve check` for these pins to measure a certificate",
+        )
+    return certificate.sha256
+
+
+def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
+    return (container.id, container.started_at, container.restart_count, container.running)
+
+
+class HealthMonitor:
+    """The gateway's health: the first failure of a periodic check, kept until it stops.
+
+    :meth:`tick` runs whichever checks are due (the gateway calls it from a background task,
+    tests call it directly); :attr:`failure` is None while everything verifies.
+    """
+
+    def __init__(
+        self,
+        verified: Verified,
+        engine: ContainerEngine,
+        *,
+        identity_interval_s: float,
+        reverify_interval_s: float,
+    ) -> None:
+        self.verified = verified
+        self._engine = engine
+        self.identity_interval_s = identity_interval_s
+        self.reverify_interval_s = reverify_interval_s
+        now = time.monotonic()
+        self._identity_at = now
+        self._snapshot_at = now
+        self.last_verified_at = time.time()
+        self._failure: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def fail(self, reason: str) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = reason
+
+    def check_identity(self) -> None:
+        initial = self.verified.container
+        try:
+            current = self._engine.inspect(initial.id)
+        except DetserveError as exc:
+            self.fail(f"container {initial.short_id} is gone: {exc.message}")
+            return
+        if _identity(current) != _identity(initial):
+            self.fail(
+                f"the container changed: it was {initial.short_id} started {initial.started_at} "
+                f"(restarts {initial.restart_count}); it is {current.short_id} "
+                f"{current.describe()}, started {current.started_at} "
+                f"(restarts {current.restart_count})"
+            )
+
+    def reverify_snapshot(self) -> None:
+        loaded = self.verified.loaded
+        try:
+            report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+            if report.manifest_sha256 != self.verified.manifest_sha256:
+                raise PinMismatch(
+                    f"the manifest {loaded.manifest_path} changed while serving: sha256 "
+                    f"{report.manifest_sha256}, served under {self.verified.manifest_sha256}"
+                )
+        except DetserveError as exc:
+            self.fail(f"snapshot re-verification failed: {exc.message}")
+            return
+        self.last_verified_at = time.time()
+
+    def tick(self, *, force: bool = False) -> None:
+        """Run the checks that are due (all of them with ``force``)."""
+        now = time.monotonic()
+        if force or now - self._identity_at >= self.identity_interval_s:
+            self._identity_at = now
+            self.check_identity()
+        if force or now - self._snapshot_at >= self.reverify_interval_s:
+            self._snapshot_at = now
+            self.reverify_snapshot()
