@@ -549,26 +549,37 @@ def evaluate(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> DeterminismReport:
-    """Compare two run logs byte for byte and say where they part; write the JSON ``report``.
+    """Compare two run logs (or two gateway transcripts) byte for byte and say where they part;
+    write the JSON ``report``.
 
     Returns the report whatever its verdict (IDENTICAL, WITHIN_THRESHOLD, DIVERGENT, NOT A
     REPLAY); ``report.error()`` is the error to raise when it is not a pass. Invalid logs raise
     (exit 2) before anything is compared.
     """
     from detserve.evaluation import evaluate as evaluate_core
+    from detserve.runlog.transcript import is_transcript
 
     logs = [Path(run_a), Path(run_b)]
     output = Path(report) if report is not None else None
     if output is not None:
         check_outputs([output], force=force, inputs=logs)  # a log is evidence: never replaced
-    result = evaluate_core(
-        logs[0],
-        logs[1],
-        min_exact_match_ratio=min_exact_match_ratio,
-        logprob_tolerance=logprob_tolerance,
-        max_reported=max_reported,
-        progress=progress,
-    )
+    if any(is_transcript(log) for log in logs):
+        from detserve.evaluation.transcript_pair import evaluate_transcripts
+
+        if logprob_tolerance is not None:
+            raise UsageError("--logprob-tolerance: a gateway transcript records no logprobs")
+        result = evaluate_transcripts(
+            logs[0], logs[1], min_exact_match_ratio=min_exact_match_ratio, max_reported=max_reported
+        )
+    else:
+        result = evaluate_core(
+            logs[0],
+            logs[1],
+            min_exact_match_ratio=min_exact_match_ratio,
+            logprob_tolerance=logprob_tolerance,
+            max_reported=max_reported,
+            progress=progress,
+        )
     if output is not None:
         write_json_report(output, result.as_json(), force=force)
     return result
@@ -852,6 +863,67 @@ def serve(
     return ServeResult(url=server.url, segments=tuple(segments))
 
 
+@dataclass(frozen=True)
+class TranscriptReplayResult:
+    """What :func:`replay_transcript` did: the replay's transcript and the comparison."""
+
+    replay_transcript: Path
+    report: DeterminismReport
+    report_path: Path
+
+    def as_json(self) -> dict[str, object]:
+        return self.report.as_json() | {"replay_transcript": str(self.replay_transcript)}
+
+
+def replay_transcript(
+    claim: Path | str,
+    config: ProfileLike,
+    *,
+    output_dir: Path | str,
+    stop_after: bool = False,
+    force: bool = False,
+    on_stage: StageSink | None = None,
+    engine: ContainerEngine | None = None,
+) -> TranscriptReplayResult:
+    """Re-send every exchange of a gateway transcript (one closed segment) under your own pinned
+    profile, and compare, in one step.
+
+    The claim is validated and its pins compared with the profile's before anything starts
+    (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run
+    (start, wait with verification, smoke), every exchange is sent again, one at a time, into
+    ``output_dir/replay.transcript.jsonl``, and the two are compared into
+    ``output_dir/report.json``. Returns the result whatever the verdict.
+    """
+    from detserve.gateway.replay import plan_transcript_replay
+    from detserve.gateway.replay import replay_transcript as replay_core
+    from detserve.runtime import lifecycle
+
+    stage = on_stage or (lambda _message: None)
+    claim = Path(claim)
+    output_dir = Path(output_dir)
+    loaded = load_profile(config)
+    inputs = (claim, loaded.path, loaded.manifest_path, loaded.snapshot_dir)
+    replay_path = output_dir / "replay.transcript.jsonl"
+    report_path = output_dir / "report.json"
+    check_output_dir(output_dir, force=True, inputs=inputs)
+    check_outputs((replay_path, report_path), force=force, inputs=inputs)
+    if force:
+        replay_path.unlink(missing_ok=True)  # a transcript is never written over, only anew
+    plan = plan_transcript_replay(claim, loaded)
+    engine = _engine(engine)
+    stage(f"claim {claim}: a gateway transcript of {plan.n_exchanges} exchanges; pins match")
+    lifecycle.run(loaded, engine=engine, on_stage=stage)
+    try:
+        report = replay_core(plan, loaded, replay_path, engine=engine)
+    finally:
+        if stop_after:
+            lifecycle.stop(loaded, engine=engine)
+    write_json_report(report_path, report.as_json(), force=force)
+    return TranscriptReplayResult(
+        replay_transcript=replay_path, report=report, report_path=report_path
+    )
+
+
 # --- diagnosis ----------------------------------------------------------------------------------
 
 #: the levels ``check`` measures unless told otherwise
@@ -990,6 +1062,7 @@ __all__ = [
     "ReplayResult",
     "SamplingObserver",
     "ServeResult",
+    "TranscriptReplayResult",
     "build_gateway",
     "check",
     "check_hash",
@@ -1003,6 +1076,7 @@ __all__ = [
     "logs",
     "read_certificate",
     "replay",
+    "replay_transcript",
     "run",
     "sample",
     "serve",

@@ -210,6 +210,9 @@ def replay_command(
 ) -> None:
     """Re-run a claimed run log under your own pinned profile and compare, in one step.
 
+    A gateway transcript (`detserve serve`) as the claim: every exchange is sent again, one at
+    a time, and the replay's transcript compared with it the same way.
+
     First the claim is validated and its pins compared with the profile's (model, revision,
     manifest, image, engine args, prompt bundle, seed): other pins mean NOT A REPLAY, exit 1,
     and nothing runs. Then: run (start, wait with verification, smoke), sample with the claim's
@@ -224,7 +227,11 @@ def replay_command(
             --run-log a.runlog.jsonl --config configs/tiny-cpu.local.json --output-dir replays/a
     """
     from detserve import api
+    from detserve.runlog.transcript import is_transcript
 
+    if public_key is None and is_transcript(claim):
+        _replay_transcript(claim, config, output_dir, stop_after, force, json_output)
+        return
     with sampling_progress() as shown:
         replayed = api.replay(
             claim,
@@ -250,4 +257,27 @@ def replay_command(
     if error is not None:
         if json_output:
             raise typer.Exit(error.exit_code)  # the report above is the one JSON object
+        raise error
+
+
+def _replay_transcript(
+    claim: Path, config: Path, output_dir: Path, stop_after: bool, force: bool, json_output: bool
+) -> None:
+    """A gateway transcript's replay: every exchange sent again, then compared."""
+    from detserve import api
+
+    replayed = api.replay_transcript(
+        claim, config, output_dir=output_dir, stop_after=stop_after, force=force, on_stage=say
+    )
+    report = replayed.report
+    if json_output:
+        emit_json(replayed.as_json())
+    else:
+        for line in report.summary_lines():
+            result(line)
+        say(f"replay transcript {replayed.replay_transcript}; report {replayed.report_path}")
+    error = report.error()
+    if error is not None:
+        if json_output:
+            raise typer.Exit(error.exit_code)
         raise error

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from detserve.errors import UsageError
 from detserve.runlog import RunLogHeader, RunLogSample
+from detserve.runlog.models import TranscriptHeader
 from detserve.sequences import first_difference
 
 #: tokens shown on each side of the first divergent token
@@ -286,7 +287,9 @@ def compare_samples(a: RunLogSample, b: RunLogSample, thresholds: Thresholds) ->
     )
 
 
-def header_differences(a: RunLogHeader, b: RunLogHeader) -> list[FieldDifference]:
+def header_differences(
+    a: RunLogHeader | TranscriptHeader, b: RunLogHeader | TranscriptHeader
+) -> list[FieldDifference]:
     """Every header field whose values differ, sorted by name (``pins.image``, ``n_samples``)."""
     flat_a, flat_b = _flatten(a.model_dump()), _flatten(b.model_dump())
     return [

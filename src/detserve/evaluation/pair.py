@@ -30,6 +30,7 @@ from detserve.evaluation.compare import (
 )
 from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
 from detserve.runlog import LineParser, RunLogReader
+from detserve.runlog.transcript import is_transcript
 
 #: divergent samples described in full by default; all are counted
 DEFAULT_MAX_REPORTED: Final = 20
@@ -213,6 +214,11 @@ def evaluate(
         raise UsageError(f"max_reported must be >= 0, found {max_reported}")
     run_a, run_b = Path(run_a), Path(run_b)
     refuse_same_file([run_a, run_b])
+    if is_transcript(run_a) or is_transcript(run_b):
+        raise UsageError(
+            "a gateway transcript is compared with a transcript "
+            "(detserve.evaluation.transcript_pair), a sampled run log with a run log"
+        )
     # One parser for both: a line the two logs share is validated once.
     parser = LineParser()
     identical = tolerated = divergent = compared = unpaired = mismatch_count = 0

@@ -1,0 +1,152 @@
+"""Replaying a gateway transcript: every exchange sent again, one at a time, and compared.
+
+The claim (one transcript segment, closed) is validated completely and its pins and seed
+compared with the verifier's own profile before anything runs (other pins:
+:class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is verified as the gateway
+verifies it (:func:`~detserve.gateway.verification.verify_for_serving`), each exchange's
+canonical request is sent exactly as the gateway sent it (:func:`~detserve.gateway.admission.
+upstream_body`, whole, never streamed), and the answers are written as a transcript with the
+claim's names (its transcript id, segment, previous segment's hash, exchange ids and footer
+reason: none of them an input of a token), so that a faithful replay is the same bytes.
+
+An incomplete exchange (a stream that ended early) is replayed with ``max_tokens`` set to the
+number of tokens it recorded: greedy decoding makes that the same prefix. Its text is the
+engine's decoding of those tokens; the claim's is what was streamed, which is the same text
+unless the stream ended inside a character the engine had not yet decoded (then the replay
+reports that exchange as divergent, in its text only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from detserve.errors import ServerError
+from detserve.evaluation.pair import DeterminismReport
+from detserve.evaluation.transcript_pair import evaluate_transcripts
+from detserve.gateway.admission import upstream_body, upstream_path
+from detserve.gateway.upstream import Output
+from detserve.gateway.verification import verify_for_serving
+from detserve.pins import profile_pins
+from detserve.profile import LoadedProfile
+from detserve.replay_plan import NotAReplay
+from detserve.runlog.models import TranscriptExchange, TranscriptHeader
+from detserve.runlog.transcript import TranscriptWriter, read_exchanges, validate_transcript
+from detserve.runtime.container_spec import manifest_sha256
+from detserve.runtime.engine import ContainerEngine
+from detserve.sampling import IdentityWatch
+from detserve.snapshot import verify_snapshot
+
+REPLAY_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True)
+class TranscriptPlan:
+    """A claim that can be replayed under a profile."""
+
+    claim: Path
+    header: TranscriptHeader
+    n_exchanges: int
+
+
+def plan_transcript_replay(claim: Path, loaded: LoadedProfile) -> TranscriptPlan:
+    """Validate the claim completely and refuse unless the local pins are the claim's."""
+    summary = validate_transcript(claim)
+    header = summary.header
+    local = profile_pins(loaded, manifest_sha256=manifest_sha256(loaded))
+    ours = {
+        name: value
+        for name, value in local.run_pins(
+            prompt_bundle_sha256="0" * 64, vllm_version=header.pins.vllm_version
+        )
+        .model_dump(mode="json")
+        .items()
+        if name != "prompt_bundle_sha256"
+    }
+    theirs = header.pins.model_dump(mode="json")
+    differences = [
+        f"{name}: claim {theirs.get(name)!r}, local {ours[name]!r}"
+        for name in sorted(ours)
+        if theirs.get(name) != ours[name]
+    ]
+    if header.seed != loaded.profile.sampling.seed:
+        differences.append(f"seed: claim {header.seed!r}, local {loaded.profile.sampling.seed!r}")
+    if differences:
+        raise NotAReplay(
+            f"{claim} was answered under other pins than {loaded.path}: not a replay",
+            details=differences,
+            hint="replay with the claim's profile, manifest and image",
+        )
+    return TranscriptPlan(claim=claim, header=header, n_exchanges=summary.n_exchanges)
+
+
+def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, seed: int) -> Output:
+    request = exchange.request
+    if exchange.incomplete is not None:
+        request = request.model_copy(update={"max_tokens": max(1, len(exchange.output_token_ids))})
+    body = upstream_body(request, model=model, seed=seed, stream=False)
+    path = upstream_path(request)
+    try:
+        response = client.post(path, json=body)
+    except httpx.HTTPError as exc:
+        raise ServerError(f"exchange {exchange.index}: POST {path} failed: {exc}") from exc
+    if response.status_code != 200:
+        raise ServerError(
+            f"exchange {exchange.index}: POST {path}: HTTP {response.status_code}",
+            details=[response.text[:300]],
+        )
+    output = Output(request.kind)
+    try:
+        output.add_answer(response.json())
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ServerError(f"exchange {exchange.index}: the answer is not vLLM's") from exc
+    if exchange.incomplete is not None:
+        output.token_ids = output.token_ids[: len(exchange.output_token_ids)]
+    return output
+
+
+def replay_transcript(
+    plan: TranscriptPlan,
+    loaded: LoadedProfile,
+    output: Path,
+    *,
+    engine: ContainerEngine,
+) -> DeterminismReport:
+    """Send every exchange of the claim again, write ``output``, and compare it with the claim.
+
+    The server must be running and bound to the pins; the container's identity and the snapshot
+    are checked again before the replay's transcript is closed.
+    """
+    verified = verify_for_serving(loaded, engine)
+    watch = IdentityWatch(engine, verified.container)
+    header = plan.header.model_copy(update={"pins": verified.pins})
+    model = verified.pins.served_model_name
+    writer = TranscriptWriter(output, header)
+    footer = validate_transcript(plan.claim).footer
+    assert footer is not None  # the plan refused a cut claim
+    try:
+        with httpx.Client(
+            base_url=verified.base_url,
+            timeout=httpx.Timeout(REPLAY_TIMEOUT_S, connect=5.0),
+            trust_env=False,
+        ) as client:
+            for exchange in read_exchanges(plan.claim):
+                answer = _replayed(client, exchange, model, verified.seed)
+                writer.append(
+                    answer.fields(exchange.incomplete)
+                    | {"id": exchange.id, "request": exchange.request.model_dump(mode="json")}
+                )
+                watch.check()
+        watch.check(force=True)
+        final = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+        if final.manifest_sha256 != verified.manifest_sha256:
+            raise NotAReplay(f"the manifest {loaded.manifest_path} changed during the replay")
+    except BaseException:
+        # A partial replay is no replay: nothing is left that could pass for one.
+        writer.close("stopped")
+        output.unlink(missing_ok=True)
+        raise
+    writer.close(footer.reason)
+    return evaluate_transcripts(plan.claim, output)

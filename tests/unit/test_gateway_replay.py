@@ -1,0 +1,157 @@
+"""A gateway transcript verified like any run log: eval-determinism compares two, and a replay
+sends every exchange again and reports IDENTICAL for a faithful server, DIVERGENT for another,
+NOT A REPLAY for other pins, before anything is sent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from detserve.errors import RunLogError, UsageError
+from detserve.evaluation import Verdict
+from detserve.evaluation.transcript_pair import evaluate_transcripts
+from detserve.gateway.replay import plan_transcript_replay, replay_transcript
+from detserve.profile import load_profile
+from detserve.replay_plan import NotAReplay
+from detserve.runlog.transcript import read_exchanges, validate_transcript
+from detserve.runtime.container_spec import build_container_spec
+
+from .committed import CliRunner, TinyWorkspace
+from .containers import faithful_container, pinned_image
+from .fake_http import serving
+from .gateway_rig import Fixture, StreamingFakeVllm, gateway_profile, gateway_running
+from .test_sampling_faults import FakeEngine
+
+MODEL = "tiny-llama"
+
+
+@pytest.fixture
+def claim(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Path:
+    """A closed transcript of five exchanges: whole and streamed, completions and chats, and
+    one stream the client left."""
+    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "claim")
+    fake = StreamingFakeVllm()
+    with gateway_running(fixture, fake) as rig:
+        client = rig.client()
+        client.completions.create(model=MODEL, prompt="one", max_tokens=4)
+        list(client.completions.create(model=MODEL, prompt="two", max_tokens=5, stream=True))
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "three"}], max_tokens=3
+        )
+        list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "four"}],
+                max_tokens=3,
+                stream=True,
+                stop=["\n"],
+            )
+        )
+        fake.event_delay_s = 0.1
+        body = {"model": MODEL, "prompt": "five", "max_tokens": 30, "stream": True}
+        with httpx.stream("POST", f"{rig.url}/v1/completions", json=body) as response:
+            next(line for line in response.iter_lines() if line.startswith("data:"))
+        deadline = time.monotonic() + 10
+        while rig.gateway.transcript.provenance(response.headers["X-Detserve-Id"]) is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    (path,) = fixture.transcripts.iterdir()
+    return path
+
+
+def replay(claim: Path, workspace: TinyWorkspace, fake: StreamingFakeVllm, out: Path) -> Any:
+    with serving(fake.answer) as port:
+        loaded = load_profile(gateway_profile(workspace, port))
+        spec = build_container_spec(loaded)
+        engine = FakeEngine(faithful_container(spec), pinned_image(spec))
+        plan = plan_transcript_replay(claim, loaded)
+        return replay_transcript(plan, loaded, out, engine=engine)
+
+
+def test_the_claim_holds_what_was_asked(claim: Path) -> None:
+    exchanges = read_exchanges(claim)
+    kinds = ["completion", "completion", "chat", "chat", "completion"]
+    assert [e.request.kind for e in exchanges] == kinds
+    assert exchanges[3].request.stop == ("\n",)
+    assert exchanges[4].incomplete == "client_disconnected"
+    assert validate_transcript(claim).footer is not None
+
+
+def test_a_faithful_replay_is_identical(
+    claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    fake = StreamingFakeVllm()
+    out = tmp_path / "replay.transcript.jsonl"
+    report = replay(claim, tiny_workspace, fake, out)
+    assert report.verdict is Verdict.IDENTICAL, report.summary_lines()
+    assert out.read_bytes() == claim.read_bytes()
+    # sent whole, never streamed; the incomplete exchange with the tokens it had
+    assert all(body["stream"] is False for _, body in fake.requests)
+    n_partial = len(read_exchanges(claim)[4].output_token_ids)
+    assert fake.requests[4][1]["max_tokens"] == n_partial
+
+
+def test_another_server_is_divergent(
+    claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    class Other(StreamingFakeVllm):
+        def answer(self, method: str, path: str, body: Any) -> Any:
+            if isinstance(body, dict) and body.get("prompt") == "two":
+                body = body | {"prompt": "deux"}
+            return super().answer(method, path, body)
+
+    report = replay(claim, tiny_workspace, Other(), tmp_path / "replay.transcript.jsonl")
+    assert report.verdict is Verdict.DIVERGENT
+    assert report.divergent_samples == 1
+    assert report.divergences[0].index == 1
+    assert report.error() is not None
+
+
+def test_other_pins_are_not_a_replay_and_nothing_is_sent(
+    claim: Path, tiny_workspace: TinyWorkspace
+) -> None:
+    document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
+    document["sampling"]["seed"] = 7
+    document["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
+    tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(NotAReplay) as raised:
+        plan_transcript_replay(claim, load_profile(tiny_workspace.config))
+    assert any(detail.startswith("seed: claim 0, local 7") for detail in raised.value.details)
+
+
+def test_a_cut_claim_is_refused(claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.transcript.jsonl"
+    cut.write_bytes(b"".join(claim.read_bytes().splitlines(keepends=True)[:-1]))
+    document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
+    document["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
+    tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(RunLogError, match="cut after 5 exchanges"):
+        plan_transcript_replay(cut, load_profile(tiny_workspace.config))
+
+
+def test_eval_determinism_compares_two_transcripts(
+    claim: Path, tmp_path: Path, cli: CliRunner
+) -> None:
+    copy = tmp_path / "copy.transcript.jsonl"
+    shutil.copyfile(claim, copy)
+    ran = cli("eval-determinism", "--run-a", claim, "--run-b", copy)
+    assert ran.code == 0, ran
+    assert "IDENTICAL" in ran.out
+    changed = tmp_path / "changed.transcript.jsonl"
+    lines = claim.read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"text":" t', b'"text":" T', 1)
+    changed.write_bytes(b"".join(lines))
+    ran = cli("eval-determinism", "--run-a", claim, "--run-b", changed)
+    assert ran.code == 2, ran  # the footer no longer matches: invalid, not a verdict
+    assert "the footer does not match" in ran.err
+
+
+def test_a_transcript_is_not_compared_with_a_sampled_run_log(claim: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="compared with a transcript"):
+        evaluate_transcripts(claim, Path(__file__))
