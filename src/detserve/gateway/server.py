@@ -8,6 +8,7 @@ log is off: a request line is the client's business, and nothing the gateway log
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -81,6 +82,8 @@ class GatewayServer:
         )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        #: the signal that stopped the server, if one did
+        self.stopped_by: str | None = None
 
     @property
     def url(self) -> str:
@@ -88,11 +91,26 @@ class GatewayServer:
         return f"http://{host}:{self.port}"
 
     def run(self) -> None:
-        """Serve in this thread until stopped (Ctrl-C, SIGTERM, or :meth:`stop`)."""
+        """Serve in this thread until stopped (Ctrl-C, SIGTERM, or :meth:`stop`).
+
+        uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again for
+        the caller; for a server, being told to stop is the normal end, so here that second
+        signal is only noted (the transcript is closed and the command reports it).
+        """
+        main = threading.current_thread() is threading.main_thread()
+        previous = {}
+        if main:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                previous[number] = signal.signal(number, self._stopped_by)
         try:
             self.server.run(sockets=[self.socket])
         finally:
             self.socket.close()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stopped_by(self, number: int, _frame: object) -> None:
+        self.stopped_by = signal.Signals(number).name
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Serve in a thread; return once it accepts connections."""
