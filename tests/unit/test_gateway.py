@@ -304,9 +304,14 @@ def test_a_full_disk_mid_stream_never_sends_the_final_event(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(transcript_module, "_write", full)
-    stream = rig.client().completions.create(model=MODEL, prompt="Hi", max_tokens=4, stream=True)
-    with pytest.raises(openai.APIError, match="could not be recorded"):
-        list(stream)
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": True}
+    response = post(rig, "/v1/completions", json=body)
+    events = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+    # the tokens before the last went out; then an error, and no finish chunk, no [DONE]
+    *tokens, error = [json.loads(event) for event in events]
+    assert len(tokens) == 3
+    assert all(chunk["choices"][0]["finish_reason"] is None for chunk in tokens)
+    assert "could not be recorded" in error["error"]["message"]
 
 
 def test_a_snapshot_changed_while_serving_turns_health_503(rig: GatewayRig) -> None:
