@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, duplicate_keys
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
 from detserve.engine_policy import (
     check_engine_option,
     check_entrypoint,
@@ -182,6 +182,22 @@ class RuntimeSpec(_Strict):
 ExtraValue = str | int | float | bool
 
 
+class StructuredOutputsSpec(_Strict):
+    """The structured-output (guided decoding) engine, pinned: detserve passes it as
+    ``--structured-outputs-config`` (canonical JSON of these fields)."""
+
+    backend: Literal["xgrammar", "guidance", "outlines"]
+    """The backend that compiles every constraint. vLLM's default, ``auto``, picks one per
+    request by what it supports, so the masks (and the tokens) would depend on the request:
+    refused, as is an unset backend when a bundle holds constraints."""
+
+    disable_any_whitespace: bool = False
+    """JSON outputs without free whitespace between tokens (vLLM's option of the same name)."""
+
+    def engine_value(self) -> str:
+        return canonical_json(self.model_dump())
+
+
 class VllmSpec(_Strict):
     served_model_name: str
     """The name the server answers to; checked against ``/v1/models`` before sampling."""
@@ -203,6 +219,9 @@ class VllmSpec(_Strict):
 
     enforce_eager: bool = False
     """Disable CUDA graphs."""
+
+    structured_outputs: StructuredOutputsSpec | None = None
+    """The pinned structured-output backend; required to sample a bundle with constraints."""
 
     extra_args: dict[str, ExtraValue] = Field(default_factory=dict)
     """Further engine options, ``{"--option": value}``, by their exact names in vLLM's parser;

@@ -4,7 +4,9 @@ tokens", written as a canonical run log.
 Nothing is sampled from an unverified state. Before the first request: every pin is filled, the
 snapshot verifies against its manifest, the prompt bundle against its pin, the running container
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
-server serves the pinned model. Requests are greedy with the profile's seed, one at a time. The
+server serves the pinned model, a bundle with constraints needs a pinned structured-outputs
+backend, and each distinct constraint compiles in the engine (a one-token preflight request).
+Requests (:mod:`detserve.requests`) are greedy with the profile's seed, one at a time. The
 container's identity (id, start time, restart count) is checked during the run and at its end, and
 the snapshot is verified again before the log is committed: a restarted server or a changed
 snapshot voids the run. The run log is written atomically; any failure, Ctrl-C included, leaves
@@ -26,12 +28,13 @@ from detserve.errors import ContainerError, PinMismatch, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
-from detserve.prompts import PromptBundle, PromptRecord
+from detserve.prompts import PROMPTS_FILE, PromptBundle
+from detserve.requests import GenerationParams, preflight_constraints, sample_record
 from detserve.runlog import RunLogWriter
 from detserve.runtime.binding import checked_container
 from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
-from detserve.runtime.server import Completion, VllmServer
+from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
 
@@ -116,32 +119,6 @@ class _IdentityWatch:
             )
 
 
-def _check_prompt_tokens(prompt: PromptRecord, result: Completion, index: int) -> None:
-    # The bundle recorded each prompt's length with the pinned tokenizer; a server that tokenizes
-    # differently is not serving the pinned tokenizer.
-    if len(result.prompt_token_ids) != prompt.n_tokens:
-        raise PinMismatch(
-            f"sample {index} ({prompt.id}): the server tokenized the prompt into "
-            f"{len(result.prompt_token_ids)} tokens; the pinned tokenizer gives {prompt.n_tokens}",
-            hint="the server does not use the pinned model's tokenizer",
-        )
-
-
-def _sample_record(index: int, prompt: PromptRecord, result: Completion) -> dict[str, object]:
-    return {
-        "index": index,
-        "prompt_id": prompt.id,
-        "prompt_sha256": prompt.sha256,
-        "prompt_token_ids": list(result.prompt_token_ids),
-        "output_token_ids": list(result.token_ids),
-        "text": result.text,
-        "finish_reason": result.finish_reason or "unknown",
-        "logprobs": (
-            None if result.logprobs is None else [token.logprob for token in result.logprobs]
-        ),
-    }
-
-
 def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
     # The log names one manifest: the snapshot must have verified against that same manifest at
     # the end as at the start, or the run straddles two trust roots.
@@ -167,6 +144,19 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
         raise UsageError(
             f"{len(too_long)} prompt(s) plus --max-tokens {request.max_tokens} exceed "
             f"max_model_len {limit}: {', '.join(too_long[:5])}"
+        )
+    constrained = [
+        (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
+    ]
+    if constrained and loaded.profile.vllm.structured_outputs is None:
+        line, prompt = constrained[0]
+        assert prompt.constraint is not None
+        raise UsageError(
+            f"{bundle.path / PROMPTS_FILE}:{line} ({prompt.id}): a {prompt.constraint.kind} "
+            f"constraint needs a pinned structured-outputs backend; profile {loaded.path} sets "
+            f"none ({len(constrained)} constrained line(s))",
+            hint="set vllm.structured_outputs.backend (xgrammar, guidance or outlines); vLLM's "
+            "'auto' picks a backend per request and is not a pin",
         )
 
 
@@ -201,20 +191,21 @@ def sample(
             },
             "n_samples": len(prompts),
         }
+        params = GenerationParams(
+            max_tokens=request.max_tokens,
+            seed=profile.sampling.seed,
+            logprobs=request.logprobs,
+            model=profile.vllm.served_model_name,
+        )
+        preflight_constraints(server.generate, prompts, params, str(bundle.path / PROMPTS_FILE))
         started_wall = datetime.now(UTC)
         started = time.perf_counter()
         output_tokens = 0
         with RunLogWriter(request.run_log_output, header, force=request.force) as run_log:
             for index, prompt in enumerate(prompts):
-                result = server.complete(
-                    prompt.prompt,
-                    max_tokens=request.max_tokens,
-                    seed=profile.sampling.seed,
-                    logprobs=request.logprobs,
-                )
-                _check_prompt_tokens(prompt, result, index)
-                run_log.write(_sample_record(index, prompt, result))
-                output_tokens += len(result.token_ids)
+                sample_line = sample_record(server.generate, index, prompt, params)
+                run_log.write(sample_line)
+                output_tokens += len(sample_line["output_token_ids"])
                 watch.check()
                 if progress is not None:
                     progress(index + 1, output_tokens)

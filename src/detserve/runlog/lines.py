@@ -64,8 +64,9 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
                 f"{where}: run-log format version {_brief(error['input'])}; this detserve reads "
                 f"version {FORMAT_VERSION} only",
                 hint=(
-                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS); re-sample with this "
-                    "detserve, or read the log with the detserve that wrote it"
+                    f"version {FORMAT_VERSION} samples record their request kind and constraint; "
+                    "re-sample with this detserve, or read the log with the detserve that wrote "
+                    "it (version 2: detserve before request kinds)"
                 ),
             )
     details = []
