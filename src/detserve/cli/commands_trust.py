@@ -274,9 +274,19 @@ def prompts_bootstrap(
     ] = None,
     fmt: Annotated[
         str,
-        typer.Option("--format", help="'jsonl' (one object a line) or 'text' (a prompt a line)."),
+        typer.Option(
+            "--format",
+            help="'jsonl' (one object a line; --field holds a prompt string, or a list of chat "
+            "messages), 'text' (a prompt a line) or 'requests' (a bundle line a line without id "
+            "and n_tokens: prompt or messages, optional stop and constraint).",
+        ),
     ] = "jsonl",
-    field: Annotated[str, typer.Option("--field", help="JSONL field holding the prompt.")] = "text",
+    field: Annotated[
+        str, typer.Option("--field", help="JSONL field holding the prompt or conversation.")
+    ] = "text",
+    name: Annotated[
+        str, typer.Option("--name", help="The bundle's name, written in bundle.json.")
+    ] = "reference_prompts",
     max_prompt_tokens: Annotated[
         int | None,
         typer.Option(
@@ -308,8 +318,8 @@ def prompts_bootstrap(
         download_hf_dataset_file,
     )
 
-    if fmt not in ("jsonl", "text"):
-        raise UsageError(f"--format must be 'jsonl' or 'text', not {fmt!r}")
+    if fmt not in ("jsonl", "text", "requests"):
+        raise UsageError(f"--format must be 'jsonl', 'text' or 'requests', not {fmt!r}")
     loaded = load_profile(config)
     loaded.require_pins(("model.revision",))
     if (dataset_file is None) == (hf_dataset is None):
@@ -345,9 +355,10 @@ def prompts_bootstrap(
     request = BootstrapRequest(
         dataset_path=path,
         source=source,
-        fmt="jsonl" if fmt == "jsonl" else "text",
+        fmt="jsonl" if fmt == "jsonl" else "requests" if fmt == "requests" else "text",
         n_prompts=n_prompts,
         max_prompt_tokens=limit,
+        name=name,
     )
     info, _ = build_bundle(loaded, request, output_dir, force=force)
     if json_output:
@@ -356,5 +367,5 @@ def prompts_bootstrap(
         result(f"wrote {output_dir}: {info.n_prompts} prompts")
         say(
             "not trusted yet: review it, then pin it with `detserve hash --snapshot "
-            f"{output_dir} --output manifests/reference_prompts/reference_prompts.sha256`"
+            f"{output_dir} --manifest-output manifests/{name}/{name}.sha256`"
         )
