@@ -93,10 +93,22 @@ def load_profile(config: ProfileLike) -> LoadedProfile:
     return load_profile_file(Path(config))
 
 
-def _engine(engine: ContainerEngine | None) -> ContainerEngine:
+def _engine(engine: ContainerEngine | None, docker_host: str | None = None) -> ContainerEngine:
+    """``engine`` as given, else the Docker engine at ``docker_host``, else the one
+    ``DOCKER_HOST`` or the current Docker context names."""
     from detserve.runtime.engine import DockerEngine
 
-    return engine if engine is not None else DockerEngine.from_env()
+    if engine is not None:
+        if docker_host is not None:
+            raise UsageError("give an engine or a docker_host, not both")
+        return engine
+    return DockerEngine.from_env() if docker_host is None else DockerEngine.from_env(docker_host)
+
+
+def _engine_at(engine: ContainerEngine | None, docker_host: str | None) -> ContainerEngine | None:
+    """The engine for a lifecycle call: as given (None: the lifecycle connects when it first
+    needs to) unless a host is named."""
+    return engine if docker_host is None else _engine(engine, docker_host)
 
 
 # --- snapshots ----------------------------------------------------------------------------------
@@ -302,14 +314,23 @@ def lock_image(
     write: bool = False,
     profile_output: Path | str | None = None,
     force: bool = False,
+    docker_host: str | None = None,
 ) -> LockOutcome:
-    """Resolve ``runtime.image_tag`` to its registry digest through the engine; with ``write``,
-    pin it. Without ``write``, a moved tag raises :class:`~detserve.errors.PinMismatch`."""
+    """Resolve ``runtime.image_tag`` to its registry digest through the engine (the one at
+    ``docker_host`` when given); with ``write``, pin it. Without ``write``, a moved tag raises
+    :class:`~detserve.errors.PinMismatch`."""
     from detserve.locks import resolve_image_digest
+
+    def resolve(loaded: LoadedProfile) -> LockResult:
+        if docker_host is None:
+            return resolve_image_digest(loaded)
+        from detserve.runtime.engine import connect
+
+        return resolve_image_digest(loaded, connect(docker_host)[0])
 
     return _lock(
         config,
-        resolve_image_digest,
+        resolve,
         write=write,
         profile_output=profile_output,
         force=force,
@@ -324,13 +345,20 @@ def start(
     *,
     secrets_file: Path | str | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> StartResult:
-    """Start the profile's pinned container (or find it running, bound to the same pins)."""
+    """Start the profile's pinned container (or find it running, bound to the same pins).
+
+    Every function that talks to an engine takes ``docker_host`` (``unix:///...``,
+    ``tcp://...``, ``ssh://...``): that engine instead of the one ``DOCKER_HOST`` or the current
+    Docker context names. One that does not answer is an :class:`~detserve.errors.EngineError`
+    (exit 3) naming the address.
+    """
     from detserve.runtime import lifecycle
 
     loaded = load_profile(config)
     secrets = Path(secrets_file) if secrets_file is not None else None
-    return lifecycle.start(loaded, secrets, engine=engine)
+    return lifecycle.start(loaded, secrets, engine=_engine_at(engine, docker_host))
 
 
 def wait(
@@ -340,24 +368,32 @@ def wait(
     verify_manifest: bool = False,
     on_progress: WaitSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> WaitResult:
     """Wait until the bound container serves the pinned model; optionally verify meanwhile."""
     from detserve.runtime import lifecycle
 
+    loaded = load_profile(config)
     return lifecycle.wait(
-        load_profile(config),
+        loaded,
         timeout_s,
         verify_manifest=verify_manifest,
         on_progress=on_progress,
-        engine=engine,
+        engine=_engine_at(engine, docker_host),
     )
 
 
-def smoke(config: ProfileLike, *, engine: ContainerEngine | None = None) -> SmokeResult:
+def smoke(
+    config: ProfileLike,
+    *,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+) -> SmokeResult:
     """The pinned model is served, and repeated greedy completions are identical; else raise."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.smoke(load_profile(config), engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.smoke(loaded, engine=_engine_at(engine, docker_host))
 
 
 def run(
@@ -370,35 +406,49 @@ def run(
     on_stage: StageSink | None = None,
     on_progress: WaitSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> RunResult:
     """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample."""
     from detserve.runtime import lifecycle
 
+    loaded = load_profile(config)
     secrets = Path(secrets_file) if secrets_file is not None else None
     return lifecycle.run(
-        load_profile(config),
+        loaded,
         secrets,
         hash_first=hash_first,
         stop_after=stop_after,
         timeout_s=timeout_s,
         on_stage=on_stage,
         on_progress=on_progress,
-        engine=engine,
+        engine=_engine_at(engine, docker_host),
     )
 
 
-def stop(config: ProfileLike, *, engine: ContainerEngine | None = None) -> StopResult:
+def stop(
+    config: ProfileLike,
+    *,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+) -> StopResult:
     """Stop and remove the profile's container; none running is not an error."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.stop(load_profile(config), engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.stop(loaded, engine=_engine_at(engine, docker_host))
 
 
-def status(config: ProfileLike, *, engine: ContainerEngine | None = None) -> StatusResult:
+def status(
+    config: ProfileLike,
+    *,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+) -> StatusResult:
     """The profile's container, how it differs from the pins (if at all), and its health."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.status(load_profile(config), engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.status(loaded, engine=_engine_at(engine, docker_host))
 
 
 def logs(
@@ -407,11 +457,13 @@ def logs(
     follow: bool = False,
     tail: int = 100,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> Iterator[str]:
     """The container's last ``tail`` log lines; with ``follow``, then new ones as they come."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.logs(load_profile(config), follow=follow, tail=tail, engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.logs(loaded, follow=follow, tail=tail, engine=_engine_at(engine, docker_host))
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -486,6 +538,7 @@ def sample(
     force: bool = False,
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
@@ -507,7 +560,7 @@ def sample(
         force=force,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     return _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
 
@@ -634,6 +687,7 @@ def replay(
     on_stage: StageSink | None = None,
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
@@ -695,7 +749,7 @@ def replay(
         sidecar_output=sidecar,
         force=force,
     )
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     stage(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=stage)

@@ -13,6 +13,7 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    DockerHostOption,
     legacy_output_option,
     renamed,
 )
@@ -79,6 +80,7 @@ def sample_command(
     ] = False,
     concurrency: Annotated[int | None, typer.Option("--concurrency", hidden=True)] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", hidden=True)] = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Sample the pinned prompt bundle from the running server, strictly, into a run log.
@@ -110,6 +112,7 @@ def sample_command(
             bundle_pin=bundle_pin,
             force=force,
             observer=shown,
+            docker_host=docker_host,
         )
     if json_output:
         emit_json(summary.as_json())
@@ -156,6 +159,7 @@ def replay_command(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Re-run a claimed run log under your own pinned profile and compare, in one step.
@@ -188,6 +192,7 @@ def replay_command(
             run_log=run_log,
             on_stage=say,
             observer=shown,
+            docker_host=docker_host,
         )
     report, summary = replayed.report, replayed.summary
     if json_output:
