@@ -35,6 +35,7 @@ from detserve.fileio import check_output_dir, check_outputs
 if TYPE_CHECKING:
     from detserve.attest import AttestedClaim
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.evaluation.explain import ExplainedReport
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
@@ -648,6 +649,33 @@ def compare_runs(
     return result
 
 
+def explain(
+    result: DeterminismReport | HashCheckReport | MajorityReport,
+    sidecars: Sequence[Path | str],
+    *,
+    report: Path | str | None = None,
+    force: bool = False,
+) -> ExplainedReport:
+    """A comparison's ``result`` with, for every log that disagrees, its first divergence and
+    the differences of its environment fingerprint from the reference's, ranked by root-cause
+    category (hardware, software version, numerics settings, model files, concurrency).
+
+    ``sidecars`` are one per log in the comparison's order (for ``check_hash``: the log's, then
+    the published log's); each may be a sidecar or a ``detserve env`` fingerprint file. A
+    sidecar that names another run log is :class:`~detserve.errors.InputError` (exit 2).
+    """
+    from detserve.evaluation.explain import explain as explain_core
+
+    paths = [Path(sidecar) for sidecar in sidecars]
+    output = Path(report) if report is not None else None
+    if output is not None:
+        check_outputs([output], force=force, inputs=paths)
+    explained = explain_core(result, paths)
+    if output is not None:
+        write_json_report(output, explained.as_json(), force=force)
+    return explained
+
+
 def write_json_report(path: Path, document: dict[str, object], *, force: bool) -> None:
     """A JSON report for people and machines (indented, sorted keys), written atomically."""
     import json
@@ -778,6 +806,7 @@ __all__ = [
     "check_hash",
     "compare_runs",
     "evaluate",
+    "explain",
     "hash_snapshot",
     "load_profile",
     "load_prompts",
