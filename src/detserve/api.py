@@ -25,7 +25,7 @@ reference without separating concepts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from detserve.attest import AttestedClaim
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
     from detserve.evaluation.explain import ExplainedReport
+    from detserve.fleet import FleetNode, FleetReport, NodeResult
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
@@ -795,6 +796,142 @@ def replay(
     )
 
 
+def _replay_node(
+    claim: Path,
+    loaded: LoadedProfile,
+    node: FleetNode,
+    output_dir: Path,
+    *,
+    bundle: Path | str,
+    bundle_pin: Path | str,
+    stop_after: bool,
+    force: bool,
+    on_stage: StageSink,
+) -> NodeResult:
+    """Replay ``claim`` on one node's engine; every failure becomes a FAILED result."""
+    from detserve.errors import DetserveError
+    from detserve.evaluation.explain import read_node_environment
+    from detserve.fingerprint import EnvironmentFingerprint, environment_fingerprint
+    from detserve.fleet import NodeResult, failed
+    from detserve.replay_plan import NotAReplay
+    from detserve.runtime.engine import DockerEngine
+    from detserve.runtime.probe import DockerProbe
+
+    def stage(message: str) -> None:
+        on_stage(f"{node.label}: {message}")
+
+    try:
+        engine = DockerEngine.from_env(node.docker_host)
+    except DetserveError as exc:
+        return failed(exc)
+
+    def fingerprint() -> EnvironmentFingerprint | None:
+        # Best effort beside a failure: the failure is the result, the fingerprint its context.
+        try:
+            return environment_fingerprint(loaded, DockerProbe(engine.client, engine.address))
+        except DetserveError as exc:
+            stage(f"no fingerprint: {exc.message}")
+            return None
+
+    try:
+        replayed = replay(
+            claim,
+            loaded,
+            output_dir=output_dir / node.label,
+            bundle=bundle,
+            bundle_pin=bundle_pin,
+            stop_after=stop_after,
+            force=force,
+            on_stage=stage,
+            engine=engine,
+        )
+    except NotAReplay as exc:
+        detail = "; ".join([exc.message, *exc.details[:3]])
+        return NodeResult("NOT A REPLAY", exc.exit_code, detail, fingerprint=fingerprint())
+    except DetserveError as exc:
+        return replace(failed(exc), fingerprint=fingerprint())
+    report = replayed.report
+    first = report.first_divergence
+    detail = (
+        "byte-identical to the claim"
+        if report.ok
+        else str(first)
+        if first is not None
+        else "; ".join(report.summary_lines()[2:4])
+    )
+    return NodeResult(
+        verdict=report.verdict.value.replace("-", " ").upper(),
+        exit_code=0 if report.verdict.value == "identical" else 1,
+        detail=detail,
+        run_log_sha256=replayed.summary.run_log_sha256,
+        run_log=replayed.summary.run_log,
+        fingerprint=read_node_environment(replayed.summary.sidecar).fingerprint,
+    )
+
+
+def replay_fleet(
+    claim: Path | str,
+    config: ProfileLike,
+    *,
+    nodes: Sequence[str],
+    output_dir: Path | str,
+    bundle: Path | str = DEFAULT_BUNDLE,
+    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    stop_after: bool = False,
+    force: bool = False,
+    on_stage: StageSink | None = None,
+) -> FleetReport:
+    """Replay one claim on several Docker engines at once, and say which agree.
+
+    Each of ``nodes`` is ``HOST[,config=PATH][,name=LABEL]`` (a Docker host URL; the node's own
+    profile, by default ``config``; its name, by default ``node1``, ``node2``, ...). Every node
+    replays the claim as :func:`replay` does, in its own thread, into ``output_dir/LABEL/``; the
+    report says per node IDENTICAL, DIVERGENT, NOT A REPLAY or FAILED, with its run log's
+    sha256 and how its environment fingerprint differs from the first agreeing node's, ranked
+    by root-cause category. ``fleet.json`` in ``output_dir`` is the report. Returns it whatever
+    the verdict; ``report.error()`` is the error to raise when not every node agrees.
+    """
+    from detserve.fleet import check_nodes, parse_node, run_fleet
+    from detserve.runlog import validate_run_log
+
+    parsed = [parse_node(text, index) for index, text in enumerate(nodes, start=1)]
+    check_nodes(parsed)
+    claim = Path(claim)
+    output_dir = Path(output_dir)
+    profiles = {
+        node.label: load_profile(node.config if node.config is not None else config)
+        for node in parsed
+    }
+    for loaded in profiles.values():
+        loaded.require_pins()
+    report_path = output_dir / "fleet.json"
+    inputs = (claim, *(loaded.path for loaded in profiles.values()))
+    check_output_dir(output_dir, force=True, inputs=inputs)
+    check_outputs([report_path], force=force, inputs=inputs)
+    # an invalid claim is bad input before any node is asked anything
+    claim_sha256 = validate_run_log(claim).sha256
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stage = on_stage or (lambda _message: None)
+    report = run_fleet(
+        claim,
+        claim_sha256,
+        parsed,
+        lambda node: _replay_node(
+            claim,
+            profiles[node.label],
+            node,
+            output_dir,
+            bundle=bundle,
+            bundle_pin=bundle_pin,
+            stop_after=stop_after,
+            force=force,
+            on_stage=stage,
+        ),
+    )
+    write_json_report(report_path, report.as_json(), force=force)
+    return report
+
+
 __all__ = [
     "DEFAULT_BUNDLE",
     "DEFAULT_BUNDLE_PIN",
@@ -814,6 +951,7 @@ __all__ = [
     "lock_model",
     "logs",
     "replay",
+    "replay_fleet",
     "run",
     "sample",
     "show_run_log",

@@ -29,6 +29,7 @@ ENGINE_COMMANDS = (
     "env",
     "doctor",
     "lock-image",
+    "fleet",
 )
 
 
