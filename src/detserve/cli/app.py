@@ -61,6 +61,7 @@ _COMMAND_MODULES = (
     "commands_runtime",
     "commands_runlog",
     "commands_attest",
+    "commands_fleet",
 )
 
 
