@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from detserve.fleet import FleetNode, FleetReport, NodeResult
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
-    from detserve.prompts import PromptBundle
+    from detserve.prompts import BundleInfo, PromptBundle
     from detserve.replay_plan import ReplayPlan
     from detserve.runlog import RunLogSummary
     from detserve.runtime.engine import ContainerEngine
@@ -508,6 +508,85 @@ def _fingerprint_for(
         return document
 
     return take
+
+
+def bootstrap_prompts(
+    config: ProfileLike,
+    *,
+    output_dir: Path | str,
+    n_prompts: int,
+    dataset_file: Path | str | None = None,
+    dataset_sha256: str | None = None,
+    hf_dataset: str | None = None,
+    dataset_revision: str | None = None,
+    dataset_filename: str | None = None,
+    fmt: str = "jsonl",
+    field: str = "text",
+    max_prompt_tokens: int | None = None,
+    name: str = "reference_prompts",
+    endpoint: str | None = None,
+    force: bool = False,
+) -> BundleInfo:
+    """Build a prompt bundle from a dataset whose content is pinned; nothing is trusted yet.
+
+    Either a local ``dataset_file`` with its ``dataset_sha256``, or a Hugging Face dataset file
+    at a pinned commit (``hf_dataset``, ``dataset_revision``, ``dataset_filename``). ``fmt``:
+    ``jsonl`` (``field`` holds the prompt, or ``messages`` a conversation), ``text`` (a prompt a
+    line) or ``requests`` (whole bundle lines). Prompts are measured with the profile's pinned
+    tokenizer (and chat template). Pin the bundle afterwards with :func:`hash_snapshot`.
+    """
+    from detserve.hashing import sha256_file
+    from detserve.prompts import (
+        BootstrapRequest,
+        DatasetSource,
+        build_bundle,
+        download_hf_dataset_file,
+    )
+
+    if fmt not in ("jsonl", "text", "requests"):
+        raise UsageError(f"--format must be 'jsonl', 'text' or 'requests', not {fmt!r}")
+    loaded = load_profile(config)
+    loaded.require_pins(("model.revision",))
+    if (dataset_file is None) == (hf_dataset is None):
+        raise UsageError("give exactly one of --dataset-file or --hf-dataset")
+    if dataset_file is not None:
+        if not dataset_sha256:
+            raise UsageError("--dataset-file needs --dataset-sha256 (the content you trust)")
+        path = Path(dataset_file)
+        source = DatasetSource(
+            kind="local-file",
+            name=path.name,
+            revision=None,
+            filename=path.name,
+            file_sha256=dataset_sha256.lower(),
+            field=field if fmt == "jsonl" else None,
+        )
+    else:
+        assert hf_dataset is not None
+        if not dataset_revision or not dataset_filename:
+            raise UsageError("--hf-dataset needs --dataset-revision and --dataset-filename")
+        path = download_hf_dataset_file(hf_dataset, dataset_revision, dataset_filename, endpoint)
+        source = DatasetSource(
+            kind="hf-dataset",
+            name=hf_dataset,
+            revision=dataset_revision,
+            filename=dataset_filename,
+            file_sha256=dataset_sha256.lower() if dataset_sha256 else sha256_file(path)[0],
+            field=field if fmt == "jsonl" else None,
+        )
+    limit = max_prompt_tokens or (
+        loaded.profile.vllm.max_model_len - loaded.profile.sampling.max_tokens
+    )
+    request = BootstrapRequest(
+        dataset_path=path,
+        source=source,
+        fmt="jsonl" if fmt == "jsonl" else "requests" if fmt == "requests" else "text",
+        n_prompts=n_prompts,
+        max_prompt_tokens=limit,
+        name=name,
+    )
+    info, _ = build_bundle(loaded, request, Path(output_dir), force=force)
+    return info
 
 
 def _sample_observed(
@@ -1086,6 +1165,7 @@ __all__ = [
     "LockOutcome",
     "ReplayResult",
     "SamplingObserver",
+    "bootstrap_prompts",
     "check",
     "check_hash",
     "compare_runs",
