@@ -736,8 +736,10 @@ def measure(
     prompts = bundle.take(args.prompts)
     seed = loaded.profile.sampling.seed
     served = loaded.profile.vllm.served_model_name
+    # The reference bundle holds completions only: the same bodies detserve sends.
     bodies = [
-        completion_body(p.prompt, args.tokens, seed, args.logprobs, model=served) for p in prompts
+        completion_body(p.prompt or "", args.tokens, seed, args.logprobs, model=served)
+        for p in prompts
     ]
     argv = sample_argv([args.detserve], profile, args, work)
     reference: list[list[int]] | None = None

@@ -5,8 +5,10 @@
 #      of the profile (the committed profile cannot pin it: a locally built image has a local digest)
 #   2. verify the snapshot and the prompt bundle
 #   3. run: start the container, wait with full manifest verification, smoke test
-#   4. sample -> run log A; restart the container; sample -> run log B
-#   5. eval-determinism A B: identical, exit 0
+#   4. sample -> run log A; restart the container; sample -> run log B; for the completion
+#      bundle and for each request kind's reference bundle (chat, JSON schema, regex, choice,
+#      grammar; scripts/make_reference_bundles.sh)
+#   5. eval-determinism A B, for every bundle: identical, exit 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DETSERVE=${DETSERVE:-.venv/bin/detserve}
@@ -21,9 +23,16 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "trust bootstrap: pin the locally built image's digest into $LOCAL (git-ignored)"
 "$DETSERVE" lock-image --config "$PROFILE" --write --profile-output "$LOCAL" --force
 
-step "verify the snapshot against its committed manifest, and the prompt bundle against its pin"
+KINDS="chat_prompts json_prompts regex_prompts choice_prompts grammar_prompts"
+bundle() { printf -- '--bundle artifacts/%s --bundle-pin manifests/%s/%s.sha256' "$1" "$1" "$1"; }
+
+step "verify the snapshot against its committed manifest, and the prompt bundles against their pins"
 "$DETSERVE" verify --config "$LOCAL"
 "$DETSERVE" prompts verify
+for kind in $KINDS; do
+  # shellcheck disable=SC2046
+  "$DETSERVE" prompts verify $(bundle "$kind")
+done
 
 mkdir -p "$RUNS"
 for side in a b; do
@@ -32,6 +41,13 @@ for side in a b; do
   step "sample ($side): $N_PROMPTS prompts x $MAX_TOKENS tokens, greedy, seed from the profile"
   "$DETSERVE" sample --config "$LOCAL" --n-prompts "$N_PROMPTS" --max-tokens "$MAX_TOKENS" \
     --run-log-output "$RUNS/demo-$side.runlog.jsonl" --sidecar-output "$RUNS/demo-$side.sidecar.json" --force
+  for kind in $KINDS; do
+    step "sample ($side): every $kind request, $MAX_TOKENS tokens"
+    # shellcheck disable=SC2046
+    "$DETSERVE" sample --config "$LOCAL" --max-tokens "$MAX_TOKENS" $(bundle "$kind") \
+      --run-log-output "$RUNS/demo-$kind-$side.runlog.jsonl" \
+      --sidecar-output "$RUNS/demo-$kind-$side.sidecar.json" --force
+  done
   step "stop ($side): the next run starts a fresh container"
   "$DETSERVE" stop --config "$LOCAL"
 done
@@ -39,4 +55,9 @@ done
 step "eval-determinism: the two run logs must be identical byte for byte"
 "$DETSERVE" eval-determinism --run-a "$RUNS/demo-a.runlog.jsonl" --run-b "$RUNS/demo-b.runlog.jsonl" \
   --report-output "$RUNS/demo.report.json" --force
-sha256sum "$RUNS/demo-a.runlog.jsonl" "$RUNS/demo-b.runlog.jsonl" >&2
+for kind in $KINDS; do
+  step "eval-determinism: $kind, the two run logs must be identical byte for byte"
+  "$DETSERVE" eval-determinism --run-a "$RUNS/demo-$kind-a.runlog.jsonl" \
+    --run-b "$RUNS/demo-$kind-b.runlog.jsonl" --report-output "$RUNS/demo-$kind.report.json" --force
+done
+sha256sum "$RUNS"/demo-*a.runlog.jsonl "$RUNS"/demo-*b.runlog.jsonl >&2

@@ -20,6 +20,7 @@ What makes it reproducible
   the last ids: ``<|begin_of_text|>`` = 510, ``<|end_of_text|>`` = 511. ``tokenizer.json`` is
   written from a dict here, so its bytes do not depend on the installed ``tokenizers`` version;
   ``tokenizers`` then loads it and must round-trip a few strings, or the build fails.
+* Chat template: :data:`CHAT_TEMPLATE`, in ``tokenizer_config.json`` (``chat_template``).
 * Every JSON file: sorted keys, indent 2, UTF-8, one trailing newline.
 
 The bytes depend on this file and on three libraries' stable behaviour: numpy's PCG64 normal
@@ -103,6 +104,22 @@ EOS_TOKEN = "<|end_of_text|>"
 BOS_ID = VOCAB_SIZE - 2
 EOS_ID = VOCAB_SIZE - 1
 BPE_VOCAB_SIZE = VOCAB_SIZE - 2  # the specials live in added_tokens, outside the BPE vocabulary
+
+# The chat template, in tokenizer_config.json. Its role markers are plain text (the vocabulary
+# has room for no more special tokens), which the byte-level BPE tokenizes like any other text;
+# the specials it writes (BOS, EOS) are the tokenizer's added tokens, matched whole. Expressions
+# only, no block tags on their own lines: the output does not depend on Jinja's whitespace
+# options (trim_blocks, lstrip_blocks), which renderers set differently.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('roles are system, user and assistant') }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
 
 ROUND_TRIP_SAMPLES = (
     "Hello",
@@ -436,6 +453,7 @@ def tokenizer_config() -> dict[str, Any]:
             for token_id, token in ((BOS_ID, BOS_TOKEN), (EOS_ID, EOS_TOKEN))
         },
         "bos_token": BOS_TOKEN,
+        "chat_template": CHAT_TEMPLATE,
         "clean_up_tokenization_spaces": False,
         "eos_token": EOS_TOKEN,
         "model_input_names": ["input_ids", "attention_mask"],

@@ -14,6 +14,11 @@ Subcommands (each idempotent, each says what it does on stderr):
   image     build 127.0.0.1:5000/detserve/vllm-cpu:0.32.0, push it, print its repository digest
   all       engine, registry, base, image
   lock      regenerate requirements-vllm-cpu.lock (uv in a throwaway venv)
+  node2 up|down
+            a second Docker engine on this machine, for fleet tests: its own socket
+            (unix:///run/detserve-node2/docker.sock), data root, exec root, pidfile and Linux
+            bridge (br-node2, 10.99.0.1/24), --iptables=false; `down` stops it and removes its
+            data root, exec root and bridge. It holds no image until one is pulled into it.
 
 Docker is spoken to only through the Docker SDK (``import docker``), never the ``docker`` CLI.
 Exit status: 0 ok, 2 bad options, 3 the environment failed (the message names what).
@@ -61,6 +66,17 @@ DOCKER_SOCK = Path("/var/run/docker.sock")
 DOCKERD_LOG = Path("/var/log/detserve-dockerd.log")
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
 ENGINE_TIMEOUT_S = 60.0
+
+NODE2_RUN = Path("/run/detserve-node2")
+NODE2_SOCK = NODE2_RUN / "docker.sock"
+NODE2_HOST = f"unix://{NODE2_SOCK}"
+NODE2_PIDFILE = NODE2_RUN / "docker.pid"
+NODE2_EXEC_ROOT = NODE2_RUN / "exec"
+NODE2_DATA_ROOT = Path("/var/lib/detserve-node2")
+NODE2_LOG = Path("/var/log/detserve-node2.log")
+NODE2_BRIDGE = "br-node2"
+NODE2_BRIDGE_ADDR = "10.99.0.1/24"
+NODE2_STOP_TIMEOUT_S = 90.0
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0+cpu"
@@ -318,6 +334,102 @@ def ensure_engine() -> None:
             proc = start_background([dockerd, "--iptables=false"], DOCKERD_LOG, "engine")
         wait_until(engine_answers, ENGINE_TIMEOUT_S, proc, "engine", DOCKERD_LOG)
         log(f"engine: answers on {DOCKER_SOCK}")
+
+
+# --------------------------------------------------------------------------- a second engine
+
+
+def engine_answers_at(url: str) -> bool:
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=url, timeout=5)
+        ok = bool(client.ping())
+        client.close()
+        return ok
+    except Exception:  # noqa: BLE001 -- absent socket, half-started engine: not answering
+        return False
+
+
+def ensure_bridge() -> None:
+    """br-node2 with its own address, up: the second engine's containers' own network."""
+    ip = installed("ip", "iproute2", "node2")
+    shown = subprocess.run([ip, "link", "show", NODE2_BRIDGE], capture_output=True, check=False)
+    if shown.returncode != 0:
+        run([ip, "link", "add", NODE2_BRIDGE, "type", "bridge"], "node2")
+    addresses = subprocess.run(
+        [ip, "-o", "addr", "show", "dev", NODE2_BRIDGE], capture_output=True, check=False
+    )
+    if NODE2_BRIDGE_ADDR.encode() not in addresses.stdout:
+        run([ip, "addr", "add", NODE2_BRIDGE_ADDR, "dev", NODE2_BRIDGE], "node2")
+    run([ip, "link", "set", NODE2_BRIDGE, "up"], "node2")
+
+
+def node2_up() -> None:
+    with step("node2 up"):
+        if engine_answers_at(NODE2_HOST):
+            log(f"node2: an engine already answers on {NODE2_HOST}; nothing to do")
+            return
+        ensure_bridge()
+        for directory in (NODE2_RUN, NODE2_EXEC_ROOT, NODE2_DATA_ROOT):
+            directory.mkdir(parents=True, exist_ok=True)
+        pid = pid_alive(NODE2_PIDFILE)
+        proc = None
+        if pid is not None:
+            log(f"node2: dockerd (pid {pid}) is running but not answering yet; waiting")
+        else:
+            dockerd = installed("dockerd", "docker.io", "node2")
+            proc = start_background(
+                [
+                    dockerd,
+                    "--host",
+                    NODE2_HOST,
+                    "--data-root",
+                    str(NODE2_DATA_ROOT),
+                    "--exec-root",
+                    str(NODE2_EXEC_ROOT),
+                    "--pidfile",
+                    str(NODE2_PIDFILE),
+                    "--bridge",
+                    NODE2_BRIDGE,
+                    "--iptables=false",
+                    "--ip6tables=false",
+                ],
+                NODE2_LOG,
+                "node2",
+            )
+        wait_until(
+            lambda: engine_answers_at(NODE2_HOST), ENGINE_TIMEOUT_S, proc, "node2", NODE2_LOG
+        )
+        log(f"node2: answers on {NODE2_HOST} (detserve --docker-host {NODE2_HOST})")
+
+
+def node2_down() -> None:
+    """Stop the second engine (its containers die with it) and remove all it wrote."""
+    import signal
+
+    with step("node2 down"):
+        pid = pid_alive(NODE2_PIDFILE)
+        if pid is not None:
+            log(f"node2: stopping dockerd (pid {pid})")
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + NODE2_STOP_TIMEOUT_S
+            while pid_alive(NODE2_PIDFILE) == pid and time.monotonic() < deadline:
+                time.sleep(0.3)
+            if pid_alive(NODE2_PIDFILE) == pid:
+                raise EnvFailure(f"node2: dockerd (pid {pid}) did not stop; {tail(NODE2_LOG)}")
+        for root in (NODE2_DATA_ROOT, NODE2_RUN):
+            if root.exists():
+                _umount_below(root)
+                shutil.rmtree(root, ignore_errors=False)
+                log(f"node2: removed {root}")
+        ip = which("ip")
+        if ip is not None:
+            shown = subprocess.run(
+                [ip, "link", "show", NODE2_BRIDGE], capture_output=True, check=False
+            )
+            if shown.returncode == 0:
+                run([ip, "link", "delete", NODE2_BRIDGE], "node2")
 
 
 # --------------------------------------------------------------------------- registry
@@ -771,7 +883,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="stack.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("command", choices=["engine", "registry", "base", "image", "all", "lock"])
+    p.add_argument(
+        "command", choices=["engine", "registry", "base", "image", "all", "lock", "node2"]
+    )
+    p.add_argument("action", nargs="?", choices=["up", "down"], help="for node2: up or down")
     p.add_argument(
         "--torch-source",
         choices=["local-wheel", "pytorch-index"],
@@ -830,6 +945,9 @@ def image_options(ns: argparse.Namespace) -> ImageOptions:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)  # argparse exits 2 on bad options
+    if ns.action is not None and ns.command != "node2":
+        print(f"stack.py: error: {ns.command} takes no action", file=sys.stderr)
+        return EXIT_USAGE
     try:
         opts = image_options(ns) if ns.command in ("image", "all") else None
         if ns.command in ("engine", "all"):
@@ -843,6 +961,13 @@ def main(argv: list[str] | None = None) -> int:
             print(ensure_image(opts), flush=True)
         if ns.command == "lock":
             regenerate_lock(ns.wheel_dir)
+        if ns.command == "node2":
+            if ns.action is None:
+                raise UsageFailure("node2 needs an action: up or down")
+            if ns.action == "up":
+                node2_up()
+            else:
+                node2_down()
     except UsageFailure as exc:
         print(f"stack.py: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

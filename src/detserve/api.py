@@ -25,7 +25,7 @@ reference without separating concepts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
@@ -40,11 +40,13 @@ if TYPE_CHECKING:
     from detserve.diagnosis.repropack import ReproPack
     from detserve.errors import DetserveError
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.evaluation.explain import ExplainedReport
     from detserve.fingerprint import FingerprintEngine
+    from detserve.fleet import FleetNode, FleetReport, NodeResult
     from detserve.gateway.app import Gateway
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
-    from detserve.prompts import PromptBundle
+    from detserve.prompts import BundleInfo, PromptBundle
     from detserve.replay_plan import ReplayPlan
     from detserve.runlog import RunLogSummary
     from detserve.runtime.engine import ContainerEngine
@@ -100,10 +102,22 @@ def load_profile(config: ProfileLike) -> LoadedProfile:
     return load_profile_file(Path(config))
 
 
-def _engine(engine: ContainerEngine | None) -> ContainerEngine:
+def _engine(engine: ContainerEngine | None, docker_host: str | None = None) -> ContainerEngine:
+    """``engine`` as given, else the Docker engine at ``docker_host``, else the one
+    ``DOCKER_HOST`` or the current Docker context names."""
     from detserve.runtime.engine import DockerEngine
 
-    return engine if engine is not None else DockerEngine.from_env()
+    if engine is not None:
+        if docker_host is not None:
+            raise UsageError("give an engine or a docker_host, not both")
+        return engine
+    return DockerEngine.from_env() if docker_host is None else DockerEngine.from_env(docker_host)
+
+
+def _engine_at(engine: ContainerEngine | None, docker_host: str | None) -> ContainerEngine | None:
+    """The engine for a lifecycle call: as given (None: the lifecycle connects when it first
+    needs to) unless a host is named."""
+    return engine if docker_host is None else _engine(engine, docker_host)
 
 
 # --- snapshots ----------------------------------------------------------------------------------
@@ -309,14 +323,23 @@ def lock_image(
     write: bool = False,
     profile_output: Path | str | None = None,
     force: bool = False,
+    docker_host: str | None = None,
 ) -> LockOutcome:
-    """Resolve ``runtime.image_tag`` to its registry digest through the engine; with ``write``,
-    pin it. Without ``write``, a moved tag raises :class:`~detserve.errors.PinMismatch`."""
+    """Resolve ``runtime.image_tag`` to its registry digest through the engine (the one at
+    ``docker_host`` when given); with ``write``, pin it. Without ``write``, a moved tag raises
+    :class:`~detserve.errors.PinMismatch`."""
     from detserve.locks import resolve_image_digest
+
+    def resolve(loaded: LoadedProfile) -> LockResult:
+        if docker_host is None:
+            return resolve_image_digest(loaded)
+        from detserve.runtime.engine import connect
+
+        return resolve_image_digest(loaded, connect(docker_host)[0])
 
     return _lock(
         config,
-        resolve_image_digest,
+        resolve,
         write=write,
         profile_output=profile_output,
         force=force,
@@ -331,13 +354,20 @@ def start(
     *,
     secrets_file: Path | str | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> StartResult:
-    """Start the profile's pinned container (or find it running, bound to the same pins)."""
+    """Start the profile's pinned container (or find it running, bound to the same pins).
+
+    Every function that talks to an engine takes ``docker_host`` (``unix:///...``,
+    ``tcp://...``, ``ssh://...``): that engine instead of the one ``DOCKER_HOST`` or the current
+    Docker context names. One that does not answer is an :class:`~detserve.errors.EngineError`
+    (exit 3) naming the address.
+    """
     from detserve.runtime import lifecycle
 
     loaded = load_profile(config)
     secrets = Path(secrets_file) if secrets_file is not None else None
-    return lifecycle.start(loaded, secrets, engine=engine)
+    return lifecycle.start(loaded, secrets, engine=_engine_at(engine, docker_host))
 
 
 def wait(
@@ -347,24 +377,32 @@ def wait(
     verify_manifest: bool = False,
     on_progress: WaitSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> WaitResult:
     """Wait until the bound container serves the pinned model; optionally verify meanwhile."""
     from detserve.runtime import lifecycle
 
+    loaded = load_profile(config)
     return lifecycle.wait(
-        load_profile(config),
+        loaded,
         timeout_s,
         verify_manifest=verify_manifest,
         on_progress=on_progress,
-        engine=engine,
+        engine=_engine_at(engine, docker_host),
     )
 
 
-def smoke(config: ProfileLike, *, engine: ContainerEngine | None = None) -> SmokeResult:
+def smoke(
+    config: ProfileLike,
+    *,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+) -> SmokeResult:
     """The pinned model is served, and repeated greedy completions are identical; else raise."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.smoke(load_profile(config), engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.smoke(loaded, engine=_engine_at(engine, docker_host))
 
 
 def run(
@@ -377,35 +415,49 @@ def run(
     on_stage: StageSink | None = None,
     on_progress: WaitSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> RunResult:
     """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample."""
     from detserve.runtime import lifecycle
 
+    loaded = load_profile(config)
     secrets = Path(secrets_file) if secrets_file is not None else None
     return lifecycle.run(
-        load_profile(config),
+        loaded,
         secrets,
         hash_first=hash_first,
         stop_after=stop_after,
         timeout_s=timeout_s,
         on_stage=on_stage,
         on_progress=on_progress,
-        engine=engine,
+        engine=_engine_at(engine, docker_host),
     )
 
 
-def stop(config: ProfileLike, *, engine: ContainerEngine | None = None) -> StopResult:
+def stop(
+    config: ProfileLike,
+    *,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+) -> StopResult:
     """Stop and remove the profile's container; none running is not an error."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.stop(load_profile(config), engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.stop(loaded, engine=_engine_at(engine, docker_host))
 
 
-def status(config: ProfileLike, *, engine: ContainerEngine | None = None) -> StatusResult:
+def status(
+    config: ProfileLike,
+    *,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+) -> StatusResult:
     """The profile's container, how it differs from the pins (if at all), and its health."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.status(load_profile(config), engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.status(loaded, engine=_engine_at(engine, docker_host))
 
 
 def logs(
@@ -414,11 +466,13 @@ def logs(
     follow: bool = False,
     tail: int = 100,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> Iterator[str]:
     """The container's last ``tail`` log lines; with ``follow``, then new ones as they come."""
     from detserve.runtime import lifecycle
 
-    return lifecycle.logs(load_profile(config), follow=follow, tail=tail, engine=engine)
+    loaded = load_profile(config)
+    return lifecycle.logs(loaded, follow=follow, tail=tail, engine=_engine_at(engine, docker_host))
 
 
 # --- claims -------------------------------------------------------------------------------------
@@ -455,6 +509,85 @@ def _fingerprint_for(
         return document
 
     return take
+
+
+def bootstrap_prompts(
+    config: ProfileLike,
+    *,
+    output_dir: Path | str,
+    n_prompts: int,
+    dataset_file: Path | str | None = None,
+    dataset_sha256: str | None = None,
+    hf_dataset: str | None = None,
+    dataset_revision: str | None = None,
+    dataset_filename: str | None = None,
+    fmt: str = "jsonl",
+    field: str = "text",
+    max_prompt_tokens: int | None = None,
+    name: str = "reference_prompts",
+    endpoint: str | None = None,
+    force: bool = False,
+) -> BundleInfo:
+    """Build a prompt bundle from a dataset whose content is pinned; nothing is trusted yet.
+
+    Either a local ``dataset_file`` with its ``dataset_sha256``, or a Hugging Face dataset file
+    at a pinned commit (``hf_dataset``, ``dataset_revision``, ``dataset_filename``). ``fmt``:
+    ``jsonl`` (``field`` holds the prompt, or ``messages`` a conversation), ``text`` (a prompt a
+    line) or ``requests`` (whole bundle lines). Prompts are measured with the profile's pinned
+    tokenizer (and chat template). Pin the bundle afterwards with :func:`hash_snapshot`.
+    """
+    from detserve.hashing import sha256_file
+    from detserve.prompts import (
+        BootstrapRequest,
+        DatasetSource,
+        build_bundle,
+        download_hf_dataset_file,
+    )
+
+    if fmt not in ("jsonl", "text", "requests"):
+        raise UsageError(f"--format must be 'jsonl', 'text' or 'requests', not {fmt!r}")
+    loaded = load_profile(config)
+    loaded.require_pins(("model.revision",))
+    if (dataset_file is None) == (hf_dataset is None):
+        raise UsageError("give exactly one of --dataset-file or --hf-dataset")
+    if dataset_file is not None:
+        if not dataset_sha256:
+            raise UsageError("--dataset-file needs --dataset-sha256 (the content you trust)")
+        path = Path(dataset_file)
+        source = DatasetSource(
+            kind="local-file",
+            name=path.name,
+            revision=None,
+            filename=path.name,
+            file_sha256=dataset_sha256.lower(),
+            field=field if fmt == "jsonl" else None,
+        )
+    else:
+        assert hf_dataset is not None
+        if not dataset_revision or not dataset_filename:
+            raise UsageError("--hf-dataset needs --dataset-revision and --dataset-filename")
+        path = download_hf_dataset_file(hf_dataset, dataset_revision, dataset_filename, endpoint)
+        source = DatasetSource(
+            kind="hf-dataset",
+            name=hf_dataset,
+            revision=dataset_revision,
+            filename=dataset_filename,
+            file_sha256=dataset_sha256.lower() if dataset_sha256 else sha256_file(path)[0],
+            field=field if fmt == "jsonl" else None,
+        )
+    limit = max_prompt_tokens or (
+        loaded.profile.vllm.max_model_len - loaded.profile.sampling.max_tokens
+    )
+    request = BootstrapRequest(
+        dataset_path=path,
+        source=source,
+        fmt="jsonl" if fmt == "jsonl" else "requests" if fmt == "requests" else "text",
+        n_prompts=n_prompts,
+        max_prompt_tokens=limit,
+        name=name,
+    )
+    info, _ = build_bundle(loaded, request, Path(output_dir), force=force)
+    return info
 
 
 def _sample_observed(
@@ -497,6 +630,7 @@ def sample(
     audit_seed: int = 0,
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
@@ -526,7 +660,7 @@ def sample(
         audit_seed=audit_seed,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     return _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
 
@@ -625,6 +759,33 @@ def compare_runs(
     return result
 
 
+def explain(
+    result: DeterminismReport | HashCheckReport | MajorityReport,
+    sidecars: Sequence[Path | str],
+    *,
+    report: Path | str | None = None,
+    force: bool = False,
+) -> ExplainedReport:
+    """A comparison's ``result`` with, for every log that disagrees, its first divergence and
+    the differences of its environment fingerprint from the reference's, ranked by root-cause
+    category (hardware, software version, numerics settings, model files, concurrency).
+
+    ``sidecars`` are one per log in the comparison's order (for ``check_hash``: the log's, then
+    the published log's); each may be a sidecar or a ``detserve env`` fingerprint file. A
+    sidecar that names another run log is :class:`~detserve.errors.InputError` (exit 2).
+    """
+    from detserve.evaluation.explain import explain as explain_core
+
+    paths = [Path(sidecar) for sidecar in sidecars]
+    output = Path(report) if report is not None else None
+    if output is not None:
+        check_outputs([output], force=force, inputs=paths)
+    explained = explain_core(result, paths)
+    if output is not None:
+        write_json_report(output, explained.as_json(), force=force)
+    return explained
+
+
 def write_json_report(path: Path, document: dict[str, object], *, force: bool) -> None:
     """A JSON report for people and machines (indented, sorted keys), written atomically."""
     import json
@@ -664,6 +825,7 @@ def replay(
     on_stage: StageSink | None = None,
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
@@ -725,7 +887,7 @@ def replay(
         sidecar_output=sidecar,
         force=force,
     )
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     stage(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=stage)
@@ -1050,6 +1212,142 @@ def read_certificate(path: Path | str) -> Certificate:
     return read_core(Path(path))
 
 
+def _replay_node(
+    claim: Path,
+    loaded: LoadedProfile,
+    node: FleetNode,
+    output_dir: Path,
+    *,
+    bundle: Path | str,
+    bundle_pin: Path | str,
+    stop_after: bool,
+    force: bool,
+    on_stage: StageSink,
+) -> NodeResult:
+    """Replay ``claim`` on one node's engine; every failure becomes a FAILED result."""
+    from detserve.errors import DetserveError
+    from detserve.evaluation.explain import read_node_environment
+    from detserve.fingerprint import EnvironmentFingerprint, environment_fingerprint
+    from detserve.fleet import NodeResult, failed
+    from detserve.replay_plan import NotAReplay
+    from detserve.runtime.engine import DockerEngine
+    from detserve.runtime.probe import DockerProbe
+
+    def stage(message: str) -> None:
+        on_stage(f"{node.label}: {message}")
+
+    try:
+        engine = DockerEngine.from_env(node.docker_host)
+    except DetserveError as exc:
+        return failed(exc)
+
+    def fingerprint() -> EnvironmentFingerprint | None:
+        # Best effort beside a failure: the failure is the result, the fingerprint its context.
+        try:
+            return environment_fingerprint(loaded, DockerProbe(engine.client, engine.address))
+        except DetserveError as exc:
+            stage(f"no fingerprint: {exc.message}")
+            return None
+
+    try:
+        replayed = replay(
+            claim,
+            loaded,
+            output_dir=output_dir / node.label,
+            bundle=bundle,
+            bundle_pin=bundle_pin,
+            stop_after=stop_after,
+            force=force,
+            on_stage=stage,
+            engine=engine,
+        )
+    except NotAReplay as exc:
+        detail = "; ".join([exc.message, *exc.details[:3]])
+        return NodeResult("NOT A REPLAY", exc.exit_code, detail, fingerprint=fingerprint())
+    except DetserveError as exc:
+        return replace(failed(exc), fingerprint=fingerprint())
+    report = replayed.report
+    first = report.first_divergence
+    detail = (
+        "byte-identical to the claim"
+        if report.ok
+        else str(first)
+        if first is not None
+        else "; ".join(report.summary_lines()[2:4])
+    )
+    return NodeResult(
+        verdict=report.verdict.value.replace("-", " ").upper(),
+        exit_code=0 if report.verdict.value == "identical" else 1,
+        detail=detail,
+        run_log_sha256=replayed.summary.run_log_sha256,
+        run_log=replayed.summary.run_log,
+        fingerprint=read_node_environment(replayed.summary.sidecar).fingerprint,
+    )
+
+
+def replay_fleet(
+    claim: Path | str,
+    config: ProfileLike,
+    *,
+    nodes: Sequence[str],
+    output_dir: Path | str,
+    bundle: Path | str = DEFAULT_BUNDLE,
+    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    stop_after: bool = False,
+    force: bool = False,
+    on_stage: StageSink | None = None,
+) -> FleetReport:
+    """Replay one claim on several Docker engines at once, and say which agree.
+
+    Each of ``nodes`` is ``HOST[,config=PATH][,name=LABEL]`` (a Docker host URL; the node's own
+    profile, by default ``config``; its name, by default ``node1``, ``node2``, ...). Every node
+    replays the claim as :func:`replay` does, in its own thread, into ``output_dir/LABEL/``; the
+    report says per node IDENTICAL, DIVERGENT, NOT A REPLAY or FAILED, with its run log's
+    sha256 and how its environment fingerprint differs from the first agreeing node's, ranked
+    by root-cause category. ``fleet.json`` in ``output_dir`` is the report. Returns it whatever
+    the verdict; ``report.error()`` is the error to raise when not every node agrees.
+    """
+    from detserve.fleet import check_nodes, parse_node, run_fleet
+    from detserve.runlog import validate_run_log
+
+    parsed = [parse_node(text, index) for index, text in enumerate(nodes, start=1)]
+    check_nodes(parsed)
+    claim = Path(claim)
+    output_dir = Path(output_dir)
+    profiles = {
+        node.label: load_profile(node.config if node.config is not None else config)
+        for node in parsed
+    }
+    for loaded in profiles.values():
+        loaded.require_pins()
+    report_path = output_dir / "fleet.json"
+    inputs = (claim, *(loaded.path for loaded in profiles.values()))
+    check_output_dir(output_dir, force=True, inputs=inputs)
+    check_outputs([report_path], force=force, inputs=inputs)
+    # an invalid claim is bad input before any node is asked anything
+    claim_sha256 = validate_run_log(claim).sha256
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stage = on_stage or (lambda _message: None)
+    report = run_fleet(
+        claim,
+        claim_sha256,
+        parsed,
+        lambda node: _replay_node(
+            claim,
+            profiles[node.label],
+            node,
+            output_dir,
+            bundle=bundle,
+            bundle_pin=bundle_pin,
+            stop_after=stop_after,
+            force=force,
+            on_stage=stage,
+        ),
+    )
+    write_json_report(report_path, report.as_json(), force=force)
+    return report
+
+
 __all__ = [
     "DEFAULT_BUNDLE",
     "DEFAULT_BUNDLE_PIN",
@@ -1063,11 +1361,13 @@ __all__ = [
     "SamplingObserver",
     "ServeResult",
     "TranscriptReplayResult",
+    "bootstrap_prompts",
     "build_gateway",
     "check",
     "check_hash",
     "compare_runs",
     "evaluate",
+    "explain",
     "hash_snapshot",
     "load_profile",
     "load_prompts",
@@ -1076,6 +1376,7 @@ __all__ = [
     "logs",
     "read_certificate",
     "replay",
+    "replay_fleet",
     "replay_transcript",
     "run",
     "sample",

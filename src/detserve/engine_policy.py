@@ -68,6 +68,15 @@ NONDETERMINISTIC_OPTIONS: Mapping[str, str] = {
     ),
     "--config": "reads further engine options from a file that nothing pins or checks",
     "--chat-template": "a chat template from outside the pinned snapshot is not pinned",
+    "--trust-request-chat-template": (
+        "lets a request supply its own chat template, which nothing pins"
+    ),
+    "--default-chat-template-kwargs": (
+        "changes what the pinned chat template renders, from outside the snapshot"
+    ),
+    "--chat-template-content-format": (
+        "changes the messages the pinned chat template sees; the server's detection is kept"
+    ),
     "--logits-processors": "imports code that rewrites the logits, from outside the pin",
     "--middleware": "imports code into the server, from outside the pin",
 }
@@ -87,6 +96,7 @@ MANAGED_OPTIONS: frozenset[str] = frozenset(
         "--host",
         "--port",
         "--no-enable-prefix-caching",
+        "--structured-outputs-config",
     }
 )
 

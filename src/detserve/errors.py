@@ -124,6 +124,12 @@ class PinMismatch(VerificationError):
     kind = "pin-mismatch"
 
 
+class ConstraintViolated(VerificationError):
+    """The engine returned an output its constraint forbids (and not cut short by max_tokens)."""
+
+    kind = "constraint-violated"
+
+
 class Divergence(VerificationError):
     """Two runs that should be identical are not."""
 
@@ -211,6 +217,26 @@ class ContainerError(EnvironmentFault):
 
 class ServerError(EnvironmentFault):
     kind = "server"
+
+
+class RequestRefused(ServerError):
+    """The server answered a request with HTTP 4xx: the request is wrong, retrying cannot help."""
+
+    kind = "request-refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        engine_message: str,
+        details: Sequence[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, details=details, hint=hint)
+        self.status = status
+        #: the server's own error text (``error.message`` of vLLM's JSON body, else the body)
+        self.engine_message = bounded(engine_message)
 
 
 class Interrupted(EnvironmentFault):

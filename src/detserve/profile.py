@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, duplicate_keys
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
 from detserve.engine_policy import (
     batch_invariant_problem,
     check_engine_option,
@@ -24,7 +24,8 @@ from detserve.engine_policy import (
     check_environment_variable,
     installs_packages,
 )
-from detserve.errors import ProfileError, UnpinnedError, bounded
+from detserve.errors import ProfileError, UnpinnedError
+from detserve.field_errors import format_validation_error
 from detserve.fileio import MAX_PROFILE_BYTES, read_input
 from detserve.imageref import is_digest_ref
 
@@ -183,6 +184,22 @@ class RuntimeSpec(_Strict):
 ExtraValue = str | int | float | bool
 
 
+class StructuredOutputsSpec(_Strict):
+    """The structured-output (guided decoding) engine, pinned: detserve passes it as
+    ``--structured-outputs-config`` (canonical JSON of these fields)."""
+
+    backend: Literal["xgrammar", "guidance", "outlines"]
+    """The backend that compiles every constraint. vLLM's default, ``auto``, picks one per
+    request by what it supports, so the masks (and the tokens) would depend on the request:
+    refused, as is an unset backend when a bundle holds constraints."""
+
+    disable_any_whitespace: bool = False
+    """JSON outputs without free whitespace between tokens (vLLM's option of the same name)."""
+
+    def engine_value(self) -> str:
+        return canonical_json(self.model_dump())
+
+
 class VllmSpec(_Strict):
     served_model_name: str
     """The name the server answers to; checked against ``/v1/models`` before sampling."""
@@ -208,6 +225,9 @@ class VllmSpec(_Strict):
     batch_invariant: bool = False
     """vLLM's batch-invariant mode (NVIDIA): ``VLLM_BATCH_INVARIANT=1`` and what it needs
     (``engine_policy.BATCH_INVARIANT_ENVIRONMENT``); unsupported attention backends refused."""
+
+    structured_outputs: StructuredOutputsSpec | None = None
+    """The pinned structured-output backend; required to sample a bundle with constraints."""
 
     extra_args: dict[str, ExtraValue] = Field(default_factory=dict)
     """Further engine options, ``{"--option": value}``, by their exact names in vLLM's parser;
@@ -374,36 +394,6 @@ class LoadedProfile:
                 ],
                 hint="detserve never pins anything by itself; review and commit the lock.",
             )
-
-
-def format_validation_error(exc: ValidationError, *, whole: str = "(profile)") -> list[str]:
-    """One line per bad field: the path to the field, what was expected, what was found.
-
-    An error about the whole document (not one field) is labelled ``whole``. What was found is
-    shown only for a field of a JSON document, as a bounded excerpt: a file that is not JSON, or
-    not an object, is never echoed (it may be a ``.env`` file of tokens given by mistake).
-    """
-    lines = []
-    for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or whole
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown key (refused; check the spelling against `detserve config schema`)"
-        elif error["type"] == "missing":
-            message = "required field is missing"
-        elif error["type"] == "json_invalid" or not error["loc"]:
-            pass  # pydantic's message gives the line and column; the input is the whole file
-        elif "input" in error and error["type"] not in {"value_error", "assertion_error"}:
-            message = f"{message}; found {_excerpt(error['input'])}"
-        lines.append(f"{location}: {message}")
-    return lines
-
-
-def _excerpt(value: object) -> str:
-    """A found value as an error shows it: scalars cut short, containers by their type only."""
-    if isinstance(value, str | bytes | int | float | bool) or value is None:
-        return bounded(repr(value), 120)
-    return f"a {type(value).__name__}"
 
 
 def parse_profile(data: bytes, *, source: str) -> Profile:

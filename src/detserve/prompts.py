@@ -4,12 +4,15 @@ A bundle is a directory::
 
     bundle.json     what the bundle is: its source (dataset, revision, file sha256) and the
                     tokenizer it was measured with (model id, revision, tokenizer file hashes)
-    prompts.jsonl   one canonical JSON object a line: {"id": ..., "n_tokens": ..., "prompt": ...}
+    prompts.jsonl   one canonical JSON object a line, a request of one kind
+                    (:mod:`detserve.requests`): {"id", "n_tokens", "prompt"} (a completion) or
+                    {"id", "n_tokens", "messages"} (a chat), each optionally with "stop" and
+                    "constraint"
 
 Its pin is a manifest of those files (``manifests/reference_prompts/reference_prompts.sha256``,
 the same format as snapshot manifests); the bundle's hash is the sha256 of that manifest. Every
 load verifies the files against the pin first (a mismatch is fatal, exit 1) and only then parses
-them strictly (invalid content is bad input, exit 2).
+them strictly (invalid content is bad input, exit 2), naming the line.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
+from detserve.chat_template import pinned_chat_template, render_chat, special_tokens
 from detserve.errors import BundleError, InputError, SnapshotMismatch, bounded
+from detserve.field_errors import format_validation_error
 from detserve.fileio import (
     MAX_BUNDLE_INFO_BYTES,
     MAX_DATASET_BYTES,
@@ -38,7 +43,8 @@ from detserve.fileio import (
 )
 from detserve.hub import hub_call
 from detserve.manifest import load_manifest
-from detserve.profile import COMMIT_RE, LoadedProfile, format_validation_error
+from detserve.profile import COMMIT_RE, LoadedProfile
+from detserve.requests import TEMPLATE_OVERRIDES, PromptRecord
 from detserve.snapshot import verify_snapshot
 
 BUNDLE_FILE = "bundle.json"
@@ -50,22 +56,12 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "vocab.json",
     "merges.txt",
+    "chat_template.jinja",
 )
-MAX_PROMPT_BYTES = 1 << 20
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class PromptRecord(_Frozen):
-    id: str = Field(min_length=1, max_length=200)
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_BYTES)
-    n_tokens: int = Field(ge=1, le=MAX_EXACT_INTEGER)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()
 
 
 class DatasetSource(_Frozen):
@@ -136,6 +132,12 @@ def _parse_prompts(data: bytes, source: Path) -> Iterator[PromptRecord]:
         except (ValueError, RecursionError) as exc:
             # json raises these for a number of over 4300 digits or very deep nesting.
             raise BundleError(f"{where}: invalid JSON: {exc}") from exc
+        overrides = sorted(TEMPLATE_OVERRIDES & set(value)) if isinstance(value, dict) else []
+        if overrides:
+            raise BundleError(
+                f"{where}: {', '.join(overrides)} refused: the chat template is the pinned "
+                "snapshot's, never supplied or configured by a bundle line"
+            )
         try:
             record = PromptRecord.model_validate(value)
         except ValidationError as exc:
@@ -143,9 +145,12 @@ def _parse_prompts(data: bytes, source: Path) -> Iterator[PromptRecord]:
                 f"{where}: invalid prompt record",
                 details=format_validation_error(exc, whole="(record)"),
             ) from exc
-        # The record's bounds make its value one that RFC 8785 writes exactly.
-        if canonical_json(value) != text:
-            raise BundleError(f"{where}: not canonical JSON (RFC 8785: sorted keys, no spaces)")
+        # One form per request: the record's canonical line, absent fields left out (a null
+        # field is another spelling of the same request). The bounds make it exact in RFC 8785.
+        if canonical_json(record.line_value()) != text:
+            raise BundleError(
+                f"{where}: not canonical JSON (RFC 8785: sorted keys, no spaces, no null fields)"
+            )
         if record.id in seen:
             raise BundleError(f"{where}: duplicate prompt id {record.id!r}")
         seen.add(record.id)
@@ -203,12 +208,13 @@ def _read_pinned(bundle_dir: Path, name: str, digests: Mapping[str, str], cap: i
 # --- making a bundle (an explicit, human-run step) ----------------------------------------------
 
 
-def pinned_tokenizer_files(loaded: LoadedProfile) -> tuple[dict[str, str], bytes]:
-    """The model's tokenizer files, checked against the model's manifest: their hashes, and the
-    bytes of ``tokenizer.json`` that were hashed (to build the tokenizer from, not a second read).
+def pinned_tokenizer_files(loaded: LoadedProfile) -> tuple[dict[str, str], dict[str, bytes]]:
+    """The model's tokenizer files (chat template included), checked against the model's
+    manifest: their hashes, and the bytes that were hashed (to build the tokenizer and read the
+    template from, not a second read).
 
     Refuses unless every tokenizer file in the snapshot is in the manifest with the same hash, so
-    prompts are measured with exactly the tokenizer the pinned model serves.
+    prompts are measured with exactly the tokenizer and template the pinned model serves.
     """
     manifest = load_manifest(loaded.manifest_path).manifest.digests
     snapshot = loaded.snapshot_dir
@@ -216,12 +222,11 @@ def pinned_tokenizer_files(loaded: LoadedProfile) -> tuple[dict[str, str], bytes
     if "tokenizer.json" not in present:
         raise InputError(f"{snapshot}: no tokenizer.json; detserve needs a fast tokenizer")
     files: dict[str, str] = {}
-    tokenizer_json = b""
+    contents: dict[str, bytes] = {}
     mismatches = []
     for name in present:
         content = read_input(snapshot / name, what="tokenizer file", cap=MAX_TOKENIZER_BYTES)
-        if name == "tokenizer.json":
-            tokenizer_json = content
+        contents[name] = content
         actual = hashlib.sha256(content).hexdigest()
         expected = manifest.get(name)
         if expected != actual:
@@ -233,13 +238,70 @@ def pinned_tokenizer_files(loaded: LoadedProfile) -> tuple[dict[str, str], bytes
             f"{loaded.manifest_path}",
             details=mismatches,
         )
-    return files, tokenizer_json
+    return files, contents
+
+
+class PromptCounter:
+    """Counts a request's prompt tokens as the server will: a completion's text with the
+    tokenizer's special tokens added, a chat rendered by the pinned template and tokenized as is."""
+
+    def __init__(self, contents: dict[str, bytes]) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_buffer(contents["tokenizer.json"])
+        self._contents = contents
+        self._template: str | None = None
+
+    def count(self, request: dict[str, Any]) -> int:
+        if "messages" not in request:
+            return len(self._tokenizer.encode(request["prompt"]).ids)
+        if self._template is None:
+            self._template = pinned_chat_template(self._contents)
+        text = render_chat(self._template, request["messages"], special_tokens(self._contents))
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+DatasetFormat = Literal["jsonl", "text", "requests"]
+#: what a ``requests`` dataset line may hold: a bundle line without its id and token count
+REQUEST_KEYS = frozenset({"prompt", "messages", "stop", "constraint"})
+
+
+def _dataset_request(value: Any, where: str, fmt: DatasetFormat, field: str) -> dict[str, Any]:
+    """The request a parsed dataset line asks for: ``{"prompt"}``, ``{"messages"}``, or (format
+    ``requests``) the line itself, with stop strings and a constraint."""
+    if not isinstance(value, dict):
+        raise BundleError(f"{where}: not a JSON object")
+    if fmt == "requests":
+        overrides = sorted(TEMPLATE_OVERRIDES & set(value))
+        if overrides:
+            raise BundleError(
+                f"{where}: {', '.join(overrides)} refused: the chat template is the pinned "
+                "snapshot's, never supplied or configured by a dataset"
+            )
+        unknown = sorted(set(value) - REQUEST_KEYS)
+        if unknown:
+            shown = ", ".join(bounded(repr(key), 80) for key in unknown[:5])
+            raise BundleError(
+                f"{where}: unknown key(s) {shown}; a request holds prompt or "
+                "messages, and optionally stop and constraint"
+            )
+        return dict(value)
+    content = value.get(field)
+    if isinstance(content, str):
+        return {"prompt": content}
+    if isinstance(content, list):
+        # A conversation: a chat request of its messages, rendered by the pinned template.
+        return {"messages": content}
+    raise BundleError(
+        f"{where}: no string (a prompt) or list (a conversation) field {bounded(repr(field))}"
+    )
 
 
 def _read_dataset(
-    data: bytes, path: Path, fmt: Literal["jsonl", "text"], field: str
-) -> Iterator[str]:
-    """The prompts of a dataset file's bytes (those whose hash was checked; ``path`` names it)."""
+    data: bytes, path: Path, fmt: DatasetFormat, field: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The requests of a dataset file's bytes (those whose hash was checked; ``path`` names it),
+    each with where it is."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -247,10 +309,10 @@ def _read_dataset(
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        if fmt == "text":
-            yield line
-            continue
         where = f"{path}:{number}"
+        if fmt == "text":
+            yield where, {"prompt": line}
+            continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -262,18 +324,16 @@ def _read_dataset(
             # Which of two equal keys is "the" prompt depends on the parser: refused, as profiles.
             shown = ", ".join(bounded(repr(key), 80) for key in duplicates[:5])
             raise BundleError(f"{where}: duplicate key(s) {shown} (ambiguous; keep one)")
-        if not isinstance(value, dict) or not isinstance(value.get(field), str):
-            raise BundleError(f"{where}: no string field {bounded(repr(field))}")
-        prompt: str = value[field]
+        request = _dataset_request(value, where, fmt, field)
         try:
-            prompt.encode("utf-8")
-        except UnicodeEncodeError as exc:
+            json.dumps(request, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
             # A \ud800 escape decodes to a lone surrogate, which no UTF-8 file can hold.
             raise BundleError(
                 f"{where}: field {bounded(repr(field), 80)} holds a lone surrogate "
-                f"(a \\ud800-\\udfff escape) at character {exc.start}: not text"
+                f"(a \\ud800-\\udfff escape): not text"
             ) from None
-        yield prompt
+        yield where, request
 
 
 def download_hf_dataset_file(
@@ -295,7 +355,7 @@ def download_hf_dataset_file(
 class BootstrapRequest:
     dataset_path: Path
     source: DatasetSource
-    fmt: Literal["jsonl", "text"]
+    fmt: DatasetFormat
     n_prompts: int
     max_prompt_tokens: int
     name: str = "reference_prompts"
@@ -304,9 +364,7 @@ class BootstrapRequest:
 def build_bundle(
     loaded: LoadedProfile, request: BootstrapRequest, output_dir: Path, *, force: bool
 ) -> tuple[BundleInfo, list[PromptRecord]]:
-    """Build a bundle from a dataset file: the first ``n_prompts`` prompts that fit."""
-    from tokenizers import Tokenizer
-
+    """Build a bundle from a dataset file: the first ``n_prompts`` requests that fit."""
     if not 1 <= request.max_prompt_tokens <= MAX_EXACT_INTEGER:
         # Refused before any work: bundle.json (RFC 8785) could not hold it.
         raise InputError(
@@ -326,14 +384,25 @@ def build_bundle(
             f"dataset file {request.dataset_path} does not match the given sha256",
             details=[f"expected {request.source.file_sha256}", f"actual   {actual}"],
         )
-    files, tokenizer_json = pinned_tokenizer_files(loaded)
-    tokenizer = Tokenizer.from_buffer(tokenizer_json)
+    files, contents = pinned_tokenizer_files(loaded)
+    counter = PromptCounter(contents)
     records: list[PromptRecord] = []
     field = request.source.field or "text"
-    for text in _read_dataset(data, request.dataset_path, request.fmt, field):
-        count = len(tokenizer.encode(text).ids)
+    for where, asked in _read_dataset(data, request.dataset_path, request.fmt, field):
+        record_id = f"p{len(records):05d}"
+        try:
+            # Validated before counting, so the template only ever sees valid messages.
+            PromptRecord.model_validate({**asked, "id": record_id, "n_tokens": 1})
+        except ValidationError as exc:
+            raise BundleError(
+                f"{where}: invalid request",
+                details=format_validation_error(exc, whole="(request)"),
+            ) from exc
+        count = counter.count(asked)
         if 1 <= count <= request.max_prompt_tokens:
-            records.append(PromptRecord(id=f"p{len(records):05d}", prompt=text, n_tokens=count))
+            records.append(
+                PromptRecord.model_validate({**asked, "id": record_id, "n_tokens": count})
+            )
         if len(records) == request.n_prompts:
             break
     if len(records) < request.n_prompts:
@@ -353,7 +422,7 @@ def build_bundle(
         max_prompt_tokens=request.max_prompt_tokens,
     )
     atomic_write_bytes(
-        outputs[0], b"".join(canonical_bytes(r.model_dump()) for r in records), force=force
+        outputs[0], b"".join(canonical_bytes(r.line_value()) for r in records), force=force
     )
     atomic_write_bytes(outputs[1], canonical_bytes(info.model_dump()), force=force)
     return info, records

@@ -4,10 +4,12 @@ tokens", written as a canonical run log.
 Nothing is sampled from an unverified state. Before the first request: every pin is filled, the
 snapshot verifies against its manifest, the prompt bundle against its pin, the running container
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
-server serves the pinned model. Requests are greedy with the profile's seed, one at a time,
-unless a concurrency certificate (:mod:`detserve.diagnosis.certificate`, measured by ``detserve
-check`` for these very pins) covers more in flight; the log is then written in index order and
-is the same bytes as at concurrency 1 (the concurrency and the certificate's sha256 go to the
+server serves the pinned model, a bundle with constraints needs a pinned structured-outputs
+backend, and each distinct constraint compiles in the engine (a one-token preflight request).
+Requests (:mod:`detserve.requests`) are greedy with the profile's seed, one at a time, unless a
+concurrency certificate (:mod:`detserve.diagnosis.certificate`, measured by ``detserve check``
+for these very pins) covers more in flight; the log is then written in index order and is the
+same bytes as at concurrency 1 (the concurrency and the certificate's sha256 go to the
 sidecar). With an audit fraction, a seeded random subset is sampled again one at a time after
 the concurrent pass, and any difference voids the run. The container's identity (id, start time,
 restart count) is checked during the run and at its end, and the snapshot is verified again
@@ -34,12 +36,18 @@ from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
-from detserve.prompts import PromptBundle, PromptRecord
+from detserve.prompts import PROMPTS_FILE, PromptBundle
+from detserve.requests import (
+    GenerationParams,
+    PromptRecord,
+    preflight_constraints,
+    sample_record,
+)
 from detserve.runlog import RunLogWriter
 from detserve.runtime.binding import checked_container
 from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
-from detserve.runtime.server import Completion, VllmServer
+from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
 
@@ -136,32 +144,6 @@ class IdentityWatch:
             )
 
 
-def check_prompt_tokens(prompt: PromptRecord, result: Completion, index: int) -> None:
-    # The bundle recorded each prompt's length with the pinned tokenizer; a server that tokenizes
-    # differently is not serving the pinned tokenizer.
-    if len(result.prompt_token_ids) != prompt.n_tokens:
-        raise PinMismatch(
-            f"sample {index} ({prompt.id}): the server tokenized the prompt into "
-            f"{len(result.prompt_token_ids)} tokens; the pinned tokenizer gives {prompt.n_tokens}",
-            hint="the server does not use the pinned model's tokenizer",
-        )
-
-
-def _sample_record(index: int, prompt: PromptRecord, result: Completion) -> dict[str, object]:
-    return {
-        "index": index,
-        "prompt_id": prompt.id,
-        "prompt_sha256": prompt.sha256,
-        "prompt_token_ids": list(result.prompt_token_ids),
-        "output_token_ids": list(result.token_ids),
-        "text": result.text,
-        "finish_reason": result.finish_reason or "unknown",
-        "logprobs": (
-            None if result.logprobs is None else [token.logprob for token in result.logprobs]
-        ),
-    }
-
-
 def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
     # The log names one manifest: the snapshot must have verified against that same manifest at
     # the end as at the start, or the run straddles two trust roots.
@@ -215,6 +197,19 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
             f"{len(too_long)} prompt(s) plus --max-tokens {request.max_tokens} exceed "
             f"max_model_len {limit}: {', '.join(too_long[:5])}"
         )
+    constrained = [
+        (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
+    ]
+    if constrained and loaded.profile.vllm.structured_outputs is None:
+        line, prompt = constrained[0]
+        assert prompt.constraint is not None
+        raise UsageError(
+            f"{bundle.path / PROMPTS_FILE}:{line} ({prompt.id}): a {prompt.constraint.kind} "
+            f"constraint needs a pinned structured-outputs backend; profile {loaded.path} sets "
+            f"none ({len(constrained)} constrained line(s))",
+            hint="set vllm.structured_outputs.backend (xgrammar, guidance or outlines); vLLM's "
+            "'auto' picks a backend per request and is not a pin",
+        )
     if certificate is not None:
         # Everything but the pins, which need the server's version: checked before a request.
         require_coverage(
@@ -229,27 +224,24 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
 
 
 def sample_one(
-    server: VllmServer, prompt: PromptRecord, index: int, request: SampleRequest, seed: int
+    server: VllmServer, prompt: PromptRecord, index: int, params: GenerationParams
 ) -> dict[str, object]:
-    """One strict request and its run-log record: the single place a sample is made."""
-    result = server.complete(
-        prompt.prompt, max_tokens=request.max_tokens, seed=seed, logprobs=request.logprobs
-    )
-    check_prompt_tokens(prompt, result, index)
-    return _sample_record(index, prompt, result)
+    """One strict request and its run-log record: the single place a sample is made
+    (:func:`detserve.requests.sample_record`, for every request kind)."""
+    return sample_record(server.generate, index, prompt, params)
 
 
 def _audit(
     server: VllmServer,
     prompts: Sequence[PromptRecord],
     request: SampleRequest,
-    seed: int,
+    params: GenerationParams,
     kept: dict[int, dict[str, object]],
 ) -> None:
     # Defence in depth: the certificate was measured on these pins, and this checks that the
     # concurrent pass agreed with one-at-a-time sampling where it was looked at.
     for index in sorted(kept):
-        again = sample_one(server, prompts[index], index, request, seed)
+        again = sample_one(server, prompts[index], index, params)
         if again != kept[index]:
             fields = sorted(name for name in again if again[name] != kept[index].get(name))
             raise Divergence(
@@ -311,6 +303,13 @@ def sample(
             },
             "n_samples": len(prompts),
         }
+        params = GenerationParams(
+            max_tokens=request.max_tokens,
+            seed=profile.sampling.seed,
+            logprobs=request.logprobs,
+            model=profile.vllm.served_model_name,
+        )
+        preflight_constraints(server.generate, prompts, params, str(bundle.path / PROMPTS_FILE))
         started_wall = datetime.now(UTC)
         started = time.perf_counter()
         output_tokens = 0
@@ -330,16 +329,15 @@ def sample(
                 if progress is not None:
                     progress(timed.index + 1, output_tokens)
 
-            seed = profile.sampling.seed
             run_in_flight(
                 prompts,
-                lambda index, prompt: sample_one(server, prompt, index, request, seed),
+                lambda index, prompt: sample_one(server, prompt, index, params),
                 concurrency=request.concurrency,
                 on_result=write,
                 between=watch.check,
             )
             seconds = time.perf_counter() - started
-            _audit(server, prompts, request, seed, kept)
+            _audit(server, prompts, request, params, kept)
             # Before the log is committed: still the same server, and still the same snapshot
             # (it is mounted read-only, but the host side can change under a running server).
             watch.check(force=True)

@@ -359,7 +359,7 @@ class TestSampling:
         )
         assert ran.code == EXIT_VERIFICATION, ran
         assert f"DIVERGENT: {N_PROMPTS - 1} identical, 0 within tolerance, 1 divergent" in ran.out
-        assert "sample 3 (p00003): output token 5 differs" in ran.out, ran
+        assert "sample 3 (p00003, completion): output token 5 differs" in ran.out, ran
         document = json.loads(report.read_text(encoding="utf-8"))
         assert document["verdict"] == "divergent"
         [divergence] = document["divergences"]

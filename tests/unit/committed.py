@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.json"
-TINY_REVISION = "bfbd2660aade325c3aa4e6bf8b5ea7ab2d2d5038"
+TINY_REVISION = "46e57beb165a224b80456c14f6813993c9347126"
 TINY_MODEL_FOLDER = "models--detserve--tiny-llama"
 TINY_MODEL_DIR = REPO_ROOT / "artifacts" / "hf-cache" / "hub" / TINY_MODEL_FOLDER
 TINY_SNAPSHOT = TINY_MODEL_DIR / "snapshots" / TINY_REVISION

@@ -132,6 +132,9 @@ def test_cpu_profile_exact_create_kwargs(cpu_profile: LoadedProfile) -> None:
             "--max-num-seqs",
             "32",
             "--enforce-eager",
+            # the pinned structured-output backend, as canonical JSON
+            "--structured-outputs-config",
+            '{"backend":"xgrammar","disable_any_whitespace":true}',
         ],
         "environment": {
             "HF_HOME": "/hf-home",

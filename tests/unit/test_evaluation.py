@@ -287,7 +287,7 @@ def test_cli_divergent_names_sample_and_token(cli: CliRunner, run_a: Path, tmp_p
     result = cli("eval-determinism", "--run-a", run_a, "--run-b", run_b, "-o", report_path)
     assert result.code == EXIT_VERIFICATION, result.text
     assert "DIVERGENT" in result.out
-    assert "sample 7 (prompt-0007): output token 10 differs" in result.out
+    assert "sample 7 (prompt-0007, completion): output token 10 differs" in result.out
     assert "detserve: error:" in result.err
     report = json.loads(report_path.read_text())
     assert report["ok"] is False

@@ -397,7 +397,7 @@ def test_written_bundles_round_trip(prompts: list[str]) -> None:
         assert bundle.sha256 == hashlib.sha256(pin.read_bytes()).hexdigest()
         # What was read writes back to the very bytes that were pinned.
         assert (directory / PROMPTS_FILE).read_bytes() == b"".join(
-            canonical_bytes(p.model_dump()) for p in bundle.prompts
+            canonical_bytes(p.line_value()) for p in bundle.prompts
         )
         assert (directory / BUNDLE_FILE).read_bytes() == canonical_bytes(bundle.info.model_dump())
         # Writing the same prompts again gives the same files, so the same pin.

@@ -315,7 +315,7 @@ def test_bootstrap_tokenizer_that_differs_from_the_manifest_exits_1(
     code, text = bootstrap(cli, tiny_workspace.config, output)
     assert code == EXIT_VERIFICATION, text
     assert "tokenizer files of" in text
-    assert "tokenizer_config.json: manifest e80e2d51" in text
+    assert "tokenizer_config.json: manifest 2f998834" in text
     assert f"actual {sha256_hex(changed)}" in text
     assert not output.exists()
 

@@ -107,16 +107,35 @@ def headers(draw: st.DrawFn, n_samples: int, logprobs: bool) -> dict[str, Any]:
 
 
 @st.composite
+def constraint_fields(draw: st.DrawFn, finish_reason: str) -> dict[str, Any]:
+    """The constraint fields of a valid sample: all null, or all set (unsatisfied only when the
+    output was cut short)."""
+    kind = draw(st.none() | st.sampled_from(["json_schema", "regex", "choice", "grammar"]))
+    if kind is None:
+        return {"constraint": None, "constraint_sha256": None, "constraint_satisfied": None}
+    satisfied = draw(st.booleans()) if finish_reason == "length" else True
+    return {
+        "constraint": kind,
+        "constraint_sha256": draw(hex64),
+        "constraint_satisfied": satisfied,
+    }
+
+
+@st.composite
 def samples(draw: st.DrawFn, index: int, logprobs: bool) -> dict[str, Any]:
     output = draw(st.lists(token_ids, max_size=8))
+    finish_reason = draw(st.sampled_from(["length", "stop", "abort", "eos_token"]))
     return {
         "index": index,
         "prompt_id": draw(names),
         "prompt_sha256": draw(hex64),
+        "request_sha256": draw(hex64),
+        "kind": draw(st.sampled_from(["completion", "chat"])),
+        **draw(constraint_fields(finish_reason)),
         "prompt_token_ids": draw(st.lists(token_ids, min_size=1, max_size=8)),
         "output_token_ids": output,
         "text": draw(texts),
-        "finish_reason": draw(st.sampled_from(["length", "stop", "abort", "eos_token"])),
+        "finish_reason": finish_reason,
         "logprobs": (
             draw(st.lists(finite_floats, min_size=len(output), max_size=len(output)))
             if logprobs
@@ -481,15 +500,19 @@ def any_samples(draw: st.DrawFn) -> RunLogSample:
     logprobs = draw(
         st.none() | st.lists(logprob_values, min_size=len(output), max_size=len(output))
     )
+    finish_reason = draw(st.sampled_from(["length", "stop"]))
     document = {
         "record": "sample",
         "index": draw(st.integers(0, 10**9 - 1)),
         "prompt_id": draw(any_text.filter(bool)),
         "prompt_sha256": draw(hex64),
+        "request_sha256": draw(hex64),
+        "kind": draw(st.sampled_from(["completion", "chat"])),
+        **draw(constraint_fields(finish_reason)),
         "prompt_token_ids": draw(st.lists(token_ids, min_size=1, max_size=6)),
         "output_token_ids": output,
         "text": draw(any_text),
-        "finish_reason": draw(st.sampled_from(["length", "stop"])),
+        "finish_reason": finish_reason,
         "logprobs": logprobs,
     }
     return RunLogSample.model_validate_json(canonical_json(document))
@@ -507,6 +530,11 @@ EDGE_SAMPLE = RunLogSample.model_validate_json(
             "index": 0,
             "prompt_id": '\x00\x1f\x7f\u2028"\\/',
             "prompt_sha256": "a" * 64,
+            "request_sha256": "b" * 64,
+            "kind": "chat",
+            "constraint": "regex",
+            "constraint_sha256": "c" * 64,
+            "constraint_satisfied": True,
             "prompt_token_ids": [0],
             "output_token_ids": list(range(2 * len(EDGE_FLOATS))),
             "text": "\b\f\n\r\t\u0001é😀\ufeff\U0010ffff",

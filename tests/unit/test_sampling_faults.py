@@ -422,8 +422,8 @@ def test_a_tokenizer_mismatch_fails_the_run(rig: Rig) -> None:
     rig.fake.fault = one_token_more
     error = rig.fails(PinMismatch, EXIT_VERIFICATION)
     assert error.message == (
-        f"sample 1 ({prompt.id}): the server tokenized the prompt into {prompt.n_tokens + 1} "
-        f"tokens; the pinned tokenizer gives {prompt.n_tokens}"
+        f"sample 1 ({prompt.id}, completion): the server tokenized the prompt into "
+        f"{prompt.n_tokens + 1} tokens; the pinned tokenizer gives {prompt.n_tokens}"
     )
     assert len(rig.fake.completions) == 2
 

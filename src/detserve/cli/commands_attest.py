@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption
+from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say
 from detserve.errors import EXIT_VERIFICATION
 from detserve.profile import load_profile
@@ -162,6 +162,7 @@ def env_command(
         typer.Option("--fingerprint-output", dir_okay=False, help="Write the fingerprint here."),
     ] = None,
     force: ForceOption = False,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Fingerprint this host and the pinned container: canonical JSON and its sha256.
@@ -185,7 +186,9 @@ def env_command(
         check_outputs([output], force=force, inputs=[config])
     loaded = load_profile(config)
     loaded.require_pins()
-    fingerprint = environment_fingerprint(loaded, DockerProbe.from_env())
+    fingerprint = environment_fingerprint(
+        loaded, DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
+    )
     if output is not None:
         atomic_write_bytes(output, fingerprint.canonical(), force=force)
     if json_output:
@@ -215,7 +218,11 @@ def env_command(
 
 
 @app.command("doctor")
-def doctor_command(config: ConfigOption, json_output: JsonOption = False) -> None:
+def doctor_command(
+    config: ConfigOption,
+    docker_host: DockerHostOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """A determinism checklist for a profile on this host: PASS or FAIL, and the fix.
 
     Items: pins filled; manifest present and the snapshot verifying; engine reachable; image
@@ -233,7 +240,10 @@ def doctor_command(config: ConfigOption, json_output: JsonOption = False) -> Non
     from detserve.runtime.probe import DockerProbe
 
     loaded = load_profile(config)
-    report = doctor(loaded, DockerProbe.from_env)
+    connect = (
+        DockerProbe.from_env if docker_host is None else lambda: DockerProbe.from_env(docker_host)
+    )
+    report = doctor(loaded, connect)
     if json_output:
         emit_json(report.as_json())
     else:

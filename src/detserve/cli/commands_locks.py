@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption, legacy_output_option, renamed
+from detserve.cli.options import ConfigOption, DockerHostOption, legacy_output_option, renamed
 from detserve.cli.output import JsonOption, emit_json, result, say
 
 WriteOption = Annotated[
@@ -80,6 +80,7 @@ def lock_image_command(
     profile_output: LockOutputOption = None,
     legacy_output: LegacyLockOutputOption = None,
     force: ForceOption = False,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Resolve runtime.image_tag to its registry digest through the Docker engine.
@@ -93,5 +94,7 @@ def lock_image_command(
     from detserve import api
 
     output = renamed(profile_output, legacy_output, name="--profile-output", old="--output")
-    outcome = api.lock_image(config, write=write, profile_output=output, force=force)
+    outcome = api.lock_image(
+        config, write=write, profile_output=output, force=force, docker_host=docker_host
+    )
     _show(outcome, json_output=json_output)

@@ -22,6 +22,7 @@ from detserve.errors import UsageError
 
 if TYPE_CHECKING:
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
+    from detserve.evaluation.explain import ExplainedReport
 
 # --- eval-determinism ---------------------------------------------------------------------------
 
@@ -61,6 +62,19 @@ def eval_determinism(
         typer.Option(
             "--run",
             help="A run log for the majority mode; repeat it, once per node (three or more).",
+            dir_okay=False,
+            metavar="PATH",
+        ),
+    ] = None,
+    sidecars: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--sidecar",
+            help=(
+                "A run's sidecar (or `detserve env` fingerprint), once per run log in their "
+                "order (--expected-hash: --run-a's, then the published log's): each log that "
+                "disagrees is explained by its environment differences, ranked by cause."
+            ),
             dir_okay=False,
             metavar="PATH",
         ),
@@ -128,6 +142,15 @@ def eval_determinism(
 
         detserve eval-determinism --run n1.runlog.jsonl --run n2.runlog.jsonl --run n3.runlog.jsonl
 
+    With a sidecar per log (`--sidecar`, in the logs' order), every log that disagrees is also
+    explained: its first divergence and how its environment fingerprint differs from the
+    reference's (image, vLLM, GPU, driver, numerics environment), most likely cause first
+    (hardware, software version, numerics settings, model files, concurrency):
+
+        detserve eval-determinism --run n1.runlog.jsonl --run n2.runlog.jsonl \\
+            --run n3.runlog.jsonl --sidecar n1.sidecar.json --sidecar n2.sidecar.json \\
+            --sidecar n3.sidecar.json
+
     Every log is validated completely first. Exit 0: identical, within the thresholds, the
     expected hash, or unanimous; 1: divergent, not a replay, another hash, or any dissent;
     2: an invalid log or bad options.
@@ -135,7 +158,10 @@ def eval_determinism(
     from detserve import api
 
     output = renamed(report_output, legacy_output, name="--report-output", old="--output")
-    report: DeterminismReport | HashCheckReport | MajorityReport
+    final_output = output
+    if sidecars:
+        output = None  # the explained report is the one written
+    report: DeterminismReport | HashCheckReport | MajorityReport | ExplainedReport
     thresholds_given = min_exact_match_ratio is not None or logprob_tolerance is not None
     if runs:
         if run_a is not None or run_b is not None or expected_hash is not None:
@@ -174,13 +200,15 @@ def eval_determinism(
             hint="see `detserve eval-determinism --help` for examples",
         )
 
+    if sidecars:
+        report = api.explain(report, sidecars, report=final_output, force=force)
     if json_output:
         emit_json(report.as_json())
     else:
         for line in report.summary_lines():
             result(line)
-        if output is not None:
-            say(f"report written to {output}")
+        if final_output is not None:
+            say(f"report written to {final_output}")
     error = report.error()
     if error is not None:
         if json_output:

@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from detserve import api
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption
+from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
 from detserve.errors import EXIT_VERIFICATION
 from detserve.profile import load_profile
@@ -88,6 +88,7 @@ def _wait_display(label: str) -> Iterator[_WaitDisplay]:
 def start_command(
     config: ConfigOption,
     secrets_file: SecretsFileOption = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start the profile's pinned vLLM container (or find it already running).
@@ -100,7 +101,7 @@ def start_command(
         detserve start --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
-    started = api.start(loaded, secrets_file=secrets_file)
+    started = api.start(loaded, secrets_file=secrets_file, docker_host=docker_host)
     if json_output:
         emit_json(started.as_json())
         return
@@ -129,6 +130,7 @@ def wait_command(
             ),
         ),
     ] = False,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Wait until the started server answers with the pinned model name.
@@ -141,7 +143,11 @@ def wait_command(
     loaded = load_profile(config)
     with _wait_display(container_name(loaded.profile)) as display:
         waited = api.wait(
-            loaded, timeout_s=timeout, verify_manifest=verify_manifest, on_progress=display
+            loaded,
+            timeout_s=timeout,
+            verify_manifest=verify_manifest,
+            on_progress=display,
+            docker_host=docker_host,
         )
     if json_output:
         emit_json(waited.as_json())
@@ -161,7 +167,11 @@ def wait_command(
 
 
 @app.command("smoke")
-def smoke_command(config: ConfigOption, json_output: JsonOption = False) -> None:
+def smoke_command(
+    config: ConfigOption,
+    docker_host: DockerHostOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Check the running server serves the pinned model and answers deterministically.
 
     The served name must be in /v1/models with its root the pinned model; each of a few short
@@ -171,7 +181,7 @@ def smoke_command(config: ConfigOption, json_output: JsonOption = False) -> None
         detserve smoke --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
-    smoked = api.smoke(loaded)
+    smoked = api.smoke(loaded, docker_host=docker_host)
     if json_output:
         emit_json(smoked.as_json())
         return
@@ -184,7 +194,11 @@ def smoke_command(config: ConfigOption, json_output: JsonOption = False) -> None
 
 
 @app.command("stop")
-def stop_command(config: ConfigOption, json_output: JsonOption = False) -> None:
+def stop_command(
+    config: ConfigOption,
+    docker_host: DockerHostOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Stop and remove the profile's container.
 
     None running is not an error (exit 0). A container of that name that detserve did not start
@@ -193,7 +207,7 @@ def stop_command(config: ConfigOption, json_output: JsonOption = False) -> None:
         detserve stop --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
-    stopped = api.stop(loaded)
+    stopped = api.stop(loaded, docker_host=docker_host)
     if json_output:
         emit_json(stopped.as_json())
     elif stopped.removed is None:
@@ -218,6 +232,7 @@ def run_command(
         typer.Option("--stop", help="Stop and remove the container at the end, pass or fail (CI)."),
     ] = False,
     timeout: TimeoutOption = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start, wait (verifying the whole snapshot meanwhile) and smoke-test, in one command.
@@ -240,6 +255,7 @@ def run_command(
             timeout_s=timeout,
             on_stage=say,
             on_progress=display,
+            docker_host=docker_host,
         )
     if json_output:
         emit_json(ran.as_json())
@@ -259,7 +275,11 @@ def run_command(
 
 
 @app.command("status")
-def status_command(config: ConfigOption, json_output: JsonOption = False) -> None:
+def status_command(
+    config: ConfigOption,
+    docker_host: DockerHostOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Show the profile's container, the pins on its labels and its health.
 
     Exit 1 when a container runs with other pins than the profile's. Example:
@@ -267,7 +287,7 @@ def status_command(config: ConfigOption, json_output: JsonOption = False) -> Non
         detserve status --config configs/tiny-cpu.json --json
     """
     loaded = load_profile(config)
-    state = api.status(loaded)
+    state = api.status(loaded, docker_host=docker_host)
     if json_output:
         emit_json(state.as_json())  # one object: "ok": false and the mismatches, then exit 1
         if state.mismatches:
@@ -295,6 +315,7 @@ def logs_command(
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until interrupted.")
     ] = False,
     tail: Annotated[int, typer.Option("--tail", min=0, help="Lines from the end to show.")] = 100,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Print the container's log lines (stdout and stderr of the server).
@@ -306,7 +327,7 @@ def logs_command(
     detserve logs --config configs/tiny-cpu.json --follow
     """
     loaded = load_profile(config)
-    lines = api.logs(loaded, follow=follow, tail=tail)
+    lines = api.logs(loaded, follow=follow, tail=tail, docker_host=docker_host)
     if json_output and not follow:
         emit_json({"ok": True, "name": container_name(loaded.profile), "lines": list(lines)})
         return

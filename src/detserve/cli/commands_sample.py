@@ -13,6 +13,7 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    DockerHostOption,
     legacy_output_option,
     renamed,
 )
@@ -115,6 +116,7 @@ def sample_command(
         int, typer.Option("--audit-seed", min=0, help="Seed of the audited subset.")
     ] = 0,
     temperature: Annotated[float | None, typer.Option("--temperature", hidden=True)] = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Sample the pinned prompt bundle from the running server, strictly, into a run log.
@@ -155,6 +157,7 @@ def sample_command(
             audit=audit,
             audit_seed=audit_seed,
             observer=shown,
+            docker_host=docker_host,
         )
     if json_output:
         emit_json(summary.as_json())
@@ -206,6 +209,7 @@ def replay_command(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Re-run a claimed run log under your own pinned profile and compare, in one step.
@@ -245,6 +249,7 @@ def replay_command(
             run_log=run_log,
             on_stage=say,
             observer=shown,
+            docker_host=docker_host,
         )
     report, summary = replayed.report, replayed.summary
     if json_output:

@@ -274,9 +274,19 @@ def prompts_bootstrap(
     ] = None,
     fmt: Annotated[
         str,
-        typer.Option("--format", help="'jsonl' (one object a line) or 'text' (a prompt a line)."),
+        typer.Option(
+            "--format",
+            help="'jsonl' (one object a line; --field holds a prompt string, or a list of chat "
+            "messages), 'text' (a prompt a line) or 'requests' (a bundle line a line without id "
+            "and n_tokens: prompt or messages, optional stop and constraint).",
+        ),
     ] = "jsonl",
-    field: Annotated[str, typer.Option("--field", help="JSONL field holding the prompt.")] = "text",
+    field: Annotated[
+        str, typer.Option("--field", help="JSONL field holding the prompt or conversation.")
+    ] = "text",
+    name: Annotated[
+        str, typer.Option("--name", help="The bundle's name, written in bundle.json.")
+    ] = "reference_prompts",
     max_prompt_tokens: Annotated[
         int | None,
         typer.Option(
@@ -299,62 +309,29 @@ def prompts_bootstrap(
         detserve hash --snapshot artifacts/reference_prompts \\
             --output manifests/reference_prompts/reference_prompts.sha256
     """
-    from detserve.hashing import sha256_file
-    from detserve.profile import load_profile
-    from detserve.prompts import (
-        BootstrapRequest,
-        DatasetSource,
-        build_bundle,
-        download_hf_dataset_file,
-    )
+    from detserve import api
 
-    if fmt not in ("jsonl", "text"):
-        raise UsageError(f"--format must be 'jsonl' or 'text', not {fmt!r}")
-    loaded = load_profile(config)
-    loaded.require_pins(("model.revision",))
-    if (dataset_file is None) == (hf_dataset is None):
-        raise UsageError("give exactly one of --dataset-file or --hf-dataset")
-    if dataset_file is not None:
-        if not dataset_sha256:
-            raise UsageError("--dataset-file needs --dataset-sha256 (the content you trust)")
-        path = dataset_file
-        source = DatasetSource(
-            kind="local-file",
-            name=dataset_file.name,
-            revision=None,
-            filename=dataset_file.name,
-            file_sha256=dataset_sha256.lower(),
-            field=field if fmt == "jsonl" else None,
-        )
-    else:
-        assert hf_dataset is not None
-        if not dataset_revision or not dataset_filename:
-            raise UsageError("--hf-dataset needs --dataset-revision and --dataset-filename")
-        path = download_hf_dataset_file(hf_dataset, dataset_revision, dataset_filename, endpoint)
-        source = DatasetSource(
-            kind="hf-dataset",
-            name=hf_dataset,
-            revision=dataset_revision,
-            filename=dataset_filename,
-            file_sha256=dataset_sha256.lower() if dataset_sha256 else sha256_file(path)[0],
-            field=field if fmt == "jsonl" else None,
-        )
-    limit = max_prompt_tokens or (
-        loaded.profile.vllm.max_model_len - loaded.profile.sampling.max_tokens
-    )
-    request = BootstrapRequest(
-        dataset_path=path,
-        source=source,
-        fmt="jsonl" if fmt == "jsonl" else "text",
+    info = api.bootstrap_prompts(
+        config,
+        output_dir=output_dir,
         n_prompts=n_prompts,
-        max_prompt_tokens=limit,
+        dataset_file=dataset_file,
+        dataset_sha256=dataset_sha256,
+        hf_dataset=hf_dataset,
+        dataset_revision=dataset_revision,
+        dataset_filename=dataset_filename,
+        fmt=fmt,
+        field=field,
+        max_prompt_tokens=max_prompt_tokens,
+        name=name,
+        endpoint=endpoint,
+        force=force,
     )
-    info, _ = build_bundle(loaded, request, output_dir, force=force)
     if json_output:
         emit_json({"ok": True, "bundle": str(output_dir), "n_prompts": info.n_prompts})
     else:
         result(f"wrote {output_dir}: {info.n_prompts} prompts")
         say(
             "not trusted yet: review it, then pin it with `detserve hash --snapshot "
-            f"{output_dir} --output manifests/reference_prompts/reference_prompts.sha256`"
+            f"{output_dir} --manifest-output manifests/{name}/{name}.sha256`"
         )

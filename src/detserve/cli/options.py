@@ -31,6 +31,19 @@ WorkersOption = Annotated[
     typer.Option("--workers", min=1, help="Files hashed at once (default: one per usable core)."),
 ]
 
+DockerHostOption = Annotated[
+    str | None,
+    typer.Option(
+        "--docker-host",
+        metavar="URL",
+        help=(
+            "The Docker engine to use, e.g. unix:///run/detserve-node2/docker.sock, "
+            "tcp://host:2376 or ssh://user@host (default: DOCKER_HOST, else the current Docker "
+            "context, else the local socket)."
+        ),
+    ),
+]
+
 BundleOption = Annotated[
     Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
 ]

@@ -25,7 +25,8 @@ from detserve.errors import ContainerError, SnapshotMismatch, UsageError
 from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine, environment_fingerprint
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
-from detserve.prompts import PromptBundle, PromptRecord
+from detserve.prompts import PromptBundle
+from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
 from detserve.runtime.binding import checked_container
 from detserve.runtime.container_spec import server_base_url
@@ -33,7 +34,7 @@ from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.sampling import IdentityWatch, check_prompt_tokens
+from detserve.sampling import IdentityWatch
 from detserve.snapshot import verify_snapshot
 
 
@@ -77,13 +78,16 @@ def check_plan(loaded: LoadedProfile, bundle: PromptBundle, plan: CheckPlan) -> 
 
 
 def _complete(
-    server: VllmServer, plan: CheckPlan, seed: int
+    server: VllmServer, plan: CheckPlan, seed: int, model: str
 ) -> Callable[[PromptRecord], Completion]:
+    params = GenerationParams(
+        max_tokens=plan.max_tokens, seed=seed, logprobs=plan.logprobs, model=model
+    )
+
     def complete(prompt: PromptRecord) -> Completion:
-        result = server.complete(
-            prompt.prompt, max_tokens=plan.max_tokens, seed=seed, logprobs=plan.logprobs
-        )
-        check_prompt_tokens(prompt, result, 0)
+        # every request kind, as sample makes it (detserve.requests)
+        result = generate(server.generate, prompt, params, f"prompt {prompt.id}")
+        assert isinstance(result, Completion)
         return result
 
     return complete
@@ -118,7 +122,7 @@ def run_check(
             measurements = measure(
                 prompts,
                 plan,
-                _complete(server, plan, seed),
+                _complete(server, plan, seed, loaded.profile.vllm.served_model_name),
                 counters=lambda: read_counters(base_url),
                 between=watch.check,
                 on_pass=on_pass,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from detserve.inflight import Timed, max_overlap, run_in_flight
-from detserve.prompts import PromptRecord
+from detserve.requests import PromptRecord
 from detserve.runtime.metrics import EngineCounters
 from detserve.runtime.server import Completion
 

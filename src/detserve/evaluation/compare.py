@@ -27,6 +27,7 @@ _SAMPLE_FIELDS: Final = (
     "output_token_ids",
     "text",
     "finish_reason",
+    "constraint_satisfied",
     "logprobs",
 )
 
@@ -168,6 +169,8 @@ class SampleDivergence:
 
     index: int
     prompt_id: str
+    kind: str
+    """The request kind, with its constraint: ``completion``, ``chat``, ``chat, regex``..."""
     fields: tuple[str, ...]
     """The sample fields that differ, in record order."""
     first_divergence: int | None
@@ -188,6 +191,7 @@ class SampleDivergence:
         return {
             "index": self.index,
             "prompt_id": self.prompt_id,
+            "kind": self.kind,
             "fields": list(self.fields),
             "first_divergence": self.first_divergence,
             "output_lengths": {"run_a": self.output_lengths[0], "run_b": self.output_lengths[1]},
@@ -200,7 +204,7 @@ class SampleDivergence:
         }
 
     def __str__(self) -> str:
-        parts = [f"sample {self.index} ({self.prompt_id}):"]
+        parts = [f"sample {self.index} ({self.prompt_id}, {self.kind}):"]
         if self.first_divergence is not None and self.window is not None:
             offset = self.first_divergence - self.window.start
             token_a = _at(self.window.run_a, offset)
@@ -275,6 +279,7 @@ def compare_samples(a: RunLogSample, b: RunLogSample, thresholds: Thresholds) ->
     return SampleDivergence(
         index=a.index,
         prompt_id=a.prompt_id,
+        kind=a.kind if a.constraint is None else f"{a.kind}, {a.constraint}",
         fields=fields,
         first_divergence=first,
         output_lengths=(len(a.output_token_ids), len(b.output_token_ids)),

@@ -245,6 +245,7 @@ def evaluate(
             if (
                 sample_a.prompt_id != sample_b.prompt_id
                 or sample_a.prompt_sha256 != sample_b.prompt_sha256
+                or sample_a.request_sha256 != sample_b.request_sha256
             ):
                 mismatch_count += 1
                 if len(mismatches) < max_reported:

@@ -10,9 +10,11 @@ reasons). Both transcripts are validated completely first; a cut one is refused 
 
 from __future__ import annotations
 
+import hashlib
 from itertools import zip_longest
 from pathlib import Path
 
+from detserve.canonical import canonical_bytes
 from detserve.errors import UsageError
 from detserve.evaluation.compare import (
     PromptMismatch,
@@ -36,14 +38,27 @@ from detserve.runlog.transcript import TranscriptReader, is_transcript, request_
 def as_sample(exchange: TranscriptExchange) -> RunLogSample:
     """An exchange in a sample's terms, for the sample comparison: its id as the prompt id, its
     request hash as the prompt hash, an incomplete exchange's reason as its finish reason."""
+    request = exchange.request
+    constraint = request.constraint
+    kind = next(iter(constraint)) if constraint else None
+    digest = request_sha256(request)
     return RunLogSample(
+        constraint=kind,  # type: ignore[arg-type]
+        # The gateway records the constraint but does not check the output against it (yet):
+        # satisfied is unknown, for both sides alike.
+        constraint_satisfied=None,
+        constraint_sha256=(
+            hashlib.sha256(canonical_bytes(constraint)).hexdigest() if constraint else None
+        ),
         finish_reason=exchange.finish_reason or "incomplete",
         index=exchange.index,
+        kind=request.kind,
         logprobs=None,
         output_token_ids=exchange.output_token_ids,
         prompt_id=exchange.id,
-        prompt_sha256=request_sha256(exchange.request),
+        prompt_sha256=digest,
         prompt_token_ids=exchange.prompt_token_ids,
+        request_sha256=digest,
         text=exchange.text,
     )
 

@@ -66,9 +66,11 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
                 f"{where}: run-log format version {_brief(error['input'])}; this detserve reads "
                 f"version {FORMAT_VERSION} only",
                 hint=(
-                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS) and the header holds no "
-                    "sampling.concurrency (version 2 did; the concurrency is the sidecar's now); "
-                    "re-sample with this detserve, or read the log with the detserve that wrote it"
+                    f"version {FORMAT_VERSION} lines are RFC 8785 (JCS), the header holds no "
+                    "sampling.concurrency (the sidecar has it) and samples record their request "
+                    "kind and constraint; re-sample with this detserve, or read the log with the "
+                    "detserve that wrote it (version 2: before certified concurrency and request "
+                    "kinds)"
                 ),
             )
     details = []

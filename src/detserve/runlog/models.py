@@ -24,9 +24,10 @@ from detserve.canonical import MAX_EXACT_INTEGER
 from detserve.imageref import DIGEST_REF_PATTERN
 
 FORMAT: Final = "detserve-run-log"
-#: 3: the header holds no ``sampling.concurrency``: how many requests were in flight is not an
+#: 3: the header holds no ``sampling.concurrency`` (how many requests were in flight is not an
 #: input of the tokens a certified server generates, so a log sampled at a certified concurrency
-#: is byte-identical to the concurrency-1 log (the concurrency goes to the sidecar).
+#: is byte-identical to the concurrency-1 log; the concurrency goes to the sidecar), and each
+#: sample records its request kind, constraint and request hash.
 #: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
 FORMAT_VERSION: Final = 3
 
@@ -179,6 +180,18 @@ class RunLogSample(_Record):
     pydantic's own serialiser can stand in for it (see :func:`_fast_sample_line`).
     """
 
+    constraint: Literal["json_schema", "regex", "choice", "grammar"] | None
+    """The kind of the request's structured-output constraint; null when unconstrained."""
+
+    constraint_satisfied: bool | None
+    """Whether the output satisfies the constraint, as detserve checked it after sampling (a JSON
+    Schema, a full regex match, a choice, a Lark grammar); false only with ``finish_reason``
+    ``length``; null when unconstrained."""
+
+    constraint_sha256: Sha256Hex | None
+    """sha256 of the constraint's canonical JSON (the constraint itself is in the prompt
+    bundle); null when unconstrained."""
+
     finish_reason: Annotated[
         str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)
     ]
@@ -186,6 +199,10 @@ class RunLogSample(_Record):
 
     index: Annotated[int, Field(ge=0, lt=MAX_SAMPLES)]
     """Position in the log, from 0."""
+
+    kind: Literal["completion", "chat"]
+    """The request kind: a completion of ``prompt``, or a chat of ``messages`` rendered by the
+    pinned chat template."""
 
     logprobs: Annotated[tuple[Logprob, ...], Field(max_length=MAX_TOKENS)] | None
     """The logprob of each generated token, or null when the header's ``logprobs`` is null."""
@@ -197,13 +214,18 @@ class RunLogSample(_Record):
     """The prompt's id in the prompt bundle."""
 
     prompt_sha256: Sha256Hex
-    """sha256 of the prompt, as in the prompt bundle."""
+    """sha256 of the prompt: of its UTF-8 text for a completion, of the canonical JSON of its
+    messages for a chat."""
 
     prompt_token_ids: Annotated[tuple[TokenId, ...], Field(min_length=1, max_length=MAX_TOKENS)]
     """The prompt as the server tokenized it."""
 
     record: Literal["sample"] = "sample"
     """Record type."""
+
+    request_sha256: Sha256Hex
+    """sha256 of the request as the bundle line holds it, without ``id`` and ``n_tokens``:
+    prompt or messages, stop strings and constraint, in canonical JSON."""
 
     text: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
     """The generated text, as the server decoded it."""

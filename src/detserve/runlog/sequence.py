@@ -51,6 +51,17 @@ class LineSequence:
             raise RunLogError(
                 f"{where}: {len(sample.logprobs)} logprobs for {n_output} output tokens"
             )
+        constrained = (sample.constraint is not None, sample.constraint_sha256 is not None)
+        if constrained != (sample.constraint_satisfied is not None,) * 2:
+            raise RunLogError(
+                f"{where}: constraint, constraint_sha256 and constraint_satisfied must be all "
+                "set or all null"
+            )
+        if sample.constraint_satisfied is False and sample.finish_reason != "length":
+            raise RunLogError(
+                f"{where}: an output that violates its constraint is only a sample when it was "
+                f"cut short (finish_reason 'length'), not {sample.finish_reason!r}"
+            )
         self._samples_sha256.update(line)
         self.next_index += 1
 

@@ -91,6 +91,8 @@ def engine_args(loaded: LoadedProfile) -> list[str]:
         args += ["--max-num-seqs", str(vllm.max_num_seqs)]
     if vllm.enforce_eager:
         args.append("--enforce-eager")
+    if vllm.structured_outputs is not None:
+        args += ["--structured-outputs-config", vllm.structured_outputs.engine_value()]
     for option in sorted(vllm.extra_args):
         value = vllm.extra_args[option]
         if value is True:

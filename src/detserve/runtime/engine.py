@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, Final, Protocol
 
 import docker
 import docker.errors
 import requests
 
-from detserve.errors import ContainerError, EngineError, PinMismatch, RegistryError
+from detserve.errors import ContainerError, EngineError, PinMismatch, RegistryError, UsageError
 from detserve.imageref import ImageRef
 from detserve.runtime.container_spec import ContainerSpec
 from detserve.runtime.inspection import (
@@ -43,6 +43,7 @@ from detserve.runtime.inspection import (
 
 __all__ = [
     "DEFAULT_DOCKER_HOST",
+    "DOCKER_HOST_SCHEMES",
     "STOP_TIMEOUT_S",
     "ContainerConfig",
     "ContainerEngine",
@@ -51,12 +52,72 @@ __all__ = [
     "DockerEngine",
     "ImageInfo",
     "MountInfo",
+    "connect",
+    "docker_address",
     "is_pinned_image",
     "repo_digests_shown",
 ]
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 STOP_TIMEOUT_S = 10
+
+
+#: the URL schemes the Docker SDK connects through
+DOCKER_HOST_SCHEMES: Final = ("unix", "tcp", "ssh", "npipe", "http", "https")
+
+
+def docker_address(host: str | None = None, environment: Mapping[str, str] | None = None) -> str:
+    """The engine's address as the Docker SDK resolves it: ``host`` when given, else
+    ``DOCKER_HOST``, else the current Docker context (``DOCKER_CONTEXT`` or the CLI's config),
+    else the local socket. A malformed ``host`` is a :class:`UsageError` (exit 2)."""
+    if host is not None:
+        scheme, separator, rest = host.partition("://")
+        if not separator or scheme not in DOCKER_HOST_SCHEMES or not rest:
+            raise UsageError(
+                f"--docker-host {host!r} is not a Docker host URL",
+                hint="e.g. unix:///var/run/docker.sock, tcp://host:2376 or ssh://user@host",
+            )
+        return host
+    environ = os.environ if environment is None else environment
+    if environ.get("DOCKER_HOST"):
+        return environ["DOCKER_HOST"]
+    try:
+        from docker.context import ContextAPI
+
+        context_url = ContextAPI.kwargs_from_context(environment=dict(environ)).get("base_url")
+    except Exception:  # noqa: BLE001 -- a broken context file: the SDK falls back the same way
+        context_url = None
+    if not context_url:
+        return DEFAULT_DOCKER_HOST
+    # the SDK normalises unix:// to http+unix://; the address is shown as a person wrote it
+    return str(context_url).removeprefix("http+")
+
+
+def connect(host: str | None = None) -> tuple[docker.DockerClient, str]:
+    """A Docker SDK client that has answered a ping, and the address it talks to.
+
+    ``host`` (``--docker-host``) wins; without it the SDK's own resolution applies
+    (``DOCKER_HOST`` with ``DOCKER_TLS_VERIFY`` and ``DOCKER_CERT_PATH``, then the current
+    Docker context). An engine that does not answer is an :class:`EngineError` (exit 3) naming
+    the address.
+    """
+    address = docker_address(host)
+    environment = dict(os.environ)
+    if host is not None:
+        environment["DOCKER_HOST"] = host
+    try:
+        client = docker.from_env(environment=environment)
+        client.ping()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise EngineError(
+            f"the container engine at {address} does not answer",
+            details=[str(exc)],
+            hint=(
+                "start it (here: `python scripts/stack/stack.py engine`, elsewhere: "
+                "`systemctl start docker`), or name another with --docker-host or DOCKER_HOST"
+            ),
+        ) from exc
+    return client, address
 
 
 class ContainerEngine(Protocol):
@@ -115,21 +176,9 @@ class DockerEngine:
         return self._client
 
     @classmethod
-    def from_env(cls) -> DockerEngine:
-        """The engine named by ``DOCKER_HOST`` (default: the local socket)."""
-        address = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-        try:
-            client = docker.from_env()
-            client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(
-                f"the container engine at {address} does not answer",
-                details=[str(exc)],
-                hint=(
-                    "start it (here: `python scripts/stack/stack.py engine`, elsewhere: "
-                    "`systemctl start docker`) or set DOCKER_HOST"
-                ),
-            ) from exc
+    def from_env(cls, host: str | None = None) -> DockerEngine:
+        """The engine at ``host`` (a Docker host URL), else as :func:`connect` resolves it."""
+        client, address = connect(host)
         return cls(client, address)
 
     @contextlib.contextmanager

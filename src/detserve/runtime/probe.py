@@ -14,7 +14,6 @@ an :class:`~detserve.errors.EngineError` (exit 3), a probe that fails a
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -34,10 +33,10 @@ from detserve.profile import LoadedProfile
 from detserve.runtime.binding import bound_container
 from detserve.runtime.container_spec import container_environment, container_name
 from detserve.runtime.engine import (
-    DEFAULT_DOCKER_HOST,
     ContainerInfo,
     DockerEngine,
     ImageInfo,
+    connect,
     is_pinned_image,
 )
 
@@ -58,18 +57,10 @@ class DockerProbe:
         self.engine = DockerEngine(client, address)
 
     @classmethod
-    def from_env(cls) -> DockerProbe:
-        """The engine named by ``DOCKER_HOST``; :class:`EngineError` when it does not answer."""
-        address = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
-        try:
-            client = docker.from_env()
-            client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(
-                f"the container engine at {address} does not answer",
-                details=[str(exc)],
-                hint="start it (`systemctl start docker`) or set DOCKER_HOST",
-            ) from exc
+    def from_env(cls, host: str | None = None) -> DockerProbe:
+        """The engine at ``host``, else ``DOCKER_HOST`` or the current Docker context;
+        :class:`EngineError` naming its address when it does not answer."""
+        client, address = connect(host)
         return cls(client, address)
 
     @contextlib.contextmanager

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from detserve.errors import ServerError
+from detserve.errors import RequestRefused, ServerError
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 DEFAULT_RETRIES = 3
@@ -85,6 +85,38 @@ class _CompletionResponse(_Shape):
     prompt_token_ids: list[int] | None = None
 
 
+class _ChatTopLogprob(_Shape):
+    token: str
+    logprob: float
+
+
+class _ChatTokenLogprob(_Shape):
+    token: str
+    logprob: float | None
+    top_logprobs: list[_ChatTopLogprob] = Field(default_factory=list)
+
+
+class _ChatLogprobs(_Shape):
+    content: list[_ChatTokenLogprob] | None
+
+
+class _ChatMessage(_Shape):
+    content: str | None
+
+
+class _ChatChoice(_Shape):
+    message: _ChatMessage
+    finish_reason: str | None
+    token_ids: list[int]
+    logprobs: _ChatLogprobs | None = None
+
+
+class _ChatResponse(_Shape):
+    model: str
+    choices: list[_ChatChoice] = Field(min_length=1, max_length=1)
+    prompt_token_ids: list[int] | None = None
+
+
 # --- typed results -----------------------------------------------------------------------------
 
 
@@ -122,6 +154,17 @@ class Completion:
 def _show_body(response: httpx.Response) -> str:
     text = response.text.strip().replace("\n", " ")
     return text if len(text) <= _BODY_SHOWN else text[:_BODY_SHOWN] + "..."
+
+
+def _engine_message(response: httpx.Response) -> str:
+    """The server's own words for a refusal: vLLM's ``error.message``, else the body."""
+    try:
+        data = response.json()
+    except ValueError:
+        return _show_body(response)
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else _show_body(response)
 
 
 def _validation_lines(exc: ValidationError) -> list[str]:
@@ -225,9 +268,11 @@ class VllmServer:
                 failure, cause = f"HTTP {response.status_code}: {_show_body(response)}", None
                 continue
             if response.status_code >= 400:
-                raise ServerError(
+                raise RequestRefused(
                     f"{method} {url} was refused: HTTP {response.status_code}",
                     details=[_show_body(response)] if response.text.strip() else [],
+                    status=response.status_code,
+                    engine_message=_engine_message(response),
                 )
             return response
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
@@ -282,7 +327,12 @@ class VllmServer:
         model: str | None = None,
     ) -> Completion:
         """One greedy completion (``temperature: 0``) with token ids and, when asked, logprobs."""
-        body = completion_body(prompt, max_tokens, seed, logprobs, model=model or self.model)
+        return self._completion(
+            completion_body(prompt, max_tokens, seed, logprobs, model=model or self.model)
+        )
+
+    def _completion(self, body: Mapping[str, Any]) -> Completion:
+        logprobs = body.get("logprobs")
         response = self._send("POST", "/v1/completions", body=body)
         parsed, data = self._parse(response, _CompletionResponse)
         choice = parsed.choices[0]
@@ -305,6 +355,46 @@ class VllmServer:
             prompt_token_ids=tuple(prompt_ids),
             token_ids=tuple(choice.token_ids),
             text=choice.text,
+            finish_reason=choice.finish_reason,
+            logprobs=token_logprobs,
+            response=data,
+        )
+
+    def generate(self, path: str, body: Mapping[str, Any]) -> Completion:
+        """Send a request body built elsewhere (:mod:`detserve.requests`) to ``/v1/completions``
+        or ``/v1/chat/completions`` and read either answer the same way."""
+        if path == "/v1/completions":
+            return self._completion(body)
+        if path != "/v1/chat/completions":
+            raise ValueError(f"not a generation endpoint: {path}")
+        where = f"POST {self.base_url}{path}"
+        parsed, data = self._parse(self._send("POST", path, body=body), _ChatResponse)
+        choice = parsed.choices[0]
+        if parsed.prompt_token_ids is None:
+            raise ServerError(
+                f"unexpected response from {where}: no prompt_token_ids",
+                hint="the server must support 'return_token_ids' (vLLM >= 0.10.2)",
+            )
+        token_logprobs = None
+        if body.get("logprobs"):
+            content = choice.logprobs.content if choice.logprobs is not None else None
+            if content is None or len(content) != len(choice.token_ids):
+                raise ServerError(
+                    f"unexpected response from {where}: logprobs do not line up with the tokens"
+                )
+            token_logprobs = tuple(
+                TokenLogprob(
+                    token=item.token,
+                    logprob=item.logprob,
+                    top=tuple((top.token, top.logprob) for top in item.top_logprobs),
+                )
+                for item in content
+            )
+        return Completion(
+            model=parsed.model,
+            prompt_token_ids=tuple(parsed.prompt_token_ids),
+            token_ids=tuple(choice.token_ids),
+            text=choice.message.content or "",
             finish_reason=choice.finish_reason,
             logprobs=token_logprobs,
             response=data,
