@@ -19,6 +19,7 @@ from typing import Any
 
 from detserve.profile import LoadedProfile
 from detserve.runlog import DevicePins, RunPins
+from detserve.runlog.models import EnginePins
 from detserve.runtime.container_spec import container_environment, engine_args
 
 
@@ -36,21 +37,28 @@ class ProfilePins:
     device: DevicePins
     served_model_name: str
 
+    def engine_pins(self, *, vllm_version: str) -> EnginePins:
+        """What fixes the server (a gateway transcript's pins): these and the server's version."""
+        return EnginePins(**self._fields(), vllm_version=vllm_version)
+
     def run_pins(self, *, prompt_bundle_sha256: str, vllm_version: str) -> RunPins:
         """The run log's pins: these, the prompt bundle's hash and the server's version."""
         return RunPins(
-            model_id=self.model_id,
-            model_revision=self.model_revision,
-            manifest_sha256=self.manifest_sha256,
-            image=self.image,
-            engine_args=self.engine_args,
-            entrypoint=self.entrypoint,
-            environment=dict(self.environment),
-            device=self.device,
-            served_model_name=self.served_model_name,
-            prompt_bundle_sha256=prompt_bundle_sha256,
-            vllm_version=vllm_version,
+            **self._fields(), prompt_bundle_sha256=prompt_bundle_sha256, vllm_version=vllm_version
         )
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "model_revision": self.model_revision,
+            "manifest_sha256": self.manifest_sha256,
+            "image": self.image,
+            "engine_args": self.engine_args,
+            "entrypoint": self.entrypoint,
+            "environment": dict(self.environment),
+            "device": self.device,
+            "served_model_name": self.served_model_name,
+        }
 
 
 def profile_pins(loaded: LoadedProfile, *, manifest_sha256: str) -> ProfilePins:

@@ -68,18 +68,7 @@ def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verifi
     with VllmServer(base_url, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         version = server.version()
-    engine_pins = EnginePins(
-        model_id=pins.model_id,
-        model_revision=pins.model_revision,
-        manifest_sha256=pins.manifest_sha256,
-        image=pins.image,
-        engine_args=pins.engine_args,
-        entrypoint=pins.entrypoint,
-        environment=dict(pins.environment),
-        device=pins.device,
-        served_model_name=pins.served_model_name,
-        vllm_version=version,
-    )
+    engine_pins = pins.engine_pins(vllm_version=version)
     return Verified(
         loaded=loaded,
         pins=engine_pins,
