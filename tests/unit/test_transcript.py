@@ -119,6 +119,16 @@ def test_a_partial_last_line_is_refused(tmp_path: Path) -> None:
         validate_transcript(path, allow_cut=True)
 
 
+def test_an_over_long_line_is_refused_without_parsing_it(tmp_path: Path) -> None:
+    from detserve.runlog.models import MAX_LINE_BYTES
+
+    path = written(tmp_path / "t.transcript.jsonl", 1, close=False)
+    with path.open("ab") as handle:
+        handle.write(b"x" * (MAX_LINE_BYTES + 1) + b"\n")
+    with pytest.raises(RunLogError, match=f"line 3: longer than {MAX_LINE_BYTES} bytes$"):
+        validate_transcript(path, allow_cut=True)
+
+
 def test_a_changed_line_is_refused_by_the_footer(tmp_path: Path) -> None:
     path = written(tmp_path / "t.transcript.jsonl", 2)
     data = path.read_bytes().replace(b'"text":" a b c d"', b'"text":" a b c e"', 1)
