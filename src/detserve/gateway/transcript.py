@@ -40,6 +40,10 @@ class Provenance:
     segment: int
     index: int
     incomplete: str | None
+    #: the request's constraint kind, or None
+    constraint: str | None
+    #: the output checked against it (:mod:`~detserve.gateway.output_check`), or None
+    constraint_check: str | None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -52,15 +56,39 @@ class Provenance:
             "index": self.index,
             "complete": self.incomplete is None,
             "incomplete": self.incomplete,
+            "constraint": self.constraint,
+            "constraint_check": self.constraint_check,
         }
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "X-Detserve-Id": self.id,
             "X-Detserve-Pins-Sha256": self.pins_sha256,
             "X-Detserve-Request-Sha256": self.request_sha256,
             "X-Detserve-Output-Sha256": self.output_sha256,
         }
+        if self.constraint_check is not None:
+            headers["X-Detserve-Constraint-Check"] = self.constraint_check
+        return headers
+
+
+def provenance_of(
+    exchange: TranscriptExchange, path: Path, segment: int, pins_sha256: str
+) -> Provenance:
+    """An exchange's provenance, computed from its line alone (and where the line is)."""
+    constraint = exchange.request.constraint
+    return Provenance(
+        id=exchange.id,
+        pins_sha256=pins_sha256,
+        request_sha256=request_sha256(exchange.request),
+        output_sha256=output_sha256(exchange.output_token_ids, exchange.text),
+        transcript=path,
+        segment=segment,
+        index=exchange.index,
+        incomplete=exchange.incomplete,
+        constraint=None if constraint is None else next(iter(constraint)),
+        constraint_check=exchange.constraint_check,
+    )
 
 
 def new_exchange_id() -> str:
@@ -114,15 +142,8 @@ class Transcript:
             exchange: TranscriptExchange = writer.append(
                 {**fields, "id": exchange_id, "request": request.model_dump(mode="json")}
             )
-            provenance = Provenance(
-                id=exchange_id,
-                pins_sha256=self.pins_sha256,
-                request_sha256=request_sha256(exchange.request),
-                output_sha256=output_sha256(exchange.output_token_ids, exchange.text),
-                transcript=writer.path,
-                segment=writer.header.segment,
-                index=exchange.index,
-                incomplete=exchange.incomplete,
+            provenance = provenance_of(
+                exchange, writer.path, writer.header.segment, self.pins_sha256
             )
             self._index[exchange_id] = provenance
             if self.rotate_exchanges is not None and writer.n_exchanges >= self.rotate_exchanges:

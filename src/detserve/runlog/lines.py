@@ -102,10 +102,11 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
                 f"version {FORMAT_VERSION} only",
                 hint=(
                     f"version {FORMAT_VERSION} lines are RFC 8785 (JCS), the header holds no "
-                    "sampling.concurrency (the sidecar has it) and samples record their request "
-                    "kind and constraint; re-sample with this detserve, or read the log with the "
-                    "detserve that wrote it (version 2: before certified concurrency and request "
-                    "kinds)"
+                    "sampling.concurrency (the sidecar has it), samples record their request "
+                    "kind and constraint, and a transcript's exchanges record the check of their "
+                    "output against their constraint; re-sample with this detserve, or read the "
+                    "log with the detserve that wrote it (version 3: before the constraint "
+                    "check; version 2: before certified concurrency and request kinds)"
                 ),
             )
     details = []

@@ -83,6 +83,19 @@ class TranscriptSequence:
             raise RunLogError(
                 f"{where}: an exchange has a finish_reason exactly when it is not incomplete"
             )
+        check = exchange.constraint_check
+        if (check is None) != (exchange.request.constraint is None):
+            raise RunLogError(
+                f"{where}: an exchange has a constraint_check exactly when its request has a "
+                "constraint"
+            )
+        cut = exchange.incomplete is not None or exchange.finish_reason == "length"
+        if (check == "cut" and not cut) or (check == "violated" and cut):
+            raise RunLogError(
+                f"{where}: constraint_check {check!r} with finish_reason "
+                f"{exchange.finish_reason!r} and incomplete {exchange.incomplete!r}: an output "
+                "is cut exactly when its generation was (max_tokens, or a stream that ended)"
+            )
         self._exchanges_sha256.update(line)
         self.next_index += 1
 
