@@ -61,7 +61,12 @@ from detserve.gateway.admission import (
     upstream_body,
     upstream_path,
 )
-from detserve.gateway.transcript import Provenance, Transcript, new_exchange_id
+from detserve.gateway.transcript import (
+    EarlierExchanges,
+    Provenance,
+    Transcript,
+    new_exchange_id,
+)
 from detserve.gateway.upstream import Output, Violation, engine_refusal, error_event, error_response
 from detserve.gateway.verification import HealthMonitor, Verified
 from detserve.runlog.models import ExchangeRequest, TranscriptHeader
@@ -104,6 +109,7 @@ class Gateway:
         settings: GatewaySettings,
         *,
         transcript_id: str | None = None,
+        earlier: EarlierExchanges | None = None,
     ) -> None:
         self.verified = verified
         self.settings = settings
@@ -132,6 +138,7 @@ class Gateway:
             header,
             pins_sha256=verified.pins_sha256,
             rotate_exchanges=settings.rotate_exchanges,
+            earlier=earlier,
         )
         self.refused_busy = 0
         self._pending = 0
@@ -269,7 +276,7 @@ class Gateway:
         exchange_id = request.path_params["exchange_id"]
         provenance = self.transcript.provenance(exchange_id)
         if provenance is None:
-            return error_response(404, f"no exchange {exchange_id!r} in this gateway's transcript")
+            return error_response(404, f"no exchange {exchange_id!r} in this gateway's transcripts")
         return JSONResponse(provenance.as_json())
 
     async def _completions(self, request: Request) -> Response:
