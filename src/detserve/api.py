@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from detserve.prompts import BundleInfo, PromptBundle
     from detserve.replay_plan import ReplayPlan
     from detserve.runlog import RunLogSummary
+    from detserve.runlog.series import TranscriptSeries
+    from detserve.runlog.transcript import TranscriptSummary
     from detserve.runtime.engine import ContainerEngine
     from detserve.runtime.lifecycle import (
         RunResult,
@@ -672,6 +674,26 @@ def show_run_log(path: Path | str) -> RunLogSummary:
     return validate_run_log(Path(path))
 
 
+def show_transcript(path: Path | str, *, allow_cut: bool = False) -> TranscriptSummary:
+    """Validate one gateway transcript segment completely (schema, canonical form, order,
+    footer) and summarise it; a cut segment (no footer) raises unless ``allow_cut``."""
+    from detserve.runlog.transcript import validate_transcript
+
+    return validate_transcript(Path(path), allow_cut=allow_cut)
+
+
+def validate_transcripts(
+    directory: Path | str, *, allow_cut: bool = False
+) -> list[TranscriptSeries]:
+    """Validate every transcript segment of ``directory`` and the hash chain of each gateway
+    run's series; raise :class:`~detserve.errors.ChainBroken` (exit 1) naming a segment missing,
+    reordered, renamed or substituted, and :class:`~detserve.errors.RunLogError` (exit 2) for a
+    segment that does not validate. A cut last segment raises unless ``allow_cut``."""
+    from detserve.runlog.series import validate_transcript_dir
+
+    return validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+
+
 def evaluate(
     run_a: Path | str,
     run_b: Path | str,
@@ -927,9 +949,15 @@ def build_gateway(
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
     return the gateway's ASGI application object (``gateway.app``), its transcript opened.
 
+    The segments already in ``transcript_dir`` (earlier gateway runs) are read and checked
+    completely first, and their exchanges indexed, so that their provenance ids resolve: a
+    segment that does not validate raises :class:`~detserve.errors.RunLogError` (exit 2), a
+    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment.
+
     Above one request in flight only with a ``certificate`` covering these pins and that level.
     """
     from detserve.gateway.app import Gateway, GatewaySettings
+    from detserve.gateway.transcript import index_earlier
     from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
 
     if concurrency < 1 or queue_size < 0:
@@ -946,6 +974,8 @@ def build_gateway(
         raise UsageError("--rotate-exchanges must be at least 1")
     loaded = load_profile(config)
     loaded.require_pins()
+    # the earlier runs' segments are input: checked before anything is verified or served
+    earlier = index_earlier(Path(transcript_dir))
     engine = _engine(engine)
     verified = verify_for_serving(loaded, engine)
     if certificate is not None:
@@ -959,7 +989,7 @@ def build_gateway(
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
     )
-    return Gateway(verified, engine, settings)
+    return Gateway(verified, engine, settings, earlier=earlier)
 
 
 @dataclass(frozen=True)
@@ -1382,10 +1412,12 @@ __all__ = [
     "sample",
     "serve",
     "show_run_log",
+    "show_transcript",
     "smoke",
     "start",
     "status",
     "stop",
+    "validate_transcripts",
     "verify",
     "wait",
     "write_json_report",

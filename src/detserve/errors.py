@@ -130,6 +130,13 @@ class ConstraintViolated(VerificationError):
     kind = "constraint-violated"
 
 
+class ChainBroken(VerificationError):
+    """The segments of a gateway transcript do not form the hash chain the gateway wrote: one is
+    missing, reordered, renamed or substituted."""
+
+    kind = "chain-broken"
+
+
 class Divergence(VerificationError):
     """Two runs that should be identical are not."""
 

@@ -49,6 +49,9 @@ class StreamingFakeVllm:
     drop_after: int | None = None
     #: seconds before a whole answer
     delay_s: float = 0.0
+    #: the pieces of text (one a token) the engine answers, ending with "stop" when they fit in
+    #: max_tokens; None: pieces derived from the prompt, always cut by max_tokens ("length")
+    pieces: list[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _prompt(self, path: str, body: dict[str, Any]) -> str:
@@ -67,11 +70,17 @@ class StreamingFakeVllm:
             self.requests.append((path, body))
         prompt = self._prompt(path, body)
         prompt_ids = tokens_of("prompt:" + prompt, 1 + len(prompt) % 7)
-        tokens = tokens_of(prompt, body["max_tokens"])
-        pieces = [f" t{token}" for token in tokens]
+        if self.pieces is None:
+            tokens = tokens_of(prompt, body["max_tokens"])
+            pieces = [f" t{token}" for token in tokens]
+            finish = "length"
+        else:
+            pieces = self.pieces[: body["max_tokens"]]
+            tokens = tokens_of(prompt, len(pieces))
+            finish = "stop" if len(self.pieces) <= body["max_tokens"] else "length"
         chat = path == "/v1/chat/completions"
         if not body.get("stream"):
-            choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "token_ids": tokens}
+            choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "token_ids": tokens}
             if chat:
                 choice["message"] = {"role": "assistant", "content": "".join(pieces)}
                 document = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1}
@@ -84,7 +93,7 @@ class StreamingFakeVllm:
         events = []
         for number, (token, piece) in enumerate(zip(tokens, pieces, strict=True)):
             last = number == len(tokens) - 1
-            choice = {"index": 0, "token_ids": [token], "finish_reason": "length" if last else None}
+            choice = {"index": 0, "token_ids": [token], "finish_reason": finish if last else None}
             chunk: dict[str, Any] = {"id": "c-1", "created": 1, "model": body["model"]}
             if chat:
                 choice["delta"] = {"content": piece} | ({"role": "assistant"} if not number else {})

@@ -195,7 +195,8 @@ def post(rig: GatewayRig, path: str, **kwargs: Any) -> httpx.Response:
         ({"frobnicate": True}, "frobnicate"),
         ({"model": "other"}, "model"),
         ({"prompt": ["a", "b"]}, "prompt"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"structured_outputs": {"json_object": False}}, "constraint"),
         ({"max_tokens": 100000}, "max_tokens"),
     ],
 )

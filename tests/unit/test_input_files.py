@@ -133,6 +133,11 @@ def _verify_claim(
     ]  # fmt: skip
 
 
+def _mkdir(directory: Path) -> Path:
+    directory.mkdir(exist_ok=True)
+    return directory
+
+
 def _replay(w: World, config: Path, pin: Path, claim: Path) -> list[str | Path]:
     return [
         "replay", "--claim", claim, "--config", config, "--bundle", BUNDLE_DIR,
@@ -280,6 +285,14 @@ INPUTS: list[tuple[str, Args, int]] = [
         "prompts bootstrap --dataset-file",
         lambda w: (_bootstrap(w, w.ws.config, w.bad), w.bad),
         fileio.MAX_DATASET_BYTES,
+    ),
+    (
+        "serve --transcript-dir (a segment of an earlier run in it)",
+        lambda w: (
+            ["serve", "--config", w.ws.config, "--transcript-dir", w.tmp / "gateway"],
+            _mkdir(w.tmp / "gateway") / f"{'d' * 32}.000000.transcript.jsonl",
+        ),
+        fileio.MAX_RUN_LOG_BYTES,
     ),
     (
         "start --secrets-file",

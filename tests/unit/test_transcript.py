@@ -46,6 +46,7 @@ HEADER = TranscriptHeader(
 
 def exchange(number: int, **changes: Any) -> dict[str, Any]:
     return {
+        "constraint_check": None,
         "id": f"{number:032x}",
         "request": {
             "constraint": None,
@@ -117,6 +118,34 @@ def test_a_partial_last_line_is_refused(tmp_path: Path) -> None:
         handle.write(b'{"finish_reason":"len')
     with pytest.raises(RunLogError, match="truncated: the last line has no newline"):
         validate_transcript(path, allow_cut=True)
+
+
+def test_an_over_long_line_is_refused_without_parsing_it(tmp_path: Path) -> None:
+    from detserve.runlog.models import MAX_LINE_BYTES
+
+    path = written(tmp_path / "t.transcript.jsonl", 1, close=False)
+    with path.open("ab") as handle:
+        handle.write(b"x" * (MAX_LINE_BYTES + 1) + b"\n")
+    with pytest.raises(RunLogError, match=f"line 3: longer than {MAX_LINE_BYTES} bytes$"):
+        validate_transcript(path, allow_cut=True)
+
+
+def test_a_version_3_transcript_is_refused_by_name(tmp_path: Path) -> None:
+    # Version 3 exchanges had no constraint_check; its header is refused before them.
+    import json
+
+    from detserve.canonical import canonical_bytes
+
+    path = written(tmp_path / "t.transcript.jsonl", 1)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[0] = canonical_bytes(json.loads(lines[0]) | {"format_version": 3})
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(
+        RunLogError, match="line 1: run-log format version 3; this detserve reads version 4 only"
+    ) as raised:
+        validate_transcript(path)
+    assert raised.value.hint is not None
+    assert "constraint" in raised.value.hint
 
 
 def test_a_changed_line_is_refused_by_the_footer(tmp_path: Path) -> None:

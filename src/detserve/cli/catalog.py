@@ -61,5 +61,8 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("fleet", "Replay one claim on several Docker engines at once, and print the agreement table."),
     ("config", "Validate profiles and print their JSON Schema."),
     ("prompts", "Build and verify pinned prompt bundles."),
-    ("runlog", "Read a run log: what it claims, and whether it is a valid one."),
+    (
+        "runlog",
+        "Read a run log or gateway transcript: what it claims, and whether it is a valid one.",
+    ),
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from itertools import zip_longest
 from pathlib import Path
+from typing import Final
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import UsageError
@@ -34,6 +35,14 @@ from detserve.runlog import LineParser, RunLogSample
 from detserve.runlog.models import TranscriptExchange
 from detserve.runlog.transcript import TranscriptReader, is_transcript, request_sha256
 
+_SATISFIED: Final[dict[str | None, bool | None]] = {
+    None: None,
+    "not_checked": None,
+    "satisfied": True,
+    "violated": False,
+    "cut": False,
+}
+
 
 def as_sample(exchange: TranscriptExchange) -> RunLogSample:
     """An exchange in a sample's terms, for the sample comparison: its id as the prompt id, its
@@ -44,9 +53,8 @@ def as_sample(exchange: TranscriptExchange) -> RunLogSample:
     digest = request_sha256(request)
     return RunLogSample(
         constraint=kind,  # type: ignore[arg-type]
-        # The gateway records the constraint but does not check the output against it (yet):
-        # satisfied is unknown, for both sides alike.
-        constraint_satisfied=None,
+        # what the gateway found: a violation or a cut is unsatisfied; unchecked is unknown
+        constraint_satisfied=_SATISFIED[exchange.constraint_check],
         constraint_sha256=(
             hashlib.sha256(canonical_bytes(constraint)).hexdigest() if constraint else None
         ),

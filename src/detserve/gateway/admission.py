@@ -11,8 +11,10 @@ in OpenAI's error shape naming the field):
   ``max_completion_tokens``) defaults to the profile's ``sampling.max_tokens``;
 * ``stop`` is a string or a list of strings;
 * constraints pass through and are recorded: ``response_format`` ``{"type": "json_schema",
-  "json_schema": {"schema": ...}}`` and vLLM's ``structured_outputs`` (``json``, ``regex``,
-  ``choice``, ``grammar``: one of them) become the canonical ``constraint``;
+  "json_schema": {"schema": ...}}`` or ``{"type": "json_object"}`` and vLLM's
+  ``structured_outputs`` (``json``, ``regex``, ``choice``, ``grammar``, ``json_object``: one of
+  them) become the canonical ``constraint``; the output is checked against it once the engine
+  answered (:mod:`~detserve.gateway.output_check`);
 * refused by name with the reason: any chat-template override (``chat_template``,
   ``chat_template_kwargs``, ``add_generation_prompt``, ...), sampling options that change or
   randomise the tokens (``top_p``, ``top_k``, penalties, ``logit_bias``, ...), and options not
@@ -88,23 +90,29 @@ _ALLOWED: Final = {
     "chat": _COMMON | {"messages", "max_completion_tokens"},
 }
 _STRUCTURED: Final = {"json": "json_schema", "regex": "regex", "choice": "choice"} | {
-    "grammar": "grammar"
+    "grammar": "grammar",
+    "json_object": "json_object",
 }
 
 
 class Refused(Exception):
     """A request the gateway does not answer: an HTTP status, the field, and why."""
 
-    def __init__(self, param: str | None, message: str, *, status: int = 400) -> None:
+    def __init__(
+        self, param: str | None, message: str, *, status: int = 400, code: str | None = None
+    ) -> None:
         super().__init__(message)
         self.param = param
         self.message = message
         self.status = status
+        self.code = code
 
     def body(self) -> dict[str, Any]:
         """OpenAI's error shape."""
         kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": None}}
+        return {
+            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        }
 
 
 @dataclass(frozen=True)
@@ -154,10 +162,7 @@ def _constraint(body: Mapping[str, Any]) -> dict[str, Any] | None:
                 )
             found.append(("response_format", {"json_schema": schema}))
         elif kind == "json_object":
-            raise Refused(
-                "response_format",
-                "response_format json_object is not a pinned constraint; give a json_schema",
-            )
+            found.append(("response_format", {"json_object": True}))
         elif kind != "text":
             raise Refused("response_format", f"response_format type {kind!r} is not supported")
     structured = body.get("structured_outputs")
@@ -170,7 +175,8 @@ def _constraint(body: Mapping[str, Any]) -> dict[str, Any] | None:
         if len(given) != 1 or given[0] not in _STRUCTURED:
             raise Refused(
                 "structured_outputs",
-                "structured_outputs must hold exactly one of json, regex, choice, grammar",
+                "structured_outputs must hold exactly one of json, regex, choice, grammar, "
+                "json_object",
             )
         found.append(("structured_outputs", {_STRUCTURED[given[0]]: structured[given[0]]}))
     if len(found) > 1:

@@ -17,6 +17,8 @@ Invariants:
   ``[DONE]``) after its line is synced; a line that cannot be written fails the request (500)
   and the gateway refuses from then on. A stream that ends early (the client went away, the
   engine failed) is recorded as incomplete with what was streamed, never left out;
+* an output violating its constraint is recorded and withheld (502, or a stream's error event;
+  :mod:`~detserve.gateway.output_check`): a constrained stream's chunks wait for the check;
 * requests reach the engine ``concurrency`` at a time (1 unless a certificate covers more);
   up to ``queue_size`` more wait, and beyond that a request is refused with 429 and
   ``Retry-After``;
@@ -59,8 +61,13 @@ from detserve.gateway.admission import (
     upstream_body,
     upstream_path,
 )
-from detserve.gateway.transcript import Provenance, Transcript, new_exchange_id
-from detserve.gateway.upstream import Output, engine_refusal, error_event, error_response
+from detserve.gateway.transcript import (
+    EarlierExchanges,
+    Provenance,
+    Transcript,
+    new_exchange_id,
+)
+from detserve.gateway.upstream import Output, Violation, engine_refusal, error_event, error_response
 from detserve.gateway.verification import HealthMonitor, Verified
 from detserve.runlog.models import ExchangeRequest, TranscriptHeader
 from detserve.runlog.transcript import request_sha256
@@ -102,6 +109,7 @@ class Gateway:
         settings: GatewaySettings,
         *,
         transcript_id: str | None = None,
+        earlier: EarlierExchanges | None = None,
     ) -> None:
         self.verified = verified
         self.settings = settings
@@ -130,6 +138,7 @@ class Gateway:
             header,
             pins_sha256=verified.pins_sha256,
             rotate_exchanges=settings.rotate_exchanges,
+            earlier=earlier,
         )
         self.refused_busy = 0
         self._pending = 0
@@ -267,7 +276,7 @@ class Gateway:
         exchange_id = request.path_params["exchange_id"]
         provenance = self.transcript.provenance(exchange_id)
         if provenance is None:
-            return error_response(404, f"no exchange {exchange_id!r} in this gateway's transcript")
+            return error_response(404, f"no exchange {exchange_id!r} in this gateway's transcripts")
         return JSONResponse(provenance.as_json())
 
     async def _completions(self, request: Request) -> Response:
@@ -334,7 +343,7 @@ class Gateway:
         output: Output,
         incomplete: str | None = None,
     ) -> Provenance:
-        return self.transcript.record(exchange_id, request, output.fields(incomplete))
+        return self.transcript.record(exchange_id, request, output.fields(request, incomplete))
 
     async def _answer(self, admitted: Admitted) -> Response:
         assert self._client is not None
@@ -356,6 +365,8 @@ class Gateway:
             provenance = self._record(new_exchange_id(), admitted.request, output)
         except DetserveError:
             return error_response(500, _NOT_RECORDED)
+        if provenance.constraint_check == "violated":
+            return Violation(provenance).response()
         data["detserve"] = provenance.as_json()
         return JSONResponse(data, headers=provenance.headers())
 
@@ -394,6 +405,7 @@ class Gateway:
         output = Output(request.kind)
         held: Any = None
         recorded = False
+        waiting: list[str] | None = [] if request.constraint is not None else None  # the check
 
         def record(incomplete: str | None) -> Provenance | None:
             nonlocal recorded
@@ -414,6 +426,8 @@ class Gateway:
                     output.add_chunk(chunk)
                     if output.finish_reason is not None:
                         held = chunk  # the final chunk waits for the record
+                    elif waiting is not None:
+                        waiting.append(payload)
                     else:
                         yield ServerSentEvent(data=payload)
                 if held is None:
@@ -435,6 +449,11 @@ class Gateway:
                 yield error_event(_NOT_RECORDED)
                 return
             assert provenance is not None
+            if provenance.constraint_check == "violated":
+                yield Violation(provenance).event()
+                return
+            for payload in waiting or ():
+                yield ServerSentEvent(data=payload)
             held["detserve"] = provenance.as_json()
             yield ServerSentEvent(data=json.dumps(held, ensure_ascii=False))
             yield ServerSentEvent(data="[DONE]")

@@ -135,7 +135,7 @@ def replay_transcript(
             for exchange in read_exchanges(plan.claim):
                 answer = _replayed(client, exchange, model, verified.seed)
                 writer.append(
-                    answer.fields(exchange.incomplete)
+                    answer.fields(exchange.request, exchange.incomplete)
                     | {"id": exchange.id, "request": exchange.request.model_dump(mode="json")}
                 )
                 watch.check()

@@ -6,12 +6,17 @@ previous segment's sha256, so the chain can be checked. A segment is rotated aft
 ``rotate_exchanges`` exchanges (never, by default) and closed when the gateway stops.
 
 Every exchange's provenance (its id, the pins' digest, the request's and the output's sha256,
-where it is recorded) is kept in memory, so that ``GET /v1/provenance/{id}`` answers for every
-exchange of this gateway run; a record is added only once its line is on disk.
+its constraint check, where it is recorded) is kept in memory, so that ``GET /v1/provenance/{id}``
+answers for every exchange of this gateway run, and of the earlier runs whose segments are in the
+directory: those are read and checked completely when the gateway starts (:func:`index_earlier`;
+fail closed: a segment that does not validate, or a broken chain, and the gateway does not
+start). A record is added only once its line is on disk. Start-up cost: docs/performance.md,
+"The gateway's provenance index".
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from collections.abc import Mapping
@@ -19,9 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from detserve.runlog.models import ExchangeRequest, TranscriptExchange, TranscriptHeader
+from detserve.canonical import canonical_bytes
+from detserve.errors import RunLogError
+from detserve.runlog.models import (
+    EnginePins,
+    ExchangeRequest,
+    TranscriptExchange,
+    TranscriptHeader,
+)
+from detserve.runlog.series import TranscriptSeries, segment_name, validate_transcript_dir
 from detserve.runlog.transcript import (
-    SUFFIX,
     TranscriptWriter,
     output_sha256,
     request_sha256,
@@ -40,6 +52,10 @@ class Provenance:
     segment: int
     index: int
     incomplete: str | None
+    #: the request's constraint kind, or None
+    constraint: str | None
+    #: the output checked against it (:mod:`~detserve.gateway.output_check`), or None
+    constraint_check: str | None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -52,19 +68,87 @@ class Provenance:
             "index": self.index,
             "complete": self.incomplete is None,
             "incomplete": self.incomplete,
+            "constraint": self.constraint,
+            "constraint_check": self.constraint_check,
         }
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "X-Detserve-Id": self.id,
             "X-Detserve-Pins-Sha256": self.pins_sha256,
             "X-Detserve-Request-Sha256": self.request_sha256,
             "X-Detserve-Output-Sha256": self.output_sha256,
         }
+        if self.constraint_check is not None:
+            headers["X-Detserve-Constraint-Check"] = self.constraint_check
+        return headers
+
+
+def provenance_of(
+    exchange: TranscriptExchange, path: Path, segment: int, pins_sha256: str
+) -> Provenance:
+    """An exchange's provenance, computed from its line alone (and where the line is)."""
+    constraint = exchange.request.constraint
+    return Provenance(
+        id=exchange.id,
+        pins_sha256=pins_sha256,
+        request_sha256=request_sha256(exchange.request),
+        output_sha256=output_sha256(exchange.output_token_ids, exchange.text),
+        transcript=path,
+        segment=segment,
+        index=exchange.index,
+        incomplete=exchange.incomplete,
+        constraint=None if constraint is None else next(iter(constraint)),
+        constraint_check=exchange.constraint_check,
+    )
 
 
 def new_exchange_id() -> str:
     return uuid.uuid4().hex
+
+
+def pins_sha256_of(pins: EnginePins, seed: int) -> str:
+    """The pins' digest an answer names: sha256 of ``{"pins": ..., "seed": ...}`` in canonical
+    JSON."""
+    document = {"pins": pins.model_dump(mode="json"), "seed": seed}
+    return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
+
+
+@dataclass(frozen=True)
+class EarlierExchanges:
+    """The exchanges of earlier gateway runs in a transcript directory, by provenance id."""
+
+    index: Mapping[str, Provenance]
+    series: tuple[TranscriptSeries, ...]
+
+
+def index_earlier(directory: Path) -> EarlierExchanges:
+    """Read and check every segment already in ``directory`` (each line, each footer, the chain
+    of every series: :func:`~detserve.runlog.series.validate_transcript_dir`) and index their
+    exchanges. Fail closed: any segment that does not validate raises
+    :class:`~detserve.errors.RunLogError` (exit 2) and a broken chain
+    :class:`~detserve.errors.ChainBroken` (exit 1), naming it, and nothing is served; only a
+    series' last segment may be cut (a gateway that crashed), and is indexed up to its cut.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return EarlierExchanges({}, ())
+    index: dict[str, Provenance] = {}
+    digests: dict[Path, str] = {}
+
+    def add(path: Path, header: TranscriptHeader, exchange: TranscriptExchange) -> None:
+        seen = index.get(exchange.id)
+        if seen is not None:
+            raise RunLogError(
+                f"{path}: exchange {exchange.index} has the id {exchange.id} of exchange "
+                f"{seen.index} of {seen.transcript}: an id names one exchange"
+            )
+        if path not in digests:
+            digests[path] = pins_sha256_of(header.pins, header.seed)
+        index[exchange.id] = provenance_of(exchange, path, header.segment, digests[path])
+
+    series = validate_transcript_dir(directory, allow_cut=True, on_exchange=add)
+    return EarlierExchanges(index, tuple(series))
 
 
 class Transcript:
@@ -77,20 +161,24 @@ class Transcript:
         *,
         pins_sha256: str,
         rotate_exchanges: int | None = None,
+        earlier: EarlierExchanges | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.pins_sha256 = pins_sha256
         self.rotate_exchanges = rotate_exchanges
         self._template = header
         self._lock = threading.Lock()
-        self._index: dict[str, Provenance] = {}
+        if earlier is None:
+            earlier = index_earlier(self.directory)
+        #: what the directory held when this run started (its series, validated)
+        self.earlier = earlier
+        self._index: dict[str, Provenance] = dict(earlier.index)
         self.closed_segments: list[tuple[Path, str]] = []
         self._writer = self._open(0, None)
 
     def _open(self, segment: int, previous: str | None) -> TranscriptWriter:
         header = self._template.model_copy(update={"segment": segment, "previous_sha256": previous})
-        name = f"{header.transcript_id}.{segment:06d}{SUFFIX}"
-        return TranscriptWriter(self.directory / name, header)
+        return TranscriptWriter(self.directory / segment_name(header), header)
 
     @property
     def path(self) -> Path:
@@ -114,15 +202,8 @@ class Transcript:
             exchange: TranscriptExchange = writer.append(
                 {**fields, "id": exchange_id, "request": request.model_dump(mode="json")}
             )
-            provenance = Provenance(
-                id=exchange_id,
-                pins_sha256=self.pins_sha256,
-                request_sha256=request_sha256(exchange.request),
-                output_sha256=output_sha256(exchange.output_token_ids, exchange.text),
-                transcript=writer.path,
-                segment=writer.header.segment,
-                index=exchange.index,
-                incomplete=exchange.incomplete,
+            provenance = provenance_of(
+                exchange, writer.path, writer.header.segment, self.pins_sha256
             )
             self._index[exchange_id] = provenance
             if self.rotate_exchanges is not None and writer.n_exchanges >= self.rotate_exchanges:

@@ -3,9 +3,10 @@ error shape.
 
 vLLM with ``return_token_ids`` puts the generated token ids in every choice and the prompt's
 ids in the choice (a completion) or at the top level (a chat), on the first chunk of a stream.
-Anything else is not an answer the gateway can record: :meth:`Output.add_chunk` and
-:meth:`Output.add_answer` raise, and the gateway answers 502 (or ends the stream with an error
-event and records what was streamed as incomplete).
+An output is checked against its request's constraint when its line is made
+(:mod:`~detserve.gateway.output_check`). Anything else is not an answer the gateway can record:
+:meth:`Output.add_chunk` and :meth:`Output.add_answer` raise, and the gateway answers 502 (or
+ends the stream with an error event and records what was streamed as incomplete).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from sse_starlette import ServerSentEvent
 from starlette.responses import JSONResponse
 
 from detserve.gateway.admission import Refused
+from detserve.gateway.output_check import check_output
+from detserve.gateway.transcript import Provenance
+from detserve.runlog.models import ExchangeRequest
 
 
 def error_response(
@@ -63,14 +67,42 @@ class Output:
         self.text = [text or ""]
         self.finish_reason = choice["finish_reason"] or "unknown"
 
-    def fields(self, incomplete: str | None = None) -> dict[str, Any]:
+    def fields(self, request: ExchangeRequest, incomplete: str | None = None) -> dict[str, Any]:
+        """The exchange line's fields for this output, its constraint checked."""
+        finish_reason = None if incomplete is not None else self.finish_reason
+        text = "".join(self.text)
         return {
-            "finish_reason": None if incomplete is not None else self.finish_reason,
+            "constraint_check": check_output(request, text, finish_reason, incomplete),
+            "finish_reason": finish_reason,
             "incomplete": incomplete,
             "output_token_ids": self.token_ids,
             "prompt_token_ids": self.prompt_token_ids,
-            "text": "".join(self.text),
+            "text": text,
         }
+
+
+@dataclass(frozen=True)
+class Violation:
+    """An output that violates its constraint, withheld from the client (502)."""
+
+    provenance: Provenance
+
+    def refusal(self) -> Refused:
+        provenance = self.provenance
+        return Refused(
+            None,
+            f"the engine's output violates the request's {provenance.constraint} constraint: the "
+            "engine did not enforce it, so the output is withheld; it is recorded as exchange "
+            f"{provenance.id} (GET /v1/provenance/{provenance.id})",
+            status=502,
+            code="constraint_violated",
+        )
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.refusal().body(), 502, self.provenance.headers())
+
+    def event(self) -> ServerSentEvent:
+        return ServerSentEvent(data=json.dumps(self.refusal().body()))
 
 
 def error_event(message: str) -> ServerSentEvent:

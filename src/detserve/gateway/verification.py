@@ -19,15 +19,14 @@ concurrency 1) is what checks it.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from detserve.canonical import canonical_bytes
 from detserve.diagnosis.certificate import CertificateMismatch, read_certificate
 from detserve.errors import DetserveError, PinMismatch
+from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.runlog.models import EnginePins
@@ -53,8 +52,7 @@ class Verified:
     @property
     def pins_sha256(self) -> str:
         """The pins' digest: sha256 of ``{"pins": ..., "seed": ...}`` in canonical JSON."""
-        document = {"pins": self.pins.model_dump(mode="json"), "seed": self.seed}
-        return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
+        return pins_sha256_of(self.pins, self.seed)
 
 
 def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verified:

@@ -15,7 +15,8 @@ is a fast path at all, and what it costs: docs/performance.md, "Reading run logs
 from __future__ import annotations
 
 import re
-from typing import Final
+from pathlib import Path
+from typing import IO, Final
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,6 +24,7 @@ from detserve.canonical import canonical_bytes
 from detserve.errors import CanonicalJSONError, RunLogError
 from detserve.runlog.models import (
     FORMAT_VERSION,
+    MAX_LINE_BYTES,
     RECORD_ADAPTER,
     AnyRecord,
     RunLogSample,
@@ -39,6 +41,39 @@ def record_line(record: BaseModel) -> bytes:
     # copy; the header nests models and needs the dump.
     data = record.__dict__ if type(record) is RunLogSample else record.model_dump()
     return canonical_bytes(data)
+
+
+def read_checked_line(
+    handle: IO[bytes],
+    path: Path,
+    line_no: int,
+    *,
+    what: str,
+    too_long: str = "",
+    too_long_hint: str | None = None,
+) -> bytes | None:
+    """The next line of ``handle`` (line ``line_no`` of ``path``), newline included, or None at
+    the end of the file; read in bounded memory whatever its length.
+
+    Raises :class:`~detserve.errors.RunLogError` for a read error (naming the file as ``what``),
+    a line over :data:`~detserve.runlog.models.MAX_LINE_BYTES` (refused without reading it into
+    memory; ``too_long`` is appended to the message, with ``too_long_hint``), and a last line
+    without its newline (a file cut mid-line).
+    """
+    try:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+    except OSError as exc:
+        raise RunLogError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    if not line:
+        return None
+    where = f"{path}: line {line_no}"
+    if len(line) > MAX_LINE_BYTES:
+        raise RunLogError(
+            f"{where}: longer than {MAX_LINE_BYTES} bytes{too_long}", hint=too_long_hint
+        )
+    if not line.endswith(b"\n"):
+        raise RunLogError(f"{where}: truncated: the last line has no newline")
+    return line
 
 
 def _brief(value: object) -> str:
@@ -67,10 +102,11 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
                 f"version {FORMAT_VERSION} only",
                 hint=(
                     f"version {FORMAT_VERSION} lines are RFC 8785 (JCS), the header holds no "
-                    "sampling.concurrency (the sidecar has it) and samples record their request "
-                    "kind and constraint; re-sample with this detserve, or read the log with the "
-                    "detserve that wrote it (version 2: before certified concurrency and request "
-                    "kinds)"
+                    "sampling.concurrency (the sidecar has it), samples record their request "
+                    "kind and constraint, and a transcript's exchanges record the check of their "
+                    "output against their constraint; re-sample with this detserve, or read the "
+                    "log with the detserve that wrote it (version 3: before the constraint "
+                    "check; version 2: before certified concurrency and request kinds)"
                 ),
             )
     details = []

@@ -24,12 +24,14 @@ from detserve.canonical import MAX_EXACT_INTEGER
 from detserve.imageref import DIGEST_REF_PATTERN
 
 FORMAT: Final = "detserve-run-log"
+#: 4: a transcript's exchange records ``constraint_check``, the gateway's check of the output
+#: against the request's constraint, and a request may carry a ``json_object`` constraint.
 #: 3: the header holds no ``sampling.concurrency`` (how many requests were in flight is not an
 #: input of the tokens a certified server generates, so a log sampled at a certified concurrency
 #: is byte-identical to the concurrency-1 log; the concurrency goes to the sidecar), and each
 #: sample records its request kind, constraint and request hash.
 #: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
-FORMAT_VERSION: Final = 3
+FORMAT_VERSION: Final = 4
 
 #: The longest line read, newline included; a longer one is refused before it is parsed. Parsing
 #: takes a multiple of a line's size in memory (docs/performance.md), so this is what bounds the
@@ -160,7 +162,7 @@ class RunLogHeader(_Record):
     format: Literal["detserve-run-log"] = FORMAT
     """File format name."""
 
-    format_version: Literal[3] = FORMAT_VERSION
+    format_version: Literal[4] = FORMAT_VERSION
     """File format version."""
 
     pins: RunPins
@@ -180,8 +182,9 @@ class RunLogSample(_Record):
     pydantic's own serialiser can stand in for it (see :func:`_fast_sample_line`).
     """
 
-    constraint: Literal["json_schema", "regex", "choice", "grammar"] | None
-    """The kind of the request's structured-output constraint; null when unconstrained."""
+    constraint: Literal["json_schema", "regex", "choice", "grammar", "json_object"] | None
+    """The kind of the request's structured-output constraint; null when unconstrained
+    (``json_object`` only for a gateway exchange compared as a sample)."""
 
     constraint_satisfied: bool | None
     """Whether the output satisfies the constraint, as detserve checked it after sampling (a JSON
@@ -253,7 +256,9 @@ _EXCHANGE_ID_PATTERN: Final = r"^[0-9a-f]{32}$"
 ExchangeId = Annotated[str, Field(min_length=32, max_length=32, pattern=_EXCHANGE_ID_PATTERN)]
 StopString = tuple[Annotated[str, Field(min_length=1, max_length=256)], ...]
 #: The constraint kinds a request may carry, by the names of a prompt bundle line's constraint.
-CONSTRAINT_KINDS: Final = ("choice", "grammar", "json_schema", "regex")
+CONSTRAINT_KINDS: Final = ("choice", "grammar", "json_object", "json_schema", "regex")
+#: The gateway's check of an output against its constraint (:mod:`detserve.gateway.output_check`).
+ConstraintCheck = Literal["satisfied", "violated", "cut", "not_checked"]
 
 
 class ChatMessage(_Record):
@@ -276,8 +281,9 @@ class ExchangeRequest(_Record):
     """
 
     constraint: Annotated[dict[str, Any], Field(min_length=1, max_length=1)] | None
-    """One structured-output constraint: ``{"json_schema": {...}}``, ``{"regex": "..."}``,
-    ``{"choice": ["...", ...]}`` or ``{"grammar": "..."}``; null when unconstrained."""
+    """One structured-output constraint: ``{"json_schema": {...}}``, ``{"json_object": true}``,
+    ``{"regex": "..."}``, ``{"choice": ["...", ...]}`` or ``{"grammar": "..."}``; null when
+    unconstrained."""
 
     kind: Literal["completion", "chat"]
     """A completion of ``prompt``, or a chat of ``messages`` rendered by the pinned template."""
@@ -302,6 +308,10 @@ class ExchangeRequest(_Record):
         ((kind, argument),) = value.items()
         if kind not in CONSTRAINT_KINDS:
             raise ValueError(f"a constraint is one of {', '.join(CONSTRAINT_KINDS)}, not {kind!r}")
+        if kind == "json_object":
+            if argument is not True:
+                raise ValueError("a json_object constraint holds true")
+            return value
         expected: type = {"json_schema": dict, "choice": list}.get(kind, str)
         if not isinstance(argument, expected) or not argument:
             raise ValueError(f"a {kind} constraint holds a non-empty {expected.__name__}")
@@ -327,7 +337,7 @@ class TranscriptHeader(_Record):
     format: Literal["detserve-run-log"] = FORMAT
     """File format name."""
 
-    format_version: Literal[3] = FORMAT_VERSION
+    format_version: Literal[4] = FORMAT_VERSION
     """File format version."""
 
     pins: EnginePins
@@ -348,6 +358,12 @@ class TranscriptHeader(_Record):
 
 class TranscriptExchange(_Record):
     """One exchange: a client's canonical request and what the engine answered."""
+
+    constraint_check: ConstraintCheck | None
+    """The output checked against the request's constraint: ``satisfied``, ``violated`` (the
+    client was refused the output), ``cut`` (unsatisfied, but cut by ``max_tokens`` or a stream
+    that ended early) or ``not_checked`` (a constraint detserve cannot check); null when
+    unconstrained. A function of the request and the output, so a faithful replay repeats it."""
 
     finish_reason: (
         Annotated[str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)] | None

@@ -22,9 +22,8 @@ from typing import IO
 
 from detserve.errors import RunLogError
 from detserve.fileio import MAX_RUN_LOG_BYTES, open_input
-from detserve.runlog.lines import LineParser
+from detserve.runlog.lines import LineParser, read_checked_line
 from detserve.runlog.models import (
-    MAX_LINE_BYTES,
     RunLogFooter,
     RunLogHeader,
     RunLogSample,
@@ -126,20 +125,17 @@ class RunLogReader:
 
     def _next_line(self) -> bytes | None:
         assert self._file is not None
-        try:
-            line = self._file.readline(MAX_LINE_BYTES + 1)
-        except OSError as exc:
-            raise RunLogError(f"cannot read run log {self.path}: {exc.strerror or exc}") from exc
-        if not line:
+        line = read_checked_line(
+            self._file,
+            self.path,
+            self._line_no + 1,
+            what="run log",
+            too_long="; refused without parsing it",
+            too_long_hint="no valid run-log line is this long",
+        )
+        if line is None:
             return None
         self._line_no += 1
-        if len(line) > MAX_LINE_BYTES:
-            raise RunLogError(
-                f"{self._where()}: longer than {MAX_LINE_BYTES} bytes; refused without parsing it",
-                hint="no valid run-log line is this long",
-            )
-        if not line.endswith(b"\n"):
-            raise RunLogError(f"{self._where()}: truncated: the last line has no newline")
         self._file_sha256.update(line)
         return line
 

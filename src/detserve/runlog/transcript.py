@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from detserve.canonical import canonical_bytes
 from detserve.errors import EnvironmentFault, RunLogError
 from detserve.fileio import MAX_RUN_LOG_BYTES, check_outputs, open_input
-from detserve.runlog.lines import LineParser, record_line, schema_error
+from detserve.runlog.lines import LineParser, read_checked_line, record_line, schema_error
 from detserve.runlog.models import (
     MAX_LINE_BYTES,
     ExchangeRequest,
@@ -82,6 +82,19 @@ class TranscriptSequence:
         if (exchange.finish_reason is None) == (exchange.incomplete is None):
             raise RunLogError(
                 f"{where}: an exchange has a finish_reason exactly when it is not incomplete"
+            )
+        check = exchange.constraint_check
+        if (check is None) != (exchange.request.constraint is None):
+            raise RunLogError(
+                f"{where}: an exchange has a constraint_check exactly when its request has a "
+                "constraint"
+            )
+        cut = exchange.incomplete is not None or exchange.finish_reason == "length"
+        if (check == "cut" and not cut) or (check == "violated" and cut):
+            raise RunLogError(
+                f"{where}: constraint_check {check!r} with finish_reason "
+                f"{exchange.finish_reason!r} and incomplete {exchange.incomplete!r}: an output "
+                "is cut exactly when its generation was (max_tokens, or a stream that ended)"
             )
         self._exchanges_sha256.update(line)
         self.next_index += 1
@@ -310,17 +323,10 @@ class TranscriptReader:
 
     def _next_line(self) -> bytes | None:
         assert self._file is not None
-        try:
-            line = self._file.readline(MAX_LINE_BYTES + 1)
-        except OSError as exc:
-            raise RunLogError(f"cannot read transcript {self.path}: {exc.strerror or exc}") from exc
-        if not line:
+        line = read_checked_line(self._file, self.path, self._line_no + 1, what="transcript")
+        if line is None:
             return None
         self._line_no += 1
-        if len(line) > MAX_LINE_BYTES:
-            raise RunLogError(f"{self._where()}: longer than {MAX_LINE_BYTES} bytes")
-        if not line.endswith(b"\n"):
-            raise RunLogError(f"{self._where()}: truncated: the last line has no newline")
         self._file_sha256.update(line)
         return line
 
