@@ -14,9 +14,11 @@ sent as vLLM's ``structured_outputs``.
 
 Invariants: a line is the RFC 8785 form of its record with absent fields left out (one form per
 request, so the bundle's hash pins each request exactly); a constraint is checked when the line
-is parsed (a JSON Schema against its metaschema, a regex by Python's ``re``, a grammar by
+is parsed (a JSON Schema against its metaschema, a regex by the ``regex`` package, a grammar by
 ``lark``), so a line that loads can be checked after sampling; :func:`sample_record` is the one
-place a request is made and turned into a run-log sample.
+place a request is made and turned into a run-log sample. A regex is matched with a time limit
+(:data:`REGEX_CHECK_TIMEOUT_S`): a bundle is someone's claim, and a pattern that backtracks
+for ever must not hang the verifier (:class:`ConstraintUncheckable`, exit 2).
 """
 
 from __future__ import annotations
@@ -24,20 +26,29 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_json
-from detserve.errors import ConstraintViolated, InputError, PinMismatch, RequestRefused
+from detserve.errors import (
+    BundleError,
+    ConstraintViolated,
+    InputError,
+    PinMismatch,
+    RequestRefused,
+)
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
 MAX_STOP_STRINGS: Final = 16
 MAX_CHOICES: Final = 1024
+#: wall-clock seconds one regex constraint's full match may take; a pattern that backtracks
+#: catastrophically on an output is refused rather than waited for
+REGEX_CHECK_TIMEOUT_S: Final = 2.0
 COMPLETIONS_PATH: Final = "/v1/completions"
 CHAT_PATH: Final = "/v1/chat/completions"
 
@@ -87,6 +98,23 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class ConstraintUncheckable(BundleError):
+    """A constraint whose check of an output cannot finish (a regex that backtracks for ever)."""
+
+
+def regex_fullmatch(pattern: str, text: str) -> bool:
+    """Whether ``pattern`` matches the whole of ``text``, within :data:`REGEX_CHECK_TIMEOUT_S`;
+    raises :class:`ConstraintUncheckable` past it."""
+    try:
+        return regex.fullmatch(pattern, text, timeout=REGEX_CHECK_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise ConstraintUncheckable(
+            f"the regex constraint did not finish matching a {len(text)}-character output in "
+            f"{REGEX_CHECK_TIMEOUT_S:g} s (the pattern backtracks catastrophically)",
+            hint="write the pattern without nested or overlapping repetition",
+        ) from None
+
+
 class Constraint(_Frozen):
     """Exactly one structured-output constraint."""
 
@@ -116,8 +144,8 @@ class Constraint(_Frozen):
                 raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
         elif self.regex is not None:
             try:
-                re.compile(self.regex)
-            except re.error as exc:
+                regex.compile(self.regex)
+            except regex.error as exc:
                 raise ValueError(f"regex does not compile: {exc}") from None
         elif self.choice is not None:
             if any(not option for option in self.choice) or len(set(self.choice)) != len(
@@ -174,7 +202,7 @@ class Constraint(_Frozen):
                 return False
             return bool(_json_validator(canonical_json(self.json_schema)).is_valid(value))
         if self.regex is not None:
-            return re.fullmatch(self.regex, text) is not None
+            return regex_fullmatch(self.regex, text)
         if self.choice is not None:
             return text in self.choice
         from lark.exceptions import LarkError
@@ -356,7 +384,12 @@ def sample_record(
     check_rendered(record, result, where)
     finish_reason = result.finish_reason or "unknown"
     constraint = record.constraint
-    satisfied = None if constraint is None else constraint.satisfied_by(result.text)
+    try:
+        satisfied = None if constraint is None else constraint.satisfied_by(result.text)
+    except ConstraintUncheckable as exc:
+        raise ConstraintUncheckable(
+            f"{where}: {exc.message}; no run log was written", hint=exc.hint
+        ) from None
     if satisfied is False and finish_reason != "length":
         assert constraint is not None
         raise ConstraintViolated(

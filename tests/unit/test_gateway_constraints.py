@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+import detserve.requests as requests_module
 from detserve.canonical import canonical_bytes
 from detserve.errors import RunLogError
 from detserve.evaluation import Verdict
@@ -85,7 +86,7 @@ def request(constraint: dict[str, Any] | None) -> ExchangeRequest:
         ({"grammar": 'start: "yes" | "no"'}, "yes", True),
         ({"grammar": 'start: "yes" | "no"'}, "maybe", False),
         ({"grammar": GBNF}, "yes", None),  # not Lark: cannot be checked
-        ({"regex": "(?P<x"}, "x", None),  # not Python's re
+        ({"regex": "(?P<x"}, "x", None),  # does not compile
         ({"json_schema": {"$ref": "https://example.invalid/s.json"}}, "{}", None),
         ({"json_schema": {"type": 12}}, "{}", None),  # not a valid schema
     ],
@@ -94,6 +95,16 @@ def test_each_constraint_is_checked_by_its_library(
     constraint: dict[str, Any], text: str, expected: bool | None
 ) -> None:
     assert satisfies(constraint, text) is expected
+
+
+def test_a_regex_whose_match_runs_out_of_time_is_not_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a client's pattern that backtracks for ever must not stall the gateway
+    monkeypatch.setattr(requests_module, "REGEX_CHECK_TIMEOUT_S", 0.2)
+    constrained = request({"regex": "(a|aa)*c"})
+    assert check_output(constrained, "a" * 60 + "cX", "stop", None) == "not_checked"
+    assert check_output(constrained, "aac", "stop", None) == "satisfied"
 
 
 def test_a_cut_output_is_not_a_violation() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+import detserve.requests as requests_module
 from detserve.canonical import canonical_bytes
 from detserve.errors import (
     BundleError,
@@ -33,6 +34,7 @@ from detserve.requests import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     Constraint,
+    ConstraintUncheckable,
     GenerationParams,
     PromptRecord,
     preflight_constraints,
@@ -298,6 +300,29 @@ def test_an_output_violating_its_constraint_fails_the_run_naming_the_sample() ->
     assert caught.value.exit_code == 1
     assert caught.value.message.startswith(
         "sample 4 (p, completion): the output violates its regex"
+    )
+
+
+#: backtracks for ever on a run of "a" not followed by "c" (Python's re would never return)
+CATASTROPHIC = "(a|aa)*c"
+
+
+def test_a_regex_that_backtracks_for_ever_stops_the_run_as_bad_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a claimed bundle is someone else's input: its pattern must not hang the verifier
+    monkeypatch.setattr(requests_module, "REGEX_CHECK_TIMEOUT_S", 0.2)
+    with pytest.raises(ConstraintUncheckable) as caught:
+        sample_record(
+            Sender(Answer("a" * 60 + "cX")),
+            2,
+            record(prompt="Hi", constraint={"regex": CATASTROPHIC}),
+            PARAMS,
+        )
+    assert caught.value.exit_code == 2
+    assert caught.value.message.startswith(
+        "sample 2 (p, completion): the regex constraint did not finish matching a 62-character "
+        "output in 0.2 s"
     )
 
 

@@ -9,31 +9,35 @@ incomplete), so a faithful replay of the exchange reproduces it byte for byte:
   (``jsonschema``, the schema's own draft);
 * ``json_object``: the text is one JSON object;
 * ``choice``: the text is one of the choices, exactly;
-* ``regex``: the whole text matches (``re.fullmatch``);
+* ``regex``: the whole text matches (the ``regex`` package, within
+  :data:`~detserve.requests.REGEX_CHECK_TIMEOUT_S`);
 * ``grammar``: ``lark`` parses the whole text, when the grammar is in Lark syntax.
 
 What cannot be checked is said, never guessed: a grammar ``lark`` does not read (vLLM also
-takes GBNF), a regex Python's ``re`` does not compile (vLLM's engines have their own dialects)
-or a schema ``jsonschema`` cannot use (invalid, or with a ``$ref`` it cannot resolve) is
+takes GBNF), a regex the ``regex`` package does not compile (vLLM's engines have their own
+dialects) or does not finish matching within the time limit (it backtracks catastrophically), or a
+schema ``jsonschema`` cannot use (invalid, or with a ``$ref`` it cannot resolve) is
 ``not_checked``. An unsatisfied output whose generation was cut (``finish_reason`` ``length``,
 or a stream that ended early) is ``cut``, not a violation; any other unsatisfied output is
 ``violated``, and the gateway withholds it (502) after recording it.
 
-Limitation: the regex and the grammar are the client's; Python's ``re`` backtracks and Lark's
-Earley parser is cubic at worst, so a pathological pattern can stall the gateway while it
-checks. Clients are the loopback's or an API key's holders.
+Limitation: the grammar is the client's and Lark's Earley parser is cubic at worst, so a
+pathological grammar can stall the gateway while it checks (a regex cannot: its match has a
+time limit). Clients are the loopback's or an API key's holders. A regex whose check ran out of
+time is ``not_checked``; that depends on the machine's speed, so a replay on a faster one can
+differ there.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Final
 
+import regex
 from pydantic import ValidationError
 from referencing.exceptions import Unresolvable
 
-from detserve.requests import Constraint
+from detserve.requests import Constraint, ConstraintUncheckable, regex_fullmatch
 from detserve.runlog.models import ConstraintCheck, ExchangeRequest
 
 #: what each outcome means, for a client reading its provenance
@@ -43,7 +47,8 @@ MEANING: Final[dict[str, str]] = {
     "cut": "the output does not satisfy the constraint because its generation was cut "
     "(max_tokens, or a stream that ended early)",
     "not_checked": "detserve cannot check this constraint (a grammar not in Lark syntax, a "
-    "regex Python's re does not compile, or a JSON Schema jsonschema cannot use)",
+    "regex that does not compile or whose match ran out of time, or a JSON Schema jsonschema "
+    "cannot use)",
 }
 
 
@@ -69,10 +74,10 @@ def satisfies(constraint: dict[str, Any], text: str) -> bool | None:
         return text in argument
     if kind == "regex":
         try:
-            pattern = re.compile(argument)
-        except re.error:
+            regex.compile(argument)
+            return regex_fullmatch(argument, text)
+        except (regex.error, ConstraintUncheckable):
             return None
-        return pattern.fullmatch(text) is not None
     try:
         # the bundle's own check: a schema against its metaschema, a grammar by lark
         checked = Constraint.model_validate({kind: argument})
