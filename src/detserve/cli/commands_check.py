@@ -9,7 +9,14 @@ import typer
 
 from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN, DEFAULT_CHECK_LEVELS
 from detserve.cli.app import app
-from detserve.cli.options import BundleOption, BundlePinOption, ConfigOption
+from detserve.cli.options import (
+    BundleOption,
+    BundlePinOption,
+    ConfigOption,
+    MaxTokensOption,
+    NPromptsOption,
+    logprobs_option,
+)
 from detserve.cli.output import JsonOption, emit_json, result, say
 from detserve.errors import UsageError
 
@@ -51,19 +58,10 @@ def check_command(
             "measured.",
         ),
     ] = ",".join(str(level) for level in DEFAULT_CHECK_LEVELS),
-    n_prompts: Annotated[
-        int | None,
-        typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
-        ),
-    ] = None,
+    n_prompts: NPromptsOption = None,
+    max_tokens: MaxTokensOption = None,
     logprobs: Annotated[
-        int | None,
-        typer.Option("--logprobs", min=0, help="Request logprobs (tier 2 default: 1)."),
+        int | None, logprobs_option("Request logprobs (tier 2 default: 1).")
     ] = None,
     no_shuffle: Annotated[
         bool,

@@ -14,7 +14,10 @@ from detserve.cli.options import (
     BundlePinOption,
     ConfigOption,
     DockerHostOption,
+    MaxTokensOption,
+    NPromptsOption,
     legacy_output_option,
+    logprobs_option,
     renamed,
 )
 from detserve.cli.output import (
@@ -65,20 +68,9 @@ def sample_command(
         ),
     ] = None,
     legacy_output: Annotated[Path | None, legacy_output_option("--sidecar-output")] = None,
-    n_prompts: Annotated[
-        int | None,
-        typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
-        ),
-    ] = None,
-    logprobs: Annotated[
-        int | None,
-        typer.Option("--logprobs", min=0, help="Record each output token's logprob."),
-    ] = None,
+    n_prompts: NPromptsOption = None,
+    max_tokens: MaxTokensOption = None,
+    logprobs: Annotated[int | None, logprobs_option("Record each output token's logprob.")] = None,
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
