@@ -13,6 +13,7 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    ForceOption,
     MaxTokensOption,
     NPromptsOption,
     logprobs_option,
@@ -72,7 +73,7 @@ def check_command(
     ] = 0,
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose non-determinism against the running, verified server; write a repro pack.

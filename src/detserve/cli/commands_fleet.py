@@ -9,7 +9,13 @@ import typer
 
 from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
-from detserve.cli.options import BundleOption, BundlePinOption, ConfigOption, DockerHostOption
+from detserve.cli.options import (
+    BundleOption,
+    BundlePinOption,
+    ConfigOption,
+    DockerHostOption,
+    ForceOption,
+)
 from detserve.cli.output import JsonOption, emit_json, result, say
 
 
@@ -44,7 +50,7 @@ def fleet_command(
     stop_after: Annotated[
         bool, typer.Option("--stop", help="Stop and remove each node's container at the end.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Replay one claim on several Docker engines at once, and print the agreement table.

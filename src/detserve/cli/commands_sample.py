@@ -14,6 +14,7 @@ from detserve.cli.options import (
     BundlePinOption,
     ConfigOption,
     DockerHostOption,
+    ForceOption,
     MaxTokensOption,
     NPromptsOption,
     legacy_output_option,
@@ -73,7 +74,7 @@ def sample_command(
     logprobs: Annotated[int | None, logprobs_option("Record each output token's logprob.")] = None,
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     skip_reference_hash_check: Annotated[
         bool, typer.Option("--skip-reference-hash-check", hidden=True)
     ] = False,
@@ -200,7 +201,7 @@ def replay_command(
             "--run-log", dir_okay=False, help="With --public-key: the run log the envelope signs."
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:

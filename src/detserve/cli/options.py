@@ -51,6 +51,8 @@ BundlePinOption = Annotated[
     Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
 ]
 
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+
 # The sampling options of `sample` and `check`: the same names, bounds and help in both.
 NPromptsOption = Annotated[
     int | None,
