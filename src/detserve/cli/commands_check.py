@@ -18,7 +18,7 @@ from detserve.cli.options import (
     NPromptsOption,
     logprobs_option,
 )
-from detserve.cli.output import JsonOption, emit_json, result, say
+from detserve.cli.output import JsonOption, emit_json, raise_verdict, result, say
 from detserve.errors import UsageError
 
 
@@ -117,8 +117,4 @@ def check_command(
         certificate = outcome.pack.certificate
         if certificate is not None:
             say(f"certificate: {outcome.certificate} (sha256 {certificate.sha256})")
-    error = outcome.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(outcome.error(), json_output=json_output)

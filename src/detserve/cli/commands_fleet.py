@@ -16,7 +16,7 @@ from detserve.cli.options import (
     DockerHostOption,
     ForceOption,
 )
-from detserve.cli.output import JsonOption, emit_json, result, say
+from detserve.cli.output import JsonOption, emit_json, raise_verdict, result, say
 
 
 @app.command("fleet")
@@ -93,8 +93,4 @@ def fleet_command(
         for line in report.summary_lines():
             result(line)
         say(f"report {output_dir / 'fleet.json'}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(report.error(), json_output=json_output)

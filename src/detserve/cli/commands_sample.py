@@ -24,6 +24,7 @@ from detserve.cli.options import (
 from detserve.cli.output import (
     JsonOption,
     emit_json,
+    raise_verdict,
     result,
     sampling_progress,
     say,
@@ -251,11 +252,7 @@ def replay_command(
         for line in report.summary_lines():
             result(line)
         say(f"replay run log {summary.run_log}; report {replayed.report_path}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)  # the report above is the one JSON object
-        raise error
+    raise_verdict(report.error(), json_output=json_output)
 
 
 def _replay_transcript(
@@ -274,8 +271,4 @@ def _replay_transcript(
         for line in report.summary_lines():
             result(line)
         say(f"replay transcript {replayed.replay_transcript}; report {replayed.report_path}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(report.error(), json_output=json_output)
