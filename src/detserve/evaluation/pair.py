@@ -199,6 +199,25 @@ def refuse_same_file(paths: Sequence[Path]) -> None:
         seen[key] = path
 
 
+def checked_pair(
+    run_a: Path,
+    run_b: Path,
+    min_exact_match_ratio: float | None,
+    logprob_tolerance: float | None,
+    max_reported: int,
+) -> tuple[Path, Path, Thresholds]:
+    """A pair comparison's arguments checked before either log is read: the thresholds (strict
+    by default), ``max_reported``, and two files that are not one."""
+    thresholds = Thresholds(
+        1.0 if min_exact_match_ratio is None else min_exact_match_ratio, logprob_tolerance
+    )
+    if max_reported < 0:
+        raise UsageError(f"max_reported must be >= 0, found {max_reported}")
+    run_a, run_b = Path(run_a), Path(run_b)
+    refuse_same_file([run_a, run_b])
+    return run_a, run_b, thresholds
+
+
 def evaluate(
     run_a: Path,
     run_b: Path,
@@ -213,13 +232,9 @@ def evaluate(
     Raises :class:`RunLogError` when either log is invalid and :class:`UsageError` for bad
     thresholds; otherwise returns the report, whatever its verdict.
     """
-    thresholds = Thresholds(
-        1.0 if min_exact_match_ratio is None else min_exact_match_ratio, logprob_tolerance
+    run_a, run_b, thresholds = checked_pair(
+        run_a, run_b, min_exact_match_ratio, logprob_tolerance, max_reported
     )
-    if max_reported < 0:
-        raise UsageError(f"max_reported must be >= 0, found {max_reported}")
-    run_a, run_b = Path(run_a), Path(run_b)
-    refuse_same_file([run_a, run_b])
     if is_transcript(run_a) or is_transcript(run_b):
         raise UsageError(
             "a gateway transcript is compared with a transcript "

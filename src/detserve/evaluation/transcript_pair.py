@@ -19,13 +19,13 @@ from typing import Final
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import UsageError
-from detserve.evaluation.compare import Thresholds, header_differences
+from detserve.evaluation.compare import header_differences
 from detserve.evaluation.pair import (
     DEFAULT_MAX_REPORTED,
     DeterminismReport,
+    checked_pair,
     count_samples,
     judge,
-    refuse_same_file,
 )
 from detserve.evaluation.report import LogRef
 from detserve.runlog import LineParser, RunLogSample
@@ -78,11 +78,7 @@ def evaluate_transcripts(
     """Compare transcript B with transcript A, validating both completely; return the report
     whatever its verdict."""
     # logprobs are not recorded in transcripts: nothing is within a tolerance
-    thresholds = Thresholds(1.0 if min_exact_match_ratio is None else min_exact_match_ratio, None)
-    if max_reported < 0:
-        raise UsageError(f"max_reported must be >= 0, found {max_reported}")
-    run_a, run_b = Path(run_a), Path(run_b)
-    refuse_same_file([run_a, run_b])
+    run_a, run_b, thresholds = checked_pair(run_a, run_b, min_exact_match_ratio, None, max_reported)
     if not (is_transcript(run_a) and is_transcript(run_b)):
         raise UsageError(
             "a gateway transcript is compared with a transcript, a sampled run log with a run log"
