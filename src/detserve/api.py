@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
+from detserve._public import API_NAMES
 from detserve.errors import UsageError
 from detserve.fileio import check_output_dir, check_outputs
 
@@ -1378,47 +1379,6 @@ def replay_fleet(
     return report
 
 
-__all__ = [
-    "DEFAULT_BUNDLE",
-    "DEFAULT_BUNDLE_PIN",
-    "DEFAULT_CHECK_LEVELS",
-    "DEFAULT_GATEWAY_PORT",
-    "BytesObserver",
-    "CheckOutcome",
-    "HashResult",
-    "LockOutcome",
-    "ReplayResult",
-    "SamplingObserver",
-    "ServeResult",
-    "TranscriptReplayResult",
-    "bootstrap_prompts",
-    "build_gateway",
-    "check",
-    "check_hash",
-    "compare_runs",
-    "evaluate",
-    "explain",
-    "hash_snapshot",
-    "load_profile",
-    "load_prompts",
-    "lock_image",
-    "lock_model",
-    "logs",
-    "read_certificate",
-    "replay",
-    "replay_fleet",
-    "replay_transcript",
-    "run",
-    "sample",
-    "serve",
-    "show_run_log",
-    "show_transcript",
-    "smoke",
-    "start",
-    "status",
-    "stop",
-    "validate_transcripts",
-    "verify",
-    "wait",
-    "write_json_report",
-]
+# Written once, in detserve/_public.py: the package re-exports the same names without importing
+# this module.
+__all__ = list(API_NAMES)

@@ -180,6 +180,22 @@ def _check_concurrency(request: SampleRequest) -> Certificate | None:
     return read_certificate(request.certificate)
 
 
+def prompts_within_budget(
+    loaded: LoadedProfile, bundle: PromptBundle, n_prompts: int | None, max_tokens: int
+) -> Sequence[PromptRecord]:
+    """The first ``n_prompts`` of the bundle; a usage error, naming the first five, when any of
+    them with ``max_tokens`` more would not fit the server's ``max_model_len``."""
+    prompts = bundle.take(n_prompts)
+    limit = loaded.profile.vllm.max_model_len
+    too_long = [p.id for p in prompts if p.n_tokens + max_tokens > limit]
+    if too_long:
+        raise UsageError(
+            f"{len(too_long)} prompt(s) plus --max-tokens {max_tokens} exceed "
+            f"max_model_len {limit}: {', '.join(too_long[:5])}"
+        )
+    return prompts
+
+
 def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
     """Refuse a request before any work: outputs, token budget, pins, concurrency."""
     loaded.require_pins()
@@ -189,14 +205,7 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
         force=request.force,
         inputs=(loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files),
     )
-    prompts = bundle.take(request.n_prompts)
-    limit = loaded.profile.vllm.max_model_len
-    too_long = [p.id for p in prompts if p.n_tokens + request.max_tokens > limit]
-    if too_long:
-        raise UsageError(
-            f"{len(too_long)} prompt(s) plus --max-tokens {request.max_tokens} exceed "
-            f"max_model_len {limit}: {', '.join(too_long[:5])}"
-        )
+    prompts = prompts_within_budget(loaded, bundle, request.n_prompts, request.max_tokens)
     constrained = [
         (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
     ]

@@ -351,8 +351,9 @@ def test_determinism_applied_names_every_control_and_who_set_it(varying: Rig) ->
         ({"concurrency": (1,)}, "at least one level above 1"),
         ({"runs": 1}, "needs --runs 2"),
         ({"tier": 3}, "expected 0, 1 or 2"),
+        ({"max_tokens": 100_000}, rf"{N_PROMPTS} prompt\(s\) plus --max-tokens 100000 exceed"),
     ],
-    ids=["no-level-above-1", "one-run", "tier-3"],
+    ids=["no-level-above-1", "one-run", "tier-3", "over-max-model-len"],
 )
 def test_a_bad_plan_is_refused_before_any_request(
     varying: Rig, options: dict[str, Any], message: str
@@ -399,6 +400,23 @@ def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(varying: Rig) -> 
     assert len(sidecar["audit"]["indices"]) == 2
     header = next(iter(read_run_log(four)))
     assert "concurrency" not in header.model_dump()["sampling"]
+
+
+def test_sampling_past_max_model_len_is_refused_before_any_request(varying: Rig) -> None:
+    # The same budget check as `check`'s plan, and the same message.
+    with pytest.raises(UsageError, match=r"prompt\(s\) plus --max-tokens 100000 exceed") as raised:
+        api.sample(
+            varying.loaded,
+            run_log=varying.out / "long.runlog.jsonl",
+            sidecar=varying.out / "long.sidecar.json",
+            n_prompts=N_PROMPTS,
+            max_tokens=100_000,
+            bundle=BUNDLE_DIR,
+            bundle_pin=BUNDLE_PIN,
+            engine=varying.engine,
+        )
+    assert "max_model_len" in str(raised.value)
+    assert varying.fake.completions == []
 
 
 def test_concurrency_without_a_certificate_is_refused(varying: Rig) -> None:

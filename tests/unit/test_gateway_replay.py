@@ -19,7 +19,7 @@ from detserve.evaluation.transcript_pair import evaluate_transcripts
 from detserve.gateway.replay import plan_transcript_replay, replay_transcript
 from detserve.profile import load_profile
 from detserve.replay_plan import NotAReplay
-from detserve.runlog.transcript import read_exchanges, validate_transcript
+from detserve.runlog.transcript import TranscriptWriter, read_exchanges, validate_transcript
 from detserve.runtime.container_spec import build_container_spec
 
 from .committed import CliRunner, TinyWorkspace
@@ -27,6 +27,7 @@ from .containers import faithful_container, pinned_image
 from .fake_http import serving
 from .gateway_rig import Fixture, StreamingFakeVllm, gateway_profile, gateway_running
 from .test_sampling_faults import FakeEngine
+from .test_transcript import HEADER, exchange
 
 MODEL = "tiny-llama"
 
@@ -155,3 +156,41 @@ def test_eval_determinism_compares_two_transcripts(
 def test_a_transcript_is_not_compared_with_a_sampled_run_log(claim: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="compared with a transcript"):
         evaluate_transcripts(claim, Path(__file__))
+
+
+def _transcript(path: Path, exchanges: list[dict[str, Any]]) -> Path:
+    writer = TranscriptWriter(path, HEADER)
+    for item in exchanges:
+        writer.append(item)
+    writer.close("stopped")
+    return path
+
+
+def test_an_exchange_left_incomplete_on_one_side_is_not_a_replay(tmp_path: Path) -> None:
+    a = _transcript(tmp_path / "a.transcript.jsonl", [exchange(0), exchange(1)])
+    left = exchange(1, incomplete="client_disconnected", finish_reason=None)
+    b = _transcript(tmp_path / "b.transcript.jsonl", [exchange(0), left])
+    report = evaluate_transcripts(a, b)
+    assert report.verdict is Verdict.NOT_A_REPLAY
+    assert (report.prompt_mismatch_count, report.divergent_samples) == (1, 0)
+    assert report.prompt_mismatches[0].index == 1
+
+
+def test_other_exchanges_are_not_a_replay_and_other_outputs_diverge(tmp_path: Path) -> None:
+    a = _transcript(tmp_path / "a.transcript.jsonl", [exchange(n) for n in range(4)])
+    other_id = exchange(1, id="e" * 32)
+    b = _transcript(
+        tmp_path / "b.transcript.jsonl", [exchange(0), other_id, *map(exchange, (2, 3))]
+    )
+    report = evaluate_transcripts(a, b, max_reported=0)
+    assert report.verdict is Verdict.NOT_A_REPLAY
+    assert (report.prompt_mismatch_count, report.prompt_mismatches) == (1, ())
+    texts = [exchange(0), exchange(1), exchange(2, text=" a b c e"), exchange(3)]
+    c = _transcript(tmp_path / "c.transcript.jsonl", texts)
+    report = evaluate_transcripts(a, c)
+    assert report.verdict is Verdict.DIVERGENT
+    assert (report.identical_samples, report.divergent_samples) == (3, 1)
+    assert report.divergences[0].fields == ("text",)
+    tolerant = evaluate_transcripts(a, c, min_exact_match_ratio=0.75)
+    assert tolerant.verdict is Verdict.WITHIN_THRESHOLD
+    assert tolerant.tolerated_samples == 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import detserve
 from detserve import api
@@ -38,6 +40,40 @@ def test_every_public_function_is_documented_and_re_exported() -> None:
         assert getattr(detserve, name) is value
         if inspect.isfunction(value):
             assert inspect.getdoc(value), f"detserve.{name} has no docstring"
+
+
+def test_the_list_names_every_public_function_and_class_of_the_api() -> None:
+    # detserve.api.__all__ is taken from detserve._public: a function or class added to the API
+    # but not to that list would be neither re-exported nor documented.
+    defined = {
+        name
+        for name, value in vars(api).items()
+        if not name.startswith("_")
+        and (inspect.isfunction(value) or inspect.isclass(value))
+        and value.__module__ == api.__name__
+    }
+    assert defined - set(api.__all__) == set()
+    assert set(detserve.__all__) - set(api.__all__) == {"DetserveError", "__version__"}
+    for name in detserve.__all__:
+        assert hasattr(detserve, name), name
+
+
+def test_type_checkers_see_the_same_names_as_the_runtime() -> None:
+    # The names detserve/__init__.py imports under TYPE_CHECKING are what mypy and IDEs see as
+    # detserve.X; __getattr__ serves the list at run time. Neither may name what the other lacks.
+    tree = ast.parse(Path(detserve.__file__).read_text(encoding="utf-8"))
+    (block,) = (
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    typed = {
+        alias.asname or alias.name
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert typed == set(detserve.__all__) - {"__version__"}
 
 
 def test_help_documents_sample() -> None:

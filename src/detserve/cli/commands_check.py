@@ -9,8 +9,16 @@ import typer
 
 from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN, DEFAULT_CHECK_LEVELS
 from detserve.cli.app import app
-from detserve.cli.options import BundleOption, BundlePinOption, ConfigOption
-from detserve.cli.output import JsonOption, emit_json, result, say
+from detserve.cli.options import (
+    BundleOption,
+    BundlePinOption,
+    ConfigOption,
+    ForceOption,
+    MaxTokensOption,
+    NPromptsOption,
+    logprobs_option,
+)
+from detserve.cli.output import JsonOption, emit_json, raise_verdict, result, say
 from detserve.errors import UsageError
 
 
@@ -51,19 +59,10 @@ def check_command(
             "measured.",
         ),
     ] = ",".join(str(level) for level in DEFAULT_CHECK_LEVELS),
-    n_prompts: Annotated[
-        int | None,
-        typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
-        ),
-    ] = None,
+    n_prompts: NPromptsOption = None,
+    max_tokens: MaxTokensOption = None,
     logprobs: Annotated[
-        int | None,
-        typer.Option("--logprobs", min=0, help="Request logprobs (tier 2 default: 1)."),
+        int | None, logprobs_option("Request logprobs (tier 2 default: 1).")
     ] = None,
     no_shuffle: Annotated[
         bool,
@@ -74,7 +73,7 @@ def check_command(
     ] = 0,
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose non-determinism against the running, verified server; write a repro pack.
@@ -118,8 +117,4 @@ def check_command(
         certificate = outcome.pack.certificate
         if certificate is not None:
             say(f"certificate: {outcome.certificate} (sha256 {certificate.sha256})")
-    error = outcome.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(outcome.error(), json_output=json_output)

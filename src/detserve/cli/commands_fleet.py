@@ -9,8 +9,14 @@ import typer
 
 from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
-from detserve.cli.options import BundleOption, BundlePinOption, ConfigOption, DockerHostOption
-from detserve.cli.output import JsonOption, emit_json, result, say
+from detserve.cli.options import (
+    BundleOption,
+    BundlePinOption,
+    ConfigOption,
+    DockerHostOption,
+    ForceOption,
+)
+from detserve.cli.output import JsonOption, emit_json, raise_verdict, result, say
 
 
 @app.command("fleet")
@@ -44,7 +50,7 @@ def fleet_command(
     stop_after: Annotated[
         bool, typer.Option("--stop", help="Stop and remove each node's container at the end.")
     ] = False,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Replay one claim on several Docker engines at once, and print the agreement table.
@@ -87,8 +93,4 @@ def fleet_command(
         for line in report.summary_lines():
             result(line)
         say(f"report {output_dir / 'fleet.json'}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(report.error(), json_output=json_output)

@@ -15,6 +15,7 @@ from detserve.cli.output import (
     JsonOption,
     count_progress,
     emit_json,
+    raise_verdict,
     result,
     say,
 )
@@ -209,9 +210,4 @@ def eval_determinism(
             result(line)
         if final_output is not None:
             say(f"report written to {final_output}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            # The report on stdout is the one JSON object; the verdict is in it and the exit code.
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(report.error(), json_output=json_output)

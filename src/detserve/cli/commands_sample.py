@@ -14,12 +14,17 @@ from detserve.cli.options import (
     BundlePinOption,
     ConfigOption,
     DockerHostOption,
+    ForceOption,
+    MaxTokensOption,
+    NPromptsOption,
     legacy_output_option,
+    logprobs_option,
     renamed,
 )
 from detserve.cli.output import (
     JsonOption,
     emit_json,
+    raise_verdict,
     result,
     sampling_progress,
     say,
@@ -65,23 +70,12 @@ def sample_command(
         ),
     ] = None,
     legacy_output: Annotated[Path | None, legacy_output_option("--sidecar-output")] = None,
-    n_prompts: Annotated[
-        int | None,
-        typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
-    ] = None,
-    max_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
-        ),
-    ] = None,
-    logprobs: Annotated[
-        int | None,
-        typer.Option("--logprobs", min=0, help="Record each output token's logprob."),
-    ] = None,
+    n_prompts: NPromptsOption = None,
+    max_tokens: MaxTokensOption = None,
+    logprobs: Annotated[int | None, logprobs_option("Record each output token's logprob.")] = None,
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     skip_reference_hash_check: Annotated[
         bool, typer.Option("--skip-reference-hash-check", hidden=True)
     ] = False,
@@ -208,7 +202,7 @@ def replay_command(
             "--run-log", dir_okay=False, help="With --public-key: the run log the envelope signs."
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: ForceOption = False,
     docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -258,11 +252,7 @@ def replay_command(
         for line in report.summary_lines():
             result(line)
         say(f"replay run log {summary.run_log}; report {replayed.report_path}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)  # the report above is the one JSON object
-        raise error
+    raise_verdict(report.error(), json_output=json_output)
 
 
 def _replay_transcript(
@@ -281,8 +271,4 @@ def _replay_transcript(
         for line in report.summary_lines():
             result(line)
         say(f"replay transcript {replayed.replay_transcript}; report {replayed.report_path}")
-    error = report.error()
-    if error is not None:
-        if json_output:
-            raise typer.Exit(error.exit_code)
-        raise error
+    raise_verdict(report.error(), json_output=json_output)

@@ -15,6 +15,7 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    ForceOption,
     OptionalConfigOption,
     WorkersOption,
     legacy_output_option,
@@ -212,8 +213,6 @@ def verify_command(
             f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
         )
 
-
-ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
 # --- prompt bundles --------------------------------------------------------------------------
 

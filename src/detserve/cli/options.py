@@ -51,6 +51,26 @@ BundlePinOption = Annotated[
     Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
 ]
 
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+
+# The sampling options of `sample` and `check`: the same names, bounds and help in both.
+NPromptsOption = Annotated[
+    int | None,
+    typer.Option("--n-prompts", min=1, help="First N prompts of the bundle (default: all)."),
+]
+MaxTokensOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens", min=1, help="Output tokens per prompt (default: sampling.max_tokens)."
+    ),
+]
+
+
+def logprobs_option(help: str) -> Any:
+    """``--logprobs N``; each command says what it does with them (``check``'s tier 2 asks for
+    them by default, ``sample`` only records them)."""
+    return typer.Option("--logprobs", min=0, help=help)
+
 
 def renamed(value: T | None, legacy: T | None, *, name: str, old: str) -> T | None:
     """The value of an option that was renamed; the old spelling still works, with a warning.

@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 
 from detserve.canonical import canonical_json
-from detserve.errors import bounded
+from detserve.errors import DetserveError, bounded
 
 stdout = Console(soft_wrap=True, highlight=False)
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -49,6 +49,17 @@ def say(message: str) -> None:
 def result(message: str) -> None:
     """A result line, on stdout."""
     stdout.print(message, markup=False)
+
+
+def raise_verdict(error: DetserveError | None, *, json_output: bool) -> None:
+    """End a command whose report was printed: raise its verdict's error, if any, for ``main`` to
+    print. With ``--json`` the report on stdout is the one JSON object (the verdict is in it), so
+    only the error's exit code."""
+    if error is None:
+        return
+    if json_output:
+        raise typer.Exit(error.exit_code)
+    raise error
 
 
 class ByteProgress:

@@ -34,7 +34,7 @@ from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.sampling import IdentityWatch
+from detserve.sampling import IdentityWatch, prompts_within_budget
 from detserve.snapshot import verify_snapshot
 
 
@@ -61,14 +61,7 @@ class CheckResult:
 def check_plan(loaded: LoadedProfile, bundle: PromptBundle, plan: CheckPlan) -> None:
     """Refuse a plan before any work: pins, prompts, token budget, levels, runs, tier."""
     loaded.require_pins()
-    prompts = bundle.take(plan.n_prompts)
-    limit = loaded.profile.vllm.max_model_len
-    too_long = [p.id for p in prompts if p.n_tokens + plan.max_tokens > limit]
-    if too_long:
-        raise UsageError(
-            f"{len(too_long)} prompt(s) plus --max-tokens {plan.max_tokens} exceed "
-            f"max_model_len {limit}: {', '.join(too_long[:5])}"
-        )
+    prompts_within_budget(loaded, bundle, plan.n_prompts, plan.max_tokens)
     if plan.levels[0] != 1 or len(plan.levels) < 2:
         raise UsageError("--concurrency needs at least one level above 1 (1 is the baseline)")
     if plan.tier >= 1 and plan.runs < 2:

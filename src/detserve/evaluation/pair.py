@@ -8,16 +8,19 @@ first differing character, both finish reasons and the logprob differences.
 Invariants: both logs are validated completely before a verdict is given (an invalid log is a
 :class:`~detserve.errors.RunLogError`, never a verdict); a log is never compared with itself;
 every divergent sample is counted, the first ``max_reported`` described.
+
+The pass over the records (:func:`count_samples`) and the verdict (:func:`judge`) are the only
+ones: :mod:`~detserve.evaluation.transcript_pair` feeds gateway exchanges to them as samples.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import zip_longest
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from detserve.errors import Divergence, PinMismatch, UsageError, VerificationError
 from detserve.evaluation.compare import (
@@ -29,7 +32,7 @@ from detserve.evaluation.compare import (
     header_differences,
 )
 from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
-from detserve.runlog import LineParser, RunLogReader
+from detserve.runlog import LineParser, RunLogReader, RunLogSample
 from detserve.runlog.transcript import is_transcript
 
 #: divergent samples described in full by default; all are counted
@@ -39,6 +42,9 @@ PROGRESS_EVERY: Final = 4096
 
 #: called with (samples compared so far, samples announced by run A's header)
 EvalProgress = Callable[[int, int], None]
+
+#: a record of a log as :func:`count_samples` pairs them: a run-log sample, a transcript exchange
+Record = TypeVar("Record")
 
 
 class Verdict(StrEnum):
@@ -193,6 +199,25 @@ def refuse_same_file(paths: Sequence[Path]) -> None:
         seen[key] = path
 
 
+def checked_pair(
+    run_a: Path,
+    run_b: Path,
+    min_exact_match_ratio: float | None,
+    logprob_tolerance: float | None,
+    max_reported: int,
+) -> tuple[Path, Path, Thresholds]:
+    """A pair comparison's arguments checked before either log is read: the thresholds (strict
+    by default), ``max_reported``, and two files that are not one."""
+    thresholds = Thresholds(
+        1.0 if min_exact_match_ratio is None else min_exact_match_ratio, logprob_tolerance
+    )
+    if max_reported < 0:
+        raise UsageError(f"max_reported must be >= 0, found {max_reported}")
+    run_a, run_b = Path(run_a), Path(run_b)
+    refuse_same_file([run_a, run_b])
+    return run_a, run_b, thresholds
+
+
 def evaluate(
     run_a: Path,
     run_b: Path,
@@ -207,13 +232,9 @@ def evaluate(
     Raises :class:`RunLogError` when either log is invalid and :class:`UsageError` for bad
     thresholds; otherwise returns the report, whatever its verdict.
     """
-    thresholds = Thresholds(
-        1.0 if min_exact_match_ratio is None else min_exact_match_ratio, logprob_tolerance
+    run_a, run_b, thresholds = checked_pair(
+        run_a, run_b, min_exact_match_ratio, logprob_tolerance, max_reported
     )
-    if max_reported < 0:
-        raise UsageError(f"max_reported must be >= 0, found {max_reported}")
-    run_a, run_b = Path(run_a), Path(run_b)
-    refuse_same_file([run_a, run_b])
     if is_transcript(run_a) or is_transcript(run_b):
         raise UsageError(
             "a gateway transcript is compared with a transcript "
@@ -221,78 +242,139 @@ def evaluate(
         )
     # One parser for both: a line the two logs share is validated once.
     parser = LineParser()
-    identical = tolerated = divergent = compared = unpaired = mismatch_count = 0
-    divergences: list[SampleDivergence] = []
-    mismatches: list[PromptMismatch] = []
     with (
         RunLogReader(run_a, parser=parser) as log_a,
         RunLogReader(run_b, parser=parser) as log_b,
     ):
         headers = tuple(header_differences(log_a.header, log_b.header))
         announced = log_a.header.n_samples
-        for entry_a, entry_b in zip_longest(log_a.lines(), log_b.lines()):
-            if entry_a is None or entry_b is None:
-                unpaired += 1
-                continue
-            compared += 1
-            if progress is not None and compared % PROGRESS_EVERY == 0:
-                progress(compared, announced)
-            line_a, sample_a = entry_a
-            line_b, sample_b = entry_b
-            if line_a == line_b:
-                identical += 1
-                continue
-            if (
-                sample_a.prompt_id != sample_b.prompt_id
-                or sample_a.prompt_sha256 != sample_b.prompt_sha256
-                or sample_a.request_sha256 != sample_b.request_sha256
-            ):
-                mismatch_count += 1
-                if len(mismatches) < max_reported:
-                    mismatches.append(
-                        PromptMismatch(
-                            sample_a.index,
-                            sample_a.prompt_id,
-                            sample_b.prompt_id,
-                            sample_a.prompt_sha256,
-                            sample_b.prompt_sha256,
-                        )
-                    )
-                continue
-            comparison = compare_samples(sample_a, sample_b, thresholds)
-            if comparison.tolerated:
-                tolerated += 1
-                continue
-            divergent += 1
-            if len(divergences) < max_reported:
-                divergences.append(comparison)
-        if progress is not None:
-            progress(compared, announced)
+        counts = count_samples(
+            log_a.lines(),
+            log_b.lines(),
+            _sample_itself,
+            thresholds,
+            max_reported=max_reported,
+            progress=None if progress is None else lambda done: progress(done, announced),
+        )
         summary_a, summary_b = log_a.summary(), log_b.summary()
+    return judge(LogRef.of(summary_a), LogRef.of(summary_b), thresholds, headers, counts)
 
-    if summary_a.sha256 == summary_b.sha256:
+
+def _sample_itself(sample: RunLogSample) -> tuple[RunLogSample, tuple[object, ...]]:
+    return sample, (sample.prompt_id, sample.prompt_sha256, sample.request_sha256)
+
+
+@dataclass(frozen=True)
+class SampleCounts:
+    """What one pass over two logs' records found, before any verdict."""
+
+    compared: int
+    unpaired: int
+    identical: int
+    tolerated: int
+    divergent: int
+    mismatch_count: int
+    mismatches: tuple[PromptMismatch, ...]
+    divergences: tuple[SampleDivergence, ...]
+
+
+def count_samples(
+    lines_a: Iterable[tuple[bytes, Record]],
+    lines_b: Iterable[tuple[bytes, Record]],
+    as_sample: Callable[[Record], tuple[RunLogSample, tuple[object, ...]]],
+    thresholds: Thresholds,
+    *,
+    max_reported: int,
+    progress: Callable[[int], None] | None = None,
+) -> SampleCounts:
+    """Pair two logs' records by position and count them: identical lines, other requests
+    (prompt mismatches), tolerated and divergent samples; the first ``max_reported`` of each
+    finding described.
+
+    ``as_sample`` gives a record in a sample's terms together with what names its request; it is
+    called only for records whose lines differ, and two records whose request keys differ are a
+    prompt mismatch, never compared. ``progress`` is told the records compared so far.
+    """
+    identical = tolerated = divergent = compared = unpaired = mismatch_count = 0
+    divergences: list[SampleDivergence] = []
+    mismatches: list[PromptMismatch] = []
+    for entry_a, entry_b in zip_longest(lines_a, lines_b):
+        if entry_a is None or entry_b is None:
+            unpaired += 1
+            continue
+        compared += 1
+        if progress is not None and compared % PROGRESS_EVERY == 0:
+            progress(compared)
+        (line_a, record_a), (line_b, record_b) = entry_a, entry_b
+        if line_a == line_b:
+            identical += 1
+            continue
+        (sample_a, request_a), (sample_b, request_b) = as_sample(record_a), as_sample(record_b)
+        if request_a != request_b:
+            mismatch_count += 1
+            if len(mismatches) < max_reported:
+                mismatches.append(
+                    PromptMismatch(
+                        sample_a.index,
+                        sample_a.prompt_id,
+                        sample_b.prompt_id,
+                        sample_a.prompt_sha256,
+                        sample_b.prompt_sha256,
+                    )
+                )
+            continue
+        comparison = compare_samples(sample_a, sample_b, thresholds)
+        if comparison.tolerated:
+            tolerated += 1
+            continue
+        divergent += 1
+        if len(divergences) < max_reported:
+            divergences.append(comparison)
+    if progress is not None:
+        progress(compared)
+    return SampleCounts(
+        compared=compared,
+        unpaired=unpaired,
+        identical=identical,
+        tolerated=tolerated,
+        divergent=divergent,
+        mismatch_count=mismatch_count,
+        mismatches=tuple(mismatches),
+        divergences=tuple(divergences),
+    )
+
+
+def judge(
+    run_a: LogRef,
+    run_b: LogRef,
+    thresholds: Thresholds,
+    headers: tuple[FieldDifference, ...],
+    counts: SampleCounts,
+) -> DeterminismReport:
+    """The verdict on two validated logs, from their hashes, header differences and counts."""
+    if run_a.sha256 == run_b.sha256:
         verdict = Verdict.IDENTICAL
-    elif headers or mismatch_count or unpaired:
+    elif headers or counts.mismatch_count or counts.unpaired:
         verdict = Verdict.NOT_A_REPLAY
     else:
-        ratio = (identical + tolerated) / compared
+        ratio = (counts.identical + counts.tolerated) / counts.compared
         verdict = (
             Verdict.WITHIN_THRESHOLD
             if ratio >= thresholds.min_exact_match_ratio
             else Verdict.DIVERGENT
         )
     return DeterminismReport(
-        run_a=LogRef.of(summary_a),
-        run_b=LogRef.of(summary_b),
+        run_a=run_a,
+        run_b=run_b,
         thresholds=thresholds,
         verdict=verdict,
         header_differences=headers,
-        prompt_mismatches=tuple(mismatches),
-        prompt_mismatch_count=mismatch_count,
-        samples_compared=compared,
-        unpaired_samples=unpaired,
-        identical_samples=identical,
-        tolerated_samples=tolerated,
-        divergent_samples=divergent,
-        divergences=tuple(divergences),
+        prompt_mismatches=counts.mismatches,
+        prompt_mismatch_count=counts.mismatch_count,
+        samples_compared=counts.compared,
+        unpaired_samples=counts.unpaired,
+        identical_samples=counts.identical,
+        tolerated_samples=counts.tolerated,
+        divergent_samples=counts.divergent,
+        divergences=counts.divergences,
     )
