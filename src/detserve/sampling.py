@@ -184,7 +184,9 @@ def prompts_within_budget(
     loaded: LoadedProfile, bundle: PromptBundle, n_prompts: int | None, max_tokens: int
 ) -> Sequence[PromptRecord]:
     """The first ``n_prompts`` of the bundle; a usage error, naming the first five, when any of
-    them with ``max_tokens`` more would not fit the server's ``max_model_len``."""
+    them with ``max_tokens`` more would not fit the server's ``max_model_len``, or naming the
+    first constrained line when the profile pins no structured-outputs backend (vLLM would pick
+    one per request: an unpinned input). ``sample`` and ``check`` both ask it."""
     prompts = bundle.take(n_prompts)
     limit = loaded.profile.vllm.max_model_len
     too_long = [p.id for p in prompts if p.n_tokens + max_tokens > limit]
@@ -192,6 +194,19 @@ def prompts_within_budget(
         raise UsageError(
             f"{len(too_long)} prompt(s) plus --max-tokens {max_tokens} exceed "
             f"max_model_len {limit}: {', '.join(too_long[:5])}"
+        )
+    constrained = [
+        (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
+    ]
+    if constrained and loaded.profile.vllm.structured_outputs is None:
+        line, prompt = constrained[0]
+        assert prompt.constraint is not None
+        raise UsageError(
+            f"{bundle.path / PROMPTS_FILE}:{line} ({prompt.id}): a {prompt.constraint.kind} "
+            f"constraint needs a pinned structured-outputs backend; profile {loaded.path} sets "
+            f"none ({len(constrained)} constrained line(s))",
+            hint="set vllm.structured_outputs.backend (xgrammar, guidance or outlines); vLLM's "
+            "'auto' picks a backend per request and is not a pin",
         )
     return prompts
 
@@ -206,19 +221,6 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
         inputs=(loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files),
     )
     prompts = prompts_within_budget(loaded, bundle, request.n_prompts, request.max_tokens)
-    constrained = [
-        (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
-    ]
-    if constrained and loaded.profile.vllm.structured_outputs is None:
-        line, prompt = constrained[0]
-        assert prompt.constraint is not None
-        raise UsageError(
-            f"{bundle.path / PROMPTS_FILE}:{line} ({prompt.id}): a {prompt.constraint.kind} "
-            f"constraint needs a pinned structured-outputs backend; profile {loaded.path} sets "
-            f"none ({len(constrained)} constrained line(s))",
-            hint="set vllm.structured_outputs.backend (xgrammar, guidance or outlines); vLLM's "
-            "'auto' picks a backend per request and is not a pin",
-        )
     if certificate is not None:
         # Everything but the pins, which need the server's version: checked before a request.
         require_coverage(

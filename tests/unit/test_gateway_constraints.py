@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import detserve.requests as requests_module
 from detserve.canonical import canonical_bytes
 from detserve.errors import RunLogError
 from detserve.evaluation import Verdict
+from detserve.gateway.admission import Policy, Refused, admit
 from detserve.gateway.output_check import check_output, satisfies
 from detserve.gateway.replay import plan_transcript_replay, replay_transcript
 from detserve.profile import load_profile
@@ -105,6 +107,33 @@ def test_a_regex_whose_match_runs_out_of_time_is_not_checked(
     constrained = request({"regex": "(a|aa)*c"})
     assert check_output(constrained, "a" * 60 + "cX", "stop", None) == "not_checked"
     assert check_output(constrained, "aac", "stop", None) == "satisfied"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"structured_outputs": {"regex": "[0-9]+"}}, "structured_outputs"),
+    ],
+)
+def test_a_constraint_is_refused_when_the_profile_pins_no_backend(
+    body: dict[str, Any], field: str
+) -> None:
+    # vLLM's `auto` would pick a backend per request: not a pin, as for a bundle
+    policy = Policy(
+        served_model_name=MODEL,
+        seed=0,
+        default_max_tokens=8,
+        max_model_len=512,
+        structured_outputs_pinned=False,
+    )
+    with pytest.raises(Refused) as refused:
+        admit("completion", {"model": MODEL, "prompt": "p"} | body, policy)
+    assert refused.value.param == field
+    assert "pins no structured-outputs backend" in refused.value.message
+    pinned = replace(policy, structured_outputs_pinned=True)
+    assert admit("completion", {"model": MODEL, "prompt": "p"} | body, pinned).request.constraint
+    assert admit("completion", {"model": MODEL, "prompt": "p"}, policy).request.constraint is None
 
 
 def test_a_cut_output_is_not_a_violation() -> None:

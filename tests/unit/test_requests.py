@@ -42,7 +42,7 @@ from detserve.requests import (
     sample_record,
 )
 from detserve.runlog import write_run_log
-from detserve.sampling import SampleRequest, check_request
+from detserve.sampling import SampleRequest, check_request, prompts_within_budget
 
 from .committed import REPO_ROOT, TINY_CONFIG, TINY_SNAPSHOT
 from .runlog_builders import make_header, make_sample
@@ -407,6 +407,19 @@ def test_an_unpinned_backend_is_refused_before_any_request(tmp_path: Path) -> No
     )
     # with the backend pinned, the same request passes
     check_request(load_profile(_pinned_profile(tmp_path / "pinned")), bundle, request)
+
+
+def test_check_refuses_an_unpinned_backend_as_sample_does(tmp_path: Path) -> None:
+    # `detserve check` plans its passes with prompts_within_budget: the same refusal, the same
+    # message, before any request
+    def unpinned(document: dict[str, Any]) -> None:
+        del document["vllm"]["structured_outputs"]
+
+    bundle = load_bundle(REGEX_BUNDLE, REGEX_PIN)
+    with pytest.raises(UsageError, match=r":1 \(p00000\): a regex constraint needs a pinned"):
+        prompts_within_budget(load_profile(_pinned_profile(tmp_path, unpinned)), bundle, None, 8)
+    pinned = load_profile(_pinned_profile(tmp_path / "pinned"))
+    assert len(prompts_within_budget(pinned, bundle, None, 8)) == len(bundle.prompts)
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,9 @@ class Policy:
     seed: int
     default_max_tokens: int
     max_model_len: int
+    #: the profile pins a structured-outputs backend; without one a constraint is refused, as a
+    #: bundle's is (vLLM's ``auto`` would pick a backend per request: not a pin)
+    structured_outputs_pinned: bool
 
 
 @dataclass(frozen=True)
@@ -214,8 +217,15 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
         raise Refused(name, f"{name} must be a positive integer")
     if max_tokens >= policy.max_model_len:
         raise Refused(name, f"{name} must be below max_model_len ({policy.max_model_len})")
+    constraint = _constraint(body)
+    if constraint is not None and not policy.structured_outputs_pinned:
+        field = "structured_outputs" if body.get("structured_outputs") is not None else None
+        raise Refused(
+            field or "response_format",
+            "constraints are refused: this gateway's profile pins no structured-outputs backend",
+        )
     canonical: dict[str, Any] = {
-        "constraint": _constraint(body),
+        "constraint": constraint,
         "kind": kind,
         "max_tokens": max_tokens,
         "messages": None,

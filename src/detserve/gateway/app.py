@@ -119,6 +119,7 @@ class Gateway:
             seed=verified.seed,
             default_max_tokens=profile.sampling.max_tokens,
             max_model_len=profile.vllm.max_model_len,
+            structured_outputs_pinned=profile.vllm.structured_outputs is not None,
         )
         self.monitor = HealthMonitor(
             verified,
