@@ -49,6 +49,9 @@ class VaryingVllm(FakeVllm):
     #: how long a request waits for company (an engine's scheduling window), then how long it
     #: stays once it has some, so that the rest of its batch finds it there
     window_s: float = 0.15
+    #: the window where company changes the answer: on a loaded machine a worker can start
+    #: 0.15 s late, be alone, and read as run variance (a lone request waits it out)
+    varying_window_s: float = 0.6
     linger_s: float = 0.05
     in_flight: int = 0
     most_in_flight: int = 0
@@ -63,7 +66,8 @@ class VaryingVllm(FakeVllm):
             self.asked[prompt] = self.asked.get(prompt, 0) + 1
             times = self.asked[prompt]
             self.arrivals.notify_all()
-            in_company = self.arrivals.wait_for(lambda: self.in_flight > 1, self.window_s)
+            window = self.varying_window_s if self.mode in ("batch", "logprob") else self.window_s
+            in_company = self.arrivals.wait_for(lambda: self.in_flight > 1, window)
         try:
             if in_company:
                 time.sleep(self.linger_s)
