@@ -8,7 +8,7 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -158,12 +158,28 @@ def test_a_transcript_is_not_compared_with_a_sampled_run_log(claim: Path, tmp_pa
         evaluate_transcripts(claim, Path(__file__))
 
 
-def _transcript(path: Path, exchanges: list[dict[str, Any]]) -> Path:
+def _transcript(
+    path: Path, exchanges: list[dict[str, Any]], reason: Literal["rotated", "stopped"] = "stopped"
+) -> Path:
     writer = TranscriptWriter(path, HEADER)
     for item in exchanges:
         writer.append(item)
-    writer.close("stopped")
+    writer.close(reason)
     return path
+
+
+@pytest.mark.parametrize("n_exchanges", [0, 2])
+def test_segments_closed_otherwise_are_not_a_replay(tmp_path: Path, n_exchanges: int) -> None:
+    # the footer's reason is part of the bytes; with no exchange this divided by zero
+    exchanges = [exchange(n) for n in range(n_exchanges)]
+    a = _transcript(tmp_path / "a.transcript.jsonl", exchanges)
+    b = _transcript(tmp_path / "b.transcript.jsonl", exchanges, reason="rotated")
+    report = evaluate_transcripts(a, b)
+    assert report.verdict is Verdict.NOT_A_REPLAY
+    assert [d.as_json() for d in report.header_differences] == [
+        {"field": "transcript-end.reason", "run_a": "stopped", "run_b": "rotated"}
+    ]
+    assert report.identical_samples == n_exchanges
 
 
 def test_an_exchange_left_incomplete_on_one_side_is_not_a_replay(tmp_path: Path) -> None:

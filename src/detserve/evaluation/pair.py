@@ -357,7 +357,9 @@ def judge(
     elif headers or counts.mismatch_count or counts.unpaired:
         verdict = Verdict.NOT_A_REPLAY
     else:
-        ratio = (counts.identical + counts.tolerated) / counts.compared
+        # nothing compared and nothing different: two logs of no samples whose bytes differ only
+        # where no field is compared (every such field is a header difference above)
+        ratio = (counts.identical + counts.tolerated) / counts.compared if counts.compared else 1.0
         verdict = (
             Verdict.WITHIN_THRESHOLD
             if ratio >= thresholds.min_exact_match_ratio

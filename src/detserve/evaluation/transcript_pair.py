@@ -19,7 +19,7 @@ from typing import Final
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import UsageError
-from detserve.evaluation.compare import header_differences
+from detserve.evaluation.compare import FieldDifference, header_differences
 from detserve.evaluation.pair import (
     DEFAULT_MAX_REPORTED,
     DeterminismReport,
@@ -93,6 +93,12 @@ def evaluate_transcripts(
             log_a.lines(), log_b.lines(), _exchange_as_sample, thresholds, max_reported=max_reported
         )
         summary_a, summary_b = log_a.summary(), log_b.summary()
+    # Why each segment was closed is part of its bytes: a replay closes its segment the same way.
+    # (The footer's hashes follow from the lines already compared.)
+    reason_a = summary_a.footer.reason if summary_a.footer is not None else None
+    reason_b = summary_b.footer.reason if summary_b.footer is not None else None
+    if reason_a != reason_b:
+        headers += (FieldDifference("transcript-end.reason", reason_a, reason_b),)
     return judge(
         LogRef(summary_a.path, summary_a.sha256, summary_a.n_exchanges),
         LogRef(summary_b.path, summary_b.sha256, summary_b.n_exchanges),
