@@ -248,3 +248,10 @@ class RequestRefused(ServerError):
 
 class Interrupted(EnvironmentFault):
     kind = "interrupted"
+
+
+class OutputClosed(EnvironmentFault):
+    """stdout was closed before the result was written: a reader that went away is not a
+    verdict (exit 3, never 1)."""
+
+    kind = "output-closed"

@@ -114,3 +114,34 @@ def test_clicks_errors_are_caught_when_click_is_loaded(monkeypatch: pytest.Monke
     )
     monkeypatch.delitem(sys.modules, "click")
     assert app_module._click_errors("Exit") == ()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("verify", "--config", str(TINY_CONFIG), "--json"),  # emit_json, then the fast exit
+        ("verify", "--config", str(TINY_CONFIG)),  # rich's console
+        ("config", "options", "--json"),
+        ("config", "options"),
+        ("--version",),  # the fast path, before typer
+        ("--help",),  # the catalogue's help
+        ("verify", "--help"),  # typer's rich help
+    ],
+)
+def test_a_closed_stdout_is_exit_3_never_a_verdict(args: tuple[str, ...]) -> None:
+    # `detserve verify --json | true`: click and rich exit 1 on a broken pipe, which reads as
+    # "verification failed"; the reader is gone before the process starts, so the write fails
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "detserve", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 3, done.stderr
+    assert "stdout was closed before the whole result was written" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -32,7 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--version"]:
         # What the typer app's eager --version callback prints, and its exit status.
-        sys.stdout.write(f"detserve {__version__}\n")
+        try:
+            sys.stdout.write(f"detserve {__version__}\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from detserve.cli.output import stdout_closed_exit
+
+            stdout_closed_exit()
         sys.exit(0)
     from detserve.cli.app import main as run_app
 

@@ -149,7 +149,18 @@ def main(argv: list[str] | None = None) -> None:
     json_mode = "--json" in args
     application = _register(args)
     try:
-        code = application(args=args, prog_name="detserve", standalone_mode=False)
+        try:
+            code = application(args=args, prog_name="detserve", standalone_mode=False)
+        except SystemExit as ended:
+            # Click and typer's rich help meet a closed stdout with exit 1, a verdict's code
+            # (help never exits 1 otherwise): say what happened instead, as for detserve's own
+            # output (exit 3).
+            pacified = type(sys.stdout).__name__ == "PacifyFlushWrapper"
+            if ended.code == 1 and (pacified or "--help" in args or "-h" in args):
+                from detserve.cli.output import stdout_closed
+
+                stdout_closed()
+            raise
     except DetserveError as exc:
         from detserve.cli.output import emit_json, stderr
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, RenderableType
@@ -26,10 +27,47 @@ from rich.progress import (
 from rich.text import Text
 
 from detserve.canonical import canonical_json
-from detserve.errors import DetserveError, bounded
+from detserve.errors import EXIT_ENVIRONMENT, DetserveError, OutputClosed, bounded
 
-stdout = Console(soft_wrap=True, highlight=False)
-stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+def _quiet(stream: Any) -> None:
+    # Nothing more can reach the reader: later writes and the final flush go to /dev/null.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+def stdout_closed() -> NoReturn:
+    """The reader of stdout went away (``detserve verify --json | head -c0``): exit 3, saying so
+    on stderr. Click and rich would exit 1 here, which reads as a failed verification."""
+    _quiet(sys.stdout)
+    raise OutputClosed(
+        "stdout was closed before the whole result was written",
+        hint="the command's outcome was not delivered; read its whole output (or use its exit "
+        "code alone, with stdout to /dev/null)",
+    )
+
+
+def stdout_closed_exit() -> NoReturn:
+    """:func:`stdout_closed` where no handler reports errors (``--version``): say it, exit 3."""
+    _quiet(sys.stdout)
+    stderr.print("detserve: error: stdout was closed before the whole result was written")
+    sys.exit(EXIT_ENVIRONMENT)
+
+
+class _Stdout(Console):
+    def on_broken_pipe(self) -> None:
+        stdout_closed()
+
+
+class _Stderr(Console):
+    def on_broken_pipe(self) -> None:
+        _quiet(sys.stderr)
+        sys.exit(EXIT_ENVIRONMENT)  # nowhere left to say why
+
+
+stdout = _Stdout(soft_wrap=True, highlight=False)
+stderr = _Stderr(stderr=True, soft_wrap=True, highlight=False)
 
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout instead of text.")
@@ -37,8 +75,11 @@ JsonOption = Annotated[
 
 
 def emit_json(value: Any) -> None:
-    sys.stdout.write(canonical_json(value) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(canonical_json(value) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        stdout_closed()
 
 
 def say(message: str) -> None:
