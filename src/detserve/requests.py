@@ -17,8 +17,9 @@ request, so the bundle's hash pins each request exactly); a constraint is checke
 is parsed (a JSON Schema against its metaschema, a regex by the ``regex`` package, a grammar by
 ``lark``), so a line that loads can be checked after sampling; :func:`sample_record` is the one
 place a request is made and turned into a run-log sample. A regex is matched with a time limit
-(:data:`REGEX_CHECK_TIMEOUT_S`): a bundle is someone's claim, and a pattern that backtracks
-for ever must not hang the verifier (:class:`ConstraintUncheckable`, exit 2).
+(:data:`REGEX_CHECK_TIMEOUT_S`) and a grammar parsed in a child process with one
+(:mod:`detserve.grammar_check`): a bundle is someone's claim, and a pattern that backtracks for
+ever must not hang the verifier (:class:`ConstraintUncheckable`, exit 2).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from detserve.errors import (
     PinMismatch,
     RequestRefused,
 )
+from detserve.grammar_check import grammar_accepts, lark_parser
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
@@ -78,13 +80,6 @@ class Message(_Frozen):
 
 
 @functools.lru_cache(maxsize=256)
-def _lark_parser(grammar: str) -> Any:
-    from lark import Lark
-
-    return Lark(grammar, start="start", parser="earley", lexer="dynamic")
-
-
-@functools.lru_cache(maxsize=256)
 def _json_validator(schema_json: str) -> Any:
     from jsonschema.validators import validator_for
 
@@ -99,7 +94,8 @@ def _refuse_constant(name: str) -> Any:
 
 
 class ConstraintUncheckable(BundleError):
-    """A constraint whose check of an output cannot finish (a regex that backtracks for ever)."""
+    """A constraint whose check of an output cannot finish (a regex that backtracks for ever, a
+    grammar whose parse does not end in time)."""
 
 
 def regex_fullmatch(pattern: str, text: str) -> bool:
@@ -156,7 +152,7 @@ class Constraint(_Frozen):
             from lark.exceptions import LarkError
 
             try:
-                _lark_parser(self.grammar)
+                lark_parser(self.grammar)
             except LarkError as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise ValueError(
@@ -205,14 +201,16 @@ class Constraint(_Frozen):
             return regex_fullmatch(self.regex, text)
         if self.choice is not None:
             return text in self.choice
-        from lark.exceptions import LarkError
-
         assert self.grammar is not None
         try:
-            _lark_parser(self.grammar).parse(text)
-        except LarkError:
-            return False
-        return True
+            return grammar_accepts(self.grammar, text)
+        except TimeoutError as exc:
+            raise ConstraintUncheckable(
+                f"the grammar constraint did not finish parsing a {len(text)}-character output: "
+                f"{exc}",
+                hint="an ambiguous grammar can take Earley parsing cubic time or worse; write "
+                "it unambiguously",
+            ) from None
 
 
 class PromptRecord(_Frozen):

@@ -21,11 +21,10 @@ schema ``jsonschema`` cannot use (invalid, or with a ``$ref`` it cannot resolve)
 or a stream that ended early) is ``cut``, not a violation; any other unsatisfied output is
 ``violated``, and the gateway withholds it (502) after recording it.
 
-Limitation: the grammar is the client's and Lark's Earley parser is cubic at worst, so a
-pathological grammar can stall the gateway while it checks (a regex cannot: its match has a
-time limit). Clients are the loopback's or an API key's holders. A regex whose check ran out of
-time is ``not_checked``; that depends on the machine's speed, so a replay on a faster one can
-differ there.
+The regex and the grammar are the client's: a regex is matched with a time limit and a grammar
+parsed in a child process with one (:mod:`detserve.grammar_check`), so neither can stall the
+gateway for longer. A check that ran out of time is ``not_checked``; that depends on the
+machine's speed, so a replay on a faster one can differ there.
 """
 
 from __future__ import annotations
@@ -85,8 +84,10 @@ def satisfies(constraint: dict[str, Any], text: str) -> bool | None:
         return None
     try:
         return checked.satisfied_by(text)
-    except (Unresolvable, RecursionError):
-        return None  # a $ref that cannot be resolved offline, or a schema that recurses
+    except (Unresolvable, RecursionError, ConstraintUncheckable):
+        # a $ref that cannot be resolved offline, a schema that recurses, a grammar whose parse
+        # did not end in time
+        return None
 
 
 def check_output(
