@@ -24,9 +24,7 @@ ever must not hang the verifier (:class:`ConstraintUncheckable`, exit 2).
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
@@ -35,6 +33,7 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_json
+from detserve.constraint_check import accepts, json_validator, lark_parser
 from detserve.errors import (
     BundleError,
     ConstraintViolated,
@@ -42,7 +41,6 @@ from detserve.errors import (
     PinMismatch,
     RequestRefused,
 )
-from detserve.grammar_check import grammar_accepts, lark_parser
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
@@ -77,20 +75,6 @@ class _Frozen(BaseModel):
 class Message(_Frozen):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_PROMPT_BYTES)
-
-
-@functools.lru_cache(maxsize=256)
-def _json_validator(schema_json: str) -> Any:
-    from jsonschema.validators import validator_for
-
-    schema = json.loads(schema_json)
-    cls = validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 class ConstraintUncheckable(BundleError):
@@ -135,7 +119,7 @@ class Constraint(_Frozen):
             from jsonschema.exceptions import SchemaError
 
             try:
-                _json_validator(canonical_json(self.json_schema))
+                json_validator(canonical_json(self.json_schema))
             except SchemaError as exc:
                 raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
         elif self.regex is not None:
@@ -190,27 +174,30 @@ class Constraint(_Frozen):
 
     def satisfied_by(self, text: str) -> bool:
         """detserve's own check: the JSON validates, the regex matches in full, the text is a
-        choice, or the grammar (by ``lark``) parses the whole text."""
-        if self.json_schema is not None:
-            try:
-                value = json.loads(text, parse_constant=_refuse_constant)
-            except ValueError:
-                return False
-            return bool(_json_validator(canonical_json(self.json_schema)).is_valid(value))
+        choice, or the grammar (by ``lark``) parses the whole text. A check that cannot finish
+        in its time limit (:data:`REGEX_CHECK_TIMEOUT_S`; ``constraint_check.CHECK_TIMEOUT_S``)
+        or fails in its library raises :class:`ConstraintUncheckable`."""
         if self.regex is not None:
             return regex_fullmatch(self.regex, text)
         if self.choice is not None:
             return text in self.choice
-        assert self.grammar is not None
+        if self.json_schema is not None:
+            kind, argument = "json_schema", canonical_json(self.json_schema)
+        else:
+            assert self.grammar is not None
+            kind, argument = "grammar", self.grammar
         try:
-            return grammar_accepts(self.grammar, text)
+            verdict, reason = accepts(kind, argument, text)  # type: ignore[arg-type]
         except TimeoutError as exc:
             raise ConstraintUncheckable(
-                f"the grammar constraint did not finish parsing a {len(text)}-character output: "
+                f"the {kind} constraint did not finish checking a {len(text)}-character output: "
                 f"{exc}",
-                hint="an ambiguous grammar can take Earley parsing cubic time or worse; write "
-                "it unambiguously",
+                hint="a schema pattern that backtracks, or an ambiguous grammar (Earley parsing "
+                "is cubic or worse), cannot be checked; write it otherwise",
             ) from None
+        if verdict is None:
+            raise ConstraintUncheckable(f"the {kind} constraint cannot be checked: {reason}")
+        return verdict
 
 
 class PromptRecord(_Frozen):

@@ -21,10 +21,11 @@ schema ``jsonschema`` cannot use (invalid, or with a ``$ref`` it cannot resolve)
 or a stream that ended early) is ``cut``, not a violation; any other unsatisfied output is
 ``violated``, and the gateway withholds it (502) after recording it.
 
-The regex and the grammar are the client's: a regex is matched with a time limit and a grammar
-parsed in a child process with one (:mod:`detserve.grammar_check`), so neither can stall the
-gateway for longer. A check that ran out of time is ``not_checked``; that depends on the
-machine's speed, so a replay on a faster one can differ there.
+The constraint is the client's: a regex is matched with a time limit, and a schema (whose
+``pattern`` Python's ``re`` matches) or a grammar is checked in a child process with one
+(:mod:`detserve.constraint_check`), so none can stall the gateway for longer. A check that ran
+out of time is ``not_checked``; that depends on the machine's speed, so a replay on a faster one
+can differ there.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from typing import Any, Final
 
 import regex
 from pydantic import ValidationError
-from referencing.exceptions import Unresolvable
 
 from detserve.requests import Constraint, ConstraintUncheckable, regex_fullmatch
 from detserve.runlog.models import ConstraintCheck, ExchangeRequest
@@ -84,9 +84,9 @@ def satisfies(constraint: dict[str, Any], text: str) -> bool | None:
         return None
     try:
         return checked.satisfied_by(text)
-    except (Unresolvable, RecursionError, ConstraintUncheckable):
-        # a $ref that cannot be resolved offline, a schema that recurses, a grammar whose parse
-        # did not end in time
+    except ConstraintUncheckable:
+        # a $ref that cannot be resolved offline, a schema that recurses, a check that did not
+        # end in time
         return None
 
 

@@ -1,0 +1,97 @@
+"""A schema or grammar check runs in a child process with a time limit: a schema pattern that
+backtracks or an ambiguous grammar cannot hang detserve (sampling and replay stop with exit 2,
+the gateway records ``not_checked``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import pytest
+
+import detserve.constraint_check as constraint_check
+from detserve.canonical import canonical_json
+from detserve.constraint_check import accepts
+from detserve.gateway.output_check import check_output
+from detserve.requests import ConstraintUncheckable, GenerationParams, sample_record
+
+from .test_gateway_constraints import request
+from .test_requests import Answer, Sender, record
+
+#: every binary bracketing of the text is a derivation: Earley time grows as the cube of its
+#: length (120 characters take about a second here, 400 about half a minute)
+AMBIGUOUS = 'start: x\nx: x x | "a"'
+SLOW_TEXT = "a" * 400
+
+
+#: Python's re backtracks for ever on this pattern over a run of "a" not followed by "c"
+BACKTRACKING_SCHEMA = {"type": "string", "pattern": "^(a|aa)*c$"}
+
+
+def test_the_child_answers_as_the_libraries_do() -> None:
+    assert accepts("grammar", 'start: "yes" | "no"', "no") == (True, "")
+    assert accepts("grammar", 'start: "yes" | "no"', "maybe") == (False, "")
+    schema = canonical_json({"type": "object", "required": ["a"]})
+    assert accepts("json_schema", schema, '{"a": 1}') == (True, "")
+    assert accepts("json_schema", schema, '{"b": 1}') == (False, "")
+    assert accepts("json_schema", schema, '{"a": NaN}') == (False, "")
+    unresolvable = canonical_json({"$ref": "https://example.invalid/s.json"})
+    verdict, reason = accepts("json_schema", unresolvable, "{}")
+    assert verdict is None
+    assert "Unresolvable: https://example.invalid/s.json" in reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "argument", "text"),
+    [
+        ("grammar", AMBIGUOUS, SLOW_TEXT),
+        ("json_schema", canonical_json(BACKTRACKING_SCHEMA), '"' + "a" * 60 + 'cX"'),
+    ],
+)
+def test_a_check_past_the_limit_is_abandoned_and_the_next_check_works(
+    kind: Literal["grammar", "json_schema"], argument: str, text: str
+) -> None:
+    accepts("grammar", 'start: "yes"', "yes")  # the child is up: the limit times the check alone
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=rf"the {kind} check took longer than 0\.5 s"):
+        accepts(kind, argument, text, timeout_s=0.5)
+    assert time.monotonic() - started < 5
+    assert accepts("grammar", AMBIGUOUS, "aaa") == (True, "")  # a new child
+
+
+def test_sampling_stops_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constraint_check, "CHECK_TIMEOUT_S", 1.0)
+    params = GenerationParams(max_tokens=8, seed=0, logprobs=None, model="tiny-llama")
+    with pytest.raises(ConstraintUncheckable) as caught:
+        sample_record(
+            Sender(Answer(SLOW_TEXT)),
+            3,
+            record(prompt="Hi", constraint={"grammar": AMBIGUOUS}),
+            params,
+        )
+    assert caught.value.exit_code == 2
+    assert caught.value.message.startswith(
+        "sample 3 (p, completion): the grammar constraint did not finish checking a "
+        "400-character output"
+    )
+
+
+def test_a_schema_that_cannot_be_checked_is_bad_input() -> None:
+    # a $ref jsonschema cannot resolve offline used to end sampling as an internal error
+    params = GenerationParams(max_tokens=8, seed=0, logprobs=None, model="tiny-llama")
+    unresolvable = {"json_schema": {"$ref": "https://example.invalid/s.json"}}
+    with pytest.raises(ConstraintUncheckable) as caught:
+        sample_record(Sender(Answer("{}")), 0, record(prompt="Hi", constraint=unresolvable), params)
+    assert caught.value.exit_code == 2
+    assert "the json_schema constraint cannot be checked: " in caught.value.message
+    assert "Unresolvable: https://example.invalid/s.json" in caught.value.message
+
+
+def test_the_gateway_records_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constraint_check, "CHECK_TIMEOUT_S", 1.0)
+    constrained = request({"grammar": AMBIGUOUS})
+    assert check_output(constrained, SLOW_TEXT, "stop", None) == "not_checked"
+    assert check_output(constrained, "aaaa", "stop", None) == "satisfied"
+    schema = request({"json_schema": BACKTRACKING_SCHEMA})
+    assert check_output(schema, '"' + "a" * 60 + 'cX"', "stop", None) == "not_checked"
+    assert check_output(schema, '"aac"', "stop", None) == "satisfied"
