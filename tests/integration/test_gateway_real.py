@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
+import openai
 import pytest
 
 from detserve.gateway.app import MAX_BODY_BYTES
@@ -48,6 +50,11 @@ SCHEMA: dict[str, Any] = {
 }
 RESPONSE_FORMAT: Any = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA}}
 MAX_TOKENS = 32
+#: a short queue, so that the load test's 16 clients really meet 429s
+QUEUE_SIZE = 2
+LOAD_CLIENTS, LOAD_REQUESTS, LOAD_MAX_TOKENS = 16, 400, 4
+#: room for the schema's longest answer
+CONSTRAINED_MAX_TOKENS = 40
 
 
 @dataclass
@@ -57,6 +64,8 @@ class Served:
     provenances: list[dict[str, Any]] = field(default_factory=list)
     #: how many exchanges the client left mid-stream
     left: int = 0
+    #: the ids the load test was answered with
+    loaded: list[str] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +78,7 @@ def served(
     started = detserve("run", "--config", profile, timeout=600)
     assert started.code == 0, started
     transcripts = tmp_path_factory.mktemp("gateway") / "transcripts"
-    gateway = start_gateway(profile, transcripts)
+    gateway = start_gateway(profile, transcripts, "--queue-size", str(QUEUE_SIZE))
     try:
         yield Served(gateway)
     finally:
@@ -214,6 +223,89 @@ def test_a_malformed_and_an_oversized_body_are_refused_and_not_recorded(served: 
     assert served.gateway.health().status_code == 200
 
 
+@dataclass
+class LoadClient:
+    """One of the load test's clients: what it asked, and the 429s it met and retried."""
+
+    client: openai.OpenAI
+    refused_busy: int = 0
+    waited_s: float = 0.0
+
+    def ask(self, number: int) -> tuple[str, str]:
+        """Request ``number`` of the mix, retried after each 429 as Retry-After says; its
+        provenance id and its text."""
+        chat, stream, constrained = number % 2 == 1, number % 4 >= 2, number % 5 == 0
+        extra: dict[str, Any] = {"response_format": RESPONSE_FORMAT} if constrained else {}
+        while True:
+            try:
+                if chat:
+                    return self._chat(number, stream, extra)
+                return self._completion(number, stream, extra)
+            except openai.RateLimitError as refused:
+                self.refused_busy += 1
+                wait = float(refused.response.headers["Retry-After"])
+                self.waited_s += wait
+                time.sleep(wait)
+
+    def _completion(self, number: int, stream: bool, extra: dict[str, Any]) -> tuple[str, str]:
+        prompt = f"{PROMPTS[number % len(PROMPTS)]} {number}"
+        tokens = CONSTRAINED_MAX_TOKENS if extra else LOAD_MAX_TOKENS
+        if stream:
+            chunks = list(
+                self.client.completions.create(
+                    model=MODEL, prompt=prompt, max_tokens=tokens, stream=True, extra_body=extra
+                )
+            )
+            text = "".join(chunk.choices[0].text for chunk in chunks)
+            return chunks[-1].model_extra["detserve"]["id"], text
+        answer = self.client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=tokens, extra_body=extra
+        )
+        return answer.model_extra["detserve"]["id"], answer.choices[0].text
+
+    def _chat(self, number: int, stream: bool, extra: dict[str, Any]) -> tuple[str, str]:
+        messages: Any = [{"role": "user", "content": f"Request {number}: yes or no?"}]
+        tokens = CONSTRAINED_MAX_TOKENS if extra else LOAD_MAX_TOKENS
+        if stream:
+            chunks = list(
+                self.client.chat.completions.create(
+                    model=MODEL, messages=messages, max_tokens=tokens, stream=True, extra_body=extra
+                )
+            )
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+            return chunks[-1].model_extra["detserve"]["id"], text
+        answer = self.client.chat.completions.create(
+            model=MODEL, messages=messages, max_tokens=tokens, extra_body=extra
+        )
+        return answer.model_extra["detserve"]["id"], answer.choices[0].message.content or ""
+
+
+def test_load_sixteen_clients_four_hundred_requests_429s_retried(served: Served) -> None:
+    clients = [LoadClient(served.gateway.client()) for _ in range(LOAD_CLIENTS)]
+    began = time.monotonic()
+    with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+        answers = list(
+            pool.map(
+                lambda number: clients[number % LOAD_CLIENTS].ask(number), range(LOAD_REQUESTS)
+            )
+        )
+    seconds = time.monotonic() - began
+    refused_busy = sum(client.refused_busy for client in clients)
+    print(
+        f"load: {LOAD_REQUESTS} requests from {LOAD_CLIENTS} clients in {seconds:.1f} s "
+        f"({LOAD_REQUESTS / seconds:.1f}/s), {refused_busy} answered 429 and retried "
+        f"(queue size {QUEUE_SIZE})"
+    )
+    assert refused_busy > 0  # the queue's bound was met, so its path ran
+    ids = [exchange_id for exchange_id, _ in answers]
+    assert len(set(ids)) == LOAD_REQUESTS
+    for number, (_, text) in enumerate(answers):
+        if number % 5 == 0:  # constrained, with room enough for the enums
+            jsonschema.validate(json.loads(text), SCHEMA)
+    served.loaded = ids
+    assert served.gateway.health().json()["status"] == "ok"
+
+
 def test_the_transcript_validates_and_replays_identical(
     served: Served, detserve: DetserveRunner, tmp_path: Path
 ) -> None:
@@ -227,11 +319,17 @@ def test_the_transcript_validates_and_replays_identical(
     assert summary.footer.reason == "stopped"
     exchanges = read_exchanges(segment)
     answered = [e for e in exchanges if e.incomplete is None]
-    assert [e.id for e in answered] == [p["id"] for p in served.provenances]
+    # in order until the load test; then each of its answers exactly once, and nothing else
+    sequential = [p["id"] for p in served.provenances]
+    assert [e.id for e in answered[: len(sequential)]] == sequential
+    loaded = [e.id for e in answered[len(sequential) :]]
+    assert len(loaded) == len(set(loaded)) == LOAD_REQUESTS
+    assert set(loaded) == set(served.loaded)
     assert [e.incomplete for e in exchanges if e.incomplete] == ["client_disconnected"]
     assert {e.request.kind for e in answered} == {"completion", "chat"}
-    assert sum(e.request.constraint is not None for e in answered) == 3
-    for exchange, provenance in zip(answered, served.provenances, strict=True):
+    assert sum(e.request.constraint is not None for e in answered) == 3 + LOAD_REQUESTS // 5
+    assert all(e.finish_reason is not None for e in answered)
+    for exchange, provenance in zip(answered[: len(sequential)], served.provenances, strict=True):
         assert (
             output_sha256(exchange.output_token_ids, exchange.text) == (provenance["output_sha256"])
         )
