@@ -71,8 +71,8 @@ GATEWAY_PORT=${GATEWAY_PORT:-8088}
 "$DETSERVE" serve --config "$LOCAL" --transcript-dir "$GATEWAY_DIR" --port "$GATEWAY_PORT" &
 gateway=$!
 client_out=$(.venv/bin/python scripts/gateway_demo_client.py "http://127.0.0.1:$GATEWAY_PORT") || {
-  kill -INT "$gateway"; wait "$gateway" || true; exit 1; }
-kill -INT "$gateway"  # Ctrl-C: the gateway closes its transcript and exits 0
+  kill -TERM "$gateway"; wait "$gateway" || true; exit 1; }
+kill -TERM "$gateway"  # as Ctrl-C: the gateway closes its transcript and exits 0
 wait "$gateway"
 printf '%s\n' "$client_out" | head -1 >&2
 segment="$GATEWAY_DIR/$(printf '%s\n' "$client_out" | tail -1)"
