@@ -5,9 +5,11 @@ for the module; the tests run in order and add to one transcript. The ``openai``
 completions and chats, whole and streamed, and JSON-schema constrained answers (each parses and
 validates against its schema); every answer's provenance id resolves to the same record; a
 client that leaves mid-stream leaves an ``incomplete`` line; a malformed body is a 400 and a
-10 MB body a 413, and neither is recorded. Last, the gateway stopped with Ctrl-C closes its
-transcript, which validates, and ``detserve replay --claim SEGMENT`` (every exchange sent again,
-the incomplete one included) reports IDENTICAL, byte for byte.
+10 MB body a 413, and neither is recorded. Then the load: 16 client threads send 400 mixed
+requests to a gateway whose queue holds 2, count the 429s and retry them after ``Retry-After``.
+Last, the gateway stopped with Ctrl-C closes its transcript, which validates and holds every
+answer exactly once, and ``detserve replay --claim SEGMENT`` (every exchange sent again, the
+incomplete one included) reports IDENTICAL, byte for byte.
 """
 
 from __future__ import annotations
