@@ -36,7 +36,7 @@ def main(url: str) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
     answer = client.chat.completions.create(
         model="tiny-llama",
-        messages=[{"role": "user", "content": "Say hello in JSON."}],
+        messages=[{"role": "user", "content": "Say hello."}],
         max_tokens=16,
     )
     provenance = (answer.model_extra or {})["detserve"]
