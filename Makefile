@@ -64,7 +64,8 @@ demo: stack
 bench: stack
 	$(BIN)/python benchmarks/bench.py all --hash-args="$(BENCH_HASH_ARGS)" \
 		--eval-args="$(BENCH_EVAL_ARGS)" --cli-args="$(BENCH_CLI_ARGS)" \
-		--runtime-args="$(BENCH_RUNTIME_ARGS)"
+		--runtime-args="$(BENCH_RUNTIME_ARGS)" --concurrency-args="$(BENCH_CONCURRENCY_ARGS)" \
+		--gateway-args="$(BENCH_GATEWAY_ARGS)"
 
 # Verification throughput against this machine's limits, warm and cold; exit 1 below target.
 # Options: make bench-hash BENCH_HASH_ARGS="--total-gib 1 --shards 1" (docs/performance.md).
@@ -86,10 +87,13 @@ bench-cli: $(STAMP)
 # below target. Options: make bench-runtime BENCH_RUNTIME_ARGS="--rounds 4 --ready-rounds 1".
 # Then certified sampling at concurrency 1..32, side by side, logs compared (bench_concurrency.py;
 # BENCH_CONCURRENCY_ARGS="--rounds 1"); exit 1 below 8x or on any log that differs.
+# Then the gateway against the bare server at concurrency 1, side by side (bench_gateway.py;
+# BENCH_GATEWAY_ARGS="--rounds 2"): requests/s, p50/p99; exit 1 when p50 is over 5 % above.
 bench-runtime: stack
 	status=0; \
 	$(BIN)/python benchmarks/bench.py runtime $(BENCH_RUNTIME_ARGS) || status=$$?; \
 	$(BIN)/python benchmarks/bench.py concurrency $(BENCH_CONCURRENCY_ARGS) || status=$$?; \
+	$(BIN)/python benchmarks/bench.py gateway $(BENCH_GATEWAY_ARGS) || status=$$?; \
 	exit $$status
 
 schemas: $(STAMP)

@@ -6,9 +6,10 @@
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli`` and ``runtime`` run one benchmark (``bench_hash.py``,
-``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``) with that script's options, as the
-script itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli``, ``runtime``, ``concurrency`` and ``gateway`` run one benchmark
+(``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``,
+``bench_concurrency.py``, ``bench_gateway.py``) with that script's options, as the script
+itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
 
 ``all`` runs the four in that order (runtime last: it starts containers, and the CPU it takes
 must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args``,
@@ -34,6 +35,7 @@ from pathlib import Path
 import bench_cli
 import bench_concurrency
 import bench_eval
+import bench_gateway
 import bench_hash
 import bench_runtime
 from benchlib import (
@@ -57,6 +59,7 @@ PARTS: dict[str, Benchmark] = {
     "cli": bench_cli.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
+    "gateway": bench_gateway.BENCHMARK,
 }
 
 

@@ -9,6 +9,8 @@
 #      bundle and for each request kind's reference bundle (chat, JSON schema, regex, choice,
 #      grammar; scripts/make_reference_bundles.sh)
 #   5. eval-determinism A B, for every bundle: identical, exit 0
+#   6. the gateway: `detserve serve`, one chat with the openai client, its provenance; Ctrl-C
+#      closes the transcript, and `detserve replay --claim SEGMENT` must say IDENTICAL
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DETSERVE=${DETSERVE:-.venv/bin/detserve}
@@ -61,3 +63,19 @@ for kind in $KINDS; do
     --run-b "$RUNS/demo-$kind-b.runlog.jsonl" --report-output "$RUNS/demo-$kind.report.json" --force
 done
 sha256sum "$RUNS"/demo-*a.runlog.jsonl "$RUNS"/demo-*b.runlog.jsonl >&2
+
+step "the gateway: detserve serve in front of the verified server, one chat with the openai client"
+"$DETSERVE" run --config "$LOCAL"
+GATEWAY_DIR="$RUNS/gateway"
+GATEWAY_PORT=${GATEWAY_PORT:-8088}
+"$DETSERVE" serve --config "$LOCAL" --transcript-dir "$GATEWAY_DIR" --port "$GATEWAY_PORT" &
+gateway=$!
+client_out=$(.venv/bin/python scripts/gateway_demo_client.py "http://127.0.0.1:$GATEWAY_PORT") || {
+  kill -TERM "$gateway"; wait "$gateway" || true; exit 1; }
+kill -TERM "$gateway"  # as Ctrl-C: the gateway closes its transcript and exits 0
+wait "$gateway"
+printf '%s\n' "$client_out" | head -1 >&2
+segment="$GATEWAY_DIR/$(printf '%s\n' "$client_out" | tail -1)"
+step "replay the gateway's transcript: every exchange sent again, compared byte for byte"
+"$DETSERVE" replay --claim "$segment" --config "$LOCAL" --output-dir "$RUNS/gateway-replay" --force
+"$DETSERVE" stop --config "$LOCAL"

@@ -2,7 +2,8 @@
 
 The fake answers ``/v1/completions`` and ``/v1/chat/completions`` as vLLM does with
 ``return_token_ids`` (token ids in every choice, the prompt's ids on the first chunk of a
-stream, at the top level for a chat), streamed as chunked server-sent events when asked, and
+stream, at the top level for a chat; a chat stream opens with a chunk of the role and no token,
+as vLLM 0.32 streams it), streamed as chunked server-sent events when asked, and
 can be told to stream slowly or drop the connection mid-stream (a killed engine). The gateway
 runs under uvicorn in a thread (:class:`~detserve.gateway.server.GatewayServer`), verified
 against a copy of the tiny model and a fake engine holding the profile's container.
@@ -91,15 +92,23 @@ class StreamingFakeVllm:
             document |= {"model": body["model"], "choices": [choice]}
             return Answer(body=document, delay_s=self.delay_s)
         events = []
+        if chat:
+            # vLLM 0.32 opens a chat stream with the role and the prompt's ids, and no token
+            role = {
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": None,
+            }
+            opening = {"id": "c-1", "object": "chat.completion.chunk", "created": 1}
+            opening |= {"model": body["model"], "choices": [role], "prompt_token_ids": prompt_ids}
+            events.append(json.dumps(opening))
         for number, (token, piece) in enumerate(zip(tokens, pieces, strict=True)):
             last = number == len(tokens) - 1
             choice = {"index": 0, "token_ids": [token], "finish_reason": finish if last else None}
             chunk: dict[str, Any] = {"id": "c-1", "created": 1, "model": body["model"]}
             if chat:
-                choice["delta"] = {"content": piece} | ({"role": "assistant"} if not number else {})
+                choice["delta"] = {"content": piece}
                 chunk["object"] = "chat.completion.chunk"
-                if not number:
-                    chunk["prompt_token_ids"] = prompt_ids
             else:
                 choice["text"] = piece
                 chunk["object"] = "text_completion"

@@ -323,7 +323,8 @@ def test_a_snapshot_changed_while_serving_turns_health_503(rig: GatewayRig) -> N
     rig.gateway.monitor.reverify_snapshot()  # what the periodic task does
     health = httpx.get(f"{rig.url}/health")
     assert health.status_code == 503
-    assert "snapshot re-verification failed" in health.json()["reason"]
+    reason = health.json()["reason"]
+    assert reason.startswith("snapshot re-verification failed: changed: ./model.safetensors")
     refused = post(rig, "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2})
     assert refused.status_code == 503
     assert rig.fake.requests == []

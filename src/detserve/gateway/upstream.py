@@ -2,7 +2,8 @@
 error shape.
 
 vLLM with ``return_token_ids`` puts the generated token ids in every choice and the prompt's
-ids in the choice (a completion) or at the top level (a chat), on the first chunk of a stream.
+ids in the choice (a completion) or at the top level (a chat), on the first chunk of a stream;
+a chat stream opens with a chunk that names the role and holds no token (and so no token ids).
 An output is checked against its request's constraint when its line is made
 (:mod:`~detserve.gateway.output_check`). Anything else is not an answer the gateway can record:
 :meth:`Output.add_chunk` and :meth:`Output.add_answer` raise, and the gateway answers 502 (or
@@ -51,6 +52,8 @@ class Output:
         if prompt:
             self.prompt_token_ids = list(prompt)
         tokens = choice.get("token_ids")
+        if tokens is None and self.kind == "chat" and _opens_a_chat(choice):
+            tokens = []  # vLLM opens a chat stream with the role alone: no token yet
         if not isinstance(tokens, list):
             raise ValueError("a chunk without token_ids")
         self.token_ids.extend(tokens)
@@ -103,6 +106,16 @@ class Violation:
 
     def event(self) -> ServerSentEvent:
         return ServerSentEvent(data=json.dumps(self.refusal().body()))
+
+
+def _opens_a_chat(choice: Any) -> bool:
+    delta = choice.get("delta")
+    return (
+        isinstance(delta, dict)
+        and delta.get("role") == "assistant"
+        and not delta.get("content")
+        and choice.get("finish_reason") is None
+    )
 
 
 def error_event(message: str) -> ServerSentEvent:

@@ -167,7 +167,9 @@ class HealthMonitor:
                     f"{report.manifest_sha256}, served under {self.verified.manifest_sha256}"
                 )
         except DetserveError as exc:
-            self.fail(f"snapshot re-verification failed: {exc.message}")
+            # what differs first (a changed file), then the message naming the snapshot's paths
+            found = "; ".join((*exc.details, exc.message))
+            self.fail(f"snapshot re-verification failed: {found}")
             return
         self.last_verified_at = time.time()
 
