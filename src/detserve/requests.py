@@ -46,6 +46,9 @@ MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
 MAX_STOP_STRINGS: Final = 16
 MAX_CHOICES: Final = 1024
+#: the deepest a JSON Schema may nest (objects and arrays, counted from 1): the schema
+#: libraries recurse, and a schema a few hundred levels deep ran them out of stack
+MAX_SCHEMA_DEPTH: Final = 32
 #: wall-clock seconds one regex constraint's full match may take; a pattern that backtracks
 #: catastrophically on an output is refused rather than waited for
 REGEX_CHECK_TIMEOUT_S: Final = 2.0
@@ -75,6 +78,22 @@ class _Frozen(BaseModel):
 class Message(_Frozen):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_PROMPT_BYTES)
+
+
+def json_depth(value: Any) -> int:
+    """How deep a JSON value nests (a scalar 0, ``{}`` and ``[]`` 1), without recursing."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class ConstraintUncheckable(BundleError):
@@ -118,6 +137,8 @@ class Constraint(_Frozen):
         if self.json_schema is not None:
             from jsonschema.exceptions import SchemaError
 
+            if json_depth(self.json_schema) > MAX_SCHEMA_DEPTH:
+                raise ValueError(f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
             try:
                 json_validator(canonical_json(self.json_schema))
             except SchemaError as exc:

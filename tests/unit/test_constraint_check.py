@@ -5,15 +5,24 @@ the gateway records ``not_checked``)."""
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
+from pydantic import ValidationError
 
 import detserve.constraint_check as constraint_check
 from detserve.canonical import canonical_json
 from detserve.constraint_check import accepts
+from detserve.gateway.admission import Policy, Refused, admit, parse_body
 from detserve.gateway.output_check import check_output
-from detserve.requests import ConstraintUncheckable, GenerationParams, sample_record
+from detserve.requests import (
+    MAX_SCHEMA_DEPTH,
+    Constraint,
+    ConstraintUncheckable,
+    GenerationParams,
+    json_depth,
+    sample_record,
+)
 
 from .test_gateway_constraints import request
 from .test_requests import Answer, Sender, record
@@ -95,3 +104,58 @@ def test_the_gateway_records_not_checked(monkeypatch: pytest.MonkeyPatch) -> Non
     schema = request({"json_schema": BACKTRACKING_SCHEMA})
     assert check_output(schema, '"' + "a" * 60 + 'cX"', "stop", None) == "not_checked"
     assert check_output(schema, '"aac"', "stop", None) == "satisfied"
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {}
+    inner = schema
+    for _ in range(depth - 1):
+        inner["items"] = {}
+        inner = inner["items"]
+    return schema
+
+
+def test_a_schema_deeper_than_the_limit_is_refused_when_read() -> None:
+    # 200 levels ran jsonschema out of stack: an internal error (exit 3) on a bundle line
+    assert json_depth(_nested(MAX_SCHEMA_DEPTH)) == MAX_SCHEMA_DEPTH
+    Constraint.model_validate({"json_schema": _nested(MAX_SCHEMA_DEPTH)})
+    with pytest.raises(ValidationError, match=f"json_schema nests deeper than {MAX_SCHEMA_DEPTH}"):
+        Constraint.model_validate({"json_schema": _nested(500)})
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": _nested(500)},
+                }
+            },
+            "response_format",
+        ),
+        ({"structured_outputs": {"json": _nested(500)}}, "structured_outputs"),
+    ],
+)
+def test_the_gateway_refuses_a_deep_schema_naming_the_field(
+    extra: dict[str, Any], field: str
+) -> None:
+    policy = Policy(
+        served_model_name="tiny-llama",
+        seed=0,
+        default_max_tokens=8,
+        max_model_len=512,
+        structured_outputs_pinned=True,
+    )
+    with pytest.raises(Refused) as refused:
+        admit("completion", {"model": "tiny-llama", "prompt": "p"} | extra, policy)
+    assert (refused.value.status, refused.value.param) == (400, field)
+    assert f"at most {MAX_SCHEMA_DEPTH} levels" in refused.value.message
+
+
+def test_a_body_nested_past_the_parser_is_a_400() -> None:
+    with pytest.raises(Refused) as refused:
+        parse_body(b"[" * 200_000 + b"]" * 200_000)
+    assert refused.value.status == 400
+    assert "nests too deeply" in refused.value.message

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
+from detserve.requests import MAX_SCHEMA_DEPTH, json_depth
 from detserve.runlog.models import ExchangeRequest
 
 #: what a field refused by name is refused for
@@ -149,6 +150,12 @@ def _stop(value: object) -> list[str] | None:
     return stops or None
 
 
+def _shallow(field: str, value: Any) -> None:
+    # the schema libraries recurse: a schema nested hundreds deep would run them out of stack
+    if json_depth(value) > MAX_SCHEMA_DEPTH:
+        raise Refused(field, f"{field}: a schema may nest at most {MAX_SCHEMA_DEPTH} levels")
+
+
 def _constraint(body: Mapping[str, Any]) -> dict[str, Any] | None:
     found: list[tuple[str, dict[str, Any]]] = []
     response_format = body.get("response_format")
@@ -163,6 +170,7 @@ def _constraint(body: Mapping[str, Any]) -> dict[str, Any] | None:
                 raise Refused(
                     "response_format", "response_format json_schema needs json_schema.schema"
                 )
+            _shallow("response_format", schema)
             found.append(("response_format", {"json_schema": schema}))
         elif kind == "json_object":
             found.append(("response_format", {"json_object": True}))
@@ -181,6 +189,7 @@ def _constraint(body: Mapping[str, Any]) -> dict[str, Any] | None:
                 "structured_outputs must hold exactly one of json, regex, choice, grammar, "
                 "json_object",
             )
+        _shallow("structured_outputs", structured[given[0]])
         found.append(("structured_outputs", {_STRUCTURED[given[0]]: structured[given[0]]}))
     if len(found) > 1:
         raise Refused("structured_outputs", "give response_format or structured_outputs, not both")
@@ -282,6 +291,8 @@ def parse_body(raw: bytes) -> Any:
         return json.loads(raw, object_pairs_hook=unique_keys, parse_constant=refuse_constant)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise Refused(None, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Refused(None, "the body is not valid JSON here: it nests too deeply") from None
 
 
 def upstream_body(
