@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> Outcome:
                 seed=seed,
                 default_max_tokens=pinned.sampling.max_tokens,
                 max_model_len=pinned.vllm.max_model_len,
+                structured_outputs_pinned=pinned.vllm.structured_outputs is not None,
             )
             bodies = {}
             for prompt in prompts:

@@ -17,6 +17,7 @@ one child.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import multiprocessing
@@ -85,7 +86,14 @@ def _child() -> Pool:
     global _pool
     if _pool is None:
         _pool = multiprocessing.get_context("spawn").Pool(1)
+        atexit.register(_close, _pool)
     return _pool
+
+
+def _close(pool: Pool) -> None:
+    # before the interpreter's teardown: a pool left to its finaliser then fails noisily
+    pool.terminate()
+    pool.join()
 
 
 def accepts(

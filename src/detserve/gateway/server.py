@@ -92,6 +92,10 @@ class GatewayServer:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            # the C event loop and HTTP parser: at one request in flight the gateway's own CPU
+            # time is its latency (docs/performance.md, "The gateway against the bare server")
+            loop="uvloop",
+            http="httptools",
         )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
