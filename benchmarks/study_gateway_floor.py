@@ -1,0 +1,150 @@
+"""How much of the gateway's latency would any Python proxy add here? The floor under its target.
+
+    .venv/bin/python benchmarks/study_gateway_floor.py               # 150 requests each, 32 tokens
+    .venv/bin/python benchmarks/study_gateway_floor.py --requests 50
+
+On the tiny CPU container (a profile of its own, port 18060, as bench_runtime.py makes), three
+paths to the same server, one request at a time, interleaved request by request:
+
+1. ``server``: the bare vLLM server, the exact body the gateway would send it;
+2. ``pass-through``: the smallest proxy on the gateway's own stack (Starlette under uvicorn with
+   uvloop and httptools, one ``httpx.AsyncClient`` hop), which forwards the body and the answer
+   and does nothing else: no admission, no transcript, no provenance;
+3. ``gateway``: ``detserve serve``, its transcript on the disk (``--transcript-dir``).
+
+Every answer's token ids must be the same on the three paths. The table gives each path's
+median latency and its excess over the server: the pass-through's excess is what the stack
+costs before the gateway does any work of its own. This is a study, not a target; the record
+goes to ``benchmarks/results/study_gateway_floor-<stamp>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
+from benchlib import REPO, load_average, machine_facts, say, utc_stamp, write_result
+from detserve import api
+
+#: the pass-through proxy, run as its own process as the gateway is
+PASS_THROUGH = """
+import sys, httpx, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+
+client = httpx.AsyncClient(base_url=sys.argv[1], timeout=60, trust_env=False)
+
+async def forward(request):
+    answer = await client.post(
+        "/v1/completions", content=await request.body(),
+        headers={"content-type": "application/json"},
+    )
+    return Response(answer.content, answer.status_code, media_type="application/json")
+
+app = Starlette(routes=[Route("/v1/completions", forward, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning",
+            access_log=False, loop="uvloop", http="httptools")
+"""
+
+
+def _wait(url: str, path: str, deadline_s: float = 120) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + path, timeout=5).status_code in (200, 405):
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer in {deadline_s:g} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=150, help="timed requests per path")
+    parser.add_argument("--tokens", type=int, default=32, help="max_tokens of each request")
+    parser.add_argument("--port", type=int, default=18060, help="the server's port (+1, +2 used)")
+    args = parser.parse_args()
+    ports = {"server": args.port, "pass-through": args.port + 1, "gateway": args.port + 2}
+    if not all(port_is_free("127.0.0.1", port) for port in ports.values()):
+        raise SystemExit(f"ports {sorted(ports.values())} must be free")
+    if not BASE_PROFILE.is_file():
+        lock_base_profile(str(REPO / ".venv" / "bin" / "detserve"))
+    upstream = {
+        "model": "tiny-llama", "prompt": "The quick brown fox", "max_tokens": args.tokens,
+        "temperature": 0, "seed": 0, "n": 1, "stream": False, "return_token_ids": True,
+    }  # fmt: skip
+    client_body = {
+        "model": "tiny-llama",
+        "prompt": "The quick brown fox",
+        "max_tokens": args.tokens,
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in ports}
+    with tempfile.TemporaryDirectory(prefix="study-gateway-floor-") as temp:
+        profile = write_bench_profile(BASE_PROFILE, "study-floor", args.port, Path(temp))
+        say("starting the server")
+        api.run(profile)
+        url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+        proxy = subprocess.Popen(
+            [sys.executable, "-c", PASS_THROUGH, url["server"], str(ports["pass-through"])]
+        )
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "detserve", "serve", "--config", str(profile),
+             "--transcript-dir", str(Path(temp) / "transcripts"),
+             "--port", str(ports["gateway"])],
+            cwd=REPO,
+        )  # fmt: skip
+        try:
+            _wait(url["gateway"], "/health")
+            _wait(url["pass-through"], "/v1/completions")
+            clients = {name: httpx.Client(base_url=url[name], timeout=60) for name in ports}
+            for number in range(args.requests + 10):  # 10 warm-up rounds, not timed
+                tokens: dict[str, Any] = {}
+                for name, client in clients.items():
+                    body = client_body if name == "gateway" else upstream
+                    started = time.perf_counter()
+                    answer = client.post("/v1/completions", json=body)
+                    elapsed = time.perf_counter() - started
+                    answer.raise_for_status()
+                    tokens[name] = answer.json()["choices"][0]["token_ids"]
+                    if number >= 10:
+                        latencies[name].append(elapsed * 1000)
+                if len({str(t) for t in tokens.values()}) != 1:
+                    raise SystemExit(f"the paths answered other tokens: {tokens}")
+        finally:
+            proxy.terminate()
+            gateway.terminate()
+            gateway.wait(60)
+            proxy.wait(60)
+            api.stop(profile)
+    medians = {name: statistics.median(values) for name, values in latencies.items()}
+    print("path           p50 ms   over the server")
+    for name, median in medians.items():
+        print(f"{name:<13} {median:7.2f}   {(median / medians['server'] - 1) * 100:+6.1f} %")
+    record = {
+        "benchmark": "study_gateway_floor",
+        "machine": machine_facts(),
+        "load_average": load_average(),
+        "requests": args.requests,
+        "tokens": args.tokens,
+        "p50_ms": {name: round(value, 3) for name, value in medians.items()},
+        "excess_percent": {
+            name: round((value / medians["server"] - 1) * 100, 2) for name, value in medians.items()
+        },
+    }
+    say(f"record: {write_result('study_gateway_floor', record, stamp=utc_stamp())}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
