@@ -30,7 +30,8 @@ from typing import Any
 
 from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
-    REPO,
+    BUNDLE,
+    BUNDLE_PIN,
     BenchError,
     Benchmark,
     Outcome,
@@ -46,8 +47,6 @@ from detserve import api
 from detserve.errors import DetserveError
 
 LEVELS = (1, 2, 4, 8, 16, 32)
-BUNDLE = REPO / "artifacts" / "reference_prompts"
-BUNDLE_PIN = REPO / "manifests" / "reference_prompts" / "reference_prompts.sha256"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

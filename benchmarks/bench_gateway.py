@@ -37,6 +37,8 @@ import httpx
 
 from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
+    BUNDLE,
+    BUNDLE_PIN,
     REPO,
     RESULTS,
     BenchError,
@@ -55,9 +57,6 @@ from detserve.errors import DetserveError
 from detserve.gateway.admission import Policy, admit, upstream_body
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle
-
-BUNDLE = REPO / "artifacts" / "reference_prompts"
-BUNDLE_PIN = REPO / "manifests" / "reference_prompts" / "reference_prompts.sha256"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

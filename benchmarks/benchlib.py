@@ -29,6 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
+#: the committed reference prompts and their pin, which the runtime benchmarks sample
+BUNDLE = REPO / "artifacts" / "reference_prompts"
+BUNDLE_PIN = REPO / "manifests" / "reference_prompts" / "reference_prompts.sha256"
 MIB = 1024**2
 GIB = 1024**3
 #: how much of a child's stderr is kept, for the error message when it fails
