@@ -181,15 +181,21 @@ def test_the_container_killed_mid_stream_ends_the_stream_and_health(faults: Faul
         stream = gateway.client().completions.create(
             model=MODEL, prompt="Once upon a time", max_tokens=480, stream=True
         )
-        # Frozen as soon as the stream is open, so the kill lands while it provably is: the tiny
-        # model writes 480 tokens in about half a second, and freezing it after the first chunk
-        # lost that race once in CI (the stream ended whole). What it wrote before the freeze
-        # reaches the client, then the error.
+        # Frozen as soon as the stream is open, then killed. The tiny model writes 480 tokens in
+        # about half a second, and on two busy cores the freeze has twice landed after the stream
+        # had ended whole (CI); that run is reported as skipped below, after checking what it can.
         container.pause()
         container.kill()
         streamed: list[str] = []
-        with pytest.raises(openai.APIError, match="the engine failed mid-stream"):
+        try:
             streamed.extend(chunk.choices[0].text for chunk in stream)
+            cut = False
+        except openai.APIError as exc:
+            error = str(exc)
+            cut = True
+        else:
+            error = ""
+        assert not cut or "the engine failed mid-stream" in error, error
         health = wait_unhealthy(gateway)
         assert "gone" in health["reason"] or "changed" in health["reason"], health
         assert refused_now(gateway).status_code == 503
@@ -202,6 +208,11 @@ def test_the_container_killed_mid_stream_ends_the_stream_and_health(faults: Faul
     before, killed = read_exchanges(segment)
     assert before.id == answer.model_extra["detserve"]["id"]
     assert before.incomplete is None
+    if not cut:
+        # the stream ended whole before the kill landed: it is recorded complete, as answered
+        assert killed.incomplete is None
+        assert killed.text == "".join(streamed)
+        pytest.skip("the kill landed after the 480-token stream had ended: race lost, rerun")
     assert killed.incomplete == "engine_failed"
     assert killed.finish_reason is None
     assert len(killed.output_token_ids) < 480
