@@ -7,14 +7,17 @@ stopped with Ctrl-C (SIGINT), which closes its transcript. :func:`start_gateway`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import httpx
 import openai
 import pytest
@@ -22,6 +25,27 @@ import pytest
 from .conftest import REPO_ROOT, free_port
 
 MODEL = "tiny-llama"
+#: the engine's share of one CPU while a test needs a stream that cannot end on its own
+THROTTLED_CPU_QUOTA, CPU_PERIOD = 5_000, 100_000
+
+
+@contextlib.contextmanager
+def throttled(container_name: str) -> Iterator[docker.models.containers.Container]:
+    """The engine held to 5 % of one CPU (cgroup quota, through the Docker SDK), then freed.
+
+    Unthrottled, the tiny model writes a 480-token stream in about half a second, and a test that
+    must act mid-stream (leave, kill) has lost that race on two busy cores. Throttled, the first
+    token still comes at once (the quota is not yet spent) and the rest at about one a second,
+    so "mid-stream" holds by construction. Nothing the pins cover changes: the container keeps
+    its id, start time and configuration.
+    """
+    container = docker.from_env().containers.get(container_name)
+    container.update(cpu_period=CPU_PERIOD, cpu_quota=THROTTLED_CPU_QUOTA)
+    try:
+        yield container
+    finally:
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            container.update(cpu_quota=-1)  # -1: no quota, as the container was created
 
 
 @dataclass

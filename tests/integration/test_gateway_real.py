@@ -30,8 +30,8 @@ import pytest
 from detserve.gateway.app import MAX_BODY_BYTES
 from detserve.runlog.transcript import output_sha256, read_exchanges, validate_transcript
 
-from .conftest import DetserveRunner, ProfileFactory
-from .gateway_process import MODEL, GatewayProcess, start_gateway
+from .conftest import DetserveRunner, ProfileFactory, profile_name
+from .gateway_process import MODEL, GatewayProcess, start_gateway, throttled
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +62,8 @@ CONSTRAINED_MAX_TOKENS = 40
 @dataclass
 class Served:
     gateway: GatewayProcess
+    #: the name of the engine's container
+    container: str
     #: every answer's provenance, in the order answered
     provenances: list[dict[str, Any]] = field(default_factory=list)
     #: how many exchanges the client left mid-stream
@@ -82,7 +84,7 @@ def served(
     transcripts = tmp_path_factory.mktemp("gateway") / "transcripts"
     gateway = start_gateway(profile, transcripts, "--queue-size", str(QUEUE_SIZE))
     try:
-        yield Served(gateway)
+        yield Served(gateway, f"detserve-{profile_name(profile)}")
     finally:
         gateway.stop()
         detserve("stop", "--config", profile)
@@ -184,25 +186,29 @@ def test_every_provenance_id_resolves_to_its_record(served: Served) -> None:
 
 def test_a_client_leaving_mid_stream_leaves_an_incomplete_line(served: Served) -> None:
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "stream": True}
-    with (
-        httpx.Client(timeout=60) as client,
-        client.stream("POST", f"{served.gateway.url}/v1/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        exchange_id = response.headers["X-Detserve-Id"]
-        for line in response.iter_lines():
-            if line.startswith("data:"):
-                break  # the first token arrived: leave
-    served.left += 1
-    # the line is written when the gateway notices; it then resolves, marked incomplete
-    deadline = time.monotonic() + 30
-    while True:
-        resolved = httpx.get(f"{served.gateway.url}/v1/provenance/{exchange_id}")
-        if resolved.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # the engine throttled, so the stream is still being written when the client leaves
+    with throttled(served.container):
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("POST", f"{served.gateway.url}/v1/completions", json=body) as response,
+        ):
+            assert response.status_code == 200
+            exchange_id = response.headers["X-Detserve-Id"]
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    break  # the first token arrived: leave
+        served.left += 1
+        # the line is written when the gateway notices; it then resolves, marked incomplete
+        deadline = time.monotonic() + 30
+        while True:
+            resolved = httpx.get(f"{served.gateway.url}/v1/provenance/{exchange_id}")
+            if resolved.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     assert resolved.status_code == 200, resolved.text
-    assert resolved.json()["incomplete"] == "client_disconnected"
+    record = resolved.json()
+    assert record["incomplete"] == "client_disconnected"
+    assert record["complete"] is False
     assert served.gateway.health().status_code == 200
 
 
