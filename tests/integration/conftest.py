@@ -32,6 +32,9 @@ import docker.errors
 import pytest
 import requests
 
+from detserve.profile import load_profile
+from detserve.runtime.container_spec import container_name
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.json"
 IMAGE_TAG = "127.0.0.1:5000/detserve/vllm-cpu:0.32.0"
@@ -124,6 +127,11 @@ def pinned_image(docker_client: docker.DockerClient) -> str:
 def profile_name(path: Path) -> str:
     """The ``name`` of the profile at ``path``: its container is ``detserve-<name>``."""
     return str(json.loads(path.read_text(encoding="utf-8"))["name"])
+
+
+def container_of(path: Path) -> str:
+    """The name of the container ``detserve run --config PATH`` starts, by the runtime's rule."""
+    return container_name(load_profile(path).profile)
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ import pytest
 
 from detserve.runlog.transcript import read_exchanges, validate_transcript
 
-from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory, profile_name
+from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory, container_of
 from .gateway_process import MODEL, GatewayProcess, start_gateway, throttled
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def faults(
     started = detserve("run", "--config", profile, timeout=600)
     assert started.code == 0, started
     try:
-        yield Faults(profile, hf_home, work, f"detserve-{profile_name(profile)}")
+        yield Faults(profile, hf_home, work, container_of(profile))
     finally:
         detserve("stop", "--config", profile)
 

@@ -30,7 +30,7 @@ import pytest
 from detserve.gateway.app import MAX_BODY_BYTES
 from detserve.runlog.transcript import output_sha256, read_exchanges, validate_transcript
 
-from .conftest import DetserveRunner, ProfileFactory, profile_name
+from .conftest import DetserveRunner, ProfileFactory, container_of
 from .gateway_process import MODEL, GatewayProcess, start_gateway, throttled
 
 pytestmark = pytest.mark.integration
@@ -84,7 +84,7 @@ def served(
     transcripts = tmp_path_factory.mktemp("gateway") / "transcripts"
     gateway = start_gateway(profile, transcripts, "--queue-size", str(QUEUE_SIZE))
     try:
-        yield Served(gateway, f"detserve-{profile_name(profile)}")
+        yield Served(gateway, container_of(profile))
     finally:
         gateway.stop()
         detserve("stop", "--config", profile)
