@@ -120,6 +120,12 @@ class RuntimeSpec(_Strict):
     startup_timeout_s: Annotated[int, Field(ge=10, le=7200)] = 600
     """How long ``wait`` allows the server to become ready."""
 
+    cpu_placement: Literal["engine-core-with-worker"] | None = None
+    """CPU only: once the server is ready, ``detserve run`` moves vLLM's engine core onto the
+    worker's cores and the API server onto the others, so that the engine core's spinning never
+    takes the API server's core (detserve.runtime.placement). Decides where, never what, is
+    computed; null leaves placement to the kernel."""
+
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
@@ -173,6 +179,8 @@ class RuntimeSpec(_Strict):
             raise ValueError("gpu_count and gpu_ids are for device 'nvidia' only")
         if self.device == "nvidia" and (self.gpu_count is None) == (self.gpu_ids is None):
             raise ValueError("device 'nvidia' needs exactly one of gpu_count or gpu_ids")
+        if self.device != "cpu" and self.cpu_placement is not None:
+            raise ValueError("cpu_placement is for device 'cpu' only (vLLM's CPU backend)")
         return self
 
     def gpus_requested(self) -> int:

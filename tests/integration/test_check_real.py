@@ -4,18 +4,24 @@ One container for the module (started once, stopped at the end): the check at ti
 runs at concurrency 1, 4 and 16 writes every file of the repro pack and reports what the engine
 really does (asserted only where it must hold: a PASS issues a certificate, anything else does
 not); then, with that certificate, ``sample --concurrency 16`` must write the very bytes of the
-concurrency-1 log, and ``--concurrency 16`` without one is refused.
+concurrency-1 log, and ``--concurrency 16`` without one is refused. The profile's CPU
+placement (``runtime.cpu_placement``), which lets the concurrent passes batch, is checked from
+the host's ``/proc``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
-from .conftest import CliRun, DetserveRunner, ProfileFactory
+from detserve.profile import load_profile
+
+from .conftest import CliRun, DetserveRunner, ProfileFactory, container_of
 
 N_PROMPTS = 16
 MAX_TOKENS = 32
@@ -125,3 +131,43 @@ def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(
     assert uncovered.code == 2, uncovered
     assert "concurrency: certificate measured 1, 4, 16, run asks 8" in uncovered.err
     assert not (tmp_path / "y.runlog.jsonl").exists()
+
+
+def _allowed_cpus(pid: int) -> set[int]:
+    """The CPUs a process may run on, read by the host from /proc (not from detserve)."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            cpus: set[int] = set()
+            for part in line.split(":", 1)[1].strip().split(","):
+                low, _, high = part.partition("-")
+                cpus.update(range(int(low), int(high or low) + 1))
+            return cpus
+    raise AssertionError(f"no Cpus_allowed_list for pid {pid}")
+
+
+def test_run_places_the_engine_core_with_the_worker_and_the_api_server_apart(
+    server: Path, detserve: DetserveRunner, docker_client: docker.DockerClient
+) -> None:
+    """The profile's runtime.cpu_placement, seen from the host's /proc."""
+    assert load_profile(server).profile.runtime.cpu_placement == "engine-core-with-worker"
+    again = detserve("run", "--json", "--config", server, timeout=600)  # already running
+    assert again.code == 0, again
+    reported = again.json()["cpu_placement"]
+    assert reported["policy"] == "engine-core-with-worker"
+    top = docker_client.containers.get(container_of(server)).top(ps_args="-eo pid,comm")
+    seen = {int(pid): comm for pid, comm in top["Processes"]}
+    workers = [pid for pid, comm in seen.items() if comm.startswith("VLLM::Worker")]
+    engines = [pid for pid, comm in seen.items() if comm.startswith("VLLM::EngineCor")]
+    assert workers, seen
+    assert engines, seen
+    worker_cpus = set().union(*(_allowed_cpus(pid) for pid in workers))
+    assert sorted(worker_cpus) == reported["worker_cpus"]
+    for pid in engines:
+        assert _allowed_cpus(pid) == worker_cpus
+    servers = [pid for pid, comm in seen.items() if comm.startswith("python")]
+    assert servers, seen
+    for pid in servers:
+        cpus = _allowed_cpus(pid)
+        assert sorted(cpus) == reported["other_cpus"]
+        if len(os.sched_getaffinity(0)) > len(worker_cpus):
+            assert not cpus & worker_cpus, (pid, cpus, worker_cpus)

@@ -105,7 +105,7 @@ def loaded(tiny_workspace: TinyWorkspace) -> LoadedProfile:
 
 def gpu_profile(ws: TinyWorkspace, **environment: str) -> LoadedProfile:
     def edit(document: dict[str, Any]) -> None:
-        document["runtime"].update(device="nvidia", gpu_count=1)
+        document["runtime"].update(device="nvidia", gpu_count=1, cpu_placement=None)
         document["runtime"]["environment"] = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8", **environment}
 
     return load_profile(pinned_profile(ws, edit))
@@ -216,7 +216,7 @@ def test_a_gpu_profile_without_cublas_workspace_fails_the_numerics(
     tiny_workspace: TinyWorkspace,
 ) -> None:
     def edit(document: dict[str, Any]) -> None:
-        document["runtime"].update(device="nvidia", gpu_count=1)
+        document["runtime"].update(device="nvidia", gpu_count=1, cpu_placement=None)
         document["runtime"]["environment"] = {"VLLM_BATCH_INVARIANT": "1"}
 
     loaded = load_profile(pinned_profile(tiny_workspace, edit))

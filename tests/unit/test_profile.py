@@ -398,6 +398,22 @@ def test_nvidia_needs_exactly_one_gpu_selection(tmp_path: Path, cli: CliRunner) 
     assert "exactly one of gpu_count or gpu_ids" in result.err
 
 
+def test_cpu_placement_is_for_the_cpu_backend_only(tmp_path: Path, cli: CliRunner) -> None:
+    document = qwen_document()
+    document["runtime"]["cpu_placement"] = "engine-core-with-worker"
+    result = cli("config", "validate", "--config", write_profile(tmp_path, document))
+    assert result.code == EXIT_INPUT, result.text
+    assert "cpu_placement is for device 'cpu' only" in result.err
+
+
+def test_an_unknown_cpu_placement_is_refused(tmp_path: Path, cli: CliRunner) -> None:
+    document = tiny_document()
+    document["runtime"]["cpu_placement"] = "anywhere"
+    result = cli("config", "validate", "--config", write_profile(tmp_path, document))
+    assert result.code == EXIT_INPUT, result.text
+    assert "runtime.cpu_placement" in result.err
+
+
 def test_every_bad_field_is_reported_one_line_each(tmp_path: Path, cli: CliRunner) -> None:
     document = tiny_document()
     document["model"]["revision"] = "main"

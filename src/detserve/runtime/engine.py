@@ -120,6 +120,13 @@ def connect(host: str | None = None) -> tuple[docker.DockerClient, str]:
     return client, address
 
 
+def python_of(entrypoint: tuple[str, ...] | None) -> str:
+    """The image's own Python when its entrypoint names one, else ``python3`` on its PATH."""
+    if entrypoint and entrypoint[0].rsplit("/", 1)[-1].startswith("python"):
+        return entrypoint[0]
+    return "python3"
+
+
 class ContainerEngine(Protocol):
     """What detserve asks of a container engine."""
 
@@ -153,6 +160,10 @@ class ContainerEngine(Protocol):
 
     def follow_logs(self, container_id: str, tail: int) -> Iterator[str]:
         """The last ``tail`` lines, then each new line until the container stops."""
+        ...
+
+    def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
+        """Run ``python -c code`` in the running container; its exit status and stdout."""
         ...
 
 
@@ -372,6 +383,18 @@ class DockerEngine:
             raise EngineError(
                 f"cannot read container {container_id[:12]}: {_explanation(exc)}"
             ) from exc
+
+    def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
+        container = self._container(container_id)
+        try:
+            with self._talking(f"running {python} in {container_id[:12]}"):
+                result: Any = container.exec_run([python, "-c", code], stdout=True, stderr=False)
+        except docker.errors.APIError as exc:
+            raise ContainerError(
+                f"cannot run {python} in container {container_id[:12]}: {_explanation(exc)}"
+            ) from exc
+        output: bytes = result.output
+        return int(result.exit_code), output
 
     def logs(self, container_id: str, tail: int) -> list[str]:
         container = self._container(container_id)

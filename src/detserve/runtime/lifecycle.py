@@ -32,6 +32,7 @@ from detserve.runtime.container_spec import (
     server_base_url,
 )
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
+from detserve.runtime.placement import Placement, place
 from detserve.runtime.readiness import (
     ProgressSink,
     WaitProgress,
@@ -184,6 +185,7 @@ class RunResult:
     wait: WaitResult
     smoke: SmokeResult
     stopped: bool
+    placement: Placement | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -193,6 +195,7 @@ class RunResult:
             ),
             "start": self.start.as_json(),
             "wait": self.wait.as_json(),
+            "cpu_placement": None if self.placement is None else self.placement.as_json(),
             "smoke": self.smoke.as_json(),
             "stopped": self.stopped,
         }
@@ -232,6 +235,11 @@ def run(
         waited = wait(
             loaded, timeout_s, verify_manifest=True, on_progress=on_progress, engine=engine
         )
+        placement = None
+        policy = loaded.profile.runtime.cpu_placement
+        if policy is not None:
+            placement = place(engine, checked_container(loaded, engine, what="place"), policy)
+            stage(f"CPU placement ({policy}): {placement.describe()}")
         stage("smoke test: repeated greedy completions")
         smoked = smoke(loaded, engine=engine)
     except BaseException:
@@ -244,7 +252,14 @@ def run(
         stage(f"stopping {started.container.name}")
         stop(loaded, engine=engine)
         stopped = True
-    return RunResult(prehash=prehash, start=started, wait=waited, smoke=smoked, stopped=stopped)
+    return RunResult(
+        prehash=prehash,
+        start=started,
+        wait=waited,
+        smoke=smoked,
+        stopped=stopped,
+        placement=placement,
+    )
 
 
 # --- status and logs ----------------------------------------------------------------------------

@@ -38,14 +38,8 @@ from detserve.runtime.engine import (
     ImageInfo,
     connect,
     is_pinned_image,
+    python_of,
 )
-
-
-def _python_of(entrypoint: tuple[str, ...] | None) -> str:
-    """The image's own Python when its entrypoint names one, else ``python3`` on its PATH."""
-    if entrypoint and entrypoint[0].rsplit("/", 1)[-1].startswith("python"):
-        return entrypoint[0]
-    return "python3"
 
 
 class DockerProbe:
@@ -140,7 +134,7 @@ class DockerProbe:
         if existing is not None and existing.running:
             container = bound_container(loaded, self.engine, what="fingerprint")
             image = self.engine.image_by_id(container.image_id)
-            raw = self._exec(container.id, _python_of(image.entrypoint))
+            raw = self._exec(container.id, python_of(image.entrypoint))
             environment = dict(container.config.environment) if container.config else {}
             where = f"container {container.name}"
             return ContainerFacts(
@@ -174,7 +168,7 @@ class DockerProbe:
             with self._talking(f"running the version probe in image {image.id[:19]}"):
                 output: bytes = self._client.containers.run(
                     image.id,
-                    entrypoint=[_python_of(image.entrypoint), "-c", VERSION_PROBE],
+                    entrypoint=[python_of(image.entrypoint), "-c", VERSION_PROBE],
                     command=[],
                     network_disabled=True,
                     remove=True,
