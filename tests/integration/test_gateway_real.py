@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 import jsonschema
 import openai
@@ -90,11 +91,16 @@ def served(
         detserve("stop", "--config", profile)
 
 
-def test_completions_whole_and_streamed(served: Served) -> None:
+def test_completions_whole_and_streamed(served: Served, docker_client: docker.DockerClient) -> None:
     client = served.gateway.client()
     health = served.gateway.health().json()
     assert health["status"] == "ok"
     assert health["pins"]["vllm_version"] == "0.32.0"
+    # on this host the engine is reached at the container's own address, not through the
+    # published port's userland proxy
+    networks = docker_client.containers.get(served.container).attrs["NetworkSettings"]["Networks"]
+    address = next(iter(networks.values()))["IPAddress"]
+    assert health["upstream"] == f"http://{address}:8000", health
     whole: dict[str, str] = {}
     for prompt in PROMPTS:
         raw = client.completions.with_raw_response.create(model=MODEL, prompt=prompt, max_tokens=12)

@@ -8,6 +8,7 @@ transcript that validates, with nothing answered left out.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import threading
@@ -22,7 +23,10 @@ import pytest
 
 from detserve import api
 from detserve.errors import UsageError
-from detserve.gateway.server import check_bind
+from detserve.gateway import verification
+from detserve.gateway.app import Gateway
+from detserve.gateway.server import GatewayServer, check_bind
+from detserve.profile import load_profile
 from detserve.runlog import transcript as transcript_module
 from detserve.runlog.transcript import (
     output_sha256,
@@ -30,16 +34,21 @@ from detserve.runlog.transcript import (
     request_sha256,
     validate_transcript,
 )
+from detserve.runtime.container_spec import build_container_spec
 
 from .committed import CliRunner, TinyWorkspace
+from .containers import faithful_container, pinned_image
+from .fake_http import Answer, serving
 from .gateway_rig import (
     Fixture,
     GatewayRig,
     StreamingFakeVllm,
+    gateway_profile,
     gateway_running,
     running_gateway,
     tokens_of,
 )
+from .test_sampling_faults import FakeEngine
 
 MODEL = "tiny-llama"
 
@@ -175,6 +184,8 @@ def test_models_and_health_name_the_pins(rig: GatewayRig) -> None:
     assert document["status"] == "ok"
     assert document["pins"]["image"] == rig.gateway.verified.pins.image
     assert document["container"]["id"] == rig.engine.container.id
+    # the fake's container has no address of its own: the published port
+    assert document["upstream"] == rig.gateway.verified.published_url
 
 
 # --- refusals: raw HTTP, OpenAI's error shape, nothing reaches the engine ---------------------
@@ -463,3 +474,82 @@ def test_an_api_key_is_required_and_never_shown(fixture: Fixture, fake: Streamin
         answer = rig.client(api_key=key).completions.create(model=MODEL, prompt="Hi", max_tokens=2)
         assert answer.choices[0].text
         assert len(fake.requests) == 1
+
+
+# --- where the gateway sends requests ----------------------------------------------------------
+
+
+def _gateway_over(
+    fixture: Fixture,
+    published: StreamingFakeVllm,
+    own: StreamingFakeVllm,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Gateway, int]]:
+    """A gateway whose container has an address of its own (127.0.0.1, ``own`` listening on the
+    port a container's server would be on) besides the published port (``published``)."""
+    with serving(published.answer) as port, serving(own.answer) as own_port:
+        monkeypatch.setattr(verification, "CONTAINER_PORT", own_port)
+        config = gateway_profile(fixture.workspace, port)
+        spec = build_container_spec(load_profile(config))
+        container = dataclasses.replace(faithful_container(spec), ip_address="127.0.0.1")
+        engine = FakeEngine(container, pinned_image(spec))
+        yield (
+            api.build_gateway(config, transcript_dir=fixture.transcripts, engine=engine),
+            own_port,
+        )
+
+
+def test_the_container_is_reached_at_its_own_address_when_it_answers_the_same(
+    fixture: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published, own = StreamingFakeVllm(), StreamingFakeVllm()
+    for gateway, own_port in _gateway_over(fixture, published, own, monkeypatch):
+        assert gateway.verified.base_url == f"http://127.0.0.1:{own_port}"
+        assert gateway.verified.published_url != gateway.verified.base_url
+        server = GatewayServer(gateway, "127.0.0.1", 0)
+        server.start()
+        try:
+            answer = openai.OpenAI(
+                base_url=f"{server.url}/v1", api_key="unused", max_retries=0
+            ).completions.create(model=MODEL, prompt="Hello", max_tokens=4)
+            assert answer.choices[0].text
+            health = httpx.get(f"{server.url}/health").json()
+            assert health["upstream"] == f"http://127.0.0.1:{own_port}"
+        finally:
+            server.stop()
+        completions = [path for path, _ in own.requests if path == "/v1/completions"]
+        assert completions == ["/v1/completions"]
+        assert not [path for path, _ in published.requests if path == "/v1/completions"]
+
+
+def test_an_own_address_serving_something_else_is_not_used(
+    fixture: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published, own = StreamingFakeVllm(), StreamingFakeVllm()
+    real_answer = own.answer
+
+    def other_version(method: str, path: str, body: Any) -> Answer:
+        if path == "/version":
+            return Answer(body={"version": "0.31.9"})
+        return real_answer(method, path, body)
+
+    own.answer = other_version  # type: ignore[method-assign]
+    for gateway, _ in _gateway_over(fixture, published, own, monkeypatch):
+        assert gateway.verified.base_url == gateway.verified.published_url
+
+
+def test_an_unreachable_own_address_falls_back_to_the_published_port(
+    fixture: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = StreamingFakeVllm()
+    monkeypatch.setattr(verification, "CONTAINER_PORT", 1)  # nothing listens on port 1
+    with serving(published.answer) as port:
+        config = gateway_profile(fixture.workspace, port)
+        spec = build_container_spec(load_profile(config))
+        container = dataclasses.replace(faithful_container(spec), ip_address="127.0.0.1")
+        gateway = api.build_gateway(
+            config,
+            transcript_dir=fixture.transcripts / "again",
+            engine=FakeEngine(container, pinned_image(spec)),
+        )
+        assert gateway.verified.base_url == f"http://127.0.0.1:{port}"

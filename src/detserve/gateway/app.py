@@ -208,6 +208,7 @@ class Gateway:
             ).isoformat(),
             "transcript": self.transcript.path.name,
             "concurrency": self.settings.concurrency,
+            "upstream": self.verified.base_url,
         }
         return JSONResponse(document, 200 if reason is None else 503)
 

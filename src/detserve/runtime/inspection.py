@@ -94,6 +94,8 @@ class ContainerInfo:
     command: tuple[str, ...] = ()
     #: how it was created; None only where an engine does not say (then it binds to nothing)
     config: ContainerConfig | None = None
+    #: its address on its one network (the bridge), None when it has no address or several
+    ip_address: str | None = None
 
     @property
     def short_id(self) -> str:
@@ -240,4 +242,15 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         labels=dict(config.get("Labels") or {}),
         command=tuple(str(word) for word in config.get("Cmd") or ()),
         config=container_config(attrs),
+        ip_address=_ip_address(attrs),
     )
+
+
+def _ip_address(attrs: Mapping[str, Any]) -> str | None:
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    addresses = {
+        str(network.get("IPAddress"))
+        for network in networks.values()
+        if isinstance(network, Mapping) and network.get("IPAddress")
+    }
+    return addresses.pop() if len(addresses) == 1 else None
