@@ -124,11 +124,6 @@ def pinned_image(docker_client: docker.DockerClient) -> str:
     return str(digests[0])
 
 
-def profile_name(path: Path) -> str:
-    """The ``name`` of the profile at ``path``: its container is ``detserve-<name>``."""
-    return str(json.loads(path.read_text(encoding="utf-8"))["name"])
-
-
 def container_of(path: Path) -> str:
     """The name of the container ``detserve run --config PATH`` starts, by the runtime's rule."""
     return container_name(load_profile(path).profile)
@@ -152,7 +147,7 @@ class ProfileFactory:
         self.root = root
         self.image = image
         self.client = client
-        self.names: list[str] = []
+        self.paths: list[Path] = []
 
     def __call__(
         self,
@@ -188,13 +183,13 @@ class ProfileFactory:
             edit(document)
         path = folder / f"{name}.json"
         path.write_text(json.dumps(document, indent=2), encoding="utf-8")
-        self.names.append(document["name"])
+        self.paths.append(path)
         return path
 
     def remove_containers(self) -> None:
-        for name in self.names:
+        for path in self.paths:
             with contextlib.suppress(docker.errors.NotFound):
-                self.client.containers.get(f"detserve-{name}").remove(force=True)
+                self.client.containers.get(container_of(path)).remove(force=True)
 
 
 @pytest.fixture(scope="session")

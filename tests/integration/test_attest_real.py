@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from .conftest import DetserveRunner, ProfileFactory, profile_name
+from .conftest import DetserveRunner, ProfileFactory, container_of
 
 READY_TIMEOUT_S = 400
 
@@ -65,7 +65,7 @@ def test_doctor_passes_on_the_tiny_profile_while_it_runs(
     items = ran.json()["items"]
     assert [item["status"] for item in items] == ["PASS"] * 9, items
     numerics = next(item for item in items if item["name"] == "numerics environment")
-    assert f"container detserve-{profile_name(running)}" in numerics["detail"]
+    assert f"container {container_of(running)}" in numerics["detail"]
 
 
 def test_env_reads_the_running_container_and_agrees_with_the_image(

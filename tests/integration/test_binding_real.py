@@ -10,14 +10,13 @@ container's mounts with the directories it just verified, and refuses (exit 1, n
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import docker
 import pytest
 
-from .conftest import DetserveRunner, ProfileFactory
+from .conftest import DetserveRunner, ProfileFactory, container_of
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +55,6 @@ def test_a_container_of_another_snapshot_is_never_sampled(
     data = bytearray(blob.read_bytes())
     data[-100] ^= 0x01
     blob.write_bytes(bytes(data))
-    name = json.loads(tampered_profile.read_text(encoding="utf-8"))["name"]
     try:
         started = detserve("start", "--config", tampered_profile)
         assert started.code == 0, started
@@ -98,7 +96,7 @@ def test_a_container_of_another_snapshot_is_never_sampled(
         assert status.code == 1, status
         assert any("mount" in line for line in status.json()["mismatches"])
         # The real container mounts exactly the snapshot and its blobs, read-only, nothing else.
-        container = docker_client.containers.get(f"detserve-{name}")
+        container = docker_client.containers.get(container_of(tampered_profile))
         mounts = sorted((m["Destination"], m["RW"]) for m in container.attrs["Mounts"])
         assert [rw for _, rw in mounts] == [False, False]
         destinations = [d for d, _ in mounts]

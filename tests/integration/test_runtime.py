@@ -37,8 +37,8 @@ from .conftest import (
     CliRun,
     DetserveRunner,
     ProfileFactory,
+    container_of,
     free_port,
-    profile_name,
     run_detserve,
 )
 
@@ -78,7 +78,7 @@ def test_a_tag_is_refused(
     assert ran.code == EXIT_INPUT, ran
     assert "runtime.image: expected 'REPO@sha256:<64 hex>'" in ran.err, ran
     assert "a tag alone is refused" in ran.err, ran
-    assert container_or_none(docker_client, f"detserve-{profile_name(profile)}") is None
+    assert container_or_none(docker_client, container_of(profile)) is None
     # the engine layer refuses a tag by itself too, before asking the engine anything
     with pytest.raises(InputError, match="only 'REPO@sha256:<64 hex>' is accepted"):
         DockerEngine.from_env().ensure_image(IMAGE_TAG)
@@ -96,7 +96,7 @@ def test_a_wrong_digest_is_refused(
     ran = detserve("start", "--config", profile)
     assert ran.code == EXIT_ENVIRONMENT, ran
     assert f"registry 127.0.0.1:5000 has no image {wrong}" in ran.err, ran
-    assert container_or_none(docker_client, f"detserve-{profile_name(profile)}") is None
+    assert container_or_none(docker_client, container_of(profile)) is None
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(wrong)
 
@@ -124,7 +124,7 @@ def test_no_manifest_refuses_before_starting_anything(
         ran = detserve(command, "--config", local_profile)
         assert ran.code == EXIT_INPUT, ran
         assert "manifest not found" in ran.err, ran
-    assert container_or_none(docker_client, f"detserve-{profile_name(local_profile)}") is None
+    assert container_or_none(docker_client, container_of(local_profile)) is None
 
 
 def test_a_host_port_in_use_is_named_and_nothing_is_left(
@@ -138,7 +138,7 @@ def test_a_host_port_in_use_is_named_and_nothing_is_left(
         ran = detserve("start", "--config", profile)
     assert ran.code == EXIT_ENVIRONMENT, ran
     assert f"host port 127.0.0.1:{port} is already in use" in ran.err, ran
-    assert container_or_none(docker_client, f"detserve-{profile_name(profile)}") is None
+    assert container_or_none(docker_client, container_of(profile)) is None
 
 
 def test_an_unreachable_engine_is_named(local_profile: Path) -> None:
@@ -155,7 +155,7 @@ def test_an_unreachable_engine_is_named(local_profile: Path) -> None:
 def test_a_container_killed_during_wait_fails_at_once_with_its_logs(
     local_profile: Path, detserve: DetserveRunner, docker_client: docker.DockerClient
 ) -> None:
-    name = f"detserve-{profile_name(local_profile)}"
+    name = container_of(local_profile)
     started = detserve("start", "--config", local_profile)
     assert started.code == 0, started
     waiting = subprocess.Popen(
@@ -206,7 +206,7 @@ def test_secrets_reach_the_container_environment_only(
     secret = "hf_integration-secret-4f1c2b"
     secrets = tmp_path / "secrets.env"
     secrets.write_text(f"# test credentials\nHF_TOKEN={secret}\n", encoding="utf-8")
-    name = f"detserve-{profile_name(local_profile)}"
+    name = container_of(local_profile)
     started = detserve("start", "--json", "--config", local_profile, "--secrets-file", secrets)
     assert started.code == 0, started
     attrs = docker_client.containers.get(name).attrs
@@ -226,7 +226,7 @@ def test_secrets_reach_the_container_environment_only(
 def test_run_with_stop_removes_the_container_after_a_failure(
     local_profile: Path, docker_client: docker.DockerClient
 ) -> None:
-    name = f"detserve-{profile_name(local_profile)}"
+    name = container_of(local_profile)
     running = subprocess.Popen(
         [sys.executable, "-m", "detserve", "run", "--stop", "--config", str(local_profile)],
         stdout=subprocess.PIPE,
@@ -262,7 +262,7 @@ def test_a_tampered_snapshot_fails_the_wait_and_removes_the_container(
         document["snapshot"]["hf_home"] = str(hf_home)
 
     profile = profile_factory("tampered", edit=tampered_copy)
-    name = f"detserve-{profile_name(profile)}"
+    name = container_of(profile)
     assert detserve("start", "--config", profile).code == 0
     ran = detserve("wait", "--config", profile, "--verify-manifest")
     assert ran.code == EXIT_VERIFICATION, ran
@@ -325,7 +325,7 @@ def shared_server(
         str(READY_TIMEOUT_S),
         timeout=READY_TIMEOUT_S + 120,
     )
-    yield SharedServer(profile=profile, name=f"detserve-{profile_name(profile)}", run=ran)
+    yield SharedServer(profile=profile, name=container_of(profile), run=ran)
     detserve("stop", "--config", profile)
 
 

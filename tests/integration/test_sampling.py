@@ -43,7 +43,7 @@ from detserve.runtime.container_spec import LABEL_PROFILE
 from detserve.runtime.engine import DockerEngine
 from detserve.sampling import SampleRequest, sample
 
-from .conftest import REPO_ROOT, CliRun, DetserveRunner, ProfileFactory
+from .conftest import REPO_ROOT, CliRun, DetserveRunner, ProfileFactory, container_of
 
 #: generous: the server is ready 40-80 s after start on two cores
 READY_TIMEOUT_S = 400
@@ -139,10 +139,9 @@ def test_sampling_with_no_container_is_an_environment_error(
     local_profile: Path, detserve: DetserveRunner, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    name = json.loads(local_profile.read_text(encoding="utf-8"))["name"]
     ran = sample_into(detserve, local_profile, out)
     assert ran.code == EXIT_ENVIRONMENT, ran
-    assert f"no container detserve-{name} to sample from" in ran.err, ran
+    assert f"no container {container_of(local_profile)} to sample from" in ran.err, ran
     assert nothing_written(out) == []
 
 
@@ -246,7 +245,7 @@ def session(
     state = Session(
         profile=profile,
         name=name,
-        container=f"detserve-{name}",
+        container=container_of(profile),
         hf_home=hf_home,
         secret=secret,
         secrets_file=secrets_file,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory, profile_name
+from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory, container_of
 
 EXIT_ENVIRONMENT = 3
 DOCKERD_PIDFILE = Path("/var/run/docker.pid")
@@ -107,7 +107,7 @@ def test_the_engine_stopped_during_wait_fails_at_once(
     assert time.monotonic() - began < 60, "wait kept polling a server whose engine had stopped"
     # Which it sees first depends on timing: the container killed by the stopping engine, or the
     # engine itself gone. Either way the engine's address is named (here from the failed log read).
-    name = f"detserve-{profile_name(profile)}"
+    name = container_of(profile)
     assert f"container {name} exited" in err or "stopped answering" in err, err
     assert SOCKET in err, err
     assert "Traceback" not in err, err
