@@ -32,6 +32,7 @@ import docker.errors
 import pytest
 import requests
 
+from detserve.errors import DetserveError
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import container_name
 
@@ -188,7 +189,8 @@ class ProfileFactory:
 
     def remove_containers(self) -> None:
         for path in self.paths:
-            with contextlib.suppress(docker.errors.NotFound):
+            # a profile the runtime cannot load never had a container (ProfileError)
+            with contextlib.suppress(docker.errors.NotFound, DetserveError):
                 self.client.containers.get(container_of(path)).remove(force=True)
 
 
