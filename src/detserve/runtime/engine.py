@@ -373,9 +373,9 @@ class DockerEngine:
                 f"cannot stop and remove container {container_id[:12]}: {_explanation(exc)}"
             ) from exc
 
-    def _container(self, container_id: str) -> Any:
+    def _container(self, container_id: str, what: str = "reading logs of") -> Any:
         try:
-            with self._talking(f"reading logs of {container_id[:12]}"):
+            with self._talking(f"{what} {container_id[:12]}"):
                 return self._client.containers.get(container_id)
         except docker.errors.NotFound as exc:
             raise ContainerError(f"container {container_id[:12]} no longer exists") from exc
@@ -385,7 +385,7 @@ class DockerEngine:
             ) from exc
 
     def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
-        container = self._container(container_id)
+        container = self._container(container_id, f"running {python} in")
         try:
             with self._talking(f"running {python} in {container_id[:12]}"):
                 result: Any = container.exec_run([python, "-c", code], stdout=True, stderr=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 import docker
 import docker.errors
@@ -151,16 +150,11 @@ class DockerProbe:
         )
 
     def _exec(self, container_id: str, python: str) -> bytes:
-        with self._talking(f"running the version probe in {container_id[:12]}"):
-            container = self._client.containers.get(container_id)
-            result: Any = container.exec_run(
-                [python, "-c", VERSION_PROBE], stdout=True, stderr=False
-            )
-        if result.exit_code != 0:
+        exit_code, output = self.engine.exec_python(container_id, python, VERSION_PROBE)
+        if exit_code != 0:
             raise ContainerError(
-                f"the version probe in container {container_id[:12]} exited {result.exit_code}"
+                f"the version probe in container {container_id[:12]} exited {exit_code}"
             )
-        output: bytes = result.output
         return output
 
     def _run(self, image: ImageInfo) -> bytes:
