@@ -81,6 +81,10 @@ class SnapshotSpec(_Strict):
     profile file's directory."""
 
 
+#: where ``detserve run`` puts vLLM's CPU processes (detserve.runtime.placement)
+CpuPlacement = Literal["engine-core-with-worker"]
+
+
 class RuntimeSpec(_Strict):
     image_tag: str
     """The image tag ``detserve lock-image`` resolves to a digest. Never used to run."""
@@ -120,7 +124,7 @@ class RuntimeSpec(_Strict):
     startup_timeout_s: Annotated[int, Field(ge=10, le=7200)] = 600
     """How long ``wait`` allows the server to become ready."""
 
-    cpu_placement: Literal["engine-core-with-worker"] | None = None
+    cpu_placement: CpuPlacement | None = None
     """CPU only: once the server is ready, ``detserve run`` moves vLLM's engine core onto the
     worker's cores and the API server onto the others, so that the engine core's spinning never
     takes the API server's core (detserve.runtime.placement). Decides where, never what, is

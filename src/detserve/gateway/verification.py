@@ -51,7 +51,7 @@ class Verified:
     #: (no userland proxy between), else the published port
     base_url: str
     #: the profile's published address, checked first in every case
-    published_url: str = ""
+    published_url: str
 
     @property
     def pins_sha256(self) -> str:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from detserve.errors import ContainerError
+from detserve.profile import CpuPlacement
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, python_of
 
 __all__ = ["PLACEMENT_SCRIPT", "CpuPlacement", "Placement", "parse_placement_output", "place"]
-
-CpuPlacement = Literal["engine-core-with-worker"]
 
 #: process titles vLLM gives its processes (``/proc/PID/comm``, cut at 15 bytes)
 WORKER_TITLE = "VLLM::Worker"
