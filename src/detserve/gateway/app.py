@@ -43,8 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import anyio
-import httpx
+import aiohttp
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -67,7 +66,14 @@ from detserve.gateway.transcript import (
     Transcript,
     new_exchange_id,
 )
-from detserve.gateway.upstream import Output, Violation, engine_refusal, error_event, error_response
+from detserve.gateway.upstream import (
+    Output,
+    Violation,
+    engine_refusal,
+    error_event,
+    error_response,
+    event_lines,
+)
 from detserve.gateway.verification import HealthMonitor, Verified
 from detserve.runlog.models import ExchangeRequest, TranscriptHeader
 from detserve.runlog.transcript import request_sha256
@@ -77,7 +83,10 @@ from detserve.runtime.engine import ContainerEngine
 MAX_BODY_BYTES: Final = 2 * 1024 * 1024
 #: What a 429 asks the client to wait, in seconds.
 RETRY_AFTER_S: Final = 1
+#: The longest the engine may stay silent (no byte of an answer or of a stream), in seconds.
 UPSTREAM_TIMEOUT_S: Final = 600.0
+#: What a failed hop to the engine raises (aiohttp's timeouts are TimeoutErrors).
+UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
 #: what a client is told when its answer could not be recorded (the path is not its business)
 _NOT_RECORDED: Final = (
     "the answer could not be recorded in the transcript, so it is not given; the gateway "
@@ -144,7 +153,7 @@ class Gateway:
         self.refused_busy = 0
         self._pending = 0
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
@@ -160,17 +169,21 @@ class Gateway:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        self._client = httpx.AsyncClient(
+        # aiohttp, not httpx, for this one hop: docs/performance.md, "The gateway against the
+        # bare server". No proxy from the environment, no cookies kept, no compression asked.
+        self._session = aiohttp.ClientSession(
             base_url=self.verified.base_url,
-            timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=5.0),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=UPSTREAM_TIMEOUT_S),
             trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Accept-Encoding",),
         )
         watch = asyncio.create_task(self._watch())
         try:
             yield
         finally:
             watch.cancel()
-            await self._client.aclose()
+            await self._session.close()
             self.transcript.close("stopped")
 
     async def _watch(self) -> None:
@@ -348,18 +361,19 @@ class Gateway:
         return self.transcript.record(exchange_id, request, output.fields(request, incomplete))
 
     async def _answer(self, admitted: Admitted) -> Response:
-        assert self._client is not None
+        assert self._session is not None
         path, body = self._body_for(admitted, stream=False)
         try:
-            upstream = await self._client.post(path, json=body)
-        except httpx.HTTPError as exc:
+            async with self._session.post(path, json=body, allow_redirects=False) as upstream:
+                status, content = upstream.status, await upstream.read()
+        except UPSTREAM_ERRORS as exc:
             self._engine_trouble()
             return error_response(502, f"the engine did not answer: {type(exc).__name__}")
-        if upstream.status_code != 200:
-            return engine_refusal(upstream.status_code, upstream.content)
+        if status != 200:
+            return engine_refusal(status, content)
         output = Output(admitted.request.kind)
         try:
-            data = upstream.json()
+            data = json.loads(content)
             output.add_answer(data)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return error_response(502, "the engine's answer is not what vLLM answers")
@@ -373,21 +387,23 @@ class Gateway:
         return JSONResponse(data, headers=provenance.headers())
 
     async def _stream(self, admitted: Admitted, release: Callable[[], None]) -> Response:
-        assert self._client is not None
+        assert self._session is not None
         path, body = self._body_for(admitted, stream=True)
         try:
-            upstream = await self._client.send(
-                self._client.build_request("POST", path, json=body), stream=True
-            )
-        except httpx.HTTPError as exc:
+            upstream = await self._session.post(path, json=body, allow_redirects=False)
+        except UPSTREAM_ERRORS as exc:
             release()
             self._engine_trouble()
             return error_response(502, f"the engine did not answer: {type(exc).__name__}")
-        if upstream.status_code != 200:
-            content = await upstream.aread()
-            await upstream.aclose()
-            release()
-            return engine_refusal(upstream.status_code, content)
+        if upstream.status != 200:
+            try:
+                content = await upstream.read()
+            except UPSTREAM_ERRORS:
+                content = b""
+            finally:
+                upstream.release()
+                release()
+            return engine_refusal(upstream.status, content)
         exchange_id = new_exchange_id()
         headers = {
             "X-Detserve-Id": exchange_id,
@@ -401,7 +417,7 @@ class Gateway:
         self,
         exchange_id: str,
         request: ExchangeRequest,
-        upstream: httpx.Response,
+        upstream: aiohttp.ClientResponse,
         release: Callable[[], None],
     ) -> AsyncIterator[ServerSentEvent]:
         output = Output(request.kind)
@@ -418,7 +434,7 @@ class Gateway:
 
         try:
             try:
-                async for line in upstream.aiter_lines():
+                async for line in event_lines(upstream.content.iter_any()):
                     if not line.startswith("data:"):
                         continue
                     payload = line[len("data:") :].strip()
@@ -434,7 +450,7 @@ class Gateway:
                         yield ServerSentEvent(data=payload)
                 if held is None:
                     raise ValueError("the engine's stream ended before its final chunk")
-            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (*UPSTREAM_ERRORS, ValueError, KeyError, TypeError, AttributeError) as exc:
                 self._engine_trouble()
                 with contextlib.suppress(DetserveError):
                     record("engine_failed")
@@ -460,6 +476,5 @@ class Gateway:
             yield ServerSentEvent(data=json.dumps(held, ensure_ascii=False))
             yield ServerSentEvent(data="[DONE]")
         finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()
+            upstream.release()  # closes the connection unless the answer was read to its end
             release()

@@ -13,9 +13,10 @@ ends the stream with an error event and records what was streamed as incomplete)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from sse_starlette import ServerSentEvent
 from starlette.responses import JSONResponse
@@ -24,6 +25,24 @@ from detserve.gateway.admission import Refused
 from detserve.gateway.output_check import check_output
 from detserve.gateway.transcript import Provenance
 from detserve.runlog.models import ExchangeRequest
+
+#: A server-sent event stream's line ends. A ``\\r`` that ends what has arrived waits for the
+#: next bytes: it may be a ``\\r\\n`` cut in two.
+_LINE_END: Final = re.compile(rb"\r\n|\r(?!\Z)|\n")
+
+
+async def event_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
+    """A server-sent event stream's lines, however the bytes arrive: each line ended by
+    ``\\n``, ``\\r\\n`` or ``\\r``, of any length (vLLM's first chunk names every prompt
+    token), decoded as UTF-8 once it is whole; a last line without its end is given too.
+    Raises ``UnicodeDecodeError`` (a ``ValueError``) for a line that is not UTF-8."""
+    pending = b""
+    async for chunk in chunks:
+        *lines, pending = _LINE_END.split(pending + chunk)
+        for line in lines:
+            yield line.decode("utf-8")
+    if pending:
+        yield pending.rstrip(b"\r").decode("utf-8")
 
 
 def error_response(
