@@ -188,6 +188,18 @@ def test_models_and_health_name_the_pins(rig: GatewayRig) -> None:
     assert document["upstream"] == rig.gateway.verified.published_url
 
 
+def test_no_server_software_is_named_and_no_forwarded_header_is_believed(rig: GatewayRig) -> None:
+    """Nothing is in front of the gateway that it trusts: a loopback client's X-Forwarded-For
+    is its own claim (uvicorn would otherwise believe it from 127.0.0.1)."""
+    health = httpx.get(
+        f"{rig.url}/health",
+        headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"},
+    )
+    assert health.status_code == 200
+    assert "server" not in health.headers
+    assert rig.server.server.config.proxy_headers is False
+
+
 # --- refusals: raw HTTP, OpenAI's error shape, nothing reaches the engine ---------------------
 
 

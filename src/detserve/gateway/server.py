@@ -96,6 +96,10 @@ class GatewayServer:
             # time is its latency (docs/performance.md, "The gateway against the bare server")
             loop="uvloop",
             http="httptools",
+            # nothing here is behind a proxy it trusts: a client's X-Forwarded-* headers are
+            # its own words, not its address or scheme
+            proxy_headers=False,
+            server_header=False,
         )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
