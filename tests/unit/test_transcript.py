@@ -192,9 +192,15 @@ def test_a_write_that_fails_is_cut_off_and_breaks_the_writer(
 def test_an_invalid_exchange_is_never_written(
     tmp_path: Path, changes: dict[str, Any], message: str
 ) -> None:
-    writer = TranscriptWriter(tmp_path / "t.transcript.jsonl", HEADER)
+    path = tmp_path / "t.transcript.jsonl"
+    writer = TranscriptWriter(path, HEADER)
     with pytest.raises(RunLogError, match=message):
         writer.append(exchange(0, **changes))
+    # nothing of it reached the file, and the writer goes on at the same index
+    assert path.read_bytes().count(b"\n") == 1
+    writer.append(exchange(0))
+    writer.close("stopped")
+    assert validate_transcript(path).n_exchanges == 1
 
 
 @pytest.mark.parametrize(

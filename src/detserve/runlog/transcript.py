@@ -31,14 +31,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Literal
 
-from pydantic import ValidationError
-
 from detserve.canonical import canonical_bytes
-from detserve.errors import EnvironmentFault, RunLogError
+from detserve.errors import CanonicalJSONError, EnvironmentFault, RunLogError
 from detserve.fileio import MAX_RUN_LOG_BYTES, check_outputs, open_input
-from detserve.runlog.lines import LineParser, read_checked_line, record_line, schema_error
+from detserve.runlog.lines import LineParser, read_checked_line, record_line
 from detserve.runlog.models import (
     MAX_LINE_BYTES,
+    AnyRecord,
     ExchangeRequest,
     TranscriptExchange,
     TranscriptFooter,
@@ -70,6 +69,17 @@ class TranscriptSequence:
         self._exchanges_sha256 = hashlib.sha256()
 
     def exchange(self, exchange: TranscriptExchange, line: bytes, where: str) -> None:
+        """Check the exchange against the lines before it, then count it."""
+        self.check(exchange, where)
+        self.count(line)
+
+    def count(self, line: bytes) -> None:
+        """Count a checked exchange's line."""
+        self._exchanges_sha256.update(line)
+        self.next_index += 1
+
+    def check(self, exchange: TranscriptExchange, where: str) -> None:
+        """Raise :class:`~detserve.errors.RunLogError` when the exchange cannot be the next."""
         if exchange.index != self.next_index:
             raise RunLogError(
                 f"{where}: exchange index {exchange.index} out of order: expected {self.next_index}"
@@ -96,8 +106,6 @@ class TranscriptSequence:
                 f"{exchange.finish_reason!r} and incomplete {exchange.incomplete!r}: an output "
                 "is cut exactly when its generation was (max_tokens, or a stream that ended)"
             )
-        self._exchanges_sha256.update(line)
-        self.next_index += 1
 
     def expected_footer(self, reason: Literal["rotated", "stopped"]) -> TranscriptFooter:
         return TranscriptFooter(
@@ -115,13 +123,6 @@ class TranscriptSequence:
                 details=[f"footer:   {footer.model_dump()}", f"expected: {expected.model_dump()}"],
                 hint="the transcript was changed after it was written",
             )
-
-
-def _coerce_exchange(value: Mapping[str, Any], where: str) -> TranscriptExchange:
-    try:
-        return TranscriptExchange.model_validate_json(canonical_bytes(dict(value)))
-    except ValidationError as exc:
-        raise schema_error(where, exc) from exc
 
 
 class TranscriptWriter:
@@ -166,10 +167,13 @@ class TranscriptWriter:
 
     def _checked(self, record: Any, what: str) -> bytes:
         line = record_line(record)
+        self._parsed(line, what)
+        return line
+
+    def _parsed(self, line: bytes, what: str) -> AnyRecord:
         if len(line) > MAX_LINE_BYTES:
             raise RunLogError(f"{what}: the line would be longer than {MAX_LINE_BYTES} bytes")
-        self._parser.parse(line, what)
-        return line
+        return self._parser.parse(line, what)
 
     def _emit(self, line: bytes) -> None:
         try:
@@ -200,10 +204,18 @@ class TranscriptWriter:
             if self._closed:
                 raise EnvironmentFault(f"transcript {self.path} is closed")
             where = f"{self.path}: exchange {self._sequence.next_index}"
-            record = _coerce_exchange({**fields, "index": self._sequence.next_index}, where)
-            line = self._checked(record, where)
+            document = {**fields, "index": self._sequence.next_index, "record": "exchange"}
+            try:
+                line = canonical_bytes(document)
+            except CanonicalJSONError as exc:
+                raise RunLogError(f"{where}: {exc.message}") from exc
+            # The line is checked as every reader checks it (schema, canonical form), once.
+            record = self._parsed(line, where)
+            if not isinstance(record, TranscriptExchange):
+                raise RunLogError(f"{where}: not an exchange")
+            self._sequence.check(record, where)  # before the write: a refused line is not written
             self._emit(line)
-            self._sequence.exchange(record, line, where)
+            self._sequence.count(line)
             return record
 
     def close(self, reason: Literal["rotated", "stopped"]) -> str:
