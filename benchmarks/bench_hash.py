@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_hash.py --shards 1   # one huge file: one core's speed
 
 It writes a synthetic snapshot, then measures in the same run, with the page cache warm and then
-cold (dropped before every cold measurement):
+cold (dropped before every cold measurement, then ``--settle-s`` untimed: see ``measure``):
 
 * read: every file read once, sequentially, in 8 MiB chunks, discarded (what `cat` costs);
 * sha256sum: coreutils over all files (its output must equal detserve's manifest, byte for byte);
@@ -69,6 +69,8 @@ TARGET_FRACTION = 0.85
 PER_FILE_TARGET_S = 50e-6
 READ_CHUNK = 8 * MIB
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+#: seconds between a cache drop and a cold run (measure's docstring says why)
+SETTLE_S = 8.0
 
 
 # --- the synthetic snapshot ------------------------------------------------------------------
@@ -241,33 +243,21 @@ def in_child(argv: list[str], *, cwd: Path | None = None, tty: bool = True) -> C
     return run
 
 
-#: the pool again, cold, started as late after the cache drop as detserve's reads start
-LATE_POOL = "hashlib pool, late start"
+def measure(tools: list[Tool], *, repeat: int, cold: bool, settle_s: float = 0.0) -> None:
+    """Interleave the tools in each round, so that a slow moment of the machine hits all.
 
-
-def started_late(run: Callable[[], Timing], delay_s: float) -> Callable[[], Timing]:
-    """``run`` after ``delay_s`` of waiting, which is not timed.
-
-    On this VM a read that starts later after the page cache is dropped is slower (measured:
-    the same pool took a median 1.4 s at once, 2.0 s after 0.3 s, 2.7 s after 1 s; the freed
-    memory is handed back to the host by the balloon's free page reporting, and taking it back
-    costs). The in-process pool starts reading at once, detserve only after its start-up; this
-    run prices that handicap, so that it can be told from detserve's own cost.
+    Cold: the page cache is dropped before every run, then ``settle_s`` pass untimed. On this
+    VM the memory a drop frees is handed back to the host within seconds (the balloon's free
+    page reporting), and a read into memory not yet handed back is faster: started at once, the
+    same pool took anywhere from 1.5 to 5.0 s on 4 GiB, in streaks, and whichever tool started
+    first was favoured (its start-up is shorter). After the settling time every run starts from
+    the same state (docs/performance.md, "The cold verify target").
     """
-
-    def late() -> Timing:
-        time.sleep(delay_s)
-        return run()
-
-    return late
-
-
-def measure(tools: list[Tool], *, repeat: int, cold: bool) -> None:
-    """Interleave the tools in each round, so that a slow moment of the machine hits all."""
     for _ in range(repeat):
         for tool in tools:
             if cold:
                 drop_page_cache()
+                time.sleep(settle_s)
             child = tool.run()
             tool.seconds.append(child.seconds)
             if child.max_rss_bytes:
@@ -361,15 +351,6 @@ class CacheState:
             "judged_on_pool": "median seconds: CLI wall time, start-up included, / hashlib pool",
             "verify_wall_ratio_to_pool": round(self.pool_ratio("detserve verify"), 3),
             "hash_wall_ratio_to_pool": round(self.pool_ratio("detserve hash"), 3),
-            **(
-                {
-                    "verify_wall_ratio_to_late_pool": round(
-                        self.pool_ratio("detserve verify", LATE_POOL), 3
-                    )
-                }
-                if LATE_POOL in self.tools
-                else {}
-            ),
             "verify_meets_target": self.pool_ratio("detserve verify") >= TARGET_FRACTION,
             "stream_cap_bytes_per_s": round(self.stream_cap),
             "verify_ratio_to_stream_cap": round(
@@ -442,16 +423,6 @@ def table(states: list[CacheState]) -> str:
             f"{tool.split()[1]} wall / pool (median)",
             [f"{state.pool_ratio(tool):.3f}" for state in states],
         )
-    if LATE_POOL in states[-1].tools:
-        row(
-            "verify wall / late pool",
-            [
-                f"{state.pool_ratio('detserve verify', LATE_POOL):.3f}"
-                if LATE_POOL in state.tools
-                else "-"
-                for state in states
-            ],
-        )
     if states[0].shards < states[0].cores:
         row("stream cap", [f"{state.stream_cap / 1e9:.2f}" for state in states])
         row(
@@ -477,11 +448,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="pass --workers to detserve")
     parser.add_argument("--no-cold", action="store_true", help="measure the warm cache only")
     parser.add_argument(
-        "--late-start-s",
+        "--settle-s",
         type=float,
-        default=0.25,
-        help="cold: also time the pool started this long after the drop (0.25, about detserve's "
-        "start-up; 0: skip); reported beside the target, never judged",
+        default=SETTLE_S,
+        help=f"cold: seconds between the cache drop and each run, untimed ({SETTLE_S:g}; 0: "
+        "start at once, the state this VM's free page reporting makes erratic)",
     )
     add_workdir_options(parser, "synthetic snapshot")
     add_results_option(parser)
@@ -491,6 +462,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.total_gib <= 0 or args.shards < 1 or args.small_files < 0 or args.repeat < 1:
         parser.error("sizes, --shards and --repeat must be positive")
+    if args.settle_s < 0:
+        parser.error("--settle-s must not be negative")
     if args.many_files < 0 or args.many_kib < 1:
         parser.error("--many-files must not be negative, --many-kib positive")
 
@@ -538,7 +511,7 @@ def bench(args: argparse.Namespace, spec: SnapshotSpec, work: Path) -> Outcome:
         raise BenchError("hashlib and sha256sum disagree")
     startup = [run_child([args.detserve, "verify", "--help"]) for _ in range(3)]
 
-    def tools(*, cold: bool = False) -> dict[str, Tool]:
+    def tools() -> dict[str, Tool]:
         listed = [
             Tool("read", timed(lambda: read_all(snapshot, paths))),
             Tool("sha256sum", in_child(["sha256sum", *paths], cwd=snapshot, tty=False)),
@@ -547,10 +520,6 @@ def bench(args: argparse.Namespace, spec: SnapshotSpec, work: Path) -> Outcome:
             Tool("detserve hash", in_child(hash_argv)),
             Tool("detserve verify", in_child(verify_argv)),
         ]
-        if cold and args.late_start_s > 0:
-            late = Tool(LATE_POOL, timed(lambda: hashlib_pool(snapshot, paths, cores)))
-            listed.append(late)
-            late.run = started_late(late.run, args.late_start_s)
         return {tool.name: tool for tool in listed}
 
     load_at_start = load_average()
@@ -566,8 +535,10 @@ def bench(args: argparse.Namespace, spec: SnapshotSpec, work: Path) -> Outcome:
     cold_missing = "--no-cold given" if args.no_cold else can_drop_page_cache()
     if cold_missing is None:
         say("measuring cold: page cache dropped before each run")
-        states.append(CacheState("cold", tools(cold=True), total, cores, spec.shards))
-        measure(list(states[1].tools.values()), repeat=args.repeat, cold=True)
+        states.append(CacheState("cold", tools(), total, cores, spec.shards))
+        measure(
+            list(states[1].tools.values()), repeat=args.repeat, cold=True, settle_s=args.settle_s
+        )
     else:
         say(f"cold was NOT measured: {cold_missing}")
 
@@ -603,6 +574,7 @@ def bench(args: argparse.Namespace, spec: SnapshotSpec, work: Path) -> Outcome:
         "detserve_verify_max_rss_bytes": verify_rss,
         "states": {state.name: state.as_json() for state in states},
         "cold_not_measured": cold_missing,
+        "cold_settle_seconds": args.settle_s,
         "many_files": many,
     }
     out = write_result(BENCHMARK.name, record, stamp=stamp, folder=args.results)
