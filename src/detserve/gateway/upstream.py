@@ -24,23 +24,31 @@ from starlette.responses import JSONResponse
 from detserve.gateway.admission import Refused
 from detserve.gateway.output_check import check_output
 from detserve.gateway.transcript import Provenance
-from detserve.runlog.models import ExchangeRequest
+from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest
 
 #: A server-sent event stream's line ends. A ``\\r`` that ends what has arrived waits for the
 #: next bytes: it may be a ``\\r\\n`` cut in two.
 _LINE_END: Final = re.compile(rb"\r\n|\r(?!\Z)|\n")
 
 
-async def event_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
+async def event_lines(
+    chunks: AsyncIterable[bytes], *, limit: int = MAX_LINE_BYTES
+) -> AsyncIterator[str]:
     """A server-sent event stream's lines, however the bytes arrive: each line ended by
-    ``\\n``, ``\\r\\n`` or ``\\r``, of any length (vLLM's first chunk names every prompt
-    token), decoded as UTF-8 once it is whole; a last line without its end is given too.
-    Raises ``UnicodeDecodeError`` (a ``ValueError``) for a line that is not UTF-8."""
+    ``\\n``, ``\\r\\n`` or ``\\r``, decoded as UTF-8 once it is whole; a last line without
+    its end is given too. A line may be long (vLLM's first chunk names every prompt token), but
+    not longer than ``limit`` bytes, what a transcript line may hold. Raises ``ValueError``
+    (``UnicodeDecodeError`` is one) for a line that is not UTF-8 or is too long."""
     pending = b""
     async for chunk in chunks:
-        *lines, pending = _LINE_END.split(pending + chunk)
-        for line in lines:
-            yield line.decode("utf-8")
+        ended = pending.endswith(b"\r") or b"\n" in chunk or b"\r" in chunk
+        pending += chunk
+        if ended:  # else nothing ended here: no search through what waits
+            *lines, pending = _LINE_END.split(pending)
+            for line in lines:
+                yield line.decode("utf-8")
+        if len(pending) > limit:
+            raise ValueError(f"the engine sent an event-stream line over {limit} bytes")
     if pending:
         yield pending.rstrip(b"\r").decode("utf-8")
 
