@@ -427,7 +427,7 @@ class TestSampling:
             "--config",
             str(session.profile),
             "--max-tokens",
-            "32",
+            "256",  # long enough that the signal lands mid-run however fast the machine is
             "--run-log-output",
             str(out / "x.runlog.jsonl"),
             "--output",
@@ -442,7 +442,7 @@ class TestSampling:
                 assert sampling.poll() is None, sampling.communicate()
                 time.sleep(0.05)
             assert list(out.glob(".x.runlog.jsonl.*.partial")), "the run log never started"
-            time.sleep(1)  # a few samples in
+            time.sleep(0.5)  # a few samples in
             assert sampling.poll() is None, "sampling finished before it could be interrupted"
             sampling.send_signal(signal.SIGINT)
             stdout, stderr = sampling.communicate(timeout=60)
