@@ -434,7 +434,14 @@ class TestSampling:
             str(out / "x.sidecar.json"),
         ]
         sampling = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO_ROOT,
+            # a suite started in the background (`cmd &`) ignores SIGINT, and Python keeps an
+            # ignored SIGINT ignored: give the child the default, as a terminal would
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             deadline = time.monotonic() + 60
