@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Final
 
+from detserve.printable import printable
+
 EXIT_OK = 0
 EXIT_VERIFICATION = 1
 EXIT_INPUT = 2
@@ -30,19 +32,18 @@ MAX_LINE_CHARS: Final = 2000
 #: The most detail lines of one error; the rest are counted, not shown.
 MAX_DETAIL_LINES: Final = 100
 
-# Control characters would let a file name or a value rewrite the terminal; they are escaped.
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x09: "\\t"}
-
 
 def bounded(text: str, limit: int = MAX_LINE_CHARS) -> str:
-    """``text`` as one line of at most about ``limit`` characters, control characters escaped.
+    """``text`` as one line of at most about ``limit`` characters, :func:`printable`.
 
     The one way an excerpt of user-supplied content enters a message: a cut line says how much
-    was cut, so that two long values that differ past the cut never read as equal.
+    was cut, so that two long values that differ past the cut never read as equal. Control,
+    format and separator characters would let a file name or a value rewrite the terminal (or
+    the line a reader trusts): they are shown escaped, never executed.
     """
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters not shown)"
-    return text.translate(_CONTROL)
+    return printable(text)
 
 
 def bounded_lines(lines: Sequence[str], limit: int = MAX_DETAIL_LINES) -> tuple[str, ...]:
