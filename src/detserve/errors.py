@@ -69,7 +69,10 @@ class DetserveError(Exception):
         hint: str | None = None,
     ) -> None:
         # Bounded here, once: every message reaches people and machines through these fields.
-        message = "\n".join(bounded_lines(message.split("\n"), limit=10))
+        # The message is one line: a newline in it can only come from a value it quotes (a
+        # server's answer, a file name), where it must be shown, not obeyed; several lines are
+        # details.
+        message = bounded(message)
         super().__init__(message)
         self.message = message
         self.details: tuple[str, ...] = bounded_lines(list(details))
