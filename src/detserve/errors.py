@@ -68,15 +68,22 @@ class DetserveError(Exception):
         details: Sequence[str] = (),
         hint: str | None = None,
     ) -> None:
-        # Bounded here, once: every message reaches people and machines through these fields.
+        super().__init__(bounded(message))
+        self.message: str = message
+        self.details: tuple[str, ...] = tuple(details)
+        self.hint: str | None = hint
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every message reaches people and machines through these fields, so they are bounded
+        # whenever they are set: here, and where a caller adds a hint to an error it caught.
         # The message is one line: a newline in it can only come from a value it quotes (a
         # server's answer, a file name), where it must be shown, not obeyed; several lines are
         # details.
-        message = bounded(message)
-        super().__init__(message)
-        self.message = message
-        self.details: tuple[str, ...] = bounded_lines(list(details))
-        self.hint = None if hint is None else bounded(hint)
+        if name in ("message", "hint") and isinstance(value, str):
+            value = bounded(value)
+        elif name == "details" and isinstance(value, tuple | list):
+            value = bounded_lines(value)
+        super().__setattr__(name, value)
 
     def diagnostics(self) -> str:
         """A human text: what failed, the items that failed, and what to do next."""

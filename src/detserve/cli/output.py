@@ -118,10 +118,20 @@ def result(message: str) -> None:
     stdout.print(printable(message))
 
 
+def _printable_argument(value: object) -> object:
+    return printable(value) if isinstance(value, str) else value
+
+
 class _PrintableRecord(logging.LogRecord):
-    """A log record whose message and traceback are :func:`printable_lines`."""
+    """A log record whose message is escaped: each string argument (the values it quotes) one
+    :func:`printable` line, the whole :func:`printable_lines` (a library's own message keeps its
+    lines)."""
 
     def getMessage(self) -> str:
+        if isinstance(self.args, tuple):
+            self.args = tuple(_printable_argument(value) for value in self.args)
+        elif isinstance(self.args, dict):
+            self.args = {key: _printable_argument(value) for key, value in self.args.items()}
         return printable_lines(super().getMessage())
 
 
@@ -129,6 +139,8 @@ def _printable_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _PrintableRecord(*args, **kwargs)
     if record.exc_info and not record.exc_text:
         # What a formatter writes for the exception: an exception's text may quote a request.
+        # A traceback keeps its lines (a newline in the exception's text among them); each line
+        # is escaped.
         record.exc_text = printable_lines(logging.Formatter().formatException(record.exc_info))
     if record.stack_info:
         record.stack_info = printable_lines(record.stack_info)
@@ -142,7 +154,9 @@ def _printable_warning(
     lineno: int,
     line: str | None = None,
 ) -> str:
-    shown = _format_warning(message, category, filename, lineno, line)
+    # The warning's text is a value (it may quote one): one line. The source line after it is
+    # the warning's location, read from a file: its lines are escaped too.
+    shown = _format_warning(printable(str(message)), category, filename, lineno, line)
     return printable_lines(shown.rstrip("\n")) + "\n"
 
 
