@@ -23,6 +23,7 @@ from detserve.cli.options import (
 )
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
+from detserve.printable import printable_json
 
 # `hash` and `verify` run before every run, and their start-up is part of what verification
 # costs: importing what only the other commands need (the Docker SDK, huggingface_hub, httpx,
@@ -81,7 +82,9 @@ def config_schema() -> None:
     """Print the profile JSON Schema (committed as docs/profile.schema.json)."""
     from detserve.profile import profile_json_schema
 
-    sys.stdout.write(json.dumps(profile_json_schema(), indent=2, sort_keys=True) + "\n")
+    # detserve's own schema, but escaped as every JSON document printed is (emit_json)
+    schema = json.dumps(profile_json_schema(), indent=2, sort_keys=True)
+    sys.stdout.write(printable_json(schema) + "\n")
 
 
 @config_app.command("options")
