@@ -419,8 +419,13 @@ def run(
     on_progress: WaitSink | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    full_verify: bool = False,
 ) -> RunResult:
-    """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample."""
+    """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample.
+
+    A container already running with these pins keeps its lifetime's record of a full pass;
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`)."""
     from detserve.runtime import lifecycle
 
     loaded = load_profile(config)
@@ -434,6 +439,7 @@ def run(
         on_stage=on_stage,
         on_progress=on_progress,
         engine=_engine_at(engine, docker_host),
+        full_verify=full_verify,
     )
 
 
@@ -634,6 +640,7 @@ def sample(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    full_verify: bool = False,
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
@@ -644,6 +651,9 @@ def sample(
     that fraction of the prompts one at a time afterwards (seeded by ``audit_seed``) and fails
     the run on any difference. Any failure, Ctrl-C included, leaves nothing at ``run_log`` or
     ``sidecar``. The run log's sha256 is the claim.
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.sampling import SampleRequest, check_request
 
@@ -661,6 +671,7 @@ def sample(
         certificate=Path(certificate) if certificate is not None else None,
         audit_fraction=audit,
         audit_seed=audit_seed,
+        full_verify=full_verify,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
     engine = _engine(engine, docker_host)
@@ -849,6 +860,7 @@ def replay(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    full_verify: bool = False,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
@@ -863,6 +875,9 @@ def replay(
     ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
     :class:`~detserve.attest.SignatureError`, exit 1, before anything else is read), then the
     subject's sha256 against ``run_log``, then the pins as above.
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.replay_plan import plan_replay
     from detserve.runtime import lifecycle
@@ -909,11 +924,12 @@ def replay(
         run_log_output=replay_log,
         sidecar_output=sidecar,
         force=force,
+        full_verify=full_verify,
     )
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     stage(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
-    lifecycle.run(loaded, engine=engine, on_stage=stage)
+    lifecycle.run(loaded, engine=engine, on_stage=stage, full_verify=full_verify)
     try:
         summary = _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
     finally:
@@ -932,6 +948,9 @@ def replay(
 
 #: where ``serve`` listens unless told otherwise
 DEFAULT_GATEWAY_PORT = 8088
+#: how often ``serve`` checks the snapshot's record and advances its paced full pass
+#: (:mod:`detserve.snapshot_watch`); a change through the file system is caught within it
+DEFAULT_REVERIFY_INTERVAL_S = 2.0
 
 
 def build_gateway(
@@ -942,10 +961,12 @@ def build_gateway(
     concurrency: int = 1,
     certificate: Path | str | None = None,
     queue_size: int = 32,
-    reverify_interval_s: float = 300.0,
+    reverify_interval_s: float = DEFAULT_REVERIFY_INTERVAL_S,
     identity_interval_s: float = 2.0,
     rotate_exchanges: int | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
+    reverify_bytes_per_s: int | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
     return the gateway's ASGI application object (``gateway.app``), its transcript opened.
@@ -956,6 +977,10 @@ def build_gateway(
     broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment.
 
     Above one request in flight only with a ``certificate`` covering these pins and that level.
+    While serving, the snapshot's record is checked every ``reverify_interval_s`` and every byte
+    is read again at ``reverify_bytes_per_s`` (default
+    :data:`~detserve.snapshot_watch.DEFAULT_BYTES_PER_S`; :mod:`detserve.snapshot_watch`).
+    ``full_verify`` hashes every byte before serving even where a record vouches for them.
     """
     from detserve.gateway.app import Gateway, GatewaySettings
     from detserve.gateway.transcript import index_earlier
@@ -971,6 +996,8 @@ def build_gateway(
         )
     if reverify_interval_s <= 0 or identity_interval_s <= 0:
         raise UsageError("re-verification intervals must be positive")
+    if reverify_bytes_per_s is not None and reverify_bytes_per_s <= 0:
+        raise UsageError("the re-verification rate must be positive")
     if rotate_exchanges is not None and rotate_exchanges < 1:
         raise UsageError("--rotate-exchanges must be at least 1")
     loaded = load_profile(config)
@@ -978,7 +1005,7 @@ def build_gateway(
     # the earlier runs' segments are input: checked before anything is verified or served
     earlier = index_earlier(Path(transcript_dir))
     engine = _engine(engine)
-    verified = verify_for_serving(loaded, engine)
+    verified = verify_for_serving(loaded, engine, full_verify=full_verify)
     if certificate is not None:
         require_gateway_coverage(Path(certificate), verified, concurrency)
     settings = GatewaySettings(
@@ -990,6 +1017,8 @@ def build_gateway(
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
     )
+    if reverify_bytes_per_s is not None:
+        settings = replace(settings, reverify_bytes_per_s=reverify_bytes_per_s)
     return Gateway(verified, engine, settings, earlier=earlier)
 
 
@@ -1018,10 +1047,12 @@ def serve(
     concurrency: int = 1,
     certificate: Path | str | None = None,
     queue_size: int = 32,
-    reverify_interval_s: float = 300.0,
+    reverify_interval_s: float = DEFAULT_REVERIFY_INTERVAL_S,
     rotate_exchanges: int | None = None,
     on_ready: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
+    reverify_bytes_per_s: int | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
 
@@ -1043,6 +1074,8 @@ def serve(
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
         engine=engine,
+        full_verify=full_verify,
+        reverify_bytes_per_s=reverify_bytes_per_s,
     )
     try:
         server = GatewayServer(gateway, host, port)
@@ -1077,6 +1110,7 @@ def replay_transcript(
     force: bool = False,
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
 ) -> TranscriptReplayResult:
     """Re-send every exchange of a gateway transcript (one closed segment) under your own pinned
     profile, and compare, in one step.
@@ -1086,6 +1120,9 @@ def replay_transcript(
     (start, wait with verification, smoke), every exchange is sent again, one at a time, into
     ``output_dir/replay.transcript.jsonl``, and the two are compared into
     ``output_dir/report.json``. Returns the result whatever the verdict.
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.gateway.replay import plan_transcript_replay
     from detserve.gateway.replay import replay_transcript as replay_core
@@ -1105,9 +1142,9 @@ def replay_transcript(
     plan = plan_transcript_replay(claim, loaded)
     engine = _engine(engine)
     stage(f"claim {claim}: a gateway transcript of {plan.n_exchanges} exchanges; pins match")
-    lifecycle.run(loaded, engine=engine, on_stage=stage)
+    lifecycle.run(loaded, engine=engine, on_stage=stage, full_verify=full_verify)
     try:
-        report = replay_core(plan, loaded, replay_path, engine=engine)
+        report = replay_core(plan, loaded, replay_path, engine=engine, full_verify=full_verify)
     finally:
         if stop_after:
             lifecycle.stop(loaded, engine=engine)
@@ -1186,6 +1223,7 @@ def check(
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
     probe: FingerprintEngine | None = None,
+    full_verify: bool = False,
 ) -> CheckOutcome:
     """Diagnose non-determinism against the running, verified container; write a repro pack.
 
@@ -1201,6 +1239,9 @@ def check(
     served model); with the default engine the environment is fingerprinted before and after
     (``env.json``; a change is ENV_CHANGED). Returns the outcome whatever the verdict;
     ``outcome.error()`` is the error to raise when it is not a pass (exit 1).
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.diagnosis.check import run_check
     from detserve.diagnosis.measure import CheckPlan, levels_with_baseline
@@ -1231,7 +1272,15 @@ def check(
 
         docker_probe = DockerProbe.from_env()
         engine, probe = docker_probe.engine, probe or docker_probe
-    result = run_check(loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass)
+    result = run_check(
+        loaded,
+        prompts,
+        plan,
+        engine=engine,
+        probe=probe,
+        on_pass=on_pass,
+        full_verify=full_verify,
+    )
     pack = write_repro_pack(loaded, result, directory, force=force)
     return CheckOutcome(result=result, pack=pack)
 

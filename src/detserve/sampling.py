@@ -13,7 +13,10 @@ same bytes as at concurrency 1 (the concurrency and the certificate's sha256 go 
 sidecar). With an audit fraction, a seeded random subset is sampled again one at a time after
 the concurrent pass, and any difference voids the run. The container's identity (id, start time,
 restart count) is checked during the run and at its end, and the snapshot is verified again
-before the log is committed: a restarted server or a changed snapshot voids the run. The run log
+before the log is committed: a restarted server or a changed snapshot voids the run. Both
+verifications are bound to the container's lifetime: where a full pass in that lifetime left a
+record whose identities all still hold (:mod:`detserve.snapshot_state`), it vouches for the bytes
+without reading them; any change means a full pass (``full_verify`` always hashes). The run log
 is written atomically; any failure, Ctrl-C included, leaves nothing at the output paths.
 """
 
@@ -49,7 +52,8 @@ from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.snapshot import verify_snapshot
+from detserve.snapshot import VerifyReport
+from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
 
 #: how often, in seconds, the container's identity is re-checked while sampling
 IDENTITY_CHECK_INTERVAL_S = 2.0
@@ -69,6 +73,9 @@ class SampleRequest:
     #: the fraction of samples sampled again at concurrency 1 after the pass (0: none)
     audit_fraction: float = 0.0
     audit_seed: int = 0
+    #: hash every byte at the start and the end even where a record of a full pass in this
+    #: container lifetime vouches for the snapshot (detserve.snapshot_state)
+    full_verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,8 @@ class SampleSummary:
     concurrency: int = 1
     certificate_sha256: str | None = None
     audited: tuple[int, ...] = ()
+    #: the snapshot's verifications, before the first request and before the commit
+    snapshot_checks: tuple[VerifyReport, ...] = ()
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -100,6 +109,7 @@ class SampleSummary:
             "concurrency": self.concurrency,
             "certificate_sha256": self.certificate_sha256,
             "audited": list(self.audited),
+            "snapshot_checks": [report.as_json() for report in self.snapshot_checks],
         }
 
 
@@ -282,12 +292,18 @@ def sample(
     check_request(loaded, bundle, request)
     prompts = bundle.take(request.n_prompts)
     certificate = read_certificate(request.certificate) if request.certificate else None
-    report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
-    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
-    # the container is compared with the manifest bytes just verified, not a second read
-    container = checked_container(
-        loaded, engine, what="sample from", manifest=report.manifest_sha256
+    manifest = PinnedManifest.read(loaded.manifest_path)
+    # the container is compared with the manifest bytes verified next, not a second read
+    container = checked_container(loaded, engine, what="sample from", manifest=manifest.sha256)
+    lifetime = lifetime_of(container)
+    report = verify_in_lifetime(
+        loaded.snapshot_dir,
+        manifest,
+        lifetime,
+        full=request.full_verify,
+        progress=verify_progress,
     )
+    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     environment = fingerprint() if fingerprint is not None else None
     watch = IdentityWatch(engine, container)
     profile = loaded.profile
@@ -352,8 +368,12 @@ def sample(
             # Before the log is committed: still the same server, and still the same snapshot
             # (it is mounted read-only, but the host side can change under a running server).
             watch.check(force=True)
-            final = verify_snapshot(
-                loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress
+            final = verify_in_lifetime(
+                loaded.snapshot_dir,
+                PinnedManifest.read(loaded.manifest_path),
+                lifetime,
+                full=request.full_verify,
+                progress=verify_progress,
             )
             _check_same_manifest(report.manifest_sha256, final.manifest_sha256, loaded)
     summary = SampleSummary(
@@ -366,6 +386,7 @@ def sample(
         concurrency=request.concurrency,
         certificate_sha256=certificate.sha256 if certificate is not None else None,
         audited=audited,
+        snapshot_checks=(report, final),
     )
     sidecar = {
         "detserve_version": __version__,

@@ -24,8 +24,9 @@ Invariants:
   writeback write-protects the pages of a shared writable mapping, so a write through a mapping
   made before the pass faults and updates ctime like any other (measured on ext4: without the
   sync such a write leaves ctime as it was).
-- A record is kept only on :data:`TRUSTED_FILE_SYSTEMS`: on tmpfs a write through a shared
-  mapping never changes ctime (measured), so there every check stays a full pass.
+- A record is kept only on :data:`~detserve.snapshot_identity.TRUSTED_FILE_SYSTEMS`: on tmpfs
+  a write through a shared mapping never changes ctime (measured), so there every check stays a
+  full pass.
 - fs-verity is detected per file (``FS_IOC_MEASURE_VERITY``), never assumed: where a file has
   it, its measurement is recorded and must still be the same.
 
@@ -37,13 +38,11 @@ snapshot"; the periodic full pass of the gateway (:mod:`detserve.snapshot_watch`
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
@@ -55,21 +54,22 @@ from detserve.fileio import atomic_writer
 from detserve.hashing import FileDigest, ProgressCallback
 from detserve.manifest import parse_manifest, read_manifest_bytes
 from detserve.snapshot import VerifyReport, verify_against
+from detserve.snapshot_identity import (
+    CTIME,
+    TRUSTED_FILE_SYSTEMS,
+    differences,
+    file_system_types,
+    fingerprint,
+    identity,
+    shown,
+)
 
 RECORD_FORMAT: Literal[1] = 1
 #: a ctime this close to a pass's start may be shared by a change that follows it
 RACY_MARGIN_NS = 2_000_000_000
-#: where a write through a shared mapping updates ctime (each has a ``page_mkwrite`` that calls
-#: ``file_update_time``); measured here on ext4 only
-TRUSTED_FILE_SYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
 #: a record is a few hundred bytes a file
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 STATE_DIR_ENV = "DETSERVE_STATE_DIR"
-#: ``_IOWR('f', 134, struct fsverity_digest)`` (linux/fsverity.h)
-FS_IOC_MEASURE_VERITY = 0xC0046686
-_VERITY_MAX_DIGEST = 64
-#: index of ctime_ns in an identity
-_CTIME = 8
 
 
 class _Strict(BaseModel):
@@ -148,127 +148,6 @@ def state_dir() -> Path:
     xdg = Path(os.environ.get("XDG_STATE_HOME") or "relative")
     base = xdg if xdg.is_absolute() else Path.home() / ".local" / "state"
     return base / "detserve"
-
-
-def _identity(info: os.stat_result) -> list[int]:
-    return [
-        info.st_dev,
-        info.st_ino,
-        info.st_mode,
-        info.st_nlink,
-        info.st_uid,
-        info.st_gid,
-        info.st_size,
-        info.st_mtime_ns,
-        info.st_ctime_ns,
-    ]
-
-
-def verity_measurement(fd: int) -> str | None:
-    """The file's fs-verity digest (``ALGO:HEX``), or None when it has none or the kernel cannot
-    say (this machine's kernel has no fs-verity: ``ENOTSUP`` on ext4, ``ENOTTY`` on tmpfs)."""
-    buffer = bytearray(4 + _VERITY_MAX_DIGEST)
-    buffer[2:4] = _VERITY_MAX_DIGEST.to_bytes(2, "little")
-    try:
-        fcntl.ioctl(fd, FS_IOC_MEASURE_VERITY, buffer)
-    except OSError as exc:
-        if exc.errno in (errno.ENODATA, errno.ENOTTY, errno.ENOTSUP, errno.EOPNOTSUPP):
-            return None
-        raise
-    algorithm = int.from_bytes(buffer[0:2], "little")
-    size = int.from_bytes(buffer[2:4], "little")
-    return f"{algorithm}:{bytes(buffer[4 : 4 + size]).hex()}"
-
-
-def _verity_of(path: Path) -> str | None:
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        return verity_measurement(fd)
-    finally:
-        os.close(fd)
-
-
-def file_system_types() -> dict[int, str]:
-    """Each mounted device number and its file system type, from ``/proc/self/mountinfo``."""
-    types: dict[int, str] = {}
-    try:
-        text = Path("/proc/self/mountinfo").read_text("utf-8", "replace")
-    except OSError:
-        return types
-    for line in text.splitlines():
-        fields = line.split(" ")
-        if " - " not in line or len(fields) < 3:
-            continue
-        major, _, minor = fields[2].partition(":")
-        after = line.split(" - ", 1)[1].split(" ")
-        if major.isdigit() and minor.isdigit() and after:
-            types[os.makedev(int(major), int(minor))] = after[0]
-    return types
-
-
-def _directories(snapshot_dir: Path) -> list[str]:
-    """Every directory of the snapshot (``""`` for the root), links never followed."""
-    found = [""]
-    pending = [(os.fspath(snapshot_dir), "")]
-    while pending:
-        directory, prefix = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    found.append(prefix + entry.name)
-                    pending.append((entry.path, prefix + entry.name + "/"))
-    return found
-
-
-def _value(snapshot_dir: Path, key: str) -> list[int] | str:
-    """The current value of one recorded key. Raises ``OSError``."""
-    kind, _, relative = key.partition(":")
-    path = snapshot_dir / relative if relative else snapshot_dir
-    if kind in ("dir", "entry"):
-        return _identity(os.lstat(path))
-    if kind == "file":
-        return _identity(path.stat())
-    if kind == "link":
-        return str(path.readlink())
-    if kind == "verity":
-        return _verity_of(path) or ""
-    raise ValueError(f"unknown record key {key!r}")
-
-
-def fingerprint(snapshot_dir: Path, paths: Iterable[str]) -> dict[str, list[int] | str]:
-    """The identities a record keeps for these files of the snapshot. Raises ``OSError``."""
-    entries: dict[str, list[int] | str] = {}
-    for directory in _directories(snapshot_dir):
-        entries[f"dir:{directory}"] = _value(snapshot_dir, f"dir:{directory}")
-    for path in paths:
-        entries[f"entry:{path}"] = _value(snapshot_dir, f"entry:{path}")
-        if stat.S_ISLNK(os.lstat(snapshot_dir / path).st_mode):
-            entries[f"link:{path}"] = _value(snapshot_dir, f"link:{path}")
-        entries[f"file:{path}"] = _value(snapshot_dir, f"file:{path}")
-        verity = _verity_of(snapshot_dir / path)
-        if verity is not None:
-            entries[f"verity:{path}"] = verity
-    return entries
-
-
-def _shown(key: str) -> str:
-    kind, _, relative = key.partition(":")
-    where = f"./{relative}" if relative else "the snapshot directory"
-    return f"{where} ({kind})"
-
-
-def differences(snapshot_dir: Path, entries: Mapping[str, list[int] | str]) -> list[str]:
-    """What no longer holds of ``entries``, sorted by key; empty when everything does."""
-    found: list[str] = []
-    for key in sorted(entries):
-        try:
-            now = _value(snapshot_dir, key)
-        except (OSError, ValueError) as exc:
-            found.append(f"{_shown(key)}: {getattr(exc, 'strerror', None) or exc}")
-            continue
-        if now != entries[key]:
-            found.append(f"{_shown(key)} changed")
-    return found
 
 
 class RecordStore:
@@ -358,11 +237,11 @@ def _why_not_recordable(
             continue
         fs_type = types.get(value[0], "unknown")
         if fs_type not in TRUSTED_FILE_SYSTEMS:
-            return f"{_shown(key)} is on {fs_type}, where ctime may not see every write"
-        if value[_CTIME] >= started_ns - margin_ns:
-            return f"{_shown(key)} changed within {margin_ns / 1e9:g} s of the pass"
+            return f"{shown(key)} is on {fs_type}, where ctime may not see every write"
+        if value[CTIME] >= started_ns - margin_ns:
+            return f"{shown(key)} changed within {margin_ns / 1e9:g} s of the pass"
     for path, digest in digests.items():
-        if digest.opened is None or entries.get(f"file:{path}") != _identity(digest.opened):
+        if digest.opened is None or entries.get(f"file:{path}") != identity(digest.opened):
             return f"./{path} is not the file that was hashed"
     return None
 

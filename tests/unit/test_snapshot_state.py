@@ -20,14 +20,8 @@ import pytest
 from detserve import hashing, snapshot_state
 from detserve.errors import SnapshotMismatch
 from detserve.snapshot import VerifyReport
-from detserve.snapshot_state import (
-    Lifetime,
-    PinnedManifest,
-    RecordStore,
-    file_system_types,
-    verify_in_lifetime,
-    verity_measurement,
-)
+from detserve.snapshot_identity import file_system_types, verity_measurement
+from detserve.snapshot_state import Lifetime, PinnedManifest, RecordStore, verify_in_lifetime
 
 from .committed import TinyWorkspace
 

@@ -13,7 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from detserve import api
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption, DockerHostOption
+from detserve.cli.options import ConfigOption, DockerHostOption, FullVerifyOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
 from detserve.errors import EXIT_VERIFICATION
 from detserve.printable import printable
@@ -234,6 +234,7 @@ def run_command(
     ] = False,
     timeout: TimeoutOption = None,
     docker_host: DockerHostOption = None,
+    full_verify: FullVerifyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Start, wait (verifying the whole snapshot meanwhile) and smoke-test, in one command.
@@ -257,6 +258,7 @@ def run_command(
             on_stage=say,
             on_progress=display,
             docker_host=docker_host,
+            full_verify=full_verify,
         )
     if json_output:
         emit_json(ran.as_json())

@@ -15,6 +15,7 @@ from detserve.cli.options import (
     ConfigOption,
     DockerHostOption,
     ForceOption,
+    FullVerifyOption,
     MaxTokensOption,
     NPromptsOption,
     legacy_output_option,
@@ -111,6 +112,7 @@ def sample_command(
     ] = 0,
     temperature: Annotated[float | None, typer.Option("--temperature", hidden=True)] = None,
     docker_host: DockerHostOption = None,
+    full_verify: FullVerifyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Sample the pinned prompt bundle from the running server, strictly, into a run log.
@@ -152,6 +154,7 @@ def sample_command(
             audit_seed=audit_seed,
             observer=shown,
             docker_host=docker_host,
+            full_verify=full_verify,
         )
     if json_output:
         emit_json(summary.as_json())
@@ -204,6 +207,7 @@ def replay_command(
     ] = None,
     force: ForceOption = False,
     docker_host: DockerHostOption = None,
+    full_verify: FullVerifyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Re-run a claimed run log under your own pinned profile and compare, in one step.
@@ -228,7 +232,7 @@ def replay_command(
     from detserve.runlog.transcript import is_transcript
 
     if public_key is None and is_transcript(claim):
-        _replay_transcript(claim, config, output_dir, stop_after, force, json_output)
+        _replay_transcript(claim, config, output_dir, stop_after, force, json_output, full_verify)
         return
     with sampling_progress() as shown:
         replayed = api.replay(
@@ -244,6 +248,7 @@ def replay_command(
             on_stage=say,
             observer=shown,
             docker_host=docker_host,
+            full_verify=full_verify,
         )
     report, summary = replayed.report, replayed.summary
     if json_output:
@@ -256,13 +261,25 @@ def replay_command(
 
 
 def _replay_transcript(
-    claim: Path, config: Path, output_dir: Path, stop_after: bool, force: bool, json_output: bool
+    claim: Path,
+    config: Path,
+    output_dir: Path,
+    stop_after: bool,
+    force: bool,
+    json_output: bool,
+    full_verify: bool,
 ) -> None:
     """A gateway transcript's replay: every exchange sent again, then compared."""
     from detserve import api
 
     replayed = api.replay_transcript(
-        claim, config, output_dir=output_dir, stop_after=stop_after, force=force, on_stage=say
+        claim,
+        config,
+        output_dir=output_dir,
+        stop_after=stop_after,
+        force=force,
+        on_stage=say,
+        full_verify=full_verify,
     )
     report = replayed.report
     if json_output:

@@ -35,7 +35,7 @@ from detserve.runtime.metrics import read_counters
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.sampling import IdentityWatch, prompts_within_budget
-from detserve.snapshot import verify_snapshot
+from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,20 @@ def run_check(
     engine: ContainerEngine,
     probe: FingerprintEngine | None = None,
     on_pass: Callable[[PassKey], None] | None = None,
+    full_verify: bool = False,
 ) -> CheckResult:
-    """Measure ``plan`` against the profile's running, verified container."""
+    """Measure ``plan`` against the profile's running, verified container.
+
+    The snapshot is verified for the container's lifetime at the start and at the end
+    (:mod:`detserve.snapshot_state`; ``full_verify`` hashes every byte both times)."""
     check_plan(loaded, bundle, plan)
     prompts = bundle.take(plan.n_prompts)
     seed = loaded.profile.sampling.seed
-    first = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    manifest = PinnedManifest.read(loaded.manifest_path)
+    container = checked_container(loaded, engine, what="check", manifest=manifest.sha256)
+    lifetime = lifetime_of(container)
+    first = verify_in_lifetime(loaded.snapshot_dir, manifest, lifetime, full=full_verify)
     pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
-    container = checked_container(loaded, engine, what="check")
     watch = IdentityWatch(engine, container)
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
@@ -121,7 +127,9 @@ def run_check(
                 on_pass=on_pass,
             )
             watch.check(force=True)
-            diagnosis = _after(loaded, plan, first.manifest_sha256, fingerprint, probe)
+            diagnosis = _after(
+                loaded, plan, first.manifest_sha256, fingerprint, probe, lifetime, full_verify
+            )
             if diagnosis is None:
                 diagnosis = diagnose(measurements, plan.tier)
         except ContainerError as exc:
@@ -146,10 +154,17 @@ def _after(
     manifest_sha256: str,
     fingerprint: EnvironmentFingerprint | None,
     probe: FingerprintEngine | None,
+    lifetime: Lifetime,
+    full_verify: bool,
 ) -> Diagnosis | None:
     """ENV_CHANGED when the snapshot, its manifest or the environment changed; else None."""
     try:
-        final = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+        final = verify_in_lifetime(
+            loaded.snapshot_dir,
+            PinnedManifest.read(loaded.manifest_path),
+            lifetime,
+            full=full_verify,
+        )
     except SnapshotMismatch as exc:
         return env_changed(plan.tier, f"the snapshot changed during the check: {exc.message}")
     if final.manifest_sha256 != manifest_sha256:

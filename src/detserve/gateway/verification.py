@@ -5,9 +5,11 @@ pin is filled, the snapshot verifies against its manifest, the running container
 pins bind (:func:`~detserve.runtime.binding.checked_container`) and the server serves the pinned
 model (:func:`~detserve.runtime.smoke.check_served_model`). While serving,
 :class:`HealthMonitor` checks the container's identity (id, start time, restart count) every
-``identity_interval_s`` and verifies the whole snapshot again every ``reverify_interval_s``; the
-first failure is sticky: the gateway answers 503 with its reason from then on, because answers
-from another server or snapshot are not the claim its transcript makes.
+``identity_interval_s`` and the snapshot every ``reverify_interval_s``
+(:class:`~detserve.snapshot_watch.SnapshotWatch`: the record of the lifetime's full pass, and a
+full pass paced at ``reverify_bytes_per_s``); the first failure is sticky: the gateway answers
+503 with its reason from then on, because answers from another server or snapshot are not the
+claim its transcript makes.
 
 Above one request in flight the gateway needs a concurrency certificate
 (:mod:`detserve.diagnosis.certificate`) for these engine pins, this seed and that level
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detserve.diagnosis.certificate import CertificateMismatch, read_certificate
-from detserve.errors import DetserveError, PinMismatch
+from detserve.errors import DetserveError
 from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
@@ -35,7 +37,8 @@ from detserve.runtime.container_spec import CONTAINER_PORT, server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.snapshot import verify_snapshot
+from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
+from detserve.snapshot_watch import DEFAULT_BYTES_PER_S, SnapshotWatch
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,17 @@ class Verified:
         return pins_sha256_of(self.pins, self.seed)
 
 
-def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verified:
+def verify_for_serving(
+    loaded: LoadedProfile, engine: ContainerEngine, *, full_verify: bool = False
+) -> Verified:
     """The pre-flight of ``sample`` that needs no prompt; raise on any failure."""
     loaded.require_pins()
-    report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    manifest = PinnedManifest.read(loaded.manifest_path)
+    container = checked_container(loaded, engine, what="serve", manifest=manifest.sha256)
+    report = verify_in_lifetime(
+        loaded.snapshot_dir, manifest, lifetime_of(container), full=full_verify
+    )
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
-    container = checked_container(loaded, engine, what="serve", manifest=report.manifest_sha256)
     profile = loaded.profile
     published = server_base_url(profile)
     with VllmServer(published, model=profile.vllm.served_model_name) as server:
@@ -151,11 +159,20 @@ class HealthMonitor:
         *,
         identity_interval_s: float,
         reverify_interval_s: float,
+        reverify_bytes_per_s: int = DEFAULT_BYTES_PER_S,
     ) -> None:
         self.verified = verified
         self._engine = engine
         self.identity_interval_s = identity_interval_s
         self.reverify_interval_s = reverify_interval_s
+        loaded = verified.loaded
+        self.snapshot = SnapshotWatch(
+            loaded.snapshot_dir,
+            loaded.manifest_path,
+            verified.manifest_sha256,
+            lifetime_of(verified.container),
+            bytes_per_s=reverify_bytes_per_s,
+        )
         now = time.monotonic()
         self._identity_at = now
         self._snapshot_at = now
@@ -188,14 +205,8 @@ class HealthMonitor:
             )
 
     def reverify_snapshot(self) -> None:
-        loaded = self.verified.loaded
         try:
-            report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
-            if report.manifest_sha256 != self.verified.manifest_sha256:
-                raise PinMismatch(
-                    f"the manifest {loaded.manifest_path} changed while serving: sha256 "
-                    f"{report.manifest_sha256}, served under {self.verified.manifest_sha256}"
-                )
+            self.snapshot.check()
         except DetserveError as exc:
             # what differs first (a changed file), then the message naming the snapshot's paths
             found = "; ".join((*exc.details, exc.message))

@@ -211,11 +211,14 @@ def run(
     on_stage: Callable[[str], None] | None = None,
     on_progress: ProgressSink | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
 ) -> RunResult:
     """start, then wait with the whole snapshot verified meanwhile, then smoke.
 
     ``hash_first`` verifies the whole snapshot before the container starts as well. With
     ``stop_after`` the container is stopped and removed at the end, whether the run passed or not.
+    A container already running with these pins keeps its lifetime's record of a full pass
+    (:mod:`detserve.snapshot_state`) unless ``full_verify``.
     """
     stage = on_stage or (lambda _message: None)
     require_manifest(loaded)
@@ -233,7 +236,12 @@ def run(
             stage(f"{started.container.name} is already running with these pins")
         stage(f"waiting for {started.base_url} (snapshot verified meanwhile)")
         waited = wait(
-            loaded, timeout_s, verify_manifest=True, on_progress=on_progress, engine=engine
+            loaded,
+            timeout_s,
+            verify_manifest=True,
+            on_progress=on_progress,
+            engine=engine,
+            full_verify=full_verify,
         )
         placement = None
         policy = loaded.profile.runtime.cpu_placement
