@@ -62,6 +62,7 @@ if TYPE_CHECKING:
         WaitProgress,
         WaitResult,
     )
+    from detserve.runtime.placement import Placement
     from detserve.sampling import SampleRequest, SampleSummary
     from detserve.snapshot import VerifyReport
 
@@ -676,7 +677,25 @@ def sample(
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
-    return _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
+    placement = _lay_out(loaded, engine, concurrency)
+    summary = _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
+    if placement is None:
+        return summary
+    return replace(summary, cpu_placement=placement.as_json())
+
+
+def _lay_out(loaded: LoadedProfile, engine: ContainerEngine, concurrency: int) -> Placement | None:
+    """The profile's CPU layout for a command keeping ``concurrency`` requests in flight, where
+    it is chosen per workload (``engine-core-with-worker-when-concurrent``); ``run`` lays out the
+    other policies once (:mod:`detserve.runtime.placement`)."""
+    from detserve.runtime.binding import checked_container
+    from detserve.runtime.placement import apply_policy
+
+    policy = loaded.profile.runtime.cpu_placement
+    if policy != "engine-core-with-worker-when-concurrent":
+        return None
+    container = checked_container(loaded, engine, what="place")
+    return apply_policy(engine, container, policy, concurrency)
 
 
 def show_run_log(path: Path | str) -> RunLogSummary:
@@ -1008,6 +1027,7 @@ def build_gateway(
     verified = verify_for_serving(loaded, engine, full_verify=full_verify)
     if certificate is not None:
         require_gateway_coverage(Path(certificate), verified, concurrency)
+    _lay_out(loaded, engine, concurrency)
     settings = GatewaySettings(
         transcript_dir=Path(transcript_dir),
         api_key=api_key,
@@ -1272,6 +1292,7 @@ def check(
 
         docker_probe = DockerProbe.from_env()
         engine, probe = docker_probe.engine, probe or docker_probe
+    _lay_out(loaded, engine, max(plan.levels))
     result = run_check(
         loaded,
         prompts,

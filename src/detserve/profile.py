@@ -81,8 +81,8 @@ class SnapshotSpec(_Strict):
     profile file's directory."""
 
 
-#: where ``detserve run`` puts vLLM's CPU processes (detserve.runtime.placement)
-CpuPlacement = Literal["engine-core-with-worker"]
+#: where vLLM's CPU processes run (detserve.runtime.placement)
+CpuPlacement = Literal["engine-core-with-worker", "engine-core-with-worker-when-concurrent"]
 
 
 class RuntimeSpec(_Strict):
@@ -125,10 +125,12 @@ class RuntimeSpec(_Strict):
     """How long ``wait`` allows the server to become ready."""
 
     cpu_placement: CpuPlacement | None = None
-    """CPU only: once the server is ready, ``detserve run`` moves vLLM's engine core onto the
-    worker's cores and the API server onto the others, so that the engine core's spinning never
-    takes the API server's core (detserve.runtime.placement). Decides where, never what, is
-    computed; null leaves placement to the kernel."""
+    """CPU only: ``engine-core-with-worker``: once the server is ready, ``detserve run`` moves
+    vLLM's engine core onto the worker's cores and the API server onto the others, so that the
+    engine core's spinning never takes the API server's core (detserve.runtime.placement).
+    ``engine-core-with-worker-when-concurrent``: the same, applied by each command that keeps
+    more than one request in flight and released by those that keep one. Decides where, never
+    what, is computed; null leaves placement to the kernel."""
 
     @field_validator("image")
     @classmethod

@@ -91,6 +91,9 @@ class SampleSummary:
     audited: tuple[int, ...] = ()
     #: the snapshot's verifications, before the first request and before the commit
     snapshot_checks: tuple[VerifyReport, ...] = ()
+    #: where the container's CPU processes were laid out for this run (the profile's
+    #: ``runtime.cpu_placement`` chosen per workload), when a layout was applied
+    cpu_placement: Mapping[str, object] | None = None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -110,6 +113,7 @@ class SampleSummary:
             "certificate_sha256": self.certificate_sha256,
             "audited": list(self.audited),
             "snapshot_checks": [report.as_json() for report in self.snapshot_checks],
+            "cpu_placement": None if self.cpu_placement is None else dict(self.cpu_placement),
         }
 
 

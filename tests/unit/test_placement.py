@@ -15,7 +15,14 @@ import pytest
 
 from detserve.errors import EXIT_ENVIRONMENT, ContainerError
 from detserve.runtime.engine import ContainerInfo, ImageInfo
-from detserve.runtime.placement import PLACEMENT_SCRIPT, parse_placement_output, place
+from detserve.runtime.placement import (
+    PLACEMENT_SCRIPT,
+    RELEASE_SCRIPT,
+    apply_policy,
+    layout_for,
+    parse_placement_output,
+    place,
+)
 
 POLICY = "engine-core-with-worker"
 
@@ -119,9 +126,8 @@ class _ExecEngine:
         return self.answer
 
 
-def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> None:
-    engine = _ExecEngine(0, json.dumps(_answer()).encode())
-    container = ContainerInfo(
+def _container() -> ContainerInfo:
+    return ContainerInfo(
         id="c0ffee",
         name="detserve-tiny-cpu",
         status="running",
@@ -134,7 +140,11 @@ def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> N
         image_id="sha256:" + "a" * 64,
         image="127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64,
     )
-    placement = place(engine, container, POLICY)  # type: ignore[arg-type]
+
+
+def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> None:
+    engine = _ExecEngine(0, json.dumps(_answer()).encode())
+    placement = place(engine, _container(), POLICY)  # type: ignore[arg-type]
     assert engine.calls == [("c0ffee", "/opt/venv/bin/python3", PLACEMENT_SCRIPT)]
     assert placement.worker_cpus == (0,)
 
@@ -147,3 +157,86 @@ def test_the_script_only_changes_affinity() -> None:
     }
     assert calls == {"sched_setaffinity"}
     compile(PLACEMENT_SCRIPT, "placement", "exec")
+
+
+# --- the layout chosen per workload ------------------------------------------------------------
+
+WHEN = "engine-core-with-worker-when-concurrent"
+
+
+@pytest.mark.parametrize(
+    ("policy", "concurrency", "layout"),
+    [
+        (None, 1, None),
+        (None, 32, None),
+        (POLICY, 1, "place"),
+        (POLICY, 32, "place"),
+        (WHEN, 1, "release"),
+        (WHEN, 2, "place"),
+        (WHEN, 32, "place"),
+    ],
+)
+def test_the_layout_follows_the_policy_and_the_concurrency(
+    policy: Any, concurrency: int, layout: str | None
+) -> None:
+    assert layout_for(policy, concurrency) == layout
+
+
+def _released(**changes: Any) -> dict[str, Any]:
+    answer = _answer(mode="release", other_cpus=[0, 1])
+    for process in answer["processes"].values():
+        if process["title"] != "VLLM::Worker":
+            process["cpus"] = [0, 1]
+    answer.update(changes)
+    return answer
+
+
+def test_a_released_container_is_read_back_on_every_cpu() -> None:
+    raw = json.dumps(_released()).encode()
+    placement = parse_placement_output(raw, 0, container="c", policy=WHEN, layout="release")
+    assert placement.layout == "release"
+    assert placement.other_cpus == (0, 1)
+    assert placement.describe().startswith("released: engine core and API server on CPUs 0,1")
+
+
+def test_a_release_that_left_the_engine_core_placed_is_an_error() -> None:
+    answer = _released()
+    answer["processes"]["25"]["cpus"] = [0]
+    with pytest.raises(ContainerError, match="not all of the container's 0,1"):
+        parse_placement_output(
+            json.dumps(answer).encode(), 0, container="c", policy=WHEN, layout="release"
+        )
+
+
+def test_an_answer_to_another_layout_is_an_error() -> None:
+    with pytest.raises(ContainerError, match="asked to release, answered 'place'"):
+        parse_placement_output(
+            json.dumps(_answer(mode="place")).encode(),
+            0,
+            container="c",
+            policy=WHEN,
+            layout="release",
+        )
+
+
+@pytest.mark.parametrize(("concurrency", "script"), [(1, RELEASE_SCRIPT), (8, PLACEMENT_SCRIPT)])
+def test_the_policy_per_workload_runs_the_script_its_concurrency_wants(
+    concurrency: int, script: str
+) -> None:
+    answer = _released() if script is RELEASE_SCRIPT else _answer(mode="place")
+    engine = _ExecEngine(0, json.dumps(answer).encode())
+    placement = apply_policy(engine, _container(), WHEN, concurrency)  # type: ignore[arg-type]
+    assert placement is not None
+    assert [call[2] for call in engine.calls] == [script]
+
+
+def test_no_policy_runs_nothing() -> None:
+    engine = _ExecEngine(0, b"")
+    assert apply_policy(engine, _container(), None, 32) is None  # type: ignore[arg-type]
+    assert engine.calls == []
+
+
+def test_the_release_script_only_changes_affinity() -> None:
+    assert "os.sched_setaffinity(" in RELEASE_SCRIPT
+    assert RELEASE_SCRIPT.startswith("MODE = 'release'\n")
+    compile(RELEASE_SCRIPT, "release", "exec")

@@ -32,7 +32,7 @@ from detserve.runtime.container_spec import (
     server_base_url,
 )
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
-from detserve.runtime.placement import Placement, place
+from detserve.runtime.placement import Placement, apply_policy
 from detserve.runtime.readiness import (
     ProgressSink,
     WaitProgress,
@@ -246,8 +246,11 @@ def run(
         placement = None
         policy = loaded.profile.runtime.cpu_placement
         if policy is not None:
-            placement = place(engine, checked_container(loaded, engine, what="place"), policy)
-            stage(f"CPU placement ({policy}): {placement.describe()}")
+            # run keeps one request in flight (its smoke test): the policy's layout for that
+            container = checked_container(loaded, engine, what="place")
+            placement = apply_policy(engine, container, policy, concurrency=1)
+            if placement is not None:
+                stage(f"CPU placement ({policy}): {placement.describe()}")
         stage("smoke test: repeated greedy completions")
         smoked = smoke(loaded, engine=engine)
     except BaseException:
