@@ -3,10 +3,12 @@
 The gateway calls :meth:`SnapshotWatch.check` every ``reverify_interval_s``. Each call:
 
 1. reads the manifest (it must still be the one served under) and checks the record of the
-   container lifetime's full pass (:func:`detserve.snapshot_state.verify_in_lifetime`): O(files),
-   so a change made through the file system is caught within one interval. A record that no
-   longer holds means a full pass at once, at full speed, which fails on a mismatch or writes a
-   fresh record;
+   container lifetime's full pass (:func:`detserve.snapshot_state.check_record`): O(files), so a
+   change made through the file system is caught within one interval, whatever the snapshot's
+   size. While serving, a record that no longer holds (or is gone) fails the check at once:
+   something changed the snapshot under a running server, and a full pass first would serve on
+   for as long as it takes. Restarting ``serve`` verifies every byte again. Only the first check
+   makes a full pass, when ``serve`` started without a record (a snapshot changed just before);
 2. advances :class:`PacedPass` by ``bytes_per_s`` times the time since the last call: every file
    is read again from the start and hashed, so what the record cannot see (a change below the
    file system) is caught within one paced pass, the snapshot's size over ``bytes_per_s``. It
@@ -37,7 +39,13 @@ from detserve.fileio import NotRegularFile
 from detserve.manifest import parse_manifest
 from detserve.snapshot import VerifyReport
 from detserve.snapshot_identity import untrusted_file_system
-from detserve.snapshot_state import Lifetime, PinnedManifest, RecordStore, verify_in_lifetime
+from detserve.snapshot_state import (
+    Lifetime,
+    PinnedManifest,
+    RecordStore,
+    check_record,
+    verify_in_lifetime,
+)
 
 #: the gateway's default pace of its periodic full pass
 DEFAULT_BYTES_PER_S = 32 * 1024 * 1024
@@ -182,8 +190,10 @@ class SnapshotWatch:
         self._paced: PacedPass | None = None
         #: why no record can be kept here (then the paced pass is the only periodic check)
         self.unrecorded: str | None = None
-        #: the last verification through the record (or the full pass it led to)
-        self.last: VerifyReport | None = None
+        #: the full pass of the first check, when there was no record to start from
+        self.first_pass: VerifyReport | None = None
+        #: checks of the record that held
+        self.record_checks = 0
 
     def _manifest(self) -> PinnedManifest:
         manifest = PinnedManifest.read(self.manifest_path)
@@ -195,23 +205,44 @@ class SnapshotWatch:
         return manifest
 
     def check(self) -> None:
-        """The record (or a full pass at once), then the paced pass's share of bytes."""
+        """The record, then the paced pass's share of bytes; raise on any failure."""
         manifest = self._manifest()
         if self._paced is None:
-            digests = parse_manifest(manifest.data).manifest.digests
-            self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
-            self._paced = PacedPass(self.snapshot_dir, digests)
-        if self.unrecorded is None:
-            report = verify_in_lifetime(
-                self.snapshot_dir, manifest, self.lifetime, store=self._store
-            )
-            self.last = report
-            if report.verified_by == "full pass":
-                self._paced.restart()  # every byte was just read: the paced pass starts afresh
+            self._paced = self._start(manifest)
+        elif self.unrecorded is None:
+            self._check_record(manifest)
         now = self._clock()
         elapsed = min(now - self._last, MAX_CATCH_UP_S)
         self._last = now
         self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)))
+
+    def _why_not_held(self, manifest: PinnedManifest) -> str | None:
+        record, why = self._store.load(self.snapshot_dir)
+        if record is None:
+            return why
+        return check_record(record, self.snapshot_dir, manifest.sha256, self.lifetime)
+
+    def _start(self, manifest: PinnedManifest) -> PacedPass:
+        digests = parse_manifest(manifest.data).manifest.digests
+        self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
+        if self.unrecorded is None and self._why_not_held(manifest) is not None:
+            self.first_pass = verify_in_lifetime(
+                self.snapshot_dir, manifest, self.lifetime, store=self._store
+            )
+            # A record that cannot be written (an unwritable state directory, say) must not make
+            # every later check fail: the paced pass is then the only periodic check.
+            self.unrecorded = self._why_not_held(manifest)
+        return PacedPass(self.snapshot_dir, digests)
+
+    def _check_record(self, manifest: PinnedManifest) -> None:
+        why = self._why_not_held(manifest)
+        if why is not None:
+            raise SnapshotMismatch(
+                f"snapshot {self.snapshot_dir} changed through the file system while serving",
+                details=[why],
+                hint="stop serving it; `detserve serve` verifies every byte again when restarted",
+            )
+        self.record_checks += 1
 
     @property
     def paced(self) -> PacedPass | None:

@@ -65,11 +65,36 @@ def watch_of(ws: TinyWorkspace, clock: Clock) -> SnapshotWatch:
 def test_every_check_goes_through_the_record(ws: TinyWorkspace) -> None:
     clock = Clock()
     watch = watch_of(ws, clock)
-    for _ in range(3):
-        clock.now += 1
+    run_for(watch, clock, 3)
+    assert watch.first_pass is None  # serve's own pass before serving left the record
+    assert watch.record_checks == 2  # the first check starts the watch; the others check
+    watch.close()
+
+
+def test_a_watch_started_without_a_record_makes_one_full_pass_then_keeps_to_the_record(
+    ws: TinyWorkspace,
+) -> None:
+    clock = Clock()
+    manifest = PinnedManifest.read(ws.manifest)
+    watch = SnapshotWatch(
+        ws.snapshot, ws.manifest, manifest.sha256, LIFETIME, bytes_per_s=RATE, clock=clock
+    )
+    run_for(watch, clock, 3)
+    assert watch.first_pass is not None
+    assert watch.first_pass.verified_by == "full pass"
+    assert watch.unrecorded is None
+    assert watch.record_checks == 2
+    watch.close()
+
+
+def test_a_record_gone_while_serving_fails_the_check(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    watch.check()
+    RecordStore().path_for(ws.snapshot).unlink()
+    clock.now += 1
+    with pytest.raises(SnapshotMismatch, match="changed through the file system while serving"):
         watch.check()
-        assert watch.last is not None
-        assert watch.last.verified_by == "record"
     watch.close()
 
 
@@ -98,8 +123,9 @@ def test_a_change_through_the_file_system_is_caught_at_the_next_check(ws: TinyWo
     watch.check()
     flip_last_byte(ws.blob_of("model.safetensors"))
     clock.now += 0.001  # far less than the paced pass needs to reach it
-    with pytest.raises(SnapshotMismatch, match="does not match manifest"):
+    with pytest.raises(SnapshotMismatch, match="changed through the file system") as caught:
         watch.check()
+    assert "./model.safetensors (file) changed" in caught.value.details[0]
     watch.close()
 
 
@@ -117,8 +143,7 @@ def test_the_paced_pass_catches_what_the_record_does_not_see(ws: TinyWorkspace) 
     path.write_bytes(record.model_copy(update={"entries": entries}).model_dump_json().encode())
     clock.now += 1
     watch.check()  # the record holds: nothing is seen yet
-    assert watch.last is not None
-    assert watch.last.verified_by == "record"
+    assert watch.record_checks == 1
     with pytest.raises(SnapshotMismatch, match="paced full pass") as caught:
         run_for(watch, clock, 100, step=10)
     assert caught.value.details[0].startswith("changed: ./model.safetensors expected ")
