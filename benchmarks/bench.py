@@ -6,18 +6,19 @@
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli``, ``runtime``, ``concurrency`` and ``gateway`` run one benchmark
-(``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``,
-``bench_concurrency.py``, ``bench_gateway.py``) with that script's options, as the script
-itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli``, ``verify``, ``soak``, ``runtime``, ``concurrency``, ``gateway`` and
+``placement`` run one benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``,
+``bench_verify.py``, ``bench_soak.py``, ``bench_runtime.py``, ``bench_concurrency.py``,
+``bench_gateway.py``, ``bench_placement.py``) with that script's options, as the script itself
+would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
 
-``all`` runs the four in that order (runtime last: it starts containers, and the CPU it takes
-must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args``,
-``--cli-args`` or ``--runtime-args`` give it options (write them with ``=``:
-``--hash-args='--shards 1'``). Each still writes its own record; then
-``benchmarks/results/bench-<timestamp>.json`` holds the machine, each part's options, exit
-status and whole record (or why it could not run), and ``targets``: every target of every part,
-as ``name``, ``measured``, ``target``, ``met``. A part that cannot run does not stop the others.
+``all`` runs them in that order (the container ones last: they start containers, and the CPU
+they take must not disturb the others), each with its defaults unless ``--NAME-args`` gives it
+options (write them with ``=``: ``--hash-args='--shards 1'``). The soak's default is one hour.
+Each still writes its own record; then ``benchmarks/results/bench-<timestamp>.json`` holds the
+machine, each part's options, exit status and whole record (or why it could not run), and
+``targets``: every target of every part, as ``name``, ``measured``, ``target``, ``met``. A part
+that cannot run does not stop the others.
 
 The runtime part needs the stack (`make stack`: dockerd, the local registry, the vLLM CPU
 image); `make bench` and `make bench-runtime` start it first. Exit status: 0 when every target is
@@ -37,7 +38,10 @@ import bench_concurrency
 import bench_eval
 import bench_gateway
 import bench_hash
+import bench_placement
 import bench_runtime
+import bench_soak
+import bench_verify
 from benchlib import (
     RESULTS,
     BenchError,
@@ -57,9 +61,12 @@ PARTS: dict[str, Benchmark] = {
     "hash": bench_hash.BENCHMARK,
     "eval": bench_eval.BENCHMARK,
     "cli": bench_cli.BENCHMARK,
+    "verify": bench_verify.BENCHMARK,
+    "soak": bench_soak.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
     "gateway": bench_gateway.BENCHMARK,
+    "placement": bench_placement.BENCHMARK,
 }
 
 
@@ -80,7 +87,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     }
     every = commands.add_parser(
         "all",
-        help="hash, eval, cli and runtime in one run, and one record of all their targets",
+        help="every benchmark in one run, and one record of all their targets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -157,15 +157,28 @@ def shown(key: str) -> str:
     return f"{where} ({kind})"
 
 
+#: the fields of an identity, in order
+FIELDS = ("device", "inode", "mode", "links", "owner", "group", "size", "mtime", "ctime")
+
+
+def _fields_that_differ(now: list[int] | str, then: list[int] | str) -> str:
+    if isinstance(now, list) and isinstance(then, list) and len(now) == len(then):
+        return ", ".join(name for name, a, b in zip(FIELDS, now, then, strict=True) if a != b)
+    return "text" if not isinstance(now, list) else "identity"
+
+
 def differences(snapshot_dir: Path, entries: Mapping[str, list[int] | str]) -> list[str]:
-    """What no longer holds of ``entries``, sorted by key; empty when everything does."""
+    """What no longer holds of ``entries``, sorted by key, one line each (``changed: ./PATH
+    (KIND: FIELDS)``); empty when everything does."""
     found: list[str] = []
     for key in sorted(entries):
+        kind, _, relative = key.partition(":")
+        where = f"./{relative}" if relative else "the snapshot directory"
         try:
             now = _value(snapshot_dir, key)
         except (OSError, ValueError) as exc:
-            found.append(f"{shown(key)}: {getattr(exc, 'strerror', None) or exc}")
+            found.append(f"changed: {where} ({kind}: {getattr(exc, 'strerror', None) or exc})")
             continue
         if now != entries[key]:
-            found.append(f"{shown(key)} changed")
+            found.append(f"changed: {where} ({kind}: {_fields_that_differ(now, entries[key])})")
     return found

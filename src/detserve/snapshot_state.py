@@ -279,19 +279,20 @@ def record_after_pass(
 
 def check_record(
     record: SnapshotRecord, snapshot_dir: Path, manifest_sha256: str, lifetime: Lifetime
-) -> str | None:
-    """None when ``record`` still vouches for the snapshot, else why not."""
+) -> list[str]:
+    """Why ``record`` no longer vouches for the snapshot, one line each; empty when it does."""
     if record.snapshot != str(Path(snapshot_dir).resolve()):
-        return "the record is of another snapshot directory"
+        return ["the record is of another snapshot directory"]
     if record.manifest_sha256 != manifest_sha256:
-        return "the record is of another manifest"
+        return ["the record is of another manifest"]
     if record.lifetime != lifetime:
-        return "the record is of another container lifetime"
-    changed = differences(Path(snapshot_dir), record.entries)
-    if changed:
-        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        return "changed since the last full pass: " + "; ".join(changed[:3]) + more
-    return None
+        return ["the record is of another container lifetime"]
+    return differences(Path(snapshot_dir), record.entries)
+
+
+def _summary(lines: list[str]) -> str:
+    more = f" and {len(lines) - 3} more" if len(lines) > 3 else ""
+    return "; ".join(lines[:3]) + more
 
 
 def verify_in_lifetime(
@@ -319,7 +320,7 @@ def verify_in_lifetime(
         record, why = store.load(snapshot_dir)
         if record is not None:
             held = check_record(record, snapshot_dir, manifest.sha256, lifetime)
-            if held is None:
+            if not held:
                 return VerifyReport(
                     snapshot_dir=snapshot_dir,
                     manifest_sha256=manifest.sha256,
@@ -330,7 +331,7 @@ def verify_in_lifetime(
                     verified_by="record",
                     record=f"the record of the full pass of {record.verified_at} holds",
                 )
-            why = held
+            why = "since the last full pass, " + _summary(held)
     store.remove(snapshot_dir)  # a failed pass leaves no record behind
     started_ns = time.time_ns()
     report, digests = verify_against(

@@ -216,30 +216,30 @@ class SnapshotWatch:
         self._last = now
         self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)))
 
-    def _why_not_held(self, manifest: PinnedManifest) -> str | None:
+    def _why_not_held(self, manifest: PinnedManifest) -> list[str]:
         record, why = self._store.load(self.snapshot_dir)
         if record is None:
-            return why
+            return [why]
         return check_record(record, self.snapshot_dir, manifest.sha256, self.lifetime)
 
     def _start(self, manifest: PinnedManifest) -> PacedPass:
         digests = parse_manifest(manifest.data).manifest.digests
         self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
-        if self.unrecorded is None and self._why_not_held(manifest) is not None:
+        if self.unrecorded is None and self._why_not_held(manifest):
             self.first_pass = verify_in_lifetime(
                 self.snapshot_dir, manifest, self.lifetime, store=self._store
             )
             # A record that cannot be written (an unwritable state directory, say) must not make
             # every later check fail: the paced pass is then the only periodic check.
-            self.unrecorded = self._why_not_held(manifest)
+            self.unrecorded = "; ".join(self._why_not_held(manifest)) or None
         return PacedPass(self.snapshot_dir, digests)
 
     def _check_record(self, manifest: PinnedManifest) -> None:
         why = self._why_not_held(manifest)
-        if why is not None:
+        if why:
             raise SnapshotMismatch(
                 f"snapshot {self.snapshot_dir} changed through the file system while serving",
-                details=[why],
+                details=why,
                 hint="stop serving it; `detserve serve` verifies every byte again when restarted",
             )
         self.record_checks += 1

@@ -125,7 +125,7 @@ def test_a_change_through_the_file_system_is_caught_at_the_next_check(ws: TinyWo
     clock.now += 0.001  # far less than the paced pass needs to reach it
     with pytest.raises(SnapshotMismatch, match="changed through the file system") as caught:
         watch.check()
-    assert "./model.safetensors (file) changed" in caught.value.details[0]
+    assert caught.value.details[0].startswith("changed: ./model.safetensors (file: ")
     watch.close()
 
 
