@@ -85,8 +85,8 @@ def sha256_opened(
 
     ``sync_first`` writes the file's dirty pages back before the ``fstat`` and the first read:
     writeback write-protects the pages of a shared writable mapping, so that a later write
-    through it faults and updates the file's change time (docs/threat-model.md, "Cheap
-    re-verification"). Raises ``OSError``, :class:`~detserve.fileio.NotRegularFile` when
+    through it faults and updates the file's change time (docs/threat-model.md, "Weights
+    changed after a full pass"). Raises ``OSError``, :class:`~detserve.fileio.NotRegularFile` when
     ``path`` is (or has become) anything but a regular file: a FIFO swapped in after a scan
     never blocks the read.
     """

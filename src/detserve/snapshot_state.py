@@ -31,8 +31,9 @@ Invariants:
   it, its measurement is recorded and must still be the same.
 
 What this cannot see (root: the clock set back, the block device, the record itself; changes
-below the file system) is in docs/threat-model.md, "Cheap re-verification of an unchanged
-snapshot"; the periodic full pass of the gateway (:mod:`detserve.snapshot_watch`) bounds it.
+below the file system) is in docs/threat-model.md ("Weights changed after a full pass",
+"A forged record", "Changes no identity shows"); the gateway's paced full pass
+(:mod:`detserve.snapshot_watch`) bounds it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ inside it (an ``exec`` through the Docker SDK, the way ``runtime/placement.py`` 
 processes) and the snapshot's files are looked for. Then a weight is changed on the host, in a
 copy of the model, and the same greedy requests are sent again.
 
-The answer decides what a file changed while serving does (docs/threat-model.md, "Cheap
-re-verification of an unchanged snapshot"): where the weights are mapped, a change reaches the
+The answer decides what a file changed while serving does (docs/threat-model.md, "Weights
+changed after a full pass"): where the weights are mapped, a change reaches the
 answers at once, and the gateway's record check (every ``--reverify-interval``) is what bounds
 how long it is served; where they were copied at load, the server keeps computing with what it
 loaded, and the change matters from the next load, which is a new container lifetime and so a

@@ -3,7 +3,8 @@
 Every change a process can make through the file system is made to a copy of the tiny model
 after a full pass has recorded it, and the next check must not vouch for the bytes: it runs a
 full pass, which fails on what changed. Each case names the field of the record that catches
-it (docs/threat-model.md, "Cheap re-verification of an unchanged snapshot").
+it (docs/threat-model.md, "Weights changed after a full pass, when the next check reads no
+byte").
 """
 
 from __future__ import annotations
