@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from detserve import api
 from detserve.errors import EXIT_ENVIRONMENT, ContainerError
+from detserve.profile import load_profile
+from detserve.runtime.container_spec import build_container_spec
 from detserve.runtime.engine import ContainerInfo, ImageInfo
 from detserve.runtime.placement import (
     PLACEMENT_SCRIPT,
@@ -23,6 +26,9 @@ from detserve.runtime.placement import (
     parse_placement_output,
     place,
 )
+
+from .committed import TinyWorkspace
+from .containers import faithful_container, pinned_image
 
 POLICY = "engine-core-with-worker"
 
@@ -240,3 +246,52 @@ def test_the_release_script_only_changes_affinity() -> None:
     assert "os.sched_setaffinity(" in RELEASE_SCRIPT
     assert RELEASE_SCRIPT.startswith("MODE = 'release'\n")
     compile(RELEASE_SCRIPT, "release", "exec")
+
+
+# --- the commands lay the container out as the policy wants ------------------------------------
+
+
+class _BoundEngine(_ExecEngine):
+    """The profile's container, faithfully bound, answering every exec with a layout's answer."""
+
+    def __init__(self, container: ContainerInfo, image: ImageInfo) -> None:
+        super().__init__(0, b"")
+        self.container, self.image = container, image
+
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        return self.image
+
+    def find(self, name: str) -> ContainerInfo | None:
+        return self.container if name == self.container.name else None
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        return self.container
+
+    def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
+        self.calls.append((container_id, python, code))
+        answer = _released() if code == RELEASE_SCRIPT else _answer(mode="place")
+        return 0, json.dumps(answer).encode()
+
+
+@pytest.mark.parametrize(
+    ("policy", "concurrency", "scripts"),
+    [
+        (WHEN, 1, [RELEASE_SCRIPT]),
+        (WHEN, 16, [PLACEMENT_SCRIPT]),
+        (POLICY, 16, []),  # run placed it once
+        (None, 16, []),
+    ],
+)
+def test_a_command_lays_the_container_out_for_its_concurrency(
+    tiny_workspace: TinyWorkspace, policy: Any, concurrency: int, scripts: list[str]
+) -> None:
+    document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
+    document["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
+    document["runtime"]["cpu_placement"] = policy
+    tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
+    loaded = load_profile(tiny_workspace.config)
+    spec = build_container_spec(loaded)
+    engine = _BoundEngine(faithful_container(spec), pinned_image(spec))
+    placement = api._lay_out(loaded, engine, concurrency)  # type: ignore[arg-type]
+    assert [call[2] for call in engine.calls] == scripts
+    assert (placement is None) == (not scripts)
