@@ -17,10 +17,12 @@ The gateway calls :meth:`SnapshotWatch.check` every ``reverify_interval_s``. Eac
    what it read (``POSIX_FADV_DONTNEED``).
 
 The rate is what bounds the cost: hashing runs at about 1.5-1.8 GB/s a core on the development
-machine (docs/performance.md), so :data:`DEFAULT_BYTES_PER_S` (32 MiB/s) is about 2 % of one
-core and of its disk. Where no record can be kept (a file system outside
-:data:`~detserve.snapshot_state.TRUSTED_FILE_SYSTEMS`), step 1 is skipped and the paced pass is
-the only periodic check.
+machine (docs/performance.md), so :data:`DEFAULT_BYTES_PER_S` (32 MiB/s) is a few per cent of
+one core and of its disk (1.2-1.5 GB/s cold): ``benchmarks/bench_soak.py`` measures it. Where
+no record can be kept (a file system outside
+:data:`~detserve.snapshot_identity.TRUSTED_FILE_SYSTEMS`), step 1 is skipped and the paced pass
+is the only periodic check. Every failure is a :class:`~detserve.errors.DetserveError`: a file
+that cannot be read is a :class:`~detserve.errors.SnapshotMismatch` naming it.
 """
 
 from __future__ import annotations
@@ -214,7 +216,15 @@ class SnapshotWatch:
         now = self._clock()
         elapsed = min(now - self._last, MAX_CATCH_UP_S)
         self._last = now
-        self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)))
+        try:
+            self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)))
+        except OSError as exc:  # vanished, no longer a regular file, unreadable
+            self._paced.restart()
+            raise SnapshotMismatch(
+                f"snapshot {self.snapshot_dir} changed while serving: cannot read "
+                f"{exc.filename}: {exc.strerror or exc}",
+                hint="stop serving it; `detserve serve` verifies every byte again when restarted",
+            ) from exc
 
     def _why_not_held(self, manifest: PinnedManifest) -> list[str]:
         record, why = self._store.load(self.snapshot_dir)

@@ -205,6 +205,9 @@ def test_where_no_record_can_be_kept_the_paced_pass_alone_runs(
         flip_last_byte(snapshot / "weights.bin")
         with pytest.raises(SnapshotMismatch, match="paced full pass"):
             run_for(watch, clock, 5)
+        (snapshot / "weights.bin").unlink()  # what the record would have seen at once
+        with pytest.raises(SnapshotMismatch, match=r"cannot read .*weights\.bin"):
+            run_for(watch, clock, 1)
         watch.close()
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
