@@ -191,7 +191,12 @@ class RecordStore:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             try:
-                data = os.read(fd, MAX_RECORD_BYTES + 1)
+                chunks: list[bytes] = []
+                left = MAX_RECORD_BYTES + 1
+                while left > 0 and (chunk := os.read(fd, min(left, 1024 * 1024))):
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                data = b"".join(chunks)
             finally:
                 os.close(fd)
         except OSError as exc:
