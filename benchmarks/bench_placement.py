@@ -15,7 +15,7 @@ round starts and stops both in turn:
    hard case, one request after a placed run); stop;
 2. ``bench-unplaced``: ``detserve run``; ``sample --concurrency 1``; stop.
 
-The certificate comes from one ``detserve check`` at tier 1 (levels 1 and 32) on
+The certificate comes from one ``detserve check`` at tier 1 (2 runs, levels 1 and 32) on
 ``bench-placed`` before the first round. Throughput is each sample's own ``sampling_seconds``.
 Every run log must be byte-identical to the first: placement decides where, never what.
 
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> Outcome:
                 placed,
                 output_dir=folder / "check",
                 tier=1,
-                runs=1,
+                runs=2,
                 concurrency=(1, high),
                 n_prompts=args.prompts,
                 max_tokens=args.tokens,

@@ -34,7 +34,7 @@ HF_CACHE = REPO_ROOT / "artifacts" / "hf-cache"
 #: every process's mapped files, as ``{"PID TITLE": [paths]}``
 MAPS_SCRIPT = """
 import json, os
-found = {{}}
+found = {}
 for entry in os.listdir("/proc"):
     if not entry.isdigit():
         continue
