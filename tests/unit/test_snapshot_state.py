@@ -211,6 +211,27 @@ def add_a_file_in_place_of_nothing(ws: TinyWorkspace) -> None:
     (ws.snapshot / "extra.bin").write_bytes(b"x")
 
 
+def swap_the_snapshot_directory(ws: TinyWorkspace) -> None:
+    # A whole other snapshot directory renamed into place, its weights linked to a tampered copy.
+    copy = tampered_copy(ws, "model.safetensors")
+    other = ws.snapshot.with_name("other")
+    shutil.copytree(ws.snapshot, other, symlinks=True)
+    (other / "model.safetensors").unlink()
+    (other / "model.safetensors").symlink_to(os.path.relpath(copy, other))
+    ws.snapshot.rename(ws.snapshot.with_name("original"))
+    other.rename(ws.snapshot)
+
+
+def write_through_a_new_mapping(ws: TinyWorkspace) -> None:
+    with ws.blob_of("model.safetensors").open("r+b") as handle:
+        mapped = mmap.mmap(handle.fileno(), 0)
+        try:
+            mapped[-1] = mapped[-1] ^ 1
+            mapped.flush()
+        finally:
+            mapped.close()
+
+
 CHANGES: dict[str, Callable[[TinyWorkspace], None]] = {
     "content-written": write_in_place,
     "content-written-mtime-set-back": write_and_set_mtime_back,
@@ -221,6 +242,8 @@ CHANGES: dict[str, Callable[[TinyWorkspace], None]] = {
     "hard-link-swapped": relink_hard_link,
     "symlink-re-pointed": repoint_symlink,
     "file-added": add_a_file_in_place_of_nothing,
+    "snapshot-directory-swapped": swap_the_snapshot_directory,
+    "written-through-a-new-mapping": write_through_a_new_mapping,
 }
 
 
