@@ -115,14 +115,14 @@ def test_the_cpu_engine_does_not_serve_from_mapped_snapshot_files(
         assert workers, sorted(mapped)
         # The reading works: the worker maps the libraries it runs (torch's among them).
         assert any("torch" in path for path in mapped[workers[0]]), mapped[workers[0]][:20]
-        cache = {
+        in_cache = {
             process: [path for path in paths if path.startswith(CONTAINER_HF_HOME)]
             for process, paths in mapped.items()
         }
-        print(f"\nfiles of the model cache mapped by the container's processes: {cache}")
+        print(f"\nfiles of the model cache mapped by the container's processes: {in_cache}")
         weights_mapped = {
             process: [path for path in paths if not path.endswith((".json", ".txt"))]
-            for process, paths in cache.items()
+            for process, paths in in_cache.items()
         }
         assert not any(weights_mapped.values()), (
             "vLLM's CPU build now maps the snapshot's weights while serving: a file changed on "
