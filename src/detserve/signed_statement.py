@@ -12,8 +12,7 @@ Invariants:
   digest of that algorithm's length; no resource twice; shards contiguous from byte 0, each of
   the declared size but the last; every path one a detserve manifest can hold; at least one
   resource (a signature over nothing pins nothing). The library's own reading of the statement
-  (``dsse_payload_to_manifest``, which also checks the subject's root digest) must list exactly
-  the same resources, so that detserve and ``model_signing`` never disagree on what was signed.
+  (``dsse_payload_to_manifest``) must accept it too: it checks the subject's root digest.
 * Any of these failing is bad input (exit 2): the signature is authentic, but its content is not
   a model manifest detserve can use. Pre-1.0 signatures (``model_signing`` 0.2, predicate
   ``https://model_signing/Digests/v0.1``) carry no serialization and are refused.
@@ -127,17 +126,12 @@ def read_statement(
         )
     try:
         read = _read_predicate(statement["predicate"])
-        library = signing.dsse_payload_to_manifest(statement)
-        theirs = {
-            (item.identifier, item.digest.algorithm, item.digest.digest_hex)
-            for item in library.resource_descriptors()
-        }
+        # The library's own reading: it checks the subject's root digest over the resources.
+        signing.dsse_payload_to_manifest(statement)
         subjects = statement["subject"]
         model_name = subjects[0]["name"] if isinstance(subjects[0]["name"], str) else ""
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise refuse(str(exc) or type(exc).__name__) from exc
-    if theirs != read.resources:
-        raise refuse("the library reads its resources differently (duplicates or aliases)")
     return SignedModel(
         files=read.files,
         hash_type=read.hash_type,
@@ -157,8 +151,6 @@ class _Predicate:
     hash_type: str
     shard_size: int | None
     ignore_paths: tuple[str, ...]
-    #: (name, algorithm, hex digest) of every resource, as listed
-    resources: set[tuple[str, str, str]]
 
 
 def _read_predicate(predicate: dict[str, Any]) -> _Predicate:
@@ -181,7 +173,6 @@ def _read_predicate(predicate: dict[str, Any]) -> _Predicate:
     resources = predicate["resources"]
     if not isinstance(resources, list) or not resources:
         raise ValueError("it lists no resources: it signs nothing")
-    listed: set[tuple[str, str, str]] = set()
     pieces: dict[str, list[tuple[int, int, str]]] = {}
     for resource in resources:
         if not isinstance(resource, dict) or set(resource) != {"name", "algorithm", "digest"}:
@@ -195,16 +186,13 @@ def _read_predicate(predicate: dict[str, Any]) -> _Predicate:
             or (len(digest) != 2 * lengths[hash_type])
         ):
             raise ValueError(f"resource {name!r}: digest {digest!r} is not {hash_type}")
-        if (name, algorithm, digest.lower()) in listed:
-            raise ValueError(f"resource {name!r} is listed twice")
-        listed.add((name, algorithm, digest.lower()))
         path, start, end = _split_name(name, sharded=shard_size is not None)
         why = check_relative_path(path)
         if why:
             raise ValueError(f"resource {name!r}: {why}")
         pieces.setdefault(path, []).append((start, end, digest.lower()))
     files = {path: _signed_file(path, items, shard_size) for path, items in pieces.items()}
-    return _Predicate(files, hash_type, shard_size, tuple(ignore_paths), listed)
+    return _Predicate(files, hash_type, shard_size, tuple(ignore_paths))
 
 
 def _shard_size(value: object) -> int:

@@ -576,3 +576,64 @@ def test_a_chain_file_without_a_certificate_is_exit_2(
     assert result.code == EXIT_INPUT, result.text
     assert "holds no PEM certificate" in result.err
     assert details(result) == []
+
+
+def replace_leaf(signature: Path, der: bytes) -> Path:
+    def change(bundle: dict[str, Any]) -> None:
+        chain = bundle["verificationMaterial"]["x509CertificateChain"]["certificates"]
+        chain[0]["rawBytes"] = base64.b64encode(der).decode()
+
+    return rewrite_bundle(signature, change)
+
+
+def rsa_leaf(authority: Authority) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    leaf = x509.load_pem_x509_certificate(authority.leaf.read_bytes())
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(leaf.issuer)
+        .public_key(rsa_key.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+    )
+    return builder.sign(rsa_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+@pytest.mark.parametrize(
+    ("leaf", "message"),
+    [("der", "a certificate of its chain is not DER"), ("rsa", "is not an elliptic-curve key")],
+)
+def test_a_signing_certificate_detserve_cannot_use_is_exit_2(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    output: Path,
+    leaf: str,
+    message: str,
+) -> None:
+    replace_leaf(certified, b"not der" if leaf == "der" else rsa_leaf(authority))
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", authority.root, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert message in result.err
+    assert "Traceback" not in result.err
+
+
+def test_the_manifest_output_may_not_be_the_signature_or_the_key(
+    tiny_workspace: TinyWorkspace, cli: CliRunner, signature: Path, keys: KeyPair
+) -> None:
+    before = signature.read_bytes(), keys.public.read_bytes()
+    for output in (signature, keys.public):
+        result = hash_signed(
+            cli, tiny_workspace, signature, "--public-key", keys.public, "--force", output=output
+        )
+        assert result.code == EXIT_INPUT, result.text
+        assert "it is the input" in result.err
+    assert (signature.read_bytes(), keys.public.read_bytes()) == before

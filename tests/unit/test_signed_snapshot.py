@@ -410,3 +410,19 @@ def test_verify_reads_every_file_once(
     )
     assert result.code == EXIT_OK, result.text
     assert sorted(opened) == sorted(p.name for p in tiny_workspace.snapshot.iterdir())
+
+
+def test_a_signature_in_the_snapshot_changed_after_it_verified_is_a_race(
+    tiny_workspace: TinyWorkspace, published: Path, keys: KeyPair, tmp_path: Path
+) -> None:
+    from detserve.errors import SnapshotChanged
+    from detserve.model_signature import SignatureTrust, verify_model_signature
+    from detserve.signed_snapshot import derive_manifest
+
+    signature = sign_with_key(published, published / "model.sig", keys, ignore=("model.sig",))
+    inside = tiny_workspace.snapshot / "model.sig"
+    inside.write_bytes(signature.read_bytes())
+    signed = verify_model_signature(inside, SignatureTrust.of(keys.public))
+    inside.write_bytes(signature.read_bytes() + b" ")  # swapped between its check and the hash
+    with pytest.raises(SnapshotChanged, match=r"the model signature \./model\.sig is not the file"):
+        derive_manifest(tiny_workspace.snapshot, signed)
