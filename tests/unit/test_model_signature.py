@@ -578,10 +578,10 @@ def test_a_chain_file_without_a_certificate_is_exit_2(
     assert details(result) == []
 
 
-def replace_leaf(signature: Path, der: bytes) -> Path:
+def replace_certificate(signature: Path, der: bytes, *, at: int) -> Path:
     def change(bundle: dict[str, Any]) -> None:
         chain = bundle["verificationMaterial"]["x509CertificateChain"]["certificates"]
-        chain[0]["rawBytes"] = base64.b64encode(der).decode()
+        chain[at]["rawBytes"] = base64.b64encode(der).decode()
 
     return rewrite_bundle(signature, change)
 
@@ -605,19 +605,26 @@ def rsa_leaf(authority: Authority) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("leaf", "message"),
-    [("der", "a certificate of its chain is not DER"), ("rsa", "is not an elliptic-curve key")],
+    ("spoiled", "message"),
+    [
+        ("leaf-der", "a certificate of its chain is not DER"),
+        ("chain-der", "a certificate of its chain is not DER"),
+        ("leaf-rsa", "is not an elliptic-curve key"),
+    ],
+    ids=["leaf-der", "chain-der", "leaf-rsa"],
 )
-def test_a_signing_certificate_detserve_cannot_use_is_exit_2(
+def test_a_certificate_chain_detserve_cannot_use_is_exit_2(
     tiny_workspace: TinyWorkspace,
     cli: CliRunner,
     certified: Path,
     authority: Authority,
     output: Path,
-    leaf: str,
+    spoiled: str,
     message: str,
 ) -> None:
-    replace_leaf(certified, b"not der" if leaf == "der" else rsa_leaf(authority))
+    # The signer put its root after the leaf: the chain in the bundle has two certificates.
+    der = rsa_leaf(authority) if spoiled == "leaf-rsa" else b"not der"
+    replace_certificate(certified, der, at=1 if spoiled == "chain-der" else 0)
     result = hash_signed(
         cli, tiny_workspace, certified, "--certificate-chain", authority.root, output=output
     )
