@@ -85,7 +85,7 @@ def sign_with_key(
     """Sign ``model`` with model_signing's elliptic-curve key signer."""
     import model_signing
 
-    hashing = model_signing.hashing.Config()
+    hashing = model_signing.hashing.Config()  # type: ignore[no-untyped-call]
     if shard_size is None:
         hashing.use_file_serialization(hashing_algorithm=algorithm)  # type: ignore[arg-type]
     else:
@@ -95,7 +95,8 @@ def sign_with_key(
         )
     if ignore:
         hashing.set_ignored_paths(paths=[model / path for path in ignore])
-    config = model_signing.signing.Config().use_elliptic_key_signer(private_key=keys.private)
+    config = model_signing.signing.Config()  # type: ignore[no-untyped-call]
+    config.use_elliptic_key_signer(private_key=keys.private)
     config.set_hashing_config(hashing).sign(model, signature)
     return signature
 
@@ -224,7 +225,7 @@ class Authority:
 def sign_with_certificate(model: Path, signature: Path, authority: Authority) -> Path:
     import model_signing
 
-    model_signing.signing.Config().use_certificate_signer(
+    model_signing.signing.Config().use_certificate_signer(  # type: ignore[no-untyped-call]
         private_key=authority.leaf_key,
         signing_certificate=authority.leaf,
         certificate_chain=[authority.root],

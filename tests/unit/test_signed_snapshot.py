@@ -390,16 +390,16 @@ def test_verify_reads_every_file_once(
     keys: KeyPair,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from detserve import signed_snapshot
+    from detserve import fileio
 
     opened: list[str] = []
-    original = signed_snapshot.open_regular
+    original = fileio.open_regular
 
     def counting(path: Path) -> tuple[int, os.stat_result]:
         opened.append(Path(path).name)
         return original(path)
 
-    monkeypatch.setattr(signed_snapshot, "open_regular", counting)
+    monkeypatch.setattr("detserve.signed_snapshot.open_regular", counting)
     result = verify_signed(
         cli,
         tiny_workspace,
