@@ -38,7 +38,12 @@ from typing import Final, Protocol
 
 from detserve.errors import InputError, SignatureMismatch, SnapshotChanged, SnapshotMismatch
 from detserve.fileio import NotRegularFile, open_regular
-from detserve.hashing import DEFAULT_CHUNK_SIZE, ProgressCallback, default_workers
+from detserve.hashing import (
+    DEFAULT_CHUNK_SIZE,
+    PROGRESS_EVERY,
+    ProgressCallback,
+    default_workers,
+)
 from detserve.manifest import SnapshotManifest, parse_manifest, read_manifest_bytes
 from detserve.signed_statement import SignedFile, SignedModel
 from detserve.snapshot import SnapshotDiff, SnapshotScan, VerifyReport, scan_snapshot
@@ -86,7 +91,7 @@ def read_file(
     # Whole-file sha256 signatures need no second hasher: the sha256 is the signed digest.
     other: _Hasher | None = None if shard_size is None and signed.hash_type == "sha256" else make()
     shards: list[str] = []
-    filled = size = 0
+    filled = size = pending = 0
     fd, _ = open_regular(path)
     try:
         while count := os.readv(fd, [view]):
@@ -105,10 +110,14 @@ def read_file(
                     if filled == shard_size:
                         shards.append(other.hexdigest())
                         other, filled = make(), 0
-            if progress is not None:
-                progress(count)
+            pending += count
+            if progress is not None and pending >= PROGRESS_EVERY:
+                progress(pending)  # batched: the bar takes a lock, a chunk is 256 KiB
+                pending = 0
     finally:
         os.close(fd)
+        if progress is not None and pending:
+            progress(pending)
     sha256 = whole.hexdigest()
     if shard_size is None:
         return FileRead(sha256, size, (sha256 if other is None else other.hexdigest(),))

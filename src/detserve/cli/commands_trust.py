@@ -163,6 +163,7 @@ CertificateChainOption = Annotated[
     typer.Option(
         "--certificate-chain",
         dir_okay=False,
+        metavar="<file>",
         help=(
             "PEM certificates (the publisher's root, and intermediates) the signing certificate "
             "of --model-signature must chain to. Repeatable."
