@@ -91,10 +91,6 @@ class SignatureTrust:
             certificate_chain=tuple(Path(path) for path in certificate_chain),
         )
 
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return (*(() if self.public_key is None else (self.public_key,)), *self.certificate_chain)
-
 
 def verify_model_signature(signature: Path, trust: SignatureTrust) -> SignedModel:
     """Verify ``signature`` with ``trust``; return what it says. Raises, never returns a bool."""
@@ -105,7 +101,7 @@ def verify_model_signature(signature: Path, trust: SignatureTrust) -> SignedMode
     shown = bounded(str(signature))
     bundle = _parse_bundle(data, shown)
     verifier, signer = _verifier(bundle, trust, shown)
-    payload, notes = _verify_envelope(bundle, verifier, signer, shown)
+    payload, notes = _verify_envelope(bundle, verifier, trust, signer, shown)
     statement = _json_object(payload, f"the payload of model signature {shown}")
     return read_statement(
         statement, shown, signature=signature, signer=signer, data=data, notes=notes
@@ -228,7 +224,7 @@ def _key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
 def _verifier(
     bundle: Bundle, trust: SignatureTrust, shown: str
 ) -> tuple[sign_sigstore_pb.Verifier, str]:
-    """The library's verifier for ``trust``, and the signer it would vouch for."""
+    """The library's verifier for ``trust``, and the signer it vouches for once it verified."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from model_signing._signing import sign_certificate, sign_ec_key
@@ -312,7 +308,11 @@ def _captured(notes: list[str]) -> Iterator[None]:
 
 
 def _verify_envelope(
-    bundle: Bundle, verifier: sign_sigstore_pb.Verifier, signer: str, shown: str
+    bundle: Bundle,
+    verifier: sign_sigstore_pb.Verifier,
+    trust: SignatureTrust,
+    signer: str,
+    shown: str,
 ) -> tuple[bytes, tuple[str, ...]]:
     """The signed payload, once the library's verifier accepted the signature over it."""
     from cryptography.exceptions import InvalidSignature
@@ -325,8 +325,16 @@ def _verify_envelope(
             _, payload = verifier._verify_signed_content(sign_sigstore_pb.Signature(bundle))
     except (InvalidSignature, ValueError, crypto.Error, crypto.X509StoreContextError) as exc:
         reason = bounded(str(exc).strip(), 300) or type(exc).__name__
+        # What failed to verify is named by the operator's trust root; the signer the bundle
+        # names is a claim, shown as one.
+        given = (
+            signer
+            if trust.public_key is not None
+            else "certificate chain " + ", ".join(bounded(str(p)) for p in trust.certificate_chain)
+        )
         raise SignatureInvalid(
-            f"model signature {shown} does not verify with {signer}: {reason}",
+            f"model signature {shown} does not verify with {given}: {reason}",
+            details=() if trust.public_key is not None else [f"claimed, not verified: {signer}"],
             hint="do not trust this snapshot: the signature is not the publisher's, or its "
             "signed content was changed",
         ) from exc

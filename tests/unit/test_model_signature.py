@@ -531,7 +531,9 @@ def test_a_certificate_from_another_root_is_exit_1(
         cli, tiny_workspace, certified, "--certificate-chain", stranger.root, output=output
     )
     assert result.code == EXIT_VERIFICATION, result.text
-    assert "does not verify with certificate CN=publisher model signer" in result.err
+    assert f"does not verify with certificate chain {stranger.root}" in result.err
+    [claimed] = details(result)
+    assert claimed.startswith("claimed, not verified: certificate CN=publisher model signer")
     assert not output.exists()
 
 
