@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         WaitResult,
     )
     from detserve.sampling import SampleRequest, SampleSummary
+    from detserve.signed_statement import SignedModel
     from detserve.snapshot import VerifyReport
 
 #: the committed reference prompt bundle and its pin, relative to the working directory
@@ -149,6 +150,9 @@ def verify(
     manifest: Path | str | None = None,
     workers: int | None = None,
     observer: BytesObserver | None = None,
+    model_signature: Path | str | None = None,
+    public_key: Path | str | None = None,
+    certificate_chain: Sequence[Path | str] = (),
 ) -> VerifyReport:
     """Verify every file of a snapshot against its sha256 manifest; raise on any difference.
 
@@ -156,6 +160,10 @@ def verify(
     with a ``manifest``. Raises :class:`~detserve.errors.SnapshotMismatch` (exit 1) naming every
     missing, extra, changed or unsafe file, :class:`~detserve.errors.ManifestError` (exit 2) for a
     missing or malformed manifest.
+
+    With ``model_signature`` (and ``public_key`` or ``certificate_chain``), the publisher's
+    signature is verified too, and the snapshot, the manifest and the signature must agree on
+    every file (each file read once); the report is a ``SignedVerifyReport``.
 
     >>> report = detserve.verify("configs/tiny-cpu.json")          # doctest: +SKIP
     >>> report.files, report.manifest_sha256                       # doctest: +SKIP
@@ -169,13 +177,39 @@ def verify(
         manifest_path = loaded.manifest_path
     else:
         manifest_path = Path(manifest)
+    progress = observer.advance if observer is not None else None
+    on_total = observer.set_total if observer is not None else None
+    signed = _signed_model(model_signature, public_key, certificate_chain)
+    if signed is not None:
+        from detserve.signed_snapshot import verify_signed_snapshot
+
+        return verify_signed_snapshot(
+            snapshot_dir,
+            manifest_path,
+            signed,
+            workers=workers,
+            progress=progress,
+            on_total=on_total,
+        )
     return verify_snapshot(
-        snapshot_dir,
-        manifest_path,
-        workers=workers,
-        progress=observer.advance if observer is not None else None,
-        on_total=observer.set_total if observer is not None else None,
+        snapshot_dir, manifest_path, workers=workers, progress=progress, on_total=on_total
     )
+
+
+def _signed_model(
+    model_signature: Path | str | None,
+    public_key: Path | str | None,
+    certificate_chain: Sequence[Path | str],
+) -> SignedModel | None:
+    """The verified content of ``model_signature``, before any file of the snapshot is read."""
+    if model_signature is None:
+        if public_key is not None or certificate_chain:
+            raise UsageError("--public-key and --certificate-chain verify a --model-signature")
+        return None
+    from detserve.model_signature import SignatureTrust, verify_model_signature
+
+    trust = SignatureTrust.of(public_key, certificate_chain)
+    return verify_model_signature(Path(model_signature), trust)
 
 
 @dataclass(frozen=True)
@@ -188,6 +222,8 @@ class HashResult:
     bytes: int
     seconds: float
     snapshot: Path
+    #: the verified model signature the manifest was derived from, if any
+    signature: SignedModel | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -199,6 +235,7 @@ class HashResult:
             "seconds": round(self.seconds, 3),
             "throughput_bytes_per_s": round(self.bytes / self.seconds) if self.seconds else None,
             "snapshot": str(self.snapshot),
+            "signature": None if self.signature is None else self.signature.as_json(),
         }
 
 
@@ -210,12 +247,22 @@ def hash_snapshot(
     force: bool = False,
     workers: int | None = None,
     observer: BytesObserver | None = None,
+    model_signature: Path | str | None = None,
+    public_key: Path | str | None = None,
+    certificate_chain: Sequence[Path | str] = (),
 ) -> HashResult:
     """Hash every file of a snapshot into a coreutils-compatible sha256 manifest at ``output``.
 
     Making a manifest creates a trust root: review it and commit it. The output is checked
     before hashing (a regular file or nothing, not inside the snapshot, not replaced without
     ``force``) and written atomically.
+
+    With ``model_signature`` (and ``public_key`` or ``certificate_chain``), the manifest is
+    derived from the publisher's signature instead: written only once the signature verifies
+    and the snapshot holds exactly the signed files with the signed digests. Raises
+    :class:`~detserve.errors.SignatureInvalid` or
+    :class:`~detserve.errors.SignatureMismatch` (exit 1), or
+    :class:`~detserve.errors.ModelSignatureError` (exit 2).
     """
     import time
 
@@ -224,8 +271,12 @@ def hash_snapshot(
     snapshot_dir, loaded = _snapshot_of(config, snapshot)
     output = Path(output)
     # Before hashing, not after; a manifest written into the snapshot would pin itself.
-    inputs = (snapshot_dir,) if loaded is None else (loaded.path, snapshot_dir)
+    inputs: tuple[Path, ...] = (snapshot_dir,) if loaded is None else (loaded.path, snapshot_dir)
+    if model_signature is not None:
+        inputs += (Path(model_signature), *map(Path, certificate_chain))
+        inputs += () if public_key is None else (Path(public_key),)
     check_outputs([output], force=force, inputs=inputs)
+    signed = _signed_model(model_signature, public_key, certificate_chain)
     started = time.perf_counter()
     total = 0
 
@@ -235,12 +286,17 @@ def hash_snapshot(
         if observer is not None:
             observer.set_total(value)
 
-    manifest = build_manifest(
-        snapshot_dir,
-        workers=workers,
-        progress=observer.advance if observer is not None else None,
-        on_total=on_total,
-    )
+    progress = observer.advance if observer is not None else None
+    if signed is None:
+        manifest = build_manifest(
+            snapshot_dir, workers=workers, progress=progress, on_total=on_total
+        )
+    else:
+        from detserve.signed_snapshot import derive_manifest
+
+        manifest = derive_manifest(
+            snapshot_dir, signed, workers=workers, progress=progress, on_total=on_total
+        )
     write_manifest(manifest, output, force=force, inputs=inputs)
     return HashResult(
         manifest=output,
@@ -249,6 +305,7 @@ def hash_snapshot(
         bytes=total,
         seconds=time.perf_counter() - started,
         snapshot=snapshot_dir,
+        signature=signed,
     )
 
 

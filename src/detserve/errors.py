@@ -129,6 +129,20 @@ class SnapshotChanged(SnapshotMismatch):
     kind = "snapshot-changed"
 
 
+class SignatureMismatch(SnapshotMismatch):
+    """A snapshot or its manifest does not match a verified model signature: a file the signature
+    does not cover, a signed file that is missing, or a digest that is not the signed one."""
+
+    kind = "signature-mismatch"
+
+
+class SignatureInvalid(VerificationError):
+    """A publisher's model signature does not verify with the given trust root: signed by another
+    key, a certificate outside the given chain or not for signing, or signed bytes changed."""
+
+    kind = "signature-invalid"
+
+
 class PinMismatch(VerificationError):
     """A running container, server or artifact is not the pinned one."""
 
@@ -180,6 +194,19 @@ class UnpinnedError(ProfileError):
 
 class ManifestError(InputError):
     kind = "invalid-manifest"
+
+
+class ModelSignatureError(InputError):
+    """A model signature file that is not a well-formed signature detserve supports, or whose
+    authentic content is not a model manifest detserve can use."""
+
+    kind = "invalid-model-signature"
+
+
+class SignatureTrustError(InputError):
+    """A public key or certificate chain given to verify a model signature cannot be used."""
+
+    kind = "invalid-signature-trust"
 
 
 class BundleError(InputError):

@@ -133,6 +133,35 @@ def _verify_claim(
     ]  # fmt: skip
 
 
+def _model_signature(w: World) -> tuple[Path, Path]:
+    """The tiny model signed by its publisher's key (made once), and the public key."""
+    from .signing_rig import KeyPair, publish_model, sign_with_key
+
+    folder = w.tmp / "publisher"
+    if not (folder / "model.sig").exists():
+        keys = KeyPair.make(folder, "publisher")
+        sign_with_key(publish_model(folder / "model"), folder / "model.sig", keys)
+    return folder / "model.sig", folder / "publisher.pub"
+
+
+def _signed(
+    w: World, command: str, *, signature: Path | None = None, trust: Path | None = None
+) -> list[str | Path]:
+    """``hash``/``verify`` of the tiny snapshot with a model signature, one piece bad. The trust
+    root is read before the signature's form is checked, so a key signature serves both forms."""
+    good_signature, good_key = _model_signature(w)
+    verb, option = command.split()
+    target: list[str | Path] = (
+        ["--manifest-output", w.tmp / "m.sha256"]
+        if verb == "hash"
+        else ["--manifest", w.ws.manifest]
+    )
+    return [
+        verb, "--snapshot", w.ws.snapshot, *target,
+        "--model-signature", signature or good_signature, option, trust or good_key,
+    ]  # fmt: skip
+
+
 def _mkdir(directory: Path) -> Path:
     directory.mkdir(exist_ok=True)
     return directory
@@ -294,6 +323,26 @@ INPUTS: list[tuple[str, Args, int]] = [
         ),
         fileio.MAX_RUN_LOG_BYTES,
     ),
+    *(
+        (
+            f"{verb} --model-signature",
+            lambda w, verb=verb: (_signed(w, f"{verb} --public-key", signature=w.bad), w.bad),
+            64 * 1024 * 1024,
+        )
+        for verb in ("hash", "verify")
+    ),
+    *(
+        (
+            f"{verb} --model-signature {option}",
+            lambda w, verb=verb, option=option: (
+                _signed(w, f"{verb} {option}", trust=w.bad),
+                w.bad,
+            ),
+            1024 * 1024,
+        )
+        for verb in ("hash", "verify")
+        for option in ("--public-key", "--certificate-chain")
+    ),
     (
         "start --secrets-file",
         lambda w: (["start", "--config", w.ws.config, "--secrets-file", w.bad], w.bad),
@@ -373,7 +422,7 @@ def test_every_input_option_is_in_the_table() -> None:
     file_options = {"--config", "--manifest", "--bundle-pin", "--claim", "--run-a", "--run-b",
                     "--run", "--dataset-file", "--secrets-file", "--key", "--run-log",
                     "--sidecar", "--environment", "--public-key", "--envelope",
-                    "--certificate"}  # fmt: skip
+                    "--certificate", "--model-signature", "--certificate-chain"}  # fmt: skip
     covered = {option for name, *_ in INPUTS for option in name.split() if option.startswith("--")}
     assert file_options <= covered
 
