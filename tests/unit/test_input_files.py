@@ -154,6 +154,7 @@ INPUTS: list[tuple[str, Args, int]] = [
             ("verify",),
             ("lock-model",),
             ("lock-image",),
+            ("download",),
             ("start",),
             ("wait",),
             ("smoke",),
@@ -293,6 +294,23 @@ INPUTS: list[tuple[str, Args, int]] = [
             _mkdir(w.tmp / "gateway") / f"{'d' * 32}.000000.transcript.jsonl",
         ),
         fileio.MAX_RUN_LOG_BYTES,
+    ),
+    (
+        "download --secrets-file",
+        # read before the hub is asked: nothing listens at this address
+        lambda w: (
+            [
+                "download",
+                "--config",
+                w.ws.config,
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--secrets-file",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        fileio.MAX_SECRETS_BYTES,
     ),
     (
         "start --secrets-file",
