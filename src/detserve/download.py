@@ -26,6 +26,7 @@ huggingface_hub does the transfer, into the layout ``detserve run`` mounts
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -79,6 +80,8 @@ DEFAULT_EXCLUDE: Final = ("original/*", "consolidated*.safetensors")
 DEFAULT_WORKERS: Final = 8
 
 FileState = Literal["present", "blob", "fetch"]
+#: a git object id (sha1) or an LFS one (sha256), lowercase hex
+_ETAG_RE: Final = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 class DownloadObserver(Protocol):
@@ -260,9 +263,21 @@ def plan_download(
     unsafe = sorted(
         f"{bounded(repr(e.path))}: {why}" for e in listed if (why := check_relative_path(e.path))
     )
+    # An object id names a file in blobs/ (and its partial files): hex, or it is not one.
+    unsafe += sorted(
+        f"{bounded(repr(e.path))}: object id {bounded(repr(_etag_of(e)))} is not a git or LFS id"
+        for e in listed
+        if not _ETAG_RE.fullmatch(str(_etag_of(e)))
+    )
+    unsafe += sorted(
+        f"{bounded(repr(e.path))}: size {bounded(repr(e.size))} is not a byte count"
+        for e in listed
+        if not isinstance(e.size, int) or e.size < 0
+    )
     if unsafe:
         raise HubError(
-            f"{endpoint}: the listing of {repo_id}@{revision} names paths no snapshot may hold",
+            f"{endpoint}: the listing of {repo_id}@{revision} names paths no snapshot may hold, "
+            "or files it does not describe as the hub does",
             details=unsafe,
         )
     chosen = {
@@ -277,14 +292,14 @@ def plan_download(
     for entry in sorted(listed, key=_path_of):
         if entry.path not in chosen:
             continue
-        etag = entry.lfs.sha256 if entry.lfs is not None else entry.blob_id
+        etag = str(_etag_of(entry))  # checked above: hex
         if (loaded.snapshot_dir / entry.path).exists():
             state: FileState = "present"
         elif (blobs / etag).exists():
             state = "blob"
         else:
             state = "fetch"
-        files.append(RemoteFile(path=entry.path, size=int(entry.size), etag=etag, state=state))
+        files.append(RemoteFile(path=entry.path, size=entry.size, etag=etag, state=state))
     if not files:
         raise InputError(
             f"no file of {repo_id}@{revision} matches the patterns",
@@ -318,6 +333,11 @@ def plan_download(
 
 def _path_of(entry: Any) -> str:
     return str(entry.path)
+
+
+def _etag_of(entry: Any) -> object:
+    """The name huggingface_hub stores a listed file under: its LFS sha256, else its git id."""
+    return entry.lfs.sha256 if entry.lfs is not None else entry.blob_id
 
 
 def verify_download(

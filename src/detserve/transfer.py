@@ -14,14 +14,17 @@ So whatever stops a transfer, no unfinished file ever has a snapshot entry. Inva
   download, each under huggingface_hub's lock of its blob, so that a download running in another
   process keeps its own.
 * The token is passed explicitly, or ``False``: huggingface_hub never adds one of its own.
+* Memory is bounded by the files fetched at once, not their sizes: huggingface_hub reads each
+  response in :data:`TRANSFER_CHUNK_BYTES` pieces while a download runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -31,6 +34,36 @@ from detserve.errors import EnvironmentFault, Interrupted, PinMismatch, bounded
 #: how long Ctrl-C waits for the transfers to stop at their next chunk before it removes the
 #: partial files of those still waiting for the network
 STOP_GRACE_S: Final = 2.0
+#: the piece huggingface_hub reads a response in, while detserve downloads. Its own is 10 MiB,
+#: held (and copied) per transfer: 8 files at once took 222 MB, 1 MiB pieces 88 MB
+#: (docs/performance.md). Each piece is also when a transfer can be told to stop.
+TRANSFER_CHUNK_BYTES: Final = 1024 * 1024
+
+_chunk_lock = threading.Lock()
+_chunk_users = 0
+_chunk_saved: int | None = None
+
+
+@contextlib.contextmanager
+def _small_chunks() -> Iterator[None]:
+    """huggingface_hub's read size set to :data:`TRANSFER_CHUNK_BYTES` while any download of
+    this process runs, and given back after the last one (it is a module constant of
+    huggingface_hub, read at each transfer)."""
+    from huggingface_hub import constants
+
+    global _chunk_users, _chunk_saved
+    with _chunk_lock:
+        if _chunk_users == 0:
+            _chunk_saved = constants.DOWNLOAD_CHUNK_SIZE
+            constants.DOWNLOAD_CHUNK_SIZE = min(_chunk_saved, TRANSFER_CHUNK_BYTES)
+        _chunk_users += 1
+    try:
+        yield
+    finally:
+        with _chunk_lock:
+            _chunk_users -= 1
+            if _chunk_users == 0 and _chunk_saved is not None:
+                constants.DOWNLOAD_CHUNK_SIZE = _chunk_saved
 
 
 class _Cancelled(Exception):
@@ -261,7 +294,8 @@ def fetch_files(
     pool = _Pool(commit, files, workers, transfer)
     progress = _byte_counter(count, pool.cancelled)
     try:
-        pool.run()
+        with _small_chunks():
+            pool.run()
     except KeyboardInterrupt:
         pool.stop()
         raise Interrupted(

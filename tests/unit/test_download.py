@@ -37,6 +37,7 @@ from detserve.errors import (
 )
 from detserve.hub import hub_call
 from detserve.manifest import SnapshotManifest
+from detserve.transfer import TRANSFER_CHUNK_BYTES
 from hub_fixtures import TINY_HUB_COMMIT, TinyHub, olah_hub
 
 from .committed import TINY_MANIFEST, TINY_SNAPSHOT, CliRunner, sha256_hex
@@ -214,6 +215,34 @@ def test_json_without_a_manifest(tiny_hub: TinyHub, cli: CliRunner) -> None:
     assert [f["path"] for f in report["files"]] == TINY_NAMES
     assert report["skipped"] == [".gitattributes", "README.md"]
     assert report["fetched_bytes"] == sum((TINY_SNAPSHOT / n).stat().st_size for n in TINY_NAMES)
+
+
+def test_huggingface_hub_reads_small_pieces_while_downloading(tiny_hub: TinyHub) -> None:
+    """Memory is bounded by the files fetched at once, not their sizes: huggingface_hub's 10 MiB
+    read per transfer becomes 1 MiB while a download runs, and is given back after. (The peak
+    memory itself is measured by benchmarks/bench_download.py.)"""
+    from huggingface_hub import constants
+
+    before = constants.DOWNLOAD_CHUNK_SIZE
+    seen: list[int] = []
+
+    class Observer:
+        def planned(self, plan: object) -> None:
+            pass
+
+        def fetched(self, count: int) -> None:
+            seen.append(constants.DOWNLOAD_CHUNK_SIZE)
+
+        def verifying(self, total: int) -> None:
+            pass
+
+        def verified(self, count: int) -> None:
+            pass
+
+    api.download_snapshot(tiny_hub.config, endpoint=tiny_hub.url, observer=Observer())
+    assert seen
+    assert set(seen) == {TRANSFER_CHUNK_BYTES}
+    assert before == constants.DOWNLOAD_CHUNK_SIZE
 
 
 # --- what is fetched: the patterns ----------------------------------------------------------------
@@ -421,9 +450,32 @@ def test_a_listing_with_a_path_no_snapshot_may_hold_is_refused(
     assert not tiny_hub.hf_home.exists()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("oid", "../../../outside"), ("oid", "ABC"), ("size", -1)],
+    ids=["oid-escapes", "oid-not-hex", "negative-size"],
+)
+def test_a_listing_that_describes_a_file_otherwise_than_the_hub_is_refused(
+    tiny_hub: TinyHub, proxy: HubProxy, cli: CliRunner, field: str, value: object
+) -> None:
+    # The object id names the blob (and the partial files removed): never a path.
+    def change(body: bytes) -> bytes:
+        listing = json.loads(body)
+        entry = next(e for e in listing if e["path"] == "config.json")
+        entry[field] = value
+        return json.dumps(listing).encode()
+
+    proxy.body_rewrites.append(("/tree/" + tiny_hub.commit + "/", change))
+    result = download(cli, tiny_hub, proxy.url)
+    assert result.code == EXIT_ENVIRONMENT, result.text
+    assert "'config.json': " in result.err
+    assert not tiny_hub.hf_home.exists()
+
+
 # --- interrupted downloads ------------------------------------------------------------------------
 
-BIG = 24 * 1024 * 1024  # more than huggingface_hub's 10 MiB write chunk: a partial file has bytes
+#: several of the 1 MiB pieces a download writes (TRANSFER_CHUNK_BYTES): a partial file has bytes
+BIG = 8 * 1024 * 1024
 
 
 @pytest.fixture
@@ -471,7 +523,7 @@ def test_an_interrupted_download_leaves_nothing_verify_could_take_and_resumes(
         held = relay.hold("/model.safetensors", after_bytes=BIG // 2)
         running = _spawn_download(big_hub, relay.url)
         assert held.reached.wait(60), "the transfer never reached the hold"
-        _wait_for_partial_bytes(big_hub, 10 * 1024 * 1024)
+        _wait_for_partial_bytes(big_hub, 2 * TRANSFER_CHUNK_BYTES)
         running.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
         _, err = running.communicate(timeout=30)
         held.release.set()
@@ -482,7 +534,7 @@ def test_an_interrupted_download_leaves_nothing_verify_could_take_and_resumes(
         assert _partials(big_hub) == []  # removed at once, though its transfer was stalled
     else:
         assert running.returncode == -signal.SIGKILL
-        assert [p.stat().st_size >= 10 * 1024 * 1024 for p in _partials(big_hub)] == [True]
+        assert [p.stat().st_size >= 2 * TRANSFER_CHUNK_BYTES for p in _partials(big_hub)] == [True]
     # The unfinished file has no snapshot entry: verify cannot take the partial bytes for it.
     assert not (big_hub.snapshot / "model.safetensors").exists()
     assert (big_hub.snapshot / "config.json").read_bytes() == b"{}\n"  # finished, kept
