@@ -14,7 +14,7 @@ manifest), and an empty Hugging Face home. Nothing committed changes: the commit
 keeps its revision (a hash of its manifest, from before there was a hub); on the hub a revision
 is a git commit, and here it is one.
 
-``tiny_hub.repo.commit({...})`` adds a commit (it moves ``main``), ``tiny_hub.repo.tamper_lfs``
+``tiny_hub.add_commit({...})`` adds a commit (it moves ``main``), ``tiny_hub.repo.tamper_lfs``
 changes what a commit serves for an LFS file (a compromised server). ``make_tiny_hub`` makes
 more, e.g. ``make_tiny_hub(repo_id="Qwen/Qwen3-8B")``.
 """
@@ -93,6 +93,16 @@ class TinyHub:
     def snapshot(self) -> Path:
         """Where ``detserve download`` puts the pinned commit's files."""
         return self.model_dir / "snapshots" / self.commit
+
+    def add_commit(
+        self,
+        files: dict[str, bytes | Path],
+        remove: tuple[str, ...] = (),
+        message: str | None = None,
+    ) -> str:
+        """Commit ``files`` (and remove ``remove``) on ``main``: the new commit, which ``main``
+        now names (the profile still pins :attr:`commit`)."""
+        return str(self.repo.commit(files, remove=remove, message=message))
 
     def profile(self) -> dict[str, object]:
         loaded: dict[str, object] = json.loads(self.config.read_text(encoding="utf-8"))

@@ -84,7 +84,7 @@ def test_a_new_commit_moves_main_and_lock_model_reports_both(
     tiny_hub: TinyHub, cli: CliRunner
 ) -> None:
     before = tiny_hub.config.read_bytes()
-    newer = tiny_hub.repo.commit({"config.json": b'{"architectures": ["Other"]}\n'})
+    newer = tiny_hub.add_commit({"config.json": b'{"architectures": ["Other"]}\n'})
     assert newer != tiny_hub.commit
     result = cli("lock-model", "--config", tiny_hub.config, "--endpoint", tiny_hub.url)
     assert result.code == EXIT_VERIFICATION, result.text
@@ -121,7 +121,7 @@ def test_download_fetches_the_pinned_commit_into_the_layout_run_mounts(
 def test_download_fetches_exactly_the_pinned_commit_not_mains_newer_files(
     tiny_hub: TinyHub, proxy: HubProxy, cli: CliRunner
 ) -> None:
-    newer = tiny_hub.repo.commit(
+    newer = tiny_hub.add_commit(
         {
             "config.json": b'{"architectures": ["Other"]}\n',
             "model-extra.safetensors": b"weights of another commit",

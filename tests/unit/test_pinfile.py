@@ -197,7 +197,7 @@ def test_lock_model_sends_the_token_from_the_environment(
 
 def test_lock_model_a_moved_ref_exits_1_without_write(tiny_hub: TinyHub, cli: CliRunner) -> None:
     before = tiny_hub.config.read_text(encoding="utf-8")
-    newer = tiny_hub.repo.commit({"config.json": b"{}\n"})
+    newer = tiny_hub.add_commit({"config.json": b"{}\n"})
     result = cli("lock-model", "--config", tiny_hub.config, "--endpoint", tiny_hub.url)
     assert result.code == EXIT_VERIFICATION, result.text
     assert f"pinned:   {tiny_hub.commit}" in result.err
@@ -207,7 +207,7 @@ def test_lock_model_a_moved_ref_exits_1_without_write(tiny_hub: TinyHub, cli: Cl
 
 def test_lock_model_write_changes_only_the_revision(tiny_hub: TinyHub, cli: CliRunner) -> None:
     before = tiny_hub.config.read_text(encoding="utf-8")
-    newer = tiny_hub.repo.commit({"config.json": b"{}\n"})
+    newer = tiny_hub.add_commit({"config.json": b"{}\n"})
     result = cli("lock-model", "--config", tiny_hub.config, "--endpoint", tiny_hub.url, "--write")
     assert result.code == EXIT_OK, result.text
     after = tiny_hub.config.read_text(encoding="utf-8")
@@ -223,7 +223,7 @@ def test_lock_model_write_output_leaves_the_original(
     tiny_hub: TinyHub, tmp_path: Path, cli: CliRunner
 ) -> None:
     before = tiny_hub.config.read_text(encoding="utf-8")
-    newer = tiny_hub.repo.commit({"config.json": b"{}\n"})
+    newer = tiny_hub.add_commit({"config.json": b"{}\n"})
     output = tmp_path / "locked" / "tiny-cpu.locked.json"
     result = cli(
         "lock-model", "--config", tiny_hub.config, "--endpoint", tiny_hub.url,
@@ -243,7 +243,7 @@ def test_lock_model_write_output_leaves_the_original(
 def test_lock_model_output_exists_refused_before_asking_the_hub(
     tiny_hub: TinyHub, proxy: HubProxy, tmp_path: Path, cli: CliRunner
 ) -> None:
-    newer = tiny_hub.repo.commit({"config.json": b"{}\n"})
+    newer = tiny_hub.add_commit({"config.json": b"{}\n"})
     output = tmp_path / "exists.json"
     output.write_text("keep\n")
     result = cli(
