@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from detserve.diagnosis.check import CheckResult
     from detserve.diagnosis.measure import PassKey
     from detserve.diagnosis.repropack import ReproPack
+    from detserve.download import DownloadObserver, DownloadPlan, DownloadResult
     from detserve.errors import DetserveError
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
     from detserve.evaluation.explain import ExplainedReport
@@ -306,6 +307,106 @@ def hash_snapshot(
         seconds=time.perf_counter() - started,
         snapshot=snapshot_dir,
         signature=signed,
+    )
+
+
+# --- download: the files of the pinned commit ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DownloadInputs:
+    """Every input of a download, read and checked before the hub is asked anything."""
+
+    loaded: LoadedProfile
+    endpoint: str
+    token: str | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"_DownloadInputs({self.loaded.path}, {self.endpoint})"  # never the token
+
+    @classmethod
+    def read(
+        cls,
+        config: ProfileLike,
+        secrets_file: Path | str | None,
+        endpoint: str | None,
+        include: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+    ) -> _DownloadInputs:
+        import detserve.download as room
+        from detserve.hub import hub_endpoint
+
+        loaded = load_profile(config)
+        loaded.require_pins(("model.revision",))
+        chosen = tuple(include) if include is not None else room.DEFAULT_INCLUDE
+        left_out = tuple(exclude) if exclude is not None else room.DEFAULT_EXCLUDE
+        room.check_patterns(chosen, left_out)
+        token = room.token_from(Path(secrets_file) if secrets_file is not None else None)
+        return cls(loaded, hub_endpoint(endpoint), token, chosen, left_out)
+
+
+def plan_download(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    endpoint: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> DownloadPlan:
+    """What :func:`download_snapshot` would fetch: the pinned commit's files the patterns
+    choose, what is on disk already, the bytes to fetch and the free space. Nothing is written
+    but the removal of partial files a killed download left."""
+    from detserve.download import plan_download as plan
+
+    what = _DownloadInputs.read(config, secrets_file, endpoint, include, exclude)
+    return plan(
+        what.loaded,
+        endpoint=what.endpoint,
+        token=what.token,
+        include=what.include,
+        exclude=what.exclude,
+    )
+
+
+def download_snapshot(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    endpoint: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    workers: int | None = None,
+    observer: DownloadObserver | None = None,
+) -> DownloadResult:
+    """Fetch the pinned commit's model files into the profile's Hugging Face home, then verify.
+
+    Only ``model.revision`` is asked for (unpinned: :class:`~detserve.errors.UnpinnedError`,
+    exit 2), and only the files vLLM loads (``include`` replaces
+    :data:`detserve.download.DEFAULT_INCLUDE`, ``exclude`` replaces ``DEFAULT_EXCLUDE``). The
+    hub token is ``HF_TOKEN`` of ``secrets_file``, and only that. Too little free space is
+    :class:`~detserve.errors.DiskSpaceError` and an unreachable hub
+    :class:`~detserve.errors.HubError` (exit 3). With a committed manifest the snapshot is
+    verified (:class:`~detserve.errors.SnapshotMismatch`, exit 1, names every file that
+    differs); without one the result says so (``trusted`` is false, ``next_command`` makes the
+    manifest): nothing here writes a manifest. ``observer`` (a
+    :class:`detserve.download.DownloadObserver`) is told the plan, the bytes and the check.
+
+    >>> result = detserve.download_snapshot("configs/qwen3-8b.json")  # doctest: +SKIP
+    >>> result.trusted, result.plan.fetch_bytes                    # doctest: +SKIP
+    """
+    import detserve.download as room
+
+    what = _DownloadInputs.read(config, secrets_file, endpoint, include, exclude)
+    return room.download(
+        what.loaded,
+        endpoint=what.endpoint,
+        token=what.token,
+        include=what.include,
+        exclude=what.exclude,
+        workers=workers or room.DEFAULT_WORKERS,
+        observer=observer,
     )
 
 

@@ -256,6 +256,12 @@ class HubError(EnvironmentFault):
     kind = "hub"
 
 
+class DiskSpaceError(EnvironmentFault):
+    """Not enough free space for what a command must write (named with both numbers)."""
+
+    kind = "disk-space"
+
+
 class ContainerError(EnvironmentFault):
     kind = "container"
 

@@ -183,6 +183,7 @@ INPUTS: list[tuple[str, Args, int]] = [
             ("verify",),
             ("lock-model",),
             ("lock-image",),
+            ("download",),
             ("start",),
             ("wait",),
             ("smoke",),
@@ -342,6 +343,23 @@ INPUTS: list[tuple[str, Args, int]] = [
         )
         for verb in ("hash", "verify")
         for option in ("--public-key", "--certificate-chain")
+    ),
+    (
+        "download --secrets-file",
+        # read before the hub is asked: nothing listens at this address
+        lambda w: (
+            [
+                "download",
+                "--config",
+                w.ws.config,
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--secrets-file",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        fileio.MAX_SECRETS_BYTES,
     ),
     (
         "start --secrets-file",

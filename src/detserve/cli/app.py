@@ -54,6 +54,7 @@ app.callback()(_root)
 _COMMAND_MODULES = (
     "commands_trust",
     "commands_locks",
+    "commands_download",
     "commands_runs",
     "commands_sample",
     "commands_check",

@@ -26,6 +26,10 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("verify", "Verify every file of a snapshot against its manifest."),
     ("lock-model", "Resolve model.ref (a branch or tag) to a commit with huggingface_hub."),
     ("lock-image", "Resolve runtime.image_tag to its registry digest through the Docker engine."),
+    (
+        "download",
+        "Fetch the model files of the pinned commit into the profile's Hugging Face home.",
+    ),
     ("eval-determinism", "Compare run logs byte for byte, and say where they part."),
     (
         "sample",
