@@ -372,12 +372,21 @@ class TestSampling:
         pin = tmp_path / "other-bundle.sha256"
         pinned = session.cli("hash", "--snapshot", bundle, "--manifest-output", pin)
         assert pinned.code == 0, pinned
-        # The served profile, naming that bundle as its own (no flag): the same container binds,
-        # since the bundle is no server input.
+        # The served profile, naming that bundle as its own (no flag), its image locked into a
+        # .local.json by lock-image as make demo does: the same container binds, since the
+        # bundle is no server input.
+        unlocked = dict(document, prompts={"bundle": str(bundle), "manifest": str(pin)})
+        unlocked["runtime"] = dict(document["runtime"], image=None)
+        committed = tmp_path / "tiny-cpu.json"
+        committed.write_text(json.dumps(unlocked, indent=2), encoding="utf-8")
         local = tmp_path / "tiny-cpu.local.json"
-        local.write_text(
-            json.dumps(dict(document, prompts={"bundle": str(bundle), "manifest": str(pin)})),
-            encoding="utf-8",
+        locked = session.cli(
+            "lock-image", "--config", committed, "--write", "--profile-output", local
+        )
+        assert locked.code == 0, locked
+        assert (
+            json.loads(local.read_text(encoding="utf-8"))["runtime"]["image"]
+            == (document["runtime"]["image"])
         )
         served = completions_served(docker_client, session.container)
         out = tmp_path / "out"
