@@ -67,7 +67,8 @@ if TYPE_CHECKING:
     from detserve.signed_statement import SignedModel
     from detserve.snapshot import VerifyReport
 
-#: the committed reference prompt bundle and its pin, relative to the working directory
+#: the committed reference prompt bundle and its pin, relative to the working directory: what
+#: :func:`load_prompts` loads without a profile (a profile names its own, ``prompts``)
 DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
 DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
 
@@ -640,12 +641,37 @@ def logs(
 
 
 def load_prompts(
-    bundle: Path | str = DEFAULT_BUNDLE, bundle_pin: Path | str = DEFAULT_BUNDLE_PIN
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
+    *,
+    config: ProfileLike | None = None,
 ) -> PromptBundle:
-    """A prompt bundle, verified against its pin before a prompt is read."""
+    """A prompt bundle, verified against its pin before a prompt is read.
+
+    With ``config``: the profile's bundle (``prompts.bundle`` and ``prompts.manifest``) unless
+    ``bundle`` or ``bundle_pin`` is given, and refused unless it was measured with the tokenizer
+    the profile's manifest pins (:class:`~detserve.errors.BundleModelMismatch`, exit 1); a
+    profile that names no bundle is :class:`~detserve.errors.UnpinnedError` (exit 2). Without:
+    ``bundle`` and ``bundle_pin``, by default :data:`DEFAULT_BUNDLE` and
+    :data:`DEFAULT_BUNDLE_PIN`.
+    """
+    if config is not None:
+        return _profile_prompts(load_profile(config), bundle, bundle_pin)
     from detserve.prompts import load_bundle
 
-    return load_bundle(Path(bundle), Path(bundle_pin))
+    return load_bundle(
+        Path(bundle if bundle is not None else DEFAULT_BUNDLE),
+        Path(bundle_pin if bundle_pin is not None else DEFAULT_BUNDLE_PIN),
+    )
+
+
+def _profile_prompts(
+    loaded: LoadedProfile, bundle: Path | str | None, bundle_pin: Path | str | None
+) -> PromptBundle:
+    """The bundle a command samples: the flags', else the profile's; measured on its model."""
+    from detserve.bundle_binding import load_profile_bundle
+
+    return load_profile_bundle(loaded, bundle, bundle_pin)
 
 
 def _fingerprint_for(
@@ -782,8 +808,8 @@ def sample(
     n_prompts: int | None = None,
     max_tokens: int | None = None,
     logprobs: int | None = None,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     force: bool = False,
     concurrency: int = 1,
     certificate: Path | str | None = None,
@@ -795,19 +821,20 @@ def sample(
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
-    Strict only: every pin filled, the snapshot and the bundle verified, the container bound to
-    the pins, greedy with the profile's seed, one request in flight, unless ``certificate`` (a
-    :func:`check`'s ``certificate.json`` for these very pins and parameters) covers
-    ``concurrency``; the log is then the same bytes as at concurrency 1. ``audit`` re-samples
-    that fraction of the prompts one at a time afterwards (seeded by ``audit_seed``) and fails
-    the run on any difference. Any failure, Ctrl-C included, leaves nothing at ``run_log`` or
-    ``sidecar``. The run log's sha256 is the claim.
+    Strict only: every pin filled, the snapshot and the bundle verified, the bundle measured on
+    the profile's model (``bundle`` and ``bundle_pin``, by default the profile's ``prompts``;
+    see :func:`load_prompts`), the container bound to the pins, greedy with the profile's seed,
+    one request in flight, unless ``certificate`` (a :func:`check`'s ``certificate.json`` for
+    these very pins and parameters) covers ``concurrency``; the log is then the same bytes as at
+    concurrency 1. ``audit`` re-samples that fraction of the prompts one at a time afterwards
+    (seeded by ``audit_seed``) and fails the run on any difference. Any failure, Ctrl-C
+    included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256 is the claim.
     """
     from detserve.sampling import SampleRequest, check_request
 
     loaded = load_profile(config)
     loaded.require_pins()
-    prompts = load_prompts(bundle, bundle_pin)
+    prompts = _profile_prompts(loaded, bundle, bundle_pin)
     request = SampleRequest(
         n_prompts=n_prompts,
         max_tokens=max_tokens or loaded.profile.sampling.max_tokens,
@@ -997,8 +1024,8 @@ def replay(
     config: ProfileLike,
     *,
     output_dir: Path | str,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     stop_after: bool = False,
     force: bool = False,
     public_key: Path | str | None = None,
@@ -1011,7 +1038,8 @@ def replay(
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
     The claim is validated and its pins compared with the profile's before anything starts
-    (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run (start,
+    (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1); so is the bundle (by
+    default the profile's) against the profile's model. Then the server is run (start,
     wait with verification, smoke), the claim's prompts are sampled with its parameters into
     ``output_dir/replay.runlog.jsonl``, and the two logs are compared into
     ``output_dir/report.json``. Returns the result whatever the verdict; ``result.report.error()``
@@ -1043,7 +1071,7 @@ def replay(
         signed = (claim, Path(public_key))
         claim = Path(run_log)
     loaded = load_profile(config)
-    prompts = load_prompts(bundle, bundle_pin)
+    prompts = _profile_prompts(loaded, bundle, bundle_pin)
     inputs = (
         claim,
         *signed,
@@ -1338,8 +1366,8 @@ def check(
     logprobs: int | None = None,
     shuffle: bool = True,
     shuffle_seed: int = 0,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     force: bool = False,
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
@@ -1355,10 +1383,11 @@ def check(
     LOGPROB_VARIANCE, LOGPROBS_UNAVAILABLE or ENV_CHANGED. A PASS at tier 1 or 2 writes
     ``certificate.json``, which :func:`sample` accepts for ``concurrency`` above 1.
 
-    The same pre-flight as :func:`sample` (pins, snapshot, bundle, the bound container, the
-    served model); with the default engine the environment is fingerprinted before and after
-    (``env.json``; a change is ENV_CHANGED). Returns the outcome whatever the verdict;
-    ``outcome.error()`` is the error to raise when it is not a pass (exit 1).
+    The same pre-flight as :func:`sample` (pins, snapshot, the bundle (by default the profile's)
+    and its model, the bound container, the served model); with the default engine the
+    environment is fingerprinted before and after (``env.json``; a change is ENV_CHANGED).
+    Returns the outcome whatever the verdict; ``outcome.error()`` is the error to raise when it
+    is not a pass (exit 1).
     """
     from detserve.diagnosis.check import run_check
     from detserve.diagnosis.measure import CheckPlan, levels_with_baseline
@@ -1370,7 +1399,7 @@ def check(
         raise UsageError("--runs and every --concurrency level must be at least 1")
     loaded = load_profile(config)
     loaded.require_pins()
-    prompts = load_prompts(bundle, bundle_pin)
+    prompts = _profile_prompts(loaded, bundle, bundle_pin)
     directory = Path(output_dir)
     inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
     check_pack_outputs(directory, force=force, inputs=inputs)
@@ -1407,8 +1436,8 @@ def _replay_node(
     node: FleetNode,
     output_dir: Path,
     *,
-    bundle: Path | str,
-    bundle_pin: Path | str,
+    bundle: Path | str | None,
+    bundle_pin: Path | str | None,
     stop_after: bool,
     force: bool,
     on_stage: StageSink,
@@ -1480,8 +1509,8 @@ def replay_fleet(
     *,
     nodes: Sequence[str],
     output_dir: Path | str,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     stop_after: bool = False,
     force: bool = False,
     on_stage: StageSink | None = None,
@@ -1494,7 +1523,9 @@ def replay_fleet(
     report says per node IDENTICAL, DIVERGENT, NOT A REPLAY or FAILED, with its run log's
     sha256 and how its environment fingerprint differs from the first agreeing node's, ranked
     by root-cause category. ``fleet.json`` in ``output_dir`` is the report. Returns it whatever
-    the verdict; ``report.error()`` is the error to raise when not every node agrees.
+    the verdict; ``report.error()`` is the error to raise when not every node agrees. Every
+    node samples ``bundle`` and ``bundle_pin`` if given, else its own profile's bundle; each is
+    loaded and checked against its profile's model before any node is asked anything.
     """
     from detserve.fleet import check_nodes, parse_node, run_fleet
     from detserve.runlog import validate_run_log
@@ -1509,6 +1540,8 @@ def replay_fleet(
     }
     for loaded in profiles.values():
         loaded.require_pins()
+        # each node's bundle (the flags', else its profile's) measured on its model, up front
+        _profile_prompts(loaded, bundle, bundle_pin)
     report_path = output_dir / "fleet.json"
     inputs = (claim, *(loaded.path for loaded in profiles.values()))
     check_output_dir(output_dir, force=True, inputs=inputs)

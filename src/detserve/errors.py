@@ -149,6 +149,13 @@ class PinMismatch(VerificationError):
     kind = "pin-mismatch"
 
 
+class BundleModelMismatch(VerificationError):
+    """A prompt bundle measured with another tokenizer (model id, revision or tokenizer files)
+    than the profile's verified snapshot serves: its token counts are another model's."""
+
+    kind = "bundle-model-mismatch"
+
+
 class ConstraintViolated(VerificationError):
     """The engine returned an output its constraint forbids (and not cut short by max_tokens)."""
 

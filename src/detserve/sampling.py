@@ -2,7 +2,8 @@
 tokens", written as a canonical run log.
 
 Nothing is sampled from an unverified state. Before the first request: every pin is filled, the
-snapshot verifies against its manifest, the prompt bundle against its pin, the running container
+snapshot verifies against its manifest, the prompt bundle against its pin and was measured with
+the verified snapshot's tokenizer (:mod:`detserve.bundle_binding`), the running container
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
 server serves the pinned model, a bundle with constraints needs a pinned structured-outputs
 backend, and each distinct constraint compiles in the engine (a one-token preflight request).
@@ -29,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detserve._version import __version__
+from detserve.bundle_binding import require_bundle_tokenizer
 from detserve.canonical import canonical_bytes
 from detserve.diagnosis.certificate import Certificate, read_certificate, require_coverage
 from detserve.errors import ContainerError, Divergence, PinMismatch, UsageError
@@ -283,6 +285,7 @@ def sample(
     prompts = bundle.take(request.n_prompts)
     certificate = read_certificate(request.certificate) if request.certificate else None
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
+    require_bundle_tokenizer(bundle, loaded, report.digests)  # the verified files, not a re-read
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     # the container is compared with the manifest bytes just verified, not a second read
     container = checked_container(

@@ -63,6 +63,7 @@ _COMMAND_MODULES = (
     "commands_runlog",
     "commands_attest",
     "commands_fleet",
+    "commands_init",
 )
 
 

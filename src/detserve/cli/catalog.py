@@ -63,6 +63,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("env", "Fingerprint this host and the pinned container: canonical JSON and its sha256."),
     ("doctor", "A determinism checklist for a profile on this host: PASS or FAIL, and the fix."),
     ("fleet", "Replay one claim on several Docker engines at once, and print the agreement table."),
+    ("init", "Write an unpinned profile for a model on a device, and print what to run next."),
     ("config", "Validate profiles and print their JSON Schema."),
     ("prompts", "Build and verify pinned prompt bundles."),
     (

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN, DEFAULT_CHECK_LEVELS
+from detserve.api import DEFAULT_CHECK_LEVELS
 from detserve.cli.app import app
 from detserve.cli.options import (
     BundleOption,
@@ -71,8 +71,8 @@ def check_command(
     shuffle_seed: Annotated[
         int, typer.Option("--shuffle-seed", min=0, help="Seed of the shuffled orders.")
     ] = 0,
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:

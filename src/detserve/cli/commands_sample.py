@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
 from detserve.cli.options import (
     BundleOption,
@@ -73,8 +72,8 @@ def sample_command(
     n_prompts: NPromptsOption = None,
     max_tokens: MaxTokensOption = None,
     logprobs: Annotated[int | None, logprobs_option("Record each output token's logprob.")] = None,
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     force: ForceOption = False,
     skip_reference_hash_check: Annotated[
         bool, typer.Option("--skip-reference-hash-check", hidden=True)
@@ -182,8 +181,8 @@ def replay_command(
             help="Where the replay's run log, sidecar and report go.",
         ),
     ],
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     stop_after: Annotated[
         bool, typer.Option("--stop", help="Stop and remove the container at the end.")
     ] = False,

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
 from detserve.cli.options import (
     BundleOption,
@@ -300,30 +299,48 @@ app.add_typer(prompts_app, name="prompts")
 
 @prompts_app.command("verify")
 def prompts_verify(
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    config: OptionalConfigOption = None,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check a prompt bundle against its pinned hash, then parse every prompt.
 
-    detserve prompts verify
-    """
-    from detserve.prompts import load_bundle
+    With --config: the profile's bundle (prompts.bundle, prompts.manifest) unless --bundle or
+    --bundle-pin says otherwise, and it must have been measured on the profile's model (model
+    id, revision and tokenizer files as the model's manifest pins them; exit 1 otherwise).
+    Without: artifacts/reference_prompts, unless --bundle and --bundle-pin say otherwise.
 
-    loaded_bundle = load_bundle(bundle, bundle_pin)
+        detserve prompts verify --config configs/tiny-cpu.json
+
+        detserve prompts verify --bundle artifacts/chat_prompts \\
+            --bundle-pin manifests/chat_prompts/chat_prompts.sha256
+    """
+    from detserve import api
+
+    loaded_bundle = api.load_prompts(bundle, bundle_pin, config=config)
+    tokenizer = loaded_bundle.info.tokenizer
     if json_output:
         emit_json(
             {
                 "ok": True,
-                "bundle": str(bundle),
+                "bundle": str(loaded_bundle.path),
                 "bundle_sha256": loaded_bundle.sha256,
                 "n_prompts": len(loaded_bundle.prompts),
+                "model_id": tokenizer.model_id if config is not None else None,
+                "model_revision": tokenizer.model_revision if config is not None else None,
             }
         )
     else:
         result(
-            f"OK: {bundle}: {len(loaded_bundle.prompts)} prompts, "
+            f"OK: {loaded_bundle.path}: {len(loaded_bundle.prompts)} prompts, "
             f"bundle sha256 {loaded_bundle.sha256}"
+            + (
+                f"; measured on {tokenizer.model_id} at {tokenizer.model_revision}, the "
+                "profile's model"
+                if config is not None
+                else ""
+            )
         )
 
 
