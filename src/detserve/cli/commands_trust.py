@@ -11,6 +11,7 @@ import typer
 
 from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
@@ -39,6 +40,12 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("validate")
+@junit_xml_report(
+    "config validate",
+    subject=lambda options: str(options["config"]),
+    inputs=("config",),
+    profile="config",
+)
 def config_validate(
     config: ConfigOption,
     allow_unpinned: Annotated[
@@ -48,6 +55,7 @@ def config_validate(
             help="Accept null pins (a profile waiting for lock-model / lock-image).",
         ),
     ] = False,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Validate a profile: one line per bad field (where, what was expected, what was found).
@@ -62,6 +70,8 @@ def config_validate(
     if not allow_unpinned:
         loaded.require_pins()
     missing = loaded.missing_pins()
+    state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
+    record_outcome([f"{config}: valid ({state})"], None)
     if json_output:
         emit_json(
             {
@@ -73,7 +83,6 @@ def config_validate(
             }
         )
     else:
-        state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
         result(f"{config}: valid ({state})")
 
 
@@ -239,6 +248,12 @@ def hash_command(
 
 
 @app.command("verify")
+@junit_xml_report(
+    "verify",
+    subject=lambda options: str(options["config"] or options["snapshot"]),
+    inputs=("config", "snapshot", "manifest", "model_signature", "public_key", "certificate_chain"),
+    profile="config",
+)
 def verify_command(
     config: OptionalConfigOption = None,
     snapshot: SnapshotOption = None,
@@ -250,6 +265,7 @@ def verify_command(
     model_signature: ModelSignatureOption = None,
     public_key: SignaturePublicKeyOption = None,
     certificate_chain: CertificateChainOption = None,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Verify every file of a snapshot against its manifest.
@@ -279,17 +295,18 @@ def verify_command(
             public_key=public_key,
             certificate_chain=certificate_chain or (),
         )
-    manifest_path = report.manifest
+    rate = report.throughput_bytes_per_s / 1e9
+    line = (
+        f"OK: {report.files} files, {report.bytes} bytes match {report.manifest} "
+        f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
+    )
+    record_outcome([line], None)
     if json_output:
         emit_json(report.as_json())
     else:
         if isinstance(report, SignedVerifyReport):
             _say_signature(report.signature)
-        rate = report.throughput_bytes_per_s / 1e9
-        result(
-            f"OK: {report.files} files, {report.bytes} bytes match {manifest_path} "
-            f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
-        )
+        result(line)
 
 
 # --- prompt bundles --------------------------------------------------------------------------
@@ -299,9 +316,15 @@ app.add_typer(prompts_app, name="prompts")
 
 
 @prompts_app.command("verify")
+@junit_xml_report(
+    "prompts verify",
+    subject=lambda options: str(options["bundle"]),
+    inputs=("bundle", "bundle_pin"),
+)
 def prompts_verify(
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check a prompt bundle against its pinned hash, then parse every prompt.
@@ -311,6 +334,10 @@ def prompts_verify(
     from detserve.prompts import load_bundle
 
     loaded_bundle = load_bundle(bundle, bundle_pin)
+    line = (
+        f"OK: {bundle}: {len(loaded_bundle.prompts)} prompts, bundle sha256 {loaded_bundle.sha256}"
+    )
+    record_outcome([line], None)
     if json_output:
         emit_json(
             {
@@ -321,10 +348,7 @@ def prompts_verify(
             }
         )
     else:
-        result(
-            f"OK: {bundle}: {len(loaded_bundle.prompts)} prompts, "
-            f"bundle sha256 {loaded_bundle.sha256}"
-        )
+        result(line)
 
 
 @prompts_app.command("bootstrap")
