@@ -9,6 +9,7 @@ import typer
 
 from detserve.api import DEFAULT_CHECK_LEVELS
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
@@ -34,6 +35,13 @@ def parse_levels(text: str) -> tuple[int, ...]:
 
 
 @app.command("check")
+@junit_xml_report(
+    "check",
+    subject=lambda options: str(options["config"]),
+    inputs=("config", "bundle", "bundle_pin"),
+    output_dirs=("output_dir",),
+    profile="config",
+)
 def check_command(
     config: ConfigOption,
     output_dir: Annotated[
@@ -74,6 +82,7 @@ def check_command(
     bundle: BundleOption = None,
     bundle_pin: BundlePinOption = None,
     force: ForceOption = False,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose non-determinism against the running, verified server; write a repro pack.
@@ -117,4 +126,6 @@ def check_command(
         certificate = outcome.pack.certificate
         if certificate is not None:
             say(f"certificate: {outcome.certificate} (sha256 {certificate.sha256})")
+    report_text = (outcome.pack.directory / "report.txt").read_text(encoding="utf-8")
+    record_outcome(report_text.splitlines(), outcome.error())
     raise_verdict(outcome.error(), json_output=json_output)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
@@ -38,6 +39,12 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("validate")
+@junit_xml_report(
+    "config validate",
+    subject=lambda options: str(options["config"]),
+    inputs=("config",),
+    profile="config",
+)
 def config_validate(
     config: ConfigOption,
     allow_unpinned: Annotated[
@@ -47,6 +54,7 @@ def config_validate(
             help="Accept null pins (a profile waiting for lock-model / lock-image).",
         ),
     ] = False,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Validate a profile: one line per bad field (where, what was expected, what was found).
@@ -61,6 +69,8 @@ def config_validate(
     if not allow_unpinned:
         loaded.require_pins()
     missing = loaded.missing_pins()
+    state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
+    record_outcome([f"{config}: valid ({state})"], None)
     if json_output:
         emit_json(
             {
@@ -72,7 +82,6 @@ def config_validate(
             }
         )
     else:
-        state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
         result(f"{config}: valid ({state})")
 
 
@@ -238,6 +247,12 @@ def hash_command(
 
 
 @app.command("verify")
+@junit_xml_report(
+    "verify",
+    subject=lambda options: str(options["config"] or options["snapshot"]),
+    inputs=("config", "snapshot", "manifest", "model_signature", "public_key", "certificate_chain"),
+    profile="config",
+)
 def verify_command(
     config: OptionalConfigOption = None,
     snapshot: SnapshotOption = None,
@@ -249,6 +264,7 @@ def verify_command(
     model_signature: ModelSignatureOption = None,
     public_key: SignaturePublicKeyOption = None,
     certificate_chain: CertificateChainOption = None,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Verify every file of a snapshot against its manifest.
@@ -278,17 +294,18 @@ def verify_command(
             public_key=public_key,
             certificate_chain=certificate_chain or (),
         )
-    manifest_path = report.manifest
+    rate = report.throughput_bytes_per_s / 1e9
+    line = (
+        f"OK: {report.files} files, {report.bytes} bytes match {report.manifest} "
+        f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
+    )
+    record_outcome([line], None)
     if json_output:
         emit_json(report.as_json())
     else:
         if isinstance(report, SignedVerifyReport):
             _say_signature(report.signature)
-        rate = report.throughput_bytes_per_s / 1e9
-        result(
-            f"OK: {report.files} files, {report.bytes} bytes match {manifest_path} "
-            f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
-        )
+        result(line)
 
 
 # --- prompt bundles --------------------------------------------------------------------------
@@ -298,10 +315,18 @@ app.add_typer(prompts_app, name="prompts")
 
 
 @prompts_app.command("verify")
+@junit_xml_report(
+    "prompts verify",
+    subject=lambda options: str(
+        options["bundle"] or options["config"] or "artifacts/reference_prompts"
+    ),
+    inputs=("bundle", "bundle_pin", "config"),
+)
 def prompts_verify(
     config: OptionalConfigOption = None,
     bundle: BundleOption = None,
     bundle_pin: BundlePinOption = None,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check a prompt bundle against its pinned hash, then parse every prompt.
@@ -320,6 +345,16 @@ def prompts_verify(
 
     loaded_bundle = api.load_prompts(bundle, bundle_pin, config=config)
     tokenizer = loaded_bundle.info.tokenizer
+    line = (
+        f"OK: {loaded_bundle.path}: {len(loaded_bundle.prompts)} prompts, "
+        f"bundle sha256 {loaded_bundle.sha256}"
+        + (
+            f"; measured on {tokenizer.model_id} at {tokenizer.model_revision}, the profile's model"
+            if config is not None
+            else ""
+        )
+    )
+    record_outcome([line], None)
     if json_output:
         emit_json(
             {
@@ -332,16 +367,7 @@ def prompts_verify(
             }
         )
     else:
-        result(
-            f"OK: {loaded_bundle.path}: {len(loaded_bundle.prompts)} prompts, "
-            f"bundle sha256 {loaded_bundle.sha256}"
-            + (
-                f"; measured on {tokenizer.model_id} at {tokenizer.model_revision}, the "
-                "profile's model"
-                if config is not None
-                else ""
-            )
-        )
+        result(line)
 
 
 @prompts_app.command("bootstrap")
