@@ -861,7 +861,7 @@ def replay(
 
     A signed claim: ``claim`` is its DSSE envelope, ``public_key`` the signer's key and
     ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
-    :class:`~detserve.attest.SignatureError`, exit 1, before anything else is read), then the
+    :class:`~detserve.envelope.SignatureError`, exit 1, before anything else is read), then the
     subject's sha256 against ``run_log``, then the pins as above.
     """
     from detserve.replay_plan import plan_replay
