@@ -37,7 +37,6 @@ API_NAMES: Final = (
     "lock_image",
     "lock_model",
     "logs",
-    "read_certificate",
     "replay",
     "replay_fleet",
     "replay_transcript",
@@ -52,6 +51,7 @@ API_NAMES: Final = (
     "stop",
     "validate_transcripts",
     "verify",
+    "verify_certificate",
     "wait",
     "write_json_report",
 )
