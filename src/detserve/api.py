@@ -1238,12 +1238,13 @@ def check(
     key_files = (Path(signing_key),) if signing_key is not None else ()
     inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files, *key_files)
     check_pack_outputs(directory, force=force, inputs=inputs)
+    # Before anything else can fail: no earlier certificate outlives a check that does not pass.
+    clear_certificate(directory)
     signer = None
     if signing_key is not None:
         from detserve.keys import load_signer
 
         signer = load_signer(Path(signing_key))  # a key that cannot sign refuses before any work
-    clear_certificate(directory)
     plan = CheckPlan(
         tier=tier,  # type: ignore[arg-type]  # checked above
         runs=runs,

@@ -40,7 +40,7 @@ from detserve.envelope import SignatureError, parse_envelope
 from detserve.errors import DetserveError, Divergence, UsageError
 from detserve.fingerprint import ContainerFacts, EngineVersion
 from detserve.inflight import Timed, max_overlap, run_in_flight
-from detserve.keys import generate_key_pair, load_public_key, load_signer
+from detserve.keys import AttestationKeyError, generate_key_pair, load_public_key, load_signer
 from detserve.profile import LoadedProfile
 from detserve.prompts import load_bundle
 from detserve.runlog import read_run_log
@@ -710,6 +710,15 @@ def test_an_interrupted_check_leaves_no_certificate(varying: Rig) -> None:
         run_check(
             varying, "same", signing_key=_keys(varying).private, force=True, on_pass=interrupt
         )
+    assert not certificate.exists()
+
+
+def test_a_check_refused_for_its_key_leaves_no_certificate(varying: Rig) -> None:
+    certificate = _certify(varying, "same")
+    key = _keys(varying).private
+    key.chmod(0o644)
+    with pytest.raises(AttestationKeyError, match="readable by others"):
+        run_check(varying, "same", signing_key=key, force=True)
     assert not certificate.exists()
 
 
