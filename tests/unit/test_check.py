@@ -793,6 +793,11 @@ def test_cli_check_exits_1_on_batch_variance_and_0_on_a_pass(
     assert passed.code == 0, passed.text
     assert "PASS at tier 1" in passed.out
     assert "certificate:" in passed.err
+    assert "is UNSIGNED: sample and serve refuse it for --concurrency above 1" in passed.err
+    key = _keys(varying).private
+    signed = cli(*args, "--output-dir", varying.out / "signed", "--signing-key", key)
+    assert signed.code == 0, signed.text
+    assert f"signed by key {load_public_key(_keys(varying).public).keyid}" in signed.err
     _fake(varying).mode = "batch"
     failed = cli(*args, "--output-dir", varying.out / "bad")
     assert failed.code == 1, failed.text
