@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from detserve.api import lock_model as lock_model
     from detserve.api import logs as logs
     from detserve.api import plan_download as plan_download
-    from detserve.api import read_certificate as read_certificate
     from detserve.api import replay as replay
     from detserve.api import replay_fleet as replay_fleet
     from detserve.api import replay_transcript as replay_transcript
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
     from detserve.api import stop as stop
     from detserve.api import validate_transcripts as validate_transcripts
     from detserve.api import verify as verify
+    from detserve.api import verify_certificate as verify_certificate
     from detserve.api import wait as wait
     from detserve.api import write_json_report as write_json_report
     from detserve.errors import DetserveError as DetserveError

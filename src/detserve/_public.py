@@ -39,7 +39,6 @@ API_NAMES: Final = (
     "lock_model",
     "logs",
     "plan_download",
-    "read_certificate",
     "replay",
     "replay_fleet",
     "replay_transcript",
@@ -54,6 +53,7 @@ API_NAMES: Final = (
     "stop",
     "validate_transcripts",
     "verify",
+    "verify_certificate",
     "wait",
     "write_json_report",
 )

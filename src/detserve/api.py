@@ -35,7 +35,7 @@ from detserve.fileio import check_output_dir, check_outputs
 
 if TYPE_CHECKING:
     from detserve.attest import AttestedClaim
-    from detserve.diagnosis.certificate import Certificate
+    from detserve.certificate import VerifiedCertificate
     from detserve.diagnosis.check import CheckResult
     from detserve.diagnosis.measure import PassKey
     from detserve.diagnosis.repropack import ReproPack
@@ -813,6 +813,7 @@ def sample(
     force: bool = False,
     concurrency: int = 1,
     certificate: Path | str | None = None,
+    certificate_key: Path | str | None = None,
     audit: float = 0.0,
     audit_seed: int = 0,
     observer: SamplingObserver | None = None,
@@ -825,10 +826,12 @@ def sample(
     the profile's model (``bundle`` and ``bundle_pin``, by default the profile's ``prompts``;
     see :func:`load_prompts`), the container bound to the pins, greedy with the profile's seed,
     one request in flight, unless ``certificate`` (a :func:`check`'s ``certificate.json`` for
-    these very pins and parameters) covers ``concurrency``; the log is then the same bytes as at
-    concurrency 1. ``audit`` re-samples that fraction of the prompts one at a time afterwards
-    (seeded by ``audit_seed``) and fails the run on any difference. Any failure, Ctrl-C
-    included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256 is the claim.
+    these very pins and parameters, signed by the private key of ``certificate_key`` and
+    supported by its trace: :func:`verify_certificate`) covers ``concurrency``; the log is then
+    the same bytes as at concurrency 1. ``audit`` re-samples that fraction of the prompts one at
+    a time afterwards (seeded by ``audit_seed``) and fails the run on any difference. Any
+    failure, Ctrl-C included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256
+    is the claim.
     """
     from detserve.sampling import SampleRequest, check_request
 
@@ -844,6 +847,7 @@ def sample(
         force=force,
         concurrency=concurrency,
         certificate=Path(certificate) if certificate is not None else None,
+        certificate_key=Path(certificate_key) if certificate_key is not None else None,
         audit_fraction=audit,
         audit_seed=audit_seed,
     )
@@ -1047,7 +1051,7 @@ def replay(
 
     A signed claim: ``claim`` is its DSSE envelope, ``public_key`` the signer's key and
     ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
-    :class:`~detserve.attest.SignatureError`, exit 1, before anything else is read), then the
+    :class:`~detserve.envelope.SignatureError`, exit 1, before anything else is read), then the
     subject's sha256 against ``run_log``, then the pins as above.
     """
     from detserve.replay_plan import plan_replay
@@ -1127,6 +1131,7 @@ def build_gateway(
     api_key: str | None = None,
     concurrency: int = 1,
     certificate: Path | str | None = None,
+    certificate_key: Path | str | None = None,
     queue_size: int = 32,
     reverify_interval_s: float = 300.0,
     identity_interval_s: float = 2.0,
@@ -1141,20 +1146,22 @@ def build_gateway(
     segment that does not validate raises :class:`~detserve.errors.RunLogError` (exit 2), a
     broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment.
 
-    Above one request in flight only with a ``certificate`` covering these pins and that level.
+    Above one request in flight only with a ``certificate`` covering these pins and that level,
+    verified with the public key ``certificate_key`` (:func:`verify_certificate`).
     """
+    from detserve.certificate import check_certificate_options, verify_certificate
     from detserve.gateway.app import Gateway, GatewaySettings
     from detserve.gateway.transcript import index_earlier
     from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
 
     if concurrency < 1 or queue_size < 0:
         raise UsageError("--concurrency must be at least 1 and --queue-size at least 0")
-    if concurrency > 1 and certificate is None:
-        raise UsageError(
-            f"--concurrency {concurrency} is refused: the gateway sends one request at a time "
-            "unless a concurrency certificate measured for these pins covers more",
-            hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
-        )
+    check_certificate_options(
+        concurrency,
+        certificate,
+        certificate_key,
+        sequential="the gateway sends one request at a time",
+    )
     if reverify_interval_s <= 0 or identity_interval_s <= 0:
         raise UsageError("re-verification intervals must be positive")
     if rotate_exchanges is not None and rotate_exchanges < 1:
@@ -1163,10 +1170,14 @@ def build_gateway(
     loaded.require_pins()
     # the earlier runs' segments are input: checked before anything is verified or served
     earlier = index_earlier(Path(transcript_dir))
+    # signature and trace before the engine is asked; the pins it covers after
+    checked = None
+    if certificate is not None and certificate_key is not None:
+        checked = verify_certificate(Path(certificate), Path(certificate_key))
     engine = _engine(engine)
     verified = verify_for_serving(loaded, engine)
-    if certificate is not None:
-        require_gateway_coverage(Path(certificate), verified, concurrency)
+    if checked is not None:
+        require_gateway_coverage(checked, verified, concurrency)
     settings = GatewaySettings(
         transcript_dir=Path(transcript_dir),
         api_key=api_key,
@@ -1203,6 +1214,7 @@ def serve(
     secrets_file: Path | str | None = None,
     concurrency: int = 1,
     certificate: Path | str | None = None,
+    certificate_key: Path | str | None = None,
     queue_size: int = 32,
     reverify_interval_s: float = 300.0,
     rotate_exchanges: int | None = None,
@@ -1225,6 +1237,7 @@ def serve(
         api_key=api_key,
         concurrency=concurrency,
         certificate=certificate,
+        certificate_key=certificate_key,
         queue_size=queue_size,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
@@ -1350,6 +1363,7 @@ class CheckOutcome:
             "certificate_sha256": (
                 self.pack.certificate.sha256 if self.pack.certificate is not None else None
             ),
+            "certificate_signed_by": self.pack.signed_by,
             "report": self.pack.report,
         }
 
@@ -1369,6 +1383,7 @@ def check(
     bundle: Path | str | None = None,
     bundle_pin: Path | str | None = None,
     force: bool = False,
+    signing_key: Path | str | None = None,
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
     probe: FingerprintEngine | None = None,
@@ -1381,7 +1396,10 @@ def check(
     the pack and promises nothing; 1 requires identical tokens; 2 identical logprobs too, bit for
     bit (``logprobs`` defaults to 1 there). The verdict is PASS, RUN_VARIANCE, BATCH_VARIANCE,
     LOGPROB_VARIANCE, LOGPROBS_UNAVAILABLE or ENV_CHANGED. A PASS at tier 1 or 2 writes
-    ``certificate.json``, which :func:`sample` accepts for ``concurrency`` above 1.
+    ``certificate.json``, signed with the private key ``signing_key`` when given: :func:`sample`
+    and :func:`serve` accept a signed one for ``concurrency`` above 1, verified with the public
+    key their caller names; an unsigned one is refused there. A certificate already in
+    ``output_dir`` is removed before the check runs: one that fails or is interrupted leaves none.
 
     The same pre-flight as :func:`sample` (pins, snapshot, the bundle (by default the profile's)
     and its model, the bound container, the served model); with the default engine the
@@ -1391,7 +1409,11 @@ def check(
     """
     from detserve.diagnosis.check import run_check
     from detserve.diagnosis.measure import CheckPlan, levels_with_baseline
-    from detserve.diagnosis.repropack import check_pack_outputs, write_repro_pack
+    from detserve.diagnosis.repropack import (
+        check_pack_outputs,
+        clear_certificate,
+        write_repro_pack,
+    )
 
     if tier not in (0, 1, 2):
         raise UsageError(f"--tier {tier}: expected 0, 1 or 2")
@@ -1401,8 +1423,16 @@ def check(
     loaded.require_pins()
     prompts = _profile_prompts(loaded, bundle, bundle_pin)
     directory = Path(output_dir)
-    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
+    key_files = (Path(signing_key),) if signing_key is not None else ()
+    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files, *key_files)
     check_pack_outputs(directory, force=force, inputs=inputs)
+    # Before anything else can fail: no earlier certificate outlives a check that does not pass.
+    clear_certificate(directory)
+    signer = None
+    if signing_key is not None:
+        from detserve.keys import load_signer
+
+        signer = load_signer(Path(signing_key))  # a key that cannot sign refuses before any work
     plan = CheckPlan(
         tier=tier,  # type: ignore[arg-type]  # checked above
         runs=runs,
@@ -1419,15 +1449,18 @@ def check(
         docker_probe = DockerProbe.from_env()
         engine, probe = docker_probe.engine, probe or docker_probe
     result = run_check(loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass)
-    pack = write_repro_pack(loaded, result, directory, force=force)
+    pack = write_repro_pack(loaded, result, directory, force=force, signer=signer)
     return CheckOutcome(result=result, pack=pack)
 
 
-def read_certificate(path: Path | str) -> Certificate:
-    """A concurrency certificate, validated (exit 2 when it is not one)."""
-    from detserve.diagnosis.certificate import read_certificate as read_core
+def verify_certificate(path: Path | str, public_key: Path | str) -> VerifiedCertificate:
+    """A concurrency certificate verified with ``public_key``: its signature (exit 1 when
+    unsigned or signed by another key), its payload (exit 2 when not a certificate), and the
+    trace it names, whose sha256 must be the certificate's and whose header and tokens must
+    support every claim, the verdict computed again (exit 1 otherwise)."""
+    from detserve.certificate import verify_certificate as verify_core
 
-    return read_core(Path(path))
+    return verify_core(Path(path), Path(public_key))
 
 
 def _replay_node(

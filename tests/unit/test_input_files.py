@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from detserve import fileio
-from detserve.diagnosis.certificate import MAX_CERTIFICATE_BYTES
+from detserve.certificate import MAX_CERTIFICATE_BYTES
 from detserve.errors import EXIT_INPUT
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace, sha256_hex
@@ -273,10 +273,54 @@ INPUTS: list[tuple[str, Args, int]] = [
     (
         "sample --certificate",
         lambda w: (
-            [*_sample(w, w.ws.config, BUNDLE_PIN), "--concurrency", "4", "--certificate", w.bad],
+            [
+                *_sample(w, w.ws.config, BUNDLE_PIN),
+                "--concurrency",
+                "4",
+                "--certificate",
+                w.bad,
+                "--certificate-key",
+                _keys(w)[1],
+            ],
             w.bad,
         ),
         MAX_CERTIFICATE_BYTES,
+    ),
+    (
+        "sample --certificate-key",
+        lambda w: (
+            [
+                *_sample(w, w.ws.config, BUNDLE_PIN),
+                "--concurrency",
+                "4",
+                "--certificate",
+                w.tmp / "certificate.json",
+                "--certificate-key",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        4 * 1024 * 1024,
+    ),
+    (
+        "check --signing-key",
+        lambda w: (
+            [
+                "check",
+                "--config",
+                w.ws.config,
+                "--bundle",
+                BUNDLE_DIR,
+                "--bundle-pin",
+                BUNDLE_PIN,
+                "--output-dir",
+                w.tmp / "check",
+                "--signing-key",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        4 * 1024 * 1024,
     ),
     (
         "replay --bundle-pin",
@@ -440,7 +484,8 @@ def test_every_input_option_is_in_the_table() -> None:
     file_options = {"--config", "--manifest", "--bundle-pin", "--claim", "--run-a", "--run-b",
                     "--run", "--dataset-file", "--secrets-file", "--key", "--run-log",
                     "--sidecar", "--environment", "--public-key", "--envelope",
-                    "--certificate", "--model-signature", "--certificate-chain"}  # fmt: skip
+                    "--certificate", "--certificate-key", "--signing-key",
+                    "--model-signature", "--certificate-chain"}  # fmt: skip
     covered = {option for name, *_ in INPUTS for option in name.split() if option.startswith("--")}
     assert file_options <= covered
 

@@ -53,6 +53,7 @@ app.callback()(_root)
 # `verify` runs before every run, and its start-up counts in what verification costs.
 _COMMAND_MODULES = (
     "commands_trust",
+    "commands_prompts",
     "commands_locks",
     "commands_download",
     "commands_runs",

@@ -50,7 +50,16 @@ def serve_command(
         typer.Option(
             "--certificate",
             dir_okay=False,
-            help="A concurrency certificate (`detserve check`) for these pins and that level.",
+            help="A signed concurrency certificate (`detserve check --signing-key`) for these pins "
+            "and that level; its trace.jsonl must lie beside it.",
+        ),
+    ] = None,
+    certificate_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate-key",
+            dir_okay=False,
+            help="The public key (PEM) the certificate must be signed with.",
         ),
     ] = None,
     queue_size: Annotated[
@@ -78,7 +87,10 @@ def serve_command(
     /health and /v1/provenance/ID. Requests are admitted strictly (greedy, the profile's seed,
     no chat-template override; anything else is a 400 naming the field); every answer carries
     its provenance (X-Detserve-* headers and a `detserve` field) and is recorded in a transcript
-    before it is given. Stop it with Ctrl-C; the transcript is then closed. Examples:
+    before it is given. More than one request in flight (--concurrency N) needs --certificate
+    FILE --certificate-key PUB: a certificate signed with that key, supported by the trace
+    beside it and covering these pins and N. Stop it with Ctrl-C; the transcript is then
+    closed. Examples:
 
         detserve serve --config configs/tiny-cpu.local.json --transcript-dir runs/gateway
         detserve serve --config configs/tiny-cpu.local.json --transcript-dir runs/gateway \\
@@ -94,6 +106,7 @@ def serve_command(
         secrets_file=secrets_file,
         concurrency=concurrency,
         certificate=certificate,
+        certificate_key=certificate_key,
         queue_size=queue_size,
         reverify_interval_s=reverify_interval,
         rotate_exchanges=rotate_exchanges,

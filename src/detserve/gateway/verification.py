@@ -10,7 +10,8 @@ first failure is sticky: the gateway answers 503 with its reason from then on, b
 from another server or snapshot are not the claim its transcript makes.
 
 Above one request in flight the gateway needs a concurrency certificate
-(:mod:`detserve.diagnosis.certificate`) for these engine pins, this seed and that level
+(:mod:`detserve.certificate`), signed and verified with the public key the operator names and
+supported by its trace, for these engine pins, this seed and that level
 (:func:`require_gateway_coverage`). A certificate was measured on a prompt bundle's prompts with
 its ``max_tokens``; the gateway extends it to client requests, which is weaker than what
 ``sample`` requires, and says so in its docstring and the README: replaying the transcript (at
@@ -22,9 +23,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from detserve.diagnosis.certificate import CertificateMismatch, read_certificate
+from detserve.certificate import CertificateMismatch, VerifiedCertificate
 from detserve.errors import DetserveError, PinMismatch
 from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
@@ -107,10 +107,12 @@ def _direct_url(loaded: LoadedProfile, container: ContainerInfo, version: str) -
     return url
 
 
-def require_gateway_coverage(certificate_path: Path, verified: Verified, concurrency: int) -> str:
-    """Refuse unless the certificate covers these engine pins, this seed and ``concurrency``;
-    return its sha256."""
-    certificate = read_certificate(certificate_path)
+def require_gateway_coverage(
+    checked: VerifiedCertificate, verified: Verified, concurrency: int
+) -> None:
+    """Refuse unless the verified certificate (:func:`~detserve.certificate.verify_certificate`)
+    covers these engine pins, this seed and ``concurrency``."""
+    certificate = checked.certificate
     theirs = certificate.pins.model_dump(mode="json")
     ours = verified.pins.model_dump(mode="json")
     lines = [
@@ -130,7 +132,6 @@ def require_gateway_coverage(certificate_path: Path, verified: Verified, concurr
             details=sorted(lines),
             hint="run `detserve check` for these pins to measure a certificate",
         )
-    return certificate.sha256
 
 
 def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
