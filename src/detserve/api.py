@@ -945,6 +945,7 @@ def build_gateway(
     reverify_interval_s: float = 300.0,
     identity_interval_s: float = 2.0,
     rotate_exchanges: int | None = None,
+    allowed_hosts: Sequence[str] = (),
     engine: ContainerEngine | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
@@ -953,11 +954,16 @@ def build_gateway(
     The segments already in ``transcript_dir`` (earlier gateway runs) are read and checked
     completely first, and their exchanges indexed, so that their provenance ids resolve: a
     segment that does not validate raises :class:`~detserve.errors.RunLogError` (exit 2), a
-    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment.
+    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment; an
+    empty segment file is skipped (``gateway.transcript.earlier.ignored``). A ``transcript_dir``
+    others may enter is refused (exit 2); a new one is made ``0700``.
 
     Above one request in flight only with a ``certificate`` covering these pins and that level.
+    The application answers only the ``Host`` values of its bind (``gateway.allow_hosts(host,
+    port)``, which :class:`~detserve.gateway.server.GatewayServer` calls) and ``allowed_hosts``.
     """
     from detserve.gateway.app import Gateway, GatewaySettings
+    from detserve.gateway.guards import checked_hosts
     from detserve.gateway.transcript import index_earlier
     from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
 
@@ -973,6 +979,7 @@ def build_gateway(
         raise UsageError("re-verification intervals must be positive")
     if rotate_exchanges is not None and rotate_exchanges < 1:
         raise UsageError("--rotate-exchanges must be at least 1")
+    hosts = checked_hosts(allowed_hosts)
     loaded = load_profile(config)
     loaded.require_pins()
     # the earlier runs' segments are input: checked before anything is verified or served
@@ -989,6 +996,7 @@ def build_gateway(
         identity_interval_s=identity_interval_s,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=hosts,
     )
     return Gateway(verified, engine, settings, earlier=earlier)
 
@@ -1020,14 +1028,18 @@ def serve(
     queue_size: int = 32,
     reverify_interval_s: float = 300.0,
     rotate_exchanges: int | None = None,
+    allowed_hosts: Sequence[str] = (),
     on_ready: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
 
     Binds loopback by default; another address only with an API key (``DETSERVE_API_KEY`` in
-    ``secrets_file``). Every answer is recorded in a transcript under ``transcript_dir`` before
-    it is given; ``on_ready`` is called with the gateway's URL once its socket listens.
+    ``secrets_file``). Answers the ``Host`` values of its bind and ``allowed_hosts``; a request
+    from a web page of another origin is refused. Every answer is recorded in a transcript under
+    ``transcript_dir`` before it is given; ``on_ready`` is called with the gateway's URL once its
+    socket listens, ``on_warning`` with what was skipped at start (an empty segment file).
     """
     from detserve.gateway.server import GatewayServer, api_key_from, check_bind
 
@@ -1042,8 +1054,15 @@ def serve(
         queue_size=queue_size,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=allowed_hosts,
         engine=engine,
     )
+    for ignored in gateway.transcript.earlier.ignored:
+        if on_warning is not None:
+            on_warning(
+                f"ignored {ignored}: an empty segment file (its header was never written, as "
+                "when the disk was full at a rotation); it claims nothing"
+            )
     try:
         server = GatewayServer(gateway, host, port)
     except BaseException:
