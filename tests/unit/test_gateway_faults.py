@@ -310,3 +310,29 @@ def test_a_transcript_directory_others_may_enter_is_refused(
     assert ran.code == 2, ran
     assert f"chmod 700 {fixture.transcripts}" in ran.err
     assert list(fixture.transcripts.iterdir()) == []
+
+
+def test_a_client_that_stops_reading_a_stream_is_dropped_and_frees_its_slot(
+    rig: GatewayRig, fake: StreamingFakeVllm
+) -> None:
+    """A client that reads nothing holds the engine's one slot for as long as it likes, unless
+    a write that waits too long drops it."""
+    rig.gateway.relay.send_timeout_s = 0.5
+    fake.pieces = ["x" * 65536] * 48  # 3 MiB: more than the sockets between hold
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", rig.server.port))
+        body = json.dumps(BODY | {"max_tokens": 48, "stream": True}).encode()
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (rig.server.port, len(body), body)
+        )
+        sock.recv(1024)  # the answer starts; then the client reads nothing more
+        eventually(lambda: rig.gateway.slots.in_flight == 0)
+    fake.pieces = None
+    assert post(rig).status_code == 200
+    assert health(rig).status_code == 200  # a client's doing, not the gateway's state
+    rig.stop()
+    stalled, _ = read_exchanges(only_segment(rig))
+    assert (stalled.incomplete, stalled.delivery) == ("client_stalled", "partial")

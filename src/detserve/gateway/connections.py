@@ -74,9 +74,11 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
-        #: waiting for a request's headers (not serving one), since when, and bytes so far
+        #: waiting for a request (not serving one), and since when
         self._waiting = False
         self._waiting_since = 0.0
+        #: a request's line has begun and its headers have not ended; their bytes so far
+        self._in_headers = False
         self._header_bytes = 0
 
     # --- the connection's life ----------------------------------------------------------------
@@ -95,7 +97,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         self._waiting = True
         self._waiting_since = time.monotonic()
-        self._header_bytes = 0
         self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._too_slow)
 
     def _cancel_deadline(self) -> None:
@@ -123,14 +124,14 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, message: str) -> None:
         self._cancel_deadline()
-        self._waiting = False
+        self._waiting = self._in_headers = False
         answer_and_close(self.transport, status, message)
 
     def _too_slow(self) -> None:
         self._deadline = None
         if not self._waiting or self.transport.is_closing():
             return
-        if self._header_bytes:
+        if self._in_headers:
             self._refuse(
                 408,
                 f"the request's headers did not arrive within {self.limits.header_timeout_s:g} s",
@@ -142,20 +143,25 @@ class GuardedProtocol(HttpToolsProtocol):
     # --- uvicorn's parser and cycle -----------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._waiting:
-            self._header_bytes += len(data)
         super().data_received(data)
-        if (
-            self._waiting
-            and self._header_bytes > self.limits.max_header_bytes
-            and not self.transport.is_closing()
-        ):
-            self._refuse(
-                431, f"the request's line and headers exceed {self.limits.max_header_bytes} bytes"
-            )
+        # Counted once a request has begun (what follows an answer may still be the body of
+        # the request answered), the whole chunk: a line and headers of 64 KiB need no more.
+        if self._in_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._refuse(
+                    431,
+                    f"the request's line and headers exceed {self.limits.max_header_bytes} bytes",
+                )
+
+    def on_message_begin(self) -> None:
+        self._in_headers = True
+        self._header_bytes = 0
+        super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._waiting = False
+        self._in_headers = False
         self._cancel_deadline()
         super().on_headers_complete()
 
@@ -167,7 +173,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self._cancel_deadline()
-        self._waiting = False
+        self._waiting = self._in_headers = False
         answer_and_close(self.transport, 400, f"not an HTTP request the gateway reads: {msg}")
 
 
