@@ -6,10 +6,11 @@
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli``, ``runtime``, ``concurrency`` and ``gateway`` run one benchmark
-(``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``,
-``bench_concurrency.py``, ``bench_gateway.py``) with that script's options, as the script
-itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli``, ``runtime``, ``concurrency``, ``gateway`` and ``gateway-hostile``
+run one benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``,
+``bench_concurrency.py``, ``bench_gateway.py``, ``bench_gateway_hostile.py``) with that script's
+options, as the script itself would; it writes its own record to
+``benchmarks/results/<script>-<timestamp>.json``.
 
 ``all`` runs the four in that order (runtime last: it starts containers, and the CPU it takes
 must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args``,
@@ -36,6 +37,7 @@ import bench_cli
 import bench_concurrency
 import bench_eval
 import bench_gateway
+import bench_gateway_hostile
 import bench_hash
 import bench_runtime
 from benchlib import (
@@ -60,6 +62,7 @@ PARTS: dict[str, Benchmark] = {
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
     "gateway": bench_gateway.BENCHMARK,
+    "gateway-hostile": bench_gateway_hostile.BENCHMARK,
 }
 
 
@@ -98,7 +101,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def run_all(args: argparse.Namespace) -> int:
     # Every part's options are checked before anything runs: a typo in the last part's options
     # must not surface after the first part has run for minutes.
-    options = {name: shlex.split(getattr(args, f"{name}_args")) for name in PARTS}
+    options = {name: shlex.split(getattr(args, f"{name.replace('-', '_')}_args")) for name in PARTS}
     parsed = {
         name: benchmark.parse(options[name], prog=f"bench.py all --{name}-args")
         for name, benchmark in PARTS.items()
