@@ -219,7 +219,7 @@ class Gateway:
     def _engine_trouble(self) -> None:
         # An engine that fails a request may be gone: look now, not at the next tick.
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().run_in_executor(None, self.monitor.check_identity)
+            asyncio.get_running_loop().run_in_executor(None, self.monitor.recheck_identity)
 
     async def _internal_error(self, _request: Request, exc: Exception) -> Response:
         if not isinstance(exc, ClientStalled):  # a client's doing, not the gateway's state

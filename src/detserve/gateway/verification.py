@@ -194,6 +194,18 @@ class HealthMonitor:
             self._doubts += 1
             self._full_check_due = self._full_check_due or full
 
+    def recheck_identity(self) -> None:
+        """Check the container now (the engine failed a request: it may be gone); an unexpected
+        exception is logged and becomes a doubt, never raised."""
+        try:
+            self.check_identity()
+        except Exception as exc:  # noqa: BLE001 - it runs unobserved, in an executor
+            _log.exception("the gateway's identity check failed unexpectedly")
+            self.doubt(
+                f"the identity check failed unexpectedly ({type(exc).__name__}); it is run again",
+                full=True,
+            )
+
     def watch_tick(self) -> None:
         """One tick of the watcher: :meth:`tick`, with a doubt's re-check; an unexpected
         exception is logged and becomes a doubt, never raised."""
