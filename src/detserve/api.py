@@ -1097,14 +1097,16 @@ def replay_transcript(
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
 ) -> TranscriptReplayResult:
-    """Re-send every exchange of a gateway transcript (one closed segment) under your own pinned
+    """Re-send every exchange of a gateway transcript (one segment) under your own pinned
     profile, and compare, in one step.
 
     The claim is validated and its pins compared with the profile's before anything starts
     (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run
     (start, wait with verification, smoke), every exchange is sent again, one at a time, into
     ``output_dir/replay.transcript.jsonl``, and the two are compared into
-    ``output_dir/report.json``. Returns the result whatever the verdict.
+    ``output_dir/report.json``. Returns the result whatever the verdict: INCOMPLETE (ok) when
+    exchanges that ended early repeat their recorded start, CUT (not ok) for a segment cut by a
+    crash, replayed up to its last whole line.
     """
     from detserve.gateway.replay import plan_transcript_replay
     from detserve.gateway.replay import replay_transcript as replay_core

@@ -164,6 +164,22 @@ def test_the_health_watcher_survives_a_failing_check(
     assert not rig.gateway.watcher.done()
 
 
+def test_an_engine_failure_s_identity_check_cannot_fail_unobserved(
+    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It runs in an executor nobody awaits: an exception there would vanish."""
+
+    def broken(_container_id: str) -> Any:
+        raise ConnectionError("the Docker SDK, unconverted")
+
+    monkeypatch.setattr(rig.engine, "inspect", broken)
+    rig.gateway.monitor.recheck_identity()  # what the relay's engine trouble runs
+    assert health(rig).status_code == 503
+    assert "identity check failed unexpectedly (ConnectionError)" in health(rig).json()["reason"]
+    monkeypatch.undo()
+    eventually(lambda: health(rig).status_code == 200)
+
+
 def test_a_watcher_that_ends_turns_health_503(rig: GatewayRig) -> None:
     watcher = rig.gateway.watcher
     assert watcher is not None

@@ -399,3 +399,18 @@ def test_stalled_uploads_hold_places_and_never_more_than_the_queue(
             time.sleep(0.02)
         assert rig.gateway.slots.pending == 0  # the places came back with the clients gone
         assert post_as(rig, {}).status_code == 200
+
+
+def test_a_websocket_upgrade_is_an_ordinary_request(rig: GatewayRig) -> None:
+    """No route speaks WebSocket: uvicorn's WebSocket protocol is not offered at all (not even
+    once a WebSocket library is installed, as none is here)."""
+    assert rig.server.server.config.ws == "none"
+    status, _, document = exchange_raw(
+        rig,
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nConnection: close\r\n\r\n"
+        % rig.server.port,
+    )
+    assert status == 200
+    assert document["status"] == "ok"

@@ -103,6 +103,7 @@ class GatewayServer:
             # time is its latency (docs/performance.md, "The gateway against the bare server")
             loop="uvloop",
             http=guarded_protocol(limits or ConnectionLimits()),
+            ws="none",  # no route speaks WebSocket: an upgrade is an ordinary request
             # nothing here is behind a proxy it trusts: a client's X-Forwarded-* headers are
             # its own words, not its address or scheme
             proxy_headers=False,
