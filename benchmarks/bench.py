@@ -7,9 +7,10 @@ sampling.
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli``, ``download``, ``runtime``, ``concurrency`` and ``gateway`` run one
-benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``, ``bench_download.py``,
-``bench_runtime.py``, ``bench_concurrency.py``, ``bench_gateway.py``) with that script's
+``hash``, ``eval``, ``cli``, ``download``, ``runtime``, ``concurrency``, ``gateway`` and
+``gateway-hostile`` run one benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``,
+``bench_download.py``, ``bench_runtime.py``, ``bench_concurrency.py``, ``bench_gateway.py``,
+``bench_gateway_hostile.py``) with that script's
 options, as the script itself would; it writes its own record to
 ``benchmarks/results/<script>-<timestamp>.json``.
 
@@ -40,6 +41,7 @@ import bench_concurrency
 import bench_download
 import bench_eval
 import bench_gateway
+import bench_gateway_hostile
 import bench_hash
 import bench_runtime
 from benchlib import (
@@ -65,6 +67,7 @@ PARTS: dict[str, Benchmark] = {
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
     "gateway": bench_gateway.BENCHMARK,
+    "gateway-hostile": bench_gateway_hostile.BENCHMARK,
 }
 
 
@@ -103,7 +106,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def run_all(args: argparse.Namespace) -> int:
     # Every part's options are checked before anything runs: a typo in the last part's options
     # must not surface after the first part has run for minutes.
-    options = {name: shlex.split(getattr(args, f"{name}_args")) for name in PARTS}
+    options = {name: shlex.split(getattr(args, f"{name.replace('-', '_')}_args")) for name in PARTS}
     parsed = {
         name: benchmark.parse(options[name], prog=f"bench.py all --{name}-args")
         for name, benchmark in PARTS.items()

@@ -1136,6 +1136,7 @@ def build_gateway(
     reverify_interval_s: float = 300.0,
     identity_interval_s: float = 2.0,
     rotate_exchanges: int | None = None,
+    allowed_hosts: Sequence[str] = (),
     engine: ContainerEngine | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
@@ -1144,13 +1145,18 @@ def build_gateway(
     The segments already in ``transcript_dir`` (earlier gateway runs) are read and checked
     completely first, and their exchanges indexed, so that their provenance ids resolve: a
     segment that does not validate raises :class:`~detserve.errors.RunLogError` (exit 2), a
-    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment.
+    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment; an
+    empty segment file is skipped (``gateway.transcript.earlier.ignored``). A ``transcript_dir``
+    others may enter is refused (exit 2); a new one is made ``0700``.
 
     Above one request in flight only with a ``certificate`` covering these pins and that level,
     verified with the public key ``certificate_key`` (:func:`verify_certificate`).
+    The application answers only the ``Host`` values of its bind (``gateway.allow_hosts(host,
+    port)``, which :class:`~detserve.gateway.server.GatewayServer` calls) and ``allowed_hosts``.
     """
     from detserve.certificate import check_certificate_options, verify_certificate
     from detserve.gateway.app import Gateway, GatewaySettings
+    from detserve.gateway.guards import checked_hosts
     from detserve.gateway.transcript import index_earlier
     from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
 
@@ -1166,6 +1172,7 @@ def build_gateway(
         raise UsageError("re-verification intervals must be positive")
     if rotate_exchanges is not None and rotate_exchanges < 1:
         raise UsageError("--rotate-exchanges must be at least 1")
+    hosts = checked_hosts(allowed_hosts)
     loaded = load_profile(config)
     loaded.require_pins()
     # the earlier runs' segments are input: checked before anything is verified or served
@@ -1186,6 +1193,7 @@ def build_gateway(
         identity_interval_s=identity_interval_s,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=hosts,
     )
     return Gateway(verified, engine, settings, earlier=earlier)
 
@@ -1218,14 +1226,18 @@ def serve(
     queue_size: int = 32,
     reverify_interval_s: float = 300.0,
     rotate_exchanges: int | None = None,
+    allowed_hosts: Sequence[str] = (),
     on_ready: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
 
     Binds loopback by default; another address only with an API key (``DETSERVE_API_KEY`` in
-    ``secrets_file``). Every answer is recorded in a transcript under ``transcript_dir`` before
-    it is given; ``on_ready`` is called with the gateway's URL once its socket listens.
+    ``secrets_file``). Answers the ``Host`` values of its bind and ``allowed_hosts``; a request
+    from a web page of another origin is refused. Every answer is recorded in a transcript under
+    ``transcript_dir`` before it is given; ``on_ready`` is called with the gateway's URL once its
+    socket listens, ``on_warning`` with what was skipped at start (an empty segment file).
     """
     from detserve.gateway.server import GatewayServer, api_key_from, check_bind
 
@@ -1241,8 +1253,15 @@ def serve(
         queue_size=queue_size,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=allowed_hosts,
         engine=engine,
     )
+    for ignored in gateway.transcript.earlier.ignored:
+        if on_warning is not None:
+            on_warning(
+                f"ignored {ignored}: an empty segment file (its header was never written, as "
+                "when the disk was full at a rotation); it claims nothing"
+            )
     try:
         server = GatewayServer(gateway, host, port)
     except BaseException:
@@ -1277,14 +1296,16 @@ def replay_transcript(
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
 ) -> TranscriptReplayResult:
-    """Re-send every exchange of a gateway transcript (one closed segment) under your own pinned
+    """Re-send every exchange of a gateway transcript (one segment) under your own pinned
     profile, and compare, in one step.
 
     The claim is validated and its pins compared with the profile's before anything starts
     (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run
     (start, wait with verification, smoke), every exchange is sent again, one at a time, into
     ``output_dir/replay.transcript.jsonl``, and the two are compared into
-    ``output_dir/report.json``. Returns the result whatever the verdict.
+    ``output_dir/report.json``. Returns the result whatever the verdict: INCOMPLETE (ok) when
+    exchanges that ended early repeat their recorded start, CUT (not ok) for a segment cut by a
+    crash, replayed up to its last whole line.
     """
     from detserve.gateway.replay import plan_transcript_replay
     from detserve.gateway.replay import replay_transcript as replay_core

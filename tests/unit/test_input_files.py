@@ -162,8 +162,8 @@ def _signed(
     ]  # fmt: skip
 
 
-def _mkdir(directory: Path) -> Path:
-    directory.mkdir(exist_ok=True)
+def _mkdir(directory: Path, *, mode: int = 0o777) -> Path:
+    directory.mkdir(mode=mode, exist_ok=True)
     return directory
 
 
@@ -364,7 +364,7 @@ INPUTS: list[tuple[str, Args, int]] = [
         "serve --transcript-dir (a segment of an earlier run in it)",
         lambda w: (
             ["serve", "--config", w.ws.config, "--transcript-dir", w.tmp / "gateway"],
-            _mkdir(w.tmp / "gateway") / f"{'d' * 32}.000000.transcript.jsonl",
+            _mkdir(w.tmp / "gateway", mode=0o700) / f"{'d' * 32}.000000.transcript.jsonl",
         ),
         fileio.MAX_RUN_LOG_BYTES,
     ),
