@@ -38,7 +38,7 @@ from typing import Annotated, Final, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from detserve.canonical import canonical_bytes
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes
 from detserve.engine_policy import ENVIRONMENT_VARIABLES
 from detserve.errors import ContainerError, InputError
 from detserve.fileio import read_input
@@ -95,6 +95,8 @@ class _Model(BaseModel):
 
 
 Text = Annotated[str, Field(max_length=512)]
+#: A count: at most what RFC 8785 writes exactly, or the fingerprint could not be hashed.
+Count = Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
 
 
 class GpuInfo(_Model):
@@ -103,7 +105,7 @@ class GpuInfo(_Model):
     name: Text
     """The product name, e.g. ``NVIDIA H200``."""
 
-    memory_mib: Annotated[int, Field(ge=0)] | None
+    memory_mib: Count | None
     """Total memory in MiB, when reported."""
 
 
@@ -125,10 +127,10 @@ class HostFingerprint(_Model):
     cpu_flags: Annotated[tuple[Annotated[str, Field(max_length=64)], ...], Field(max_length=1024)]
     """The CPU's feature flags, sorted (AVX-512 or not changes CPU kernels)."""
 
-    cpu_count: Annotated[int, Field(ge=0)] | None
+    cpu_count: Count | None
     """Logical CPUs of the host."""
 
-    memory_bytes: Annotated[int, Field(ge=0)] | None
+    memory_bytes: Count | None
     """Total memory, from ``/proc/meminfo``."""
 
     gpus: Annotated[tuple[GpuInfo, ...], Field(max_length=1024)] | None
