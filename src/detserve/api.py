@@ -946,6 +946,7 @@ def build_gateway(
     identity_interval_s: float = 2.0,
     rotate_exchanges: int | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
     return the gateway's ASGI application object (``gateway.app``), its transcript opened.
@@ -977,7 +978,7 @@ def build_gateway(
     loaded.require_pins()
     # the earlier runs' segments are input: checked before anything is verified or served
     earlier = index_earlier(Path(transcript_dir))
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     verified = verify_for_serving(loaded, engine)
     if certificate is not None:
         require_gateway_coverage(Path(certificate), verified, concurrency)
@@ -1022,6 +1023,7 @@ def serve(
     rotate_exchanges: int | None = None,
     on_ready: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
 
@@ -1043,6 +1045,7 @@ def serve(
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
         engine=engine,
+        docker_host=docker_host,
     )
     try:
         server = GatewayServer(gateway, host, port)
@@ -1077,6 +1080,7 @@ def replay_transcript(
     force: bool = False,
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> TranscriptReplayResult:
     """Re-send every exchange of a gateway transcript (one closed segment) under your own pinned
     profile, and compare, in one step.
@@ -1103,7 +1107,7 @@ def replay_transcript(
     if force:
         replay_path.unlink(missing_ok=True)  # a transcript is never written over, only anew
     plan = plan_transcript_replay(claim, loaded)
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     stage(f"claim {claim}: a gateway transcript of {plan.n_exchanges} exchanges; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=stage)
     try:
@@ -1186,6 +1190,7 @@ def check(
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
     probe: FingerprintEngine | None = None,
+    docker_host: str | None = None,
 ) -> CheckOutcome:
     """Diagnose non-determinism against the running, verified container; write a repro pack.
 
@@ -1229,8 +1234,10 @@ def check(
     if engine is None:
         from detserve.runtime.probe import DockerProbe
 
-        docker_probe = DockerProbe.from_env()
+        docker_probe = DockerProbe.from_env(docker_host)
         engine, probe = docker_probe.engine, probe or docker_probe
+    elif docker_host is not None:
+        raise UsageError("give an engine or a docker_host, not both")
     result = run_check(loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass)
     pack = write_repro_pack(loaded, result, directory, force=force)
     return CheckOutcome(result=result, pack=pack)

@@ -31,6 +31,8 @@ ENGINE_COMMANDS = (
     "doctor",
     "lock-image",
     "fleet",
+    "check",
+    "serve",
 )
 
 

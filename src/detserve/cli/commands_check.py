@@ -13,6 +13,7 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    DockerHostOption,
     ForceOption,
     MaxTokensOption,
     NPromptsOption,
@@ -74,6 +75,7 @@ def check_command(
     bundle: BundleOption = DEFAULT_BUNDLE,
     bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
     force: ForceOption = False,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose non-determinism against the running, verified server; write a repro pack.
@@ -106,6 +108,7 @@ def check_command(
         bundle_pin=bundle_pin,
         force=force,
         on_pass=lambda key: say(f"pass {key.label()}"),
+        docker_host=docker_host,
     )
     if json_output:
         emit_json(outcome.as_json())

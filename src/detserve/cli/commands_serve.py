@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption
+from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say
 
 
@@ -69,6 +69,7 @@ def serve_command(
         int | None,
         typer.Option("--rotate-exchanges", min=1, help="Close a segment after N exchanges."),
     ] = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Serve a verified, OpenAI-compatible gateway in front of the pinned server.
@@ -98,6 +99,7 @@ def serve_command(
         reverify_interval_s=reverify_interval,
         rotate_exchanges=rotate_exchanges,
         on_ready=lambda url: say(f"gateway ready at {url} (Ctrl-C stops it)"),
+        docker_host=docker_host,
     )
     if json_output:
         emit_json(outcome.as_json())
