@@ -689,10 +689,21 @@ def validate_transcripts(
     """Validate every transcript segment of ``directory`` and the hash chain of each gateway
     run's series; raise :class:`~detserve.errors.ChainBroken` (exit 1) naming a segment missing,
     reordered, renamed or substituted, and :class:`~detserve.errors.RunLogError` (exit 2) for a
-    segment that does not validate. A cut last segment raises unless ``allow_cut``."""
+    segment that does not validate. A cut last segment raises unless ``allow_cut``. A directory
+    that holds no segment raises :class:`~detserve.errors.RunLogError` too: nothing was
+    validated, and that is no pass."""
+    from detserve.errors import RunLogError
     from detserve.runlog.series import validate_transcript_dir
+    from detserve.runlog.transcript import SUFFIX
 
-    return validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+    series = validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+    if not series:
+        raise RunLogError(
+            f"{directory}: no transcript segment (*{SUFFIX}) to validate",
+            hint="give a run log, a transcript segment, or a directory `detserve serve "
+            "--transcript-dir` wrote into",
+        )
+    return series
 
 
 def evaluate(
