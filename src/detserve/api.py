@@ -805,8 +805,9 @@ def explain(
     category (hardware, software version, numerics settings, model files, concurrency).
 
     ``sidecars`` are one per log in the comparison's order (for ``check_hash``: the log's, then
-    the published log's); each may be a sidecar or a ``detserve env`` fingerprint file. A
-    sidecar that names another run log is :class:`~detserve.errors.InputError` (exit 2).
+    the published log's), each naming that log's sha256: a sidecar of another run log, one
+    naming none and a bare ``detserve env`` fingerprint file (bound to no run) are
+    :class:`~detserve.errors.InputError` (exit 2).
     """
     from detserve.evaluation.explain import explain as explain_core
 
@@ -1330,7 +1331,11 @@ def _replay_node(
         detail=detail,
         run_log_sha256=replayed.summary.run_log_sha256,
         run_log=replayed.summary.run_log,
-        fingerprint=read_node_environment(replayed.summary.sidecar).fingerprint,
+        fingerprint=read_node_environment(
+            replayed.summary.sidecar,
+            run_log_sha256=replayed.summary.run_log_sha256,
+            log=str(replayed.summary.run_log),
+        ).fingerprint,
     )
 
 
