@@ -810,11 +810,13 @@ def explain(
     :class:`~detserve.errors.InputError` (exit 2).
     """
     from detserve.evaluation.explain import explain as explain_core
+    from detserve.evaluation.explain import report_logs
 
     paths = [Path(sidecar) for sidecar in sidecars]
     output = Path(report) if report is not None else None
     if output is not None:
-        check_outputs([output], force=force, inputs=paths)
+        # every file the report was made from is an input: the logs compared and the sidecars
+        check_outputs([output], force=force, inputs=[*report_logs(result), *paths])
     explained = explain_core(result, paths)
     if output is not None:
         write_json_report(output, explained.as_json(), force=force)
@@ -883,6 +885,9 @@ def replay(
     stage = on_stage or (lambda _message: None)
     claim = Path(claim)
     output_dir = Path(output_dir)
+    replay_log = output_dir / "replay.runlog.jsonl"
+    sidecar = output_dir / "replay.sidecar.json"
+    report_path = output_dir / "report.json"
     attested = None
     signed: tuple[Path, ...] = ()
     if public_key is not None or run_log is not None:
@@ -891,6 +896,14 @@ def replay(
                 "a signed claim needs both --public-key KEY and --run-log LOG (the log it signs)"
             )
         from detserve.attest import verify_claim
+
+        # The files named here, before the signature is checked (which reads nothing of the
+        # outputs): no output may be one of them; the profile's own files follow once read.
+        named: tuple[Path, ...] = (claim, Path(public_key), Path(run_log))
+        named += (Path(bundle_pin), Path(bundle))
+        named += (Path(config),) if isinstance(config, str | Path) else ()
+        check_output_dir(output_dir, force=True, inputs=named)
+        check_outputs((replay_log, sidecar, report_path), force=force, inputs=named)
 
         attested = verify_claim(claim, Path(public_key), Path(run_log))
         stage(f"envelope {claim}: signature and subject verified")
@@ -906,9 +919,6 @@ def replay(
         loaded.snapshot_dir,
         *prompts.files,
     )
-    replay_log = output_dir / "replay.runlog.jsonl"
-    sidecar = output_dir / "replay.sidecar.json"
-    report_path = output_dir / "report.json"
     # Before the claim is read and anything runs; the outputs are named, so a directory that
     # holds other files is fine.
     check_output_dir(output_dir, force=True, inputs=inputs)
@@ -988,6 +998,11 @@ def build_gateway(
         raise UsageError("--rotate-exchanges must be at least 1")
     loaded = load_profile(config)
     loaded.require_pins()
+    inputs: tuple[Path, ...] = (loaded.path, loaded.manifest_path, loaded.snapshot_dir)
+    if certificate is not None:
+        inputs += (Path(certificate),)
+    # where segments are written: not an input, nor inside one (earlier segments may be there)
+    check_output_dir(Path(transcript_dir), force=True, inputs=inputs)
     # the earlier runs' segments are input: checked before anything is verified or served
     earlier = index_earlier(Path(transcript_dir))
     engine = _engine(engine, docker_host)
@@ -1375,7 +1390,12 @@ def replay_fleet(
     for loaded in profiles.values():
         loaded.require_pins()
     report_path = output_dir / "fleet.json"
-    inputs = (claim, *(loaded.path for loaded in profiles.values()))
+    inputs = (
+        claim,
+        Path(bundle),
+        Path(bundle_pin),
+        *(path for loaded in profiles.values() for path in (loaded.path, loaded.manifest_path)),
+    )
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs([report_path], force=force, inputs=inputs)
     # an invalid claim is bad input before any node is asked anything

@@ -212,14 +212,25 @@ def prompts_within_budget(
 
 
 def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
-    """Refuse a request before any work: outputs, token budget, pins, concurrency."""
+    """Refuse a request before any work: outputs, token budget, pins, concurrency.
+
+    The outputs first, before any input is read: no output may be an input, the certificate
+    included (``--sidecar-output`` naming it with ``--force`` replaced it).
+    """
     loaded.require_pins()
-    certificate = _check_concurrency(request)
+    certificate_input = () if request.certificate is None else (request.certificate,)
     check_outputs(
         [request.run_log_output, request.sidecar_output],
         force=request.force,
-        inputs=(loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files),
+        inputs=(
+            loaded.path,
+            loaded.manifest_path,
+            loaded.snapshot_dir,
+            *bundle.files,
+            *certificate_input,
+        ),
     )
+    certificate = _check_concurrency(request)
     prompts = prompts_within_budget(loaded, bundle, request.n_prompts, request.max_tokens)
     if certificate is not None:
         # Everything but the pins, which need the server's version: checked before a request.

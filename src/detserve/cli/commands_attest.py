@@ -200,10 +200,10 @@ def env_command(
     from detserve.fingerprint import environment_fingerprint
     from detserve.runtime.probe import DockerProbe
 
-    if output is not None:
-        check_outputs([output], force=force, inputs=[config])
     loaded = load_profile(config)
     loaded.require_pins()
+    if output is not None:
+        check_outputs([output], force=force, inputs=[config, loaded.manifest_path])
     fingerprint = environment_fingerprint(
         loaded, DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
     )

@@ -168,6 +168,11 @@ def _logs(report: Report) -> list[tuple[Path | None, str]]:
     return [(log.path, log.sha256) for log in report.logs]
 
 
+def report_logs(report: Report) -> list[Path]:
+    """The run logs a report was made from (its inputs, never to be written over)."""
+    return [path for path, _ in _logs(report) if path is not None]
+
+
 def _pair(report: Report, sidecars: Sequence[Path]) -> tuple[NodeEnvironment, ...]:
     logs = _logs(report)
     if len(sidecars) != len(logs):
