@@ -863,6 +863,7 @@ def replay(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    claim_sha256: str | None = None,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
@@ -877,6 +878,11 @@ def replay(
     ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
     :class:`~detserve.attest.SignatureError`, exit 1, before anything else is read), then the
     subject's sha256 against ``run_log``, then the pins as above.
+
+    The claim is compared as the bytes that were verified: its sha256 when it was validated (the
+    signed subject's, or ``claim_sha256`` when given) must be what the comparison reads at the
+    end, and the replay's log must be what was sampled; a file swapped in between is
+    :class:`~detserve.errors.EvidenceChanged` (exit 1), never a verdict.
     """
     from detserve.replay_plan import plan_replay
     from detserve.runtime import lifecycle
@@ -923,7 +929,11 @@ def replay(
     # holds other files is fine.
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs((replay_log, sidecar, report_path), force=force, inputs=inputs)
-    plan = plan_replay(claim, loaded, prompts)
+    if attested is not None:
+        if claim_sha256 is not None and claim_sha256 != attested.run_log_sha256:
+            raise UsageError("claim_sha256 is not the signed run log's sha256")
+        claim_sha256 = attested.run_log_sha256
+    plan = plan_replay(claim, loaded, prompts, claim_sha256=claim_sha256)
     request = SampleRequest(
         n_prompts=plan.n_prompts,
         max_tokens=plan.max_tokens,
@@ -943,7 +953,10 @@ def replay(
             lifecycle.stop(loaded, engine=engine)
     from detserve.evaluation import evaluate as evaluate_core
 
-    report = evaluate_core(claim, summary.run_log)
+    # what was verified and what was sampled, not whatever the paths hold now
+    report = evaluate_core(
+        claim, summary.run_log, expected_sha256=(plan.claim_sha256, summary.run_log_sha256)
+    )
     write_json_report(report_path, report.as_json(), force=force)
     return ReplayResult(
         plan=plan, summary=summary, report=report, report_path=report_path, attested=attested
@@ -1279,6 +1292,7 @@ def read_certificate(path: Path | str) -> Certificate:
 
 def _replay_node(
     claim: Path,
+    claim_sha256: str,
     loaded: LoadedProfile,
     node: FleetNode,
     output_dir: Path,
@@ -1325,6 +1339,7 @@ def _replay_node(
             force=force,
             on_stage=stage,
             engine=engine,
+            claim_sha256=claim_sha256,
         )
     except NotAReplay as exc:
         detail = "; ".join([exc.message, *exc.details[:3]])
@@ -1374,7 +1389,8 @@ def replay_fleet(
     report says per node IDENTICAL, DIVERGENT, NOT A REPLAY or FAILED, with its run log's
     sha256 and how its environment fingerprint differs from the first agreeing node's, ranked
     by root-cause category. ``fleet.json`` in ``output_dir`` is the report. Returns it whatever
-    the verdict; ``report.error()`` is the error to raise when not every node agrees.
+    the verdict; ``report.error()`` is the error to raise when not every node agrees. Every node
+    requires the claim's bytes the fleet validated (``claim_sha256`` of :func:`replay`).
     """
     from detserve.fleet import check_nodes, parse_node, run_fleet
     from detserve.runlog import validate_run_log
@@ -1408,6 +1424,7 @@ def replay_fleet(
         parsed,
         lambda node: _replay_node(
             claim,
+            claim_sha256,
             profiles[node.label],
             node,
             output_dir,

@@ -49,6 +49,8 @@ class TranscriptPlan:
     claim: Path
     header: TranscriptHeader
     n_exchanges: int
+    #: the sha256 of the claim that was validated: the comparison must read these bytes
+    sha256: str
 
 
 def plan_transcript_replay(claim: Path, loaded: LoadedProfile) -> TranscriptPlan:
@@ -79,7 +81,9 @@ def plan_transcript_replay(claim: Path, loaded: LoadedProfile) -> TranscriptPlan
             details=differences,
             hint="replay with the claim's profile, manifest and image",
         )
-    return TranscriptPlan(claim=claim, header=header, n_exchanges=summary.n_exchanges)
+    return TranscriptPlan(
+        claim=claim, header=header, n_exchanges=summary.n_exchanges, sha256=summary.sha256
+    )
 
 
 def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, seed: int) -> Output:
@@ -148,5 +152,6 @@ def replay_transcript(
         writer.close("stopped")
         output.unlink(missing_ok=True)
         raise
-    writer.close(footer.reason)
-    return evaluate_transcripts(plan.claim, output)
+    written = writer.close(footer.reason)
+    # the claim as it was planned, the replay as it was written: a file swapped since is refused
+    return evaluate_transcripts(plan.claim, output, expected_sha256=(plan.sha256, written))
