@@ -1274,7 +1274,9 @@ def check(
     if engine is None:
         from detserve.runtime.probe import DockerProbe
 
-        docker_probe = DockerProbe.from_env(docker_host)
+        docker_probe = (
+            DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
+        )
         engine, probe = docker_probe.engine, probe or docker_probe
     elif docker_host is not None:
         raise UsageError("give an engine or a docker_host, not both")

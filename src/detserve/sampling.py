@@ -45,8 +45,8 @@ from detserve.requests import (
 )
 from detserve.runlog import RunLogWriter
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
@@ -302,7 +302,8 @@ def sample(
     environment = fingerprint() if fingerprint is not None else None
     watch = IdentityWatch(engine, container)
     profile = loaded.profile
-    with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
+    url = server_url(loaded, engine, container)  # the bound container's, never a stand-in's
+    with VllmServer(url, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
         if certificate is not None:
