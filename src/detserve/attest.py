@@ -389,7 +389,8 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
             ],
             hint="the run log was changed after it was attested, or this is not its envelope",
         )
-    summary = validate_run_log(run_log)
+    # Re-opened to validate: the header compared must be of the bytes whose hash matched
+    summary = validate_run_log(run_log, expected_sha256=actual_sha256)
     predicate = statement.predicate
     differences = _differences(
         predicate.pins.model_dump(mode="json"), summary.header.pins.model_dump(mode="json"), "pins."

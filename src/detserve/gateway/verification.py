@@ -39,8 +39,9 @@ from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.runlog.models import EnginePins
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import CONTAINER_PORT, server_base_url
+from detserve.runtime.container_spec import CONTAINER_PORT
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
@@ -76,7 +77,8 @@ def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verifi
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     container = checked_container(loaded, engine, what="serve", manifest=report.manifest_sha256)
     profile = loaded.profile
-    published = server_base_url(profile)
+    # the published port for an engine on this host; a remote engine's container's own address
+    published = server_url(loaded, engine, container)
     with VllmServer(published, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         version = server.version()
