@@ -6,9 +6,11 @@ Every name begins ``detserve_gateway_``:
   ``other``) and the status class of the status line it was sent (``2xx`` .. ``5xx``; ``none``
   when none was: the client left first). A stream that fails after its 200 counts as ``2xx``;
   its transcript line says how it ended;
-* ``refusals_total{reason, param}``: refusals by reason (:data:`REASONS`). A refused body's
-  ``param`` is a field admission knows, ``body`` (the body as a whole) or ``other`` (a field
-  admission does not know: a name the client chose, so never a label); other refusals ``none``;
+* ``refusals_total{reason, param}``: refusals by reason: ``host_or_origin``, ``unauthorized``,
+  ``unavailable``, ``queue_full`` (:data:`Refusal`, ``param`` ``none``), and a refused body's
+  by its status: ``invalid_request`` (400), ``body_timeout`` (408), ``body_too_large`` (413),
+  ``other_body``. A refused body's ``param`` is a field admission knows (:data:`FIELDS`),
+  ``body`` (the body as a whole) or ``other`` (a name the client chose, so never a label);
 * ``queue_pending``, ``queue_in_flight``, ``queue_capacity`` (places held, slots held at the
   engine, places in all) and ``queue_wait_seconds``: how long each request waited in its place
   for a slot at the engine (:mod:`~detserve.gateway.slots`);
@@ -16,9 +18,9 @@ Every name begins ``detserve_gateway_``:
   ``transcript_fsync_seconds``: each line's sync to disk, which every answer waits for;
 * ``verification_age_seconds{check}``: seconds since the snapshot last verified whole
   (``snapshot``: at start, then every ``--reverify-interval``) and since the container's identity
-  last checked out (``identity``: every 2 s while the watcher runs);
+  last checked out (``identity``: every 2 s while the watcher runs, and after an engine error);
 * ``healthy`` (1 while the gateway answers, else 0) and ``health_state{state}``: 1 for the
-  current one of :data:`HEALTH_STATES`, 0 for the others. The reason's text is ``/health``'s.
+  current one of :data:`HealthState`, 0 for the others. The reason's text is ``/health``'s.
 
 Invariants:
 
