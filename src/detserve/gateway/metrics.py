@@ -10,7 +10,9 @@ Every name begins ``detserve_gateway_``:
   ``unavailable``, ``queue_full`` (:data:`Refusal`, ``param`` ``none``), and a refused body's
   by its status: ``invalid_request`` (400), ``body_timeout`` (408), ``body_too_large`` (413),
   ``other_body``. A refused body's ``param`` is a field admission knows (:data:`FIELDS`),
-  ``body`` (the body as a whole) or ``other`` (a name the client chose, so never a label);
+  ``body`` (the body as a whole) or ``other`` (a name the client chose, so never a label).
+  What the connection layer refuses before a request reaches the application (a header
+  deadline or size, the connection cap: :mod:`~detserve.gateway.connections`) is not counted;
 * ``queue_pending``, ``queue_in_flight``, ``queue_capacity`` (places held, slots held at the
   engine, places in all) and ``queue_wait_seconds``: how long each request waited in its place
   for a slot at the engine (:mod:`~detserve.gateway.slots`);
