@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from detserve.certificate import CertificateMismatch, VerifiedCertificate
 from detserve.errors import DetserveError, PinMismatch
@@ -47,6 +48,9 @@ from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
 
 _log = logging.getLogger("detserve.gateway")
+
+#: What a (sticky) failure is, as a word the metrics can carry (the reason says more).
+FailureCause = Literal["container_gone", "container_changed", "snapshot_failed", "watcher_stopped"]
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,10 @@ class HealthMonitor:
         self._identity_at = now
         self._snapshot_at = now
         self.last_verified_at = time.time()
+        #: when the container's identity last checked out (wall clock)
+        self.identity_checked_at = self.last_verified_at
         self._failure: str | None = None
+        self._cause: FailureCause | None = None
         self._doubt: str | None = None
         #: counts doubts raised, so that a tick lifts only those raised before it began
         self._doubts = 0
@@ -184,6 +191,11 @@ class HealthMonitor:
     @property
     def failure(self) -> str | None:
         return self._failure
+
+    @property
+    def failure_cause(self) -> FailureCause | None:
+        """What the failure is, or None."""
+        return self._cause
 
     @property
     def unhealthy(self) -> str | None:
@@ -233,25 +245,28 @@ class HealthMonitor:
                 self._doubt = None
                 self._full_check_due = False
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, cause: FailureCause) -> None:
         with self._lock:
             if self._failure is None:
-                self._failure = reason
+                self._failure, self._cause = reason, cause
 
     def check_identity(self) -> None:
         initial = self.verified.container
         try:
             current = self._engine.inspect(initial.id)
         except DetserveError as exc:
-            self.fail(f"container {initial.short_id} is gone: {exc.message}")
+            self.fail(f"container {initial.short_id} is gone: {exc.message}", "container_gone")
             return
         if _identity(current) != _identity(initial):
             self.fail(
                 f"the container changed: it was {initial.short_id} started {initial.started_at} "
                 f"(restarts {initial.restart_count}); it is {current.short_id} "
                 f"{current.describe()}, started {current.started_at} "
-                f"(restarts {current.restart_count})"
+                f"(restarts {current.restart_count})",
+                "container_changed",
             )
+            return
+        self.identity_checked_at = time.time()
 
     def reverify_snapshot(self) -> None:
         loaded = self.verified.loaded
@@ -265,7 +280,7 @@ class HealthMonitor:
         except DetserveError as exc:
             # what differs first (a changed file), then the message naming the snapshot's paths
             found = "; ".join((*exc.details, exc.message))
-            self.fail(f"snapshot re-verification failed: {found}")
+            self.fail(f"snapshot re-verification failed: {found}", "snapshot_failed")
             return
         self.last_verified_at = time.time()
 
