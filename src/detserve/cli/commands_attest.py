@@ -96,12 +96,12 @@ def attest_command(
     The subject is the run log (file name and sha256); the predicate holds its pins, sampling
     parameters, the detserve version, the environment fingerprint and the sidecar's sha256. The
     run log is validated completely, the sidecar must name its sha256, and the fingerprint must
-    be of the run log's image. Example:
+    be of the run log's image. `sample` writes the fingerprint into the sidecar; for a sidecar
+    without one, take it with `detserve env --fingerprint-output` and pass --environment.
+    Example:
 
-        detserve env --config configs/tiny-cpu.local.json --fingerprint-output runs/a.env.json
         detserve attest --run-log runs/a.runlog.jsonl --sidecar runs/a.sidecar.json \\
-            --environment runs/a.env.json --key keys/detserve.key \\
-            --envelope-output runs/a.claim.intoto.json
+            --key keys/detserve.key --envelope-output runs/a.claim.intoto.json
 
     Publish the envelope, the run log and the public key; a verifier runs `detserve
     verify-claim`. Exit 0 written; 1 the sidecar or fingerprint is another run's; 2 bad input.
