@@ -50,7 +50,7 @@ def test_the_captured_machine_is_read_as_it_is() -> None:
     assert gpu.uuid.startswith("GPU-")
     assert CAPTURED.driver_version == gpu.driver_version == "580.159.04"
     assert CAPTURED.cuda_version == "13.0"
-    assert (FIXTURES / "capture.txt").read_text().startswith(CAPTURED_ON)
+    assert (FIXTURES / "capture.txt").read_text().startswith(f"date: {CAPTURED_ON}T")
 
 
 def test_the_fixture_was_captured_with_the_arguments_the_code_passes() -> None:
