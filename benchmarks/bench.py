@@ -1,18 +1,20 @@
-"""The performance benchmarks in one command: hashing, eval-determinism, time to ready, sampling.
+"""The performance benchmarks in one command: hashing, eval-determinism, download, time to ready,
+sampling.
 
-    .venv/bin/python benchmarks/bench.py all            # hash, eval, cli, runtime: defaults
+    .venv/bin/python benchmarks/bench.py all            # every part, with its defaults
     .venv/bin/python benchmarks/bench.py all --hash-args='--total-gib 1 --repeat 1' \\
         --eval-args='--samples 20000' --runtime-args='--rounds 4 --ready-rounds 1'
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli``, ``verify``, ``soak``, ``runtime``, ``concurrency``, ``gateway`` and
-``placement`` run one benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``,
-``bench_verify.py``, ``bench_soak.py``, ``bench_runtime.py``, ``bench_concurrency.py``,
-``bench_gateway.py``, ``bench_placement.py``) with that script's options, as the script itself
-would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli``, ``download``, ``verify``, ``soak``, ``runtime``, ``concurrency``,
+``gateway``, ``gateway-hostile`` and ``placement`` run one benchmark (``bench_hash.py``,
+``bench_eval.py``, ``bench_cli.py``, ``bench_download.py``, ``bench_verify.py``,
+``bench_soak.py``, ``bench_runtime.py``, ``bench_concurrency.py``, ``bench_gateway.py``,
+``bench_gateway_hostile.py``, ``bench_placement.py``) with that script's options, as the script
+itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
 
-``all`` runs them in that order (the container ones last: they start containers, and the CPU
+``all`` runs them in that order (runtime and after last: they start containers, and the CPU
 they take must not disturb the others), each with its defaults unless ``--NAME-args`` gives it
 options (write them with ``=``: ``--hash-args='--shards 1'``). The soak's default is one hour.
 Each still writes its own record; then ``benchmarks/results/bench-<timestamp>.json`` holds the
@@ -35,8 +37,10 @@ from pathlib import Path
 
 import bench_cli
 import bench_concurrency
+import bench_download
 import bench_eval
 import bench_gateway
+import bench_gateway_hostile
 import bench_hash
 import bench_placement
 import bench_runtime
@@ -61,11 +65,13 @@ PARTS: dict[str, Benchmark] = {
     "hash": bench_hash.BENCHMARK,
     "eval": bench_eval.BENCHMARK,
     "cli": bench_cli.BENCHMARK,
+    "download": bench_download.BENCHMARK,
     "verify": bench_verify.BENCHMARK,
     "soak": bench_soak.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
     "gateway": bench_gateway.BENCHMARK,
+    "gateway-hostile": bench_gateway_hostile.BENCHMARK,
     "placement": bench_placement.BENCHMARK,
 }
 
@@ -87,7 +93,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     }
     every = commands.add_parser(
         "all",
-        help="every benchmark in one run, and one record of all their targets",
+        help="every part in one run, and one record of all their targets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -105,7 +111,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def run_all(args: argparse.Namespace) -> int:
     # Every part's options are checked before anything runs: a typo in the last part's options
     # must not surface after the first part has run for minutes.
-    options = {name: shlex.split(getattr(args, f"{name}_args")) for name in PARTS}
+    options = {name: shlex.split(getattr(args, f"{name.replace('-', '_')}_args")) for name in PARTS}
     parsed = {
         name: benchmark.parse(options[name], prog=f"bench.py all --{name}-args")
         for name, benchmark in PARTS.items()

@@ -10,14 +10,15 @@ does): ``bench-placed`` with ``runtime.cpu_placement`` = ``--policy`` (default
 18041. One container runs at a time (two vLLM CPU engines would share the two cores), so each
 round starts and stops both in turn:
 
-1. ``bench-placed``: ``detserve run``; ``sample --concurrency 32 --certificate`` (the policy
-   places the processes first); then ``sample --concurrency 1`` (the policy releases them: the
-   hard case, one request after a placed run); stop;
+1. ``bench-placed``: ``detserve run``; ``sample --concurrency 32 --certificate
+   --certificate-key`` (the policy places the processes first); then ``sample --concurrency 1``
+   (the policy releases them: the hard case, one request after a placed run); stop;
 2. ``bench-unplaced``: ``detserve run``; ``sample --concurrency 1``; stop.
 
 The certificate comes from one ``detserve check`` at tier 1 (2 runs, levels 1 and 32) on
-``bench-placed`` before the first round. Throughput is each sample's own ``sampling_seconds``.
-Every run log must be byte-identical to the first: placement decides where, never what.
+``bench-placed`` before the first round, signed with a key made for the run. Throughput is each
+sample's own ``sampling_seconds``. Every run log must be byte-identical to the first: placement
+decides where, never what.
 
 Targets (medians over rounds): placed concurrency 1 at least ``--c1-target`` (0.97) of the
 unplaced server's, and placed concurrency 32 at least ``--target`` (8) times placed
@@ -52,6 +53,7 @@ from benchlib import (
 )
 from detserve import api
 from detserve.errors import DetserveError
+from detserve.keys import generate_key_pair
 
 POLICIES = ("engine-core-with-worker-when-concurrent", "engine-core-with-worker")
 
@@ -77,7 +79,12 @@ def profile_with(folder: Path, name: str, port: int, policy: str | None) -> Path
 
 
 def sample(
-    profile: Path, out: Path, label: str, level: int, certificate: Path | None, args: Any
+    profile: Path,
+    out: Path,
+    label: str,
+    level: int,
+    certificate: tuple[Path, Path] | None,
+    args: Any,
 ) -> dict[str, Any]:
     log = out / f"{label}.runlog.jsonl"
     summary = api.sample(
@@ -87,7 +94,8 @@ def sample(
         n_prompts=args.prompts,
         max_tokens=args.tokens,
         concurrency=level,
-        certificate=certificate if level > 1 else None,
+        certificate=certificate[0] if certificate is not None and level > 1 else None,
+        certificate_key=certificate[1] if certificate is not None and level > 1 else None,
         bundle=BUNDLE,
         bundle_pin=BUNDLE_PIN,
         force=True,
@@ -125,6 +133,7 @@ def run(args: argparse.Namespace) -> Outcome:
         try:
             say(f"check: tier 1, levels 1 and {high}, {args.prompts} x {args.tokens}")
             api.run(placed, on_stage=say)
+            keys = generate_key_pair(folder / "keys")  # the certificate is signed, and verified
             outcome = api.check(
                 placed,
                 output_dir=folder / "check",
@@ -135,12 +144,12 @@ def run(args: argparse.Namespace) -> Outcome:
                 max_tokens=args.tokens,
                 bundle=BUNDLE,
                 bundle_pin=BUNDLE_PIN,
+                signing_key=keys.private_key,
             )
             record["check_verdict"] = outcome.verdict
             if outcome.certificate is None:
                 raise BenchError(f"no certificate: {outcome.result.diagnosis.reason}")
-            certificate = folder / "certificate.json"
-            certificate.write_bytes(outcome.certificate.read_bytes())
+            certificate = (outcome.certificate, keys.public_key)  # beside the trace it names
             for index in range(args.rounds):
                 round_ = f"round {index + 1}"
                 api.run(placed, on_stage=say)

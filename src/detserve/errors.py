@@ -129,10 +129,38 @@ class SnapshotChanged(SnapshotMismatch):
     kind = "snapshot-changed"
 
 
+class SignatureMismatch(SnapshotMismatch):
+    """A snapshot or its manifest does not match a verified model signature: a file the signature
+    does not cover, a signed file that is missing, or a digest that is not the signed one."""
+
+    kind = "signature-mismatch"
+
+
+class SignatureInvalid(VerificationError):
+    """A publisher's model signature does not verify with the given trust root: signed by another
+    key, a certificate outside the given chain or not for signing, or signed bytes changed."""
+
+    kind = "signature-invalid"
+
+
+class EvidenceChanged(VerificationError):
+    """A file read as evidence (a run log, a transcript) was not the same bytes each time it was
+    read: what was verified is not what would be acted on (a race, or a swap)."""
+
+    kind = "evidence-changed"
+
+
 class PinMismatch(VerificationError):
     """A running container, server or artifact is not the pinned one."""
 
     kind = "pin-mismatch"
+
+
+class BundleModelMismatch(VerificationError):
+    """A prompt bundle measured with another tokenizer (model id, revision or tokenizer files)
+    than the profile's verified snapshot serves: its token counts are another model's."""
+
+    kind = "bundle-model-mismatch"
 
 
 class ConstraintViolated(VerificationError):
@@ -182,6 +210,19 @@ class ManifestError(InputError):
     kind = "invalid-manifest"
 
 
+class ModelSignatureError(InputError):
+    """A model signature file that is not a well-formed signature detserve supports, or whose
+    authentic content is not a model manifest detserve can use."""
+
+    kind = "invalid-model-signature"
+
+
+class SignatureTrustError(InputError):
+    """A public key or certificate chain given to verify a model signature cannot be used."""
+
+    kind = "invalid-signature-trust"
+
+
 class BundleError(InputError):
     kind = "invalid-bundle"
 
@@ -227,6 +268,12 @@ class RegistryError(EnvironmentFault):
 
 class HubError(EnvironmentFault):
     kind = "hub"
+
+
+class DiskSpaceError(EnvironmentFault):
+    """Not enough free space for what a command must write (named with both numbers)."""
+
+    kind = "disk-space"
 
 
 class ContainerError(EnvironmentFault):

@@ -175,6 +175,8 @@ class VerifyReport:
     seconds: float
     #: the manifest it verified against
     manifest: Path | None = None
+    #: the sha256 of every file verified, by relative path: what was read, equal to the manifest
+    digests: Mapping[str, str] = field(default_factory=dict)
     #: "full pass" (every byte hashed) or "record" (the record of a full pass earlier in the
     #: same container lifetime still holds: detserve.snapshot_state)
     verified_by: Literal["full pass", "record"] = "full pass"
@@ -310,6 +312,7 @@ def verify_against(
         bytes=sum(d.size for d in actual.values()),
         seconds=time.perf_counter() - started,
         manifest=manifest_path,
+        digests={path: actual[path].sha256 for path in to_hash},
     )
     return report, actual
 

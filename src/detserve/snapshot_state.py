@@ -39,6 +39,7 @@ below the file system) is in docs/threat-model.md ("Weights changed after a full
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import stat
@@ -53,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from detserve.errors import DetserveError
 from detserve.fileio import atomic_writer
 from detserve.hashing import FileDigest, ProgressCallback
-from detserve.manifest import parse_manifest, read_manifest_bytes
+from detserve.manifest import checked_manifest, parse_manifest, read_manifest_bytes
 from detserve.snapshot import VerifyReport, verify_against
 from detserve.snapshot_identity import (
     CTIME,
@@ -138,6 +139,11 @@ class PinnedManifest:
     @classmethod
     def read(cls, path: Path) -> PinnedManifest:
         return cls(path, read_manifest_bytes(path))
+
+    def digests(self) -> Mapping[str, str]:
+        """Each file's sha256 as these bytes pin it; any problem in them fails (exit 1). A
+        snapshot verified against these bytes passes only with exactly these digests."""
+        return checked_manifest(self.data, self.path).manifest.digests
 
 
 def state_dir() -> Path:
@@ -334,6 +340,8 @@ def verify_in_lifetime(
                     bytes=record.bytes,
                     seconds=time.perf_counter() - began,
                     manifest=manifest.path,
+                    # the record is bound to this manifest: the files it vouches for are its
+                    digests=dict(manifest.digests()),
                     verified_by="record",
                     record=f"the record of the full pass of {record.verified_at} holds",
                 )
@@ -351,12 +359,4 @@ def verify_in_lifetime(
         started=began,
     )
     note = record_after_pass(store, report, digests, lifetime, started_ns)
-    return VerifyReport(
-        snapshot_dir=report.snapshot_dir,
-        manifest_sha256=report.manifest_sha256,
-        files=report.files,
-        bytes=report.bytes,
-        seconds=report.seconds,
-        manifest=report.manifest,
-        record=f"full pass: {why}; {note}",
-    )
+    return dataclasses.replace(report, record=f"full pass: {why}; {note}")

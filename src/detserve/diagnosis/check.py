@@ -1,12 +1,14 @@
 """``detserve check``: measure, against the running pinned server, why runs could differ.
 
 The same pre-flight as strict sampling, nothing weaker: every pin filled, the snapshot verified
-against its manifest, the container bound to the pins (:func:`checked_container`), the pinned
-model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
-container's identity checked while requests are in flight (sampling's :class:`IdentityWatch`).
-At the end the identity is checked again, the snapshot verified again against the same manifest
-and, when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED``
-and the measurements are not compared (a restarted server's tokens are not one server's).
+against its manifest, the bundle measured with the verified snapshot's tokenizer
+(:mod:`detserve.bundle_binding`), the container bound to the pins (:func:`checked_container`),
+the pinned model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
+container's identity checked while requests are in flight
+(:class:`~detserve.identity_watch.IdentityWatch`). At the end the identity is checked again, the
+snapshot verified again against the same manifest and, when a probe is given, the environment
+fingerprinted again: any change is ``ENV_CHANGED`` and the measurements are not compared (a
+restarted server's tokens are not one server's).
 
 The core never prints; it returns a :class:`CheckResult`, whatever the verdict. A server that
 fails to answer is an environment error (exit 3), not a verdict.
@@ -19,22 +21,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from detserve.bundle_binding import require_bundle_tokenizer
 from detserve.diagnosis.measure import CheckPlan, Measurements, PassKey, measure
 from detserve.diagnosis.verdict import Diagnosis, diagnose, env_changed
 from detserve.errors import ContainerError, SnapshotMismatch, UsageError
 from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine, environment_fingerprint
+from detserve.identity_watch import IdentityWatch
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.sampling import IdentityWatch, prompts_within_budget
+from detserve.sampling import prompts_within_budget
 from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
 
 
@@ -104,6 +108,8 @@ def run_check(
     prompts = bundle.take(plan.n_prompts)
     seed = loaded.profile.sampling.seed
     manifest = PinnedManifest.read(loaded.manifest_path)
+    # the bytes the snapshot is verified against next (sampling.sample), before the engine
+    require_bundle_tokenizer(bundle, loaded, manifest.digests())
     container = checked_container(loaded, engine, what="check", manifest=manifest.sha256)
     lifetime = lifetime_of(container)
     first = verify_in_lifetime(loaded.snapshot_dir, manifest, lifetime, full=full_verify)
@@ -112,7 +118,7 @@ def run_check(
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
-    base_url = server_base_url(loaded.profile)
+    base_url = server_url(loaded, engine, container)
     measurements: Measurements | None = None
     with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
