@@ -74,12 +74,17 @@ class PacedPass:
         self.total_bytes = sum((self.snapshot_dir / path).stat().st_size for path in self._order)
         self.passes = 0
         self.completed_at: float | None = None
+        #: when the last pass that completed began (wall clock): each file it read was as pinned
+        #: at some moment after this, so the whole snapshot is vouched for as of then, not later
+        self.covered_since: float | None = None
+        self._started_at = time.time()
         self.bytes_read = 0
 
     def restart(self) -> None:
         """Start again from the first file (after a full pass made at once)."""
         self._close()
         self._index = 0
+        self._started_at = time.time()
 
     def close(self) -> None:
         self._close()
@@ -163,6 +168,7 @@ class PacedPass:
             self._index = 0
             self.passes += 1
             self.completed_at = time.time()
+            self.covered_since, self._started_at = self._started_at, self.completed_at
 
 
 class SnapshotWatch:
@@ -196,6 +202,10 @@ class SnapshotWatch:
         self.first_pass: VerifyReport | None = None
         #: checks of the record that held
         self.record_checks = 0
+        #: as of when (wall clock) the whole snapshot last verified: a check whose record held
+        #: (or whose full pass passed), else the start of the last paced pass that completed;
+        #: what the gateway reports as the snapshot's verification age
+        self.verified_whole_at: float | None = None
 
     def _manifest(self) -> PinnedManifest:
         manifest = PinnedManifest.read(self.manifest_path)
@@ -209,10 +219,14 @@ class SnapshotWatch:
     def check(self) -> None:
         """The record, then the paced pass's share of bytes; raise on any failure."""
         manifest = self._manifest()
+        checked_at = time.time()
         if self._paced is None:
             self._paced = self._start(manifest)
-        elif self.unrecorded is None:
-            self._check_record(manifest)
+            whole = self.unrecorded is None or self.first_pass is not None
+        else:
+            whole = self.unrecorded is None
+            if whole:
+                self._check_record(manifest)
         now = self._clock()
         elapsed = min(now - self._last, MAX_CATCH_UP_S)
         self._last = now
@@ -225,6 +239,10 @@ class SnapshotWatch:
                 f"{exc.filename}: {exc.strerror or exc}",
                 hint="stop serving it; `detserve serve` verifies every byte again when restarted",
             ) from exc
+        # Only a check that vouched for every file moves the time: where no record is kept, a
+        # check reads a slice, and the snapshot is whole as of the last complete pass's start.
+        times = (checked_at if whole else None, self._paced.covered_since, self.verified_whole_at)
+        self.verified_whole_at = max((at for at in times if at is not None), default=None)
 
     def _why_not_held(self, manifest: PinnedManifest) -> list[str]:
         record, why = self._store.load(self.snapshot_dir)

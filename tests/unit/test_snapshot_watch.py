@@ -211,3 +211,59 @@ def test_where_no_record_can_be_kept_the_paced_pass_alone_runs(
         watch.close()
     finally:
         shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def test_a_check_through_the_record_vouches_for_the_whole_snapshot_as_of_itself(
+    ws: TinyWorkspace,
+) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    before = time.time()
+    watch.check()  # the record held when the watch started
+    assert watch.verified_whole_at is not None
+    assert watch.verified_whole_at >= before
+    later = time.time()
+    clock.now += 1
+    watch.check()
+    assert watch.verified_whole_at >= later
+    watch.close()
+
+
+def test_where_no_record_is_kept_the_whole_snapshot_verified_when_a_paced_pass_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a check there reads a slice: the gateway's verification age must not restart at each one
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or file_system_types().get(shm.stat().st_dev) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm here")
+    snapshot = shm / f"detserve-watch-age-{id(tmp_path)}"
+    try:
+        snapshot.mkdir()
+        (snapshot / "weights.bin").write_bytes(b"w" * (3 * CHUNK_BYTES))
+        manifest = tmp_path / "m.sha256"
+        manifest.write_bytes(build_manifest(snapshot).to_bytes())
+        clock = Clock()
+        started = time.time()
+        watch = SnapshotWatch(
+            snapshot,
+            manifest,
+            PinnedManifest.read(manifest).sha256,
+            LIFETIME,
+            bytes_per_s=CHUNK_BYTES,
+            clock=clock,
+        )
+        watch.check()
+        assert watch.unrecorded is not None
+        assert watch.verified_whole_at is None  # nothing read whole yet
+        run_for(watch, clock, 2)
+        assert watch.verified_whole_at is None  # two of three chunks
+        passed = time.time()
+        run_for(watch, clock, 2)
+        paced = watch.paced
+        assert paced is not None
+        assert paced.passes == 1
+        assert watch.verified_whole_at is not None
+        assert started <= watch.verified_whole_at <= passed  # the pass's start, not its end
+        watch.close()
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)

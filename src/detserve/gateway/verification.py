@@ -193,6 +193,8 @@ class HealthMonitor:
         now = time.monotonic()
         self._identity_at = now
         self._snapshot_at = now
+        #: as of when the whole snapshot last verified (wall clock): at start, then at every
+        #: check whose record held, or, where no record is kept, a paced pass's start
         self.last_verified_at = time.time()
         #: when the container's identity last checked out (wall clock)
         self.identity_checked_at = self.last_verified_at
@@ -293,7 +295,11 @@ class HealthMonitor:
             found = "; ".join((*exc.details, exc.message))
             self.fail(f"snapshot re-verification failed: {found}", "snapshot_failed")
             return
-        self.last_verified_at = time.time()
+        # as of when the whole snapshot verified, not when this check ran: where no record is
+        # kept a check reads only a slice of the paced pass (detserve.snapshot_watch)
+        whole_at = self.snapshot.verified_whole_at
+        if whole_at is not None:
+            self.last_verified_at = max(self.last_verified_at, whole_at)
 
     def tick(self, *, force: bool = False) -> None:
         """Run the checks that are due (all of them with ``force``)."""
