@@ -50,12 +50,15 @@ def write(directory: Path, exchanges: int, rotate: int) -> None:
         request = ExchangeRequest.model_validate_json(
             json.dumps(
                 {
-                    "constraint": {"json_schema": SCHEMA} if constrained else None,
                     "kind": "completion",
                     "max_tokens": 64,
                     "messages": None,
                     "prompt": f"Question {number:08d}: what follows in this sentence, word",
+                    "response_format": None,
                     "stop": None,
+                    "structured_outputs": (
+                        json.dumps({"json": SCHEMA}, separators=(",", ":")) if constrained else None
+                    ),
                 }
             )
         )

@@ -19,7 +19,7 @@ def test_show_lists_pins_sampling_and_what_a_replay_needs(tmp_path: Path, cli: C
     document = json.loads(shown.out)
     assert document["sha256"] == run_log_sha256(log)
     assert document["n_samples"] == 3
-    assert document["format_version"] == 4
+    assert document["format_version"] == 5
     assert document["pins"]["model_revision"] == "b" * 40
     assert document["sampling"]["seed"] == 0
     needs = {row["field"]: row["value"] for row in document["replay_needs"]}

@@ -10,8 +10,11 @@ Invariants:
   container and the snapshot as they were verified, and the transcript can be written (503 with
   the reason otherwise);
 * a request is admitted strictly (:mod:`~detserve.gateway.admission`; 400 in OpenAI's error shape
-  naming the field), and a body over :data:`MAX_BODY_BYTES` is refused (413) before it is read
-  whole;
+  naming the field; a body not ``application/json``, 415), and a body over :data:`MAX_BODY_BYTES`
+  is refused (413) before it is read whole; its whole record (canonical request, hash, the
+  engine's body bytes) is built and its constraint compiled before it takes a slot;
+* constraint compiles and output checks run in the checker's child process within a time limit
+  (:mod:`detserve.constraint_check`), awaited in a worker thread, never on the event loop;
 * an answer is given only once its exchange is on disk (:mod:`~detserve.gateway.transcript`): a
   whole response after its line is synced, a stream's final event (the finish chunk, then
   ``[DONE]``) after its line is synced; a line that cannot be written fails the request (500)
@@ -44,21 +47,22 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from detserve.constraint_check import in_worker
 from detserve.errors import DetserveError
 from detserve.gateway.admission import (
     Admitted,
     Policy,
     Refused,
-    admit,
+    admit_checked,
+    check_content_type,
     parse_body,
-    upstream_body,
-    upstream_path,
 )
 from detserve.gateway.transcript import (
     EarlierExchanges,
@@ -76,7 +80,6 @@ from detserve.gateway.upstream import (
 )
 from detserve.gateway.verification import HealthMonitor, Verified
 from detserve.runlog.models import ExchangeRequest, TranscriptHeader
-from detserve.runlog.transcript import request_sha256
 from detserve.runtime.engine import ContainerEngine
 
 #: The largest request body read, in bytes; a larger one is refused with 413 (documented).
@@ -305,7 +308,8 @@ class Gateway:
         if refusal is not None:
             return refusal
         try:
-            admitted = admit(kind, await self._body(request), self.policy)
+            check_content_type(request.headers.get("content-type"))
+            admitted = await admit_checked(kind, await self._body(request), self.policy)
         except Refused as refused:
             return JSONResponse(refused.body(), refused.status)
         if self._pending >= self.settings.concurrency + self.settings.queue_size:
@@ -337,35 +341,35 @@ class Gateway:
                 return error_response(503, f"the gateway does not answer: {reason}")
             if admitted.stream:
                 return await self._stream(admitted, release)
-            return await self._answer(admitted)
+            return await self._answer(admitted, release)
         finally:
             if not admitted.stream:
                 release()
 
-    def _body_for(self, admitted: Admitted, *, stream: bool) -> tuple[str, dict[str, Any]]:
-        body = upstream_body(
-            admitted.request,
-            model=self.policy.served_model_name,
-            seed=self.policy.seed,
-            stream=stream,
+    def _post(self, admitted: Admitted) -> Any:
+        # the bytes admission built, as the replay builds them (a constraint as it was sent)
+        assert self._session is not None
+        headers = {"Content-Type": "application/json"}
+        return self._session.post(
+            admitted.path, data=admitted.body, headers=headers, allow_redirects=False
         )
-        return upstream_path(admitted.request), body
 
-    def _record(
+    async def _record(
         self,
         exchange_id: str,
         request: ExchangeRequest,
         output: Output,
         incomplete: str | None = None,
     ) -> Provenance:
-        return self.transcript.record(exchange_id, request, output.fields(request, incomplete))
+        # the constraint check runs in the checker's child, awaited in a worker thread
+        fields = await in_worker(output.fields, request, incomplete)
+        return self.transcript.record(exchange_id, request, fields)
 
-    async def _answer(self, admitted: Admitted) -> Response:
-        assert self._session is not None
-        path, body = self._body_for(admitted, stream=False)
+    async def _answer(self, admitted: Admitted, release: Callable[[], None]) -> Response:
         try:
-            async with self._session.post(path, json=body, allow_redirects=False) as upstream:
+            async with self._post(admitted) as upstream:
                 status, content = upstream.status, await upstream.read()
+            release()  # the engine is done: its check and record need no engine slot
         except UPSTREAM_ERRORS as exc:
             self._engine_trouble()
             return error_response(502, f"the engine did not answer: {type(exc).__name__}")
@@ -378,7 +382,7 @@ class Gateway:
         except (ValueError, KeyError, TypeError, IndexError, AttributeError):
             return error_response(502, "the engine's answer is not what vLLM answers")
         try:
-            provenance = self._record(new_exchange_id(), admitted.request, output)
+            provenance = await self._record(new_exchange_id(), admitted.request, output)
         except DetserveError:
             return error_response(500, _NOT_RECORDED)
         if provenance.constraint_check == "violated":
@@ -387,10 +391,8 @@ class Gateway:
         return JSONResponse(data, headers=provenance.headers())
 
     async def _stream(self, admitted: Admitted, release: Callable[[], None]) -> Response:
-        assert self._session is not None
-        path, body = self._body_for(admitted, stream=True)
         try:
-            upstream = await self._session.post(path, json=body, allow_redirects=False)
+            upstream = await self._post(admitted)
         except UPSTREAM_ERRORS as exc:
             release()
             self._engine_trouble()
@@ -408,7 +410,7 @@ class Gateway:
         headers = {
             "X-Detserve-Id": exchange_id,
             "X-Detserve-Pins-Sha256": self.verified.pins_sha256,
-            "X-Detserve-Request-Sha256": request_sha256(admitted.request),
+            "X-Detserve-Request-Sha256": admitted.request_sha256,
         }
         events = self._relay(exchange_id, admitted.request, upstream, release)
         return EventSourceResponse(events, headers=headers, sep="\n", ping=600)
@@ -425,12 +427,12 @@ class Gateway:
         recorded = False
         waiting: list[str] | None = [] if request.constraint is not None else None  # the check
 
-        def record(incomplete: str | None) -> Provenance | None:
+        async def record(incomplete: str | None) -> Provenance | None:
             nonlocal recorded
             if recorded or (incomplete is not None and not output.prompt_token_ids):
                 return None  # nothing was answered, so there is nothing to record
             recorded = True
-            return self._record(exchange_id, request, output, incomplete)
+            return await self._record(exchange_id, request, output, incomplete)
 
         try:
             try:
@@ -450,19 +452,21 @@ class Gateway:
                         yield ServerSentEvent(data=payload)
                 if held is None:
                     raise ValueError("the engine's stream ended before its final chunk")
+                release()  # the engine is done: the check and the record need no engine slot
             except (*UPSTREAM_ERRORS, ValueError, KeyError, TypeError, AttributeError) as exc:
                 self._engine_trouble()
                 with contextlib.suppress(DetserveError):
-                    record("engine_failed")
+                    await record("engine_failed")
                 yield error_event(f"the engine failed mid-stream: {type(exc).__name__}")
                 return
             except BaseException:
-                # The client went away (the task is cancelled): what was streamed is recorded.
-                with contextlib.suppress(DetserveError):
-                    record("client_disconnected")
+                # The client went away (the task is cancelled): what was streamed is recorded,
+                # its check awaited shielded from the cancellation.
+                with contextlib.suppress(DetserveError), anyio.CancelScope(shield=True):
+                    await record("client_disconnected")
                 raise
             try:
-                provenance = record(None)
+                provenance = await record(None)
             except DetserveError:
                 yield error_event(_NOT_RECORDED)
                 return

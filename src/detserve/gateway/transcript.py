@@ -98,7 +98,7 @@ def provenance_of(
         segment=segment,
         index=exchange.index,
         incomplete=exchange.incomplete,
-        constraint=None if constraint is None else next(iter(constraint)),
+        constraint=None if constraint is None else constraint.kind,
         constraint_check=exchange.constraint_check,
     )
 
