@@ -22,6 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from referencing.exceptions import Unresolvable
 
 import detserve.constraint_check as constraint_check
 from detserve.evaluation import Verdict
@@ -269,6 +270,18 @@ def test_a_field_that_would_be_dropped_or_rewritten_is_refused_by_name(
     assert rig.fake.requests == []
 
 
+def test_strict_false_is_refused_because_vllm_enforces_every_schema(rig: GatewayRig) -> None:
+    # what was asked (a schema the output may leave) is not what vLLM does: said, not ignored
+    for strict, status in ((False, 400), (True, 200)):
+        spec = {"name": "a", "strict": strict, "schema": {"type": "object"}}
+        body = {"prompt": "p", "response_format": {"type": "json_schema", "json_schema": spec}}
+        response = post(rig, body)
+        assert response.status_code == status, response.text
+    assert "vLLM enforces every schema" in post(rig, body | {"response_format": {
+        "type": "json_schema", "json_schema": spec | {"strict": False}}}).text  # fmt: skip
+    assert len(rig.fake.requests) == 1  # only strict: true reached the engine
+
+
 def test_the_pinned_values_in_another_spelling_are_admitted(rig: GatewayRig) -> None:
     # 0.0 is what Python clients send for temperature=0: the pinned value, sent as pinned
     body = b'{"model":"tiny-llama","prompt":"p","max_tokens":2,"temperature":0.0,"seed":0,"n":1}'
@@ -412,6 +425,24 @@ def test_the_check_itself_never_fetches_a_reference(listener: socket.socket) -> 
     verdict, reason = constraint_check.accepts("json_schema", schema, '{"a": 1}')
     assert verdict is None
     assert "does not resolve inside the schema" in reason
+    assert not _connected(listener)
+
+
+def test_the_checkers_registry_never_retrieves(
+    listener: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the second defence: a reference past the scan still resolves inside the schema or not at all
+    monkeypatch.setattr(constraint_check, "_check_references", lambda schema: None)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/s.json"
+    schema = json.dumps({"properties": {"a": {"$ref": url}}})
+    validator = constraint_check.json_validator.__wrapped__(schema)  # in this process
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(2)  # a fetch, were one made, would not wait for ever
+    try:
+        with pytest.raises(Unresolvable):
+            validator.validate({"a": 1})
+    finally:
+        socket.setdefaulttimeout(previous)
     assert not _connected(listener)
 
 
