@@ -22,7 +22,8 @@ Invariants:
   engine failed) is recorded as incomplete with what was streamed, never left out;
 * an output violating its constraint is recorded and withheld (502, or a stream's error event;
   :mod:`~detserve.gateway.output_check`): a constrained stream's chunks wait for the check;
-* requests reach the engine ``concurrency`` at a time (1 unless a certificate covers more);
+* requests reach the engine ``concurrency`` at a time (1 unless a certificate covers more; a
+  slot is held until the engine's answer is read, and its check and record follow outside it);
   up to ``queue_size`` more wait, and beyond that a request is refused with 429 and
   ``Retry-After``;
 * with an API key, every route but ``/health`` needs ``Authorization: Bearer KEY``, compared in
@@ -60,9 +61,8 @@ from detserve.gateway.admission import (
     Admitted,
     Policy,
     Refused,
-    admit_checked,
+    admit_body,
     check_content_type,
-    parse_body,
 )
 from detserve.gateway.transcript import (
     EarlierExchanges,
@@ -257,7 +257,7 @@ class Gateway:
             return error_response(503, f"the gateway does not answer: {reason}")
         return None
 
-    async def _body(self, request: Request) -> Any:
+    async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -271,7 +271,7 @@ class Gateway:
                     None, f"the body is larger than the limit of {limit} bytes", status=413
                 )
             chunks.append(chunk)
-        return parse_body(b"".join(chunks))
+        return b"".join(chunks)
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -309,7 +309,7 @@ class Gateway:
             return refusal
         try:
             check_content_type(request.headers.get("content-type"))
-            admitted = await admit_checked(kind, await self._body(request), self.policy)
+            admitted = await admit_body(kind, await self._body(request), self.policy)
         except Refused as refused:
             return JSONResponse(refused.body(), refused.status)
         if self._pending >= self.settings.concurrency + self.settings.queue_size:
