@@ -253,6 +253,7 @@ def test_the_request_hash_is_the_same_exactly_when_the_bytes_sent_are(
         ({"structured_outputs": {"regex": "a+", "json": None}}, "structured_outputs"),
         ({"structured_outputs": {"json": '{"type":"object"}'}}, "structured_outputs.json"),
         ({"user": "someone"}, "user"),
+        ({"stop": []}, "stop"),
         ({"seed": 0.0}, "seed"),
         ({"n": 1.0}, "n"),
         ({"max_tokens": 4.0}, "max_tokens"),

@@ -228,9 +228,10 @@ def _stop(value: object) -> list[str] | None:
     if value is None:
         return None
     stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise Refused("stop", "stop must be a non-empty string or a list of them")
-    return [_utf8("stop", stop) for stop in stops] or None
+    if not isinstance(stops, list) or not stops or not all(isinstance(s, str) and s for s in stops):
+        # an empty list would be sent as no stop at all: refused rather than dropped
+        raise Refused("stop", "stop must be a non-empty string or a non-empty list of them")
+    return [_utf8("stop", stop) for stop in stops]
 
 
 def _constraint(body: dict[str, Any]) -> SentConstraint | None:
