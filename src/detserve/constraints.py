@@ -24,6 +24,7 @@ strict``); nothing is dropped or rewritten.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -265,9 +266,11 @@ def read_field(field: str, value: Any) -> SentConstraint:
     return SentConstraint(field, text, kind, checked, param)  # type: ignore[arg-type]
 
 
+@functools.lru_cache(maxsize=256)
 def read_recorded(field: str, text: str) -> SentConstraint:
     """A recorded constraint field's JSON text, checked as when it was admitted; it must be in
-    its compact form, the one it was sent in."""
+    its compact form, the one it was sent in. Cached: a transcript repeats its constraints, and
+    each exchange's is read when its line is validated, checked and indexed."""
     if len(text) > MAX_CONSTRAINT_CHARS:
         raise ConstraintRefused(field, f"longer than {MAX_CONSTRAINT_CHARS} characters")
     try:
