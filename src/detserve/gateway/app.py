@@ -361,8 +361,11 @@ class Gateway:
         output: Output,
         incomplete: str | None = None,
     ) -> Provenance:
-        # the constraint check runs in the checker's child, awaited in a worker thread
-        fields = await in_worker(output.fields, request, incomplete)
+        # a constraint's check runs in the checker's child, awaited in a worker thread
+        if request.constraint is None:
+            fields = output.fields(request, incomplete)
+        else:
+            fields = await in_worker(output.fields, request, incomplete)
         return self.transcript.record(exchange_id, request, fields)
 
     async def _answer(self, admitted: Admitted, release: Callable[[], None]) -> Response:
