@@ -11,12 +11,13 @@ libraries) and is abandoned at :data:`CHECK_TIMEOUT_S`: the child is terminated 
 call starts a new one. The gateway awaits these calls in a worker thread
 (:func:`in_worker`), never on its event loop.
 
-A JSON Schema's references resolve only inside the schema: its ``$ref`` (``$dynamicRef``,
-``$recursiveRef``) are all looked up when it compiles, in a ``referencing`` registry whose
-``retrieve`` refuses, so a reference to anything else (``http``, ``https``, ``file``, a ``urn``
-the schema does not define, even a metaschema) fails the compile, and nothing is ever fetched
-(``jsonschema``'s default registry would fetch it). A ``$schema`` names a draft ``jsonschema``
-knows, or the compile fails.
+A Lark grammar is self-contained: an ``%import`` (which Lark resolves by reading a file) fails
+the compile. A JSON Schema's references resolve only inside the schema: its ``$ref``
+(``$dynamicRef``, ``$recursiveRef``) are all looked up when it compiles, in a ``referencing``
+registry whose ``retrieve`` refuses, so a reference to anything else (``http``, ``https``,
+``file``, a ``urn`` the schema does not define, even a metaschema) fails the compile, and
+nothing is ever fetched (``jsonschema``'s default registry would fetch it). A ``$schema`` names
+a draft ``jsonschema`` knows, or the compile fails.
 
 Invariants: the answer is the library's own (JSON with no NaN or infinity that the schema
 validates; a grammar that derives the whole text; a regex that matches the whole text), or
@@ -62,9 +63,13 @@ class ReferenceOutside(Exception):
 
 @functools.lru_cache(maxsize=256)
 def lark_parser(grammar: str) -> Any:
-    """The Earley parser of a Lark grammar with a ``start`` rule (raises Lark's errors)."""
+    """The Earley parser of a self-contained Lark grammar with a ``start`` rule (raises Lark's
+    errors; ``ValueError`` for an ``%import``, which Lark resolves by reading files: ``.name``
+    next to the working directory, ``common`` from its own package)."""
     from lark import Lark
 
+    if "%import" in grammar:
+        raise ValueError("%import reads grammar files outside the request: write it out whole")
     return Lark(grammar, start="start", parser="earley", lexer="dynamic")
 
 

@@ -10,8 +10,9 @@ JSON text:
   client always sends it). vLLM enforces every schema, so ``strict: false`` (a schema the model
   may leave) is refused rather than silently answered with more than was asked;
 * ``structured_outputs``, vLLM's: exactly one of ``json`` (a schema object), ``regex``,
-  ``choice``, ``grammar`` (Lark syntax: detserve checks what it admits) or ``json_object``
-  (``true``), and nothing else: vLLM's other options change the tokens and are refused by name.
+  ``choice``, ``grammar`` (Lark syntax, self-contained: detserve checks what it admits) or
+  ``json_object`` (``true``), and nothing else: vLLM's other options change the tokens and are
+  refused by name.
 
 A prompt bundle's constraint (:class:`detserve.requests.Constraint`) has the same arguments under
 the same caps, a schema held as its JSON text. Every cap bounds work before anything compiles

@@ -365,6 +365,9 @@ def test_a_streamed_schema_above_2_53_is_recorded_and_the_gateway_goes_on(
         ({"json": {"const": "x" * 70000}}, "structured_outputs", "MAX_CONSTRAINT_CHARS"),
         ({"json": {"const": "\ud800"}}, "structured_outputs.json", "lone surrogate"),
         ({"grammar": 'root ::= "a"'}, "structured_outputs.grammar", "cannot be checked"),
+        # Lark reads an imported grammar from a file (common: its own; .name: the working dir)
+        ({"grammar": "%import common.WORD\nstart: WORD"}, "structured_outputs.grammar",
+         "%import reads grammar files"),
         ({"regex": "(?P<x"}, "structured_outputs.regex", "cannot be checked"),
         ({"json": {"type": 12}}, "structured_outputs.json", "cannot be checked"),
         ({"json": {"$schema": "https://example.invalid/draft"}}, "structured_outputs.json",

@@ -145,6 +145,12 @@ GOOD_CHAT = b'{"id":"c","messages":[{"content":"Hi","role":"user"}],"n_tokens":3
             id="not-lark",
         ),
         pytest.param(
+            b'{"constraint":{"grammar":"%import common.WORD\\nstart: WORD"},"id":"x",'
+            b'"n_tokens":3,"prompt":"Hi"}\n',
+            "%import reads grammar files outside the request",
+            id="grammar-import",
+        ),
+        pytest.param(
             b'{"constraint":{"choice":["a","a"]},"id":"x","n_tokens":3,"prompt":"Hi"}\n',
             "choice options must be distinct",
             id="duplicate-choice",
