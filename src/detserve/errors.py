@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar, Final
 
+from detserve.printable import printable
+
 EXIT_OK = 0
 EXIT_VERIFICATION = 1
 EXIT_INPUT = 2
@@ -30,19 +32,18 @@ MAX_LINE_CHARS: Final = 2000
 #: The most detail lines of one error; the rest are counted, not shown.
 MAX_DETAIL_LINES: Final = 100
 
-# Control characters would let a file name or a value rewrite the terminal; they are escaped.
-_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x09: "\\t"}
-
 
 def bounded(text: str, limit: int = MAX_LINE_CHARS) -> str:
-    """``text`` as one line of at most about ``limit`` characters, control characters escaped.
+    """``text`` as one line of at most about ``limit`` characters, :func:`printable`.
 
     The one way an excerpt of user-supplied content enters a message: a cut line says how much
-    was cut, so that two long values that differ past the cut never read as equal.
+    was cut, so that two long values that differ past the cut never read as equal. Control,
+    format and separator characters would let a file name or a value rewrite the terminal (or
+    the line a reader trusts): they are shown escaped, never executed.
     """
     if len(text) > limit:
         text = f"{text[:limit]}... ({len(text) - limit} more characters not shown)"
-    return text.translate(_CONTROL)
+    return printable(text)
 
 
 def bounded_lines(lines: Sequence[str], limit: int = MAX_DETAIL_LINES) -> tuple[str, ...]:
@@ -67,12 +68,22 @@ class DetserveError(Exception):
         details: Sequence[str] = (),
         hint: str | None = None,
     ) -> None:
-        # Bounded here, once: every message reaches people and machines through these fields.
-        message = "\n".join(bounded_lines(message.split("\n"), limit=10))
-        super().__init__(message)
-        self.message = message
-        self.details: tuple[str, ...] = bounded_lines(list(details))
-        self.hint = None if hint is None else bounded(hint)
+        super().__init__(bounded(message))
+        self.message: str = message
+        self.details: tuple[str, ...] = tuple(details)
+        self.hint: str | None = hint
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every message reaches people and machines through these fields, so they are bounded
+        # whenever they are set: here, and where a caller adds a hint to an error it caught.
+        # The message is one line: a newline in it can only come from a value it quotes (a
+        # server's answer, a file name), where it must be shown, not obeyed; several lines are
+        # details.
+        if name in ("message", "hint") and isinstance(value, str):
+            value = bounded(value)
+        elif name == "details" and isinstance(value, tuple | list):
+            value = bounded_lines(value)
+        super().__setattr__(name, value)
 
     def diagnostics(self) -> str:
         """A human text: what failed, the items that failed, and what to do next."""
@@ -118,10 +129,31 @@ class SnapshotChanged(SnapshotMismatch):
     kind = "snapshot-changed"
 
 
+class SignatureMismatch(SnapshotMismatch):
+    """A snapshot or its manifest does not match a verified model signature: a file the signature
+    does not cover, a signed file that is missing, or a digest that is not the signed one."""
+
+    kind = "signature-mismatch"
+
+
+class SignatureInvalid(VerificationError):
+    """A publisher's model signature does not verify with the given trust root: signed by another
+    key, a certificate outside the given chain or not for signing, or signed bytes changed."""
+
+    kind = "signature-invalid"
+
+
 class PinMismatch(VerificationError):
     """A running container, server or artifact is not the pinned one."""
 
     kind = "pin-mismatch"
+
+
+class BundleModelMismatch(VerificationError):
+    """A prompt bundle measured with another tokenizer (model id, revision or tokenizer files)
+    than the profile's verified snapshot serves: its token counts are another model's."""
+
+    kind = "bundle-model-mismatch"
 
 
 class ConstraintViolated(VerificationError):
@@ -171,6 +203,19 @@ class ManifestError(InputError):
     kind = "invalid-manifest"
 
 
+class ModelSignatureError(InputError):
+    """A model signature file that is not a well-formed signature detserve supports, or whose
+    authentic content is not a model manifest detserve can use."""
+
+    kind = "invalid-model-signature"
+
+
+class SignatureTrustError(InputError):
+    """A public key or certificate chain given to verify a model signature cannot be used."""
+
+    kind = "invalid-signature-trust"
+
+
 class BundleError(InputError):
     kind = "invalid-bundle"
 
@@ -216,6 +261,12 @@ class RegistryError(EnvironmentFault):
 
 class HubError(EnvironmentFault):
     kind = "hub"
+
+
+class DiskSpaceError(EnvironmentFault):
+    """Not enough free space for what a command must write (named with both numbers)."""
+
+    kind = "disk-space"
 
 
 class ContainerError(EnvironmentFault):

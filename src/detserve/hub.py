@@ -21,12 +21,34 @@ _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
 ) + ((hub_errors.HTTPError,) if hasattr(hub_errors, "HTTPError") else ())
 
 
+def hub_endpoint(endpoint: str | None) -> str:
+    """The hub to ask: ``endpoint``, else huggingface_hub's own (``HF_ENDPOINT``, else
+    huggingface.co), without a trailing slash; an address that is not http(s) is refused."""
+    from huggingface_hub import constants
+
+    address = (endpoint if endpoint is not None else constants.ENDPOINT).rstrip("/")
+    if not address.startswith(("http://", "https://")) or address.endswith("://"):
+        raise InputError(
+            f"not a hub address: {address!r}", hint="give --endpoint as http(s)://HOST[:PORT]"
+        )
+    return address
+
+
 @contextmanager
 def hub_call(endpoint: str | None, what: str) -> Iterator[str]:
     """Run a hub call; not-found is bad input (exit 2), anything else unreachable (exit 3)."""
     address = endpoint or DEFAULT_HUB
     try:
         yield address
+    except hub_errors.LocalEntryNotFoundError as exc:
+        # huggingface_hub's "the hub could not be asked, and no copy is cached": a file not
+        # found, by its class, but a hub that did not answer.
+        cause = exc.__cause__ or exc
+        raise HubError(
+            f"cannot reach the Hugging Face hub at {address} for {what}: "
+            f"{cause.__class__.__name__}: {cause}",
+            hint="check the network, or pass --endpoint for a mirror",
+        ) from exc
     except (
         hub_errors.RepositoryNotFoundError,
         hub_errors.RevisionNotFoundError,

@@ -28,6 +28,7 @@ from detserve.errors import ProfileError, UnpinnedError
 from detserve.field_errors import format_validation_error
 from detserve.fileio import MAX_PROFILE_BYTES, read_input
 from detserve.imageref import is_digest_ref
+from detserve.profile_prompts import PromptsSpec
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -300,6 +301,8 @@ class Profile(_Strict):
     runtime: RuntimeSpec
     vllm: VllmSpec
     sampling: SamplingSpec
+    prompts: PromptsSpec | None = None
+    """The prompt bundle this profile samples and its pin; null until one is bootstrapped."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -341,10 +344,13 @@ class LoadedProfile:
 
     @property
     def content_sha256(self) -> str:
-        """Hash of the profile's canonical JSON: the same for any formatting of the same profile."""
-        return hashlib.sha256(canonical_bytes(self.profile.model_dump(mode="json"))).hexdigest()
+        """Hash of the profile's canonical JSON, less ``prompts`` (files, not server inputs): the
+        same for any formatting of the same profile, and the container's binding label."""
+        served = self.profile.model_dump(mode="json", exclude={"prompts"})
+        return hashlib.sha256(canonical_bytes(served)).hexdigest()
 
-    def _resolve(self, value: str) -> Path:
+    def resolve_path(self, value: str) -> Path:
+        """A path the profile names, relative to the profile file's directory."""
         candidate = Path(value)
         if not candidate.is_absolute():
             candidate = self.path.parent / candidate
@@ -352,7 +358,7 @@ class LoadedProfile:
 
     @property
     def hf_home(self) -> Path:
-        return self._resolve(self.profile.snapshot.hf_home)
+        return self.resolve_path(self.profile.snapshot.hf_home)
 
     @property
     def model_cache_dir(self) -> Path:
@@ -366,7 +372,7 @@ class LoadedProfile:
     @property
     def manifest_path(self) -> Path:
         return (
-            self._resolve(self.profile.snapshot.manifest_dir)
+            self.resolve_path(self.profile.snapshot.manifest_dir)
             / self.profile.name
             / f"{self.revision}.sha256"
         )

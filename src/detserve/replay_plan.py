@@ -90,6 +90,9 @@ def replay_requirements(header: RunLogHeader) -> list[tuple[str, str]]:
         ("vllm.served_model_name", pins.served_model_name),
         ("vllm.* and vllm.extra_args", "giving the engine arguments " + " ".join(pins.engine_args)),
         ("sampling.seed", str(header.sampling.seed)),
-        ("--bundle / --bundle-pin", f"a prompt bundle whose sha256 is {pins.prompt_bundle_sha256}"),
+        (
+            "prompts.bundle / prompts.manifest (or --bundle / --bundle-pin)",
+            f"a prompt bundle whose sha256 is {pins.prompt_bundle_sha256}, measured on that model",
+        ),
         ("the image's vLLM", pins.vllm_version),
     ]

@@ -2,14 +2,16 @@
 tokens", written as a canonical run log.
 
 Nothing is sampled from an unverified state. Before the first request: every pin is filled, the
-snapshot verifies against its manifest, the prompt bundle against its pin, the running container
+snapshot verifies against its manifest, the prompt bundle against its pin and was measured with
+the verified snapshot's tokenizer (:mod:`detserve.bundle_binding`), the running container
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
 server serves the pinned model, a bundle with constraints needs a pinned structured-outputs
 backend, and each distinct constraint compiles in the engine (a one-token preflight request).
 Requests (:mod:`detserve.requests`) are greedy with the profile's seed, one at a time, unless a
-concurrency certificate (:mod:`detserve.diagnosis.certificate`, measured by ``detserve check``
-for these very pins) covers more in flight; the log is then written in index order and is the
-same bytes as at concurrency 1 (the concurrency and the certificate's sha256 go to the
+concurrency certificate (:mod:`detserve.certificate`, measured by ``detserve check`` for these
+very pins, signed with a key whose public half the caller names, and supported by its trace)
+covers more in flight; the log is then written in index order and is the same bytes as at
+concurrency 1 (the concurrency, the certificate's sha256 and its signer's key id go to the
 sidecar). With an audit fraction, a seeded random subset is sampled again one at a time after
 the concurrent pass, and any difference voids the run. The container's identity (id, start time,
 restart count) is checked during the run and at its end, and the snapshot is verified again
@@ -29,8 +31,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detserve._version import __version__
+from detserve.bundle_binding import require_bundle_tokenizer
 from detserve.canonical import canonical_bytes
-from detserve.diagnosis.certificate import Certificate, read_certificate, require_coverage
+from detserve.certificate import (
+    VerifiedCertificate,
+    check_certificate_options,
+    require_coverage,
+    verify_certificate,
+)
 from detserve.errors import ContainerError, Divergence, PinMismatch, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
@@ -66,6 +74,8 @@ class SampleRequest:
     #: requests in flight; above 1 only with a certificate that covers it
     concurrency: int = 1
     certificate: Path | None = None
+    #: the public key that verifies ``certificate`` (required with it)
+    certificate_key: Path | None = None
     #: the fraction of samples sampled again at concurrency 1 after the pass (0: none)
     audit_fraction: float = 0.0
     audit_seed: int = 0
@@ -81,6 +91,8 @@ class SampleSummary:
     seconds: float
     concurrency: int = 1
     certificate_sha256: str | None = None
+    #: the id of the key that verified the certificate, computed from it
+    certificate_keyid: str | None = None
     audited: tuple[int, ...] = ()
 
     @property
@@ -99,6 +111,7 @@ class SampleSummary:
             "tokens_per_s": self.tokens_per_s,
             "concurrency": self.concurrency,
             "certificate_sha256": self.certificate_sha256,
+            "certificate_keyid": self.certificate_keyid,
             "audited": list(self.audited),
         }
 
@@ -164,20 +177,17 @@ def audit_indices(n_samples: int, fraction: float, seed: int) -> tuple[int, ...]
     return tuple(sorted(chooser.sample(range(n_samples), count)))
 
 
-def _check_concurrency(request: SampleRequest) -> Certificate | None:
+def _check_concurrency(request: SampleRequest) -> None:
     if not 0 <= request.audit_fraction <= 1:
         raise UsageError(f"--audit {request.audit_fraction} is not a fraction between 0 and 1")
     if request.concurrency < 1:
         raise UsageError(f"--concurrency {request.concurrency} is refused: at least 1")
-    if request.certificate is None:
-        if request.concurrency != 1:
-            raise UsageError(
-                f"--concurrency {request.concurrency} is refused: strict sampling is sequential "
-                "unless a concurrency certificate measured for these pins covers it",
-                hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
-            )
-        return None
-    return read_certificate(request.certificate)
+    check_certificate_options(
+        request.concurrency,
+        request.certificate,
+        request.certificate_key,
+        sequential="strict sampling is sequential",
+    )
 
 
 def prompts_within_budget(
@@ -211,17 +221,24 @@ def prompts_within_budget(
     return prompts
 
 
-def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
-    """Refuse a request before any work: outputs, token budget, pins, concurrency."""
+def check_request(
+    loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest
+) -> VerifiedCertificate | None:
+    """Refuse a request before any work: outputs, token budget, pins, concurrency; return the
+    verified certificate, if any."""
     loaded.require_pins()
-    certificate = _check_concurrency(request)
-    check_outputs(
-        [request.run_log_output, request.sidecar_output],
-        force=request.force,
-        inputs=(loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files),
-    )
+    _check_concurrency(request)
+    outputs = [request.run_log_output, request.sidecar_output]
+    evidence = tuple(p for p in (request.certificate, request.certificate_key) if p is not None)
+    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files, *evidence)
+    check_outputs(outputs, force=request.force, inputs=inputs)
+    verified = None
+    if request.certificate is not None and request.certificate_key is not None:
+        verified = verify_certificate(request.certificate, request.certificate_key)
+        check_outputs(outputs, force=request.force, inputs=(verified.trace,))
     prompts = prompts_within_budget(loaded, bundle, request.n_prompts, request.max_tokens)
-    if certificate is not None:
+    if verified is not None:
+        certificate = verified.certificate
         # Everything but the pins, which need the server's version: checked before a request.
         require_coverage(
             certificate,
@@ -232,6 +249,7 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
             concurrency=request.concurrency,
             n_prompts=len(prompts),
         )
+    return verified
 
 
 def sample_one(
@@ -279,10 +297,11 @@ def sample(
     it returns (the environment fingerprint, :mod:`detserve.fingerprint`) goes into the sidecar as
     ``environment``, never into the run log.
     """
-    check_request(loaded, bundle, request)
+    verified = check_request(loaded, bundle, request)
+    certificate = verified.certificate if verified is not None else None
     prompts = bundle.take(request.n_prompts)
-    certificate = read_certificate(request.certificate) if request.certificate else None
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
+    require_bundle_tokenizer(bundle, loaded, report.digests)  # the verified files, not a re-read
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     # the container is compared with the manifest bytes just verified, not a second read
     container = checked_container(
@@ -364,7 +383,8 @@ def sample(
         output_tokens=output_tokens,
         seconds=seconds,
         concurrency=request.concurrency,
-        certificate_sha256=certificate.sha256 if certificate is not None else None,
+        certificate_sha256=verified.sha256 if verified is not None else None,
+        certificate_keyid=verified.keyid if verified is not None else None,
         audited=audited,
     )
     sidecar = {
@@ -385,6 +405,7 @@ def sample(
         # How the log was sampled, not what it says: a certified concurrency gives the same log.
         "concurrency": request.concurrency,
         "certificate_sha256": summary.certificate_sha256,
+        "certificate_keyid": summary.certificate_keyid,
         "audit": (
             {
                 "fraction": request.audit_fraction,

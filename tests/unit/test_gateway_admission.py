@@ -291,7 +291,7 @@ HOSTILE_GRAMMAR = "start: " + '"a"? ' * 30 + '"x"'
 BACKTRACKING = {"type": "string", "pattern": "^(a|aa)*c$"}
 
 
-@pytest.mark.parametrize("hostile", ["compile", "check"])
+@pytest.mark.parametrize("hostile", ["compile", "check", "streamed check"])
 def test_health_and_other_clients_are_answered_while_a_hostile_constraint_runs(
     rig: GatewayRig, fake: StreamingFakeVllm, monkeypatch: pytest.MonkeyPatch, hostile: str
 ) -> None:
@@ -304,6 +304,7 @@ def test_health_and_other_clients_are_answered_while_a_hostile_constraint_runs(
         fake.pieces = ['"', "a" * 60, 'cX"']
     outcome: dict[str, httpx.Response] = {}
     body = {"prompt": "hostile", "max_tokens": 3, "structured_outputs": constraint}
+    body |= {"stream": hostile == "streamed check"}  # a check holds no engine slot either way
     hostile_client = threading.Thread(target=lambda: outcome.update(hostile=post(rig, body)))
     hostile_client.start()
     try:
@@ -322,5 +323,9 @@ def test_health_and_other_clients_are_answered_while_a_hostile_constraint_runs(
         assert outcome["hostile"].status_code == 400
         assert outcome["hostile"].json()["error"]["param"] == "structured_outputs.grammar"
         assert "took longer than 4 s" in outcome["hostile"].json()["error"]["message"]
-    else:
+    elif hostile == "check":
         assert outcome["hostile"].json()["detserve"]["constraint_check"] == "not_checked"
+    else:
+        events = [line for line in outcome["hostile"].text.splitlines() if line.startswith("data:")]
+        assert events[-1] == "data: [DONE]"
+        assert json.loads(events[-2][5:])["detserve"]["constraint_check"] == "not_checked"

@@ -53,7 +53,9 @@ app.callback()(_root)
 # `verify` runs before every run, and its start-up counts in what verification costs.
 _COMMAND_MODULES = (
     "commands_trust",
+    "commands_prompts",
     "commands_locks",
+    "commands_download",
     "commands_runs",
     "commands_sample",
     "commands_check",
@@ -62,6 +64,7 @@ _COMMAND_MODULES = (
     "commands_runlog",
     "commands_attest",
     "commands_fleet",
+    "commands_init",
 )
 
 
@@ -136,15 +139,26 @@ _TYPER_INTERRUPTED = 130
 
 
 def _interrupted() -> NoReturn:
-    from detserve.cli.output import stderr
+    from detserve.cli.output import say
 
-    stderr.print("detserve: interrupted; nothing was written", markup=False)
+    say("detserve: interrupted; nothing was written")
     sys.exit(EXIT_ENVIRONMENT)
+
+
+def _print_traceback() -> None:
+    """The traceback of the exception being handled (``--verbose``), each line escaped: the
+    messages of the exceptions in it may quote a received value."""
+    from detserve.cli.output import say_lines
+
+    say_lines(traceback.format_exc().rstrip("\n"))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``detserve`` console script."""
     args = sys.argv[1:] if argv is None else argv
+    from detserve.cli.output import escape_library_output
+
+    escape_library_output()
     verbose = "--verbose" in args or "-v" in args
     json_mode = "--json" in args
     application = _register(args)
@@ -162,13 +176,15 @@ def main(argv: list[str] | None = None) -> None:
                 stdout_closed()
             raise
     except DetserveError as exc:
-        from detserve.cli.output import emit_json, stderr
+        from detserve.cli.output import emit_json, say_lines
 
         if verbose:
-            traceback.print_exc()
+            _print_traceback()
         if json_mode:
             emit_json(exc.as_json())
-        stderr.print(f"detserve: error: {exc.diagnostics()}", markup=False)
+        # Each line escaped again: a field set after the error was made (a hint added where it
+        # was caught) was never bounded, and escaping twice changes nothing.
+        say_lines(f"detserve: error: {exc.diagnostics()}")
         sys.exit(exc.exit_code)
     except _caught("Exit", "Exit") as exc:
         code = getattr(exc, "exit_code", 0)
@@ -180,15 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _interrupted()
     except Exception as exc:  # noqa: BLE001
-        from detserve.cli.output import stderr
+        from detserve.cli.output import say_lines
 
         # A bug. Never exit 1 here: a crash must not read as a verification verdict.
         if verbose:
-            traceback.print_exc()
-        stderr.print(
+            _print_traceback()
+        say_lines(
             f"detserve: internal error: {exc.__class__.__name__}: {bounded(str(exc))}\n"
-            "  this is a bug in detserve; re-run with --verbose and report the traceback",
-            markup=False,
+            "  this is a bug in detserve; re-run with --verbose and report the traceback"
         )
         sys.exit(EXIT_ENVIRONMENT)
     if code == _TYPER_INTERRUPTED:

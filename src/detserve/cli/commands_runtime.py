@@ -16,6 +16,7 @@ from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
 from detserve.errors import EXIT_VERIFICATION
+from detserve.printable import printable
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import container_name
 from detserve.runtime.readiness import WaitProgress
@@ -53,7 +54,7 @@ class _WaitDisplay:
 
     def __init__(self, progress: Progress, label: str) -> None:
         self._progress = progress
-        self._label = label
+        self._label = printable(label)  # a task's description is shown as it is
         self._server: TaskID = progress.add_task(f"{label}: starting", detail="")
         self._verify: TaskID | None = None
 
@@ -76,8 +77,8 @@ class _WaitDisplay:
 def _wait_display(label: str) -> Iterator[_WaitDisplay]:
     columns = (
         SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.description}", markup=False),
+        TextColumn("{task.fields[detail]}", markup=False),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=stderr, transient=True) as progress:
@@ -335,6 +336,7 @@ def logs_command(
         if json_output:
             emit_json({"line": line})
         else:
-            # verbatim: log lines are not rich markup
-            sys.stdout.write(line + "\n")
+            # Written, not printed through rich (a log line is not markup), and escaped: the
+            # container's output is received text, and may hold any control sequence.
+            sys.stdout.write(printable(line) + "\n")
             sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""Trust-root commands: profiles, manifests, locks and prompt bundles."""
+"""Trust-root commands: profiles and snapshot manifests (prompt bundles: commands_prompts)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import (
-    BundleOption,
-    BundlePinOption,
     ConfigOption,
-    ForceOption,
     OptionalConfigOption,
     WorkersOption,
     legacy_output_option,
@@ -23,13 +20,14 @@ from detserve.cli.options import (
 )
 from detserve.cli.output import JsonOption, byte_progress, emit_json, result, say
 from detserve.errors import UsageError
+from detserve.printable import printable_json
 
 # `hash` and `verify` run before every run, and their start-up is part of what verification
 # costs: importing what only the other commands need (the Docker SDK, huggingface_hub, httpx,
 # the pydantic profile models) took 0.5 s, a quarter of verifying 4 GiB. Those imports are made
 # inside the commands that use them.
 if TYPE_CHECKING:
-    pass
+    from detserve.signed_statement import SignedModel
 
 config_app = typer.Typer(
     help="Validate profiles and print their JSON Schema.", no_args_is_help=True
@@ -38,6 +36,12 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("validate")
+@junit_xml_report(
+    "config validate",
+    subject=lambda options: str(options["config"]),
+    inputs=("config",),
+    profile="config",
+)
 def config_validate(
     config: ConfigOption,
     allow_unpinned: Annotated[
@@ -47,6 +51,7 @@ def config_validate(
             help="Accept null pins (a profile waiting for lock-model / lock-image).",
         ),
     ] = False,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Validate a profile: one line per bad field (where, what was expected, what was found).
@@ -61,6 +66,8 @@ def config_validate(
     if not allow_unpinned:
         loaded.require_pins()
     missing = loaded.missing_pins()
+    state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
+    record_outcome([f"{config}: valid ({state})"], None)
     if json_output:
         emit_json(
             {
@@ -72,7 +79,6 @@ def config_validate(
             }
         )
     else:
-        state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
         result(f"{config}: valid ({state})")
 
 
@@ -81,7 +87,9 @@ def config_schema() -> None:
     """Print the profile JSON Schema (committed as docs/profile.schema.json)."""
     from detserve.profile import profile_json_schema
 
-    sys.stdout.write(json.dumps(profile_json_schema(), indent=2, sort_keys=True) + "\n")
+    # detserve's own schema, but escaped as every JSON document printed is (emit_json)
+    schema = json.dumps(profile_json_schema(), indent=2, sort_keys=True)
+    sys.stdout.write(printable_json(schema) + "\n")
 
 
 @config_app.command("options")
@@ -139,6 +147,49 @@ SnapshotOption = Annotated[
 ]
 
 
+ModelSignatureOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-signature",
+        dir_okay=False,
+        help=(
+            "The publisher's OpenSSF model signature (model_signing's Sigstore bundle) over the "
+            "snapshot; verified with --public-key or --certificate-chain."
+        ),
+    ),
+]
+SignaturePublicKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--public-key",
+        dir_okay=False,
+        help="The publisher's elliptic-curve public key (PEM) for --model-signature.",
+    ),
+]
+CertificateChainOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--certificate-chain",
+        dir_okay=False,
+        metavar="<file>",
+        help=(
+            "PEM certificates (the publisher's root, and intermediates) the signing certificate "
+            "of --model-signature must chain to. Repeatable."
+        ),
+    ),
+]
+
+
+def _say_signature(signature: SignedModel | None) -> None:
+    if signature is not None:
+        say(
+            f"model signature {signature.signature} verified: signed by {signature.signer}, "
+            f"{len(signature.files)} files ({signature.method}, {signature.hash_type})"
+        )
+        for note in signature.notes:
+            say(f"model_signing: {note}")
+
+
 @app.command("hash")
 def hash_command(
     manifest_output: Annotated[
@@ -150,15 +201,22 @@ def hash_command(
     snapshot: SnapshotOption = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest.")] = False,
     workers: WorkersOption = None,
+    model_signature: ModelSignatureOption = None,
+    public_key: SignaturePublicKeyOption = None,
+    certificate_chain: CertificateChainOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Hash every file of a snapshot into a sha256 manifest (coreutils format).
 
-    Making a manifest creates a trust root: review it and commit it. Examples:
+    Making a manifest creates a trust root: review it and commit it. With --model-signature the
+    manifest is derived from the publisher's signature, written only once it verifies and the
+    snapshot is exactly the signed files (else exit 1). Examples:
 
         detserve hash --config configs/tiny-cpu.json --manifest-output manifests/tiny-cpu/REV.sha256
 
         detserve hash --snapshot DIR --manifest-output DIR.sha256
+
+        detserve hash --config P --manifest-output M --model-signature model.sig --public-key K
     """
     from detserve import api
 
@@ -167,16 +225,31 @@ def hash_command(
         raise UsageError("give --manifest-output PATH: the manifest to write")
     with byte_progress("hashing") as bar:
         hashed = api.hash_snapshot(
-            config, output=output, snapshot=snapshot, force=force, workers=workers, observer=bar
+            config,
+            output=output,
+            snapshot=snapshot,
+            force=force,
+            workers=workers,
+            observer=bar,
+            model_signature=model_signature,
+            public_key=public_key,
+            certificate_chain=certificate_chain or (),
         )
     if json_output:
         emit_json(hashed.as_json())
     else:
+        _say_signature(hashed.signature)
         result(f"wrote {output}: {hashed.files} files, manifest sha256 {hashed.manifest_sha256}")
         say("review this manifest before you commit it: it becomes the trust root of the snapshot")
 
 
 @app.command("verify")
+@junit_xml_report(
+    "verify",
+    subject=lambda options: str(options["config"] or options["snapshot"]),
+    inputs=("config", "snapshot", "manifest", "model_signature", "public_key", "certificate_chain"),
+    profile="config",
+)
 def verify_command(
     config: OptionalConfigOption = None,
     snapshot: SnapshotOption = None,
@@ -185,152 +258,48 @@ def verify_command(
         typer.Option("--manifest", "-m", help="Manifest to check against.", dir_okay=False),
     ] = None,
     workers: WorkersOption = None,
+    model_signature: ModelSignatureOption = None,
+    public_key: SignaturePublicKeyOption = None,
+    certificate_chain: CertificateChainOption = None,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Verify every file of a snapshot against its manifest.
 
     Reports, sorted and by name: missing, extra and changed files, symlinks that escape the
-    snapshot, and malformed, duplicate or escaping manifest lines. Any of them: exit 1.
-    Examples:
+    snapshot, and malformed, duplicate or escaping manifest lines. Any of them: exit 1. With
+    --model-signature, the publisher's signature too: the snapshot, the manifest and the
+    signature must agree on every file. Examples:
 
         detserve verify --config configs/tiny-cpu.json
 
         detserve verify --snapshot DIR --manifest DIR.sha256
+
+        detserve verify --config P --model-signature model.sig --public-key K
     """
     from detserve import api
+    from detserve.signed_snapshot import SignedVerifyReport
 
     with byte_progress("verifying") as bar:
         report = api.verify(
-            config, snapshot=snapshot, manifest=manifest, workers=workers, observer=bar
+            config,
+            snapshot=snapshot,
+            manifest=manifest,
+            workers=workers,
+            observer=bar,
+            model_signature=model_signature,
+            public_key=public_key,
+            certificate_chain=certificate_chain or (),
         )
-    manifest_path = report.manifest
+    rate = report.throughput_bytes_per_s / 1e9
+    line = (
+        f"OK: {report.files} files, {report.bytes} bytes match {report.manifest} "
+        f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
+    )
+    record_outcome([line], None)
     if json_output:
         emit_json(report.as_json())
     else:
-        rate = report.throughput_bytes_per_s / 1e9
-        result(
-            f"OK: {report.files} files, {report.bytes} bytes match {manifest_path} "
-            f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
-        )
-
-
-# --- prompt bundles --------------------------------------------------------------------------
-
-prompts_app = typer.Typer(help="Build and verify pinned prompt bundles.", no_args_is_help=True)
-app.add_typer(prompts_app, name="prompts")
-
-
-@prompts_app.command("verify")
-def prompts_verify(
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
-    json_output: JsonOption = False,
-) -> None:
-    """Check a prompt bundle against its pinned hash, then parse every prompt.
-
-    detserve prompts verify
-    """
-    from detserve.prompts import load_bundle
-
-    loaded_bundle = load_bundle(bundle, bundle_pin)
-    if json_output:
-        emit_json(
-            {
-                "ok": True,
-                "bundle": str(bundle),
-                "bundle_sha256": loaded_bundle.sha256,
-                "n_prompts": len(loaded_bundle.prompts),
-            }
-        )
-    else:
-        result(
-            f"OK: {bundle}: {len(loaded_bundle.prompts)} prompts, "
-            f"bundle sha256 {loaded_bundle.sha256}"
-        )
-
-
-@prompts_app.command("bootstrap")
-def prompts_bootstrap(
-    config: ConfigOption,
-    output_dir: Annotated[
-        Path, typer.Option("--output-dir", file_okay=False, help="Bundle directory to write.")
-    ],
-    n_prompts: Annotated[int, typer.Option("--n-prompts", min=1, help="Prompts to take.")],
-    dataset_file: Annotated[
-        Path | None, typer.Option("--dataset-file", dir_okay=False, help="A local dataset file.")
-    ] = None,
-    dataset_sha256: Annotated[
-        str | None, typer.Option("--dataset-sha256", help="Expected sha256 of --dataset-file.")
-    ] = None,
-    hf_dataset: Annotated[
-        str | None, typer.Option("--hf-dataset", help="Hugging Face dataset id ORG/NAME.")
-    ] = None,
-    dataset_revision: Annotated[
-        str | None, typer.Option("--dataset-revision", help="40-hex commit of --hf-dataset.")
-    ] = None,
-    dataset_filename: Annotated[
-        str | None, typer.Option("--dataset-filename", help="File inside --hf-dataset.")
-    ] = None,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="'jsonl' (one object a line; --field holds a prompt string, or a list of chat "
-            "messages), 'text' (a prompt a line) or 'requests' (a bundle line a line without id "
-            "and n_tokens: prompt or messages, optional stop and constraint).",
-        ),
-    ] = "jsonl",
-    field: Annotated[
-        str, typer.Option("--field", help="JSONL field holding the prompt or conversation.")
-    ] = "text",
-    name: Annotated[
-        str, typer.Option("--name", help="The bundle's name, written in bundle.json.")
-    ] = "reference_prompts",
-    max_prompt_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-prompt-tokens", min=1, help="Skip longer prompts (default: fits the model)."
-        ),
-    ] = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub address.")] = None,
-    force: ForceOption = False,
-    json_output: JsonOption = False,
-) -> None:
-    """Build a prompt bundle from a dataset whose content is pinned.
-
-    Either a local file with its sha256, or a Hugging Face dataset file at a pinned commit.
-    Prompts are measured with the profile's model tokenizer, whose files must match the model's
-    manifest. The bundle is not trusted until you pin it with `detserve hash`:
-
-        detserve prompts bootstrap --config configs/tiny-cpu.json --dataset-file data.jsonl \\
-            --dataset-sha256 SHA --n-prompts 32 --output-dir artifacts/reference_prompts
-
-        detserve hash --snapshot artifacts/reference_prompts \\
-            --output manifests/reference_prompts/reference_prompts.sha256
-    """
-    from detserve import api
-
-    info = api.bootstrap_prompts(
-        config,
-        output_dir=output_dir,
-        n_prompts=n_prompts,
-        dataset_file=dataset_file,
-        dataset_sha256=dataset_sha256,
-        hf_dataset=hf_dataset,
-        dataset_revision=dataset_revision,
-        dataset_filename=dataset_filename,
-        fmt=fmt,
-        field=field,
-        max_prompt_tokens=max_prompt_tokens,
-        name=name,
-        endpoint=endpoint,
-        force=force,
-    )
-    if json_output:
-        emit_json({"ok": True, "bundle": str(output_dir), "n_prompts": info.n_prompts})
-    else:
-        result(f"wrote {output_dir}: {info.n_prompts} prompts")
-        say(
-            "not trusted yet: review it, then pin it with `detserve hash --snapshot "
-            f"{output_dir} --manifest-output manifests/{name}/{name}.sha256`"
-        )
+        if isinstance(report, SignedVerifyReport):
+            _say_signature(report.signature)
+        result(line)

@@ -1,8 +1,9 @@
 """``detserve check``: measure, against the running pinned server, why runs could differ.
 
 The same pre-flight as strict sampling, nothing weaker: every pin filled, the snapshot verified
-against its manifest, the container bound to the pins (:func:`checked_container`), the pinned
-model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
+against its manifest, the bundle measured with the verified snapshot's tokenizer
+(:mod:`detserve.bundle_binding`), the container bound to the pins (:func:`checked_container`),
+the pinned model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
 container's identity checked while requests are in flight (sampling's :class:`IdentityWatch`).
 At the end the identity is checked again, the snapshot verified again against the same manifest
 and, when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED``
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from detserve.bundle_binding import require_bundle_tokenizer
 from detserve.diagnosis.measure import CheckPlan, Measurements, PassKey, measure
 from detserve.diagnosis.verdict import Diagnosis, diagnose, env_changed
 from detserve.errors import ContainerError, SnapshotMismatch, UsageError
@@ -100,6 +102,7 @@ def run_check(
     prompts = bundle.take(plan.n_prompts)
     seed = loaded.profile.sampling.seed
     first = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    require_bundle_tokenizer(bundle, loaded, first.digests)
     pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
     container = checked_container(loaded, engine, what="check")
     watch = IdentityWatch(engine, container)

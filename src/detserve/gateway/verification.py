@@ -9,8 +9,16 @@ model (:func:`~detserve.runtime.smoke.check_served_model`). While serving,
 first failure is sticky: the gateway answers 503 with its reason from then on, because answers
 from another server or snapshot are not the claim its transcript makes.
 
+A *doubt* is not knowing (:meth:`HealthMonitor.doubt`): an unexpected exception answering a
+request, or in a check itself. The gateway answers 503 while one stands; it is lifted by the
+next watcher tick that completes (:meth:`HealthMonitor.watch_tick`) and finds nothing wrong: an
+identity check for a request's doubt, every check (the snapshot's too) for a check's own. The
+watcher cannot die silently: a tick's exception is logged and is such a doubt, and the watcher
+goes on.
+
 Above one request in flight the gateway needs a concurrency certificate
-(:mod:`detserve.diagnosis.certificate`) for these engine pins, this seed and that level
+(:mod:`detserve.certificate`), signed and verified with the public key the operator names and
+supported by its trace, for these engine pins, this seed and that level
 (:func:`require_gateway_coverage`). A certificate was measured on a prompt bundle's prompts with
 its ``max_tokens``; the gateway extends it to client requests, which is weaker than what
 ``sample`` requires, and says so in its docstring and the README: replaying the transcript (at
@@ -19,12 +27,12 @@ concurrency 1) is what checks it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from detserve.diagnosis.certificate import CertificateMismatch, read_certificate
+from detserve.certificate import CertificateMismatch, VerifiedCertificate
 from detserve.errors import DetserveError, PinMismatch
 from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
@@ -36,6 +44,8 @@ from detserve.runtime.engine import ContainerEngine, ContainerInfo
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
+
+_log = logging.getLogger("detserve.gateway")
 
 
 @dataclass(frozen=True)
@@ -107,10 +117,12 @@ def _direct_url(loaded: LoadedProfile, container: ContainerInfo, version: str) -
     return url
 
 
-def require_gateway_coverage(certificate_path: Path, verified: Verified, concurrency: int) -> str:
-    """Refuse unless the certificate covers these engine pins, this seed and ``concurrency``;
-    return its sha256."""
-    certificate = read_certificate(certificate_path)
+def require_gateway_coverage(
+    checked: VerifiedCertificate, verified: Verified, concurrency: int
+) -> None:
+    """Refuse unless the verified certificate (:func:`~detserve.certificate.verify_certificate`)
+    covers these engine pins, this seed and ``concurrency``."""
+    certificate = checked.certificate
     theirs = certificate.pins.model_dump(mode="json")
     ours = verified.pins.model_dump(mode="json")
     lines = [
@@ -130,7 +142,6 @@ def require_gateway_coverage(certificate_path: Path, verified: Verified, concurr
             details=sorted(lines),
             hint="run `detserve check` for these pins to measure a certificate",
         )
-    return certificate.sha256
 
 
 def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
@@ -161,11 +172,64 @@ class HealthMonitor:
         self._snapshot_at = now
         self.last_verified_at = time.time()
         self._failure: str | None = None
+        self._doubt: str | None = None
+        #: counts doubts raised, so that a tick lifts only those raised before it began
+        self._doubts = 0
+        #: a check raised: the next tick runs every check
+        self._full_check_due = False
         self._lock = threading.Lock()
 
     @property
     def failure(self) -> str | None:
         return self._failure
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why nothing is answered now (a failure, else a doubt), or None."""
+        return self._failure or self._doubt
+
+    def doubt(self, reason: str, *, full: bool = False) -> None:
+        """Answer nothing until the next tick passes (every check with ``full``)."""
+        with self._lock:
+            self._doubt = reason
+            self._doubts += 1
+            self._full_check_due = self._full_check_due or full
+
+    def recheck_identity(self) -> None:
+        """Check the container now (the engine failed a request: it may be gone); an unexpected
+        exception is logged and becomes a doubt, never raised."""
+        try:
+            self.check_identity()
+        except Exception as exc:  # noqa: BLE001 - it runs unobserved, in an executor
+            _log.exception("the gateway's identity check failed unexpectedly")
+            self.doubt(
+                f"the identity check failed unexpectedly ({type(exc).__name__}); it is run again",
+                full=True,
+            )
+
+    def watch_tick(self) -> None:
+        """One tick of the watcher: :meth:`tick`, with a doubt's re-check; an unexpected
+        exception is logged and becomes a doubt, never raised."""
+        with self._lock:
+            doubts, doubted, full = self._doubts, self._doubt is not None, self._full_check_due
+        try:
+            if full:
+                self.tick(force=True)
+            else:
+                if doubted:
+                    self.check_identity()  # what a request's doubt needs known again
+                self.tick()
+        except Exception as exc:  # noqa: BLE001 - the watcher must outlive any fault of a check
+            _log.exception("the gateway's health check failed unexpectedly")
+            self.doubt(
+                f"the health check failed unexpectedly ({type(exc).__name__}); it is run again",
+                full=True,
+            )
+            return
+        with self._lock:
+            if self._failure is None and self._doubts == doubts:
+                self._doubt = None
+                self._full_check_due = False
 
     def fail(self, reason: str) -> None:
         with self._lock:

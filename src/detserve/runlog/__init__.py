@@ -44,7 +44,6 @@ from detserve.runlog.models import (
     MAX_SAMPLES,
     MAX_TEXT_CHARS,
     MAX_TOKENS,
-    SCHEMA_ID,
     DevicePins,
     RunLogFooter,
     RunLogHeader,
@@ -52,7 +51,6 @@ from detserve.runlog.models import (
     RunLogSample,
     RunPins,
     SamplingParams,
-    run_log_json_schema,
 )
 from detserve.runlog.reader import (
     RunLogReader,
@@ -61,6 +59,7 @@ from detserve.runlog.reader import (
     run_log_sha256,
     validate_run_log,
 )
+from detserve.runlog.schema import SCHEMA_ID, run_log_json_schema
 from detserve.runlog.writer import RunLogWriter, write_run_log
 
 __all__ = [
