@@ -64,6 +64,7 @@ def write(directory: Path, exchanges: int, rotate: int) -> None:
         )
         fields = {
             "constraint_check": "satisfied" if constrained else None,
+            "delivery": "delivered",
             "finish_reason": "length",
             "incomplete": None,
             "output_token_ids": [(number * 7 + i) % 32000 for i in range(64)],
