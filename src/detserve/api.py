@@ -878,10 +878,21 @@ def validate_transcripts(
     """Validate every transcript segment of ``directory`` and the hash chain of each gateway
     run's series; raise :class:`~detserve.errors.ChainBroken` (exit 1) naming a segment missing,
     reordered, renamed or substituted, and :class:`~detserve.errors.RunLogError` (exit 2) for a
-    segment that does not validate. A cut last segment raises unless ``allow_cut``."""
+    segment that does not validate. A cut last segment raises unless ``allow_cut``. A directory
+    that holds no segment raises :class:`~detserve.errors.RunLogError` too: nothing was
+    validated, and that is no pass."""
+    from detserve.errors import RunLogError
     from detserve.runlog.series import validate_transcript_dir
+    from detserve.runlog.transcript import SUFFIX
 
-    return validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+    series = validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+    if not series:
+        raise RunLogError(
+            f"{directory}: no transcript segment (*{SUFFIX}) to validate",
+            hint="give a run log, a transcript segment, or a directory `detserve serve "
+            "--transcript-dir` wrote into",
+        )
+    return series
 
 
 def evaluate(
@@ -983,15 +994,18 @@ def explain(
     category (hardware, software version, numerics settings, model files, concurrency).
 
     ``sidecars`` are one per log in the comparison's order (for ``check_hash``: the log's, then
-    the published log's); each may be a sidecar or a ``detserve env`` fingerprint file. A
-    sidecar that names another run log is :class:`~detserve.errors.InputError` (exit 2).
+    the published log's), each naming that log's sha256: a sidecar of another run log, one
+    naming none and a bare ``detserve env`` fingerprint file (bound to no run) are
+    :class:`~detserve.errors.InputError` (exit 2).
     """
     from detserve.evaluation.explain import explain as explain_core
+    from detserve.evaluation.explain import report_logs
 
     paths = [Path(sidecar) for sidecar in sidecars]
     output = Path(report) if report is not None else None
     if output is not None:
-        check_outputs([output], force=force, inputs=paths)
+        # every file the report was made from is an input: the logs compared and the sidecars
+        check_outputs([output], force=force, inputs=[*report_logs(result), *paths])
     explained = explain_core(result, paths)
     if output is not None:
         write_json_report(output, explained.as_json(), force=force)
@@ -1038,6 +1052,7 @@ def replay(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    claim_sha256: str | None = None,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
@@ -1053,6 +1068,11 @@ def replay(
     ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
     :class:`~detserve.envelope.SignatureError`, exit 1, before anything else is read), then the
     subject's sha256 against ``run_log``, then the pins as above.
+
+    The claim is compared as the bytes that were verified: its sha256 when it was validated (the
+    signed subject's, or ``claim_sha256`` when given) must be what the comparison reads at the
+    end, and the replay's log must be what was sampled; a file swapped in between is
+    :class:`~detserve.errors.EvidenceChanged` (exit 1), never a verdict.
     """
     from detserve.replay_plan import plan_replay
     from detserve.runtime import lifecycle
@@ -1061,6 +1081,9 @@ def replay(
     stage = on_stage or (lambda _message: None)
     claim = Path(claim)
     output_dir = Path(output_dir)
+    replay_log = output_dir / "replay.runlog.jsonl"
+    sidecar = output_dir / "replay.sidecar.json"
+    report_path = output_dir / "report.json"
     attested = None
     signed: tuple[Path, ...] = ()
     if public_key is not None or run_log is not None:
@@ -1069,6 +1092,14 @@ def replay(
                 "a signed claim needs both --public-key KEY and --run-log LOG (the log it signs)"
             )
         from detserve.attest import verify_claim
+
+        # The files named here, before the signature is checked (which reads nothing of the
+        # outputs): no output may be one of them; the profile's own files follow once read.
+        named: tuple[Path, ...] = (claim, Path(public_key), Path(run_log))
+        named += tuple(Path(given) for given in (bundle_pin, bundle) if given is not None)
+        named += (Path(config),) if isinstance(config, str | Path) else ()
+        check_output_dir(output_dir, force=True, inputs=named)
+        check_outputs((replay_log, sidecar, report_path), force=force, inputs=named)
 
         attested = verify_claim(claim, Path(public_key), Path(run_log))
         stage(f"envelope {claim}: signature and subject verified")
@@ -1084,14 +1115,15 @@ def replay(
         loaded.snapshot_dir,
         *prompts.files,
     )
-    replay_log = output_dir / "replay.runlog.jsonl"
-    sidecar = output_dir / "replay.sidecar.json"
-    report_path = output_dir / "report.json"
     # Before the claim is read and anything runs; the outputs are named, so a directory that
     # holds other files is fine.
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs((replay_log, sidecar, report_path), force=force, inputs=inputs)
-    plan = plan_replay(claim, loaded, prompts)
+    if attested is not None:
+        if claim_sha256 is not None and claim_sha256 != attested.run_log_sha256:
+            raise UsageError("claim_sha256 is not the signed run log's sha256")
+        claim_sha256 = attested.run_log_sha256
+    plan = plan_replay(claim, loaded, prompts, claim_sha256=claim_sha256)
     request = SampleRequest(
         n_prompts=plan.n_prompts,
         max_tokens=plan.max_tokens,
@@ -1111,7 +1143,10 @@ def replay(
             lifecycle.stop(loaded, engine=engine)
     from detserve.evaluation import evaluate as evaluate_core
 
-    report = evaluate_core(claim, summary.run_log)
+    # what was verified and what was sampled, not whatever the paths hold now
+    report = evaluate_core(
+        claim, summary.run_log, expected_sha256=(plan.claim_sha256, summary.run_log_sha256)
+    )
     write_json_report(report_path, report.as_json(), force=force)
     return ReplayResult(
         plan=plan, summary=summary, report=report, report_path=report_path, attested=attested
@@ -1138,6 +1173,7 @@ def build_gateway(
     rotate_exchanges: int | None = None,
     allowed_hosts: Sequence[str] = (),
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
     return the gateway's ASGI application object (``gateway.app``), its transcript opened.
@@ -1175,13 +1211,18 @@ def build_gateway(
     hosts = checked_hosts(allowed_hosts)
     loaded = load_profile(config)
     loaded.require_pins()
+    inputs: tuple[Path, ...] = (loaded.path, loaded.manifest_path, loaded.snapshot_dir)
+    if certificate is not None:
+        inputs += (Path(certificate),)
+    # where segments are written: not an input, nor inside one (earlier segments may be there)
+    check_output_dir(Path(transcript_dir), force=True, inputs=inputs)
     # the earlier runs' segments are input: checked before anything is verified or served
     earlier = index_earlier(Path(transcript_dir))
     # signature and trace before the engine is asked; the pins it covers after
     checked = None
     if certificate is not None and certificate_key is not None:
         checked = verify_certificate(Path(certificate), Path(certificate_key))
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     verified = verify_for_serving(loaded, engine)
     if checked is not None:
         require_gateway_coverage(checked, verified, concurrency)
@@ -1230,6 +1271,7 @@ def serve(
     on_ready: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
 
@@ -1255,6 +1297,7 @@ def serve(
         rotate_exchanges=rotate_exchanges,
         allowed_hosts=allowed_hosts,
         engine=engine,
+        docker_host=docker_host,
     )
     for ignored in gateway.transcript.earlier.ignored:
         if on_warning is not None:
@@ -1295,6 +1338,7 @@ def replay_transcript(
     force: bool = False,
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> TranscriptReplayResult:
     """Re-send every exchange of a gateway transcript (one segment) under your own pinned
     profile, and compare, in one step.
@@ -1323,7 +1367,7 @@ def replay_transcript(
     if force:
         replay_path.unlink(missing_ok=True)  # a transcript is never written over, only anew
     plan = plan_transcript_replay(claim, loaded)
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     stage(f"claim {claim}: a gateway transcript of {plan.n_exchanges} exchanges; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=stage)
     try:
@@ -1408,6 +1452,7 @@ def check(
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
     probe: FingerprintEngine | None = None,
+    docker_host: str | None = None,
 ) -> CheckOutcome:
     """Diagnose non-determinism against the running, verified container; write a repro pack.
 
@@ -1467,8 +1512,12 @@ def check(
     if engine is None:
         from detserve.runtime.probe import DockerProbe
 
-        docker_probe = DockerProbe.from_env()
+        docker_probe = (
+            DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
+        )
         engine, probe = docker_probe.engine, probe or docker_probe
+    elif docker_host is not None:
+        raise UsageError("give an engine or a docker_host, not both")
     result = run_check(loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass)
     pack = write_repro_pack(loaded, result, directory, force=force, signer=signer)
     return CheckOutcome(result=result, pack=pack)
@@ -1486,6 +1535,7 @@ def verify_certificate(path: Path | str, public_key: Path | str) -> VerifiedCert
 
 def _replay_node(
     claim: Path,
+    claim_sha256: str,
     loaded: LoadedProfile,
     node: FleetNode,
     output_dir: Path,
@@ -1532,6 +1582,7 @@ def _replay_node(
             force=force,
             on_stage=stage,
             engine=engine,
+            claim_sha256=claim_sha256,
         )
     except NotAReplay as exc:
         detail = "; ".join([exc.message, *exc.details[:3]])
@@ -1553,7 +1604,11 @@ def _replay_node(
         detail=detail,
         run_log_sha256=replayed.summary.run_log_sha256,
         run_log=replayed.summary.run_log,
-        fingerprint=read_node_environment(replayed.summary.sidecar).fingerprint,
+        fingerprint=read_node_environment(
+            replayed.summary.sidecar,
+            run_log_sha256=replayed.summary.run_log_sha256,
+            log=str(replayed.summary.run_log),
+        ).fingerprint,
     )
 
 
@@ -1579,7 +1634,8 @@ def replay_fleet(
     by root-cause category. ``fleet.json`` in ``output_dir`` is the report. Returns it whatever
     the verdict; ``report.error()`` is the error to raise when not every node agrees. Every
     node samples ``bundle`` and ``bundle_pin`` if given, else its own profile's bundle; each is
-    loaded and checked against its profile's model before any node is asked anything.
+    loaded and checked against its profile's model before any node is asked anything. Every node
+    requires the claim's bytes the fleet validated (``claim_sha256`` of :func:`replay`).
     """
     from detserve.fleet import check_nodes, parse_node, run_fleet
     from detserve.runlog import validate_run_log
@@ -1592,12 +1648,17 @@ def replay_fleet(
         node.label: load_profile(node.config if node.config is not None else config)
         for node in parsed
     }
+    bundle_files: list[Path] = []
     for loaded in profiles.values():
         loaded.require_pins()
         # each node's bundle (the flags', else its profile's) measured on its model, up front
-        _profile_prompts(loaded, bundle, bundle_pin)
+        bundle_files.extend(_profile_prompts(loaded, bundle, bundle_pin).files)
     report_path = output_dir / "fleet.json"
-    inputs = (claim, *(loaded.path for loaded in profiles.values()))
+    inputs = (
+        claim,
+        *bundle_files,
+        *(path for loaded in profiles.values() for path in (loaded.path, loaded.manifest_path)),
+    )
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs([report_path], force=force, inputs=inputs)
     # an invalid claim is bad input before any node is asked anything
@@ -1610,6 +1671,7 @@ def replay_fleet(
         parsed,
         lambda node: _replay_node(
             claim,
+            claim_sha256,
             profiles[node.label],
             node,
             output_dir,

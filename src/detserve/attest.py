@@ -40,7 +40,14 @@ from google.protobuf import json_format
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from in_toto_attestation.v1.statement import Statement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from detserve._version import __version__
 from detserve.canonical import canonical_bytes
@@ -123,6 +130,17 @@ class ClaimPredicate(_Model):
 
     sidecar_sha256: Sha256Hex
     """sha256 of the sidecar file written beside the run log."""
+
+    @field_validator("environment")
+    @classmethod
+    def _fingerprint_as_signed(
+        cls, value: EnvironmentFingerprint, info: ValidationInfo
+    ) -> EnvironmentFingerprint:
+        # A signed statement's environment_sha256 names the fingerprint as signed: one whose
+        # format the model filled in by default is another document (docs/spec/run-log.md 9.5).
+        if info.mode == "json" and not {"format", "format_version"} <= value.model_fields_set:
+            raise ValueError("a fingerprint names its format and format_version")
+        return value
 
 
 class _Digest(_Model):
@@ -371,7 +389,8 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
             ],
             hint="the run log was changed after it was attested, or this is not its envelope",
         )
-    summary = validate_run_log(run_log)
+    # Re-opened to validate: the header compared must be of the bytes whose hash matched
+    summary = validate_run_log(run_log, expected_sha256=actual_sha256)
     predicate = statement.predicate
     differences = _differences(
         predicate.pins.model_dump(mode="json"), summary.header.pins.model_dump(mode="json"), "pins."

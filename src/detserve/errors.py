@@ -143,6 +143,13 @@ class SignatureInvalid(VerificationError):
     kind = "signature-invalid"
 
 
+class EvidenceChanged(VerificationError):
+    """A file read as evidence (a run log, a transcript) was not the same bytes each time it was
+    read: what was verified is not what would be acted on (a race, or a swap)."""
+
+    kind = "evidence-changed"
+
+
 class PinMismatch(VerificationError):
     """A running container, server or artifact is not the pinned one."""
 

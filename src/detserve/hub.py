@@ -34,10 +34,22 @@ def hub_endpoint(endpoint: str | None) -> str:
     return address
 
 
+def _configured_hub() -> str:
+    """The hub huggingface_hub asks when given no endpoint: ``HF_ENDPOINT``, else
+    huggingface.co (read when huggingface_hub is imported)."""
+    from huggingface_hub import constants
+
+    return str(constants.ENDPOINT or DEFAULT_HUB).rstrip("/")
+
+
 @contextmanager
 def hub_call(endpoint: str | None, what: str) -> Iterator[str]:
-    """Run a hub call; not-found is bad input (exit 2), anything else unreachable (exit 3)."""
-    address = endpoint or DEFAULT_HUB
+    """Run a hub call; not-found is bad input (exit 2), anything else unreachable (exit 3).
+
+    Yields the address named in every message: ``endpoint``, else the hub huggingface_hub
+    asks without one, so that a mirror set by ``HF_ENDPOINT`` is never reported as
+    huggingface.co."""
+    address = endpoint or _configured_hub()
     try:
         yield address
     except hub_errors.LocalEntryNotFoundError as exc:

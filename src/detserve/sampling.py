@@ -53,8 +53,8 @@ from detserve.requests import (
 )
 from detserve.runlog import RunLogWriter
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
@@ -225,7 +225,11 @@ def check_request(
     loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest
 ) -> VerifiedCertificate | None:
     """Refuse a request before any work: outputs, token budget, pins, concurrency; return the
-    verified certificate, if any."""
+    verified certificate, if any.
+
+    The outputs first, before any input is read: no output may be an input, the certificate and
+    its key included (``--sidecar-output`` naming the certificate with ``--force`` replaced it).
+    """
     loaded.require_pins()
     _check_concurrency(request)
     outputs = [request.run_log_output, request.sidecar_output]
@@ -310,7 +314,8 @@ def sample(
     environment = fingerprint() if fingerprint is not None else None
     watch = IdentityWatch(engine, container)
     profile = loaded.profile
-    with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
+    url = server_url(loaded, engine, container)  # the bound container's, never a stand-in's
+    with VllmServer(url, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
         if certificate is not None:

@@ -307,13 +307,13 @@ def checklist(request: InitRequest) -> tuple[Step, ...]:
         ),
         Step(
             "attest",
-            "sign the claim (publish the envelope, the run log and the public key)",
+            "sign the claim, with the environment fingerprint sample wrote into the sidecar "
+            "(publish the envelope, the run log and the public key)",
             (
                 "detserve keygen --output-dir keys/",
-                f"detserve env --config {served} --fingerprint-output {runs}.env.json",
+                # no `detserve env`: attest refuses a second fingerprint beside the sidecar's
                 f"detserve attest --run-log {runs}.runlog.jsonl --sidecar {runs}.sidecar.json "
-                f"--environment {runs}.env.json --key keys/detserve.key "
-                f"--envelope-output {runs}.claim.intoto.json",
+                f"--key keys/detserve.key --envelope-output {runs}.claim.intoto.json",
             ),
         ),
     )

@@ -7,7 +7,8 @@ validates against its schema; one whose properties are out of alphabetical order
 that order, recorded in it and replayed); every answer's provenance id resolves to the same
 record; a client that leaves mid-stream leaves an ``incomplete`` line; a malformed body is a 400
 and a 10 MB body a 413, and neither is recorded. Then the load: 16 client threads send 400 mixed
-requests to a gateway whose queue holds 2, count the 429s and retry them after ``Retry-After``.
+requests to a gateway whose queue holds 2, count the 429s and retry them after ``Retry-After``;
+``/metrics``, scraped before and after, moved by exactly that (answers, 429s, transcript lines).
 Last, the gateway stopped with Ctrl-C closes its transcript, which validates and holds every
 answer exactly once, and ``detserve replay --claim SEGMENT`` (every exchange sent again, the
 incomplete one included) writes the same bytes and reports INCOMPLETE (ok: every recorded token
@@ -30,6 +31,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from detserve.gateway.app import MAX_BODY_BYTES
 from detserve.runlog.transcript import output_sha256, read_exchanges, validate_transcript
@@ -340,7 +342,19 @@ class LoadClient:
         return answer.model_extra["detserve"]["id"], answer.choices[0].message.content or ""
 
 
+def scrape(gateway: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``/metrics``, read by the client library's own parser: value by (name, labels)."""
+    response = httpx.get(f"{gateway.url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
 def test_load_sixteen_clients_four_hundred_requests_429s_retried(served: Served) -> None:
+    before = scrape(served.gateway)
     clients = [LoadClient(served.gateway.client()) for _ in range(LOAD_CLIENTS)]
     began = time.monotonic()
     with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
@@ -364,6 +378,29 @@ def test_load_sixteen_clients_four_hundred_requests_429s_retried(served: Served)
             jsonschema.validate(json.loads(text), SCHEMA)
     served.loaded = ids
     assert served.gateway.health().json()["status"] == "ok"
+    after = scrape(served.gateway)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after[key] - before.get(key, 0.0)
+
+    def answers(outcome: str) -> float:
+        return sum(
+            moved("detserve_gateway_requests_total", route=route, outcome=outcome)
+            for route in ("/v1/completions", "/v1/chat/completions")
+        )
+
+    assert answers("2xx") == LOAD_REQUESTS
+    assert answers("4xx") == refused_busy  # the 429s, and nothing else refused
+    assert moved("detserve_gateway_refusals_total", reason="queue_full", param="none") == (
+        refused_busy
+    )
+    assert moved("detserve_gateway_transcript_lines_total", record="exchange") == LOAD_REQUESTS
+    assert moved("detserve_gateway_transcript_fsync_seconds_count") == LOAD_REQUESTS
+    assert moved("detserve_gateway_queue_wait_seconds_count") == LOAD_REQUESTS
+    assert after["detserve_gateway_queue_pending", frozenset()] == 0
+    assert after["detserve_gateway_queue_capacity", frozenset()] == 1 + QUEUE_SIZE
+    assert after["detserve_gateway_healthy", frozenset()] == 1
 
 
 def test_the_transcript_validates_and_replays_identical(

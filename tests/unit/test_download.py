@@ -80,6 +80,20 @@ def test_lock_model_resolves_main_to_the_git_commit(tiny_hub: TinyHub, cli: CliR
     assert result.out.strip() == f"{tiny_hub.repo_id}@main -> {TINY_HUB_COMMIT}"
 
 
+def test_lock_model_without_endpoint_asks_and_names_the_hub_of_hf_endpoint(
+    tiny_hub: TinyHub, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror set by HF_ENDPOINT (read by huggingface_hub at import) is the hub asked, and the
+    one the pin is reported as resolved by: never huggingface.co (docs/serve-your-model.md)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", tiny_hub.url)
+    result = cli("lock-model", "--config", tiny_hub.config, "--write")
+    assert result.code == EXIT_OK, result.text
+    assert f"trusting {TINY_HUB_COMMIT} (resolved by {tiny_hub.url})" in result.err
+    assert "huggingface.co" not in result.text
+
+
 def test_a_new_commit_moves_main_and_lock_model_reports_both(
     tiny_hub: TinyHub, cli: CliRunner
 ) -> None:

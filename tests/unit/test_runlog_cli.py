@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from detserve.errors import EXIT_INPUT
 from detserve.runlog import run_log_sha256
 
@@ -84,3 +86,19 @@ def test_outputs_are_named_for_what_they_are_and_the_old_spelling_still_works(
     assert "--output is the old spelling of --report-output" in both.err
     assert not (tmp_path / "x.json").exists()
     assert not (tmp_path / "y.json").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "show"])
+@pytest.mark.parametrize("content", ["nothing", "other files", "json"])
+def test_a_directory_with_nothing_to_validate_is_bad_input(
+    tmp_path: Path, cli: CliRunner, command: str, content: str
+) -> None:
+    directory = tmp_path / "transcripts"
+    directory.mkdir()
+    if content == "other files":
+        write_log(directory / "a.runlog.jsonl", 2)
+        (directory / "notes.txt").write_text("not a segment")
+    ran = cli("runlog", command, directory, *(["--json"] if content == "json" else []))
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "no transcript segment (*.transcript.jsonl) to validate" in ran.err
+    assert '"ok": true' not in ran.out

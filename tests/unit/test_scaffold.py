@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import typer.main
 
 from detserve.profile import load_profile
 from detserve.scaffold import CPU_IMAGE_TAG, GPU_IMAGE_TAG, VLLM_VERSION
 
-from .committed import REPO_ROOT, TINY_CONFIG, CliRunner
+from .committed import REPO_ROOT, TINY_CONFIG, CliRunner, parse_command_line
 
 EXIT_OK, EXIT_INPUT = 0, 2
 QWEN_8B = REPO_ROOT / "configs" / "qwen3-8b.json"
@@ -281,10 +280,9 @@ def test_the_gpu_checklist_is_shown_exactly(checkout: Path, cli: CliRunner) -> N
         ],
         [
             "detserve keygen --output-dir keys/",
-            f"detserve env --config {p} --fingerprint-output artifacts/runs/q.env.json",
             "detserve attest --run-log artifacts/runs/q.runlog.jsonl --sidecar "
-            "artifacts/runs/q.sidecar.json --environment artifacts/runs/q.env.json --key "
-            "keys/detserve.key --envelope-output artifacts/runs/q.claim.intoto.json",
+            "artifacts/runs/q.sidecar.json --key keys/detserve.key --envelope-output "
+            "artifacts/runs/q.claim.intoto.json",
         ],
     ]
     assert steps[2]["instead"] == [
@@ -317,24 +315,6 @@ def test_a_path_is_quoted_for_the_shell(checkout: Path, cli: CliRunner) -> None:
     assert "detserve run --config 'my p/m.json'" in ran.out
 
 
-def _parse(words: list[str]) -> None:
-    """Parse ``detserve WORDS`` with the real CLI's parser (options, types, bounds); run nothing.
-
-    Typer may carry its own copy of click, so the parser is reached through typer's objects."""
-    from detserve.cli.app import _register
-
-    command: Any = typer.main.get_command(_register(words))
-    context = typer.Context(command, info_name="detserve")
-    name, rest = "detserve", list(words)
-    while hasattr(command, "get_command"):  # a group: the next word names its sub-command
-        name, rest = rest[0], rest[1:]
-        command = command.get_command(context, name)
-        assert command is not None, f"no command {name}"
-        context = typer.Context(command, info_name=name, parent=context)
-    command.make_context(name, rest, parent=context.parent)
-
-
-#: commands being built on other branches (download; hash --model-signature), not parsed here
 @pytest.mark.parametrize("device", ["cpu", "nvidia"])
 def test_every_command_of_the_checklist_parses(checkout: Path, cli: CliRunner, device: str) -> None:
     ran = init(cli, "--model", "Org/M", "--device", device, "--name", "m", "--json")
@@ -348,7 +328,7 @@ def test_every_command_of_the_checklist_parses(checkout: Path, cli: CliRunner, d
         words = shlex.split(command)
         assert words[0] == "detserve"
         try:
-            _parse(words[1:])
+            parse_command_line(words[1:])
         except Exception as exc:  # noqa: BLE001  # click's own, or typer's copy of it
             pytest.fail(f"{command}: {exc}")
         parsed += 1

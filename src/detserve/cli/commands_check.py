@@ -14,6 +14,7 @@ from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    DockerHostOption,
     ForceOption,
     MaxTokensOption,
     NPromptsOption,
@@ -91,6 +92,7 @@ def check_command(
         ),
     ] = None,
     force: ForceOption = False,
+    docker_host: DockerHostOption = None,
     junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -128,6 +130,7 @@ def check_command(
         force=force,
         signing_key=signing_key,
         on_pass=lambda key: say(f"pass {key.label()}"),
+        docker_host=docker_host,
     )
     if json_output:
         emit_json(outcome.as_json())

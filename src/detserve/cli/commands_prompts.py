@@ -135,7 +135,7 @@ def prompts_bootstrap(
             --dataset-sha256 SHA --n-prompts 32 --output-dir artifacts/reference_prompts
 
         detserve hash --snapshot artifacts/reference_prompts \\
-            --output manifests/reference_prompts/reference_prompts.sha256
+            --manifest-output manifests/reference_prompts/reference_prompts.sha256
     """
     from detserve import api
 

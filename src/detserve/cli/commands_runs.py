@@ -88,7 +88,7 @@ def eval_determinism(
         typer.Option(
             "--sidecar",
             help=(
-                "A run's sidecar (or `detserve env` fingerprint), once per run log in their "
+                "A run's sidecar (it names its run log's sha256), once per run log in their "
                 "order (--expected-hash: --run-a's, then the published log's): each log that "
                 "disagrees is explained by its environment differences, ranked by cause."
             ),

@@ -247,7 +247,7 @@ def replay_command(
     from detserve.runlog.transcript import is_transcript
 
     if public_key is None and is_transcript(claim):
-        _replay_transcript(claim, config, output_dir, stop_after, force, json_output)
+        _replay_transcript(claim, config, output_dir, stop_after, force, json_output, docker_host)
         return
     with sampling_progress() as shown:
         replayed = api.replay(
@@ -275,13 +275,25 @@ def replay_command(
 
 
 def _replay_transcript(
-    claim: Path, config: Path, output_dir: Path, stop_after: bool, force: bool, json_output: bool
+    claim: Path,
+    config: Path,
+    output_dir: Path,
+    stop_after: bool,
+    force: bool,
+    json_output: bool,
+    docker_host: str | None,
 ) -> None:
     """A gateway transcript's replay: every exchange sent again, then compared."""
     from detserve import api
 
     replayed = api.replay_transcript(
-        claim, config, output_dir=output_dir, stop_after=stop_after, force=force, on_stage=say
+        claim,
+        config,
+        output_dir=output_dir,
+        stop_after=stop_after,
+        force=force,
+        on_stage=say,
+        docker_host=docker_host,
     )
     report = replayed.report
     if json_output:

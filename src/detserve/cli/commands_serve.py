@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption
+from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say
 
 
@@ -88,6 +88,7 @@ def serve_command(
             "of another origin, is refused (403).",
         ),
     ] = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Serve a verified, OpenAI-compatible gateway in front of the pinned server.
@@ -125,6 +126,7 @@ def serve_command(
         allowed_hosts=allowed_host or (),
         on_ready=lambda url: say(f"gateway ready at {url} (Ctrl-C stops it)"),
         on_warning=lambda message: say(f"warning: {message}"),
+        docker_host=docker_host,
     )
     if json_output:
         emit_json(outcome.as_json())

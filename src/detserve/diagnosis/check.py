@@ -31,9 +31,9 @@ from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.sampling import IdentityWatch, prompts_within_budget
@@ -109,7 +109,7 @@ def run_check(
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
-    base_url = server_base_url(loaded.profile)
+    base_url = server_url(loaded, engine, container)
     measurements: Measurements | None = None
     with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)

@@ -32,7 +32,7 @@ from detserve.evaluation.compare import (
     header_differences,
 )
 from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
-from detserve.runlog import LineParser, RunLogReader, RunLogSample
+from detserve.runlog import LineParser, RunLogReader, RunLogSample, require_same_bytes
 from detserve.runlog.transcript import is_transcript
 
 #: divergent samples described in full by default; all are counted
@@ -262,11 +262,14 @@ def evaluate(
     logprob_tolerance: float | None = None,
     max_reported: int = DEFAULT_MAX_REPORTED,
     progress: EvalProgress | None = None,
+    expected_sha256: tuple[str | None, str | None] = (None, None),
 ) -> DeterminismReport:
     """Compare run B with run A, one line of each at a time, validating both completely.
 
     Raises :class:`RunLogError` when either log is invalid and :class:`UsageError` for bad
-    thresholds; otherwise returns the report, whatever its verdict.
+    thresholds; otherwise returns the report, whatever its verdict. ``expected_sha256``: the
+    bytes each log had when it was verified earlier (a replay's plan, the sampler's hash); a
+    log read as other bytes is :class:`~detserve.errors.EvidenceChanged`, never a verdict.
     """
     run_a, run_b, thresholds = checked_pair(
         run_a, run_b, min_exact_match_ratio, logprob_tolerance, max_reported
@@ -293,6 +296,8 @@ def evaluate(
             progress=None if progress is None else lambda done: progress(done, announced),
         )
         summary_a, summary_b = log_a.summary(), log_b.summary()
+    require_same_bytes(run_a, summary_a.sha256, expected_sha256[0], what="run log")
+    require_same_bytes(run_b, summary_b.sha256, expected_sha256[1], what="run log")
     return judge(LogRef.of(summary_a), LogRef.of(summary_b), thresholds, headers, counts)
 
 

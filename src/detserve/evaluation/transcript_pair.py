@@ -39,7 +39,7 @@ from detserve.evaluation.pair import (
     judge,
 )
 from detserve.evaluation.report import LogRef
-from detserve.runlog import LineParser, RunLogSample
+from detserve.runlog import LineParser, RunLogSample, require_same_bytes
 from detserve.runlog.models import TranscriptExchange
 from detserve.runlog.transcript import TranscriptReader, is_transcript, request_sha256
 
@@ -86,9 +86,10 @@ def evaluate_transcripts(
     *,
     min_exact_match_ratio: float | None = None,
     max_reported: int = DEFAULT_MAX_REPORTED,
+    expected_sha256: tuple[str | None, str | None] = (None, None),
 ) -> DeterminismReport:
     """Compare transcript B with transcript A, validating both completely; return the report
-    whatever its verdict."""
+    whatever its verdict. ``expected_sha256`` as for :func:`~detserve.evaluation.evaluate`."""
     # logprobs are not recorded in transcripts: nothing is within a tolerance
     run_a, run_b, thresholds = checked_pair(run_a, run_b, min_exact_match_ratio, None, max_reported)
     if not (is_transcript(run_a) and is_transcript(run_b)):
@@ -117,6 +118,8 @@ def evaluate_transcripts(
             max_reported=max_reported,
         )
         summary_a, summary_b = log_a.summary(), log_b.summary()
+    require_same_bytes(run_a, summary_a.sha256, expected_sha256[0], what="transcript")
+    require_same_bytes(run_b, summary_b.sha256, expected_sha256[1], what="transcript")
     # Why each segment was closed is part of its bytes: a replay closes its segment the same way.
     # (The footer's hashes follow from the lines already compared.)
     reason_a = summary_a.footer.reason if summary_a.footer is not None else None

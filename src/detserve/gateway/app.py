@@ -1,10 +1,11 @@
 """The gateway: an OpenAI-compatible ASGI application (Starlette) in front of the pinned server.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST
-/v1/chat/completions`` (``stream: true`` as server-sent events, as OpenAI clients expect), and
-``GET /v1/provenance/{id}``. This module holds the routes, health and authentication; the hop
-to the engine is :mod:`~detserve.gateway.relay`, the queue :mod:`~detserve.gateway.slots`, what
-is refused before any route :mod:`~detserve.gateway.guards`.
+/v1/chat/completions`` (``stream: true`` as server-sent events, as OpenAI clients expect),
+``GET /v1/provenance/{id}`` and ``GET /metrics`` (Prometheus). This module holds the routes,
+health and authentication; the hop to the engine is :mod:`~detserve.gateway.relay`, the queue
+:mod:`~detserve.gateway.slots`, what is refused before any route :mod:`~detserve.gateway.guards`,
+what is counted :mod:`~detserve.gateway.metrics`.
 
 Invariants:
 
@@ -64,6 +65,7 @@ from detserve.gateway.guards import (
     http_error,
     internal_error_response,
 )
+from detserve.gateway.metrics import CONTENT_TYPE, CountedRequests, GatewayMetrics, scraped
 from detserve.gateway.relay import SEND_TIMEOUT_S, ClientStalled, Relay, timed
 from detserve.gateway.slots import QueueFull, RequestSlots
 from detserve.gateway.transcript import EarlierExchanges, Transcript, new_exchange_id
@@ -124,6 +126,7 @@ class Gateway:
     ) -> None:
         self.verified = verified
         self.settings = settings
+        self.metrics = GatewayMetrics(lambda: scraped(self.slots, self.monitor, self.transcript))
         profile = verified.loaded.profile
         self.policy = Policy(
             served_model_name=profile.vllm.served_model_name,
@@ -151,8 +154,9 @@ class Gateway:
             pins_sha256=verified.pins_sha256,
             rotate_exchanges=settings.rotate_exchanges,
             earlier=earlier,
+            on_line=self.metrics.line_written,
         )
-        self.slots = RequestSlots(settings.concurrency, settings.queue_size)
+        self.slots = RequestSlots(settings.concurrency, settings.queue_size, self.metrics.waited)
         self.relay = Relay(
             self.transcript,
             pins_sha256=verified.pins_sha256,
@@ -171,8 +175,12 @@ class Gateway:
                 Route("/v1/completions", _Endpoint(self._completions), methods=["POST"]),
                 Route("/v1/chat/completions", _Endpoint(self._chat), methods=["POST"]),
                 Route("/v1/provenance/{exchange_id}", self._provenance, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
             ],
-            middleware=[Middleware(BrowserGuard, policy=self.hosts)],
+            middleware=[
+                Middleware(CountedRequests, metrics=self.metrics),
+                Middleware(BrowserGuard, policy=self.hosts, refused=self._foreign_refused),
+            ],
             exception_handlers={HTTPException: http_error, Exception: self._internal_error},
             lifespan=self._lifespan,
         )
@@ -216,7 +224,8 @@ class Gateway:
         self.monitor.fail(
             "the health watcher stopped"
             + ("" if error is None else f" ({type(error).__name__})")
-            + ": nothing is checked any more"
+            + ": nothing is checked any more",
+            "watcher_stopped",
         )
 
     def _engine_trouble(self) -> None:
@@ -260,21 +269,30 @@ class Gateway:
     # --- authentication -----------------------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
+        """Whether the request may be answered (a refusal is counted)."""
         key = self.settings.api_key
         if key is None:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
+        if scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode("utf-8"), key.encode("utf-8")
-        )
+        ):
+            return True
+        self.metrics.refused("unauthorized")
+        return False
+
+    def _foreign_refused(self) -> None:
+        self.metrics.refused("host_or_origin")
+
+    def _unavailable(self, reason: str) -> Response:
+        self.metrics.refused("unavailable")
+        return error_response(503, f"the gateway does not answer: {reason}")
 
     def _refusal(self, request: Request) -> Response | None:
         if not self._authorized(request):
             return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         reason = self.unhealthy()
-        if reason is not None:
-            return error_response(503, f"the gateway does not answer: {reason}")
-        return None
+        return None if reason is None else self._unavailable(reason)
 
     # --- routes -------------------------------------------------------------------------------
 
@@ -300,6 +318,12 @@ class Gateway:
             return error_response(404, f"no exchange {exchange_id!r} in this gateway's transcripts")
         return JSONResponse(provenance.as_json())
 
+    async def _metrics(self, request: Request) -> Response:
+        # answered while unhealthy too: that is when it is read
+        if not self._authorized(request):
+            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._generate(scope, receive, send, "completion")
 
@@ -313,12 +337,14 @@ class Gateway:
             if response is None:
                 response = await self._queued(request, kind, scope, send)
         except QueueFull:
+            self.metrics.refused("queue_full")
             response = error_response(
                 429,
                 "the gateway's queue is full; retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         except Refused as refused:
+            self.metrics.refused_body(refused)
             # a body left unread (too large, too slow, not JSON) ends the connection with the answer
             unread = {"Connection": "close"} if refused.status in (408, 413, 415) else None
             response = JSONResponse(refused.body(), refused.status, headers=unread)
@@ -338,7 +364,7 @@ class Gateway:
             async with place.slot() as slot:
                 reason = self.unhealthy()  # it may have changed while the request waited
                 if reason is not None:
-                    return error_response(503, f"the gateway does not answer: {reason}")
+                    return self._unavailable(reason)
                 if admitted.stream:
                     await self.relay.stream(admitted, slot, scope, request.receive, send)
                     return None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,7 +42,9 @@ _HOST_VALUE: Final = re.compile(
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
 )
 #: the routes a 404 names
-ROUTES: Final = "/health, /v1/models, /v1/completions, /v1/chat/completions, /v1/provenance/ID"
+ROUTES: Final = (
+    "/health, /metrics, /v1/models, /v1/completions, /v1/chat/completions, /v1/provenance/ID"
+)
 
 
 def _authority(host: str, port: int) -> str:
@@ -128,11 +130,15 @@ class HostPolicy:
 
 
 class BrowserGuard:
-    """ASGI middleware: refuse a foreign ``Host`` or ``Origin`` (403) before anything else."""
+    """ASGI middleware: refuse a foreign ``Host`` or ``Origin`` (403) before anything else, and
+    tell ``refused`` (the metrics)."""
 
-    def __init__(self, app: ASGIApp, policy: HostPolicyHolder) -> None:
+    def __init__(
+        self, app: ASGIApp, policy: HostPolicyHolder, refused: Callable[[], None] = lambda: None
+    ) -> None:
         self.app = app
         self.policy = policy
+        self.refused = refused
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,6 +159,7 @@ class BrowserGuard:
                 _latin1(headers.get(b"origin"))
             )
         if reason is not None:
+            self.refused()
             await error_response(403, reason)(scope, receive, send)
             return
         await self.app(scope, receive, send)

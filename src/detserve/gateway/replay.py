@@ -58,6 +58,8 @@ class TranscriptPlan:
     claim: Path
     header: TranscriptHeader
     n_exchanges: int
+    #: the sha256 of the claim that was validated: the comparison must read these bytes
+    sha256: str
     #: the claim has no footer (the gateway did not stop cleanly)
     cut: bool = False
 
@@ -91,7 +93,11 @@ def plan_transcript_replay(claim: Path, loaded: LoadedProfile) -> TranscriptPlan
             hint="replay with the claim's profile, manifest and image",
         )
     return TranscriptPlan(
-        claim=claim, header=header, n_exchanges=summary.n_exchanges, cut=summary.cut
+        claim=claim,
+        header=header,
+        n_exchanges=summary.n_exchanges,
+        cut=summary.cut,
+        sha256=summary.sha256,
     )
 
 
@@ -177,8 +183,7 @@ def replay_transcript(
         writer.close("stopped")
         output.unlink(missing_ok=True)
         raise
-    if footer is None:
-        writer.leave_cut()  # as the claim is: the two compare line for line
-    else:
-        writer.close(footer.reason)
-    return evaluate_transcripts(plan.claim, output)
+    # a cut claim is replayed cut, as the claim is: the two compare line for line
+    written = writer.leave_cut() if footer is None else writer.close(footer.reason)
+    # the claim as it was planned, the replay as it was written: a file swapped since is refused
+    return evaluate_transcripts(plan.claim, output, expected_sha256=(plan.sha256, written))

@@ -12,13 +12,15 @@ block: an answer, a refusal, an exception, a cancelled task (the client left, th
 stopped). Within the block a slot may be given back early, once (:meth:`Slot.release`: the
 engine's answer is read, and what follows, the output's check and record, needs no engine);
 the block's end gives it back unless it was. Nothing else takes or gives them back.
+``on_wait`` is told how long each slot was waited for (the metrics' queue wait).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 
 class QueueFull(Exception):
@@ -28,10 +30,16 @@ class QueueFull(Exception):
 class RequestSlots:
     """``concurrency`` slots at the engine, ``queue_size`` more places to wait in."""
 
-    def __init__(self, concurrency: int, queue_size: int) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        queue_size: int,
+        on_wait: Callable[[float], None] = lambda _seconds: None,
+    ) -> None:
         if concurrency < 1 or queue_size < 0:
             raise ValueError("concurrency must be at least 1 and queue_size at least 0")
         self.concurrency = concurrency
+        self.on_wait = on_wait
         self.capacity = concurrency + queue_size
         self._slots = asyncio.Semaphore(concurrency)
         self._pending = 0
@@ -76,11 +84,14 @@ class Place:
         if self._holding:
             raise RuntimeError("a place holds one slot at a time")
         slots = self._slots
+        began = time.perf_counter()
         await slots._slots.acquire()
+        waited_s = time.perf_counter() - began
         self._holding = True
         slots._in_flight += 1
         slot = Slot(self)
         try:
+            slots.on_wait(waited_s)
             yield slot
         finally:
             slot.release()

@@ -31,7 +31,7 @@ import os
 import stat
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,7 @@ from detserve.runlog.models import (
 )
 from detserve.runlog.series import TranscriptSeries, segment_name, validate_transcript_dir
 from detserve.runlog.transcript import (
+    LineRecord,
     TranscriptWriter,
     output_sha256,
     request_sha256,
@@ -209,7 +210,8 @@ def index_earlier(directory: Path) -> EarlierExchanges:
 
 
 class Transcript:
-    """The gateway run's segments and provenance index (thread-safe)."""
+    """The gateway run's segments and provenance index (thread-safe); ``on_line`` is told of
+    every line of every segment once it is on disk (:class:`TranscriptWriter`)."""
 
     def __init__(
         self,
@@ -219,8 +221,10 @@ class Transcript:
         pins_sha256: str,
         rotate_exchanges: int | None = None,
         earlier: EarlierExchanges | None = None,
+        on_line: Callable[[LineRecord, float], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._on_line = on_line
         self.pins_sha256 = pins_sha256
         self.rotate_exchanges = rotate_exchanges
         self._template = header
@@ -238,7 +242,9 @@ class Transcript:
 
     def _open(self, segment: int, previous: str | None) -> TranscriptWriter:
         header = self._template.model_copy(update={"segment": segment, "previous_sha256": previous})
-        return TranscriptWriter(self.directory / segment_name(header), header)
+        return TranscriptWriter(
+            self.directory / segment_name(header), header, on_line=self._on_line
+        )
 
     @property
     def path(self) -> Path:

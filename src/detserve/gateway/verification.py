@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from detserve.certificate import CertificateMismatch, VerifiedCertificate
 from detserve.errors import DetserveError, PinMismatch
@@ -39,13 +40,17 @@ from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.runlog.models import EnginePins
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import CONTAINER_PORT, server_base_url
+from detserve.runtime.container_spec import CONTAINER_PORT
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
 
 _log = logging.getLogger("detserve.gateway")
+
+#: What a (sticky) failure is, as a word the metrics can carry (the reason says more).
+FailureCause = Literal["container_gone", "container_changed", "snapshot_failed", "watcher_stopped"]
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verifi
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     container = checked_container(loaded, engine, what="serve", manifest=report.manifest_sha256)
     profile = loaded.profile
-    published = server_base_url(profile)
+    # the published port for an engine on this host; a remote engine's container's own address
+    published = server_url(loaded, engine, container)
     with VllmServer(published, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         version = server.version()
@@ -171,7 +177,10 @@ class HealthMonitor:
         self._identity_at = now
         self._snapshot_at = now
         self.last_verified_at = time.time()
+        #: when the container's identity last checked out (wall clock)
+        self.identity_checked_at = self.last_verified_at
         self._failure: str | None = None
+        self._cause: FailureCause | None = None
         self._doubt: str | None = None
         #: counts doubts raised, so that a tick lifts only those raised before it began
         self._doubts = 0
@@ -182,6 +191,11 @@ class HealthMonitor:
     @property
     def failure(self) -> str | None:
         return self._failure
+
+    @property
+    def failure_cause(self) -> FailureCause | None:
+        """What the failure is, or None."""
+        return self._cause
 
     @property
     def unhealthy(self) -> str | None:
@@ -231,25 +245,28 @@ class HealthMonitor:
                 self._doubt = None
                 self._full_check_due = False
 
-    def fail(self, reason: str) -> None:
+    def fail(self, reason: str, cause: FailureCause) -> None:
         with self._lock:
             if self._failure is None:
-                self._failure = reason
+                self._failure, self._cause = reason, cause
 
     def check_identity(self) -> None:
         initial = self.verified.container
         try:
             current = self._engine.inspect(initial.id)
         except DetserveError as exc:
-            self.fail(f"container {initial.short_id} is gone: {exc.message}")
+            self.fail(f"container {initial.short_id} is gone: {exc.message}", "container_gone")
             return
         if _identity(current) != _identity(initial):
             self.fail(
                 f"the container changed: it was {initial.short_id} started {initial.started_at} "
                 f"(restarts {initial.restart_count}); it is {current.short_id} "
                 f"{current.describe()}, started {current.started_at} "
-                f"(restarts {current.restart_count})"
+                f"(restarts {current.restart_count})",
+                "container_changed",
             )
+            return
+        self.identity_checked_at = time.time()
 
     def reverify_snapshot(self) -> None:
         loaded = self.verified.loaded
@@ -263,7 +280,7 @@ class HealthMonitor:
         except DetserveError as exc:
             # what differs first (a changed file), then the message naming the snapshot's paths
             found = "; ".join((*exc.details, exc.message))
-            self.fail(f"snapshot re-verification failed: {found}")
+            self.fail(f"snapshot re-verification failed: {found}", "snapshot_failed")
             return
         self.last_verified_at = time.time()
 

@@ -56,6 +56,7 @@ from detserve.runlog.reader import (
     RunLogReader,
     RunLogSummary,
     read_run_log,
+    require_same_bytes,
     run_log_sha256,
     validate_run_log,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "_fast_sample_line",
     "read_run_log",
     "record_line",
+    "require_same_bytes",
     "run_log_json_schema",
     "run_log_sha256",
     "validate_run_log",

@@ -1,7 +1,7 @@
 """The base of every run-log record and the bounds its fields share.
 
 Every record is frozen, forbids unknown fields and validates strictly; each field's docstring
-becomes its description in the generated JSON Schema (:func:`~detserve.runlog.models.
+becomes its description in the generated JSON Schema (:func:`~detserve.runlog.schema.
 run_log_json_schema`).
 """
 

@@ -32,7 +32,8 @@ import errno
 import hashlib
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -54,6 +55,8 @@ from detserve.runlog.transcript_sequence import TranscriptSequence
 
 #: the file name suffix of a transcript segment
 SUFFIX = ".transcript.jsonl"
+#: the kinds of line a writer writes
+LineRecord = Literal["header", "exchange", "footer"]
 
 
 def canonical_request(request: ExchangeRequest) -> bytes:
@@ -78,10 +81,18 @@ class TranscriptWriter:
 
     Thread-safe: one line at a time, in the order :meth:`append` is called. After a write fails
     (a full disk) the writer is broken: the partial line is cut off, and every later call raises.
+    ``on_line`` is told of each line once it is on disk, with how long its ``fsync`` took.
     """
 
-    def __init__(self, path: Path, header: TranscriptHeader) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header: TranscriptHeader,
+        *,
+        on_line: Callable[[LineRecord, float], None] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self._on_line = on_line
         check_outputs([self.path], force=False)
         self._parser = LineParser()
         self._sequence = TranscriptSequence(header)
@@ -101,7 +112,7 @@ class TranscriptWriter:
         self._body_size: int | None = None
         self._body_sha256 = self._file_sha256
         try:
-            self._emit(self._checked(header, f"{self.path}: header"))
+            self._emit(self._checked(header, f"{self.path}: header"), "header")
             _sync_directory(self.path.parent)
         except BaseException:
             # A segment without its header holds nothing and names nothing: it is not left for
@@ -134,12 +145,14 @@ class TranscriptWriter:
             raise RunLogError(f"{what}: the line would be longer than {MAX_LINE_BYTES} bytes")
         return self._parser.parse(line, what)
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, line: bytes, record: LineRecord) -> None:
         try:
             written = 0
             while written < len(line):
                 written += _write(self._fd, line[written:])
+            began = time.perf_counter()
             os.fsync(self._fd)
+            synced_s = time.perf_counter() - began
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, self._size)  # the file ends at its last complete line
@@ -153,6 +166,8 @@ class TranscriptWriter:
             raise self._broken from exc
         self._size += len(line)
         self._file_sha256.update(line)
+        if self._on_line is not None:
+            self._on_line(record, synced_s)
 
     def append(self, fields: Mapping[str, Any]) -> TranscriptExchange:
         """Write the next exchange (``fields`` without ``index`` and ``record``); return it once
@@ -173,7 +188,7 @@ class TranscriptWriter:
             if not isinstance(record, TranscriptExchange):
                 raise RunLogError(f"{where}: not an exchange")
             self._sequence.check(record, where)  # before the write: a refused line is not written
-            self._emit(line)
+            self._emit(line, "exchange")
             self._sequence.count(line)
             return record
 
@@ -187,7 +202,7 @@ class TranscriptWriter:
                 if self._broken is None:
                     footer = self._sequence.expected_footer(reason)
                     body = (self._size, self._file_sha256.copy())
-                    self._emit(self._checked(footer, f"{self.path}: footer"))
+                    self._emit(self._checked(footer, f"{self.path}: footer"), "footer")
                     self._body_size, self._body_sha256 = body
             finally:
                 os.close(self._fd)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from detserve.errors import Divergence, PinMismatch
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, DockerEngine
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
 from detserve.sequences import first_difference
 
@@ -113,10 +113,10 @@ def check_served_model(loaded: LoadedProfile, server: VllmServer) -> str | None:
 def smoke(loaded: LoadedProfile, *, engine: ContainerEngine | None = None) -> SmokeResult:
     """The server serves the pinned model, and repeated greedy completions are identical."""
     engine = engine if engine is not None else DockerEngine.from_env()
-    checked_container(loaded, engine, what="smoke-test")
+    container = checked_container(loaded, engine, what="smoke-test")
     profile = loaded.profile
     served_name = profile.vllm.served_model_name
-    base_url = server_base_url(profile)
+    base_url = server_url(loaded, engine, container)
     with VllmServer(base_url, model=served_name) as server:
         root = check_served_model(loaded, server)
         version = server.version()
