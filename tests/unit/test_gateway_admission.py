@@ -329,3 +329,34 @@ def test_health_and_other_clients_are_answered_while_a_hostile_constraint_runs(
         events = [line for line in outcome["hostile"].text.splitlines() if line.startswith("data:")]
         assert events[-1] == "data: [DONE]"
         assert json.loads(events[-2][5:])["detserve"]["constraint_check"] == "not_checked"
+
+
+def test_a_body_is_read_and_admitted_off_the_event_loop(
+    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a body with every number's spelling kept, and counting a schema, take a good part
+    of a second for 2 MiB: admission that blocks never stops /health or another client."""
+    import detserve.gateway.admission as admission
+
+    entered, release = threading.Event(), threading.Event()
+    real_admit = admission.admit
+
+    def slow_admit(kind: str, body: object, policy: admission.Policy) -> admission.Admitted:
+        if isinstance(body, dict) and body.get("prompt") == "slow":
+            entered.set()
+            assert release.wait(30)
+        return real_admit(kind, body, policy)
+
+    monkeypatch.setattr(admission, "admit", slow_admit)
+    outcome: dict[str, httpx.Response] = {}
+    slow = threading.Thread(target=lambda: outcome.update(slow=post(rig, {"prompt": "slow"})))
+    slow.start()
+    try:
+        assert entered.wait(30)
+        health = httpx.get(f"{rig.url}/health", timeout=5)
+        other = post(rig, {"prompt": "another client", "max_tokens": 2})
+    finally:
+        release.set()
+        slow.join(60)
+    assert (health.status_code, other.status_code) == (200, 200)
+    assert outcome["slow"].status_code == 200
