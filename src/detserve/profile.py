@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
+from detserve.cluster_profile import ClusterSpec, cluster_problem
 from detserve.engine_policy import (
     batch_invariant_problem,
     check_engine_option,
@@ -300,6 +301,9 @@ class Profile(_Strict):
     runtime: RuntimeSpec
     vllm: VllmSpec
     sampling: SamplingSpec
+    cluster: ClusterSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Several Docker engines serving together (:mod:`detserve.cluster_profile`); absent (and
+    left out of the canonical form, so one container's profile hash is unchanged) for one."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -320,6 +324,8 @@ class Profile(_Strict):
         )
         if problem:
             raise ValueError(problem)
+        if self.cluster is not None and (trouble := cluster_problem(self.cluster, self)):
+            raise ValueError(trouble)
         return self
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from detserve._version import __version__
 from detserve.canonical import canonical_bytes
 from detserve.diagnosis.certificate import Certificate, read_certificate, require_coverage
-from detserve.errors import ContainerError, Divergence, PinMismatch, UsageError
+from detserve.errors import ContainerError, Divergence, PinMismatch, ServerError, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
 from detserve.pins import profile_pins
@@ -45,6 +45,8 @@ from detserve.requests import (
 )
 from detserve.runlog import RunLogWriter
 from detserve.runtime.binding import checked_container
+from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines, checked_cluster, ray_version
+from detserve.runtime.cluster_run import verify_nodes
 from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
 from detserve.runtime.server import VllmServer
@@ -263,6 +265,25 @@ def _audit(
             )
 
 
+def bound_server(
+    loaded: LoadedProfile,
+    engine: ContainerEngine,
+    nodes: NodeEngines | None,
+    manifest: str,
+    *,
+    what: str = "sample from",
+) -> tuple[ContainerInfo, IdentityWatch | ClusterWatch, str | None]:
+    """The container that serves (a cluster's head), the watch over it (over every node), and
+    on a cluster the Ray version its image holds, once every node is bound and verified."""
+    if nodes is None:
+        container = checked_container(loaded, engine, what=what, manifest=manifest)
+        return container, IdentityWatch(engine, container), None
+    bound = checked_cluster(loaded, nodes, what=what, manifest=manifest)
+    verify_nodes(loaded, nodes, bound)  # each node's own copy, where its server reads it
+    watch = ClusterWatch(bound, nodes, IDENTITY_CHECK_INTERVAL_S)
+    return bound[0].container, watch, ray_version(nodes, bound[0])
+
+
 def sample(
     loaded: LoadedProfile,
     bundle: PromptBundle,
@@ -272,12 +293,14 @@ def sample(
     progress: SampleProgress | None = None,
     verify_progress: Callable[[int], None] | None = None,
     fingerprint: Callable[[], Mapping[str, object]] | None = None,
+    nodes: NodeEngines | None = None,
 ) -> SampleSummary:
     """Sample ``bundle`` strictly and write the run log and its sidecar; raise on any failure.
 
     ``fingerprint``, when given, is called once the container is known to be the bound one; what
     it returns (the environment fingerprint, :mod:`detserve.fingerprint`) goes into the sidecar as
-    ``environment``, never into the run log.
+    ``environment``, never into the run log. ``nodes``: a cluster profile's engines by node name
+    (:mod:`detserve.runtime.cluster_nodes`); every node is bound, watched and verified.
     """
     check_request(loaded, bundle, request)
     prompts = bundle.take(request.n_prompts)
@@ -285,15 +308,14 @@ def sample(
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     # the container is compared with the manifest bytes just verified, not a second read
-    container = checked_container(
-        loaded, engine, what="sample from", manifest=report.manifest_sha256
-    )
+    container, watch, ray = bound_server(loaded, engine, nodes, report.manifest_sha256)
     environment = fingerprint() if fingerprint is not None else None
-    watch = IdentityWatch(engine, container)
     profile = loaded.profile
     with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
-        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        run_pins = pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+        )
         if certificate is not None:
             require_coverage(
                 certificate,
@@ -340,13 +362,18 @@ def sample(
                 if progress is not None:
                     progress(timed.index + 1, output_tokens)
 
-            run_in_flight(
-                prompts,
-                lambda index, prompt: sample_one(server, prompt, index, params),
-                concurrency=request.concurrency,
-                on_result=write,
-                between=watch.check,
-            )
+            try:
+                run_in_flight(
+                    prompts,
+                    lambda index, prompt: sample_one(server, prompt, index, params),
+                    concurrency=request.concurrency,
+                    on_result=write,
+                    between=watch.check,
+                )
+            except ServerError:
+                if isinstance(watch, ClusterWatch):
+                    watch.check(force=True)  # a node gone explains the head's failure, by name
+                raise
             seconds = time.perf_counter() - started
             _audit(server, prompts, request, params, kept)
             # Before the log is committed: still the same server, and still the same snapshot
@@ -356,6 +383,10 @@ def sample(
                 loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress
             )
             _check_same_manifest(report.manifest_sha256, final.manifest_sha256, loaded)
+            if isinstance(watch, ClusterWatch):
+                assert nodes is not None
+                verify_nodes(loaded, nodes, watch.bound)
+                watch.check(force=True)
     summary = SampleSummary(
         run_log=request.run_log_output,
         run_log_sha256=run_log.sha256,
@@ -399,6 +430,8 @@ def sample(
     }
     if environment is not None:
         sidecar["environment"] = dict(environment)
+    if isinstance(watch, ClusterWatch):
+        sidecar["cluster_nodes"] = [item.as_json() for item in watch.bound]
     try:
         atomic_write_bytes(request.sidecar_output, canonical_bytes(sidecar), force=request.force)
     except BaseException:

@@ -28,13 +28,13 @@ from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
-from detserve.runtime.binding import checked_container
+from detserve.runtime.cluster_nodes import NodeEngines
 from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.sampling import IdentityWatch, prompts_within_budget
+from detserve.sampling import bound_server, prompts_within_budget
 from detserve.snapshot import verify_snapshot
 
 
@@ -94,15 +94,16 @@ def run_check(
     engine: ContainerEngine,
     probe: FingerprintEngine | None = None,
     on_pass: Callable[[PassKey], None] | None = None,
+    nodes: NodeEngines | None = None,
 ) -> CheckResult:
-    """Measure ``plan`` against the profile's running, verified container."""
+    """Measure ``plan`` against the profile's running, verified container (on a cluster, given
+    ``nodes``: every node's, each bound, verified and watched, the head serving)."""
     check_plan(loaded, bundle, plan)
     prompts = bundle.take(plan.n_prompts)
     seed = loaded.profile.sampling.seed
     first = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
     pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
-    container = checked_container(loaded, engine, what="check")
-    watch = IdentityWatch(engine, container)
+    container, watch, ray = bound_server(loaded, engine, nodes, first.manifest_sha256, what="check")
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
@@ -110,7 +111,9 @@ def run_check(
     measurements: Measurements | None = None
     with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
-        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        run_pins = pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+        )
         try:
             measurements = measure(
                 prompts,

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 
 from detserve.canonical import MAX_EXACT_INTEGER
 from detserve.imageref import DIGEST_REF_PATTERN
+from detserve.runlog.layout import LayoutPins
 
 FORMAT: Final = "detserve-run-log"
 #: 4: a transcript's exchange records ``constraint_check``, the gateway's check of the output
@@ -84,7 +85,7 @@ class DevicePins(_Record):
     """The device the engine ran on."""
 
 
-class EnginePins(_Record):
+class EnginePins(LayoutPins):
     """What fixes the server: every pin of a run but the prompt bundle.
 
     Only what decides the tokens: a profile's file name or directory, the host and the container's
