@@ -258,3 +258,32 @@ def test_a_ray_cluster_of_gpu_nodes_starts_ray_then_the_server_on_the_head(
         assert kwargs["environment"] == {**single.environment, **NCCL_DETERMINISM}
         assert kwargs["device_requests"][0]["Count"] == 2
         assert kwargs["ipc_mode"] == "host"
+
+
+def test_the_committed_two_hosts_of_eight_gpus_profile_gives_the_guides_containers(
+    tmp_path: Path,
+) -> None:
+    """docs/scale-out.md's profile, its pins filled in a copy: what each GPU node would run."""
+    document = json.loads(
+        (REPO_ROOT / "configs" / "qwen3-235b-a22b-instruct-2507-2x8.json").read_text()
+    )
+    document["model"]["revision"] = GPU_REVISION
+    document["runtime"]["image"] = GPU_IMAGE
+    document["snapshot"] = {"hf_home": str(tmp_path / "hf-home"), "manifest_dir": "manifests"}
+    manifest = tmp_path / "manifests" / document["name"] / f"{GPU_REVISION}.sha256"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(b"ab" * 32 + b"  ./config.json\n")
+    loaded = load_profile(_write(tmp_path, document))
+    head, worker = node_containers(loaded, head_ip=None, manifest=MANIFEST)
+    (script,) = head.spec.command
+    assert "--tensor-parallel-size 8" in script
+    assert script.endswith("--pipeline-parallel-size 2 --distributed-executor-backend ray")
+    assert worker.spec.command[-1] == "--address=10.0.0.1:6379"
+    for node in (head, worker):
+        kwargs = node.spec.to_create_kwargs()
+        assert kwargs["network_mode"] == "host"
+        assert kwargs["ipc_mode"] == "host"
+        assert kwargs["shm_size"] == "16g"
+        assert kwargs["device_requests"][0]["Count"] == 8
+        assert kwargs["environment"]["VLLM_BATCH_INVARIANT"] == "1"
+        assert kwargs["environment"]["NCCL_ALGO"] == "Ring"

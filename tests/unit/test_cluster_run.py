@@ -215,3 +215,16 @@ def test_status_names_each_node_and_its_differences(cluster: Any) -> None:
     assert any("network mode" in line for line in state.nodes[1].mismatches)
     with pytest.raises(PinMismatch):
         state.check()
+
+
+def test_on_the_hosts_network_a_node_on_its_own_network_is_not_bound(
+    tiny_workspace: TinyWorkspace,
+) -> None:
+    loaded = cluster_profile(tiny_workspace.config, network="host", head_address="192.0.2.10")
+    engines, _ = node_engines(tiny_workspace.manifest)
+    cluster_run.start(loaded, engines, manifest=manifest_sha256(loaded))
+    assert len(checked_cluster(loaded, engines, what="sample from")) == 2
+    _tamper(engines["node2"], WORKER, network_mode="default")
+    with pytest.raises(PinMismatch) as raised:
+        checked_cluster(loaded, engines, what="sample from")
+    assert "network mode: expected host, found default" in raised.value.details

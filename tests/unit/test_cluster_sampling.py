@@ -5,6 +5,7 @@ are engines that keep containers as Docker reports them."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -215,7 +216,11 @@ def test_a_null_layout_is_refused_as_a_second_spelling_of_one_container(
     header["pins"]["layout"] = None
     from detserve.canonical import canonical_bytes
 
+    forged_header = canonical_bytes(header)
+    footer = json.loads(lines[-1])
+    footer["header_sha256"] = hashlib.sha256(forged_header).hexdigest()
     forged = tmp_path / "null-layout.runlog.jsonl"
-    forged.write_bytes(canonical_bytes(header) + b"".join(lines[1:]))
-    with pytest.raises(RunLogError, match="layout"):
+    forged.write_bytes(forged_header + b"".join(lines[1:-1]) + canonical_bytes(footer))
+    with pytest.raises(RunLogError) as raised:
         validate_run_log(forged)
+    assert "absent for one container, never null" in "\n".join(raised.value.details), raised.value
