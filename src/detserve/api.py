@@ -784,7 +784,13 @@ def sample(
     if loaded.profile.cluster is not None:
         nodes = _cluster_nodes(loaded, engine, docker_host)
         head = nodes[loaded.profile.cluster.nodes[0].name]
-        return _sample_observed(loaded, prompts, request, head, observer, None, nodes)
+
+        def every_node() -> Mapping[str, object]:
+            from detserve.runtime.cluster_probe import cluster_fingerprint
+
+            return cluster_fingerprint(loaded, nodes).model_dump(mode="json")
+
+        return _sample_observed(loaded, prompts, request, head, observer, every_node, nodes)
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     return _sample_observed(loaded, prompts, request, engine, observer, fingerprint)

@@ -224,3 +224,37 @@ def test_a_null_layout_is_refused_as_a_second_spelling_of_one_container(
     with pytest.raises(RunLogError) as raised:
         validate_run_log(forged)
     assert "absent for one container, never null" in "\n".join(raised.value.details), raised.value
+
+
+def test_a_fingerprint_lists_every_node_and_one_containers_has_no_nodes_field() -> None:
+    from detserve.fingerprint import (
+        ContainerFingerprint,
+        EnvironmentFingerprint,
+        HostFingerprint,
+        NodeFingerprint,
+        parse_fingerprint,
+    )
+
+    container = ContainerFingerprint(
+        image="r/x@sha256:" + "a" * 64,
+        image_id="sha256:" + "b" * 64,
+        python_version="3.11.2",
+        vllm_version="0.32.0",
+        torch_version="2.13.0+cpu",
+        numerics_environment={"VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    host = HostFingerprint(
+        os="Linux", kernel="6", machine="x86_64", cpu_model=None, cpu_flags=(), cpu_count=2,
+        memory_bytes=None, gpus=None, gpu_driver_version=None, cuda_version=None,
+        gpu_reason="no nvidia-smi", docker_engine_version="20.10.24", docker_api_version="1.41",
+    )  # fmt: skip
+    single = EnvironmentFingerprint(host=host, container=container)
+    assert b'"nodes"' not in single.canonical()
+    nodes = tuple(
+        NodeFingerprint(name=name, rank=rank, docker_engine_version="20.10.24", container=container)
+        for rank, name in enumerate(("head", "node2"))
+    )
+    cluster = EnvironmentFingerprint(host=host, container=container, nodes=nodes)
+    document = json.loads(cluster.canonical())
+    assert [node["name"] for node in document["nodes"]] == ["head", "node2"]
+    assert parse_fingerprint(document, source="sidecar") == cluster
