@@ -563,9 +563,11 @@ def run_cluster(
 def stop_cluster(config: ProfileLike, *, nodes: NodeEngines | None = None) -> ClusterStop:
     """Stop and remove every node's container of a cluster profile (workers first)."""
     from detserve.runtime import cluster_run
+    from detserve.runtime.cluster_nodes import connect_nodes
 
     loaded = load_profile(config)
-    return cluster_run.stop(loaded, _nodes(loaded, nodes))
+    engines = nodes if nodes is not None else connect_nodes(loaded, reachable_only=True)
+    return cluster_run.stop(loaded, engines)
 
 
 def status_cluster(config: ProfileLike, *, nodes: NodeEngines | None = None) -> ClusterStatus:

@@ -12,6 +12,7 @@ from detserve.errors import (
     EXIT_ENVIRONMENT,
     EXIT_VERIFICATION,
     ContainerError,
+    EngineError,
     PinMismatch,
     RegistryError,
     SnapshotMismatch,
@@ -228,3 +229,14 @@ def test_on_the_hosts_network_a_node_on_its_own_network_is_not_bound(
     with pytest.raises(PinMismatch) as raised:
         checked_cluster(loaded, engines, what="sample from")
     assert "network mode: expected host, found default" in raised.value.details
+
+
+def test_a_node_whose_engine_does_not_answer_does_not_keep_the_others_running(
+    cluster: Any,
+) -> None:
+    loaded, engines, _ = cluster
+    _start(cluster)
+    reachable = {"head": engines["head"]}  # node2's engine is down
+    with pytest.raises(EngineError, match=r"^node node2 .* does not answer"):
+        cluster_run.stop(loaded, reachable)
+    assert engines["head"].containers == {}

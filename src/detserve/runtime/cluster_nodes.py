@@ -29,16 +29,18 @@ from detserve.runtime.server import ServedModel, VllmServer
 NodeEngines = Mapping[str, ContainerEngine]
 
 
-def connect_nodes(loaded: LoadedProfile) -> dict[str, ContainerEngine]:
+def connect_nodes(loaded: LoadedProfile, *, reachable_only: bool = False) -> NodeEngines:
     """Every node's engine, by node name; an unreachable one is an EngineError (exit 3) naming
-    the node and its address."""
+    the node and its address, unless ``reachable_only`` (to stop what can be stopped), when it
+    is left out of the mapping."""
     engines: dict[str, ContainerEngine] = {}
     for rank, node in enumerate(cluster_of(loaded).nodes):
         try:
             engines[node.name] = DockerEngine.from_env(node.docker_host)
         except DetserveError as exc:
             exc.message = f"node {node.name} (rank {rank}): {exc.message}"
-            raise
+            if not reachable_only:
+                raise
     return engines
 
 

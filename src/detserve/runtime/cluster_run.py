@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from detserve.errors import (
     ContainerError,
     DetserveError,
+    EngineError,
     PinMismatch,
     ServerError,
     SnapshotMismatch,
@@ -194,12 +195,19 @@ class ClusterStop:
 
 def stop(loaded: LoadedProfile, engines: NodeEngines) -> ClusterStop:
     """Stop and remove every node's container of this profile, workers first; none is fine.
-    Every node is tried; the first failure is raised after the others were stopped."""
+    Every node is tried; the first failure (a node whose engine is missing from ``engines``, as
+    :func:`~detserve.runtime.cluster_nodes.connect_nodes` leaves an unreachable one) is raised
+    after the others were stopped."""
     removed: list[tuple[str, str]] = []
     failure: DetserveError | None = None
     for rank, node in reversed(list(enumerate(cluster_of(loaded).nodes))):
         name = node_container_name(loaded, node)
         try:
+            if node.name not in engines:
+                raise EngineError(
+                    f"node {node.name} (rank {rank}): the engine at {node.docker_host} does not "
+                    f"answer; its container {name} (if any) was not stopped"
+                )
             info = engines[node.name].find(name)
             if info is None:
                 continue
