@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from detserve import sampling
-from detserve.errors import ContainerError, RunLogError, SnapshotMismatch
+from detserve.errors import ContainerError, DetserveError, RunLogError, SnapshotMismatch
 from detserve.pins import pin_differences, profile_pins
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import load_bundle
@@ -258,3 +258,46 @@ def test_a_fingerprint_lists_every_node_and_one_containers_has_no_nodes_field() 
     document = json.loads(cluster.canonical())
     assert [node["name"] for node in document["nodes"]] == ["head", "node2"]
     assert parse_fingerprint(document, source="sidecar") == cluster
+
+
+def _with_health(fake: FakeVllm) -> Callable[[str, str, dict[str, Any] | None], Answer]:
+    def answer(method: str, path: str, body: dict[str, Any] | None) -> Answer:
+        return Answer(200, b"") if path == "/health" else fake.answer(method, path, body)
+
+    return answer
+
+
+@pytest.mark.parametrize("worker_dies", [False, True], ids=["head-fails", "worker-died"])
+def test_a_run_that_fails_after_start_is_removed_with_every_nodes_last_lines(
+    tiny_workspace: TinyWorkspace, worker_dies: bool
+) -> None:
+    bundle = load_bundle(BUNDLE_DIR, BUNDLE_PIN)
+    fake = FakeVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts})
+    fake.fault = lambda number, body: Answer(400, {"error": {"message": "engine dead"}})
+    with serving(_with_health(fake)) as port:
+        loaded = cluster_profile(tiny_workspace.config)
+        document = json.loads(loaded.path.read_text(encoding="utf-8"))
+        document["runtime"]["port"] = port
+        loaded.path.write_text(json.dumps(document), encoding="utf-8")
+        loaded = load_profile(loaded.path)
+        engines, _ = node_engines(tiny_workspace.manifest)
+        original = engines["node2"].exec_python
+
+        def dying(container_id: str, python: str, code: str) -> tuple[int, bytes]:
+            answer = original(container_id, python, code)
+            if worker_dies:  # after its snapshot was hashed, before the smoke test
+                engines["node2"].kill(WORKER)
+            return answer
+
+        engines["node2"].exec_python = dying  # type: ignore[method-assign]
+        with pytest.raises(DetserveError) as raised:
+            cluster_run.run(loaded, engines, manifest=manifest_sha256(loaded), timeout_s=30)
+    if worker_dies:
+        assert isinstance(raised.value, ContainerError)
+        assert raised.value.message.startswith("node node2 (rank 1, worker)")
+        assert "node head: last 1 log lines:" in raised.value.details
+    else:
+        assert "node head: last 1 log lines:" in raised.value.details
+        assert "node node2: last 1 log lines:" in raised.value.details
+    assert engines["head"].containers == {}
+    assert engines["node2"].containers == {}

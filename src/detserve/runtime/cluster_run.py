@@ -338,6 +338,29 @@ class ClusterRun:
         }
 
 
+def _explained(
+    exc: DetserveError, bound: Sequence[BoundNode], engines: NodeEngines
+) -> DetserveError:
+    """Before a failed cluster is removed with its logs: a node that died is the reason, by
+    name; and every node's last log lines go with the error, whichever it is."""
+    reason = exc
+    try:
+        watch_nodes(bound, engines, during="while the cluster started")
+    except DetserveError as died:
+        reason = died
+    logs: list[str] = []
+    for item in bound:
+        engine = engines[item.node.node.name]
+        if reason is not exc and reason.message.startswith(f"{item.node.describe()}:"):
+            continue  # the node that died: its lines are the reason's already
+        logs += [
+            f"node {item.node.node.name}: {line}"
+            for line in failure_logs(engine, item.container.id)
+        ]
+    reason.details = (*reason.details, *logs)
+    return reason
+
+
 def run(
     loaded: LoadedProfile,
     engines: NodeEngines,
@@ -360,6 +383,13 @@ def run(
         stage("smoke test: repeated greedy completions")
         smoked = smoke_server(loaded, ready.base_url)
         watch_nodes(started.nodes, engines, during="during the smoke test")
+    except DetserveError as exc:
+        reason = _explained(exc, started.nodes, engines)
+        with contextlib.suppress(DetserveError):
+            stop(loaded, engines)
+        if reason is exc:
+            raise
+        raise reason from exc
     except BaseException:
         with contextlib.suppress(DetserveError):
             stop(loaded, engines)
