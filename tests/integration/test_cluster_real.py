@@ -60,6 +60,7 @@ def cluster(
     def as_cluster(document: dict[str, Any]) -> None:
         committed = json.loads((REPO_ROOT / "configs" / "tiny-cpu-cluster.json").read_text())
         document["runtime"].pop("cpu_placement", None)
+        document["vllm"] = committed["vllm"]
         document["cluster"] = committed["cluster"]
 
     path = profile_factory("cluster", edit=as_cluster)

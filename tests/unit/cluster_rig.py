@@ -31,6 +31,7 @@ def cluster_document(config: Path, **cluster: Any) -> dict[str, Any]:
     document: dict[str, Any] = json.loads(config.read_text(encoding="utf-8"))
     document["runtime"]["image"] = IMAGE
     document["runtime"].pop("cpu_placement", None)
+    document["vllm"].pop("enforce_eager", None)
     document["cluster"] = {
         "nodes": [
             {"name": "head", "docker_host": MAIN},

@@ -96,6 +96,10 @@ CASES: dict[str, tuple[str, Any]] = {
         "--pipeline-parallel-size",
         lambda d: d["vllm"].setdefault("extra_args", {}).update({"--pipeline-parallel-size": 2}),
     ),
+    "eager on vLLM's CPU build": (
+        "intermediate_tensors is not None",
+        lambda d: d["vllm"].update(enforce_eager=True),
+    ),
     "CPU placement of one container": (
         "runtime.cpu_placement",
         lambda d: d["runtime"].update(cpu_placement="engine-core-with-worker"),

@@ -171,6 +171,7 @@ def test_a_cluster_claim_is_not_a_replay_on_one_container_nor_the_reverse(
     single = load_profile(tiny_workspace.config)
     doc = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
     doc["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a1" * 32
+    doc["vllm"].pop("enforce_eager")  # as the cluster's: the layout is the only difference
     tiny_workspace.config.write_text(json.dumps(doc), encoding="utf-8")
     single = load_profile(tiny_workspace.config)
     cluster = cluster_profile(tiny_workspace.config)
@@ -200,6 +201,7 @@ def test_replaying_a_cluster_claim_on_one_container_is_refused_before_anything_r
     summary = rig.sample()
     doc = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
     doc["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a1" * 32
+    doc["vllm"].pop("enforce_eager")  # as the cluster's: the layout is the only difference
     tiny_workspace.config.write_text(json.dumps(doc), encoding="utf-8")
     single = load_profile(tiny_workspace.config)
     with pytest.raises(NotAReplay) as raised:
