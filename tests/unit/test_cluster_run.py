@@ -240,3 +240,11 @@ def test_a_node_whose_engine_does_not_answer_does_not_keep_the_others_running(
     with pytest.raises(EngineError, match=r"^node node2 .* does not answer"):
         cluster_run.stop(loaded, reachable)
     assert engines["head"].containers == {}
+
+
+def test_a_stopped_head_is_named_as_stopped(cluster: Any) -> None:
+    loaded, engines, _ = cluster
+    _start(cluster)
+    engines["head"].kill(HEAD)
+    with pytest.raises(ContainerError, match=r"^node head \(rank 0, head\) .* is exited"):
+        checked_cluster(loaded, engines, what="sample from")

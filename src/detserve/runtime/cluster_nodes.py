@@ -104,40 +104,40 @@ class BoundNode:
 def checked_cluster(
     loaded: LoadedProfile, engines: NodeEngines, *, what: str, manifest: str | None = None
 ) -> tuple[BoundNode, ...]:
-    """Every node's container, created exactly as the pins and the layout say, and running."""
+    """Every node's container, created exactly as the pins and the layout say, and running:
+    the head first (the workers' specs need its address on a bridge), then each worker."""
     head = node_containers(loaded, head_ip=None, manifest=manifest)[0]
-    found: list[tuple[NodeContainer, ContainerInfo]] = []
-    nodes: Sequence[NodeContainer] = (head,)
-    index = 0
-    while index < len(nodes):
-        node = nodes[index]
-        engine = engines[node.node.name]
-        info = engine.find(node.spec.name)
-        if info is None:
-            raise ContainerError(
-                f"{node.describe()}: no container {node.spec.name} to {what}",
-                hint=f"start the cluster with `detserve run --config {loaded.path}`",
-            )
-        if index == 0:
-            nodes = plan_nodes(loaded, info, manifest)
-            node = nodes[0]
-        mismatches = node_mismatches(node, info, engine)
-        if mismatches:
-            raise PinMismatch(
-                f"{node.describe()}: container {node.spec.name} is not the one the pins and "
-                f"layout of {loaded.path} describe; refusing to {what} it",
-                details=mismatches,
-                hint=f"`detserve stop --config {loaded.path}` removes the cluster",
-            )
-        if not info.running:
-            raise ContainerError(
-                f"{node.describe()}: container {node.spec.name} is {info.describe()}",
-                details=failure_logs(engine, info.id),
-                hint=f"`detserve run --config {loaded.path}` starts the cluster again",
-            )
-        found.append((node, info))
-        index += 1
-    return tuple(BoundNode(node, info) for node, info in found)
+    bound = [_bound(loaded, head, engines, what)]
+    for worker in plan_nodes(loaded, bound[0].container, manifest)[1:]:
+        bound.append(_bound(loaded, worker, engines, what))
+    return tuple(bound)
+
+
+def _bound(
+    loaded: LoadedProfile, node: NodeContainer, engines: NodeEngines, what: str
+) -> BoundNode:
+    engine = engines[node.node.name]
+    info = engine.find(node.spec.name)
+    if info is None:
+        raise ContainerError(
+            f"{node.describe()}: no container {node.spec.name} to {what}",
+            hint=f"start the cluster with `detserve run --config {loaded.path}`",
+        )
+    mismatches = node_mismatches(node, info, engine)
+    if mismatches:
+        raise PinMismatch(
+            f"{node.describe()}: container {node.spec.name} is not the one the pins and "
+            f"layout of {loaded.path} describe; refusing to {what} it",
+            details=mismatches,
+            hint=f"`detserve stop --config {loaded.path}` removes the cluster",
+        )
+    if not info.running:
+        raise ContainerError(
+            f"{node.describe()}: container {node.spec.name} is {info.describe()}",
+            details=failure_logs(engine, info.id),
+            hint=f"`detserve run --config {loaded.path}` starts the cluster again",
+        )
+    return BoundNode(node, info)
 
 
 def node_json(node: NodeContainer, info: ContainerInfo | None) -> dict[str, object]:
