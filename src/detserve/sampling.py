@@ -362,10 +362,15 @@ def sample(
                 if progress is not None:
                     progress(timed.index + 1, output_tokens)
 
+            def one(index: int, prompt: PromptRecord) -> dict[str, object]:
+                if isinstance(watch, ClusterWatch):  # a node's death fails the run at once
+                    return watch.guarded(lambda: sample_one(server, prompt, index, params))
+                return sample_one(server, prompt, index, params)
+
             try:
                 run_in_flight(
                     prompts,
-                    lambda index, prompt: sample_one(server, prompt, index, params),
+                    one,
                     concurrency=request.concurrency,
                     on_result=write,
                     between=watch.check,

@@ -248,3 +248,22 @@ def test_a_stopped_head_is_named_as_stopped(cluster: Any) -> None:
     engines["head"].kill(HEAD)
     with pytest.raises(ContainerError, match=r"^node head \(rank 0, head\) .* is exited"):
         checked_cluster(loaded, engines, what="sample from")
+
+
+def test_when_the_head_stopped_because_its_worker_died_both_are_named(cluster: Any) -> None:
+    loaded, engines, _ = cluster
+    _start(cluster)
+    bound = checked_cluster(loaded, engines, what="sample from")
+    engines["node2"].kill(WORKER)  # exit code 137
+    head = engines["head"].containers[HEAD]
+    engines["head"].containers[HEAD] = dataclasses.replace(
+        head, running=False, status="exited", exit_code=0
+    )
+    with pytest.raises(ContainerError) as raised:
+        watch_nodes(bound, engines, during="while sampling")
+    message = raised.value.message
+    assert "node head (rank 0, head)" in message
+    assert "exited (exit code 0)" in message
+    assert "node node2 (rank 1, worker)" in message
+    assert "exited (exit code 137)" in message
+    assert "node2: last 1 log lines:" in raised.value.details

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -303,3 +304,24 @@ def test_a_run_that_fails_after_start_is_removed_with_every_nodes_last_lines(
         assert "node node2: last 1 log lines:" in raised.value.details
     assert engines["head"].containers == {}
     assert engines["node2"].containers == {}
+
+
+def test_a_worker_dying_while_the_head_holds_a_request_fails_the_run_at_once(
+    rig: ClusterRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # vLLM's head answers nothing for its execute-model timeout (300 s) once a stage is gone;
+    # the run must not wait for it.
+    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.2)
+
+    def hang(number: int, body: dict[str, Any]) -> Answer | None:
+        if number == 2:
+            rig.engines["node2"].kill(WORKER)
+            return Answer(body=rig.fake.completion(body), delay_s=30)
+        return None
+
+    rig.fake.fault = hang
+    began = time.monotonic()
+    with pytest.raises(ContainerError, match=r"^node node2 .* exited .* no run log was written"):
+        rig.sample()
+    assert time.monotonic() - began < 15
+    assert list(rig.out.iterdir()) == []

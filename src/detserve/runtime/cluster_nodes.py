@@ -12,9 +12,11 @@ sample or a wait calls it throughout. :func:`status` reports every node without 
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from detserve.errors import ContainerError, DetserveError, PinMismatch, ServerError
 from detserve.profile import LoadedProfile
@@ -27,6 +29,7 @@ from detserve.runtime.server import ServedModel, VllmServer
 
 #: node name -> that node's engine
 NodeEngines = Mapping[str, ContainerEngine]
+ResultT = TypeVar("ResultT")
 
 
 def connect_nodes(loaded: LoadedProfile, *, reachable_only: bool = False) -> NodeEngines:
@@ -151,20 +154,27 @@ def node_json(node: NodeContainer, info: ContainerInfo | None) -> dict[str, obje
 
 
 def watch_nodes(bound: Sequence[BoundNode], engines: NodeEngines, *, during: str) -> None:
-    """Raise, naming the node, when any node's container is gone, stopped or restarted."""
+    """Raise when any node's container is gone, stopped or restarted, naming every such node
+    with its state (a head stops when its workers did: the worker's exit code says which came
+    first), and each one's last log lines."""
+    down: list[str] = []
+    details: list[str] = []
     for item in bound:
         engine = engines[item.node.node.name]
         try:
             now = engine.inspect(item.container.id)
-        except DetserveError as exc:
+        except ContainerError as exc:
+            down.append(f"{item.node.describe()}: {exc.message}")
+            continue
+        except DetserveError as exc:  # the engine itself: exit 3, this node named
             raise named(item.node, exc) from exc
         before = (item.container.id, item.container.started_at, item.container.restart_count)
         if not now.running or (now.id, now.started_at, now.restart_count) != before:
             what = "restarted" if now.running else now.describe()
-            raise ContainerError(
-                f"{item.node.describe()}: container {now.name} {what} {during}",
-                details=failure_logs(engine, now.id),
-            )
+            down.append(f"{item.node.describe()}: container {now.name} {what}")
+            details += [f"{item.node.node.name}: {line}" for line in failure_logs(engine, now.id)]
+    if down:
+        raise ContainerError(f"{'; '.join(down)} {during}", details=details)
 
 
 # --- status --------------------------------------------------------------------------------------
@@ -299,3 +309,30 @@ class ClusterWatch:
             return
         self._last = now
         watch_nodes(self.bound, self._engines, during="during the run; no run log was written")
+
+    def guarded(self, call: Callable[[], ResultT]) -> ResultT:
+        """``call()`` with every node watched while it runs, every ``interval_s``.
+
+        A request in flight when a worker dies is not answered until vLLM's head gives up on
+        the stage (``VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS``, 300 s by default), and never
+        correctly: so the call runs on a daemon thread and a node that dies fails the run at
+        once, the request abandoned (its server cannot answer it any more)."""
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = call()
+            except BaseException as exc:  # noqa: BLE001 -- handed to the calling thread
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=run, name="detserve-cluster-request", daemon=True)
+        thread.start()
+        while True:
+            thread.join(max(self._interval_s, 0.05))
+            if not thread.is_alive():
+                break
+            self.check(force=True)
+        if "error" in outcome:
+            raise outcome["error"]
+        result: ResultT = outcome["result"]
+        return result
