@@ -4,6 +4,7 @@ every failure naming its node, and nothing half-started left behind."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from detserve.runtime.cluster_nodes import ClusterWatch, checked_cluster, ray_ve
 from detserve.runtime.container_spec import manifest_sha256
 
 from .cluster_rig import NodeEngine, cluster_profile, node_engines
-from .committed import TinyWorkspace
+from .committed import CliRunner, TinyWorkspace
 
 HEAD = "detserve-tiny-cpu-head"
 WORKER = "detserve-tiny-cpu-node2"
@@ -267,3 +268,33 @@ def test_when_the_head_stopped_because_its_worker_died_both_are_named(cluster: A
     assert "node node2 (rank 1, worker)" in message
     assert "exited (exit code 137)" in message
     assert "node2: last 1 log lines:" in raised.value.details
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("run", ("--hash",)),
+        ("run", ("--docker-host", "unix:///run/other.sock")),
+        ("status", ("--docker-host", "unix:///run/other.sock")),
+        ("stop", ("--docker-host", "unix:///run/other.sock")),
+    ],
+)
+def test_options_of_one_container_are_refused_for_a_cluster(
+    tiny_workspace: TinyWorkspace, cli: CliRunner, command: str, option: tuple[str, ...]
+) -> None:
+    loaded = cluster_profile(tiny_workspace.config)
+    ran = cli(command, "--config", loaded.path, *option)
+    assert ran.code == 2, ran
+    assert f"is a cluster: {option[0]} is for one container" in ran.err
+
+
+def test_sample_on_a_cluster_takes_no_docker_host(
+    tiny_workspace: TinyWorkspace, cli: CliRunner, tmp_path: Path
+) -> None:
+    loaded = cluster_profile(tiny_workspace.config)
+    ran = cli(
+        "sample", "--config", loaded.path, "--docker-host", "unix:///run/other.sock",
+        "--run-log-output", tmp_path / "a.runlog.jsonl", "--sidecar-output", tmp_path / "a.json",
+    )  # fmt: skip
+    assert ran.code == 2, ran
+    assert "its nodes name their engines" in ran.err
