@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv constraints lint format test test-unit test-integration stack browser demo schemas clean bench bench-hash bench-eval bench-cli bench-runtime
+.PHONY: venv constraints lint format test test-unit test-integration stack browser demo docs schemas clean bench bench-hash bench-eval bench-cli bench-download bench-runtime
 
 # Versions come from constraints.txt, so that a fresh clone tests what was tested here.
 $(STAMP): pyproject.toml constraints.txt
@@ -40,7 +40,8 @@ format: $(STAMP)
 stack: $(STAMP)
 	$(BIN)/python scripts/stack/stack.py all
 
-# Debian's headless Chromium, for the screenshot test of `detserve check`'s report.html.
+# Debian's headless Chromium, for the screenshot tests of `detserve check`'s report.html and of the
+# documentation site.
 browser:
 	command -v chromium >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
@@ -59,11 +60,12 @@ demo: stack
 
 # The benchmarks of docs/performance.md through one tool, benchmarks/bench.py; each writes its
 # record to benchmarks/results/ and exits 0 when its targets are met, 1 when one is missed, 2 when
-# it could not run. `make bench` runs hash, eval, cli and runtime and writes one combined record;
-# each part takes the options of its own target below.
+# it could not run. `make bench` runs hash, eval, cli, download and runtime and writes one
+# combined record; each part takes the options of its own target below.
 bench: stack
 	$(BIN)/python benchmarks/bench.py all --hash-args="$(BENCH_HASH_ARGS)" \
 		--eval-args="$(BENCH_EVAL_ARGS)" --cli-args="$(BENCH_CLI_ARGS)" \
+		--download-args="$(BENCH_DOWNLOAD_ARGS)" \
 		--runtime-args="$(BENCH_RUNTIME_ARGS)" --concurrency-args="$(BENCH_CONCURRENCY_ARGS)" \
 		--gateway-args="$(BENCH_GATEWAY_ARGS)"
 
@@ -83,6 +85,13 @@ bench-eval: $(STAMP)
 bench-cli: $(STAMP)
 	$(BIN)/python benchmarks/bench.py cli $(BENCH_CLI_ARGS)
 
+# `detserve download` of a 1 GiB synthetic model from olah (a real hub server, offline on loopback)
+# against huggingface_hub's snapshot_download of the same files: wall time at most 1.5x, peak memory
+# under 200 MB, progress shown; exit 1 when missed.
+# Options: make bench-download BENCH_DOWNLOAD_ARGS="--total-gib 0.25 --rounds 1".
+bench-download: $(STAMP)
+	$(BIN)/python benchmarks/bench.py download $(BENCH_DOWNLOAD_ARGS)
+
 # Sampling overhead and time to ready on the tiny CPU container against the bare server; exit 1
 # below target. Options: make bench-runtime BENCH_RUNTIME_ARGS="--rounds 4 --ready-rounds 1".
 # Then certified sampling at concurrency 1..32, side by side, logs compared (bench_concurrency.py;
@@ -96,10 +105,20 @@ bench-runtime: stack
 	$(BIN)/python benchmarks/bench.py gateway $(BENCH_GATEWAY_ARGS) || status=$$?; \
 	exit $$status
 
+# The documentation site, from docs/ and mkdocs.yml into site/: strict, so a broken link or anchor
+# fails (tests/unit/test_docs_site.py builds it the same way in `make test`). Offline: nothing is
+# fetched. NO_MKDOCS_2_WARNING silences Material's notice about its end of life, printed each build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# The generated files: the schemas, the Python and command-line references, and README.md (the
+# site's landing page, docs/index.md, with its links into docs/). Tests require each to be current.
 schemas: $(STAMP)
 	$(BIN)/detserve config schema > docs/profile.schema.json
 	$(BIN)/python -m detserve.runlog > src/detserve/schemas/run-log.schema.json
 	$(BIN)/python scripts/api_reference.py docs/python-api.md
+	$(BIN)/python scripts/cli_reference.py docs/reference/cli.md
+	$(BIN)/python scripts/readme_from_landing.py README.md
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist site .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,5 @@
-"""The performance benchmarks in one command: hashing, eval-determinism, time to ready, sampling.
+"""The performance benchmarks in one command: hashing, eval-determinism, download, time to ready,
+sampling.
 
     .venv/bin/python benchmarks/bench.py all            # hash, eval, cli, runtime: defaults
     .venv/bin/python benchmarks/bench.py all --hash-args='--total-gib 1 --repeat 1' \\
@@ -6,18 +7,21 @@
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli``, ``runtime``, ``concurrency`` and ``gateway`` run one benchmark
-(``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``, ``bench_runtime.py``,
-``bench_concurrency.py``, ``bench_gateway.py``) with that script's options, as the script
-itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli``, ``download``, ``runtime``, ``concurrency``, ``gateway`` and
+``gateway-hostile`` run one benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``,
+``bench_download.py``, ``bench_runtime.py``, ``bench_concurrency.py``, ``bench_gateway.py``,
+``bench_gateway_hostile.py``) with that script's
+options, as the script itself would; it writes its own record to
+``benchmarks/results/<script>-<timestamp>.json``.
 
-``all`` runs the four in that order (runtime last: it starts containers, and the CPU it takes
-must not disturb the others), each with its defaults unless ``--hash-args``, ``--eval-args``,
-``--cli-args`` or ``--runtime-args`` give it options (write them with ``=``:
-``--hash-args='--shards 1'``). Each still writes its own record; then
-``benchmarks/results/bench-<timestamp>.json`` holds the machine, each part's options, exit
-status and whole record (or why it could not run), and ``targets``: every target of every part,
-as ``name``, ``measured``, ``target``, ``met``. A part that cannot run does not stop the others.
+``all`` runs them in that order (runtime and after last: they start containers, and the CPU
+they take must not disturb the others), each with its defaults unless ``--hash-args``,
+``--eval-args``, ``--cli-args``, ``--download-args``, ``--runtime-args`` and so on give it
+options (write them with ``=``: ``--hash-args='--shards 1'``). Each still writes its own
+record; then ``benchmarks/results/bench-<timestamp>.json`` holds the machine, each part's
+options, exit status and whole record (or why it could not run), and ``targets``: every target
+of every part, as ``name``, ``measured``, ``target``, ``met``. A part that cannot run does not
+stop the others.
 
 The runtime part needs the stack (`make stack`: dockerd, the local registry, the vLLM CPU
 image); `make bench` and `make bench-runtime` start it first. Exit status: 0 when every target is
@@ -34,8 +38,10 @@ from pathlib import Path
 
 import bench_cli
 import bench_concurrency
+import bench_download
 import bench_eval
 import bench_gateway
+import bench_gateway_hostile
 import bench_hash
 import bench_runtime
 from benchlib import (
@@ -57,9 +63,11 @@ PARTS: dict[str, Benchmark] = {
     "hash": bench_hash.BENCHMARK,
     "eval": bench_eval.BENCHMARK,
     "cli": bench_cli.BENCHMARK,
+    "download": bench_download.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
     "gateway": bench_gateway.BENCHMARK,
+    "gateway-hostile": bench_gateway_hostile.BENCHMARK,
 }
 
 
@@ -80,7 +88,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     }
     every = commands.add_parser(
         "all",
-        help="hash, eval, cli and runtime in one run, and one record of all their targets",
+        help="every part in one run, and one record of all their targets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -98,7 +106,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 def run_all(args: argparse.Namespace) -> int:
     # Every part's options are checked before anything runs: a typo in the last part's options
     # must not surface after the first part has run for minutes.
-    options = {name: shlex.split(getattr(args, f"{name}_args")) for name in PARTS}
+    options = {name: shlex.split(getattr(args, f"{name.replace('-', '_')}_args")) for name in PARTS}
     parsed = {
         name: benchmark.parse(options[name], prog=f"bench.py all --{name}-args")
         for name, benchmark in PARTS.items()

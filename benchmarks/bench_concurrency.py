@@ -8,8 +8,10 @@ the name ``bench-concurrency`` and port 18010, as bench_runtime.py does), in one
 
 1. ``detserve run`` (start, wait with verification, smoke);
 2. ``detserve check`` at tier 1 with 2 runs at every level (and shuffled orders): the
-   certificate, or, when the engine is not invariant here, the verdict and exit 1;
-3. ``detserve sample --concurrency N --certificate`` for every level, ``--rounds`` times, the
+   certificate, signed with a key made for the run, or, when the engine is not invariant here,
+   the verdict and exit 1;
+3. ``detserve sample --concurrency N --certificate --certificate-key`` for every level (each
+   run verifies the certificate's signature and its trace before sampling), ``--rounds`` times, the
    level order reversed every other round; each run log is compared byte for byte with the
    concurrency-1 log. Throughput is the sampler's own ``sampling_seconds`` (its sidecar's: the
    two snapshot verifications and start-up excluded), median over rounds.
@@ -45,6 +47,7 @@ from benchlib import (
 )
 from detserve import api
 from detserve.errors import DetserveError
+from detserve.keys import generate_key_pair
 
 LEVELS = (1, 2, 4, 8, 16, 32)
 
@@ -60,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_detserve_option(parser)
 
 
-def _sample(profile: Path, out: Path, level: int, certificate: Path, args: Any) -> dict[str, Any]:
+def _sample(
+    profile: Path, out: Path, level: int, certificate: Path, key: Path, args: Any
+) -> dict[str, Any]:
     log = out / f"c{level}.runlog.jsonl"
     summary = api.sample(
         profile,
@@ -70,6 +75,7 @@ def _sample(profile: Path, out: Path, level: int, certificate: Path, args: Any) 
         max_tokens=args.tokens,
         concurrency=level,
         certificate=certificate if level > 1 else None,
+        certificate_key=key if level > 1 else None,
         bundle=BUNDLE,
         bundle_pin=BUNDLE_PIN,
         force=True,
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> Outcome:
             say(f"starting {args.name} on port {args.port}")
             api.run(profile, on_stage=say)
             say(f"check: tier 1, 2 runs at {LEVELS}, {args.prompts} x {args.tokens}")
+            keys = generate_key_pair(folder / "keys")  # the certificate is signed, and verified
             outcome = api.check(
                 profile,
                 output_dir=folder / "check",
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> Outcome:
                 max_tokens=args.tokens,
                 bundle=BUNDLE,
                 bundle_pin=BUNDLE_PIN,
+                signing_key=keys.private_key,
             )
             say(f"check verdict: {outcome.verdict} ({outcome.result.diagnosis.reason})")
             record: dict[str, Any] = {
@@ -120,13 +128,14 @@ def run(args: argparse.Namespace) -> Outcome:
             if outcome.certificate is None:
                 path = write_result("bench_concurrency", record, stamp=stamp)
                 return Outcome(record, path, (Target("check passes (1 = yes)", 0, 1, False),))
-            certificate = folder / "certificate.json"
-            certificate.write_bytes(outcome.certificate.read_bytes())
+            certificate = outcome.certificate  # beside the trace it names
             runs: dict[int, list[dict[str, Any]]] = {level: [] for level in LEVELS}
             for round_ in range(args.rounds):
                 order = LEVELS if round_ % 2 == 0 else tuple(reversed(LEVELS))
                 for level in order:
-                    runs[level].append(_sample(profile, folder, level, certificate, args))
+                    runs[level].append(
+                        _sample(profile, folder, level, certificate, keys.public_key, args)
+                    )
                     last = runs[level][-1]
                     say(
                         f"round {round_ + 1} concurrency {level:>2}: "

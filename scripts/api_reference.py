@@ -1,6 +1,6 @@
 """Print the reference section of docs/python-api.md, generated from detserve.api's docstrings.
 
-`make docs` writes it into the file between the two markers; tests/unit/test_python_api_doc.py
+`make schemas` writes it into the file between the two markers; tests/unit/test_python_api_doc.py
 checks that the committed section is the generated one, so the reference cannot drift.
 """
 

@@ -30,7 +30,7 @@ bundle() { printf -- '--bundle artifacts/%s --bundle-pin manifests/%s/%s.sha256'
 
 step "verify the snapshot against its committed manifest, and the prompt bundles against their pins"
 "$DETSERVE" verify --config "$LOCAL"
-"$DETSERVE" prompts verify
+"$DETSERVE" prompts verify --config "$LOCAL"   # the profile's bundle, measured on its model
 for kind in $KINDS; do
   # shellcheck disable=SC2046
   "$DETSERVE" prompts verify $(bundle "$kind")

@@ -13,6 +13,9 @@ import pytest
 
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
+# The tiny model on a real hub server (olah), for unit and integration tests alike.
+pytest_plugins = ("hub_fixtures",)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from detserve.api import check as check
     from detserve.api import check_hash as check_hash
     from detserve.api import compare_runs as compare_runs
+    from detserve.api import download_snapshot as download_snapshot
     from detserve.api import evaluate as evaluate
     from detserve.api import explain as explain
     from detserve.api import hash_snapshot as hash_snapshot
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from detserve.api import lock_image as lock_image
     from detserve.api import lock_model as lock_model
     from detserve.api import logs as logs
-    from detserve.api import read_certificate as read_certificate
+    from detserve.api import plan_download as plan_download
     from detserve.api import replay as replay
     from detserve.api import replay_fleet as replay_fleet
     from detserve.api import replay_transcript as replay_transcript
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from detserve.api import stop_cluster as stop_cluster
     from detserve.api import validate_transcripts as validate_transcripts
     from detserve.api import verify as verify
+    from detserve.api import verify_certificate as verify_certificate
     from detserve.api import wait as wait
     from detserve.api import write_json_report as write_json_report
     from detserve.errors import DetserveError as DetserveError

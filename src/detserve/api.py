@@ -35,10 +35,11 @@ from detserve.fileio import check_output_dir, check_outputs
 
 if TYPE_CHECKING:
     from detserve.attest import AttestedClaim
-    from detserve.diagnosis.certificate import Certificate
+    from detserve.certificate import VerifiedCertificate
     from detserve.diagnosis.check import CheckResult
     from detserve.diagnosis.measure import PassKey
     from detserve.diagnosis.repropack import ReproPack
+    from detserve.download import DownloadObserver, DownloadPlan, DownloadResult
     from detserve.errors import DetserveError
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
     from detserve.evaluation.explain import ExplainedReport
@@ -68,7 +69,8 @@ if TYPE_CHECKING:
     from detserve.signed_statement import SignedModel
     from detserve.snapshot import VerifyReport
 
-#: the committed reference prompt bundle and its pin, relative to the working directory
+#: the committed reference prompt bundle and its pin, relative to the working directory: what
+#: :func:`load_prompts` loads without a profile (a profile names its own, ``prompts``)
 DEFAULT_BUNDLE = Path("artifacts/reference_prompts")
 DEFAULT_BUNDLE_PIN = Path("manifests/reference_prompts/reference_prompts.sha256")
 
@@ -308,6 +310,106 @@ def hash_snapshot(
         seconds=time.perf_counter() - started,
         snapshot=snapshot_dir,
         signature=signed,
+    )
+
+
+# --- download: the files of the pinned commit ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _DownloadInputs:
+    """Every input of a download, read and checked before the hub is asked anything."""
+
+    loaded: LoadedProfile
+    endpoint: str
+    token: str | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def __repr__(self) -> str:
+        return f"_DownloadInputs({self.loaded.path}, {self.endpoint})"  # never the token
+
+    @classmethod
+    def read(
+        cls,
+        config: ProfileLike,
+        secrets_file: Path | str | None,
+        endpoint: str | None,
+        include: Sequence[str] | None,
+        exclude: Sequence[str] | None,
+    ) -> _DownloadInputs:
+        import detserve.download as room
+        from detserve.hub import hub_endpoint
+
+        loaded = load_profile(config)
+        loaded.require_pins(("model.revision",))
+        chosen = tuple(include) if include is not None else room.DEFAULT_INCLUDE
+        left_out = tuple(exclude) if exclude is not None else room.DEFAULT_EXCLUDE
+        room.check_patterns(chosen, left_out)
+        token = room.token_from(Path(secrets_file) if secrets_file is not None else None)
+        return cls(loaded, hub_endpoint(endpoint), token, chosen, left_out)
+
+
+def plan_download(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    endpoint: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> DownloadPlan:
+    """What :func:`download_snapshot` would fetch: the pinned commit's files the patterns
+    choose, what is on disk already, the bytes to fetch and the free space. Nothing is written
+    but the removal of partial files a killed download left."""
+    from detserve.download import plan_download as plan
+
+    what = _DownloadInputs.read(config, secrets_file, endpoint, include, exclude)
+    return plan(
+        what.loaded,
+        endpoint=what.endpoint,
+        token=what.token,
+        include=what.include,
+        exclude=what.exclude,
+    )
+
+
+def download_snapshot(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    endpoint: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    workers: int | None = None,
+    observer: DownloadObserver | None = None,
+) -> DownloadResult:
+    """Fetch the pinned commit's model files into the profile's Hugging Face home, then verify.
+
+    Only ``model.revision`` is asked for (unpinned: :class:`~detserve.errors.UnpinnedError`,
+    exit 2), and only the files vLLM loads (``include`` replaces
+    :data:`detserve.download.DEFAULT_INCLUDE`, ``exclude`` replaces ``DEFAULT_EXCLUDE``). The
+    hub token is ``HF_TOKEN`` of ``secrets_file``, and only that. Too little free space is
+    :class:`~detserve.errors.DiskSpaceError` and an unreachable hub
+    :class:`~detserve.errors.HubError` (exit 3). With a committed manifest the snapshot is
+    verified (:class:`~detserve.errors.SnapshotMismatch`, exit 1, names every file that
+    differs); without one the result says so (``trusted`` is false, ``next_command`` makes the
+    manifest): nothing here writes a manifest. ``observer`` (a
+    :class:`detserve.download.DownloadObserver`) is told the plan, the bytes and the check.
+
+    >>> result = detserve.download_snapshot("configs/qwen3-8b.json")  # doctest: +SKIP
+    >>> result.trusted, result.plan.fetch_bytes                    # doctest: +SKIP
+    """
+    import detserve.download as room
+
+    what = _DownloadInputs.read(config, secrets_file, endpoint, include, exclude)
+    return room.download(
+        what.loaded,
+        endpoint=what.endpoint,
+        token=what.token,
+        include=what.include,
+        exclude=what.exclude,
+        workers=workers or room.DEFAULT_WORKERS,
+        observer=observer,
     )
 
 
@@ -600,12 +702,37 @@ def logs(
 
 
 def load_prompts(
-    bundle: Path | str = DEFAULT_BUNDLE, bundle_pin: Path | str = DEFAULT_BUNDLE_PIN
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
+    *,
+    config: ProfileLike | None = None,
 ) -> PromptBundle:
-    """A prompt bundle, verified against its pin before a prompt is read."""
+    """A prompt bundle, verified against its pin before a prompt is read.
+
+    With ``config``: the profile's bundle (``prompts.bundle`` and ``prompts.manifest``) unless
+    ``bundle`` or ``bundle_pin`` is given, and refused unless it was measured with the tokenizer
+    the profile's manifest pins (:class:`~detserve.errors.BundleModelMismatch`, exit 1); a
+    profile that names no bundle is :class:`~detserve.errors.UnpinnedError` (exit 2). Without:
+    ``bundle`` and ``bundle_pin``, by default :data:`DEFAULT_BUNDLE` and
+    :data:`DEFAULT_BUNDLE_PIN`.
+    """
+    if config is not None:
+        return _profile_prompts(load_profile(config), bundle, bundle_pin)
     from detserve.prompts import load_bundle
 
-    return load_bundle(Path(bundle), Path(bundle_pin))
+    return load_bundle(
+        Path(bundle if bundle is not None else DEFAULT_BUNDLE),
+        Path(bundle_pin if bundle_pin is not None else DEFAULT_BUNDLE_PIN),
+    )
+
+
+def _profile_prompts(
+    loaded: LoadedProfile, bundle: Path | str | None, bundle_pin: Path | str | None
+) -> PromptBundle:
+    """The bundle a command samples: the flags', else the profile's; measured on its model."""
+    from detserve.bundle_binding import load_profile_bundle
+
+    return load_profile_bundle(loaded, bundle, bundle_pin)
 
 
 def _fingerprint_for(
@@ -744,11 +871,12 @@ def sample(
     n_prompts: int | None = None,
     max_tokens: int | None = None,
     logprobs: int | None = None,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     force: bool = False,
     concurrency: int = 1,
     certificate: Path | str | None = None,
+    certificate_key: Path | str | None = None,
     audit: float = 0.0,
     audit_seed: int = 0,
     observer: SamplingObserver | None = None,
@@ -757,19 +885,22 @@ def sample(
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
-    Strict only: every pin filled, the snapshot and the bundle verified, the container bound to
-    the pins, greedy with the profile's seed, one request in flight, unless ``certificate`` (a
-    :func:`check`'s ``certificate.json`` for these very pins and parameters) covers
-    ``concurrency``; the log is then the same bytes as at concurrency 1. ``audit`` re-samples
-    that fraction of the prompts one at a time afterwards (seeded by ``audit_seed``) and fails
-    the run on any difference. Any failure, Ctrl-C included, leaves nothing at ``run_log`` or
-    ``sidecar``. The run log's sha256 is the claim.
+    Strict only: every pin filled, the snapshot and the bundle verified, the bundle measured on
+    the profile's model (``bundle`` and ``bundle_pin``, by default the profile's ``prompts``;
+    see :func:`load_prompts`), the container bound to the pins, greedy with the profile's seed,
+    one request in flight, unless ``certificate`` (a :func:`check`'s ``certificate.json`` for
+    these very pins and parameters, signed by the private key of ``certificate_key`` and
+    supported by its trace: :func:`verify_certificate`) covers ``concurrency``; the log is then
+    the same bytes as at concurrency 1. ``audit`` re-samples that fraction of the prompts one at
+    a time afterwards (seeded by ``audit_seed``) and fails the run on any difference. Any
+    failure, Ctrl-C included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256
+    is the claim.
     """
     from detserve.sampling import SampleRequest, check_request
 
     loaded = load_profile(config)
     loaded.require_pins()
-    prompts = load_prompts(bundle, bundle_pin)
+    prompts = _profile_prompts(loaded, bundle, bundle_pin)
     request = SampleRequest(
         n_prompts=n_prompts,
         max_tokens=max_tokens or loaded.profile.sampling.max_tokens,
@@ -779,6 +910,7 @@ def sample(
         force=force,
         concurrency=concurrency,
         certificate=Path(certificate) if certificate is not None else None,
+        certificate_key=Path(certificate_key) if certificate_key is not None else None,
         audit_fraction=audit,
         audit_seed=audit_seed,
     )
@@ -830,10 +962,21 @@ def validate_transcripts(
     """Validate every transcript segment of ``directory`` and the hash chain of each gateway
     run's series; raise :class:`~detserve.errors.ChainBroken` (exit 1) naming a segment missing,
     reordered, renamed or substituted, and :class:`~detserve.errors.RunLogError` (exit 2) for a
-    segment that does not validate. A cut last segment raises unless ``allow_cut``."""
+    segment that does not validate. A cut last segment raises unless ``allow_cut``. A directory
+    that holds no segment raises :class:`~detserve.errors.RunLogError` too: nothing was
+    validated, and that is no pass."""
+    from detserve.errors import RunLogError
     from detserve.runlog.series import validate_transcript_dir
+    from detserve.runlog.transcript import SUFFIX
 
-    return validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+    series = validate_transcript_dir(Path(directory), allow_cut=allow_cut)
+    if not series:
+        raise RunLogError(
+            f"{directory}: no transcript segment (*{SUFFIX}) to validate",
+            hint="give a run log, a transcript segment, or a directory `detserve serve "
+            "--transcript-dir` wrote into",
+        )
+    return series
 
 
 def evaluate(
@@ -935,15 +1078,18 @@ def explain(
     category (hardware, software version, numerics settings, model files, concurrency).
 
     ``sidecars`` are one per log in the comparison's order (for ``check_hash``: the log's, then
-    the published log's); each may be a sidecar or a ``detserve env`` fingerprint file. A
-    sidecar that names another run log is :class:`~detserve.errors.InputError` (exit 2).
+    the published log's), each naming that log's sha256: a sidecar of another run log, one
+    naming none and a bare ``detserve env`` fingerprint file (bound to no run) are
+    :class:`~detserve.errors.InputError` (exit 2).
     """
     from detserve.evaluation.explain import explain as explain_core
+    from detserve.evaluation.explain import report_logs
 
     paths = [Path(sidecar) for sidecar in sidecars]
     output = Path(report) if report is not None else None
     if output is not None:
-        check_outputs([output], force=force, inputs=paths)
+        # every file the report was made from is an input: the logs compared and the sidecars
+        check_outputs([output], force=force, inputs=[*report_logs(result), *paths])
     explained = explain_core(result, paths)
     if output is not None:
         write_json_report(output, explained.as_json(), force=force)
@@ -980,8 +1126,8 @@ def replay(
     config: ProfileLike,
     *,
     output_dir: Path | str,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     stop_after: bool = False,
     force: bool = False,
     public_key: Path | str | None = None,
@@ -990,11 +1136,13 @@ def replay(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    claim_sha256: str | None = None,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
 
     The claim is validated and its pins compared with the profile's before anything starts
-    (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run (start,
+    (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1); so is the bundle (by
+    default the profile's) against the profile's model. Then the server is run (start,
     wait with verification, smoke), the claim's prompts are sampled with its parameters into
     ``output_dir/replay.runlog.jsonl``, and the two logs are compared into
     ``output_dir/report.json``. Returns the result whatever the verdict; ``result.report.error()``
@@ -1002,8 +1150,13 @@ def replay(
 
     A signed claim: ``claim`` is its DSSE envelope, ``public_key`` the signer's key and
     ``run_log`` the run log it signs. The signature is checked first (a bad or missing one:
-    :class:`~detserve.attest.SignatureError`, exit 1, before anything else is read), then the
+    :class:`~detserve.envelope.SignatureError`, exit 1, before anything else is read), then the
     subject's sha256 against ``run_log``, then the pins as above.
+
+    The claim is compared as the bytes that were verified: its sha256 when it was validated (the
+    signed subject's, or ``claim_sha256`` when given) must be what the comparison reads at the
+    end, and the replay's log must be what was sampled; a file swapped in between is
+    :class:`~detserve.errors.EvidenceChanged` (exit 1), never a verdict.
     """
     from detserve.replay_plan import plan_replay
     from detserve.runtime import lifecycle
@@ -1012,6 +1165,9 @@ def replay(
     stage = on_stage or (lambda _message: None)
     claim = Path(claim)
     output_dir = Path(output_dir)
+    replay_log = output_dir / "replay.runlog.jsonl"
+    sidecar = output_dir / "replay.sidecar.json"
+    report_path = output_dir / "report.json"
     attested = None
     signed: tuple[Path, ...] = ()
     if public_key is not None or run_log is not None:
@@ -1021,12 +1177,20 @@ def replay(
             )
         from detserve.attest import verify_claim
 
+        # The files named here, before the signature is checked (which reads nothing of the
+        # outputs): no output may be one of them; the profile's own files follow once read.
+        named: tuple[Path, ...] = (claim, Path(public_key), Path(run_log))
+        named += tuple(Path(given) for given in (bundle_pin, bundle) if given is not None)
+        named += (Path(config),) if isinstance(config, str | Path) else ()
+        check_output_dir(output_dir, force=True, inputs=named)
+        check_outputs((replay_log, sidecar, report_path), force=force, inputs=named)
+
         attested = verify_claim(claim, Path(public_key), Path(run_log))
         stage(f"envelope {claim}: signature and subject verified")
         signed = (claim, Path(public_key))
         claim = Path(run_log)
     loaded = load_profile(config)
-    prompts = load_prompts(bundle, bundle_pin)
+    prompts = _profile_prompts(loaded, bundle, bundle_pin)
     inputs = (
         claim,
         *signed,
@@ -1035,14 +1199,15 @@ def replay(
         loaded.snapshot_dir,
         *prompts.files,
     )
-    replay_log = output_dir / "replay.runlog.jsonl"
-    sidecar = output_dir / "replay.sidecar.json"
-    report_path = output_dir / "report.json"
     # Before the claim is read and anything runs; the outputs are named, so a directory that
     # holds other files is fine.
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs((replay_log, sidecar, report_path), force=force, inputs=inputs)
-    plan = plan_replay(claim, loaded, prompts)
+    if attested is not None:
+        if claim_sha256 is not None and claim_sha256 != attested.run_log_sha256:
+            raise UsageError("claim_sha256 is not the signed run log's sha256")
+        claim_sha256 = attested.run_log_sha256
+    plan = plan_replay(claim, loaded, prompts, claim_sha256=claim_sha256)
     request = SampleRequest(
         n_prompts=plan.n_prompts,
         max_tokens=plan.max_tokens,
@@ -1062,7 +1227,10 @@ def replay(
             lifecycle.stop(loaded, engine=engine)
     from detserve.evaluation import evaluate as evaluate_core
 
-    report = evaluate_core(claim, summary.run_log)
+    # what was verified and what was sampled, not whatever the paths hold now
+    report = evaluate_core(
+        claim, summary.run_log, expected_sha256=(plan.claim_sha256, summary.run_log_sha256)
+    )
     write_json_report(report_path, report.as_json(), force=force)
     return ReplayResult(
         plan=plan, summary=summary, report=report, report_path=report_path, attested=attested
@@ -1082,11 +1250,14 @@ def build_gateway(
     api_key: str | None = None,
     concurrency: int = 1,
     certificate: Path | str | None = None,
+    certificate_key: Path | str | None = None,
     queue_size: int = 32,
     reverify_interval_s: float = 300.0,
     identity_interval_s: float = 2.0,
     rotate_exchanges: int | None = None,
+    allowed_hosts: Sequence[str] = (),
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
     return the gateway's ASGI application object (``gateway.app``), its transcript opened.
@@ -1094,34 +1265,51 @@ def build_gateway(
     The segments already in ``transcript_dir`` (earlier gateway runs) are read and checked
     completely first, and their exchanges indexed, so that their provenance ids resolve: a
     segment that does not validate raises :class:`~detserve.errors.RunLogError` (exit 2), a
-    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment.
+    broken chain :class:`~detserve.errors.ChainBroken` (exit 1), each naming the segment; an
+    empty segment file is skipped (``gateway.transcript.earlier.ignored``). A ``transcript_dir``
+    others may enter is refused (exit 2); a new one is made ``0700``.
 
-    Above one request in flight only with a ``certificate`` covering these pins and that level.
+    Above one request in flight only with a ``certificate`` covering these pins and that level,
+    verified with the public key ``certificate_key`` (:func:`verify_certificate`).
+    The application answers only the ``Host`` values of its bind (``gateway.allow_hosts(host,
+    port)``, which :class:`~detserve.gateway.server.GatewayServer` calls) and ``allowed_hosts``.
     """
+    from detserve.certificate import check_certificate_options, verify_certificate
     from detserve.gateway.app import Gateway, GatewaySettings
+    from detserve.gateway.guards import checked_hosts
     from detserve.gateway.transcript import index_earlier
     from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
 
     if concurrency < 1 or queue_size < 0:
         raise UsageError("--concurrency must be at least 1 and --queue-size at least 0")
-    if concurrency > 1 and certificate is None:
-        raise UsageError(
-            f"--concurrency {concurrency} is refused: the gateway sends one request at a time "
-            "unless a concurrency certificate measured for these pins covers more",
-            hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
-        )
+    check_certificate_options(
+        concurrency,
+        certificate,
+        certificate_key,
+        sequential="the gateway sends one request at a time",
+    )
     if reverify_interval_s <= 0 or identity_interval_s <= 0:
         raise UsageError("re-verification intervals must be positive")
     if rotate_exchanges is not None and rotate_exchanges < 1:
         raise UsageError("--rotate-exchanges must be at least 1")
+    hosts = checked_hosts(allowed_hosts)
     loaded = load_profile(config)
     loaded.require_pins()
+    inputs: tuple[Path, ...] = (loaded.path, loaded.manifest_path, loaded.snapshot_dir)
+    if certificate is not None:
+        inputs += (Path(certificate),)
+    # where segments are written: not an input, nor inside one (earlier segments may be there)
+    check_output_dir(Path(transcript_dir), force=True, inputs=inputs)
     # the earlier runs' segments are input: checked before anything is verified or served
     earlier = index_earlier(Path(transcript_dir))
-    engine = _engine(engine)
+    # signature and trace before the engine is asked; the pins it covers after
+    checked = None
+    if certificate is not None and certificate_key is not None:
+        checked = verify_certificate(Path(certificate), Path(certificate_key))
+    engine = _engine(engine, docker_host)
     verified = verify_for_serving(loaded, engine)
-    if certificate is not None:
-        require_gateway_coverage(Path(certificate), verified, concurrency)
+    if checked is not None:
+        require_gateway_coverage(checked, verified, concurrency)
     settings = GatewaySettings(
         transcript_dir=Path(transcript_dir),
         api_key=api_key,
@@ -1130,6 +1318,7 @@ def build_gateway(
         identity_interval_s=identity_interval_s,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=hosts,
     )
     return Gateway(verified, engine, settings, earlier=earlier)
 
@@ -1158,17 +1347,23 @@ def serve(
     secrets_file: Path | str | None = None,
     concurrency: int = 1,
     certificate: Path | str | None = None,
+    certificate_key: Path | str | None = None,
     queue_size: int = 32,
     reverify_interval_s: float = 300.0,
     rotate_exchanges: int | None = None,
+    allowed_hosts: Sequence[str] = (),
     on_ready: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
 
     Binds loopback by default; another address only with an API key (``DETSERVE_API_KEY`` in
-    ``secrets_file``). Every answer is recorded in a transcript under ``transcript_dir`` before
-    it is given; ``on_ready`` is called with the gateway's URL once its socket listens.
+    ``secrets_file``). Answers the ``Host`` values of its bind and ``allowed_hosts``; a request
+    from a web page of another origin is refused. Every answer is recorded in a transcript under
+    ``transcript_dir`` before it is given; ``on_ready`` is called with the gateway's URL once its
+    socket listens, ``on_warning`` with what was skipped at start (an empty segment file).
     """
     from detserve.gateway.server import GatewayServer, api_key_from, check_bind
 
@@ -1180,11 +1375,20 @@ def serve(
         api_key=api_key,
         concurrency=concurrency,
         certificate=certificate,
+        certificate_key=certificate_key,
         queue_size=queue_size,
         reverify_interval_s=reverify_interval_s,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=allowed_hosts,
         engine=engine,
+        docker_host=docker_host,
     )
+    for ignored in gateway.transcript.earlier.ignored:
+        if on_warning is not None:
+            on_warning(
+                f"ignored {ignored}: an empty segment file (its header was never written, as "
+                "when the disk was full at a rotation); it claims nothing"
+            )
     try:
         server = GatewayServer(gateway, host, port)
     except BaseException:
@@ -1218,15 +1422,18 @@ def replay_transcript(
     force: bool = False,
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
 ) -> TranscriptReplayResult:
-    """Re-send every exchange of a gateway transcript (one closed segment) under your own pinned
+    """Re-send every exchange of a gateway transcript (one segment) under your own pinned
     profile, and compare, in one step.
 
     The claim is validated and its pins compared with the profile's before anything starts
     (other pins: :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is run
     (start, wait with verification, smoke), every exchange is sent again, one at a time, into
     ``output_dir/replay.transcript.jsonl``, and the two are compared into
-    ``output_dir/report.json``. Returns the result whatever the verdict.
+    ``output_dir/report.json``. Returns the result whatever the verdict: INCOMPLETE (ok) when
+    exchanges that ended early repeat their recorded start, CUT (not ok) for a segment cut by a
+    crash, replayed up to its last whole line.
     """
     from detserve.gateway.replay import plan_transcript_replay
     from detserve.gateway.replay import replay_transcript as replay_core
@@ -1244,7 +1451,7 @@ def replay_transcript(
     if force:
         replay_path.unlink(missing_ok=True)  # a transcript is never written over, only anew
     plan = plan_transcript_replay(claim, loaded)
-    engine = _engine(engine)
+    engine = _engine(engine, docker_host)
     stage(f"claim {claim}: a gateway transcript of {plan.n_exchanges} exchanges; pins match")
     lifecycle.run(loaded, engine=engine, on_stage=stage)
     try:
@@ -1305,6 +1512,7 @@ class CheckOutcome:
             "certificate_sha256": (
                 self.pack.certificate.sha256 if self.pack.certificate is not None else None
             ),
+            "certificate_signed_by": self.pack.signed_by,
             "report": self.pack.report,
         }
 
@@ -1321,12 +1529,14 @@ def check(
     logprobs: int | None = None,
     shuffle: bool = True,
     shuffle_seed: int = 0,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     force: bool = False,
+    signing_key: Path | str | None = None,
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
     probe: FingerprintEngine | None = None,
+    docker_host: str | None = None,
 ) -> CheckOutcome:
     """Diagnose non-determinism against the running, verified container; write a repro pack.
 
@@ -1336,16 +1546,24 @@ def check(
     the pack and promises nothing; 1 requires identical tokens; 2 identical logprobs too, bit for
     bit (``logprobs`` defaults to 1 there). The verdict is PASS, RUN_VARIANCE, BATCH_VARIANCE,
     LOGPROB_VARIANCE, LOGPROBS_UNAVAILABLE or ENV_CHANGED. A PASS at tier 1 or 2 writes
-    ``certificate.json``, which :func:`sample` accepts for ``concurrency`` above 1.
+    ``certificate.json``, signed with the private key ``signing_key`` when given: :func:`sample`
+    and :func:`serve` accept a signed one for ``concurrency`` above 1, verified with the public
+    key their caller names; an unsigned one is refused there. A certificate already in
+    ``output_dir`` is removed before the check runs: one that fails or is interrupted leaves none.
 
-    The same pre-flight as :func:`sample` (pins, snapshot, bundle, the bound container, the
-    served model); with the default engine the environment is fingerprinted before and after
-    (``env.json``; a change is ENV_CHANGED). Returns the outcome whatever the verdict;
-    ``outcome.error()`` is the error to raise when it is not a pass (exit 1).
+    The same pre-flight as :func:`sample` (pins, snapshot, the bundle (by default the profile's)
+    and its model, the bound container, the served model); with the default engine the
+    environment is fingerprinted before and after (``env.json``; a change is ENV_CHANGED).
+    Returns the outcome whatever the verdict; ``outcome.error()`` is the error to raise when it
+    is not a pass (exit 1).
     """
     from detserve.diagnosis.check import run_check
     from detserve.diagnosis.measure import CheckPlan, levels_with_baseline
-    from detserve.diagnosis.repropack import check_pack_outputs, write_repro_pack
+    from detserve.diagnosis.repropack import (
+        check_pack_outputs,
+        clear_certificate,
+        write_repro_pack,
+    )
 
     if tier not in (0, 1, 2):
         raise UsageError(f"--tier {tier}: expected 0, 1 or 2")
@@ -1353,10 +1571,18 @@ def check(
         raise UsageError("--runs and every --concurrency level must be at least 1")
     loaded = load_profile(config)
     loaded.require_pins()
-    prompts = load_prompts(bundle, bundle_pin)
+    prompts = _profile_prompts(loaded, bundle, bundle_pin)
     directory = Path(output_dir)
-    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files)
+    key_files = (Path(signing_key),) if signing_key is not None else ()
+    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *prompts.files, *key_files)
     check_pack_outputs(directory, force=force, inputs=inputs)
+    # Before anything else can fail: no earlier certificate outlives a check that does not pass.
+    clear_certificate(directory)
+    signer = None
+    if signing_key is not None:
+        from detserve.keys import load_signer
+
+        signer = load_signer(Path(signing_key))  # a key that cannot sign refuses before any work
     plan = CheckPlan(
         tier=tier,  # type: ignore[arg-type]  # checked above
         runs=runs,
@@ -1369,35 +1595,43 @@ def check(
     )
     nodes = None
     if loaded.profile.cluster is not None:
-        nodes = _cluster_nodes(loaded, engine, None)
+        nodes = _cluster_nodes(loaded, engine, docker_host)
         engine = nodes[loaded.profile.cluster.nodes[0].name]
     if engine is None:
         from detserve.runtime.probe import DockerProbe
 
-        docker_probe = DockerProbe.from_env()
+        docker_probe = (
+            DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
+        )
         engine, probe = docker_probe.engine, probe or docker_probe
+    elif docker_host is not None:
+        raise UsageError("give an engine or a docker_host, not both")
     result = run_check(
         loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass, nodes=nodes
     )
-    pack = write_repro_pack(loaded, result, directory, force=force)
+    pack = write_repro_pack(loaded, result, directory, force=force, signer=signer)
     return CheckOutcome(result=result, pack=pack)
 
 
-def read_certificate(path: Path | str) -> Certificate:
-    """A concurrency certificate, validated (exit 2 when it is not one)."""
-    from detserve.diagnosis.certificate import read_certificate as read_core
+def verify_certificate(path: Path | str, public_key: Path | str) -> VerifiedCertificate:
+    """A concurrency certificate verified with ``public_key``: its signature (exit 1 when
+    unsigned or signed by another key), its payload (exit 2 when not a certificate), and the
+    trace it names, whose sha256 must be the certificate's and whose header and tokens must
+    support every claim, the verdict computed again (exit 1 otherwise)."""
+    from detserve.certificate import verify_certificate as verify_core
 
-    return read_core(Path(path))
+    return verify_core(Path(path), Path(public_key))
 
 
 def _replay_node(
     claim: Path,
+    claim_sha256: str,
     loaded: LoadedProfile,
     node: FleetNode,
     output_dir: Path,
     *,
-    bundle: Path | str,
-    bundle_pin: Path | str,
+    bundle: Path | str | None,
+    bundle_pin: Path | str | None,
     stop_after: bool,
     force: bool,
     on_stage: StageSink,
@@ -1438,6 +1672,7 @@ def _replay_node(
             force=force,
             on_stage=stage,
             engine=engine,
+            claim_sha256=claim_sha256,
         )
     except NotAReplay as exc:
         detail = "; ".join([exc.message, *exc.details[:3]])
@@ -1459,7 +1694,11 @@ def _replay_node(
         detail=detail,
         run_log_sha256=replayed.summary.run_log_sha256,
         run_log=replayed.summary.run_log,
-        fingerprint=read_node_environment(replayed.summary.sidecar).fingerprint,
+        fingerprint=read_node_environment(
+            replayed.summary.sidecar,
+            run_log_sha256=replayed.summary.run_log_sha256,
+            log=str(replayed.summary.run_log),
+        ).fingerprint,
     )
 
 
@@ -1469,8 +1708,8 @@ def replay_fleet(
     *,
     nodes: Sequence[str],
     output_dir: Path | str,
-    bundle: Path | str = DEFAULT_BUNDLE,
-    bundle_pin: Path | str = DEFAULT_BUNDLE_PIN,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
     stop_after: bool = False,
     force: bool = False,
     on_stage: StageSink | None = None,
@@ -1483,7 +1722,10 @@ def replay_fleet(
     report says per node IDENTICAL, DIVERGENT, NOT A REPLAY or FAILED, with its run log's
     sha256 and how its environment fingerprint differs from the first agreeing node's, ranked
     by root-cause category. ``fleet.json`` in ``output_dir`` is the report. Returns it whatever
-    the verdict; ``report.error()`` is the error to raise when not every node agrees.
+    the verdict; ``report.error()`` is the error to raise when not every node agrees. Every
+    node samples ``bundle`` and ``bundle_pin`` if given, else its own profile's bundle; each is
+    loaded and checked against its profile's model before any node is asked anything. Every node
+    requires the claim's bytes the fleet validated (``claim_sha256`` of :func:`replay`).
     """
     from detserve.fleet import check_nodes, parse_node, run_fleet
     from detserve.runlog import validate_run_log
@@ -1496,10 +1738,17 @@ def replay_fleet(
         node.label: load_profile(node.config if node.config is not None else config)
         for node in parsed
     }
+    bundle_files: list[Path] = []
     for loaded in profiles.values():
         loaded.require_pins()
+        # each node's bundle (the flags', else its profile's) measured on its model, up front
+        bundle_files.extend(_profile_prompts(loaded, bundle, bundle_pin).files)
     report_path = output_dir / "fleet.json"
-    inputs = (claim, *(loaded.path for loaded in profiles.values()))
+    inputs = (
+        claim,
+        *bundle_files,
+        *(path for loaded in profiles.values() for path in (loaded.path, loaded.manifest_path)),
+    )
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs([report_path], force=force, inputs=inputs)
     # an invalid claim is bad input before any node is asked anything
@@ -1512,6 +1761,7 @@ def replay_fleet(
         parsed,
         lambda node: _replay_node(
             claim,
+            claim_sha256,
             profiles[node.label],
             node,
             output_dir,

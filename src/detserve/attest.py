@@ -6,13 +6,13 @@ file name and sha256, and whose predicate (:data:`PREDICATE_TYPE`) holds the run
 pins, sampling parameters and sample count, the detserve version, the environment fingerprint
 (:mod:`detserve.fingerprint`) and the sha256 of the sidecar. The statement is RFC 8785 JSON and
 the payload of a DSSE envelope (``application/vnd.in-toto+json``) signed through
-``securesystemslib`` (its PAE, its signers) with an Ed25519 or ECDSA P-256 key.
+``securesystemslib``'s signers with an Ed25519 or ECDSA P-256 key (:mod:`detserve.envelope`).
 
 :func:`verify_claim` checks in a fixed order and stops at the first failure, each a
 :class:`~detserve.errors.VerificationError` (exit 1) naming what failed:
 
 1. the signature, before the payload is even parsed: no signature, another key, or any changed
-   byte of the payload or its type (:class:`SignatureError`);
+   byte of the payload or its type (:class:`~detserve.envelope.SignatureError`);
 2. the statement: an in-toto Statement v1 of detserve's predicate type, one subject with a
    sha256 (:class:`ClaimError`);
 3. the subject's sha256 against the run log's bytes (:class:`SubjectMismatch`);
@@ -22,54 +22,47 @@ the payload of a DSSE envelope (``application/vnd.in-toto+json``) signed through
 An envelope that is not an envelope at all (not JSON, missing fields, not base64) and a key file
 that is not a supported public key are bad input (:class:`~detserve.errors.InputError`, exit 2).
 
-Keys live in :mod:`detserve.keys`. The signature's key id is securesystemslib's default (the
-sha256 of the key's canonical form); it is a hint, not a trust root: verification takes the
-public key it is given and tries it on every signature.
-
-This module is over 450 lines because writing and checking a claim are the two halves of one
-format: they share the statement model and must change together.
+Keys live in :mod:`detserve.keys`, envelopes in :mod:`detserve.envelope`. The signature's key
+id is securesystemslib's default (the sha256 of the key's canonical form); it is a hint, not a
+trust root: verification takes the public key it is given, tries it on every signature, and
+reports the id computed from that key, never the envelope's.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-import securesystemslib.exceptions
 from google.protobuf import json_format
 from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from in_toto_attestation.v1.statement import Statement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from securesystemslib.dsse import Envelope
-
-# securesystemslib.signer's public names, re-exported without __all__ (mypy's strict view).
-from securesystemslib.signer import (  # type: ignore[attr-defined]
-    Key,
-    Signature,
-    SSlibKey,
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 
 from detserve._version import __version__
-from detserve.canonical import canonical_bytes, duplicate_keys
-from detserve.errors import InputError, PinMismatch, UsageError, VerificationError
-from detserve.fileio import atomic_writer, check_outputs
+from detserve.canonical import canonical_bytes
+from detserve.envelope import (
+    ParsedEnvelope,
+    parse_envelope,
+    read_json_object,
+    sign_envelope,
+    verify_envelope,
+)
+from detserve.errors import InputError, PinMismatch, UsageError, VerificationError, bounded
+from detserve.fileio import atomic_writer, check_outputs, read_input
 from detserve.fingerprint import EnvironmentFingerprint, parse_fingerprint, read_fingerprint
 from detserve.keys import MAX_DOCUMENT_BYTES as KEY_MAX_DOCUMENT_BYTES
-from detserve.keys import (
-    Algorithm,
-    AttestationKeyError,
-    algorithm_of,
-    load_public_key,
-    load_signer,
-    read_limited,
-)
+from detserve.keys import Algorithm, load_public_key, load_signer, signer_public_key
 from detserve.runlog import (
     RunLogSummary,
     RunPins,
@@ -85,12 +78,6 @@ PREDICATE_TYPE: Final = "https://detserve.invalid/attestation/run-log/v1"
 PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
 #: The largest envelope, sidecar or key file read; real ones are a few kB.
 MAX_DOCUMENT_BYTES: Final = KEY_MAX_DOCUMENT_BYTES
-
-
-class SignatureError(VerificationError):
-    """The envelope carries no signature the given public key verifies."""
-
-    kind = "bad-signature"
 
 
 class ClaimError(VerificationError):
@@ -143,6 +130,17 @@ class ClaimPredicate(_Model):
 
     sidecar_sha256: Sha256Hex
     """sha256 of the sidecar file written beside the run log."""
+
+    @field_validator("environment")
+    @classmethod
+    def _fingerprint_as_signed(
+        cls, value: EnvironmentFingerprint, info: ValidationInfo
+    ) -> EnvironmentFingerprint:
+        # A signed statement's environment_sha256 names the fingerprint as signed: one whose
+        # format the model filled in by default is another document (docs/spec/run-log.md 9.5).
+        if info.mode == "json" and not {"format", "format_version"} <= value.model_fields_set:
+            raise ValueError("a fingerprint names its format and format_version")
+        return value
 
 
 class _Digest(_Model):
@@ -220,24 +218,16 @@ class SignedClaim:
         }
 
 
-def _json_object(data: bytes, source: str) -> dict[str, Any]:
-    duplicates = duplicate_keys(data)
-    if duplicates:
-        raise InputError(f"{source}: duplicate keys {', '.join(sorted(set(duplicates)))}")
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise InputError(f"{source}: not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InputError(f"{source}: not a JSON object")
-    return document
+def _read_limited(path: Path, what: str) -> bytes:
+    # a regular file under the cap, checked before it is read (fileio)
+    return read_input(Path(path), what=what, cap=MAX_DOCUMENT_BYTES)
 
 
 def _sidecar_environment(
     sidecar: Path, summary: RunLogSummary, environment: Path | None
 ) -> tuple[str, EnvironmentFingerprint]:
-    data = read_limited(sidecar, "sidecar")
-    document = _json_object(data, str(sidecar))
+    data = _read_limited(sidecar, "sidecar")
+    document = read_json_object(data, str(sidecar))
     named = document.get("run_log_sha256")
     if named != summary.sha256:
         raise VerificationError(
@@ -292,24 +282,17 @@ def attest(
     sidecar_sha256, fingerprint = _sidecar_environment(sidecar, summary, environment)
     predicate = _predicate_from(summary, fingerprint, sidecar_sha256)
     payload = canonical_bytes(build_statement(summary, predicate)).rstrip(b"\n")
-    envelope = Envelope(payload, PAYLOAD_TYPE, {})
-    try:
-        envelope.sign(signer)
-    except securesystemslib.exceptions.Error as exc:
-        raise AttestationKeyError(f"cannot sign with {private_key}: {type(exc).__name__}") from exc
-    document = envelope.to_dict()
-    # What was just signed must verify before it is published.
-    _verify_signature(
-        _parse_envelope(canonical_bytes(document), "the new envelope"), signer.public_key
-    )
+    # What is signed is verified with the signer's public key before it is published.
+    document = sign_envelope(payload, PAYLOAD_TYPE, signer)
     with atomic_writer(output, force=force) as handle:
-        handle.write(canonical_bytes(document))
+        handle.write(document)
+    public = signer_public_key(signer)
     return SignedClaim(
         envelope=output,
         run_log=run_log,
         run_log_sha256=summary.sha256,
-        keyid=signer.public_key.keyid,
-        algorithm=algorithm_of(signer.public_key),
+        keyid=public.keyid,
+        algorithm=public.algorithm,
         environment_sha256=fingerprint.sha256,
     )
 
@@ -347,79 +330,14 @@ class AttestedClaim:
         }
 
 
-def _b64(value: object, what: str, source: str) -> bytes:
-    if not isinstance(value, str):
-        raise InputError(f"{source}: {what} is not a base64 string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InputError(f"{source}: {what} is not base64") from exc
-
-
-def _parse_envelope(data: bytes, source: str) -> Envelope:
-    """A DSSE envelope of strictly the DSSE shape; nothing in it is trusted yet."""
-    document = _json_object(data, source)
-    expected = {"payload", "payloadType", "signatures"}
-    if set(document) != expected:
-        raise InputError(
-            f"{source}: not a DSSE envelope",
-            details=[
-                *(f"missing: {name}" for name in sorted(expected - set(document))),
-                *(f"extra: {name}" for name in sorted(set(document) - expected)),
-            ],
-        )
-    payload = _b64(document["payload"], "payload", source)
-    payload_type = document["payloadType"]
-    if not isinstance(payload_type, str):
-        raise InputError(f"{source}: payloadType is not a string")
-    entries = document["signatures"]
-    if not isinstance(entries, list):
-        raise InputError(f"{source}: signatures is not a list")
-    signatures: dict[str, Signature] = {}
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict) or set(entry) != {"keyid", "sig"}:
-            raise InputError(f"{source}: signature {index} is not {{keyid, sig}}")
-        keyid = entry["keyid"]
-        if not isinstance(keyid, str):
-            raise InputError(f"{source}: signature {index}: keyid is not a string")
-        if keyid in signatures:
-            raise InputError(f"{source}: two signatures with key id {keyid!r}")
-        signatures[keyid] = Signature(keyid, _b64(entry["sig"], f"signature {index}", source).hex())
-    return Envelope(payload, payload_type, signatures)
-
-
-def _verify_signature(envelope: Envelope, key: SSlibKey) -> str:
-    """The key id of a signature ``key`` verifies over the envelope's PAE; raise otherwise."""
-    if not envelope.signatures:
-        raise SignatureError("the envelope carries no signature")
-    # The key id is a hint: try the given key on every signature (cosign writes an empty id).
-    candidates: list[Key] = [
-        SSlibKey(keyid, key.keytype, key.scheme, dict(key.keyval)) for keyid in envelope.signatures
-    ]
-    try:
-        accepted = envelope.verify(candidates, 1)
-    except (securesystemslib.exceptions.Error, ValueError) as exc:
-        raise SignatureError(
-            "the envelope's signature does not verify with the given public key",
-            details=[
-                f"public key: {algorithm_of(key)}, key id {key.keyid}",
-                f"signatures: {len(envelope.signatures)}, key ids "
-                + ", ".join(repr(k) for k in sorted(envelope.signatures)),
-            ],
-            hint="the envelope was changed after signing, or another key signed it; "
-            "trust nothing in it",
-        ) from exc
-    return next(iter(accepted))
-
-
-def _statement(envelope: Envelope) -> ClaimStatement:
+def _statement(envelope: ParsedEnvelope) -> ClaimStatement:
     if envelope.payload_type != PAYLOAD_TYPE:
         raise ClaimError(
-            f"the signed payload is {envelope.payload_type!r}, not an in-toto statement "
-            f"({PAYLOAD_TYPE})"
+            f"the signed payload is {bounded(envelope.payload_type, 200)!r}, not an in-toto "
+            f"statement ({PAYLOAD_TYPE})"
         )
     try:
-        document = _json_object(envelope.payload, "the signed statement")
+        document = read_json_object(envelope.payload, "the signed statement")
         # The in-toto library's own checks first: the statement type, subjects with digests.
         Statement.copy_from_pb(
             json_format.ParseDict(document, statement_pb2.Statement())
@@ -457,8 +375,8 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
     an envelope or a run log. Never returns a failed verdict.
     """
     key = load_public_key(public_key)
-    parsed = _parse_envelope(read_limited(envelope, "envelope"), str(envelope))
-    keyid = _verify_signature(parsed, key)
+    parsed = parse_envelope(_read_limited(envelope, "envelope"), str(envelope))
+    keyid = verify_envelope(parsed, key)  # computed from the key that verified
     statement = _statement(parsed)
     subject = statement.subject[0]
     actual_sha256 = run_log_sha256(run_log)
@@ -471,7 +389,8 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
             ],
             hint="the run log was changed after it was attested, or this is not its envelope",
         )
-    summary = validate_run_log(run_log)
+    # Re-opened to validate: the header compared must be of the bytes whose hash matched
+    summary = validate_run_log(run_log, expected_sha256=actual_sha256)
     predicate = statement.predicate
     differences = _differences(
         predicate.pins.model_dump(mode="json"), summary.header.pins.model_dump(mode="json"), "pins."
@@ -498,6 +417,6 @@ def verify_claim(envelope: Path, public_key: Path, run_log: Path) -> AttestedCla
         run_log_sha256=actual_sha256,
         subject_name=subject.name,
         keyid=keyid,
-        algorithm=algorithm_of(key),
+        algorithm=key.algorithm,
         predicate=predicate,
     )

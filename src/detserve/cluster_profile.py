@@ -12,6 +12,9 @@ multi-node recipe runs, or each engine's bridge), the head's address, the rendez
 executor that spans the nodes (vLLM's own multiprocessing executor across nodes, ``mp``, or
 Ray). The binding refuses a single-node container with host networking, as before.
 
+The section is left out of a profile's canonical form when absent (not written as null), so one
+container's profile hashes as it did before clusters existed.
+
 Invariants, checked when the profile loads: two to 64 nodes, distinct names and distinct
 engines (two nodes on one engine are not two nodes); a head address exactly when the network is
 the host's (on a bridge the head's address is its container's, read from its engine); the
@@ -152,6 +155,14 @@ class _OtherSections(Protocol):
 
     @property
     def vllm(self) -> Any: ...
+
+
+def check_cluster_fits(cluster: ClusterSpec | None, profile: _OtherSections) -> None:
+    """A ValueError (a profile validator's) when the profile's other sections cannot carry its
+    cluster section; nothing for one container's profile (``cluster`` None)."""
+    trouble = cluster_problem(cluster, profile) if cluster is not None else None
+    if trouble:
+        raise ValueError(trouble)
 
 
 def cluster_problem(cluster: ClusterSpec, profile: _OtherSections) -> str | None:

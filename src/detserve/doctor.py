@@ -1,154 +1,77 @@
 """The determinism checklist: is this profile, on this host, set up to give replayable tokens?
 
-``detserve doctor`` gathers facts once (:func:`gather_facts`: the profile's pins, a full
-verification of the snapshot against its manifest, and what the engine says about the image, the
-profile's container and its clock), then runs every item of :data:`CHECKS` on them. Each item is
-a pure function of ``(profile, facts)`` returning a :class:`CheckItem` (name, PASS or FAIL, what
-was found, and the fix), so each can be shown to fail on facts built to break it.
+``detserve doctor`` gathers facts once (:func:`~detserve.doctor_facts.gather_facts`: the
+profile's pins, a full verification of the snapshot against its manifest, this host's GPUs and
+clock, and what the engine says about the image, the profile's container and its clock), then
+runs every item of :data:`CHECKS` on them. Each item is a pure function of ``(profile, facts)``
+returning a :class:`CheckItem` (name, PASS, FAIL or NOT RUN, what was found, and the fix), so
+each can be shown to fail on facts built to break it.
 
 An item that needs what an earlier one could not give (a pin, the engine) fails too, saying so:
 nothing is passed for want of checking it. Where no container runs, the container items check
-what ``detserve start`` would create and say so in their detail.
+what ``detserve start`` would create and say so in their detail. A running container is judged
+as ``sample`` judges it: by the binding (:mod:`detserve.runtime.binding`), and its seed and
+prefix caching as the server's own parser reads its command (the last ``--seed``, an
+abbreviation, ``--opt=value``), never by the first word that looks right.
+
+Under ``--host-only`` no engine is asked: the items that need one are NOT RUN (never PASS), and
+the host's own (pins, manifest, batch-invariant mode, compute capability, GPUs under a CPU
+profile, the host clock) run as usual. A report with an item NOT RUN is not a pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, Protocol
+from typing import Final
 
-from detserve.errors import DetserveError, EngineError
-from detserve.fingerprint import EngineVersion, numerics_environment
+from detserve.doctor_facts import (
+    HOST_ONLY,
+    CheckItem,
+    DoctorEngine,
+    DoctorFacts,
+    EngineFacts,
+    gather_facts,
+    item,
+)
+from detserve.doctor_gpu import (
+    check_batch_invariant,
+    check_compute_capability,
+    check_no_gpu_under_cpu_profile,
+)
+from detserve.fingerprint import numerics_environment
+from detserve.host_facts import GpuHost, read_gpu_host
 from detserve.profile import LoadedProfile
+from detserve.runtime.binding import prefix_caching_enabled, server_option
 from detserve.runtime.container_spec import container_environment, engine_args
-from detserve.runtime.engine import ContainerInfo, ImageInfo
-from detserve.snapshot import verify_snapshot
+from detserve.runtime.inspection import ContainerInfo
 
-Status = Literal["PASS", "FAIL"]
+__all__ = [
+    "CHECKS",
+    "CheckItem",
+    "DoctorEngine",
+    "DoctorFacts",
+    "DoctorReport",
+    "EngineFacts",
+    "doctor",
+    "gather_facts",
+    "run_checks",
+]
 
 #: Clocks further apart than this (host and engine) are not sane.
 MAX_CLOCK_SKEW: Final = timedelta(seconds=60)
 #: No sane clock reads earlier than this (before detserve existed).
 CLOCK_FLOOR: Final = datetime(2025, 1, 1, tzinfo=UTC)
-#: vLLM's default ``--max-num-seqs`` when the profile sets none: the server may batch.
-VLLM_DEFAULT_MAX_NUM_SEQS: Final = 256
 
 
-@dataclass(frozen=True)
-class CheckItem:
-    """One line of the checklist."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str | None
-
-    @property
-    def passed(self) -> bool:
-        return self.status == "PASS"
-
-    def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
-
-
-@dataclass(frozen=True)
-class EngineFacts:
-    """What the container engine said; ``error`` is set (and the rest empty) when it did not."""
-
-    error: str | None = None
-    version: str | None = None
-    #: the pinned image, present locally by digest; None when absent
-    image: ImageInfo | None = None
-    image_created: datetime | None = None
-    clock: datetime | None = None
-    #: the profile's container, running or not
-    container: ContainerInfo | None = None
-
-
-@dataclass(frozen=True)
-class DoctorFacts:
-    """Everything the checklist looks at, gathered once."""
-
-    host_clock: datetime
-    engine: EngineFacts
-    missing_pins: tuple[str, ...] = ()
-    #: None when the snapshot verified against its manifest; else what went wrong
-    manifest_problem: str | None = None
-    manifest_sha256: str | None = None
-    #: the image's environment, when the image is present
-    image_environment: Mapping[str, str] = field(default_factory=dict)
-
-
-class DoctorEngine(Protocol):
-    """What the doctor asks of the engine (:class:`~detserve.runtime.probe.DockerProbe`)."""
-
-    def engine_version(self) -> EngineVersion: ...
-
-    def engine_time(self) -> datetime | None: ...
-
-    def local_image(self, image: str) -> ImageInfo | None: ...
-
-    def image_created(self, image: str) -> datetime | None: ...
-
-    def container(self, loaded: LoadedProfile) -> ContainerInfo | None: ...
-
-
-def _engine_facts(loaded: LoadedProfile, connect: Callable[[], DoctorEngine]) -> EngineFacts:
-    try:
-        engine = connect()
-        version = engine.engine_version().version
-        clock = engine.engine_time()
-        image = created = container = None
-        if not loaded.missing_pins():
-            image = engine.local_image(loaded.image)
-            created = engine.image_created(loaded.image) if image is not None else None
-            container = engine.container(loaded)
-    except EngineError as exc:
-        return EngineFacts(error=exc.message)
-    return EngineFacts(
-        version=version,
-        image=image,
-        image_created=created,
-        clock=clock,
-        container=container,
-    )
-
-
-def gather_facts(loaded: LoadedProfile, connect: Callable[[], DoctorEngine]) -> DoctorFacts:
-    """Verify the snapshot and ask the engine; failures become facts, never exceptions."""
-    missing = tuple(loaded.missing_pins())
-    problem: str | None = "needs model.revision to find the manifest"
-    manifest_sha256 = None
-    if "model.revision" not in missing:
-        try:
-            report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
-            problem, manifest_sha256 = None, report.manifest_sha256
-        except DetserveError as exc:
-            problem = "; ".join([exc.message, *exc.details[:5]])
-    engine = _engine_facts(loaded, connect)
-    return DoctorFacts(
-        host_clock=datetime.now(UTC),
-        engine=engine,
-        missing_pins=missing,
-        manifest_problem=problem,
-        manifest_sha256=manifest_sha256,
-        image_environment=dict(engine.image.environment) if engine.image is not None else {},
-    )
-
-
-# --- the items ----------------------------------------------------------------------------------
-
-
-def _item(name: str, problem: str | None, ok: str, fix: str) -> CheckItem:
-    if problem is None:
-        return CheckItem(name, "PASS", ok, None)
-    return CheckItem(name, "FAIL", problem, fix)
+def _not_run(name: str) -> CheckItem:
+    return CheckItem(name, "NOT RUN", HOST_ONLY, "run `detserve doctor` where the engine answers")
 
 
 def check_pins(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
     missing = ", ".join(facts.missing_pins)
-    return _item(
+    return item(
         "pins filled",
         f"unpinned: {missing}" if missing else None,
         "model.revision and runtime.image are pinned",
@@ -158,7 +81,7 @@ def check_pins(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
 
 
 def check_manifest(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
-    return _item(
+    return item(
         "manifest present and verifying",
         facts.manifest_problem,
         f"the snapshot verifies against its manifest (sha256 {facts.manifest_sha256})",
@@ -168,7 +91,9 @@ def check_manifest(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
 
 
 def check_engine(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
-    return _item(
+    if facts.engine.not_run:
+        return _not_run("engine reachable")
+    return item(
         "engine reachable",
         facts.engine.error,
         f"the Docker engine answers (version {facts.engine.version})",
@@ -177,6 +102,8 @@ def check_engine(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
 
 
 def check_image(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
+    if facts.engine.not_run:
+        return _not_run("image present by digest")
     if facts.missing_pins:
         problem: str | None = "runtime.image is not pinned"
     elif facts.engine.error is not None:
@@ -186,7 +113,7 @@ def check_image(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
     else:
         problem = None
     image = facts.engine.image
-    return _item(
+    return item(
         "image present by digest",
         problem,
         f"{loaded.profile.runtime.image} is image {image.id if image else '?'}",
@@ -194,22 +121,9 @@ def check_image(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
     )
 
 
-def _expected_args(loaded: LoadedProfile, facts: DoctorFacts) -> list[str] | None:
-    return None if facts.missing_pins else engine_args(loaded)
-
-
 def _running(facts: DoctorFacts) -> ContainerInfo | None:
     container = facts.engine.container
     return container if container is not None and container.running else None
-
-
-def _option_value(args: tuple[str, ...] | list[str], option: str) -> str | None:
-    for index, word in enumerate(args):
-        if word == option and index + 1 < len(args):
-            return args[index + 1]
-        if word.startswith(option + "="):
-            return word.split("=", 1)[1]
-    return None
 
 
 def _where(facts: DoctorFacts) -> str:
@@ -221,17 +135,55 @@ def _where(facts: DoctorFacts) -> str:
     )
 
 
-def check_prefix_caching(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
-    expected = _expected_args(loaded, facts)
+def check_binding(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
+    name = "container bound to the pins"
+    engine = facts.engine
+    if engine.not_run:
+        return _not_run(name)
     container = _running(facts)
-    args = list(container.command) if container is not None else expected
+    if facts.missing_pins:
+        problem: str | None = "needs the pins to know the container they describe"
+    elif engine.error is not None:
+        problem = "the engine does not answer"
+    elif container is None:
+        problem = None
+    elif engine.binding_problem is not None:
+        problem = f"container {container.name}: {engine.binding_problem}"
+    elif engine.binding:
+        problem = (
+            f"container {container.name} is not the one the pins describe, so `sample` "
+            f"refuses it: {'; '.join(engine.binding)}"
+        )
+    else:
+        problem = None
+    return item(
+        name,
+        problem,
+        f"{_where(facts)}: created exactly as the pins say"
+        if container is not None
+        else "no container runs; `detserve start` creates it from the pins",
+        f"`detserve stop --config {loaded.path}`, then `detserve run --config {loaded.path}`",
+    )
+
+
+def _engine_command(loaded: LoadedProfile, facts: DoctorFacts) -> tuple[str, ...] | None:
+    container = _running(facts)
+    if container is not None:
+        return tuple(container.command)
+    return None if facts.missing_pins else tuple(engine_args(loaded))
+
+
+def check_prefix_caching(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
+    if facts.engine.not_run:
+        return _not_run("prefix caching off")
+    args = _engine_command(loaded, facts)
     if args is None:
         problem: str | None = "needs the pins to know the engine arguments"
-    elif "--enable-prefix-caching" in args or "--no-enable-prefix-caching" not in args:
+    elif prefix_caching_enabled(args):
         problem = f"{_where(facts)}: prefix caching is not turned off"
     else:
         problem = None
-    return _item(
+    return item(
         "prefix caching off",
         problem,
         f"{_where(facts)} runs with --no-enable-prefix-caching",
@@ -241,18 +193,28 @@ def check_prefix_caching(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem
 
 
 def check_seed(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
+    if facts.engine.not_run:
+        return _not_run("seed set")
     seed = str(loaded.profile.sampling.seed)
-    expected = _expected_args(loaded, facts)
-    container = _running(facts)
-    args = list(container.command) if container is not None else expected
-    found = None if args is None else _option_value(args, "--seed")
+    args = _engine_command(loaded, facts)
     if args is None:
         problem: str | None = "needs the pins to know the engine arguments"
-    elif found != seed:
-        problem = f"{_where(facts)}: --seed is {found!r}, the profile's sampling.seed is {seed}"
     else:
-        problem = None
-    return _item(
+        reading = server_option(args, "--seed")
+        if not reading.found or reading.value != seed:
+            spelled = f" (as {', '.join(reading.spellings)})" if len(reading.spellings) > 1 else ""
+            problem = (
+                f"{_where(facts)}: the server's --seed is {reading.value!r}{spelled}, the "
+                f"profile's sampling.seed is {seed}"
+            )
+        elif reading.abbreviated or len(reading.spellings) > 1:
+            problem = (
+                f"{_where(facts)}: --seed is given as {', '.join(reading.spellings)}: not the "
+                "one plain --seed detserve passes"
+            )
+        else:
+            problem = None
+    return item(
         "seed set",
         problem,
         f"--seed {seed} (sampling.seed), also sent with every request",
@@ -261,38 +223,11 @@ def check_seed(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
     )
 
 
-def check_batch_invariant(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
-    profile = loaded.profile
-    if profile.runtime.device != "nvidia":
-        return CheckItem(
-            "batch-invariant mode",
-            "PASS",
-            "not required on CPU: one request at a time, CPU kernels do not split by batch",
-            None,
-        )
-    seqs = profile.vllm.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
-    concurrency = max(profile.sampling.concurrency, seqs)
-    value = profile.runtime.environment.get("VLLM_BATCH_INVARIANT")
-    if profile.vllm.batch_invariant:
-        value = "1"  # vllm.batch_invariant sets it (the profile refuses another value)
-    problem = None
-    if concurrency > 1 and value != "1":
-        problem = (
-            f"GPU profile whose server may batch {concurrency} sequences "
-            f"(vllm.max_num_seqs {profile.vllm.max_num_seqs}) without VLLM_BATCH_INVARIANT=1 "
-            f"(found {value!r}): a request's tokens then depend on what shares its batch"
-        )
-    return _item(
-        "batch-invariant mode",
-        problem,
-        "VLLM_BATCH_INVARIANT=1" if concurrency > 1 else "vllm.max_num_seqs 1: never batched",
-        "set vllm.batch_invariant to true (or vllm.max_num_seqs to 1)",
-    )
-
-
 def check_numerics_environment(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
+    if facts.engine.not_run:
+        return _not_run("numerics environment")
     if facts.missing_pins:
-        return _item("numerics environment", "needs the pins", "", "pin the profile first")
+        return item("numerics environment", "needs the pins", "", "pin the profile first")
     # What the container must hold: the image's variables, overlaid with the profile's.
     expected = numerics_environment({**facts.image_environment, **container_environment(loaded)})
     problems = []
@@ -313,7 +248,7 @@ def check_numerics_environment(loaded: LoadedProfile, facts: DoctorFacts) -> Che
         ]
         shown = actual
     settings = ", ".join(f"{name}={value}" for name, value in shown.items()) or "(none)"
-    return _item(
+    return item(
         "numerics environment",
         "; ".join(problems) or None,
         f"{_where(facts)}: {settings}",
@@ -339,12 +274,23 @@ def check_clock(loaded: LoadedProfile, facts: DoctorFacts) -> CheckItem:
     elif facts.engine.clock is not None and abs(facts.engine.clock - now) > MAX_CLOCK_SKEW:
         skew = abs(facts.engine.clock - now).total_seconds()
         problems.append(f"the host and engine clocks differ by {skew:.0f} s")
-    return _item(
+    fix = (
+        "synchronise the clock (`timedatectl set-ntp true`); sidecar times and certificates "
+        "rely on it"
+    )
+    if facts.engine.not_run and not problems:
+        return CheckItem(
+            "host clock sane",
+            "NOT RUN",
+            f"{now.isoformat(timespec='seconds')}, after {CLOCK_FLOOR.date()}; the engine's clock "
+            "and the image's build were not compared: no engine was asked (--host-only)",
+            "run `detserve doctor` where the engine answers",
+        )
+    return item(
         "host clock sane",
         "; ".join(problems) or None,
         f"{now.isoformat(timespec='seconds')}, within {MAX_CLOCK_SKEW.seconds} s of the engine's",
-        "synchronise the clock (`timedatectl set-ntp true`); sidecar times and certificates "
-        "rely on it",
+        fix,
     )
 
 
@@ -355,9 +301,12 @@ CHECKS: Final[tuple[Check, ...]] = (
     check_manifest,
     check_engine,
     check_image,
+    check_binding,
     check_prefix_caching,
     check_seed,
     check_batch_invariant,
+    check_compute_capability,
+    check_no_gpu_under_cpu_profile,
     check_numerics_environment,
     check_clock,
 )
@@ -369,14 +318,24 @@ class DoctorReport:
     items: tuple[CheckItem, ...]
 
     @property
+    def failed(self) -> int:
+        return sum(item.status == "FAIL" for item in self.items)
+
+    @property
+    def not_run(self) -> int:
+        return sum(item.status == "NOT RUN" for item in self.items)
+
+    @property
     def passed(self) -> bool:
+        """Every item ran and passed (an item NOT RUN is no pass)."""
         return all(item.passed for item in self.items)
 
     def as_json(self) -> dict[str, object]:
         return {
             "ok": self.passed,
             "profile": self.profile,
-            "failed": sum(not item.passed for item in self.items),
+            "failed": self.failed,
+            "not_run": self.not_run,
             "items": [item.as_json() for item in self.items],
         }
 
@@ -386,6 +345,14 @@ def run_checks(loaded: LoadedProfile, facts: DoctorFacts) -> DoctorReport:
     return DoctorReport(str(loaded.path), tuple(check(loaded, facts) for check in CHECKS))
 
 
-def doctor(loaded: LoadedProfile, connect: Callable[[], DoctorEngine]) -> DoctorReport:
-    """Gather the facts and run the checklist (the caller decides what a FAIL exits with)."""
-    return run_checks(loaded, gather_facts(loaded, connect))
+def doctor(
+    loaded: LoadedProfile,
+    connect: Callable[[], DoctorEngine] | None,
+    *,
+    gpu: Callable[[], GpuHost] | None = None,
+) -> DoctorReport:
+    """Gather the facts and run the checklist (the caller decides what a FAIL exits with);
+    ``connect`` None runs the host half only; ``gpu`` reads this host's GPUs (by default
+    :func:`~detserve.host_facts.read_gpu_host`)."""
+    facts = gather_facts(loaded, connect, gpu=gpu if gpu is not None else read_gpu_host)
+    return run_checks(loaded, facts)

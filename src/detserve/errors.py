@@ -143,10 +143,24 @@ class SignatureInvalid(VerificationError):
     kind = "signature-invalid"
 
 
+class EvidenceChanged(VerificationError):
+    """A file read as evidence (a run log, a transcript) was not the same bytes each time it was
+    read: what was verified is not what would be acted on (a race, or a swap)."""
+
+    kind = "evidence-changed"
+
+
 class PinMismatch(VerificationError):
     """A running container, server or artifact is not the pinned one."""
 
     kind = "pin-mismatch"
+
+
+class BundleModelMismatch(VerificationError):
+    """A prompt bundle measured with another tokenizer (model id, revision or tokenizer files)
+    than the profile's verified snapshot serves: its token counts are another model's."""
+
+    kind = "bundle-model-mismatch"
 
 
 class ConstraintViolated(VerificationError):
@@ -254,6 +268,12 @@ class RegistryError(EnvironmentFault):
 
 class HubError(EnvironmentFault):
     kind = "hub"
+
+
+class DiskSpaceError(EnvironmentFault):
+    """Not enough free space for what a command must write (named with both numbers)."""
+
+    kind = "disk-space"
 
 
 class ContainerError(EnvironmentFault):

@@ -5,8 +5,8 @@ faithful-looking runs (another CPU's instruction set, another driver, another to
 here instead, and written beside a sample (sidecar), a check and an attestation:
 
 * the host: kernel, CPU model and flags, memory, GPUs with the driver and CUDA versions (from
-  ``nvidia-smi`` when it is there; otherwise null, with the reason, never guessed), the Docker
-  engine's version;
+  ``nvidia-smi`` when it is there, :mod:`detserve.host_facts`; otherwise null, with the reason,
+  never guessed, and never a local path), the Docker engine's version;
 * the container: the pinned image and its id, the Python, vLLM and torch versions installed in
   it, and its numerics-relevant environment (:func:`numerics_environment`; secret-looking names
   never enter).
@@ -26,11 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
-import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +33,11 @@ from typing import Annotated, Final, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from detserve.canonical import canonical_bytes
+from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes
 from detserve.engine_policy import ENVIRONMENT_VARIABLES
 from detserve.errors import ContainerError, InputError
 from detserve.fileio import read_input
+from detserve.host_facts import read_host_facts
 from detserve.profile import SECRET_NAME_RE, LoadedProfile
 
 FORMAT: Final = "detserve-environment"
@@ -85,7 +81,6 @@ _PROBE_PYTHON: Final = "python3"
 _MAX_PROBE_OUTPUT: Final = 4096
 #: the largest fingerprint file read
 MAX_FINGERPRINT_BYTES: Final = 1024 * 1024
-_NVIDIA_SMI_TIMEOUT_S: Final = 20
 
 
 class _Model(BaseModel):
@@ -95,6 +90,8 @@ class _Model(BaseModel):
 
 
 Text = Annotated[str, Field(max_length=512)]
+#: A count: at most what RFC 8785 writes exactly, or the fingerprint could not be hashed.
+Count = Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
 
 
 class GpuInfo(_Model):
@@ -103,7 +100,7 @@ class GpuInfo(_Model):
     name: Text
     """The product name, e.g. ``NVIDIA H200``."""
 
-    memory_mib: Annotated[int, Field(ge=0)] | None
+    memory_mib: Count | None
     """Total memory in MiB, when reported."""
 
 
@@ -125,10 +122,10 @@ class HostFingerprint(_Model):
     cpu_flags: Annotated[tuple[Annotated[str, Field(max_length=64)], ...], Field(max_length=1024)]
     """The CPU's feature flags, sorted (AVX-512 or not changes CPU kernels)."""
 
-    cpu_count: Annotated[int, Field(ge=0)] | None
+    cpu_count: Count | None
     """Logical CPUs of the host."""
 
-    memory_bytes: Annotated[int, Field(ge=0)] | None
+    memory_bytes: Count | None
     """Total memory, from ``/proc/meminfo``."""
 
     gpus: Annotated[tuple[GpuInfo, ...], Field(max_length=1024)] | None
@@ -266,88 +263,6 @@ def numerics_environment(environment: Mapping[str, str]) -> dict[str, str]:
 # --- the host -----------------------------------------------------------------------------------
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-
-
-def cpu_info(text: str | None) -> tuple[str | None, tuple[str, ...]]:
-    """The model name and the sorted flags of the first processor in ``/proc/cpuinfo``."""
-    model: str | None = None
-    flags: tuple[str, ...] = ()
-    for line in (text or "").splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key in {"flags", "Features"} and not flags:
-            flags = tuple(sorted(set(value.split())))
-    return model, flags
-
-
-def memory_total(text: str | None) -> int | None:
-    """``MemTotal`` of ``/proc/meminfo`` in bytes."""
-    match = re.search(r"^MemTotal:\s+(\d+)\s+kB$", text or "", re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-@dataclass(frozen=True)
-class GpuFacts:
-    gpus: tuple[GpuInfo, ...] | None
-    driver_version: str | None
-    cuda_version: str | None
-    reason: str | None
-
-
-def parse_nvidia_smi(query_csv: str, banner: str) -> GpuFacts:
-    """GPU facts from ``nvidia-smi --query-gpu=name,memory.total,driver_version
-    --format=csv,noheader,nounits`` and from the banner of a plain ``nvidia-smi``."""
-    gpus = []
-    drivers = set()
-    for line in query_csv.splitlines():
-        if not line.strip():
-            continue
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) != 3:
-            return GpuFacts(None, None, None, f"nvidia-smi printed an unexpected line: {line!r}")
-        name, memory, driver = fields
-        gpus.append(GpuInfo(name=name, memory_mib=int(memory) if memory.isdigit() else None))
-        drivers.add(driver)
-    cuda = re.search(r"CUDA Version:\s*([0-9][0-9.]*)", banner)
-    if not gpus:
-        return GpuFacts((), None, cuda.group(1) if cuda else None, "nvidia-smi lists no GPU")
-    return GpuFacts(
-        tuple(gpus),
-        ",".join(sorted(drivers)),
-        cuda.group(1) if cuda else None,
-        None if cuda else "nvidia-smi printed no CUDA version",
-    )
-
-
-def gpu_facts() -> GpuFacts:
-    """What ``nvidia-smi`` says; null fields with the reason when it is absent or fails."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return GpuFacts(None, None, None, "nvidia-smi is not on PATH: no NVIDIA driver here")
-    query = [
-        smi,
-        "--query-gpu=name,memory.total,driver_version",
-        "--format=csv,noheader,nounits",
-    ]
-    try:
-        listed = subprocess.run(
-            query, capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_S, check=True
-        )
-        banner = subprocess.run(
-            [smi], capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        return GpuFacts(None, None, None, f"nvidia-smi failed: {exc}"[:500])
-    return parse_nvidia_smi(listed.stdout, banner.stdout)
-
-
 @dataclass(frozen=True)
 class EngineVersion:
     version: str
@@ -355,21 +270,26 @@ class EngineVersion:
 
 
 def host_fingerprint(engine: EngineVersion, *, proc: Path = Path("/proc")) -> HostFingerprint:
-    """This host, as the files under ``proc`` and ``nvidia-smi`` describe it."""
-    model, flags = cpu_info(_read_text(proc / "cpuinfo"))
-    gpus = gpu_facts()
+    """This host, as the files under ``proc`` and ``nvidia-smi`` describe it
+    (:mod:`detserve.host_facts`), with the engine's version."""
+    host = read_host_facts(proc=proc)
+    gpu = host.gpu
     return HostFingerprint(
-        os=platform.system(),
-        kernel=platform.release(),
-        machine=platform.machine(),
-        cpu_model=model,
-        cpu_flags=flags,
-        cpu_count=os.cpu_count(),
-        memory_bytes=memory_total(_read_text(proc / "meminfo")),
-        gpus=gpus.gpus,
-        gpu_driver_version=gpus.driver_version,
-        cuda_version=gpus.cuda_version,
-        gpu_reason=gpus.reason,
+        os=host.os,
+        kernel=host.kernel,
+        machine=host.machine,
+        cpu_model=host.cpu_model,
+        cpu_flags=host.cpu_flags,
+        cpu_count=host.cpu_count,
+        memory_bytes=host.memory_bytes,
+        gpus=(
+            None
+            if gpu.gpus is None
+            else tuple(GpuInfo(name=d.name, memory_mib=d.memory_mib) for d in gpu.gpus)
+        ),
+        gpu_driver_version=gpu.driver_version,
+        cuda_version=gpu.cuda_version,
+        gpu_reason=gpu.reason,
         docker_engine_version=engine.version,
         docker_api_version=engine.api_version,
     )

@@ -39,6 +39,7 @@ from detserve.errors import (
 )
 from detserve.fingerprint import EnvironmentFingerprint
 from detserve.root_causes import Difference, fingerprint_differences
+from detserve.runtime.docker_host import check_docker_host
 
 IDENTICAL: Final = "IDENTICAL"
 FAILED: Final = "FAILED"
@@ -77,8 +78,8 @@ def parse_node(text: str, index: int) -> FleetNode:
     label = values.get("name", f"node{index}")
     if not _LABEL.match(label):
         raise UsageError(f"--node {text!r}: name {label!r} is not a plain name ([A-Za-z0-9_.-])")
-    if not host:
-        raise UsageError(f"--node {text!r} names no Docker host")
+    # the same check as every --docker-host: a node is an engine address like any other
+    check_docker_host(host, option="--node")
     config = Path(values["config"]) if "config" in values else None
     return FleetNode(label=label, docker_host=host, config=config)
 

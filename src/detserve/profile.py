@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
-from detserve.cluster_profile import ClusterSpec, cluster_problem
+from detserve.cluster_profile import ClusterSpec, check_cluster_fits
 from detserve.engine_policy import (
     batch_invariant_problem,
     check_engine_option,
@@ -29,6 +29,7 @@ from detserve.errors import ProfileError, UnpinnedError
 from detserve.field_errors import format_validation_error
 from detserve.fileio import MAX_PROFILE_BYTES, read_input
 from detserve.imageref import is_digest_ref
+from detserve.profile_prompts import PromptsSpec
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -301,9 +302,10 @@ class Profile(_Strict):
     runtime: RuntimeSpec
     vllm: VllmSpec
     sampling: SamplingSpec
+    prompts: PromptsSpec | None = None
+    """The prompt bundle this profile samples and its pin; null until one is bootstrapped."""
     cluster: ClusterSpec | None = Field(default=None, exclude_if=lambda value: value is None)
-    """Several Docker engines serving together (:mod:`detserve.cluster_profile`); absent (and
-    left out of the canonical form, so one container's profile hash is unchanged) for one."""
+    """Several Docker engines serving together (:mod:`detserve.cluster_profile`); absent for one."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -324,8 +326,7 @@ class Profile(_Strict):
         )
         if problem:
             raise ValueError(problem)
-        if self.cluster is not None and (trouble := cluster_problem(self.cluster, self)):
-            raise ValueError(trouble)
+        check_cluster_fits(self.cluster, self)
         return self
 
 
@@ -347,10 +348,13 @@ class LoadedProfile:
 
     @property
     def content_sha256(self) -> str:
-        """Hash of the profile's canonical JSON: the same for any formatting of the same profile."""
-        return hashlib.sha256(canonical_bytes(self.profile.model_dump(mode="json"))).hexdigest()
+        """Hash of the profile's canonical JSON, less ``prompts`` (files, not server inputs): the
+        same for any formatting of the same profile, and the container's binding label."""
+        served = self.profile.model_dump(mode="json", exclude={"prompts"})
+        return hashlib.sha256(canonical_bytes(served)).hexdigest()
 
-    def _resolve(self, value: str) -> Path:
+    def resolve_path(self, value: str) -> Path:
+        """A path the profile names, relative to the profile file's directory."""
         candidate = Path(value)
         if not candidate.is_absolute():
             candidate = self.path.parent / candidate
@@ -358,7 +362,7 @@ class LoadedProfile:
 
     @property
     def hf_home(self) -> Path:
-        return self._resolve(self.profile.snapshot.hf_home)
+        return self.resolve_path(self.profile.snapshot.hf_home)
 
     @property
     def model_cache_dir(self) -> Path:
@@ -372,7 +376,7 @@ class LoadedProfile:
     @property
     def manifest_path(self) -> Path:
         return (
-            self._resolve(self.profile.snapshot.manifest_dir)
+            self.resolve_path(self.profile.snapshot.manifest_dir)
             / self.profile.name
             / f"{self.revision}.sha256"
         )

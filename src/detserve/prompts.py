@@ -100,8 +100,9 @@ class PromptBundle:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        """What loading the bundle read: its pin and its two files."""
-        return (self.pin_path, self.path / BUNDLE_FILE, self.path / PROMPTS_FILE)
+        """What loading the bundle read, the inputs no output may be or lie in: its pin, its
+        directory (whose every file the pin covers) and its two files."""
+        return (self.pin_path, self.path, self.path / BUNDLE_FILE, self.path / PROMPTS_FILE)
 
     def take(self, n: int | None) -> Sequence[PromptRecord]:
         if n is None:

@@ -2,7 +2,8 @@
 
 A verifier's claim is a run log. Before anything runs, the claim's pins are compared with the
 verifier's own profile, manifest and prompt bundle: a claim made under other pins cannot be
-replayed and is reported as such (exit 1), not sampled against.
+replayed and is reported as such (exit 1), not sampled against. The plan keeps the sha256 of
+the bytes it validated, so that the comparison at the end can require those very bytes.
 """
 
 from __future__ import annotations
@@ -27,15 +28,24 @@ class ReplayPlan:
     """What to sample so that the result is comparable with the claim."""
 
     claim: Path
+    #: the sha256 of the claim that was validated: the comparison must read these bytes
+    claim_sha256: str
     header: RunLogHeader
     n_prompts: int
     max_tokens: int
     logprobs: int | None
 
 
-def plan_replay(claim: Path, loaded: LoadedProfile, bundle: PromptBundle) -> ReplayPlan:
-    """Validate the claim completely and refuse unless the local pins are the claim's."""
-    summary = validate_run_log(claim)
+def plan_replay(
+    claim: Path,
+    loaded: LoadedProfile,
+    bundle: PromptBundle,
+    *,
+    claim_sha256: str | None = None,
+) -> ReplayPlan:
+    """Validate the claim completely and refuse unless the local pins are the claim's;
+    ``claim_sha256``, when given (a signature verified it), must be the bytes validated."""
+    summary = validate_run_log(claim, expected_sha256=claim_sha256)
     header = summary.header
     local = profile_pins(loaded, manifest_sha256=manifest_sha256(loaded))
     differences = pin_differences(header.pins, local, prompt_bundle_sha256=bundle.sha256)
@@ -55,6 +65,7 @@ def plan_replay(claim: Path, loaded: LoadedProfile, bundle: PromptBundle) -> Rep
         )
     return ReplayPlan(
         claim=claim,
+        claim_sha256=summary.sha256,
         header=header,
         n_prompts=header.n_samples,
         max_tokens=header.sampling.max_tokens,
@@ -90,6 +101,9 @@ def replay_requirements(header: RunLogHeader) -> list[tuple[str, str]]:
         ("vllm.served_model_name", pins.served_model_name),
         ("vllm.* and vllm.extra_args", "giving the engine arguments " + " ".join(pins.engine_args)),
         ("sampling.seed", str(header.sampling.seed)),
-        ("--bundle / --bundle-pin", f"a prompt bundle whose sha256 is {pins.prompt_bundle_sha256}"),
+        (
+            "prompts.bundle / prompts.manifest (or --bundle / --bundle-pin)",
+            f"a prompt bundle whose sha256 is {pins.prompt_bundle_sha256}, measured on that model",
+        ),
         ("the image's vLLM", pins.vllm_version),
     ]

@@ -2,19 +2,22 @@
 tokens", written as a canonical run log.
 
 Nothing is sampled from an unverified state. Before the first request: every pin is filled, the
-snapshot verifies against its manifest, the prompt bundle against its pin, the running container
+snapshot verifies against its manifest, the prompt bundle against its pin and was measured with
+the verified snapshot's tokenizer (:mod:`detserve.bundle_binding`), the running container
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
 server serves the pinned model, a bundle with constraints needs a pinned structured-outputs
 backend, and each distinct constraint compiles in the engine (a one-token preflight request).
 Requests (:mod:`detserve.requests`) are greedy with the profile's seed, one at a time, unless a
-concurrency certificate (:mod:`detserve.diagnosis.certificate`, measured by ``detserve check``
-for these very pins) covers more in flight; the log is then written in index order and is the
-same bytes as at concurrency 1 (the concurrency and the certificate's sha256 go to the
+concurrency certificate (:mod:`detserve.certificate`, measured by ``detserve check`` for these
+very pins, signed with a key whose public half the caller names, and supported by its trace)
+covers more in flight; the log is then written in index order and is the same bytes as at
+concurrency 1 (the concurrency, the certificate's sha256 and its signer's key id go to the
 sidecar). With an audit fraction, a seeded random subset is sampled again one at a time after
 the concurrent pass, and any difference voids the run. The container's identity (id, start time,
-restart count) is checked during the run and at its end, and the snapshot is verified again
-before the log is committed: a restarted server or a changed snapshot voids the run. The run log
-is written atomically; any failure, Ctrl-C included, leaves nothing at the output paths.
+restart count; :mod:`detserve.verified`) is checked during the run and at its end, and the
+snapshot is verified again before the log is committed: a restarted server or a changed snapshot
+voids the run. The run log is written atomically; any failure, Ctrl-C included, leaves nothing at
+the output paths.
 """
 
 from __future__ import annotations
@@ -29,9 +32,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detserve._version import __version__
+from detserve.bundle_binding import require_bundle_tokenizer
 from detserve.canonical import canonical_bytes
-from detserve.diagnosis.certificate import Certificate, read_certificate, require_coverage
-from detserve.errors import ContainerError, Divergence, PinMismatch, ServerError, UsageError
+from detserve.certificate import (
+    VerifiedCertificate,
+    check_certificate_options,
+    require_coverage,
+    verify_certificate,
+)
+from detserve.errors import Divergence, PinMismatch, ServerError, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
 from detserve.pins import profile_pins
@@ -44,17 +53,14 @@ from detserve.requests import (
     sample_record,
 )
 from detserve.runlog import RunLogWriter
-from detserve.runtime.binding import checked_container
-from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines, checked_cluster, ray_version
+from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines
 from detserve.runtime.cluster_run import verify_nodes
-from detserve.runtime.container_spec import server_base_url
-from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.engine import ContainerEngine
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
-
-#: how often, in seconds, the container's identity is re-checked while sampling
-IDENTITY_CHECK_INTERVAL_S = 2.0
+from detserve.verified import bound_server
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,8 @@ class SampleRequest:
     #: requests in flight; above 1 only with a certificate that covers it
     concurrency: int = 1
     certificate: Path | None = None
+    #: the public key that verifies ``certificate`` (required with it)
+    certificate_key: Path | None = None
     #: the fraction of samples sampled again at concurrency 1 after the pass (0: none)
     audit_fraction: float = 0.0
     audit_seed: int = 0
@@ -83,6 +91,8 @@ class SampleSummary:
     seconds: float
     concurrency: int = 1
     certificate_sha256: str | None = None
+    #: the id of the key that verified the certificate, computed from it
+    certificate_keyid: str | None = None
     audited: tuple[int, ...] = ()
 
     @property
@@ -101,49 +111,13 @@ class SampleSummary:
             "tokens_per_s": self.tokens_per_s,
             "concurrency": self.concurrency,
             "certificate_sha256": self.certificate_sha256,
+            "certificate_keyid": self.certificate_keyid,
             "audited": list(self.audited),
         }
 
 
 #: called after each sample with (samples done, output tokens so far)
 SampleProgress = Callable[[int, int], None]
-
-
-def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
-    return (container.id, container.started_at, container.restart_count, container.running)
-
-
-class IdentityWatch:
-    """Fails the run as soon as the container is not the one sampling started with."""
-
-    def __init__(self, engine: ContainerEngine, container: ContainerInfo) -> None:
-        self._engine = engine
-        self.initial = container
-        self._last_check = time.monotonic()
-
-    def check(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_check < IDENTITY_CHECK_INTERVAL_S:
-            return
-        self._last_check = now
-        try:
-            current = self._engine.inspect(self.initial.id)
-        except ContainerError as exc:
-            raise ContainerError(
-                f"container {self.initial.short_id} is gone; no run log was written",
-                details=[exc.message],
-            ) from exc
-        if _identity(current) != _identity(self.initial):
-            raise ContainerError(
-                "the server changed during the run; no run log was written",
-                details=[
-                    f"at start: container {self.initial.short_id} started "
-                    f"{self.initial.started_at}, restarts {self.initial.restart_count}",
-                    f"now:      container {current.short_id} {current.describe()}, started "
-                    f"{current.started_at}, restarts {current.restart_count}",
-                ],
-                hint="samples from two server lifetimes are not one claim; sample again",
-            )
 
 
 def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
@@ -166,20 +140,17 @@ def audit_indices(n_samples: int, fraction: float, seed: int) -> tuple[int, ...]
     return tuple(sorted(chooser.sample(range(n_samples), count)))
 
 
-def _check_concurrency(request: SampleRequest) -> Certificate | None:
+def _check_concurrency(request: SampleRequest) -> None:
     if not 0 <= request.audit_fraction <= 1:
         raise UsageError(f"--audit {request.audit_fraction} is not a fraction between 0 and 1")
     if request.concurrency < 1:
         raise UsageError(f"--concurrency {request.concurrency} is refused: at least 1")
-    if request.certificate is None:
-        if request.concurrency != 1:
-            raise UsageError(
-                f"--concurrency {request.concurrency} is refused: strict sampling is sequential "
-                "unless a concurrency certificate measured for these pins covers it",
-                hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
-            )
-        return None
-    return read_certificate(request.certificate)
+    check_certificate_options(
+        request.concurrency,
+        request.certificate,
+        request.certificate_key,
+        sequential="strict sampling is sequential",
+    )
 
 
 def prompts_within_budget(
@@ -213,17 +184,28 @@ def prompts_within_budget(
     return prompts
 
 
-def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest) -> None:
-    """Refuse a request before any work: outputs, token budget, pins, concurrency."""
+def check_request(
+    loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest
+) -> VerifiedCertificate | None:
+    """Refuse a request before any work: outputs, token budget, pins, concurrency; return the
+    verified certificate, if any.
+
+    The outputs first, before any input is read: no output may be an input, the certificate and
+    its key included (``--sidecar-output`` naming the certificate with ``--force`` replaced it).
+    """
     loaded.require_pins()
-    certificate = _check_concurrency(request)
-    check_outputs(
-        [request.run_log_output, request.sidecar_output],
-        force=request.force,
-        inputs=(loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files),
-    )
+    _check_concurrency(request)
+    outputs = [request.run_log_output, request.sidecar_output]
+    evidence = tuple(p for p in (request.certificate, request.certificate_key) if p is not None)
+    inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files, *evidence)
+    check_outputs(outputs, force=request.force, inputs=inputs)
+    verified = None
+    if request.certificate is not None and request.certificate_key is not None:
+        verified = verify_certificate(request.certificate, request.certificate_key)
+        check_outputs(outputs, force=request.force, inputs=(verified.trace,))
     prompts = prompts_within_budget(loaded, bundle, request.n_prompts, request.max_tokens)
-    if certificate is not None:
+    if verified is not None:
+        certificate = verified.certificate
         # Everything but the pins, which need the server's version: checked before a request.
         require_coverage(
             certificate,
@@ -234,6 +216,7 @@ def check_request(loaded: LoadedProfile, bundle: PromptBundle, request: SampleRe
             concurrency=request.concurrency,
             n_prompts=len(prompts),
         )
+    return verified
 
 
 def sample_one(
@@ -265,25 +248,6 @@ def _audit(
             )
 
 
-def bound_server(
-    loaded: LoadedProfile,
-    engine: ContainerEngine,
-    nodes: NodeEngines | None,
-    manifest: str,
-    *,
-    what: str = "sample from",
-) -> tuple[ContainerInfo, IdentityWatch | ClusterWatch, str | None]:
-    """The container that serves (a cluster's head), the watch over it (over every node), and
-    on a cluster the Ray version its image holds, once every node is bound and verified."""
-    if nodes is None:
-        container = checked_container(loaded, engine, what=what, manifest=manifest)
-        return container, IdentityWatch(engine, container), None
-    bound = checked_cluster(loaded, nodes, what=what, manifest=manifest)
-    verify_nodes(loaded, nodes, bound)  # each node's own copy, where its server reads it
-    watch = ClusterWatch(bound, nodes, IDENTITY_CHECK_INTERVAL_S)
-    return bound[0].container, watch, ray_version(nodes, bound[0])
-
-
 def sample(
     loaded: LoadedProfile,
     bundle: PromptBundle,
@@ -302,16 +266,18 @@ def sample(
     ``environment``, never into the run log. ``nodes``: a cluster profile's engines by node name
     (:mod:`detserve.runtime.cluster_nodes`); every node is bound, watched and verified.
     """
-    check_request(loaded, bundle, request)
+    verified = check_request(loaded, bundle, request)
+    certificate = verified.certificate if verified is not None else None
     prompts = bundle.take(request.n_prompts)
-    certificate = read_certificate(request.certificate) if request.certificate else None
     report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
+    require_bundle_tokenizer(bundle, loaded, report.digests)  # the verified files, not a re-read
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     # the container is compared with the manifest bytes just verified, not a second read
     container, watch, ray = bound_server(loaded, engine, nodes, report.manifest_sha256)
     environment = fingerprint() if fingerprint is not None else None
     profile = loaded.profile
-    with VllmServer(server_base_url(profile), model=profile.vllm.served_model_name) as server:
+    url = server_url(loaded, engine, container)  # the bound container's, never a stand-in's
+    with VllmServer(url, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         run_pins = pins.run_pins(
             prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
@@ -400,7 +366,8 @@ def sample(
         output_tokens=output_tokens,
         seconds=seconds,
         concurrency=request.concurrency,
-        certificate_sha256=certificate.sha256 if certificate is not None else None,
+        certificate_sha256=verified.sha256 if verified is not None else None,
+        certificate_keyid=verified.keyid if verified is not None else None,
         audited=audited,
     )
     sidecar = {
@@ -421,6 +388,7 @@ def sample(
         # How the log was sampled, not what it says: a certified concurrency gives the same log.
         "concurrency": request.concurrency,
         "certificate_sha256": summary.certificate_sha256,
+        "certificate_keyid": summary.certificate_keyid,
         "audit": (
             {
                 "fraction": request.audit_fraction,

@@ -165,6 +165,8 @@ class VerifyReport:
     seconds: float
     #: the manifest it verified against
     manifest: Path | None = None
+    #: the sha256 of every file verified, by relative path: what was read, equal to the manifest
+    digests: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def throughput_bytes_per_s(self) -> float:
@@ -259,6 +261,7 @@ def verify_snapshot(
         bytes=sum(d.size for d in actual.values()),
         seconds=time.perf_counter() - started,
         manifest=manifest_path,
+        digests={path: actual[path].sha256 for path in to_hash},
     )
 
 

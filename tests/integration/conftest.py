@@ -6,8 +6,8 @@ Nothing here builds or starts the stack: ``make test-integration`` runs ``make s
 
 Profiles are copies of ``configs/tiny-cpu.json`` under a temporary directory, each with its own
 name (so its own container, ``detserve-<name>``) and its own free host port, the image pinned to
-the digest the local registry holds, and the snapshot's paths made absolute. Every container a
-profile made here could create is removed when the session ends.
+the digest the local registry holds, and the snapshot's and the prompt bundle's paths made
+absolute. Every container a profile made here could create is removed when the session ends.
 """
 
 from __future__ import annotations
@@ -180,6 +180,12 @@ class ProfileFactory:
             TINY_CONFIG.parent, document["snapshot"]["hf_home"]
         )
         document["snapshot"]["manifest_dir"] = str(manifests)
+        if document.get("prompts") is not None:
+            # the committed bundle the profile names, wherever the copy lives
+            document["prompts"] = {
+                field: _absolute(TINY_CONFIG.parent, value)
+                for field, value in document["prompts"].items()
+            }
         if edit is not None:
             edit(document)
         path = folder / f"{name}.json"

@@ -63,9 +63,11 @@ def test_doctor_passes_on_the_tiny_profile_while_it_runs(
     ran = detserve("doctor", "--config", running, "--json")
     assert ran.code == 0, ran
     items = ran.json()["items"]
-    assert [item["status"] for item in items] == ["PASS"] * 9, items
+    assert [item["status"] for item in items] == ["PASS"] * 12, items
     numerics = next(item for item in items if item["name"] == "numerics environment")
     assert f"container {container_of(running)}" in numerics["detail"]
+    bound = next(item for item in items if item["name"] == "container bound to the pins")
+    assert f"container {container_of(running)}: created exactly as the pins say" in bound["detail"]
 
 
 def test_env_reads_the_running_container_and_agrees_with_the_image(

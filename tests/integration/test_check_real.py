@@ -1,10 +1,12 @@
 """``detserve check`` and certified concurrency against the real tiny CPU container.
 
 One container for the module (started once, stopped at the end): the check at tier 2 with 3
-runs at concurrency 1, 4 and 16 writes every file of the repro pack and reports what the engine
-really does (asserted only where it must hold: a PASS issues a certificate, anything else does
-not); then, with that certificate, ``sample --concurrency 16`` must write the very bytes of the
-concurrency-1 log, and ``--concurrency 16`` without one is refused. The profile's CPU
+runs at concurrency 1, 4 and 16, signed with a key made by ``keygen``, writes every file of the
+repro pack and reports what the engine really does (asserted only where it must hold: a PASS
+issues a certificate, anything else does not); then, with that certificate and its public key,
+``sample --concurrency 16`` must write the very bytes of the concurrency-1 log, ``--concurrency
+16`` without one is refused, and so is the certificate once a later check in its directory
+fails (stale) or with a trace that is not its own. The profile's CPU
 placement (``runtime.cpu_placement``), which lets the concurrent passes batch, is checked from
 the host's ``/proc``.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,13 +50,22 @@ def server(profile_factory: ProfileFactory, detserve: DetserveRunner) -> Iterato
 
 
 @pytest.fixture(scope="module")
+def keys(detserve: DetserveRunner, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("keys") / "keys"
+    made = detserve("keygen", "--output-dir", folder, "--name", "operator")
+    assert made.code == 0, made
+    return folder
+
+
+@pytest.fixture(scope="module")
 def checked(
-    server: Path, detserve: DetserveRunner, tmp_path_factory: pytest.TempPathFactory
+    server: Path, detserve: DetserveRunner, tmp_path_factory: pytest.TempPathFactory, keys: Path
 ) -> tuple[CliRun, Path]:
     out = tmp_path_factory.mktemp("check") / "pack"
     run = detserve(
         "check", "--config", server, "--tier", "2", "--runs", "3", "--concurrency", "1,4,16",
         "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS), "--output-dir", out,
+        "--signing-key", keys / "operator.key",
     )  # fmt: skip
     return run, out
 
@@ -71,7 +83,8 @@ def test_check_writes_the_whole_repro_pack_and_the_measured_verdict(
     }  # fmt: skip
     assert run.code == (0 if report["verdict"] == "PASS" else 1)
     assert (out / "certificate.json").is_file() == (report["verdict"] == "PASS")
-    trace = (out / "trace.jsonl").read_text(encoding="utf-8").splitlines()
+    header, *trace = (out / "trace.jsonl").read_text(encoding="utf-8").splitlines()
+    assert json.loads(header)["check"]["concurrency_levels"] == [1, 4, 16]
     assert len(trace) == N_PROMPTS * (3 + 4 + 4)  # 3 runs per level, shuffled above 1
     env = json.loads((out / "env.json").read_text(encoding="utf-8"))["fingerprint"]
     assert env["container"]["vllm_version"] == "0.32.0"
@@ -97,7 +110,11 @@ def test_check_writes_the_whole_repro_pack_and_the_measured_verdict(
 
 
 def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(
-    server: Path, checked: tuple[CliRun, Path], detserve: DetserveRunner, tmp_path: Path
+    server: Path,
+    checked: tuple[CliRun, Path],
+    detserve: DetserveRunner,
+    tmp_path: Path,
+    keys: Path,
 ) -> None:
     run, out = checked
     certificate = out / "certificate.json"
@@ -108,8 +125,9 @@ def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(
     one = detserve("sample", *common, "--run-log-output", tmp_path / "c1.runlog.jsonl",
                    "--sidecar-output", tmp_path / "c1.sidecar.json")  # fmt: skip
     assert one.code == 0, one
+    signed = ["--certificate", certificate, "--certificate-key", keys / "operator.pub"]
     sixteen = detserve(
-        "sample", *common, "--concurrency", "16", "--certificate", certificate, "--audit", "0.25",
+        "sample", *common, "--concurrency", "16", *signed, "--audit", "0.25",
         "--run-log-output", tmp_path / "c16.runlog.jsonl",
         "--sidecar-output", tmp_path / "c16.sidecar.json",
     )  # fmt: skip
@@ -119,18 +137,56 @@ def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(
     ).read_bytes()
     sidecar = json.loads((tmp_path / "c16.sidecar.json").read_text(encoding="utf-8"))
     assert sidecar["concurrency"] == 16
+    assert sidecar["certificate_keyid"] in run.err  # check named the key that signed
     assert len(sidecar["audit"]["indices"]) == 4
     refused = detserve("sample", *common, "--concurrency", "16",
                        "--run-log-output", tmp_path / "x.runlog.jsonl",
                        "--sidecar-output", tmp_path / "x.sidecar.json")  # fmt: skip
     assert refused.code == 2, refused
     assert "--concurrency 16 is refused" in refused.err
-    uncovered = detserve("sample", *common, "--concurrency", "8", "--certificate", certificate,
+    uncovered = detserve("sample", *common, "--concurrency", "8", *signed,
                          "--run-log-output", tmp_path / "y.runlog.jsonl",
                          "--sidecar-output", tmp_path / "y.sidecar.json")  # fmt: skip
     assert uncovered.code == 2, uncovered
     assert "concurrency: certificate measured 1, 4, 16, run asks 8" in uncovered.err
     assert not (tmp_path / "y.runlog.jsonl").exists()
+
+
+def test_a_certificate_whose_directory_a_later_check_wrote_is_refused(
+    server: Path,
+    checked: tuple[CliRun, Path],
+    detserve: DetserveRunner,
+    tmp_path: Path,
+    keys: Path,
+) -> None:
+    run, out = checked
+    if not (out / "certificate.json").is_file():
+        pytest.fail(f"the engine was not invariant here, so nothing is certified: {run.out}")
+    pack = tmp_path / "pack"
+    shutil.copytree(out, pack)
+    kept = tmp_path / "kept.json"
+    shutil.copy(pack / "certificate.json", kept)
+    shutil.copy(pack / "trace.jsonl", tmp_path / "trace.jsonl")  # the kept copy's own trace
+    # a later check in the same directory: tier 0 promises nothing and issues no certificate
+    again = detserve(
+        "check", "--config", server, "--tier", "0", "--runs", "1", "--concurrency", "1,2",
+        "--n-prompts", "2", "--max-tokens", "8", "--output-dir", pack, "--force",
+        "--signing-key", keys / "operator.key",
+    )  # fmt: skip
+    assert again.code == 0, again
+    assert not (pack / "certificate.json").exists()  # the passing check's, removed
+    shutil.copy(kept, pack / "stale.json")
+    common = ["--config", server, "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS),
+              "--logprobs", "1", "--concurrency", "16", "--certificate-key", keys / "operator.pub",
+              "--run-log-output", tmp_path / "s.runlog.jsonl",
+              "--sidecar-output", tmp_path / "s.sidecar.json"]  # fmt: skip
+    stale = detserve("sample", *common, "--certificate", pack / "stale.json")
+    assert stale.code == 1, stale
+    assert "was not measured from the trace" in stale.err
+    assert not (tmp_path / "s.runlog.jsonl").exists()
+    # beside its own trace the same bytes still verify (and sample)
+    kept_ok = detserve("sample", *common, "--certificate", kept)
+    assert kept_ok.code == 0, kept_ok
 
 
 def _allowed_cpus(pid: int) -> set[int]:

@@ -6,10 +6,13 @@ completions and chats, whole and streamed, and JSON-schema constrained answers (
 validates against its schema); every answer's provenance id resolves to the same record; a
 client that leaves mid-stream leaves an ``incomplete`` line; a malformed body is a 400 and a
 10 MB body a 413, and neither is recorded. Then the load: 16 client threads send 400 mixed
-requests to a gateway whose queue holds 2, count the 429s and retry them after ``Retry-After``.
+requests to a gateway whose queue holds 2, count the 429s and retry them after ``Retry-After``;
+``/metrics``, scraped before and after, moved by exactly that (answers, 429s, transcript lines).
 Last, the gateway stopped with Ctrl-C closes its transcript, which validates and holds every
 answer exactly once, and ``detserve replay --claim SEGMENT`` (every exchange sent again, the
-incomplete one included) reports IDENTICAL, byte for byte.
+incomplete one included) writes the same bytes and reports INCOMPLETE (ok: every recorded token
+repeats, but the exchange the client left holds only the start of its answer, so never
+IDENTICAL).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from detserve.gateway.app import MAX_BODY_BYTES
 from detserve.runlog.transcript import output_sha256, read_exchanges, validate_transcript
@@ -214,6 +218,7 @@ def test_a_client_leaving_mid_stream_leaves_an_incomplete_line(served: Served) -
     assert resolved.status_code == 200, resolved.text
     record = resolved.json()
     assert record["incomplete"] == "client_disconnected"
+    assert record["delivery"] == "partial"  # the first token went out, not the rest
     assert record["complete"] is False
     assert served.gateway.health().status_code == 200
 
@@ -294,7 +299,19 @@ class LoadClient:
         return answer.model_extra["detserve"]["id"], answer.choices[0].message.content or ""
 
 
+def scrape(gateway: GatewayProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``/metrics``, read by the client library's own parser: value by (name, labels)."""
+    response = httpx.get(f"{gateway.url}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
 def test_load_sixteen_clients_four_hundred_requests_429s_retried(served: Served) -> None:
+    before = scrape(served.gateway)
     clients = [LoadClient(served.gateway.client()) for _ in range(LOAD_CLIENTS)]
     began = time.monotonic()
     with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
@@ -318,6 +335,29 @@ def test_load_sixteen_clients_four_hundred_requests_429s_retried(served: Served)
             jsonschema.validate(json.loads(text), SCHEMA)
     served.loaded = ids
     assert served.gateway.health().json()["status"] == "ok"
+    after = scrape(served.gateway)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after[key] - before.get(key, 0.0)
+
+    def answers(outcome: str) -> float:
+        return sum(
+            moved("detserve_gateway_requests_total", route=route, outcome=outcome)
+            for route in ("/v1/completions", "/v1/chat/completions")
+        )
+
+    assert answers("2xx") == LOAD_REQUESTS
+    assert answers("4xx") == refused_busy  # the 429s, and nothing else refused
+    assert moved("detserve_gateway_refusals_total", reason="queue_full", param="none") == (
+        refused_busy
+    )
+    assert moved("detserve_gateway_transcript_lines_total", record="exchange") == LOAD_REQUESTS
+    assert moved("detserve_gateway_transcript_fsync_seconds_count") == LOAD_REQUESTS
+    assert moved("detserve_gateway_queue_wait_seconds_count") == LOAD_REQUESTS
+    assert after["detserve_gateway_queue_pending", frozenset()] == 0
+    assert after["detserve_gateway_queue_capacity", frozenset()] == 1 + QUEUE_SIZE
+    assert after["detserve_gateway_healthy", frozenset()] == 1
 
 
 def test_the_transcript_validates_and_replays_identical(
@@ -340,6 +380,7 @@ def test_the_transcript_validates_and_replays_identical(
     assert len(loaded) == len(set(loaded)) == LOAD_REQUESTS
     assert set(loaded) == set(served.loaded)
     assert [e.incomplete for e in exchanges if e.incomplete] == ["client_disconnected"]
+    assert {e.delivery for e in answered} == {"delivered"}
     assert {e.request.kind for e in answered} == {"completion", "chat"}
     assert sum(e.request.constraint is not None for e in answered) == 3 + LOAD_REQUESTS // 5
     assert all(e.finish_reason is not None for e in answered)
@@ -354,12 +395,13 @@ def test_the_transcript_validates_and_replays_identical(
         "--json", timeout=600,
     )  # fmt: skip
     assert replayed.code == 0, replayed
-    assert replayed.json()["verdict"] == "identical"
+    assert replayed.json()["verdict"] == "incomplete"  # the exchange the client left
     assert (replay_dir / "replay.transcript.jsonl").read_bytes() == segment.read_bytes()
     compared = detserve(
         "eval-determinism", "--run-a", segment, "--run-b", replay_dir / "replay.transcript.jsonl"
     )
     assert compared.code == 0, compared
-    assert "IDENTICAL" in compared.out
+    assert "INCOMPLETE: every recorded token repeats" in compared.out
     report = json.loads((replay_dir / "report.json").read_text(encoding="utf-8"))
     assert report["counts"]["identical"] == len(exchanges)
+    assert report["incomplete_samples"] == served.left

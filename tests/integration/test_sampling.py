@@ -18,6 +18,7 @@ those call :func:`detserve.sampling.sample` with a ``progress`` callback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -326,6 +327,82 @@ class TestSampling:
         assert f"prompt bundle {bundle} does not match its pinned hash" in ran.err, ran
         assert "changed: ./prompts.jsonl" in ran.err, ran
         assert nothing_written(out) == []
+
+    def test_a_bundle_measured_on_another_model_is_refused_before_any_request(
+        self, session: Session, docker_client: docker.DockerClient, tmp_path: Path
+    ) -> None:
+        # Another model, made as an operator makes one: a copy of the tiny model under another
+        # id whose tokenizer_config.json differs, hashed; a bundle bootstrapped on it and pinned.
+        document = json.loads(session.profile.read_text(encoding="utf-8"))
+        other_home = tmp_path / "other-hf"
+        other_model = other_home / "hub" / "models--detserve--other-llama"
+        source = next(session.hf_home.glob("hub/models--detserve--tiny-llama"))
+        shutil.copytree(source, other_model, symlinks=True)
+        revision = document["model"]["revision"]
+        config = other_model / "snapshots" / revision / "tokenizer_config.json"
+        changed = json.loads(config.read_text(encoding="utf-8")) | {"model_max_length": 4096}
+        config.unlink()
+        config.write_text(json.dumps(changed), encoding="utf-8")
+        other = dict(document, name="other-llama", model=dict(document["model"]))
+        other["model"]["id"] = "detserve/other-llama"
+        other["snapshot"] = {"hf_home": str(other_home), "manifest_dir": str(tmp_path / "m")}
+        other_profile = tmp_path / "other-llama.json"
+        other_profile.write_text(json.dumps(other), encoding="utf-8")
+        manifest = tmp_path / "m" / "other-llama" / f"{revision}.sha256"
+        manifest.parent.mkdir(parents=True)
+        hashed = session.cli("hash", "--config", other_profile, "--manifest-output", manifest)
+        assert hashed.code == 0, hashed
+        dataset = REPO_ROOT / "artifacts" / "datasets" / "reference_prompts.source.jsonl"
+        bundle = tmp_path / "other-bundle"
+        built = session.cli(
+            "prompts",
+            "bootstrap",
+            "--config",
+            other_profile,
+            "--dataset-file",
+            dataset,
+            "--dataset-sha256",
+            hashlib.sha256(dataset.read_bytes()).hexdigest(),
+            "--n-prompts",
+            "4",
+            "--output-dir",
+            bundle,
+        )
+        assert built.code == 0, built
+        pin = tmp_path / "other-bundle.sha256"
+        pinned = session.cli("hash", "--snapshot", bundle, "--manifest-output", pin)
+        assert pinned.code == 0, pinned
+        # The served profile, naming that bundle as its own (no flag), its image locked into a
+        # .local.json by lock-image as make demo does: the same container binds, since the
+        # bundle is no server input.
+        unlocked = dict(document, prompts={"bundle": str(bundle), "manifest": str(pin)})
+        unlocked["runtime"] = dict(document["runtime"], image=None)
+        committed = tmp_path / "tiny-cpu.json"
+        committed.write_text(json.dumps(unlocked, indent=2), encoding="utf-8")
+        local = tmp_path / "tiny-cpu.local.json"
+        locked = session.cli(
+            "lock-image", "--config", committed, "--write", "--profile-output", local
+        )
+        assert locked.code == 0, locked
+        assert (
+            json.loads(local.read_text(encoding="utf-8"))["runtime"]["image"]
+            == (document["runtime"]["image"])
+        )
+        served = completions_served(docker_client, session.container)
+        out = tmp_path / "out"
+        ran = sample_into(session.cli, local, out)
+        assert ran.code == EXIT_VERIFICATION, ran
+        assert f"prompt bundle {bundle} was measured on another model" in ran.err, ran
+        assert f"bundle:  detserve/other-llama at revision {revision}" in ran.err, ran
+        assert f"profile: detserve/tiny-llama at revision {revision}" in ran.err, ran
+        assert "model id: bundle 'detserve/other-llama', profile 'detserve/tiny-llama'" in ran.err
+        assert "changed: 'tokenizer_config.json' bundle" in ran.err, ran
+        assert nothing_written(out) == []
+        assert completions_served(docker_client, session.container) == served
+        # the control: the same profile with its own bundle is the bound server, and samples
+        good = sample_into(session.cli, session.profile, tmp_path / "good", "--n-prompts", "1")
+        assert good.code == 0, good
+        assert completions_served(docker_client, session.container) > served
 
     def test_a_tampered_snapshot_is_refused_before_any_request(
         self, session: Session, docker_client: docker.DockerClient, tmp_path: Path

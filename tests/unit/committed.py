@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.json"
@@ -62,3 +63,23 @@ class TinyWorkspace:
 def verify_copy(cli: CliRunner, ws: TinyWorkspace, *extra: str) -> CliResult:
     """``detserve verify`` of a workspace's snapshot against its manifest, as a user runs it."""
     return cli("verify", "--snapshot", ws.snapshot, "--manifest", ws.manifest, *extra)
+
+
+def parse_command_line(words: list[str]) -> None:
+    """Parse ``detserve WORDS`` with the real CLI's parser (options, types, bounds); run nothing.
+
+    Typer may carry its own copy of click, so the parser is reached through typer's objects."""
+    import typer
+    import typer.main
+
+    from detserve.cli.app import _register
+
+    command: Any = typer.main.get_command(_register(words))
+    context = typer.Context(command, info_name="detserve")
+    name, rest = "detserve", list(words)
+    while hasattr(command, "get_command"):  # a group: the next word names its sub-command
+        name, rest = rest[0], rest[1:]
+        command = command.get_command(context, name)
+        assert command is not None, f"no command {name}"
+        context = typer.Context(command, info_name=name, parent=context)
+    command.make_context(name, rest, parent=context.parent)

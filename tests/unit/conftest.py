@@ -1,8 +1,8 @@
 """Fixtures shared by the unit tests: the committed tiny model, copies of it, and the CLI.
 
 Tests never touch the committed artifacts: anything a test changes is a copy under ``tmp_path``,
-laid out like the repository (``configs/``, ``artifacts/hf-cache``, ``manifests/``) so that a
-copied profile's relative paths resolve to the copies.
+laid out like the repository (``configs/``, ``artifacts/hf-cache``, the reference prompt bundle,
+``manifests/``) so that a copied profile's relative paths resolve to the copies.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import pytest
 from detserve.cli import main
 
 from .committed import (
+    BUNDLE_DIR,
+    BUNDLE_PIN,
     TINY_CONFIG,
     TINY_MANIFEST,
     TINY_MODEL_DIR,
@@ -55,6 +57,10 @@ def tiny_workspace(tmp_path: Path) -> TinyWorkspace:
     manifest = root / "manifests" / "tiny-cpu" / TINY_MANIFEST.name
     manifest.parent.mkdir(parents=True)
     shutil.copyfile(TINY_MANIFEST, manifest)
+    # the bundle the profile names (prompts.bundle, prompts.manifest), where it names it
+    shutil.copytree(BUNDLE_DIR, root / "artifacts" / BUNDLE_DIR.name)
+    (root / "manifests" / BUNDLE_PIN.parent.name).mkdir()
+    shutil.copyfile(BUNDLE_PIN, root / "manifests" / BUNDLE_PIN.parent.name / BUNDLE_PIN.name)
     workspace = TinyWorkspace(
         root=root,
         config=config,

@@ -24,6 +24,7 @@ import openai
 
 from detserve import api
 from detserve.gateway.app import Gateway
+from detserve.gateway.connections import ConnectionLimits
 from detserve.gateway.server import GatewayServer
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import build_container_spec
@@ -159,6 +160,8 @@ class Fixture:
     workspace: TinyWorkspace
     transcripts: Path
     options: dict[str, Any] = field(default_factory=dict)
+    #: the server's connection limits (None: the defaults)
+    limits: ConnectionLimits | None = None
 
 
 def running_gateway(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[GatewayRig]:
@@ -170,7 +173,7 @@ def running_gateway(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[Gatew
         gateway = api.build_gateway(
             config, transcript_dir=fixture.transcripts, engine=engine, **fixture.options
         )
-        server = GatewayServer(gateway, "127.0.0.1", 0)
+        server = GatewayServer(gateway, "127.0.0.1", 0, fixture.limits)
         server.start()
         rig = GatewayRig(gateway, server, fake, engine, fixture.workspace, fixture.transcripts)
         try:

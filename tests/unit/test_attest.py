@@ -28,11 +28,11 @@ from detserve.attest import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     ClaimPinMismatch,
-    SignatureError,
     SubjectMismatch,
     verify_claim,
 )
 from detserve.canonical import canonical_bytes
+from detserve.envelope import SignatureError
 from detserve.fingerprint import (
     ContainerFingerprint,
     EnvironmentFingerprint,
@@ -118,8 +118,13 @@ def keygen(cli: CliRunner, directory: Path, algorithm: str = "ed25519") -> tuple
 
 @pytest.fixture(params=["ed25519", "ecdsa-p256"])
 def claim(request: pytest.FixtureRequest, tmp_path: Path, cli: CliRunner) -> Claim:
+    return make_claim(tmp_path, cli, request.param)
+
+
+def make_claim(tmp_path: Path, cli: CliRunner, algorithm: str) -> Claim:
+    """A genuine signed claim: run log, sidecar, fingerprint, a key pair and the envelope."""
     run_log, sidecar, environment = make_inputs(tmp_path)
-    private_key, public_key = keygen(cli, tmp_path / "keys", request.param)
+    private_key, public_key = keygen(cli, tmp_path / "keys", algorithm)
     envelope = tmp_path / "a.claim.intoto.json"
     ran = cli(
         "attest",
@@ -446,7 +451,7 @@ def test_a_file_that_is_not_a_public_key_is_bad_input(
     garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
     ran = cli(*claim.verify_args(public_key=garbage))
     assert ran.code == 2, ran
-    assert "not a PEM public key" in ran.err
+    assert "not a strict PUBLIC KEY PEM block" in ran.err
 
 
 def test_an_rsa_key_is_refused(claim: Claim, cli: CliRunner, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ refuse.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 import time
@@ -22,11 +24,23 @@ from typing import Any
 import pytest
 
 from detserve import api
-from detserve.diagnosis.certificate import Certificate, CertificateMismatch, Measurement
+from detserve.canonical import canonical_bytes
+from detserve.certificate import (
+    PAYLOAD_TYPE,
+    Certificate,
+    CertificateError,
+    CertificateMismatch,
+    CertificateUnsupported,
+    Measurement,
+    certificate_envelope,
+    coverage_differences,
+)
 from detserve.diagnosis.measure import PassKey
+from detserve.envelope import SignatureError, parse_envelope
 from detserve.errors import DetserveError, Divergence, UsageError
 from detserve.fingerprint import ContainerFacts, EngineVersion
 from detserve.inflight import Timed, max_overlap, run_in_flight
+from detserve.keys import AttestationKeyError, generate_key_pair, load_public_key, load_signer
 from detserve.profile import LoadedProfile
 from detserve.prompts import load_bundle
 from detserve.runlog import read_run_log
@@ -186,8 +200,11 @@ def test_a_batch_invariant_server_passes_and_is_certified(varying: Rig) -> None:
     assert certificate.concurrency_levels == (1, 4)
     assert certificate.tier == 2
     assert certificate.measured.n_prompts == N_PROMPTS
-    written = outcome.pack.directory / "certificate.json"
-    assert written.read_bytes() == certificate.canonical()
+    written = parse_envelope((outcome.pack.directory / "certificate.json").read_bytes(), "c")
+    assert written.payload_type == PAYLOAD_TYPE
+    assert written.payload == certificate.payload()
+    assert written.signatures == ()  # no --signing-key: unsigned
+    assert outcome.pack.signed_by is None
     names = sorted(str(p.relative_to(outcome.pack.directory)) for p in outcome.pack.files)
     assert names == sorted(
         [
@@ -202,7 +219,9 @@ def test_a_batch_invariant_server_passes_and_is_certified(varying: Rig) -> None:
             "trace.jsonl",
         ]
     )
-    trace = [json.loads(line) for line in (outcome.pack.directory / "trace.jsonl").open()]
+    header, *trace = [json.loads(line) for line in (outcome.pack.directory / "trace.jsonl").open()]
+    assert header["pins"] == certificate.pins.model_dump(mode="json")
+    assert header["check"]["concurrency_levels"] == [1, 4]
     # 1: 2 runs; 4: 2 runs and one shuffled
     assert len(trace) == N_PROMPTS * 5
     assert {(r["concurrency"], r["run"], r["order"]) for r in trace} == {
@@ -370,25 +389,54 @@ def test_a_bad_plan_is_refused_before_any_request(
 # --- certified sampling ------------------------------------------------------------------------
 
 
-def _certify(rig: Rig, **options: Any) -> Path:
-    outcome = run_check(rig, "certify", **options)
+@dataclass(frozen=True)
+class Keys:
+    private: Path
+    public: Path
+
+
+def _keys(rig: Rig, name: str = "operator") -> Keys:
+    """The operator's key pair (made once per rig)."""
+    private, public = rig.out / "keys" / f"{name}.key", rig.out / "keys" / f"{name}.pub"
+    if not private.exists():
+        generate_key_pair(rig.out / "keys", name=name)
+    return Keys(private, public)
+
+
+def _certify(rig: Rig, name: str = "certify", **options: Any) -> Path:
+    options.setdefault("signing_key", _keys(rig).private)
+    outcome = run_check(rig, name, **options)
     assert outcome.certificate is not None, outcome.result.diagnosis.reason
     return outcome.certificate
 
 
 def _sample(rig: Rig, name: str, **options: Any) -> Path:
+    if "certificate" in options:
+        options.setdefault("certificate_key", _keys(rig).public)
+    settings: dict[str, Any] = {"n_prompts": N_PROMPTS, "max_tokens": MAX_TOKENS, **options}
     summary = api.sample(
         rig.loaded,
         run_log=rig.out / f"{name}.runlog.jsonl",
         sidecar=rig.out / f"{name}.sidecar.json",
-        n_prompts=N_PROMPTS,
-        max_tokens=MAX_TOKENS,
         bundle=BUNDLE_DIR,
         bundle_pin=BUNDLE_PIN,
         engine=rig.engine,
-        **options,
+        **settings,
     )
     return summary.run_log
+
+
+def _refused(rig: Rig, error: type[DetserveError], exit_code: int, **options: Any) -> DetserveError:
+    """Sample at concurrency 4 with ``options``; expect ``error`` before any request and nothing
+    written."""
+    before = len(rig.fake.completions)
+    options.setdefault("concurrency", 4)
+    with pytest.raises(error) as raised:
+        _sample(rig, "refused", **options)
+    assert raised.value.exit_code == exit_code
+    assert len(rig.fake.completions) == before
+    assert not any(p.name.startswith("refused.") for p in rig.out.iterdir())
+    return raised.value
 
 
 def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(varying: Rig) -> None:
@@ -400,7 +448,11 @@ def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(varying: Rig) -> 
     assert _fake(varying).most_in_flight == 4
     sidecar = _json(varying.out / "c4.sidecar.json")
     assert sidecar["concurrency"] == 4
-    assert sidecar["certificate_sha256"] == api.read_certificate(certificate).sha256
+    verified = api.verify_certificate(certificate, _keys(varying).public)
+    assert sidecar["certificate_sha256"] == verified.sha256
+    # the signer is the key that verified, its id computed from it
+    assert sidecar["certificate_keyid"] == load_public_key(_keys(varying).public).keyid
+    assert verified.keyid == sidecar["certificate_keyid"]
     assert len(sidecar["audit"]["indices"]) == 2
     header = next(iter(read_run_log(four)))
     assert "concurrency" not in header.model_dump()["sampling"]
@@ -430,41 +482,85 @@ def test_concurrency_without_a_certificate_is_refused(varying: Rig) -> None:
     assert varying.fake.completions == []
 
 
-def _forged(rig: Rig, certificate: Path, **changes: Any) -> Path:
-    genuine = api.read_certificate(certificate)
-    document = genuine.model_dump(mode="json")
-    for dotted, value in changes.items():
-        section, _, name = dotted.rpartition("__")
-        (document[section] if section else document)[name] = value
-    forged = Certificate.model_validate_json(json.dumps(document))
-    path = rig.out / "forged.json"
-    path.write_bytes(forged.canonical())
-    return path
+def test_a_certificate_is_taken_only_with_the_key_that_verifies_it(varying: Rig) -> None:
+    certificate = _certify(varying)
+    error = _refused(varying, UsageError, 2, certificate=certificate, certificate_key=None)
+    assert "--certificate needs --certificate-key PUB" in error.message
+    error = _refused(varying, UsageError, 2, certificate_key=_keys(varying).public, concurrency=1)
+    assert "--certificate-key verifies a --certificate" in error.message
+
+
+def test_an_unsigned_certificate_is_refused_saying_so(varying: Rig) -> None:
+    outcome = run_check(varying, "unsigned")  # no signing key
+    assert outcome.certificate is not None
+    assert outcome.pack.signed_by is None
+    error = _refused(varying, SignatureError, 1, certificate=outcome.certificate)
+    assert "carries no signature" in error.message
+    assert "--signing-key" in (error.hint or "")
+
+
+def test_a_certificate_signed_by_another_key_is_refused(varying: Rig) -> None:
+    certificate = _certify(varying)
+    other = _keys(varying, "someone-else")
+    error = _refused(
+        varying, SignatureError, 1, certificate=certificate, certificate_key=other.public
+    )
+    assert "does not verify with the given public key" in error.message
+
+
+def test_an_edited_certificate_is_refused(varying: Rig) -> None:
+    certificate = _certify(varying)
+    document = json.loads(certificate.read_bytes())
+    payload = json.loads(base64.b64decode(document["payload"]))
+    payload["concurrency_levels"] = [1, 4, 32]
+    document["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    certificate.write_text(json.dumps(document), encoding="utf-8")
+    _refused(varying, SignatureError, 1, certificate=certificate)
+
+
+@pytest.mark.parametrize(
+    ("run", "named"),
+    [
+        ({"max_tokens": MAX_TOKENS - 1}, "max_tokens: certificate 6, run 5"),
+        ({"concurrency": 2}, "concurrency: certificate measured 1, 4, run asks 2"),
+        ({"logprobs": 1}, "logprobs: certificate None, run 1"),
+    ],
+    ids=["max-tokens", "level", "logprobs"],
+)
+def test_a_certificate_that_does_not_cover_the_run_exits_2_naming_it(
+    varying: Rig, run: dict[str, Any], named: str
+) -> None:
+    certificate = _certify(varying)
+    before = len(varying.fake.completions)
+    options = {"concurrency": 4, "certificate": certificate, **run}
+    with pytest.raises(CertificateMismatch) as raised:
+        _sample(varying, "x", **options)
+    assert raised.value.exit_code == 2
+    assert any(named in line for line in raised.value.details), raised.value.details
+    assert len(varying.fake.completions) == before  # refused before any request
+    assert sorted(p.name for p in varying.out.iterdir() if p.name.startswith("x.")) == []
 
 
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
-        ({"pins__image": "127.0.0.1:5000/other@sha256:" + "c" * 64}, "pins.image: certificate"),
-        ({"pins__vllm_version": "0.31.0"}, "pins.vllm_version: certificate '0.31.0'"),
-        ({"max_tokens": MAX_TOKENS + 1}, "max_tokens: certificate 7, run 6"),
-        ({"concurrency_levels": [1, 2]}, "concurrency: certificate measured 1, 2, run asks 4"),
-        ({"seed": 5}, "seed: certificate 5, run 0"),
-        ({"logprobs": 1}, "logprobs: certificate 1, run None"),
+        ({"image": "127.0.0.1:5000/other@sha256:" + "c" * 64}, "pins.image: certificate"),
+        ({"vllm_version": "0.31.0"}, "pins.vllm_version: certificate '0.32.0', run '0.31.0'"),
     ],
-    ids=["image", "vllm-version", "max-tokens", "level", "seed", "logprobs"],
+    ids=["image", "vllm-version"],
 )
-def test_a_certificate_that_does_not_cover_the_run_exits_2_naming_it(
+def test_a_certificate_for_other_pins_does_not_cover_the_run(
     varying: Rig, changes: dict[str, Any], named: str
 ) -> None:
-    forged = _forged(varying, _certify(varying), **changes)
-    before = len(varying.fake.completions)
-    with pytest.raises(CertificateMismatch) as raised:
-        _sample(varying, "x", concurrency=4, certificate=forged)
-    assert raised.value.exit_code == 2
-    assert any(named in line for line in raised.value.details), raised.value.details
-    assert len(varying.fake.completions) == before  # refused before any request
-    assert sorted(p.name for p in varying.out.iterdir() if p.name.startswith("x.")) == []
+    certificate = api.verify_certificate(_certify(varying), _keys(varying).public).certificate
+    pins = certificate.pins.model_copy(update=changes)
+    common = {"max_tokens": MAX_TOKENS, "logprobs": None, "concurrency": 4, "n_prompts": 4}
+    assert any(
+        named in line for line in coverage_differences(certificate, pins=pins, seed=0, **common)
+    )
+    assert coverage_differences(certificate, pins=certificate.pins, seed=5, **common) == [
+        "seed: certificate 0, run 5"
+    ]
 
 
 def test_a_certificate_with_more_prompts_than_measured_is_refused(varying: Rig) -> None:
@@ -474,14 +570,174 @@ def test_a_certificate_with_more_prompts_than_measured_is_refused(varying: Rig) 
     assert any("n_prompts" in line for line in raised.value.details)
 
 
-def test_an_edited_certificate_is_refused(varying: Rig) -> None:
+# --- forged and stale certificates -------------------------------------------------------------
+
+
+def _published_pins(rig: Rig) -> dict[str, Any]:
+    """The pins of a run log anyone can read: the header of a published claim."""
+    log = rig.out / "published.runlog.jsonl"
+    if not log.exists():
+        _sample(rig, "published")
+    header: dict[str, Any] = json.loads(log.read_bytes().splitlines()[0])
+    return dict(header["pins"])
+
+
+def _hand_written(rig: Rig, **changes: Any) -> Certificate:
+    """The issue's forgery: pins copied from a published header, levels 1 and 32, no trace."""
+    document: dict[str, Any] = {
+        "tier": 1,
+        "pins": _published_pins(rig),
+        "seed": 0,
+        "max_tokens": MAX_TOKENS,
+        "logprobs": None,
+        "concurrency_levels": [1, 32],
+        "measured": {
+            "n_prompts": N_PROMPTS,
+            "runs": 2,
+            "shuffled": True,
+            "verdict": "PASS",
+            "trace_sha256": "0" * 64,
+        },
+        "trace": "trace.jsonl",
+    }
+    for name, value in changes.items():
+        section, _, field_name = name.rpartition("__")
+        (document[section] if section else document)[field_name] = value
+    return Certificate.model_validate_json(json.dumps(document))
+
+
+def _signed(certificate: Certificate, path: Path, keys: Keys | None) -> Path:
+    signer = load_signer(keys.private) if keys is not None else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(certificate_envelope(certificate, signer))
+    return path
+
+
+def test_a_hand_written_certificate_is_refused_however_it_is_dressed(varying: Rig) -> None:
+    genuine = _certify(varying)  # a real check's directory, with its real trace
+    keys = _keys(varying)
+    forged = _hand_written(varying)
+    # as the issue wrote it: bare JSON
+    bare = varying.out / "bare" / "certificate.json"
+    bare.parent.mkdir()
+    bare.write_bytes(canonical_bytes(forged.model_dump(mode="json")))
+    assert "a bare certificate" in _refused(varying, CertificateError, 2, certificate=bare).message
+    # in an envelope, unsigned
+    unsigned = _signed(forged, varying.out / "unsigned" / "certificate.json", None)
+    _refused(varying, SignatureError, 1, certificate=unsigned)
+    # signed with the very key the verifier trusts (a careless or dishonest key holder), beside
+    # the genuine check's trace: the trace is not the one it names
+    beside = genuine.parent / "forged.json"
+    _signed(forged, beside, keys)
+    error = _refused(varying, CertificateUnsupported, 1, certificate=beside)
+    assert "was not measured from the trace" in error.message
+    # and with the genuine trace's sha256 copied in: the trace does not support levels 1 and 32
+    trace_sha256 = hashlib.sha256((genuine.parent / "trace.jsonl").read_bytes()).hexdigest()
+    _signed(_hand_written(varying, measured__trace_sha256=trace_sha256), beside, keys)
+    error = _refused(varying, CertificateUnsupported, 1, certificate=beside)
+    assert "concurrency_levels: certificate [1, 32], trace [1, 4]" in error.details
+    # alone, without any trace: bad input
+    alone = _signed(forged, varying.out / "alone" / "certificate.json", keys)
+    assert (
+        "certificate's trace" in _refused(varying, CertificateError, 2, certificate=alone).message
+    )
+
+
+def test_a_signed_pass_over_a_trace_that_does_not_pass_is_refused(varying: Rig) -> None:
+    _fake(varying).mode = "batch"
+    failed = run_check(varying, "failed", signing_key=_keys(varying).private)
+    assert failed.verdict == "BATCH_VARIANCE"
+    assert failed.certificate is None
+    trace = failed.pack.directory / "trace.jsonl"
+    header = json.loads(trace.read_bytes().splitlines()[0])
+    forged = _hand_written(
+        varying,
+        concurrency_levels=[1, 4],
+        pins=header["pins"],
+        measured__trace_sha256=hashlib.sha256(trace.read_bytes()).hexdigest(),
+    )
+    path = _signed(forged, failed.pack.directory / "certificate.json", _keys(varying))
+    _fake(varying).mode = "none"
+    error = _refused(varying, CertificateUnsupported, 1, certificate=path)
+    assert any(
+        line.startswith(
+            "verdict: certificate PASS at tier 1, the trace's tokens give BATCH_VARIANCE"
+        )
+        for line in error.details
+    ), error.details
+
+
+def test_a_trace_changed_after_signing_is_refused(varying: Rig) -> None:
     certificate = _certify(varying)
-    text = json.loads(certificate.read_bytes())
-    edited = varying.out / "edited.json"
-    edited.write_text(json.dumps(text, indent=2), encoding="utf-8")
-    with pytest.raises(DetserveError, match="not the canonical bytes") as raised:
-        _sample(varying, "x", concurrency=4, certificate=edited)
-    assert raised.value.exit_code == 2
+    trace = certificate.parent / "trace.jsonl"
+    lines = trace.read_bytes().splitlines(keepends=True)
+    edited = [lines[0]]
+    for line in lines[1:]:
+        record = json.loads(line)
+        record["text"] = "not what the server said"  # the same everywhere: still a PASS
+        edited.append(canonical_bytes(record))
+    trace.write_bytes(b"".join(edited))
+    error = _refused(varying, CertificateUnsupported, 1, certificate=certificate)
+    assert "was not measured from the trace" in error.message
+
+
+def test_a_failing_check_removes_the_certificate_of_a_passing_one(varying: Rig) -> None:
+    certificate = _certify(varying, "same")
+    kept = certificate.with_name("kept-certificate.json")
+    kept.write_bytes(certificate.read_bytes())  # a copy someone kept
+    _fake(varying).mode = "batch"
+    failed = run_check(varying, "same", signing_key=_keys(varying).private, force=True)
+    assert failed.verdict == "BATCH_VARIANCE"
+    assert not certificate.exists()  # removed before the check ran, and none written
+    _fake(varying).mode = "none"
+    assert (
+        "cannot read certificate"
+        in _refused(varying, CertificateError, 2, certificate=certificate).message
+    )
+    # the copy names the directory's trace, which is now the failing check's
+    error = _refused(varying, CertificateUnsupported, 1, certificate=kept)
+    assert "was not measured from the trace" in error.message
+
+
+def test_an_interrupted_check_leaves_no_certificate(varying: Rig) -> None:
+    certificate = _certify(varying, "same")
+
+    def interrupt(key: PassKey) -> None:
+        if key == PassKey(4, 1, "bundle"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_check(
+            varying, "same", signing_key=_keys(varying).private, force=True, on_pass=interrupt
+        )
+    assert not certificate.exists()
+
+
+def test_a_check_refused_for_its_key_leaves_no_certificate(varying: Rig) -> None:
+    certificate = _certify(varying, "same")
+    key = _keys(varying).private
+    key.chmod(0o644)
+    with pytest.raises(AttestationKeyError, match="readable by others"):
+        run_check(varying, "same", signing_key=key, force=True)
+    assert not certificate.exists()
+
+
+def test_the_gateway_takes_only_a_verified_certificate(varying: Rig) -> None:
+    unsigned = run_check(varying, "unsigned").certificate
+    assert unsigned is not None
+    before = len(varying.fake.completions)
+    common = {"transcript_dir": varying.out / "gateway", "concurrency": 4, "engine": varying.engine}
+    with pytest.raises(UsageError, match="--certificate needs --certificate-key"):
+        api.build_gateway(varying.loaded.path, certificate=unsigned, **common)
+    with pytest.raises(SignatureError, match="carries no signature"):
+        api.build_gateway(
+            varying.loaded.path,
+            certificate=unsigned,
+            certificate_key=_keys(varying).public,
+            **common,
+        )
+    assert len(varying.fake.completions) == before
+    assert not (varying.out / "gateway").exists()
 
 
 def test_the_audit_catches_a_wrongly_certified_server_and_writes_nothing(varying: Rig) -> None:
@@ -537,6 +793,11 @@ def test_cli_check_exits_1_on_batch_variance_and_0_on_a_pass(
     assert passed.code == 0, passed.text
     assert "PASS at tier 1" in passed.out
     assert "certificate:" in passed.err
+    assert "is UNSIGNED: sample and serve refuse it for --concurrency above 1" in passed.err
+    key = _keys(varying).private
+    signed = cli(*args, "--output-dir", varying.out / "signed", "--signing-key", key)
+    assert signed.code == 0, signed.text
+    assert f"signed by key {load_public_key(_keys(varying).public).keyid}" in signed.err
     _fake(varying).mode = "batch"
     failed = cli(*args, "--output-dir", varying.out / "bad")
     assert failed.code == 1, failed.text

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from detserve import sampling
+from detserve import sampling, verified
 from detserve.errors import ContainerError, DetserveError, RunLogError, SnapshotMismatch
 from detserve.pins import pin_differences, profile_pins
 from detserve.profile import LoadedProfile, load_profile
@@ -85,7 +85,7 @@ def rig(
         engines, _ = node_engines(tiny_workspace.manifest)
         cluster_run.start(loaded, engines, manifest=manifest_sha256(loaded))
         monkeypatch.setattr(sampling, "VllmServer", functools.partial(VllmServer, sleep=print))
-        monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+        monkeypatch.setattr(verified, "IDENTITY_CHECK_INTERVAL_S", 0.0)
         (tmp_path / "out").mkdir()
         yield ClusterRig(loaded, engines, tmp_path / "out", fake)
 
@@ -129,7 +129,7 @@ def test_a_head_failing_because_a_worker_died_is_reported_as_that_worker(
 ) -> None:
     # The head's engine fails its request when its pipeline loses a stage: the error names the
     # node that died, not only the HTTP failure it caused.
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(verified, "IDENTITY_CHECK_INTERVAL_S", 3600.0)
     rig.fake.fault = lambda number, body: (
         Answer(500, {"error": "EngineDeadError"}) if number > 1 else None
     )
@@ -311,7 +311,7 @@ def test_a_worker_dying_while_the_head_holds_a_request_fails_the_run_at_once(
 ) -> None:
     # vLLM's head answers nothing for its execute-model timeout (300 s) once a stage is gone;
     # the run must not wait for it.
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.2)
+    monkeypatch.setattr(verified, "IDENTITY_CHECK_INTERVAL_S", 0.2)
 
     def hang(number: int, body: dict[str, Any]) -> Answer | None:
         if number == 2:

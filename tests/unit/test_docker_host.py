@@ -11,6 +11,7 @@ import typer.main
 
 from detserve.cli.app import _COMMAND_MODULES, app
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, UsageError
+from detserve.fleet import parse_node
 from detserve.runtime.engine import DEFAULT_DOCKER_HOST, docker_address
 
 from .committed import CliRunner, TinyWorkspace
@@ -30,6 +31,8 @@ ENGINE_COMMANDS = (
     "doctor",
     "lock-image",
     "fleet",
+    "check",
+    "serve",
 )
 
 
@@ -85,13 +88,67 @@ def test_doctor_names_the_address_in_its_engine_item(
     assert address in items["engine reachable"]["detail"]
 
 
-@pytest.mark.parametrize("host", ["/var/run/docker.sock", "ftp://host", "unix://", "node2"])
+#: addresses that name no engine detserve may connect to, each for another reason
+MALFORMED_HOSTS = (
+    "/var/run/docker.sock",
+    "ftp://host",
+    "unix://",
+    "unix://relative/docker.sock",
+    "node2",
+    "tcp://",
+    "tcp://:2376",
+    "tcp://host:notaport",
+    "tcp://host:99999",
+    "tcp://host:2376/v1.41",
+    "tcp://host:2376?x=1",
+    "tcp://user:secret@host:2376",
+    "tcp://ho st:2376",
+    "tcp://host\n:2376",
+    "tcp://-host:2376",
+    "ssh://user:pw@host",
+    "ssh://us er@host",
+    "ssh://" + "h" * 2000,
+)
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
 def test_a_malformed_docker_host_is_bad_input(
     host: str, cli: CliRunner, pinned_profile: Path
 ) -> None:
     ran = cli("status", "--config", pinned_profile, "--docker-host", host)
     assert ran.code == EXIT_INPUT, ran.text
     assert "is not a Docker host URL" in ran.err
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
+def test_a_fleet_node_is_checked_as_a_docker_host_is(host: str) -> None:
+    """One validator: what --docker-host refuses, --node refuses too (before any engine)."""
+    with pytest.raises(UsageError) as as_option:
+        docker_address(host)
+    with pytest.raises(UsageError) as as_node:
+        parse_node(f"{host},name=n2" if "," not in host else host, 1)
+    assert "is not a Docker host URL" in as_option.value.message
+    assert "is not a Docker host URL" in as_node.value.message
+    assert as_node.value.message.startswith("--node ")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "unix:///var/run/docker.sock",
+        "unix:///run/detserve-node2/docker.sock",
+        "tcp://127.0.0.1:2375",
+        "tcp://gpu-node-1.example:2376",
+        "tcp://[::1]:2375",
+        "https://10.0.0.5:2376",
+        "ssh://operator@gpu-node-1",
+        "ssh://gpu-node-1:2222",
+        "npipe:////./pipe/docker_engine",
+    ],
+)
+def test_well_formed_addresses_pass_both_ways(host: str) -> None:
+    assert docker_address(host) == host
+    assert parse_node(f"{host},name=n1", 1).docker_host == host
 
 
 def test_the_option_wins_over_docker_host_in_the_environment() -> None:

@@ -22,14 +22,17 @@ from detserve.doctor import (
     gather_facts,
     run_checks,
 )
-from detserve.errors import EngineError
+from detserve.errors import ContainerError, EngineError
 from detserve.fingerprint import EngineVersion
+from detserve.host_facts import NO_NVIDIA_SMI, GpuHost
 from detserve.profile import LoadedProfile, load_profile
+from detserve.runtime.binding import binding_mismatches
 from detserve.runtime.container_spec import build_container_spec
-from detserve.runtime.engine import ContainerInfo, ImageInfo
+from detserve.runtime.engine import ContainerInfo, ImageInfo, MountInfo
 
 from .committed import CliRunner, TinyWorkspace
 from .containers import IMAGE_ENTRYPOINT, IMAGE_ENVIRONMENT, IMAGE_ID, faithful_container
+from .gpu_hosts import CAPTURED as H100
 
 IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a1" * 32
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -80,14 +83,32 @@ class FakeDoctorEngine:
     def container(self, loaded: LoadedProfile) -> ContainerInfo | None:
         return self._container
 
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        if self.image is None or image_id != self.image.id:
+            raise ContainerError(f"image {image_id} of a running container is not in the engine")
+        return self.image
 
-def facts_for(loaded: LoadedProfile, engine: DoctorEngine | None = None, **kw: Any) -> DoctorFacts:
+
+#: a host without NVIDIA GPUs, as read_gpu_host reports one
+NO_GPU = GpuHost(None, None, None, NO_NVIDIA_SMI, nvidia_smi=False)
+
+
+def facts_for(
+    loaded: LoadedProfile,
+    engine: DoctorEngine | None = None,
+    *,
+    gpu: GpuHost | None = None,
+    **kw: Any,
+) -> DoctorFacts:
     def connect() -> DoctorEngine:
         if engine is None:
             raise EngineError("the container engine at unix:///var/run/docker.sock does not answer")
         return engine
 
-    return dataclasses.replace(gather_facts(loaded, connect), host_clock=NOW, **kw)
+    if gpu is None:
+        gpu = H100 if loaded.profile.runtime.device == "nvidia" else NO_GPU
+    facts = gather_facts(loaded, connect, gpu=lambda: gpu)
+    return dataclasses.replace(facts, host_clock=NOW, **kw)
 
 
 def statuses(loaded: LoadedProfile, facts: DoctorFacts) -> dict[str, str]:
@@ -116,7 +137,7 @@ def test_the_tiny_profile_passes_every_item(loaded: LoadedProfile, running: bool
     report = run_checks(loaded, facts_for(loaded, FakeDoctorEngine(loaded, running=running)))
     assert [item.status for item in report.items] == ["PASS"] * len(CHECKS), report
     assert report.passed
-    assert len(report.items) == 9
+    assert len(report.items) == 12
 
 
 def test_unpinned_fails_the_pins_and_everything_that_needs_them(
@@ -174,7 +195,7 @@ def test_a_container_with_prefix_caching_fails_it(loaded: LoadedProfile) -> None
     )
     engine = FakeDoctorEngine(loaded, running=True, change=change)
     fails = failed(loaded, facts_for(loaded, engine))
-    assert list(fails) == ["prefix caching off"]
+    assert list(fails) == ["container bound to the pins", "prefix caching off"]
     assert "prefix caching is not turned off" in fails["prefix caching off"]
 
 
@@ -185,8 +206,8 @@ def test_a_container_with_another_seed_fails_the_seed(loaded: LoadedProfile) -> 
 
     engine = FakeDoctorEngine(loaded, running=True, change=_command(reseed))
     fails = failed(loaded, facts_for(loaded, engine))
-    assert list(fails) == ["seed set"]
-    assert "--seed is '1', the profile's sampling.seed is 0" in fails["seed set"]
+    assert list(fails) == ["container bound to the pins", "seed set"]
+    assert "the server's --seed is '1', the profile's sampling.seed is 0" in fails["seed set"]
 
 
 def test_a_container_without_a_seed_fails_the_seed(loaded: LoadedProfile) -> None:
@@ -248,7 +269,7 @@ def test_a_container_whose_numerics_environment_differs_fails(
 
     engine = FakeDoctorEngine(loaded, running=True, change=change)
     fails = failed(loaded, facts_for(loaded, engine))
-    assert list(fails) == ["numerics environment"]
+    assert list(fails) == ["container bound to the pins", "numerics environment"]
     assert message in fails["numerics environment"]
 
 
@@ -285,18 +306,19 @@ def test_doctor_json_and_exit_codes(
     loaded = load_profile(config)
     engine = FakeDoctorEngine(loaded, clock=datetime.now(UTC))
     monkeypatch.setattr("detserve.runtime.probe.DockerProbe.from_env", lambda: engine)
+    monkeypatch.setattr("detserve.doctor.read_gpu_host", lambda: NO_GPU)
     ran = cli("doctor", "--config", config, "--json")
     assert ran.code == 0, ran
     report = json.loads(ran.out)
     assert report["ok"] is True
-    assert [item["status"] for item in report["items"]] == ["PASS"] * 9
+    assert [item["status"] for item in report["items"]] == ["PASS"] * 12
 
     engine.image = None
     ran = cli("doctor", "--config", config)
     assert ran.code == 1, ran
     assert "FAIL image present by digest" in ran.out
     assert "fix: `detserve start" in ran.out
-    assert "8 passed, 1 failed" in ran.err
+    assert "11 passed, 1 failed" in ran.err
 
 
 def test_doctor_reports_an_unreachable_engine_as_a_failed_item(
@@ -308,8 +330,85 @@ def test_doctor_reports_an_unreachable_engine_as_a_failed_item(
         raise EngineError("the container engine at unix:///nowhere does not answer")
 
     monkeypatch.setattr("detserve.runtime.probe.DockerProbe.from_env", unreachable)
+    monkeypatch.setattr("detserve.doctor.read_gpu_host", lambda: NO_GPU)
     ran = cli("doctor", "--config", config, "--json")
     assert ran.code == 1, ran
     items = {item["name"]: item for item in json.loads(ran.out)["items"]}
     assert items["engine reachable"]["status"] == "FAIL"
     assert "unix:///nowhere" in items["engine reachable"]["detail"]
+
+
+# --- the doctor passes nothing `sample` refuses -------------------------------------------------
+
+
+def _args(change: Callable[[list[str]], list[str]]) -> Callable[[ContainerInfo], ContainerInfo]:
+    return _command(change)
+
+
+def _config(**changes: Any) -> Callable[[ContainerInfo], ContainerInfo]:
+    def edit(container: ContainerInfo) -> ContainerInfo:
+        assert container.config is not None
+        return dataclasses.replace(
+            container, config=dataclasses.replace(container.config, **changes)
+        )
+
+    return edit
+
+
+#: containers `sample` refuses (the binding names a difference), each made another way
+REFUSED: dict[str, Callable[[ContainerInfo], ContainerInfo]] = {
+    "a second --seed, the last one wins": _args(lambda a: [*a, "--seed", "7"]),
+    "--seed=VALUE": _args(lambda a: [w if w != "--seed" else "--seed=7" for w in a if w != "0"]),
+    "--seed abbreviated": _args(lambda a: [*a, "--see", "7"]),
+    "the same seed twice": _args(lambda a: [*a, "--seed", "0"]),
+    "prefix caching abbreviated": _args(lambda a: [*a, "--enable-prefix-cach"]),
+    "prefix caching after the off switch": _args(lambda a: [*a, "--enable-prefix-caching"]),
+    "another engine option": _args(lambda a: [*a, "--max-num-batched-tokens", "64"]),
+    "a mount more": _config(
+        mounts=(MountInfo(type="bind", source="/etc", destination="/x", read_only=True),)
+    ),
+    "an environment variable more": _config(environment={"LD_PRELOAD": "/x.so"}),
+    "privileged": _config(privileged=True),
+    "another entrypoint": _config(entrypoint=("/bin/sh", "-c", "true")),
+    "labels of other pins": lambda c: dataclasses.replace(
+        c, labels={**c.labels, "io.detserve.manifest-sha256": "0" * 64}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_the_doctor_fails_every_container_sample_refuses(loaded: LoadedProfile, name: str) -> None:
+    engine = FakeDoctorEngine(loaded, running=True, change=REFUSED[name])
+    container = engine.container(loaded)
+    assert container is not None
+    assert engine.image is not None
+    spec = build_container_spec(loaded)
+    assert binding_mismatches(spec, engine.image, container), "sample would take this container"
+    report = run_checks(loaded, facts_for(loaded, engine))
+    assert not report.passed
+    fails = failed(loaded, facts_for(loaded, engine))
+    assert "container bound to the pins" in fails, fails
+    assert "so `sample` refuses it" in fails["container bound to the pins"]
+
+
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        (lambda a: [*a, "--seed", "7"], "'7'"),
+        (lambda a: [w if w != "--seed" else "--seed=7" for w in a if w != "0"], "'7'"),
+        (lambda a: [*a, "--see", "7"], "'7'"),
+    ],
+    ids=["last-wins", "equals-form", "abbreviated"],
+)
+def test_the_seed_is_read_as_the_servers_parser_reads_it(
+    loaded: LoadedProfile, change: Callable[[list[str]], list[str]], found: str
+) -> None:
+    engine = FakeDoctorEngine(loaded, running=True, change=_command(change))
+    fails = failed(loaded, facts_for(loaded, engine))
+    assert f"the server's --seed is {found}" in fails["seed set"], fails
+
+
+def test_prefix_caching_turned_on_again_by_an_abbreviation_fails(loaded: LoadedProfile) -> None:
+    engine = FakeDoctorEngine(loaded, running=True, change=REFUSED["prefix caching abbreviated"])
+    fails = failed(loaded, facts_for(loaded, engine))
+    assert "prefix caching is not turned off" in fails["prefix caching off"]

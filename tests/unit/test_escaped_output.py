@@ -203,6 +203,20 @@ def _lock_model(w: World) -> list[str | Path]:
     return ["--config", w.workspace.config, "--endpoint", f"http://127.0.0.1:{w.port}"]
 
 
+def _download(w: World) -> list[str | Path]:
+    def hub(method: str, path: str, body: Any) -> Answer:
+        # The hub's listing names another commit than the pinned one: quoted in the refusal.
+        return Answer(body={"id": "detserve/tiny-llama", "sha": HOSTILE, "siblings": []})
+
+    w.answer = hub
+    return ["--config", w.workspace.config, "--endpoint", f"http://127.0.0.1:{w.port}"]
+
+
+def _init(w: World) -> list[str | Path]:
+    # The model id a person pasted: refused, and quoted in the refusal.
+    return ["--model", HOSTILE, "--device", "cpu", "--name", "m", "--output", w.tmp / "m.json"]
+
+
 def _lock_image(w: World) -> list[str | Path]:
     def engine(method: str, path: str, body: Any) -> Answer:
         # A Docker engine's API: the version, a ping, then the registry's refusal, quoted.
@@ -257,6 +271,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("config validate", "profile field", _config_validate_field, codes=BAD_INPUT),
     Scenario("lock-model", "hub answer", _lock_model, codes=ENVIRONMENT),
     Scenario("lock-image", "registry answer", _lock_image, codes=ENVIRONMENT),
+    Scenario("download", "hub listing", _download, codes=FAILED),
+    Scenario("init", "model id", _init, codes=BAD_INPUT),
     Scenario("fleet", "claim name", _fleet, shown=HOSTILE_NAME, codes=ENVIRONMENT),
 )
 

@@ -121,16 +121,36 @@ def test_expected_hash_explains_against_the_published_logs_sidecar(
     assert "container.numerics_environment.OMP_NUM_THREADS: (unset) -> '1'" in ran.out
 
 
-def test_a_fingerprint_file_serves_as_a_sidecar(
+def test_a_fingerprint_bound_to_no_run_log_is_refused(
     nodes: list[tuple[Path, Path]], cli: CliRunner, tmp_path: Path
 ) -> None:
+    """A `detserve env` file names no run log: it could describe any host, so it explains none."""
     env = tmp_path / "n3.env.json"
     env.write_bytes(PERTURBED.canonical())
     args = _majority_args(nodes)
     args[-1] = env
     ran = cli(*args)
-    assert ran.code == EXIT_VERIFICATION, ran.text
-    assert "OMP_NUM_THREADS" in ran.out
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "an environment fingerprint bound to no run log" in ran.err
+    assert "OMP_NUM_THREADS" not in ran.out
+
+
+@pytest.mark.parametrize(
+    "run_log_sha256", [None, 7, "", "0" * 64], ids=["absent", "not-text", "empty", "another"]
+)
+def test_a_sidecar_not_naming_its_run_log_is_refused(
+    nodes: list[tuple[Path, Path]], cli: CliRunner, tmp_path: Path, run_log_sha256: object
+) -> None:
+    loose = tmp_path / "loose.sidecar.json"
+    document: dict[str, Any] = {"environment": PERTURBED.model_dump(mode="json")}
+    if run_log_sha256 is not None:
+        document["run_log_sha256"] = run_log_sha256
+    loose.write_text(json.dumps(document))
+    args = _majority_args(nodes)
+    args[-1] = loose
+    ran = cli(*args)
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "OMP_NUM_THREADS" not in ran.out
 
 
 def test_a_sidecar_of_another_run_log_is_refused(

@@ -14,12 +14,8 @@ from detserve.fingerprint import (
     ContainerFacts,
     EngineVersion,
     EnvironmentFingerprint,
-    cpu_info,
     environment_fingerprint,
-    gpu_facts,
-    memory_total,
     numerics_environment,
-    parse_nvidia_smi,
     parse_probe_output,
     read_fingerprint,
 )
@@ -28,55 +24,6 @@ from detserve.profile import LoadedProfile, load_profile
 from .committed import CliRunner, TinyWorkspace
 
 IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a1" * 32
-
-CPUINFO = """processor\t: 0
-model name\t: AMD EPYC 9654
-flags\t\t: fpu sse avx2 avx512f avx2
-
-processor\t: 1
-model name\t: AMD EPYC 9654
-flags\t\t: fpu sse avx2 avx512f
-"""
-
-SMI_BANNER = """+---------------------------------------------------------------------------+
-| NVIDIA-SMI 570.86.15              Driver Version: 570.86.15      CUDA Version: 12.8     |
-"""
-
-
-def test_cpu_model_and_sorted_unique_flags_of_the_first_processor() -> None:
-    assert cpu_info(CPUINFO) == ("AMD EPYC 9654", ("avx2", "avx512f", "fpu", "sse"))
-    assert cpu_info(None) == (None, ())
-
-
-def test_memory_total_in_bytes() -> None:
-    assert memory_total("MemTotal:       24684092 kB\nMemFree: 1 kB\n") == 24684092 * 1024
-    assert memory_total("nothing") is None
-
-
-def test_nvidia_smi_lists_gpus_driver_and_cuda() -> None:
-    facts = parse_nvidia_smi(
-        "NVIDIA H200, 143771, 570.86.15\nNVIDIA H200, 143771, 570.86.15\n", SMI_BANNER
-    )
-    assert [gpu.name for gpu in facts.gpus or ()] == ["NVIDIA H200", "NVIDIA H200"]
-    assert facts.gpus is not None
-    assert facts.gpus[0].memory_mib == 143771
-    assert (facts.driver_version, facts.cuda_version, facts.reason) == ("570.86.15", "12.8", None)
-
-
-def test_unexpected_nvidia_smi_output_is_null_with_a_reason_never_guessed() -> None:
-    facts = parse_nvidia_smi("garbage\n", "")
-    assert facts.gpus is None
-    assert facts.driver_version is None
-    assert "unexpected line" in (facts.reason or "")
-
-
-def test_without_nvidia_smi_the_gpu_fields_are_null_with_the_reason(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    facts = gpu_facts()
-    assert (facts.gpus, facts.driver_version, facts.cuda_version) == (None, None, None)
-    assert facts.reason == "nvidia-smi is not on PATH: no NVIDIA driver here"
 
 
 def test_the_numerics_environment_never_holds_a_secret() -> None:

@@ -1,6 +1,8 @@
 """A gateway transcript verified like any run log: eval-determinism compares two, and a replay
 sends every exchange again and reports IDENTICAL for a faithful server, DIVERGENT for another,
-NOT A REPLAY for other pins, before anything is sent."""
+NOT A REPLAY for other pins, before anything is sent. What is incomplete is replayed as what it
+is: an exchange that ended early as its recorded start (INCOMPLETE, never IDENTICAL), a segment
+cut by a crash up to its cut (CUT, exit 1)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any, Literal
 import httpx
 import pytest
 
-from detserve.errors import RunLogError, UsageError
+from detserve.errors import UsageError
 from detserve.evaluation import Verdict
 from detserve.evaluation.transcript_pair import evaluate_transcripts
 from detserve.gateway.replay import plan_transcript_replay, replay_transcript
@@ -84,18 +86,82 @@ def test_the_claim_holds_what_was_asked(claim: Path) -> None:
     assert validate_transcript(claim).footer is not None
 
 
-def test_a_faithful_replay_is_identical(
+def test_a_faithful_replay_of_an_incomplete_exchange_is_incomplete_never_identical(
     claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path
 ) -> None:
     fake = StreamingFakeVllm()
     out = tmp_path / "replay.transcript.jsonl"
     report = replay(claim, tiny_workspace, fake, out)
-    assert report.verdict is Verdict.IDENTICAL, report.summary_lines()
+    assert report.verdict is Verdict.INCOMPLETE, report.summary_lines()
+    assert report.ok
+    assert report.error() is None
+    assert (report.identical_samples, report.incomplete_samples) == (5, 1)
+    assert "INCOMPLETE" in report.summary_lines()[2]
     assert out.read_bytes() == claim.read_bytes()
     # sent whole, never streamed; the incomplete exchange with the tokens it had
     assert all(body["stream"] is False for _, body in fake.requests)
     n_partial = len(read_exchanges(claim)[4].output_token_ids)
     assert fake.requests[4][1]["max_tokens"] == n_partial
+
+
+def test_a_faithful_replay_of_complete_exchanges_is_identical(
+    claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    complete = tmp_path / "complete.transcript.jsonl"
+    writer = TranscriptWriter(complete, validate_transcript(claim).header)
+    for answered in read_exchanges(claim)[:4]:
+        writer.append(_fields(answered))
+    writer.close("stopped")
+    out = tmp_path / "replay.transcript.jsonl"
+    report = replay(complete, tiny_workspace, StreamingFakeVllm(), out)
+    assert report.verdict is Verdict.IDENTICAL, report.summary_lines()
+    assert out.read_bytes() == complete.read_bytes()
+
+
+def _fields(exchange: Any) -> dict[str, Any]:
+    document: dict[str, Any] = exchange.model_dump(mode="json")
+    del document["index"], document["record"]
+    return document
+
+
+def test_a_chat_stream_cut_after_its_role_chunk_replays_as_incomplete(
+    tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    """It recorded the prompt's tokens and none of the output: its replay is that empty start
+    (it replayed DIVERGENT: the replay's text of one token against none)."""
+    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "claim")
+    fake = StreamingFakeVllm(drop_after=1)  # the engine dies after the role chunk
+    with gateway_running(fixture, fake) as rig:
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "cut"}],
+            "max_tokens": 5,
+            "stream": True,
+        }
+        with httpx.stream("POST", f"{rig.url}/v1/chat/completions", json=body) as response:
+            assert "the engine failed mid-stream" in response.read().decode()
+    (claim,) = fixture.transcripts.iterdir()
+    (cut,) = read_exchanges(claim)
+    assert (cut.incomplete, cut.output_token_ids, cut.text) == ("engine_failed", (), "")
+    assert cut.delivery == "undelivered"
+    report = replay(claim, tiny_workspace, StreamingFakeVllm(), tmp_path / "r.transcript.jsonl")
+    assert report.verdict is Verdict.INCOMPLETE, report.summary_lines()
+    assert report.incomplete_samples == 1
+
+
+def test_an_incomplete_exchange_whose_start_differs_is_divergent(
+    claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    class Other(StreamingFakeVllm):
+        def answer(self, method: str, path: str, body: Any) -> Any:
+            if isinstance(body, dict) and body.get("prompt") == "five":
+                body = body | {"prompt": "cinq"}
+            return super().answer(method, path, body)
+
+    report = replay(claim, tiny_workspace, Other(), tmp_path / "replay.transcript.jsonl")
+    assert report.verdict is Verdict.DIVERGENT
+    assert report.divergences[0].index == 4
+    assert "output_token_ids" in report.divergences[0].fields
 
 
 def test_another_server_is_divergent(
@@ -126,14 +192,46 @@ def test_other_pins_are_not_a_replay_and_nothing_is_sent(
     assert any(detail.startswith("seed: claim 0, local 7") for detail in raised.value.details)
 
 
-def test_a_cut_claim_is_refused(claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path) -> None:
+def test_a_claim_cut_by_a_crash_replays_its_prefix_and_reports_the_cut(
+    claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path, cli: CliRunner
+) -> None:
+    cut = tmp_path / "cut.transcript.jsonl"
+    lines = claim.read_bytes().splitlines(keepends=True)
+    # no footer, and a line a killed write left unfinished
+    cut.write_bytes(b"".join(lines[:-2]) + lines[-2][:40])
+    plan = plan_transcript_replay(cut, load_profile(tiny_workspace.config))
+    assert (plan.cut, plan.n_exchanges) == (True, 4)
+    out = tmp_path / "replay.transcript.jsonl"
+    report = replay(cut, tiny_workspace, StreamingFakeVllm(), out)
+    assert report.verdict is Verdict.CUT, report.summary_lines()
+    assert (report.identical_samples, report.cut_after) == (4, 4)
+    assert not report.ok
+    error = report.error()
+    assert error is not None
+    assert error.exit_code == 1
+    assert "cut after 4 exchanges" in error.message
+    assert out.read_bytes() == b"".join(lines[:-2])  # cut at the same place
+    # eval-determinism says the same of the pair
+    ran = cli("eval-determinism", "--run-a", cut, "--run-b", out)
+    assert ran.code == 1, ran
+    assert "CUT: the segment was cut after 4 exchanges" in ran.out
+
+
+def test_a_cut_claim_that_diverges_is_divergent_and_names_the_cut(
+    claim: Path, tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
     cut = tmp_path / "cut.transcript.jsonl"
     cut.write_bytes(b"".join(claim.read_bytes().splitlines(keepends=True)[:-1]))
-    document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
-    document["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
-    tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
-    with pytest.raises(RunLogError, match="cut after 5 exchanges"):
-        plan_transcript_replay(cut, load_profile(tiny_workspace.config))
+
+    class Other(StreamingFakeVllm):
+        def answer(self, method: str, path: str, body: Any) -> Any:
+            if isinstance(body, dict) and body.get("prompt") == "one":
+                body = body | {"prompt": "un"}
+            return super().answer(method, path, body)
+
+    report = replay(cut, tiny_workspace, Other(), tmp_path / "replay.transcript.jsonl")
+    assert report.verdict is Verdict.DIVERGENT
+    assert "the segment was cut after 5 exchanges (no footer)" in report.summary_lines()
 
 
 def test_eval_determinism_compares_two_transcripts(
@@ -143,7 +241,7 @@ def test_eval_determinism_compares_two_transcripts(
     shutil.copyfile(claim, copy)
     ran = cli("eval-determinism", "--run-a", claim, "--run-b", copy)
     assert ran.code == 0, ran
-    assert "IDENTICAL" in ran.out
+    assert "INCOMPLETE" in ran.out  # one exchange was left mid-stream
     changed = tmp_path / "changed.transcript.jsonl"
     lines = claim.read_bytes().splitlines(keepends=True)
     lines[1] = lines[1].replace(b'"text":" t', b'"text":" T', 1)
@@ -184,7 +282,7 @@ def test_segments_closed_otherwise_are_not_a_replay(tmp_path: Path, n_exchanges:
 
 def test_an_exchange_left_incomplete_on_one_side_is_not_a_replay(tmp_path: Path) -> None:
     a = _transcript(tmp_path / "a.transcript.jsonl", [exchange(0), exchange(1)])
-    left = exchange(1, incomplete="client_disconnected", finish_reason=None)
+    left = exchange(1, incomplete="client_disconnected", finish_reason=None, delivery="partial")
     b = _transcript(tmp_path / "b.transcript.jsonl", [exchange(0), left])
     report = evaluate_transcripts(a, b)
     assert report.verdict is Verdict.NOT_A_REPLAY

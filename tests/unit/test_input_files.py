@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from detserve import fileio
-from detserve.diagnosis.certificate import MAX_CERTIFICATE_BYTES
+from detserve.certificate import MAX_CERTIFICATE_BYTES
 from detserve.errors import EXIT_INPUT
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace, sha256_hex
@@ -162,8 +162,8 @@ def _signed(
     ]  # fmt: skip
 
 
-def _mkdir(directory: Path) -> Path:
-    directory.mkdir(exist_ok=True)
+def _mkdir(directory: Path, *, mode: int = 0o777) -> Path:
+    directory.mkdir(mode=mode, exist_ok=True)
     return directory
 
 
@@ -183,6 +183,7 @@ INPUTS: list[tuple[str, Args, int]] = [
             ("verify",),
             ("lock-model",),
             ("lock-image",),
+            ("download",),
             ("start",),
             ("wait",),
             ("smoke",),
@@ -272,10 +273,54 @@ INPUTS: list[tuple[str, Args, int]] = [
     (
         "sample --certificate",
         lambda w: (
-            [*_sample(w, w.ws.config, BUNDLE_PIN), "--concurrency", "4", "--certificate", w.bad],
+            [
+                *_sample(w, w.ws.config, BUNDLE_PIN),
+                "--concurrency",
+                "4",
+                "--certificate",
+                w.bad,
+                "--certificate-key",
+                _keys(w)[1],
+            ],
             w.bad,
         ),
         MAX_CERTIFICATE_BYTES,
+    ),
+    (
+        "sample --certificate-key",
+        lambda w: (
+            [
+                *_sample(w, w.ws.config, BUNDLE_PIN),
+                "--concurrency",
+                "4",
+                "--certificate",
+                w.tmp / "certificate.json",
+                "--certificate-key",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        4 * 1024 * 1024,
+    ),
+    (
+        "check --signing-key",
+        lambda w: (
+            [
+                "check",
+                "--config",
+                w.ws.config,
+                "--bundle",
+                BUNDLE_DIR,
+                "--bundle-pin",
+                BUNDLE_PIN,
+                "--output-dir",
+                w.tmp / "check",
+                "--signing-key",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        4 * 1024 * 1024,
     ),
     (
         "replay --bundle-pin",
@@ -319,7 +364,7 @@ INPUTS: list[tuple[str, Args, int]] = [
         "serve --transcript-dir (a segment of an earlier run in it)",
         lambda w: (
             ["serve", "--config", w.ws.config, "--transcript-dir", w.tmp / "gateway"],
-            _mkdir(w.tmp / "gateway") / f"{'d' * 32}.000000.transcript.jsonl",
+            _mkdir(w.tmp / "gateway", mode=0o700) / f"{'d' * 32}.000000.transcript.jsonl",
         ),
         fileio.MAX_RUN_LOG_BYTES,
     ),
@@ -342,6 +387,23 @@ INPUTS: list[tuple[str, Args, int]] = [
         )
         for verb in ("hash", "verify")
         for option in ("--public-key", "--certificate-chain")
+    ),
+    (
+        "download --secrets-file",
+        # read before the hub is asked: nothing listens at this address
+        lambda w: (
+            [
+                "download",
+                "--config",
+                w.ws.config,
+                "--endpoint",
+                "http://127.0.0.1:9",
+                "--secrets-file",
+                w.bad,
+            ],
+            w.bad,
+        ),
+        fileio.MAX_SECRETS_BYTES,
     ),
     (
         "start --secrets-file",
@@ -422,7 +484,8 @@ def test_every_input_option_is_in_the_table() -> None:
     file_options = {"--config", "--manifest", "--bundle-pin", "--claim", "--run-a", "--run-b",
                     "--run", "--dataset-file", "--secrets-file", "--key", "--run-log",
                     "--sidecar", "--environment", "--public-key", "--envelope",
-                    "--certificate", "--model-signature", "--certificate-chain"}  # fmt: skip
+                    "--certificate", "--certificate-key", "--signing-key",
+                    "--model-signature", "--certificate-chain"}  # fmt: skip
     covered = {option for name, *_ in INPUTS for option in name.split() if option.startswith("--")}
     assert file_options <= covered
 
@@ -448,7 +511,8 @@ def test_every_input_option_is_in_the_table() -> None:
                 continue  # a directory
             names = [option.default, *(option.param_decls or ())]
             long = [n for n in names if isinstance(n, str) and n.startswith("--")]
-            seen.update(n for n in long if "output" not in n)
+            # outputs: named for what they are, and --junit-xml (tests/unit/test_output_files.py)
+            seen.update(n for n in long if "output" not in n and n != "--junit-xml")
     assert "--config" in seen  # the walk finds options at all
     assert "--claim" in seen
     assert seen <= file_options, f"file options not in the table: {sorted(seen - file_options)}"

@@ -136,6 +136,34 @@ OUTPUTS = {
     "prompts bootstrap --output-dir (bundle.json)": Output(
         _bootstrap, lambda w: w.dataset, "bundle.json"
     ),
+    "eval-determinism --junit-xml": Output(
+        lambda w, out, src: [
+            "eval-determinism",
+            "--run-a",
+            src,
+            "--run-b",
+            w.run_b,
+            "--junit-xml",
+            out,
+        ],
+        lambda w: w.run_a,
+    ),
+    "check --junit-xml": Output(
+        lambda w, out, src: [
+            "check",
+            "--config",
+            src,
+            "--output-dir",
+            w.tmp / "pack",
+            "--bundle",
+            BUNDLE_DIR,
+            "--bundle-pin",
+            BUNDLE_PIN,
+            "--junit-xml",
+            out,
+        ],
+        lambda w: w.ws.config,
+    ),
 }
 
 KINDS = ["device", "fifo", "directory", "symlink", "dangling-symlink", "the-input", "hard-link"]

@@ -1,84 +1,22 @@
 """report.html in a real headless browser: the page renders, with the verdict and the plot.
 
 Debian's ``chromium`` (installed by ``make test``/``make test-unit``, see the Makefile's
-``browser`` target) screenshots the page; the PNG is decoded here (zlib, the five PNG filters)
-and its pixels checked: the red verdict badge of a BATCH_VARIANCE and the plot's divergence
-cells are drawn. The page itself must need nothing from the network.
+``browser`` target) screenshots the page; the PNG is decoded (``png.py``: zlib, the five PNG
+filters) and its pixels checked: the red verdict badge of a BATCH_VARIANCE and the plot's
+divergence cells are drawn. The page itself must need nothing from the network.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import struct
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 
+from .png import CHROMIUM, count_colour, decode_png
 from .test_check import VaryingVllm, run_check, varying  # noqa: F401 - the fixture
 from .test_sampling_faults import Rig
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def decode_png(data: bytes) -> tuple[int, int, list[bytearray]]:
-    """Width, height and RGBA rows of an 8-bit, non-interlaced RGB or RGBA PNG."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    offset, idat = 8, b""
-    width = height = 0
-    channels = 4
-    while offset < len(data):
-        (length,) = struct.unpack(">I", data[offset : offset + 4])
-        kind = data[offset + 4 : offset + 8]
-        body = data[offset + 8 : offset + 8 + length]
-        if kind == b"IHDR":
-            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            assert (depth, interlace) == (8, 0)
-            assert colour in (2, 6)
-            channels = 4 if colour == 6 else 3
-        elif kind == b"IDAT":
-            idat += body
-        offset += 12 + length
-    raw = zlib.decompress(idat)
-    stride = width * channels
-    rows: list[bytearray] = []
-    previous = bytearray(stride)
-    for y in range(height):
-        start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
-        for x in range(stride):
-            left = line[x - channels] if x >= channels else 0
-            up = previous[x]
-            corner = previous[x - channels] if x >= channels else 0
-            if kind == 1:
-                line[x] = (line[x] + left) & 0xFF
-            elif kind == 2:
-                line[x] = (line[x] + up) & 0xFF
-            elif kind == 3:
-                line[x] = (line[x] + (left + up) // 2) & 0xFF
-            elif kind == 4:
-                p = left + up - corner
-                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
-                pred = left if pa <= pb and pa <= pc else up if pb <= pc else corner
-                line[x] = (line[x] + pred) & 0xFF
-        rows.append(line)
-        previous = line
-    if channels == 3:
-        rows = [
-            bytearray(b for i in range(0, len(r), 3) for b in (*r[i : i + 3], 255)) for r in rows
-        ]
-    return width, height, rows
-
-
-def count_colour(rows: list[bytearray], rgb: tuple[int, int, int], tolerance: int = 6) -> int:
-    count = 0
-    for row in rows:
-        for i in range(0, len(row), 4):
-            if all(abs(row[i + k] - rgb[k]) <= tolerance for k in range(3)):
-                count += 1
-    return count
 
 
 @pytest.mark.skipif(

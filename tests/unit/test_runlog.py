@@ -42,7 +42,7 @@ def test_written_log_is_canonical_json_lines(tmp_path: Path) -> None:
     header, footer = json.loads(lines[0]), json.loads(lines[-1])
     assert header["record"] == "header"
     assert header["format"] == "detserve-run-log"
-    assert header["format_version"] == 4
+    assert header["format_version"] == 5
     assert footer == {
         "record": "footer",
         "n_samples": 3,
@@ -317,7 +317,7 @@ def test_a_version_1_log_is_refused_by_name(tmp_path: Path, log_lines: list[byte
     log_lines[0] = (json.dumps(header, sort_keys=True, separators=(",", ":")) + "\n").encode()
     error = _refused(
         _write_lines(tmp_path / "v1.jsonl", log_lines),
-        "line 1: run-log format version 1; this detserve reads version 4 only",
+        "line 1: run-log format version 1; this detserve reads version 5 only",
     )
     assert error.details == ()
 
@@ -329,7 +329,7 @@ def test_a_version_2_log_is_refused_by_name(tmp_path: Path, log_lines: list[byte
     log_lines[0] = canonical_bytes(header)
     error = _refused(
         _write_lines(tmp_path / "v2.jsonl", log_lines),
-        "line 1: run-log format version 2; this detserve reads version 4 only",
+        "line 1: run-log format version 2; this detserve reads version 5 only",
     )
     assert error.details == ()
     assert error.hint is not None

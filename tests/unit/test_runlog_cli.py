@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from detserve.errors import EXIT_INPUT
 from detserve.runlog import run_log_sha256
 
@@ -19,7 +21,7 @@ def test_show_lists_pins_sampling_and_what_a_replay_needs(tmp_path: Path, cli: C
     document = json.loads(shown.out)
     assert document["sha256"] == run_log_sha256(log)
     assert document["n_samples"] == 3
-    assert document["format_version"] == 4
+    assert document["format_version"] == 5
     assert document["pins"]["model_revision"] == "b" * 40
     assert document["sampling"]["seed"] == 0
     needs = {row["field"]: row["value"] for row in document["replay_needs"]}
@@ -84,3 +86,19 @@ def test_outputs_are_named_for_what_they_are_and_the_old_spelling_still_works(
     assert "--output is the old spelling of --report-output" in both.err
     assert not (tmp_path / "x.json").exists()
     assert not (tmp_path / "y.json").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "show"])
+@pytest.mark.parametrize("content", ["nothing", "other files", "json"])
+def test_a_directory_with_nothing_to_validate_is_bad_input(
+    tmp_path: Path, cli: CliRunner, command: str, content: str
+) -> None:
+    directory = tmp_path / "transcripts"
+    directory.mkdir()
+    if content == "other files":
+        write_log(directory / "a.runlog.jsonl", 2)
+        (directory / "notes.txt").write_text("not a segment")
+    ran = cli("runlog", command, directory, *(["--json"] if content == "json" else []))
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "no transcript segment (*.transcript.jsonl) to validate" in ran.err
+    assert '"ok": true' not in ran.out

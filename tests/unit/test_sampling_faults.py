@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from detserve import sampling
+from detserve import sampling, verified
 from detserve.errors import (
     ContainerError,
     DetserveError,
@@ -436,7 +436,7 @@ def test_a_container_restarted_during_the_run_voids_it(
 ) -> None:
     # The whole run is shorter than the interval: with it at 0 the check between samples runs
     # after every sample, and it is that check, not the one before the commit, that stops the run.
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr(verified, "IDENTITY_CHECK_INTERVAL_S", 0.0)
 
     def restart_after_first(done: int, tokens: int) -> None:
         if done == 1:
@@ -452,7 +452,7 @@ def test_a_container_restarted_during_the_run_voids_it(
 def test_a_container_gone_during_the_run_voids_it(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr(verified, "IDENTITY_CHECK_INTERVAL_S", 0.0)
 
     def remove_after_first(done: int, tokens: int) -> None:
         if done == 1:
@@ -482,7 +482,7 @@ def test_a_container_changed_after_the_last_sample_is_caught_before_the_commit(
 ) -> None:
     # Checked after every sample, and still: a change after the last sample's check is caught
     # only by the check that runs before the run log is committed.
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr(verified, "IDENTITY_CHECK_INTERVAL_S", 0.0)
 
     def change_after_last(done: int, tokens: int) -> None:
         if done == N_PROMPTS:

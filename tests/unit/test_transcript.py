@@ -61,6 +61,7 @@ def exchange(number: int, **changes: Any) -> dict[str, Any]:
         "text": " a b c d",
         "finish_reason": "length",
         "incomplete": None,
+        "delivery": "delivered",
     } | changes
 
 
@@ -112,11 +113,25 @@ def test_a_cut_segment_is_refused_unless_allowed_and_then_says_so(tmp_path: Path
     assert summary.n_exchanges == 2
 
 
-def test_a_partial_last_line_is_refused(tmp_path: Path) -> None:
+def test_a_partial_last_line_is_a_cut_read_up_to_its_last_whole_line(tmp_path: Path) -> None:
+    """A crash can kill a write mid-line; that line's answer was never given (answers wait for
+    the sync), so a cut segment is read up to its last whole line, and says what was torn."""
     path = written(tmp_path / "t.transcript.jsonl", 2, close=False)
+    whole = path.read_bytes()
     with path.open("ab") as handle:
         handle.write(b'{"finish_reason":"len')
     with pytest.raises(RunLogError, match="truncated: the last line has no newline"):
+        validate_transcript(path)
+    summary = validate_transcript(path, allow_cut=True)
+    assert (summary.cut, summary.n_exchanges, summary.torn_bytes) == (True, 2, 21)
+    assert summary.sha256 == hashlib.sha256(whole).hexdigest()
+    assert len(read_exchanges(path, allow_cut=True)) == 2
+
+
+def test_a_torn_header_is_no_transcript_even_cut(tmp_path: Path) -> None:
+    path = tmp_path / "t.transcript.jsonl"
+    path.write_bytes(b'{"format":"detserve-run-log","form')
+    with pytest.raises(RunLogError, match="truncated"):
         validate_transcript(path, allow_cut=True)
 
 
@@ -141,7 +156,7 @@ def test_a_version_3_transcript_is_refused_by_name(tmp_path: Path) -> None:
     lines[0] = canonical_bytes(json.loads(lines[0]) | {"format_version": 3})
     path.write_bytes(b"".join(lines))
     with pytest.raises(
-        RunLogError, match="line 1: run-log format version 3; this detserve reads version 4 only"
+        RunLogError, match="line 1: run-log format version 3; this detserve reads version 5 only"
     ) as raised:
         validate_transcript(path)
     assert raised.value.hint is not None

@@ -186,7 +186,7 @@ def test_the_gateway_refuses_to_start_on_a_segment_that_does_not_validate(
     tiny_workspace: TinyWorkspace, tmp_path: Path, cli: CliRunner
 ) -> None:
     directory = tmp_path / "t"
-    directory.mkdir()
+    directory.mkdir(mode=0o700)
     paths = series(directory, 3)
     paths[0].write_bytes(paths[0].read_bytes().replace(b'"prompt 0"', b'"prompt!0"'))
     config = gateway_profile(tiny_workspace, 9)  # pinned; no engine is reached
@@ -202,7 +202,7 @@ def test_the_gateway_refuses_to_start_on_a_broken_chain(
     tiny_workspace: TinyWorkspace, tmp_path: Path
 ) -> None:
     directory = tmp_path / "t"
-    directory.mkdir()
+    directory.mkdir(mode=0o700)
     paths = series(directory, 5)
     paths[1].unlink()
     config = gateway_profile(tiny_workspace, 9)

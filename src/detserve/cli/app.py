@@ -53,7 +53,9 @@ app.callback()(_root)
 # `verify` runs before every run, and its start-up counts in what verification costs.
 _COMMAND_MODULES = (
     "commands_trust",
+    "commands_prompts",
     "commands_locks",
+    "commands_download",
     "commands_runs",
     "commands_sample",
     "commands_check",
@@ -62,6 +64,7 @@ _COMMAND_MODULES = (
     "commands_runlog",
     "commands_attest",
     "commands_fleet",
+    "commands_init",
 )
 
 

@@ -26,6 +26,10 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("verify", "Verify every file of a snapshot against its manifest."),
     ("lock-model", "Resolve model.ref (a branch or tag) to a commit with huggingface_hub."),
     ("lock-image", "Resolve runtime.image_tag to its registry digest through the Docker engine."),
+    (
+        "download",
+        "Fetch the model files of the pinned commit into the profile's Hugging Face home.",
+    ),
     ("eval-determinism", "Compare run logs byte for byte, and say where they part."),
     (
         "sample",
@@ -59,6 +63,7 @@ COMMANDS: Final[tuple[tuple[str, str], ...]] = (
     ("env", "Fingerprint this host and the pinned container: canonical JSON and its sha256."),
     ("doctor", "A determinism checklist for a profile on this host: PASS or FAIL, and the fix."),
     ("fleet", "Replay one claim on several Docker engines at once, and print the agreement table."),
+    ("init", "Write an unpinned profile for a model on a device, and print what to run next."),
     ("config", "Validate profiles and print their JSON Schema."),
     ("prompts", "Build and verify pinned prompt bundles."),
     (

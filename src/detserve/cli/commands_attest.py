@@ -10,10 +10,18 @@ import typer
 from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say
-from detserve.errors import EXIT_VERIFICATION
+from detserve.errors import EXIT_ENVIRONMENT, EXIT_VERIFICATION, bounded
 from detserve.profile import load_profile
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
+HostOnlyOption = Annotated[
+    bool,
+    typer.Option(
+        "--host-only",
+        help="Only this host's half: no container engine is asked (a GPU machine without "
+        "Docker). Exits 3, or 1 for doctor when a host item fails: the engine half was not run.",
+    ),
+]
 
 
 @app.command("keygen")
@@ -88,12 +96,12 @@ def attest_command(
     The subject is the run log (file name and sha256); the predicate holds its pins, sampling
     parameters, the detserve version, the environment fingerprint and the sidecar's sha256. The
     run log is validated completely, the sidecar must name its sha256, and the fingerprint must
-    be of the run log's image. Example:
+    be of the run log's image. `sample` writes the fingerprint into the sidecar; for a sidecar
+    without one, take it with `detserve env --fingerprint-output` and pass --environment.
+    Example:
 
-        detserve env --config configs/tiny-cpu.local.json --fingerprint-output runs/a.env.json
         detserve attest --run-log runs/a.runlog.jsonl --sidecar runs/a.sidecar.json \\
-            --environment runs/a.env.json --key keys/detserve.key \\
-            --envelope-output runs/a.claim.intoto.json
+            --key keys/detserve.key --envelope-output runs/a.claim.intoto.json
 
     Publish the envelope, the run log and the public key; a verifier runs `detserve
     verify-claim`. Exit 0 written; 1 the sidecar or fingerprint is another run's; 2 bad input.
@@ -163,6 +171,7 @@ def env_command(
     ] = None,
     force: ForceOption = False,
     docker_host: DockerHostOption = None,
+    host_only: HostOnlyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Fingerprint this host and the pinned container: canonical JSON and its sha256.
@@ -175,17 +184,26 @@ def env_command(
 
         detserve env --config configs/tiny-cpu.local.json --fingerprint-output runs/a.env.json
 
+    With --host-only, no engine is asked and no fingerprint is made: this host's facts only
+    (OS, CPU, memory; NVIDIA driver, CUDA version, each GPU's name, memory and compute
+    capability, from nvidia-smi), and exit 3, saying the engine half was not run:
+
+        detserve env --config configs/qwen3-8b.json --host-only --json
+
     Exit 0; 1 the running container is not the pinned one; 2 bad input; 3 the engine does not
-    answer.
+    answer, or was not asked (--host-only).
     """
+    if host_only:
+        _env_host_only(config, output, docker_host, json_output)
+        return
     from detserve.fileio import atomic_write_bytes, check_outputs
     from detserve.fingerprint import environment_fingerprint
     from detserve.runtime.probe import DockerProbe
 
-    if output is not None:
-        check_outputs([output], force=force, inputs=[config])
     loaded = load_profile(config)
     loaded.require_pins()
+    if output is not None:
+        check_outputs([output], force=force, inputs=[config, loaded.manifest_path])
     fingerprint = environment_fingerprint(
         loaded, DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
     )
@@ -217,33 +235,93 @@ def env_command(
         say(f"fingerprint written to {output}")
 
 
+def _refuse_with_host_only(output: Path | None, docker_host: str | None) -> None:
+    from detserve.errors import UsageError
+
+    if output is not None:
+        raise UsageError("--host-only makes no fingerprint: --fingerprint-output is refused")
+    if docker_host is not None:
+        raise UsageError("--host-only asks no engine: --docker-host is refused")
+
+
+def _env_host_only(
+    config: Path, output: Path | None, docker_host: str | None, json_output: bool
+) -> None:
+    """This host's facts, without any engine; exit 3: the engine half was not run."""
+    from detserve.doctor_facts import HOST_ONLY
+    from detserve.host_facts import read_host_facts
+
+    _refuse_with_host_only(output, docker_host)
+    loaded = load_profile(config)
+    host = read_host_facts()
+    if json_output:
+        emit_json(
+            {
+                "ok": False,
+                "host_only": True,
+                "profile": str(loaded.path),
+                "host": host.as_json(),
+                "engine": {"run": False, "reason": HOST_ONLY},
+                "fingerprint": None,
+            }
+        )
+    else:
+        gpu = host.gpu
+        for line in (
+            f"host: {host.os} {host.kernel} {host.machine}; {host.cpu_model}, "
+            f"{host.cpu_count} CPUs, {len(host.cpu_flags)} flags; memory {host.memory_bytes} bytes",
+            f"nvidia driver {gpu.driver_version}; CUDA {gpu.cuda_version}; {gpu.count} GPU(s)"
+            + (f" ({gpu.reason})" if gpu.reason else ""),
+            *(
+                f"  gpu {d.index}: {d.name}, {d.memory_mib} MiB, compute capability "
+                f"{d.compute_capability_text}, driver {d.driver_version}"
+                for d in gpu.gpus or ()
+            ),
+            f"engine: {HOST_ONLY}; no fingerprint was made",
+        ):
+            result(bounded(line))  # names and versions as nvidia-smi printed them: escaped
+    say("detserve env: the engine half was not run (--host-only): exit 3")
+    raise typer.Exit(EXIT_ENVIRONMENT)
+
+
 @app.command("doctor")
 def doctor_command(
     config: ConfigOption,
     docker_host: DockerHostOption = None,
+    host_only: HostOnlyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """A determinism checklist for a profile on this host: PASS or FAIL, and the fix.
 
     Items: pins filled; manifest present and the snapshot verifying; engine reachable; image
-    present by digest; prefix caching off; seed set; batch-invariant mode on for GPU profiles
-    that may batch; numerics environment as the profile and image give it; host clock sane.
-    An item that cannot be checked (no pins, no engine) fails. Example:
+    present by digest; the running container bound to the pins (what `sample` checks); prefix
+    caching off and the profile's seed, as the server's parser reads its command; batch-invariant
+    mode on for GPU profiles that may batch; GPU compute capability 8.0 or higher when it is
+    on; no NVIDIA GPU under a CPU profile; numerics environment as the profile and image give
+    it; host clock sane. An item that cannot be checked (no pins, no engine) fails. Example:
 
         detserve doctor --config configs/tiny-cpu.local.json
         detserve doctor --config configs/tiny-cpu.local.json --json    # for CI
+        detserve doctor --config configs/qwen3-8b.json --host-only    # no engine asked
 
     Exit 0 every item passes; 1 any FAIL (an unreachable engine is a FAIL here); 2 bad
-    profile.
+    profile; 3 with --host-only when no host item fails: the engine items were NOT RUN.
     """
     from detserve.doctor import doctor
-    from detserve.runtime.probe import DockerProbe
 
     loaded = load_profile(config)
-    connect = (
-        DockerProbe.from_env if docker_host is None else lambda: DockerProbe.from_env(docker_host)
-    )
-    report = doctor(loaded, connect)
+    if host_only:
+        _refuse_with_host_only(None, docker_host)
+        report = doctor(loaded, None)
+    else:
+        from detserve.runtime.probe import DockerProbe
+
+        connect = (
+            DockerProbe.from_env
+            if docker_host is None
+            else lambda: DockerProbe.from_env(docker_host)
+        )
+        report = doctor(loaded, connect)
     if json_output:
         emit_json(report.as_json())
     else:
@@ -251,7 +329,12 @@ def doctor_command(
             result(f"{item.status} {item.name}: {item.detail}")
             if item.fix is not None:
                 result(f"     fix: {item.fix}")
-        failed = sum(not item.passed for item in report.items)
-        say(f"{len(report.items) - failed} passed, {failed} failed")
-    if not report.passed:
+        passed = len(report.items) - report.failed - report.not_run
+        say(
+            f"{passed} passed, {report.failed} failed"
+            + (f", {report.not_run} not run (--host-only)" if report.not_run else "")
+        )
+    if report.failed:
         raise typer.Exit(EXIT_VERIFICATION)
+    if report.not_run:
+        raise typer.Exit(EXIT_ENVIRONMENT)

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN, DEFAULT_CHECK_LEVELS
+from detserve.api import DEFAULT_CHECK_LEVELS
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import (
     BundleOption,
     BundlePinOption,
     ConfigOption,
+    DockerHostOption,
     ForceOption,
     MaxTokensOption,
     NPromptsOption,
@@ -34,6 +36,13 @@ def parse_levels(text: str) -> tuple[int, ...]:
 
 
 @app.command("check")
+@junit_xml_report(
+    "check",
+    subject=lambda options: str(options["config"]),
+    inputs=("config", "bundle", "bundle_pin", "signing_key"),
+    output_dirs=("output_dir",),
+    profile="config",
+)
 def check_command(
     config: ConfigOption,
     output_dir: Annotated[
@@ -71,9 +80,20 @@ def check_command(
     shuffle_seed: Annotated[
         int, typer.Option("--shuffle-seed", min=0, help="Seed of the shuffled orders.")
     ] = 0,
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
+    signing_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--signing-key",
+            dir_okay=False,
+            help="Sign the certificate with this private key (`detserve keygen`); without one it "
+            "is written unsigned and no --concurrency above 1 accepts it.",
+        ),
+    ] = None,
     force: ForceOption = False,
+    docker_host: DockerHostOption = None,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Diagnose non-determinism against the running, verified server; write a repro pack.
@@ -82,12 +102,15 @@ def check_command(
     same prompts at each concurrency level, --runs times in the bundle's order and once
     shuffled, with that many requests truly in flight, all compared with concurrency 1.
     Verdicts: PASS, RUN_VARIANCE, BATCH_VARIANCE, LOGPROB_VARIANCE, LOGPROBS_UNAVAILABLE,
-    ENV_CHANGED. A PASS at tier 1 or 2 writes certificate.json, which `sample --concurrency N
-    --certificate` accepts. Exit 0 pass at the tier; 1 otherwise; 2 bad input; 3 environment.
-    Example:
+    ENV_CHANGED. A PASS at tier 1 or 2 writes certificate.json beside trace.jsonl, signed with
+    --signing-key: `sample`/`serve --concurrency N --certificate C --certificate-key PUB` accept
+    it; an unsigned one they refuse. A certificate already in the directory is removed first:
+    a check that fails or is interrupted leaves none. Exit 0 pass at the tier; 1 otherwise; 2
+    bad input; 3 environment. Example:
 
         detserve check --config configs/tiny-cpu.local.json --tier 2 --runs 3 \\
-            --concurrency 1,4,16 --n-prompts 16 --output-dir checks/tiny
+            --concurrency 1,4,16 --n-prompts 16 --output-dir checks/tiny \\
+            --signing-key keys/operator.key
     """
     from detserve import api
 
@@ -105,7 +128,9 @@ def check_command(
         bundle=bundle,
         bundle_pin=bundle_pin,
         force=force,
+        signing_key=signing_key,
         on_pass=lambda key: say(f"pass {key.label()}"),
+        docker_host=docker_host,
     )
     if json_output:
         emit_json(outcome.as_json())
@@ -115,6 +140,17 @@ def check_command(
             result(line)
         say(f"repro pack: {outcome.pack.directory}")
         certificate = outcome.pack.certificate
-        if certificate is not None:
-            say(f"certificate: {outcome.certificate} (sha256 {certificate.sha256})")
+        if certificate is not None and outcome.pack.signed_by is not None:
+            say(
+                f"certificate: {outcome.certificate} (sha256 {certificate.sha256}), signed by "
+                f"key {outcome.pack.signed_by}"
+            )
+        elif certificate is not None:
+            say(
+                f"certificate: {outcome.certificate} (sha256 {certificate.sha256}) is UNSIGNED: "
+                "sample and serve refuse it for --concurrency above 1; run check with "
+                "--signing-key KEY for one they accept"
+            )
+    report_text = (outcome.pack.directory / "report.txt").read_text(encoding="utf-8")
+    record_outcome(report_text.splitlines(), outcome.error())
     raise_verdict(outcome.error(), json_output=json_output)

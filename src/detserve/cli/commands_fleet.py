@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
 from detserve.cli.options import (
     BundleOption,
@@ -45,8 +44,8 @@ def fleet_command(
         ),
     ] = None,
     docker_host: DockerHostOption = None,
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     stop_after: Annotated[
         bool, typer.Option("--stop", help="Stop and remove each node's container at the end.")
     ] = False,

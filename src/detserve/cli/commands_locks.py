@@ -53,7 +53,11 @@ def lock_model_command(
     legacy_output: LegacyLockOutputOption = None,
     force: ForceOption = False,
     endpoint: Annotated[
-        str | None, typer.Option("--endpoint", help="Hub address (default huggingface.co).")
+        str | None,
+        typer.Option(
+            "--endpoint",
+            help="Hub address, e.g. a mirror (default: HF_ENDPOINT, else huggingface.co).",
+        ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import legacy_output_option, renamed
 from detserve.cli.output import (
     JsonOption,
@@ -38,7 +39,22 @@ def _sample_progress(description: str) -> Iterator[Callable[[int, int], None]]:
         yield advance
 
 
+def _compared(options: Mapping[str, Any]) -> str:
+    """What eval-determinism compares, for its JUnit report's case name."""
+    if options["runs"]:
+        return ", ".join(str(path) for path in options["runs"])
+    if options["expected_hash"] is not None:
+        return f"{options['run_a']} against sha256 {options['expected_hash']}"
+    return f"{options['run_b']} against {options['run_a']}"
+
+
 @app.command("eval-determinism")
+@junit_xml_report(
+    "eval-determinism",
+    subject=_compared,
+    inputs=("run_a", "run_b", "runs", "sidecars"),
+    outputs=("report_output", "legacy_output"),
+)
 def eval_determinism(
     run_a: Annotated[
         Path | None,
@@ -72,7 +88,7 @@ def eval_determinism(
         typer.Option(
             "--sidecar",
             help=(
-                "A run's sidecar (or `detserve env` fingerprint), once per run log in their "
+                "A run's sidecar (it names its run log's sha256), once per run log in their "
                 "order (--expected-hash: --run-a's, then the published log's): each log that "
                 "disagrees is explained by its environment differences, ranked by cause."
             ),
@@ -118,6 +134,7 @@ def eval_determinism(
             help="Divergent samples described in full; all are counted.",
         ),
     ] = 20,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Compare run logs byte for byte, and say where they part.
@@ -154,7 +171,8 @@ def eval_determinism(
 
     Every log is validated completely first. Exit 0: identical, within the thresholds, the
     expected hash, or unanimous; 1: divergent, not a replay, another hash, or any dissent;
-    2: an invalid log or bad options.
+    2: an invalid log or bad options. With --junit-xml PATH the verdict is also written as a
+    JUnit report for CI, pass or fail.
     """
     from detserve import api
 
@@ -210,4 +228,5 @@ def eval_determinism(
             result(line)
         if final_output is not None:
             say(f"report written to {final_output}")
+    record_outcome(report.summary_lines(), report.error())
     raise_verdict(report.error(), json_output=json_output)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
@@ -20,7 +20,11 @@ from detserve.errors import EXIT_VERIFICATION
 from detserve.printable import printable
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import container_name
-from detserve.runtime.readiness import WaitProgress
+
+if TYPE_CHECKING:
+    # an annotation only: importing the runtime's readiness imports the Docker SDK, which the
+    # commands registered after these (`env --host-only`, `doctor --host-only`) must not need
+    from detserve.runtime.readiness import WaitProgress
 
 SecretsFileOption = Annotated[
     Path | None,

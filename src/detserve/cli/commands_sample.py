@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
 from detserve.cli.options import (
     BundleOption,
@@ -47,7 +46,8 @@ def _refuse_weakening(
         raise UsageError(
             f"--concurrency {concurrency} is refused: strict sampling is sequential unless a "
             "concurrency certificate measured for these pins covers it",
-            hint="measure one with `detserve check --tier 1 ...` and pass --certificate FILE",
+            hint="measure one with `detserve check --tier 1 --signing-key KEY ...` and pass "
+            "--certificate FILE --certificate-key KEY.pub",
         )
     if temperature is not None and temperature != 0:
         raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
@@ -73,8 +73,8 @@ def sample_command(
     n_prompts: NPromptsOption = None,
     max_tokens: MaxTokensOption = None,
     logprobs: Annotated[int | None, logprobs_option("Record each output token's logprob.")] = None,
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     force: ForceOption = False,
     skip_reference_hash_check: Annotated[
         bool, typer.Option("--skip-reference-hash-check", hidden=True)
@@ -93,7 +93,16 @@ def sample_command(
         typer.Option(
             "--certificate",
             dir_okay=False,
-            help="A concurrency certificate (`detserve check`) for these pins and parameters.",
+            help="A signed concurrency certificate (`detserve check --signing-key`) for these "
+            "pins and parameters; its trace.jsonl must lie beside it.",
+        ),
+    ] = None,
+    certificate_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate-key",
+            dir_okay=False,
+            help="The public key (PEM) the certificate must be signed with: whose word you take.",
         ),
     ] = None,
     audit: Annotated[
@@ -118,15 +127,19 @@ def sample_command(
     Refuses unless the whole snapshot verifies, the prompt bundle matches its pin, and the
     running container is the pinned image serving the pinned model. Greedy, the profile's seed,
     one request at a time; no option weakens this (--temperature, --skip-reference-hash-check,
-    or --concurrency 2 without a certificate exit 2). With a certificate from `detserve check`
-    that covers these pins, parameters and N, --concurrency N keeps N requests in flight and
-    writes the same bytes as one at a time; anything the certificate does not cover exits 2,
-    naming it. Any failure, Ctrl-C included, leaves nothing at the output paths. Examples:
+    or --concurrency 2 without a certificate exit 2). With a certificate from `detserve check
+    --signing-key` that covers these pins, parameters and N, --concurrency N keeps N requests in
+    flight and writes the same bytes as one at a time. The certificate is verified first: its
+    signature with --certificate-key (unsigned or another key: exit 1), then the trace.jsonl
+    beside it, whose sha256 it names and whose tokens must give its verdict again (exit 1);
+    anything it does not cover exits 2, naming it. Any failure, Ctrl-C included, leaves nothing
+    at the output paths. Examples:
 
         detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
             --run-log-output runs/a.runlog.jsonl --sidecar-output runs/a.sidecar.json
         detserve sample --config configs/tiny-cpu.local.json --n-prompts 16 --max-tokens 32 \\
-            --concurrency 16 --certificate check/certificate.json --audit 0.1 \\
+            --concurrency 16 --certificate check/certificate.json \\
+            --certificate-key keys/operator.pub --audit 0.1 \\
             --run-log-output runs/b.runlog.jsonl --sidecar-output runs/b.sidecar.json
     """
     from detserve import api
@@ -148,6 +161,7 @@ def sample_command(
             force=force,
             concurrency=concurrency or 1,
             certificate=certificate,
+            certificate_key=certificate_key,
             audit=audit,
             audit_seed=audit_seed,
             observer=shown,
@@ -163,7 +177,12 @@ def sample_command(
     say(
         f"sidecar {summary.sidecar}; {summary.tokens_per_s} tokens/s at concurrency "
         f"{summary.concurrency}"
-        + (f" (certificate {summary.certificate_sha256})" if summary.certificate_sha256 else "")
+        + (
+            f" (certificate {summary.certificate_sha256}, signed by key "
+            f"{summary.certificate_keyid})"
+            if summary.certificate_sha256
+            else ""
+        )
         + (f"; audit: {len(summary.audited)} re-sampled, identical" if summary.audited else "")
     )
 
@@ -182,8 +201,8 @@ def replay_command(
             help="Where the replay's run log, sidecar and report go.",
         ),
     ],
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
+    bundle: BundleOption = None,
+    bundle_pin: BundlePinOption = None,
     stop_after: Annotated[
         bool, typer.Option("--stop", help="Stop and remove the container at the end.")
     ] = False,
@@ -228,7 +247,7 @@ def replay_command(
     from detserve.runlog.transcript import is_transcript
 
     if public_key is None and is_transcript(claim):
-        _replay_transcript(claim, config, output_dir, stop_after, force, json_output)
+        _replay_transcript(claim, config, output_dir, stop_after, force, json_output, docker_host)
         return
     with sampling_progress() as shown:
         replayed = api.replay(
@@ -256,13 +275,25 @@ def replay_command(
 
 
 def _replay_transcript(
-    claim: Path, config: Path, output_dir: Path, stop_after: bool, force: bool, json_output: bool
+    claim: Path,
+    config: Path,
+    output_dir: Path,
+    stop_after: bool,
+    force: bool,
+    json_output: bool,
+    docker_host: str | None,
 ) -> None:
     """A gateway transcript's replay: every exchange sent again, then compared."""
     from detserve import api
 
     replayed = api.replay_transcript(
-        claim, config, output_dir=output_dir, stop_after=stop_after, force=force, on_stage=say
+        claim,
+        config,
+        output_dir=output_dir,
+        stop_after=stop_after,
+        force=force,
+        on_stage=say,
+        docker_host=docker_host,
     )
     report = replayed.report
     if json_output:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption
+from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say
 
 
@@ -50,7 +50,16 @@ def serve_command(
         typer.Option(
             "--certificate",
             dir_okay=False,
-            help="A concurrency certificate (`detserve check`) for these pins and that level.",
+            help="A signed concurrency certificate (`detserve check --signing-key`) for these pins "
+            "and that level; its trace.jsonl must lie beside it.",
+        ),
+    ] = None,
+    certificate_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--certificate-key",
+            dir_okay=False,
+            help="The public key (PEM) the certificate must be signed with.",
         ),
     ] = None,
     queue_size: Annotated[
@@ -69,6 +78,17 @@ def serve_command(
         int | None,
         typer.Option("--rotate-exchanges", min=1, help="Close a segment after N exchanges."),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="A Host header value clients may send besides the bound address and port "
+            "(NAME or NAME:PORT, matched exactly; repeatable): the names clients reach a "
+            "non-loopback or proxied gateway by. Any other Host, and any request from a web page "
+            "of another origin, is refused (403).",
+        ),
+    ] = None,
+    docker_host: DockerHostOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Serve a verified, OpenAI-compatible gateway in front of the pinned server.
@@ -78,11 +98,16 @@ def serve_command(
     /health and /v1/provenance/ID. Requests are admitted strictly (greedy, the profile's seed,
     no chat-template override; anything else is a 400 naming the field); every answer carries
     its provenance (X-Detserve-* headers and a `detserve` field) and is recorded in a transcript
-    before it is given. Stop it with Ctrl-C; the transcript is then closed. Examples:
+    before it is given. More than one request in flight (--concurrency N) needs --certificate
+    FILE --certificate-key PUB: a certificate signed with that key, supported by the trace
+    beside it and covering these pins and N. Requests whose Host is not the gateway's, or that
+    come from a web page of another origin, are refused; slow and idle connections are dropped.
+    The transcript directory is made 0700 (an existing one others may enter is refused). Stop it
+    with Ctrl-C; the transcript is then closed. Examples:
 
         detserve serve --config configs/tiny-cpu.local.json --transcript-dir runs/gateway
         detserve serve --config configs/tiny-cpu.local.json --transcript-dir runs/gateway \\
-            --host 0.0.0.0 --secrets-file gateway.env
+            --host 0.0.0.0 --secrets-file gateway.env --allowed-host gateway.example:8088
     """
     from detserve import api
 
@@ -94,10 +119,14 @@ def serve_command(
         secrets_file=secrets_file,
         concurrency=concurrency,
         certificate=certificate,
+        certificate_key=certificate_key,
         queue_size=queue_size,
         reverify_interval_s=reverify_interval,
         rotate_exchanges=rotate_exchanges,
+        allowed_hosts=allowed_host or (),
         on_ready=lambda url: say(f"gateway ready at {url} (Ctrl-C stops it)"),
+        on_warning=lambda message: say(f"warning: {message}"),
+        docker_host=docker_host,
     )
     if json_output:
         emit_json(outcome.as_json())

@@ -1,4 +1,4 @@
-"""Trust-root commands: profiles, manifests, locks and prompt bundles."""
+"""Trust-root commands: profiles and snapshot manifests (prompt bundles: commands_prompts)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.app import app
+from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.cli.options import (
-    BundleOption,
-    BundlePinOption,
     ConfigOption,
-    ForceOption,
     OptionalConfigOption,
     WorkersOption,
     legacy_output_option,
@@ -39,6 +36,12 @@ app.add_typer(config_app, name="config")
 
 
 @config_app.command("validate")
+@junit_xml_report(
+    "config validate",
+    subject=lambda options: str(options["config"]),
+    inputs=("config",),
+    profile="config",
+)
 def config_validate(
     config: ConfigOption,
     allow_unpinned: Annotated[
@@ -48,6 +51,7 @@ def config_validate(
             help="Accept null pins (a profile waiting for lock-model / lock-image).",
         ),
     ] = False,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Validate a profile: one line per bad field (where, what was expected, what was found).
@@ -62,6 +66,8 @@ def config_validate(
     if not allow_unpinned:
         loaded.require_pins()
     missing = loaded.missing_pins()
+    state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
+    record_outcome([f"{config}: valid ({state})"], None)
     if json_output:
         emit_json(
             {
@@ -73,7 +79,6 @@ def config_validate(
             }
         )
     else:
-        state = f"unpinned: {', '.join(missing)}" if missing else "fully pinned"
         result(f"{config}: valid ({state})")
 
 
@@ -239,6 +244,12 @@ def hash_command(
 
 
 @app.command("verify")
+@junit_xml_report(
+    "verify",
+    subject=lambda options: str(options["config"] or options["snapshot"]),
+    inputs=("config", "snapshot", "manifest", "model_signature", "public_key", "certificate_chain"),
+    profile="config",
+)
 def verify_command(
     config: OptionalConfigOption = None,
     snapshot: SnapshotOption = None,
@@ -250,6 +261,7 @@ def verify_command(
     model_signature: ModelSignatureOption = None,
     public_key: SignaturePublicKeyOption = None,
     certificate_chain: CertificateChainOption = None,
+    junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Verify every file of a snapshot against its manifest.
@@ -279,136 +291,15 @@ def verify_command(
             public_key=public_key,
             certificate_chain=certificate_chain or (),
         )
-    manifest_path = report.manifest
+    rate = report.throughput_bytes_per_s / 1e9
+    line = (
+        f"OK: {report.files} files, {report.bytes} bytes match {report.manifest} "
+        f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
+    )
+    record_outcome([line], None)
     if json_output:
         emit_json(report.as_json())
     else:
         if isinstance(report, SignedVerifyReport):
             _say_signature(report.signature)
-        rate = report.throughput_bytes_per_s / 1e9
-        result(
-            f"OK: {report.files} files, {report.bytes} bytes match {manifest_path} "
-            f"(manifest sha256 {report.manifest_sha256}; {rate:.2f} GB/s)"
-        )
-
-
-# --- prompt bundles --------------------------------------------------------------------------
-
-prompts_app = typer.Typer(help="Build and verify pinned prompt bundles.", no_args_is_help=True)
-app.add_typer(prompts_app, name="prompts")
-
-
-@prompts_app.command("verify")
-def prompts_verify(
-    bundle: BundleOption = DEFAULT_BUNDLE,
-    bundle_pin: BundlePinOption = DEFAULT_BUNDLE_PIN,
-    json_output: JsonOption = False,
-) -> None:
-    """Check a prompt bundle against its pinned hash, then parse every prompt.
-
-    detserve prompts verify
-    """
-    from detserve.prompts import load_bundle
-
-    loaded_bundle = load_bundle(bundle, bundle_pin)
-    if json_output:
-        emit_json(
-            {
-                "ok": True,
-                "bundle": str(bundle),
-                "bundle_sha256": loaded_bundle.sha256,
-                "n_prompts": len(loaded_bundle.prompts),
-            }
-        )
-    else:
-        result(
-            f"OK: {bundle}: {len(loaded_bundle.prompts)} prompts, "
-            f"bundle sha256 {loaded_bundle.sha256}"
-        )
-
-
-@prompts_app.command("bootstrap")
-def prompts_bootstrap(
-    config: ConfigOption,
-    output_dir: Annotated[
-        Path, typer.Option("--output-dir", file_okay=False, help="Bundle directory to write.")
-    ],
-    n_prompts: Annotated[int, typer.Option("--n-prompts", min=1, help="Prompts to take.")],
-    dataset_file: Annotated[
-        Path | None, typer.Option("--dataset-file", dir_okay=False, help="A local dataset file.")
-    ] = None,
-    dataset_sha256: Annotated[
-        str | None, typer.Option("--dataset-sha256", help="Expected sha256 of --dataset-file.")
-    ] = None,
-    hf_dataset: Annotated[
-        str | None, typer.Option("--hf-dataset", help="Hugging Face dataset id ORG/NAME.")
-    ] = None,
-    dataset_revision: Annotated[
-        str | None, typer.Option("--dataset-revision", help="40-hex commit of --hf-dataset.")
-    ] = None,
-    dataset_filename: Annotated[
-        str | None, typer.Option("--dataset-filename", help="File inside --hf-dataset.")
-    ] = None,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="'jsonl' (one object a line; --field holds a prompt string, or a list of chat "
-            "messages), 'text' (a prompt a line) or 'requests' (a bundle line a line without id "
-            "and n_tokens: prompt or messages, optional stop and constraint).",
-        ),
-    ] = "jsonl",
-    field: Annotated[
-        str, typer.Option("--field", help="JSONL field holding the prompt or conversation.")
-    ] = "text",
-    name: Annotated[
-        str, typer.Option("--name", help="The bundle's name, written in bundle.json.")
-    ] = "reference_prompts",
-    max_prompt_tokens: Annotated[
-        int | None,
-        typer.Option(
-            "--max-prompt-tokens", min=1, help="Skip longer prompts (default: fits the model)."
-        ),
-    ] = None,
-    endpoint: Annotated[str | None, typer.Option("--endpoint", help="Hub address.")] = None,
-    force: ForceOption = False,
-    json_output: JsonOption = False,
-) -> None:
-    """Build a prompt bundle from a dataset whose content is pinned.
-
-    Either a local file with its sha256, or a Hugging Face dataset file at a pinned commit.
-    Prompts are measured with the profile's model tokenizer, whose files must match the model's
-    manifest. The bundle is not trusted until you pin it with `detserve hash`:
-
-        detserve prompts bootstrap --config configs/tiny-cpu.json --dataset-file data.jsonl \\
-            --dataset-sha256 SHA --n-prompts 32 --output-dir artifacts/reference_prompts
-
-        detserve hash --snapshot artifacts/reference_prompts \\
-            --output manifests/reference_prompts/reference_prompts.sha256
-    """
-    from detserve import api
-
-    info = api.bootstrap_prompts(
-        config,
-        output_dir=output_dir,
-        n_prompts=n_prompts,
-        dataset_file=dataset_file,
-        dataset_sha256=dataset_sha256,
-        hf_dataset=hf_dataset,
-        dataset_revision=dataset_revision,
-        dataset_filename=dataset_filename,
-        fmt=fmt,
-        field=field,
-        max_prompt_tokens=max_prompt_tokens,
-        name=name,
-        endpoint=endpoint,
-        force=force,
-    )
-    if json_output:
-        emit_json({"ok": True, "bundle": str(output_dir), "n_prompts": info.n_prompts})
-    else:
-        result(f"wrote {output_dir}: {info.n_prompts} prompts")
-        say(
-            "not trusted yet: review it, then pin it with `detserve hash --snapshot "
-            f"{output_dir} --manifest-output manifests/{name}/{name}.sha256`"
-        )
+        result(line)

@@ -45,10 +45,20 @@ DockerHostOption = Annotated[
 ]
 
 BundleOption = Annotated[
-    Path, typer.Option("--bundle", file_okay=False, help="Prompt bundle directory.")
+    Path | None,
+    typer.Option(
+        "--bundle",
+        file_okay=False,
+        help="Prompt bundle directory (default: the profile's prompts.bundle).",
+    ),
 ]
 BundlePinOption = Annotated[
-    Path, typer.Option("--bundle-pin", dir_okay=False, help="The bundle's pinned manifest.")
+    Path | None,
+    typer.Option(
+        "--bundle-pin",
+        dir_okay=False,
+        help="The bundle's pinned manifest (default: the profile's prompts.manifest).",
+    ),
 ]
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]

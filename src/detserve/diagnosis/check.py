@@ -1,9 +1,10 @@
 """``detserve check``: measure, against the running pinned server, why runs could differ.
 
 The same pre-flight as strict sampling, nothing weaker: every pin filled, the snapshot verified
-against its manifest, the container bound to the pins (:func:`checked_container`), the pinned
-model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
-container's identity checked while requests are in flight (sampling's :class:`IdentityWatch`).
+against its manifest, the bundle measured with the verified snapshot's tokenizer
+(:mod:`detserve.bundle_binding`), the container bound to the pins (:func:`checked_container`),
+the pinned model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
+container's identity checked while requests are in flight (:mod:`detserve.verified`).
 At the end the identity is checked again, the snapshot verified again against the same manifest
 and, when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED``
 and the measurements are not compared (a restarted server's tokens are not one server's).
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from detserve.bundle_binding import require_bundle_tokenizer
 from detserve.diagnosis.measure import CheckPlan, Measurements, PassKey, measure
 from detserve.diagnosis.verdict import Diagnosis, diagnose, env_changed
 from detserve.errors import ContainerError, SnapshotMismatch, UsageError
@@ -29,13 +31,14 @@ from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
 from detserve.runtime.cluster_nodes import NodeEngines
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.sampling import bound_server, prompts_within_budget
+from detserve.sampling import prompts_within_budget
 from detserve.snapshot import verify_snapshot
+from detserve.verified import bound_server
 
 
 @dataclass(frozen=True)
@@ -102,12 +105,13 @@ def run_check(
     prompts = bundle.take(plan.n_prompts)
     seed = loaded.profile.sampling.seed
     first = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    require_bundle_tokenizer(bundle, loaded, first.digests)
     pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
     container, watch, ray = bound_server(loaded, engine, nodes, first.manifest_sha256, what="check")
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
-    base_url = server_base_url(loaded.profile)
+    base_url = server_url(loaded, engine, container)
     measurements: Measurements | None = None
     with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)

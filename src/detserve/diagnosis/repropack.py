@@ -12,12 +12,16 @@ Files (in ``--output-dir``):
 * ``report.json``, ``report.txt``, ``report.html``: the verdict, the levels and the first
   divergences;
 * ``diffs/first_divergence.json``: per divergent prompt, where it first parts from the baseline;
-* ``certificate.json``: only for a PASS at tier 1 or 2.
+* ``certificate.json``: only for a PASS at tier 1 or 2: the certificate
+  (:mod:`detserve.certificate`) in a DSSE envelope, signed when the check was given a key.
 
 Invariants: every file is written atomically, and all of them are checked before the first is
-written (no file is replaced without ``force``, none is an input). Everything but
-``report.json``'s ``volatile`` section (and the HTML's, which shows it) is a function of the
-pins, the parameters and the tokens: the same check on the same pins writes the same bytes.
+written (no file is replaced without ``force``, none is an input). A certificate already in the
+directory is removed before the check runs (:func:`clear_certificate`) and a new one is written
+last, after the trace it names, only for a pass: a check that fails or is interrupted leaves
+none. Everything but ``report.json``'s ``volatile`` section (and the HTML's, which shows it) is
+a function of the pins, the parameters and the tokens: the same check on the same pins writes the
+same bytes (but for an ECDSA signature of the certificate, which is randomised; Ed25519's is not).
 """
 
 from __future__ import annotations
@@ -27,13 +31,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+# securesystemslib.signer's public names, re-exported without __all__ (mypy's strict view).
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+
 from detserve.canonical import canonical_bytes
-from detserve.diagnosis.certificate import Certificate, Measurement
+from detserve.certificate import (
+    CERTIFICATE_FILE,
+    Certificate,
+    Measurement,
+    certificate_envelope,
+)
 from detserve.diagnosis.check import CheckResult
 from detserve.diagnosis.report_html import render_report_html
+from detserve.diagnosis.trace import TRACE_FILE, trace_bytes
 from detserve.diagnosis.verdict import Verdict
 from detserve.engine_policy import BATCH_INVARIANT_ENVIRONMENT
+from detserve.errors import InputError, bounded
 from detserve.fileio import atomic_write_bytes, check_output_dir, check_outputs
+from detserve.keys import signer_public_key
 from detserve.profile import LoadedProfile
 
 REPORT_FORMAT: Final = "detserve-check-report"
@@ -43,12 +58,12 @@ PACK_FILES: Final = (
     "env.json",
     "run_config.json",
     "determinism_applied.json",
-    "trace.jsonl",
+    TRACE_FILE,
     "report.json",
     "report.txt",
     "report.html",
     "diffs/first_divergence.json",
-    "certificate.json",
+    CERTIFICATE_FILE,
 )
 
 
@@ -60,10 +75,12 @@ class ReproPack:
     files: tuple[Path, ...]
     report: dict[str, object]
     certificate: Certificate | None
+    #: the id of the key that signed the certificate, computed from it; None when unsigned
+    signed_by: str | None = None
 
     @property
     def certificate_path(self) -> Path | None:
-        return self.directory / "certificate.json" if self.certificate is not None else None
+        return self.directory / CERTIFICATE_FILE if self.certificate is not None else None
 
 
 def determinism_controls(loaded: LoadedProfile, result: CheckResult) -> list[dict[str, str]]:
@@ -143,12 +160,6 @@ def determinism_controls(loaded: LoadedProfile, result: CheckResult) -> list[dic
         if name not in shown
     ]
     return controls
-
-
-def _trace_bytes(result: CheckResult) -> bytes:
-    if result.measurements is None:
-        return b""
-    return b"".join(canonical_bytes(record) for record in result.measurements.trace_records())
 
 
 def _batch_evidence(result: CheckResult) -> list[dict[str, object]]:
@@ -261,6 +272,7 @@ def make_certificate(result: CheckResult, trace_sha256: str) -> Certificate | No
             verdict="PASS",
             trace_sha256=trace_sha256,
         ),
+        trace=TRACE_FILE,
     )
 
 
@@ -270,11 +282,33 @@ def check_pack_outputs(directory: Path, *, force: bool, inputs: tuple[Path, ...]
     check_outputs([directory / name for name in PACK_FILES], force=force, inputs=inputs)
 
 
+def clear_certificate(directory: Path) -> None:
+    """Remove the certificate of an earlier check from ``directory``, before this one runs.
+
+    :func:`check_pack_outputs` has refused anything there that is not a regular file, and a file
+    at all without ``force``.
+    """
+    path = directory / CERTIFICATE_FILE
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot remove the earlier certificate {bounded(str(path))}: {exc.strerror}",
+            hint="a check never leaves a certificate it did not issue beside its files",
+        ) from exc
+
+
 def write_repro_pack(
-    loaded: LoadedProfile, result: CheckResult, directory: Path, *, force: bool
+    loaded: LoadedProfile,
+    result: CheckResult,
+    directory: Path,
+    *,
+    force: bool,
+    signer: CryptoSigner | None = None,
 ) -> ReproPack:
-    """Write every file of the pack; the certificate only for a pass at tier 1 or 2."""
-    trace = _trace_bytes(result)
+    """Write every file of the pack; the certificate, signed by ``signer`` when given, only for a
+    pass at tier 1 or 2, and last."""
+    trace = trace_bytes(result.pins, result.seed, result.plan, result.measurements)
     trace_sha256 = hashlib.sha256(trace).hexdigest()
     report = build_report(loaded, result, trace_sha256)
     certificate = make_certificate(result, trace_sha256)
@@ -296,7 +330,7 @@ def write_repro_pack(
         "determinism_applied.json": canonical_bytes(
             {"controls": determinism_controls(loaded, result)}
         ),
-        "trace.jsonl": trace,
+        TRACE_FILE: trace,
         "report.json": canonical_bytes(report),
         "report.txt": report_text(report, result).encode("utf-8"),
         "report.html": render_report_html(report, result).encode("utf-8"),
@@ -304,13 +338,20 @@ def write_repro_pack(
             [d.as_json() for d in result.diagnosis.divergences]
         ),
     }
+    signed_by = None
     if certificate is not None:
-        files["certificate.json"] = certificate.canonical()
+        # after every other file: the trace it names is written first
+        files[CERTIFICATE_FILE] = certificate_envelope(certificate, signer)
+        signed_by = signer_public_key(signer).keyid if signer is not None else None
     (directory / "diffs").mkdir(parents=True, exist_ok=True)
     written = []
     for name, data in files.items():
         atomic_write_bytes(directory / name, data, force=force)
         written.append(directory / name)
     return ReproPack(
-        directory=directory, files=tuple(written), report=report, certificate=certificate
+        directory=directory,
+        files=tuple(written),
+        report=report,
+        certificate=certificate,
+        signed_by=signed_by,
     )

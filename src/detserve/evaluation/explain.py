@@ -1,14 +1,15 @@
 """Why do nodes disagree? A report's verdict with each dissenting node's environment beside it.
 
-``eval-determinism --sidecar`` gives one sidecar (or ``detserve env`` fingerprint) per run log,
-in the order of the logs: ``--run-a`` then ``--run-b``; each ``--run``; ``--run-a`` then the
-published log's for ``--expected-hash``. For every log that disagrees (with run A, with the
+``eval-determinism --sidecar`` gives one sidecar per run log, in the order of the logs:
+``--run-a`` then ``--run-b``; each ``--run``; ``--run-a`` then the published log's for
+``--expected-hash``. For every log that disagrees (with run A, with the
 majority, with the published hash), :func:`explain` names its first divergence and every
 difference of its environment fingerprint from the reference's, ranked by root-cause category
 (:mod:`detserve.root_causes`).
 
-Invariants: a sidecar that names its run log's sha256 must name the log it is paired with (a
-sidecar of another run would explain the wrong node: bad input, exit 2); a sidecar without a
+Invariants: a fingerprint is believed only bound to the log it explains: the sidecar holding it
+must name that log's sha256 (a sidecar of another run would explain the wrong node, and a bare
+``detserve env`` fingerprint names no run at all: both bad input, exit 2); a sidecar without a
 fingerprint is bad input, never an empty difference; the verdict is the wrapped report's, and
 nothing here changes it.
 """
@@ -37,35 +38,50 @@ Report = DeterminismReport | HashCheckReport | MajorityReport
 
 @dataclass(frozen=True)
 class NodeEnvironment:
-    """The fingerprint a sidecar (or a fingerprint file) records, and the log it names."""
+    """The fingerprint a sidecar records, and the run log it is bound to."""
 
     source: Path
     fingerprint: EnvironmentFingerprint
-    #: the sha256 of the run log the sidecar was written with; None for a fingerprint file
-    run_log_sha256: str | None
+    #: the sha256 of the run log the sidecar was written with, which it names
+    run_log_sha256: str
 
 
-def read_node_environment(path: Path) -> NodeEnvironment:
-    """A sidecar with an ``environment``, or a ``detserve env --fingerprint-output`` file."""
+def read_node_environment(path: Path, *, run_log_sha256: str, log: str) -> NodeEnvironment:
+    """The fingerprint of the sidecar at ``path``, believed only when the sidecar names
+    ``run_log_sha256``, the sha256 of the run log it explains (``log`` names that log in errors).
+
+    Anything else is :class:`InputError` (exit 2): a sidecar of another run log, one naming no
+    run log, a bare ``detserve env`` fingerprint (bound to no run), one without a fingerprint.
+    """
     data = read_input(Path(path), what="sidecar", cap=MAX_SIDECAR_BYTES)
     try:
         document = json.loads(data)
     except ValueError as exc:
         raise InputError(f"{path}: not JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise InputError(f"{path}: not a sidecar or an environment fingerprint")
+        raise InputError(f"{path}: not a sidecar")
     if document.get("format") == FORMAT:
-        return NodeEnvironment(path, parse_fingerprint(document, source=str(path)), None)
+        raise InputError(
+            f"{path}: an environment fingerprint bound to no run log: it names no run log's "
+            f"sha256, so nothing says it describes where {log} was sampled",
+            hint="give the run's sidecar (`sample --sidecar-output`), which names its run log",
+        )
     if "environment" not in document:
         raise InputError(
             f"{path}: the sidecar records no environment fingerprint",
-            hint="take one on that node with `detserve env --fingerprint-output FILE` and give it",
+            hint="a sidecar without one (sampled through the library with another engine) "
+            "cannot explain its run",
         )
-    sha256 = document.get("run_log_sha256")
-    if not isinstance(sha256, str):
-        raise InputError(f"{path}: the sidecar names no run_log_sha256")
+    named = document.get("run_log_sha256")
+    if not isinstance(named, str):
+        raise InputError(f"{path}: the sidecar names no run_log_sha256: it is bound to no run")
+    if named != run_log_sha256:
+        raise InputError(
+            f"{path} is the sidecar of another run log than {log}",
+            details=[f"sidecar's run log sha256 {named}", f"log's {run_log_sha256}"],
+        )
     fingerprint = parse_fingerprint(document["environment"], source=f"{path}: environment")
-    return NodeEnvironment(path, fingerprint, sha256)
+    return NodeEnvironment(path, fingerprint, named)
 
 
 @dataclass(frozen=True)
@@ -152,6 +168,11 @@ def _logs(report: Report) -> list[tuple[Path | None, str]]:
     return [(log.path, log.sha256) for log in report.logs]
 
 
+def report_logs(report: Report) -> list[Path]:
+    """The run logs a report was made from (its inputs, never to be written over)."""
+    return [path for path, _ in _logs(report) if path is not None]
+
+
 def _pair(report: Report, sidecars: Sequence[Path]) -> tuple[NodeEnvironment, ...]:
     logs = _logs(report)
     if len(sidecars) != len(logs):
@@ -160,17 +181,14 @@ def _pair(report: Report, sidecars: Sequence[Path]) -> tuple[NodeEnvironment, ..
             f"{len(sidecars)} given",
             hint="--expected-hash takes two: --run-a's, then the published log's",
         )
-    environments = []
-    for (path, sha256), sidecar in zip(logs, sidecars, strict=True):
-        node = read_node_environment(Path(sidecar))
-        if node.run_log_sha256 is not None and node.run_log_sha256 != sha256:
-            named = path if path is not None else "the published log"
-            raise InputError(
-                f"{sidecar} is the sidecar of another run log than {named}",
-                details=[f"sidecar's run log sha256 {node.run_log_sha256}", f"log's {sha256}"],
-            )
-        environments.append(node)
-    return tuple(environments)
+    return tuple(
+        read_node_environment(
+            Path(sidecar),
+            run_log_sha256=sha256,
+            log=str(path) if path is not None else "the published log",
+        )
+        for (path, sha256), sidecar in zip(logs, sidecars, strict=True)
+    )
 
 
 def explain(report: Report, sidecars: Sequence[Path]) -> ExplainedReport:

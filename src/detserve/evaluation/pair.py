@@ -32,7 +32,7 @@ from detserve.evaluation.compare import (
     header_differences,
 )
 from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
-from detserve.runlog import LineParser, RunLogReader, RunLogSample
+from detserve.runlog import LineParser, RunLogReader, RunLogSample, require_same_bytes
 from detserve.runlog.transcript import is_transcript
 
 #: divergent samples described in full by default; all are counted
@@ -50,8 +50,14 @@ Record = TypeVar("Record")
 class Verdict(StrEnum):
     IDENTICAL = "identical"
     WITHIN_THRESHOLD = "within-threshold"
+    #: gateway transcripts only: everything recorded repeats, but some exchanges hold only the
+    #: start of their answer (a stream that ended early); ok, and never IDENTICAL
+    INCOMPLETE = "incomplete"
     DIVERGENT = "divergent"
     NOT_A_REPLAY = "not-a-replay"
+    #: gateway transcripts only: a segment was cut (no footer); what it holds repeats, but its
+    #: whole is not anchored, so it is never ok
+    CUT = "cut"
 
 
 @dataclass(frozen=True)
@@ -75,10 +81,14 @@ class DeterminismReport:
     divergent_samples: int
     divergences: tuple[SampleDivergence, ...]
     """The first ``max_reported`` divergent (not tolerated) samples."""
+    incomplete_samples: int = 0
+    """Gateway exchanges compared that hold only the start of their answer."""
+    cut_after: int | None = None
+    """When run A (or B) is a cut transcript segment: the exchanges it holds before the cut."""
 
     @property
     def ok(self) -> bool:
-        return self.verdict in (Verdict.IDENTICAL, Verdict.WITHIN_THRESHOLD)
+        return self.verdict in (Verdict.IDENTICAL, Verdict.WITHIN_THRESHOLD, Verdict.INCOMPLETE)
 
     @property
     def exact_match_ratio(self) -> float:
@@ -100,6 +110,22 @@ class DeterminismReport:
                 f"IDENTICAL: the two run logs are byte-identical ({self.run_a.n_samples} samples)"
             )
             return lines
+        if self.verdict is Verdict.INCOMPLETE:
+            lines.append(
+                f"INCOMPLETE: every recorded token repeats ({self.run_a.n_samples} exchanges), "
+                f"but {self.incomplete_samples} of them hold only the start of their answer (a "
+                "stream that ended early): that start is what the server generates; what would "
+                "have followed was never recorded, so it is not verified"
+            )
+            return lines
+        if self.verdict is Verdict.CUT:
+            lines.append(
+                f"CUT: the segment was cut after {self.cut_after} exchanges (no footer: the "
+                f"gateway did not stop cleanly); {self.identical_samples} of them repeat byte "
+                f"for byte and {self.tolerated_samples} within tolerance, but lines lost at the "
+                "end of a cut segment cannot be seen, so it is not verified whole"
+            )
+            return lines
         total = self.samples_compared + self.unpaired_samples
         counts = (
             f"{self.identical_samples} identical, {self.tolerated_samples} within tolerance, "
@@ -113,6 +139,8 @@ class DeterminismReport:
             Verdict.NOT_A_REPLAY: "NOT A REPLAY",
         }[self.verdict]
         lines.append(f"{headline}: {counts}")
+        if self.cut_after is not None:
+            lines.append(f"the segment was cut after {self.cut_after} exchanges (no footer)")
         if self.header_differences:
             lines.append("header fields that differ:")
             lines.extend(f"  {difference}" for difference in self.header_differences)
@@ -136,6 +164,12 @@ class DeterminismReport:
         """The error to raise when the verdict is not ok."""
         if self.ok:
             return None
+        if self.verdict is Verdict.CUT:
+            return VerificationError(
+                f"{self.run_a.path} was cut after {self.cut_after} exchanges: they repeat, but "
+                "a cut segment is not verified whole",
+                hint="replay a segment the gateway closed (its footer names every line)",
+            )
         if self.verdict is Verdict.NOT_A_REPLAY:
             details = [str(d) for d in self.header_differences[:5]]
             details += [str(m) for m in self.prompt_mismatches[:3]]
@@ -179,6 +213,8 @@ class DeterminismReport:
             "prompt_mismatches": [m.as_json() for m in self.prompt_mismatches],
             "divergences": [d.as_json() for d in self.divergences],
             "divergences_reported": len(self.divergences),
+            "incomplete_samples": self.incomplete_samples,
+            "cut_after": self.cut_after,
         }
 
 
@@ -226,11 +262,14 @@ def evaluate(
     logprob_tolerance: float | None = None,
     max_reported: int = DEFAULT_MAX_REPORTED,
     progress: EvalProgress | None = None,
+    expected_sha256: tuple[str | None, str | None] = (None, None),
 ) -> DeterminismReport:
     """Compare run B with run A, one line of each at a time, validating both completely.
 
     Raises :class:`RunLogError` when either log is invalid and :class:`UsageError` for bad
-    thresholds; otherwise returns the report, whatever its verdict.
+    thresholds; otherwise returns the report, whatever its verdict. ``expected_sha256``: the
+    bytes each log had when it was verified earlier (a replay's plan, the sampler's hash); a
+    log read as other bytes is :class:`~detserve.errors.EvidenceChanged`, never a verdict.
     """
     run_a, run_b, thresholds = checked_pair(
         run_a, run_b, min_exact_match_ratio, logprob_tolerance, max_reported
@@ -257,6 +296,8 @@ def evaluate(
             progress=None if progress is None else lambda done: progress(done, announced),
         )
         summary_a, summary_b = log_a.summary(), log_b.summary()
+    require_same_bytes(run_a, summary_a.sha256, expected_sha256[0], what="run log")
+    require_same_bytes(run_b, summary_b.sha256, expected_sha256[1], what="run log")
     return judge(LogRef.of(summary_a), LogRef.of(summary_b), thresholds, headers, counts)
 
 
@@ -350,8 +391,16 @@ def judge(
     thresholds: Thresholds,
     headers: tuple[FieldDifference, ...],
     counts: SampleCounts,
+    *,
+    incomplete: int = 0,
+    cut_after: int | None = None,
 ) -> DeterminismReport:
-    """The verdict on two validated logs, from their hashes, header differences and counts."""
+    """The verdict on two validated logs, from their hashes, header differences and counts.
+
+    For gateway transcripts, ``incomplete`` counts exchanges that hold only the start of their
+    answer and ``cut_after`` is set when a segment was cut: a pass is then INCOMPLETE (ok) or
+    CUT (not ok), never IDENTICAL.
+    """
     if run_a.sha256 == run_b.sha256:
         verdict = Verdict.IDENTICAL
     elif headers or counts.mismatch_count or counts.unpaired:
@@ -365,6 +414,11 @@ def judge(
             if ratio >= thresholds.min_exact_match_ratio
             else Verdict.DIVERGENT
         )
+    if verdict in (Verdict.IDENTICAL, Verdict.WITHIN_THRESHOLD):
+        if cut_after is not None:
+            verdict = Verdict.CUT
+        elif incomplete and not counts.divergent:
+            verdict = Verdict.INCOMPLETE
     return DeterminismReport(
         run_a=run_a,
         run_b=run_b,
@@ -379,4 +433,6 @@ def judge(
         tolerated_samples=counts.tolerated,
         divergent_samples=counts.divergent,
         divergences=counts.divergences,
+        incomplete_samples=incomplete,
+        cut_after=cut_after,
     )

@@ -6,6 +6,6 @@ recorded in a transcript of the run-log family before it is given.
 * :mod:`~detserve.gateway.upstream`: the engine's answers, read into an exchange's output;
 * :mod:`~detserve.gateway.transcript`: the transcript's segments and the provenance index;
 * :mod:`~detserve.gateway.app`: the ASGI application; :mod:`~detserve.gateway.server`: uvicorn
-  and the bind policy;
+  and the bind policy; :mod:`~detserve.gateway.metrics`: ``/metrics`` (Prometheus);
 * :mod:`~detserve.gateway.replay`: a transcript replayed, exchange by exchange.
 """

@@ -1,27 +1,30 @@
 """The gateway: an OpenAI-compatible ASGI application (Starlette) in front of the pinned server.
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST
-/v1/chat/completions`` (``stream: true`` as server-sent events, as OpenAI clients expect), and
-``GET /v1/provenance/{id}``.
+/v1/chat/completions`` (``stream: true`` as server-sent events, as OpenAI clients expect),
+``GET /v1/provenance/{id}`` and ``GET /metrics`` (Prometheus). This module holds the routes,
+health and authentication; the hop to the engine is :mod:`~detserve.gateway.relay`, the queue
+:mod:`~detserve.gateway.slots`, what is refused before any route :mod:`~detserve.gateway.guards`,
+what is counted :mod:`~detserve.gateway.metrics`.
 
 Invariants:
 
 * nothing is answered unless :class:`~detserve.gateway.verification.HealthMonitor` finds the
-  container and the snapshot as they were verified, and the transcript can be written (503 with
-  the reason otherwise);
-* a request is admitted strictly (:mod:`~detserve.gateway.admission`; 400 in OpenAI's error shape
-  naming the field), and a body over :data:`MAX_BODY_BYTES` is refused (413) before it is read
-  whole;
-* an answer is given only once its exchange is on disk (:mod:`~detserve.gateway.transcript`): a
-  whole response after its line is synced, a stream's final event (the finish chunk, then
-  ``[DONE]``) after its line is synced; a line that cannot be written fails the request (500)
-  and the gateway refuses from then on. A stream that ends early (the client went away, the
-  engine failed) is recorded as incomplete with what was streamed, never left out;
-* an output violating its constraint is recorded and withheld (502, or a stream's error event;
-  :mod:`~detserve.gateway.output_check`): a constrained stream's chunks wait for the check;
+  container and the snapshot as they were verified, no unexpected error left the state unknown
+  since its last check, and the transcript can be written (503 with the reason otherwise);
+* a request takes its place in the queue before its body is read, and its slot at the engine
+  after it is admitted; both are given back on every way out (``async with``): an answer, a
+  refusal, an exception, a client gone, a gateway stopped. A whole answer is sent after its
+  slot is given back; a stream is sent within it;
+* a request is admitted strictly (:mod:`~detserve.gateway.admission`; 400 in OpenAI's error
+  shape naming the field); a body over :data:`MAX_BODY_BYTES` is refused (413) before it is
+  read whole, and one not read within ``body_timeout_s`` (a stalled upload) is refused (408);
+* an answer is given only once its exchange is on disk (:mod:`~detserve.gateway.relay`);
 * requests reach the engine ``concurrency`` at a time (1 unless a certificate covers more);
-  up to ``queue_size`` more wait, and beyond that a request is refused with 429 and
-  ``Retry-After``;
+  up to ``queue_size`` more wait or are being read, and beyond that a request is refused with
+  429 and ``Retry-After``;
+* any unexpected exception is answered 500 in OpenAI's shape, logged, and doubts the gateway's
+  state: health is 503 until the watcher's next identity check passes;
 * with an API key, every route but ``/health`` needs ``Authorization: Bearer KEY``, compared in
   constant time; the key is never logged or shown.
 
@@ -36,62 +39,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import aiohttp
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
-from detserve.errors import DetserveError
-from detserve.gateway.admission import (
-    Admitted,
-    Policy,
-    Refused,
-    admit,
-    parse_body,
-    upstream_body,
-    upstream_path,
+from detserve.gateway.admission import Policy, Refused, admit, parse_body
+from detserve.gateway.guards import (
+    BrowserGuard,
+    HostPolicy,
+    HostPolicyHolder,
+    http_error,
+    internal_error_response,
 )
-from detserve.gateway.transcript import (
-    EarlierExchanges,
-    Provenance,
-    Transcript,
-    new_exchange_id,
-)
-from detserve.gateway.upstream import (
-    Output,
-    Violation,
-    engine_refusal,
-    error_event,
-    error_response,
-    event_lines,
-)
+from detserve.gateway.metrics import CONTENT_TYPE, CountedRequests, GatewayMetrics, scraped
+from detserve.gateway.relay import SEND_TIMEOUT_S, ClientStalled, Relay, timed
+from detserve.gateway.slots import QueueFull, RequestSlots
+from detserve.gateway.transcript import EarlierExchanges, Transcript, new_exchange_id
+from detserve.gateway.upstream import error_response
 from detserve.gateway.verification import HealthMonitor, Verified
-from detserve.runlog.models import ExchangeRequest, TranscriptHeader
-from detserve.runlog.transcript import request_sha256
+from detserve.runlog.models import TranscriptHeader
 from detserve.runtime.engine import ContainerEngine
 
 #: The largest request body read, in bytes; a larger one is refused with 413 (documented).
 MAX_BODY_BYTES: Final = 2 * 1024 * 1024
+#: The longest a request body may take to arrive, in seconds; then 408 (a stalled upload).
+BODY_TIMEOUT_S: Final = 30.0
 #: What a 429 asks the client to wait, in seconds.
 RETRY_AFTER_S: Final = 1
-#: The longest the engine may stay silent (no byte of an answer or of a stream), in seconds.
-UPSTREAM_TIMEOUT_S: Final = 600.0
-#: What a failed hop to the engine raises (aiohttp's timeouts are TimeoutErrors).
-UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
-#: what a client is told when its answer could not be recorded (the path is not its business)
-_NOT_RECORDED: Final = (
-    "the answer could not be recorded in the transcript, so it is not given; the gateway "
-    "refuses requests until it is restarted"
-)
+_KEY_REQUIRED: Final = "a valid API key is required (Authorization: Bearer KEY)"
 
 
 @dataclass(frozen=True)
@@ -106,6 +91,21 @@ class GatewaySettings:
     reverify_interval_s: float = 300.0
     rotate_exchanges: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = BODY_TIMEOUT_S
+    send_timeout_s: float = SEND_TIMEOUT_S
+    #: ``Host`` values answered beyond the bound address (``--allowed-host``)
+    allowed_hosts: tuple[str, ...] = ()
+
+
+class _Endpoint:
+    """A route's ASGI application: the handler gets the connection itself (receive, send),
+    because a stream is sent within the request's slot."""
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
 
 
 class Gateway:
@@ -122,6 +122,7 @@ class Gateway:
     ) -> None:
         self.verified = verified
         self.settings = settings
+        self.metrics = GatewayMetrics(lambda: scraped(self.slots, self.monitor, self.transcript))
         profile = verified.loaded.profile
         self.policy = Policy(
             served_model_name=profile.vllm.served_model_name,
@@ -149,57 +150,94 @@ class Gateway:
             pins_sha256=verified.pins_sha256,
             rotate_exchanges=settings.rotate_exchanges,
             earlier=earlier,
+            on_line=self.metrics.line_written,
         )
-        self.refused_busy = 0
-        self._pending = 0
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._session: aiohttp.ClientSession | None = None
+        self.slots = RequestSlots(settings.concurrency, settings.queue_size, self.metrics.waited)
+        self.relay = Relay(
+            self.transcript,
+            model=self.policy.served_model_name,
+            seed=self.policy.seed,
+            pins_sha256=verified.pins_sha256,
+            on_engine_trouble=self._engine_trouble,
+            send_timeout_s=settings.send_timeout_s,
+        )
+        #: the Host values answered: set by the server once its socket is bound
+        self.hosts = HostPolicyHolder()
+        #: the health watcher, while the application runs
+        self.watcher: asyncio.Task[None] | None = None
+        self._stopping = False
         self.app = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
-                Route("/v1/completions", self._completions, methods=["POST"]),
-                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/completions", _Endpoint(self._completions), methods=["POST"]),
+                Route("/v1/chat/completions", _Endpoint(self._chat), methods=["POST"]),
                 Route("/v1/provenance/{exchange_id}", self._provenance, methods=["GET"]),
+                Route("/metrics", self._metrics, methods=["GET"]),
             ],
+            middleware=[
+                Middleware(CountedRequests, metrics=self.metrics),
+                Middleware(BrowserGuard, policy=self.hosts, refused=self._foreign_refused),
+            ],
+            exception_handlers={HTTPException: http_error, Exception: self._internal_error},
             lifespan=self._lifespan,
         )
+        self.app.router.redirect_slashes = False  # a trailing slash is a 404, never a 307
+
+    @property
+    def refused_busy(self) -> int:
+        """Requests refused 429 so far."""
+        return self.slots.refused
+
+    def allow_hosts(self, host: str, port: int) -> None:
+        """Answer the ``Host`` values of a bind to ``host:port`` (and ``allowed_hosts``)."""
+        self.hosts.current = HostPolicy.for_bind(host, port, self.settings.allowed_hosts)
 
     # --- life and health ----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        # aiohttp, not httpx, for this one hop: docs/performance.md, "The gateway against the
-        # bare server". No proxy from the environment, no cookies kept, no compression asked.
-        self._session = aiohttp.ClientSession(
-            base_url=self.verified.base_url,
-            timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=UPSTREAM_TIMEOUT_S),
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept-Encoding",),
-        )
-        watch = asyncio.create_task(self._watch())
-        try:
-            yield
-        finally:
-            watch.cancel()
-            await self._session.close()
-            self.transcript.close("stopped")
+        async with self.relay.opened(self.verified.base_url):
+            self.watcher = asyncio.create_task(self._watch())
+            self.watcher.add_done_callback(self._watcher_ended)
+            try:
+                yield
+            finally:
+                self._stopping = True
+                self.watcher.cancel()
+                self.transcript.close("stopped")
 
     async def _watch(self) -> None:
         period = min(self.settings.identity_interval_s, self.settings.reverify_interval_s, 1.0)
         while self.monitor.failure is None:
             await asyncio.sleep(period)
-            await asyncio.to_thread(self.monitor.tick)
+            await asyncio.to_thread(self.monitor.watch_tick)
+
+    def _watcher_ended(self, task: asyncio.Task[None]) -> None:
+        # The watcher ends by itself only at a (sticky) failure; anything else is no watcher.
+        if self._stopping or self.monitor.failure is not None:
+            return
+        error = None if task.cancelled() else task.exception()
+        self.monitor.fail(
+            "the health watcher stopped"
+            + ("" if error is None else f" ({type(error).__name__})")
+            + ": nothing is checked any more",
+            "watcher_stopped",
+        )
 
     def _engine_trouble(self) -> None:
         # An engine that fails a request may be gone: look now, not at the next tick.
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().run_in_executor(None, self.monitor.check_identity)
+            asyncio.get_running_loop().run_in_executor(None, self.monitor.recheck_identity)
+
+    async def _internal_error(self, _request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, ClientStalled):  # a client's doing, not the gateway's state
+            self.monitor.doubt(f"an unexpected error answering a request ({type(exc).__name__})")
+        return internal_error_response(exc)
 
     def unhealthy(self) -> str | None:
         """Why nothing is answered now, or None."""
-        return self.monitor.failure or self.transcript.broken
+        return self.monitor.unhealthy or self.transcript.broken
 
     async def _health(self, _request: Request) -> Response:
         reason = self.unhealthy()
@@ -225,56 +263,39 @@ class Gateway:
         }
         return JSONResponse(document, 200 if reason is None else 503)
 
-    # --- guards -------------------------------------------------------------------------------
+    # --- authentication -----------------------------------------------------------------------
 
     def _authorized(self, request: Request) -> bool:
+        """Whether the request may be answered (a refusal is counted)."""
         key = self.settings.api_key
         if key is None:
             return True
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
+        if scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode("utf-8"), key.encode("utf-8")
-        )
+        ):
+            return True
+        self.metrics.refused("unauthorized")
+        return False
+
+    def _foreign_refused(self) -> None:
+        self.metrics.refused("host_or_origin")
+
+    def _unavailable(self, reason: str) -> Response:
+        self.metrics.refused("unavailable")
+        return error_response(503, f"the gateway does not answer: {reason}")
 
     def _refusal(self, request: Request) -> Response | None:
         if not self._authorized(request):
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "a valid API key is required (Authorization: Bearer KEY)",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "invalid_api_key",
-                    }
-                },
-                401,
-            )
+            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         reason = self.unhealthy()
-        if reason is not None:
-            return error_response(503, f"the gateway does not answer: {reason}")
-        return None
-
-    async def _body(self, request: Request) -> Any:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise Refused(None, f"the body is larger than the limit of {limit} bytes", status=413)
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Refused(
-                    None, f"the body is larger than the limit of {limit} bytes", status=413
-                )
-            chunks.append(chunk)
-        return parse_body(b"".join(chunks))
+        return None if reason is None else self._unavailable(reason)
 
     # --- routes -------------------------------------------------------------------------------
 
     async def _models(self, request: Request) -> Response:
         if not self._authorized(request):
-            return error_response(401, "a valid API key is required (Authorization: Bearer KEY)")
+            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         pins = self.verified.pins
         card = {
             "id": pins.served_model_name,
@@ -287,194 +308,84 @@ class Gateway:
 
     async def _provenance(self, request: Request) -> Response:
         if not self._authorized(request):
-            return error_response(401, "a valid API key is required (Authorization: Bearer KEY)")
+            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         exchange_id = request.path_params["exchange_id"]
         provenance = self.transcript.provenance(exchange_id)
         if provenance is None:
             return error_response(404, f"no exchange {exchange_id!r} in this gateway's transcripts")
         return JSONResponse(provenance.as_json())
 
-    async def _completions(self, request: Request) -> Response:
-        return await self._generate(request, "completion")
+    async def _metrics(self, request: Request) -> Response:
+        # answered while unhealthy too: that is when it is read
+        if not self._authorized(request):
+            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
 
-    async def _chat(self, request: Request) -> Response:
-        return await self._generate(request, "chat")
+    async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, "completion")
 
-    async def _generate(self, request: Request, kind: str) -> Response:
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return refusal
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._generate(scope, receive, send, "chat")
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
+        request = Request(scope, receive)
+        response = self._refusal(request)
         try:
-            admitted = admit(kind, await self._body(request), self.policy)
-        except Refused as refused:
-            return JSONResponse(refused.body(), refused.status)
-        if self._pending >= self.settings.concurrency + self.settings.queue_size:
-            self.refused_busy += 1
-            return error_response(
+            if response is None:
+                response = await self._queued(request, kind, scope, send)
+        except QueueFull:
+            self.metrics.refused("queue_full")
+            response = error_response(
                 429,
                 "the gateway's queue is full; retry later",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
-        self._pending += 1
-        released = False
+        except Refused as refused:
+            self.metrics.refused_body(refused)
+            # a body left unread (too large, too slow) ends the connection with the answer
+            unread = {"Connection": "close"} if refused.status in (408, 413) else None
+            response = JSONResponse(refused.body(), refused.status, headers=unread)
+        except ClientDisconnect:
+            return  # the client left while its body was read: nobody to answer
+        if response is not None:
+            await response(scope, receive, timed(send, self.settings.send_timeout_s))
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._slots.release()
-                self._pending -= 1
+    async def _queued(
+        self, request: Request, kind: str, scope: Scope, send: Send
+    ) -> Response | None:
+        """Within a place in the queue: read, admit, then within a slot, relay. Returns the
+        response still to send, or None when the stream was sent."""
+        async with self.slots.place() as place:
+            body = await self._body(request)
+            admitted = admit(kind, parse_body(body), self.policy)
+            async with place.slot():
+                reason = self.unhealthy()  # it may have changed while the request waited
+                if reason is not None:
+                    return self._unavailable(reason)
+                if admitted.stream:
+                    await self.relay.stream(admitted, scope, request.receive, send)
+                    return None
+                return await self.relay.answer(admitted, request.is_disconnected)
 
+    async def _body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        too_large = Refused(None, f"the body is larger than the limit of {limit} bytes", status=413)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
         try:
-            await self._slots.acquire()
-        except BaseException:
-            self._pending -= 1
-            raise
-        try:
-            reason = self.unhealthy()  # it may have changed while the request waited
-            if reason is not None:
-                release()
-                return error_response(503, f"the gateway does not answer: {reason}")
-            if admitted.stream:
-                return await self._stream(admitted, release)
-            return await self._answer(admitted)
-        finally:
-            if not admitted.stream:
-                release()
-
-    def _body_for(self, admitted: Admitted, *, stream: bool) -> tuple[str, dict[str, Any]]:
-        body = upstream_body(
-            admitted.request,
-            model=self.policy.served_model_name,
-            seed=self.policy.seed,
-            stream=stream,
-        )
-        return upstream_path(admitted.request), body
-
-    def _record(
-        self,
-        exchange_id: str,
-        request: ExchangeRequest,
-        output: Output,
-        incomplete: str | None = None,
-    ) -> Provenance:
-        return self.transcript.record(exchange_id, request, output.fields(request, incomplete))
-
-    async def _answer(self, admitted: Admitted) -> Response:
-        assert self._session is not None
-        path, body = self._body_for(admitted, stream=False)
-        try:
-            async with self._session.post(path, json=body, allow_redirects=False) as upstream:
-                status, content = upstream.status, await upstream.read()
-        except UPSTREAM_ERRORS as exc:
-            self._engine_trouble()
-            return error_response(502, f"the engine did not answer: {type(exc).__name__}")
-        if status != 200:
-            return engine_refusal(status, content)
-        output = Output(admitted.request.kind)
-        try:
-            data = json.loads(content)
-            output.add_answer(data)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            return error_response(502, "the engine's answer is not what vLLM answers")
-        try:
-            provenance = self._record(new_exchange_id(), admitted.request, output)
-        except DetserveError:
-            return error_response(500, _NOT_RECORDED)
-        if provenance.constraint_check == "violated":
-            return Violation(provenance).response()
-        data["detserve"] = provenance.as_json()
-        return JSONResponse(data, headers=provenance.headers())
-
-    async def _stream(self, admitted: Admitted, release: Callable[[], None]) -> Response:
-        assert self._session is not None
-        path, body = self._body_for(admitted, stream=True)
-        try:
-            upstream = await self._session.post(path, json=body, allow_redirects=False)
-        except UPSTREAM_ERRORS as exc:
-            release()
-            self._engine_trouble()
-            return error_response(502, f"the engine did not answer: {type(exc).__name__}")
-        if upstream.status != 200:
-            try:
-                content = await upstream.read()
-            except UPSTREAM_ERRORS:
-                content = b""
-            finally:
-                upstream.release()
-                release()
-            return engine_refusal(upstream.status, content)
-        exchange_id = new_exchange_id()
-        headers = {
-            "X-Detserve-Id": exchange_id,
-            "X-Detserve-Pins-Sha256": self.verified.pins_sha256,
-            "X-Detserve-Request-Sha256": request_sha256(admitted.request),
-        }
-        events = self._relay(exchange_id, admitted.request, upstream, release)
-        return EventSourceResponse(events, headers=headers, sep="\n", ping=600)
-
-    async def _relay(
-        self,
-        exchange_id: str,
-        request: ExchangeRequest,
-        upstream: aiohttp.ClientResponse,
-        release: Callable[[], None],
-    ) -> AsyncIterator[ServerSentEvent]:
-        output = Output(request.kind)
-        held: Any = None
-        recorded = False
-        waiting: list[str] | None = [] if request.constraint is not None else None  # the check
-
-        def record(incomplete: str | None) -> Provenance | None:
-            nonlocal recorded
-            if recorded or (incomplete is not None and not output.prompt_token_ids):
-                return None  # nothing was answered, so there is nothing to record
-            recorded = True
-            return self._record(exchange_id, request, output, incomplete)
-
-        try:
-            try:
-                async for line in event_lines(upstream.content.iter_any()):
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[len("data:") :].strip()
-                    if payload == "[DONE]":
-                        break
-                    chunk = json.loads(payload)
-                    output.add_chunk(chunk)
-                    if output.finish_reason is not None:
-                        held = chunk  # the final chunk waits for the record
-                    elif waiting is not None:
-                        waiting.append(payload)
-                    else:
-                        yield ServerSentEvent(data=payload)
-                if held is None:
-                    raise ValueError("the engine's stream ended before its final chunk")
-            except (*UPSTREAM_ERRORS, ValueError, KeyError, TypeError, AttributeError) as exc:
-                self._engine_trouble()
-                with contextlib.suppress(DetserveError):
-                    record("engine_failed")
-                yield error_event(f"the engine failed mid-stream: {type(exc).__name__}")
-                return
-            except BaseException:
-                # The client went away (the task is cancelled): what was streamed is recorded.
-                with contextlib.suppress(DetserveError):
-                    record("client_disconnected")
-                raise
-            try:
-                provenance = record(None)
-            except DetserveError:
-                yield error_event(_NOT_RECORDED)
-                return
-            assert provenance is not None
-            if provenance.constraint_check == "violated":
-                yield Violation(provenance).event()
-                return
-            for payload in waiting or ():
-                yield ServerSentEvent(data=payload)
-            held["detserve"] = provenance.as_json()
-            yield ServerSentEvent(data=json.dumps(held, ensure_ascii=False))
-            yield ServerSentEvent(data="[DONE]")
-        finally:
-            upstream.release()  # closes the connection unless the answer was read to its end
-            release()
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Refused(
+                None,
+                f"the body did not arrive within {self.settings.body_timeout_s:g} s",
+                status=408,
+            ) from None
+        return b"".join(chunks)

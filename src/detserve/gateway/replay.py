@@ -1,19 +1,26 @@
 """Replaying a gateway transcript: every exchange sent again, one at a time, and compared.
 
-The claim (one transcript segment, closed) is validated completely and its pins and seed
-compared with the verifier's own profile before anything runs (other pins:
+The claim (one transcript segment) is validated completely and its pins and seed compared with
+the verifier's own profile before anything runs (other pins:
 :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is verified as the gateway
 verifies it (:func:`~detserve.gateway.verification.verify_for_serving`), each exchange's
 canonical request is sent exactly as the gateway sent it (:func:`~detserve.gateway.admission.
 upstream_body`, whole, never streamed), and the answers are written as a transcript with the
-claim's names (its transcript id, segment, previous segment's hash, exchange ids and footer
-reason: none of them an input of a token), so that a faithful replay is the same bytes.
+claim's names (its transcript id, segment, previous segment's hash, exchange ids, deliveries and
+footer reason: none of them an input of a token), so that a faithful replay is the same bytes.
 
-An incomplete exchange (a stream that ended early) is replayed with ``max_tokens`` set to the
-number of tokens it recorded: greedy decoding makes that the same prefix. Its text is the
-engine's decoding of those tokens; the claim's is what was streamed, which is the same text
-unless the stream ended inside a character the engine had not yet decoded (then the replay
-reports that exchange as divergent, in its text only).
+The rule for what is incomplete (:mod:`~detserve.evaluation.transcript_pair` judges it):
+
+* an *incomplete exchange* (a stream that ended early, ``n`` tokens recorded) is replayed with
+  ``max_tokens`` ``max(n, 1)``: greedy decoding makes the replay's first ``n`` tokens the
+  claim's. Its line holds the replay's first ``n`` tokens and the replay's text cut where the
+  claim's ended when the claim's text is where the replay's begins (the stream may end inside
+  a character not yet decoded); otherwise the replay's whole text, which then diverges. A chat
+  stream cut after its opening role chunk recorded no token: its replay is the empty prefix, its
+  prompt tokens compared. The comparison is INCOMPLETE when all of it repeats, never IDENTICAL;
+* a *cut claim* (no footer: the gateway crashed) is replayed up to its last whole line and the
+  replay's transcript is left cut at the same place (no footer), so that the two compare line
+  for line; the comparison is CUT (exit 1) even when every line repeats.
 """
 
 from __future__ import annotations
@@ -36,8 +43,8 @@ from detserve.runlog.models import TranscriptExchange, TranscriptHeader
 from detserve.runlog.transcript import TranscriptWriter, read_exchanges, validate_transcript
 from detserve.runtime.container_spec import manifest_sha256
 from detserve.runtime.engine import ContainerEngine
-from detserve.sampling import IdentityWatch
 from detserve.snapshot import verify_snapshot
+from detserve.verified import IdentityWatch
 
 REPLAY_TIMEOUT_S = 600.0
 
@@ -49,11 +56,15 @@ class TranscriptPlan:
     claim: Path
     header: TranscriptHeader
     n_exchanges: int
+    #: the sha256 of the claim that was validated: the comparison must read these bytes
+    sha256: str
+    #: the claim has no footer (the gateway did not stop cleanly)
+    cut: bool = False
 
 
 def plan_transcript_replay(claim: Path, loaded: LoadedProfile) -> TranscriptPlan:
     """Validate the claim completely and refuse unless the local pins are the claim's."""
-    summary = validate_transcript(claim)
+    summary = validate_transcript(claim, allow_cut=True)
     header = summary.header
     local = profile_pins(loaded, manifest_sha256=manifest_sha256(loaded))
     ours = {
@@ -79,7 +90,13 @@ def plan_transcript_replay(claim: Path, loaded: LoadedProfile) -> TranscriptPlan
             details=differences,
             hint="replay with the claim's profile, manifest and image",
         )
-    return TranscriptPlan(claim=claim, header=header, n_exchanges=summary.n_exchanges)
+    return TranscriptPlan(
+        claim=claim,
+        header=header,
+        n_exchanges=summary.n_exchanges,
+        cut=summary.cut,
+        sha256=summary.sha256,
+    )
 
 
 def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, seed: int) -> Output:
@@ -104,7 +121,20 @@ def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, se
         raise ServerError(f"exchange {exchange.index}: the answer is not vLLM's") from exc
     if exchange.incomplete is not None:
         output.token_ids = output.token_ids[: len(exchange.output_token_ids)]
+        text = "".join(output.text)
+        if text.startswith(exchange.text):
+            output.text = [exchange.text]  # the replay's text, cut where the claim's ended
     return output
+
+
+def _delivery(exchange: TranscriptExchange, check: str | None) -> str:
+    """The claim's delivery, unless the replay's output makes it impossible (it diverged: a
+    violation where the claim's output was delivered, or the reverse)."""
+    if exchange.delivery == "delivered" and check == "violated":
+        return "withheld"
+    if exchange.delivery == "withheld" and check != "violated":
+        return "delivered"
+    return exchange.delivery
 
 
 def replay_transcript(
@@ -124,19 +154,23 @@ def replay_transcript(
     header = plan.header.model_copy(update={"pins": verified.pins})
     model = verified.pins.served_model_name
     writer = TranscriptWriter(output, header)
-    footer = validate_transcript(plan.claim).footer
-    assert footer is not None  # the plan refused a cut claim
+    footer = validate_transcript(plan.claim, allow_cut=True).footer
     try:
         with httpx.Client(
             base_url=verified.base_url,
             timeout=httpx.Timeout(REPLAY_TIMEOUT_S, connect=5.0),
             trust_env=False,
         ) as client:
-            for exchange in read_exchanges(plan.claim):
+            for exchange in read_exchanges(plan.claim, allow_cut=True):
                 answer = _replayed(client, exchange, model, verified.seed)
+                fields = answer.fields(exchange.request, exchange.incomplete)
                 writer.append(
-                    answer.fields(exchange.request, exchange.incomplete)
-                    | {"id": exchange.id, "request": exchange.request.model_dump(mode="json")}
+                    fields
+                    | {
+                        "delivery": _delivery(exchange, fields["constraint_check"]),
+                        "id": exchange.id,
+                        "request": exchange.request.model_dump(mode="json"),
+                    }
                 )
                 watch.check()
         watch.check(force=True)
@@ -148,5 +182,7 @@ def replay_transcript(
         writer.close("stopped")
         output.unlink(missing_ok=True)
         raise
-    writer.close(footer.reason)
-    return evaluate_transcripts(plan.claim, output)
+    # a cut claim is replayed cut, as the claim is: the two compare line for line
+    written = writer.leave_cut() if footer is None else writer.close(footer.reason)
+    # the claim as it was planned, the replay as it was written: a file swapped since is refused
+    return evaluate_transcripts(plan.claim, output, expected_sha256=(plan.sha256, written))

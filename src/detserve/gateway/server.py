@@ -3,6 +3,9 @@
 The gateway binds loopback by default; any other address needs an API key (``--secrets-file``
 holding ``DETSERVE_API_KEY``), or it is refused before anything is verified. uvicorn's access
 log is off: a request line is the client's business, and nothing the gateway logs holds a key.
+Once bound, the gateway answers the ``Host`` values of that address and port
+(:mod:`~detserve.gateway.guards`), and each connection is bounded as
+:mod:`~detserve.gateway.connections` says (header deadline and size, connection cap).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import uvicorn
 
 from detserve.errors import EnvironmentFault, UsageError
 from detserve.gateway.app import Gateway
+from detserve.gateway.connections import ConnectionLimits, guarded_protocol
 
 #: the secrets-file name of the gateway's API key
 API_KEY_NAME: Final = "DETSERVE_API_KEY"
@@ -81,11 +85,14 @@ def bind(host: str, port: int) -> socket.socket:
 class GatewayServer:
     """uvicorn serving ``gateway`` on ``host:port`` (port 0: any free one)."""
 
-    def __init__(self, gateway: Gateway, host: str, port: int) -> None:
+    def __init__(
+        self, gateway: Gateway, host: str, port: int, limits: ConnectionLimits | None = None
+    ) -> None:
         self.gateway = gateway
         self.host = host
         self.socket = bind(host, port)
         self.port: int = self.socket.getsockname()[1]
+        gateway.allow_hosts(host, self.port)
         config = uvicorn.Config(
             gateway.app,
             log_level="warning",
@@ -95,7 +102,8 @@ class GatewayServer:
             # the C event loop and HTTP parser: at one request in flight the gateway's own CPU
             # time is its latency (docs/performance.md, "The gateway against the bare server")
             loop="uvloop",
-            http="httptools",
+            http=guarded_protocol(limits or ConnectionLimits()),
+            ws="none",  # no route speaks WebSocket: an upgrade is an ordinary request
             # nothing here is behind a proxy it trusts: a client's X-Forwarded-* headers are
             # its own words, not its address or scheme
             proxy_headers=False,

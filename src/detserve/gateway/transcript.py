@@ -10,22 +10,34 @@ its constraint check, where it is recorded) is kept in memory, so that ``GET /v1
 answers for every exchange of this gateway run, and of the earlier runs whose segments are in the
 directory: those are read and checked completely when the gateway starts (:func:`index_earlier`;
 fail closed: a segment that does not validate, or a broken chain, and the gateway does not
-start). A record is added only once its line is on disk. Start-up cost: docs/performance.md,
-"The gateway's provenance index".
+start; an empty segment file, which claims nothing, is skipped and named in
+:attr:`EarlierExchanges.ignored`). A record is added only once its line is on disk. Start-up
+cost: docs/performance.md, "The gateway's provenance index".
+
+The directory is the clients' prompts: it is created ``0700`` and each segment ``0600``; an
+existing directory that another user owns, or that its group or others may enter, is refused
+(:func:`check_transcript_dir`), never silently tightened: what others could read before is the
+operator's to judge.
+
+A rotation that fails (a full disk) fails no answer: the exchange that triggered it is on disk,
+so its answer is given; the segment is left cut (its footer withdrawn, or never written) and the
+transcript is :attr:`Transcript.broken`, so the gateway answers nothing more (503).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from detserve.canonical import canonical_bytes
-from detserve.errors import RunLogError
+from detserve.errors import DetserveError, EnvironmentFault, RunLogError, UnsafeOutputError
 from detserve.runlog.models import (
     EnginePins,
     ExchangeRequest,
@@ -34,6 +46,7 @@ from detserve.runlog.models import (
 )
 from detserve.runlog.series import TranscriptSeries, segment_name, validate_transcript_dir
 from detserve.runlog.transcript import (
+    LineRecord,
     TranscriptWriter,
     output_sha256,
     request_sha256,
@@ -52,6 +65,8 @@ class Provenance:
     segment: int
     index: int
     incomplete: str | None
+    #: what the client was sent of the output (:attr:`TranscriptExchange.delivery`)
+    delivery: str
     #: the request's constraint kind, or None
     constraint: str | None
     #: the output checked against it (:mod:`~detserve.gateway.output_check`), or None
@@ -68,6 +83,7 @@ class Provenance:
             "index": self.index,
             "complete": self.incomplete is None,
             "incomplete": self.incomplete,
+            "delivery": self.delivery,
             "constraint": self.constraint,
             "constraint_check": self.constraint_check,
         }
@@ -98,6 +114,7 @@ def provenance_of(
         segment=segment,
         index=exchange.index,
         incomplete=exchange.incomplete,
+        delivery=exchange.delivery,
         constraint=None if constraint is None else next(iter(constraint)),
         constraint_check=exchange.constraint_check,
     )
@@ -120,6 +137,43 @@ class EarlierExchanges:
 
     index: Mapping[str, Provenance]
     series: tuple[TranscriptSeries, ...]
+    #: empty segment files skipped (their header was never written: a full disk)
+    ignored: tuple[Path, ...] = ()
+
+
+def check_transcript_dir(directory: Path, *, create: bool = False) -> None:
+    """Refuse a transcript directory another user owns or others may enter; with ``create``,
+    make a missing one ``0700`` (its parents as the umask says)."""
+    directory = Path(directory)
+    if create:
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UnsafeOutputError(
+                f"cannot create transcript directory {directory}: {exc.strerror or exc}"
+            ) from exc
+    try:
+        info = directory.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UnsafeOutputError(
+            f"cannot check transcript directory {directory}: {exc.strerror or exc}"
+        ) from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeOutputError(f"--transcript-dir {directory} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise UnsafeOutputError(
+            f"--transcript-dir {directory} belongs to another user (uid {info.st_uid}): the "
+            "transcripts hold the clients' prompts",
+            hint="give a directory of your own",
+        )
+    if info.st_mode & 0o077:
+        raise UnsafeOutputError(
+            f"--transcript-dir {directory} is open to others (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}): the transcripts hold the clients' prompts",
+            hint=f"check who could read it, then `chmod 700 {directory}`",
+        )
 
 
 def index_earlier(directory: Path) -> EarlierExchanges:
@@ -133,7 +187,9 @@ def index_earlier(directory: Path) -> EarlierExchanges:
     directory = Path(directory)
     if not directory.is_dir():
         return EarlierExchanges({}, ())
+    check_transcript_dir(directory)
     index: dict[str, Provenance] = {}
+    ignored: list[Path] = []
     digests: dict[Path, str] = {}
 
     def add(path: Path, header: TranscriptHeader, exchange: TranscriptExchange) -> None:
@@ -147,12 +203,15 @@ def index_earlier(directory: Path) -> EarlierExchanges:
             digests[path] = pins_sha256_of(header.pins, header.seed)
         index[exchange.id] = provenance_of(exchange, path, header.segment, digests[path])
 
-    series = validate_transcript_dir(directory, allow_cut=True, on_exchange=add)
-    return EarlierExchanges(index, tuple(series))
+    series = validate_transcript_dir(
+        directory, allow_cut=True, on_exchange=add, on_empty=ignored.append
+    )
+    return EarlierExchanges(index, tuple(series), tuple(ignored))
 
 
 class Transcript:
-    """The gateway run's segments and provenance index (thread-safe)."""
+    """The gateway run's segments and provenance index (thread-safe); ``on_line`` is told of
+    every line of every segment once it is on disk (:class:`TranscriptWriter`)."""
 
     def __init__(
         self,
@@ -162,23 +221,30 @@ class Transcript:
         pins_sha256: str,
         rotate_exchanges: int | None = None,
         earlier: EarlierExchanges | None = None,
+        on_line: Callable[[LineRecord, float], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self._on_line = on_line
         self.pins_sha256 = pins_sha256
         self.rotate_exchanges = rotate_exchanges
         self._template = header
         self._lock = threading.Lock()
         if earlier is None:
             earlier = index_earlier(self.directory)
+        check_transcript_dir(self.directory, create=True)
         #: what the directory held when this run started (its series, validated)
         self.earlier = earlier
         self._index: dict[str, Provenance] = dict(earlier.index)
         self.closed_segments: list[tuple[Path, str]] = []
+        #: why no more can be recorded, beyond the writer's own fault (a failed rotation)
+        self._fault: str | None = None
         self._writer = self._open(0, None)
 
     def _open(self, segment: int, previous: str | None) -> TranscriptWriter:
         header = self._template.model_copy(update={"segment": segment, "previous_sha256": previous})
-        return TranscriptWriter(self.directory / segment_name(header), header)
+        return TranscriptWriter(
+            self.directory / segment_name(header), header, on_line=self._on_line
+        )
 
     @property
     def path(self) -> Path:
@@ -186,6 +252,9 @@ class Transcript:
 
     @property
     def broken(self) -> str | None:
+        """Why nothing more can be recorded, or None."""
+        if self._fault is not None:
+            return self._fault
         fault = self._writer.broken
         return None if fault is None else fault.message
 
@@ -196,8 +265,12 @@ class Transcript:
         fields: Mapping[str, Any],
     ) -> Provenance:
         """Append one exchange, synced to disk; return its provenance. Raises
-        :class:`~detserve.errors.EnvironmentFault` when it cannot be written."""
+        :class:`~detserve.errors.EnvironmentFault` when it cannot be written. A rotation that
+        fails after the line is on disk does not raise: the exchange is recorded, and
+        :attr:`broken` says why nothing more will be."""
         with self._lock:
+            if self._fault is not None:
+                raise EnvironmentFault(self._fault)
             writer = self._writer
             exchange: TranscriptExchange = writer.append(
                 {**fields, "id": exchange_id, "request": request.model_dump(mode="json")}
@@ -212,9 +285,19 @@ class Transcript:
 
     def _rotate(self) -> None:
         writer = self._writer
-        sha256 = writer.close("rotated")
+        try:
+            sha256 = writer.close("rotated")  # a footer that cannot be written is cut off
+            following = self._open(writer.header.segment + 1, sha256)  # removed if it fails
+        except DetserveError as exc:
+            why = f"the transcript could not be rotated: {exc.message}"
+            try:
+                writer.withdraw_footer(why)
+            except DetserveError as withdrawn:
+                why = f"{why}; {withdrawn.message}"
+            self._fault = why
+            return
         self.closed_segments.append((writer.path, sha256))
-        self._writer = self._open(writer.header.segment + 1, sha256)
+        self._writer = following
 
     def provenance(self, exchange_id: str) -> Provenance | None:
         with self._lock:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sse_starlette import ServerSentEvent
 from starlette.responses import JSONResponse
 
 from detserve.gateway.admission import Refused
@@ -54,9 +53,16 @@ async def event_lines(
 
 
 def error_response(
-    status: int, message: str, *, param: str | None = None, headers: Mapping[str, str] = {}
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] = {},
 ) -> JSONResponse:
-    return JSONResponse(Refused(param, message, status=status).body(), status, dict(headers))
+    """A refusal in OpenAI's error shape."""
+    body = Refused(param, message, status=status, code=code).body()
+    return JSONResponse(body, status, dict(headers))
 
 
 @dataclass
@@ -131,8 +137,9 @@ class Violation:
     def response(self) -> JSONResponse:
         return JSONResponse(self.refusal().body(), 502, self.provenance.headers())
 
-    def event(self) -> ServerSentEvent:
-        return ServerSentEvent(data=json.dumps(self.refusal().body()))
+    def event(self) -> str:
+        """The error event's data, for a stream."""
+        return json.dumps(self.refusal().body())
 
 
 def _opens_a_chat(choice: Any) -> bool:
@@ -145,9 +152,9 @@ def _opens_a_chat(choice: Any) -> bool:
     )
 
 
-def error_event(message: str) -> ServerSentEvent:
-    error = Refused(None, message, status=500).body()
-    return ServerSentEvent(data=json.dumps(error))
+def error_event(message: str) -> str:
+    """An error event's data (OpenAI's error shape), for a stream that cannot go on."""
+    return json.dumps(Refused(None, message, status=500).body())
 
 
 def engine_refusal(status: int, content: bytes) -> JSONResponse:

@@ -9,8 +9,16 @@ model (:func:`~detserve.runtime.smoke.check_served_model`). While serving,
 first failure is sticky: the gateway answers 503 with its reason from then on, because answers
 from another server or snapshot are not the claim its transcript makes.
 
+A *doubt* is not knowing (:meth:`HealthMonitor.doubt`): an unexpected exception answering a
+request, or in a check itself. The gateway answers 503 while one stands; it is lifted by the
+next watcher tick that completes (:meth:`HealthMonitor.watch_tick`) and finds nothing wrong: an
+identity check for a request's doubt, every check (the snapshot's too) for a check's own. The
+watcher cannot die silently: a tick's exception is logged and is such a doubt, and the watcher
+goes on.
+
 Above one request in flight the gateway needs a concurrency certificate
-(:mod:`detserve.diagnosis.certificate`) for these engine pins, this seed and that level
+(:mod:`detserve.certificate`), signed and verified with the public key the operator names and
+supported by its trace, for these engine pins, this seed and that level
 (:func:`require_gateway_coverage`). A certificate was measured on a prompt bundle's prompts with
 its ``max_tokens``; the gateway extends it to client requests, which is weaker than what
 ``sample`` requires, and says so in its docstring and the README: replaying the transcript (at
@@ -19,23 +27,30 @@ concurrency 1) is what checks it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Literal
 
-from detserve.diagnosis.certificate import CertificateMismatch, read_certificate
+from detserve.certificate import CertificateMismatch, VerifiedCertificate
 from detserve.errors import DetserveError, PinMismatch
 from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.runlog.models import EnginePins
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import CONTAINER_PORT, server_base_url
+from detserve.runtime.container_spec import CONTAINER_PORT
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import verify_snapshot
+
+_log = logging.getLogger("detserve.gateway")
+
+#: What a (sticky) failure is, as a word the metrics can carry (the reason says more).
+FailureCause = Literal["container_gone", "container_changed", "snapshot_failed", "watcher_stopped"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,8 @@ def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verifi
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     container = checked_container(loaded, engine, what="serve", manifest=report.manifest_sha256)
     profile = loaded.profile
-    published = server_base_url(profile)
+    # the published port for an engine on this host; a remote engine's container's own address
+    published = server_url(loaded, engine, container)
     with VllmServer(published, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
         version = server.version()
@@ -107,10 +123,12 @@ def _direct_url(loaded: LoadedProfile, container: ContainerInfo, version: str) -
     return url
 
 
-def require_gateway_coverage(certificate_path: Path, verified: Verified, concurrency: int) -> str:
-    """Refuse unless the certificate covers these engine pins, this seed and ``concurrency``;
-    return its sha256."""
-    certificate = read_certificate(certificate_path)
+def require_gateway_coverage(
+    checked: VerifiedCertificate, verified: Verified, concurrency: int
+) -> None:
+    """Refuse unless the verified certificate (:func:`~detserve.certificate.verify_certificate`)
+    covers these engine pins, this seed and ``concurrency``."""
+    certificate = checked.certificate
     theirs = certificate.pins.model_dump(mode="json")
     ours = verified.pins.model_dump(mode="json")
     lines = [
@@ -130,7 +148,6 @@ def require_gateway_coverage(certificate_path: Path, verified: Verified, concurr
             details=sorted(lines),
             hint="run `detserve check` for these pins to measure a certificate",
         )
-    return certificate.sha256
 
 
 def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
@@ -160,32 +177,96 @@ class HealthMonitor:
         self._identity_at = now
         self._snapshot_at = now
         self.last_verified_at = time.time()
+        #: when the container's identity last checked out (wall clock)
+        self.identity_checked_at = self.last_verified_at
         self._failure: str | None = None
+        self._cause: FailureCause | None = None
+        self._doubt: str | None = None
+        #: counts doubts raised, so that a tick lifts only those raised before it began
+        self._doubts = 0
+        #: a check raised: the next tick runs every check
+        self._full_check_due = False
         self._lock = threading.Lock()
 
     @property
     def failure(self) -> str | None:
         return self._failure
 
-    def fail(self, reason: str) -> None:
+    @property
+    def failure_cause(self) -> FailureCause | None:
+        """What the failure is, or None."""
+        return self._cause
+
+    @property
+    def unhealthy(self) -> str | None:
+        """Why nothing is answered now (a failure, else a doubt), or None."""
+        return self._failure or self._doubt
+
+    def doubt(self, reason: str, *, full: bool = False) -> None:
+        """Answer nothing until the next tick passes (every check with ``full``)."""
+        with self._lock:
+            self._doubt = reason
+            self._doubts += 1
+            self._full_check_due = self._full_check_due or full
+
+    def recheck_identity(self) -> None:
+        """Check the container now (the engine failed a request: it may be gone); an unexpected
+        exception is logged and becomes a doubt, never raised."""
+        try:
+            self.check_identity()
+        except Exception as exc:  # noqa: BLE001 - it runs unobserved, in an executor
+            _log.exception("the gateway's identity check failed unexpectedly")
+            self.doubt(
+                f"the identity check failed unexpectedly ({type(exc).__name__}); it is run again",
+                full=True,
+            )
+
+    def watch_tick(self) -> None:
+        """One tick of the watcher: :meth:`tick`, with a doubt's re-check; an unexpected
+        exception is logged and becomes a doubt, never raised."""
+        with self._lock:
+            doubts, doubted, full = self._doubts, self._doubt is not None, self._full_check_due
+        try:
+            if full:
+                self.tick(force=True)
+            else:
+                if doubted:
+                    self.check_identity()  # what a request's doubt needs known again
+                self.tick()
+        except Exception as exc:  # noqa: BLE001 - the watcher must outlive any fault of a check
+            _log.exception("the gateway's health check failed unexpectedly")
+            self.doubt(
+                f"the health check failed unexpectedly ({type(exc).__name__}); it is run again",
+                full=True,
+            )
+            return
+        with self._lock:
+            if self._failure is None and self._doubts == doubts:
+                self._doubt = None
+                self._full_check_due = False
+
+    def fail(self, reason: str, cause: FailureCause) -> None:
         with self._lock:
             if self._failure is None:
-                self._failure = reason
+                self._failure, self._cause = reason, cause
 
     def check_identity(self) -> None:
         initial = self.verified.container
         try:
             current = self._engine.inspect(initial.id)
         except DetserveError as exc:
-            self.fail(f"container {initial.short_id} is gone: {exc.message}")
+            self.fail(f"container {initial.short_id} is gone: {exc.message}", "container_gone")
             return
         if _identity(current) != _identity(initial):
             self.fail(
                 f"the container changed: it was {initial.short_id} started {initial.started_at} "
                 f"(restarts {initial.restart_count}); it is {current.short_id} "
                 f"{current.describe()}, started {current.started_at} "
-                f"(restarts {current.restart_count})"
+                f"(restarts {current.restart_count})",
+                "container_changed",
             )
+            return
+        self.identity_checked_at = time.time()
 
     def reverify_snapshot(self) -> None:
         loaded = self.verified.loaded
@@ -199,7 +280,7 @@ class HealthMonitor:
         except DetserveError as exc:
             # what differs first (a changed file), then the message naming the snapshot's paths
             found = "; ".join((*exc.details, exc.message))
-            self.fail(f"snapshot re-verification failed: {found}")
+            self.fail(f"snapshot re-verification failed: {found}", "snapshot_failed")
             return
         self.last_verified_at = time.time()
 

@@ -44,7 +44,6 @@ from detserve.runlog.models import (
     MAX_SAMPLES,
     MAX_TEXT_CHARS,
     MAX_TOKENS,
-    SCHEMA_ID,
     DevicePins,
     RunLogFooter,
     RunLogHeader,
@@ -52,15 +51,16 @@ from detserve.runlog.models import (
     RunLogSample,
     RunPins,
     SamplingParams,
-    run_log_json_schema,
 )
 from detserve.runlog.reader import (
     RunLogReader,
     RunLogSummary,
     read_run_log,
+    require_same_bytes,
     run_log_sha256,
     validate_run_log,
 )
+from detserve.runlog.schema import SCHEMA_ID, run_log_json_schema
 from detserve.runlog.writer import RunLogWriter, write_run_log
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "_fast_sample_line",
     "read_run_log",
     "record_line",
+    "require_same_bytes",
     "run_log_json_schema",
     "run_log_sha256",
     "validate_run_log",

@@ -3,6 +3,6 @@
 import json
 import sys
 
-from detserve.runlog.models import run_log_json_schema
+from detserve.runlog.schema import run_log_json_schema
 
 sys.stdout.write(json.dumps(run_log_json_schema(), indent=2, sort_keys=True) + "\n")

@@ -9,9 +9,8 @@ Invariants:
   length, so validation also bounds memory;
 * :class:`RunLogSample` declares its fields in sorted order, the order canonical JSON writes
   them in (:mod:`detserve.runlog.lines` relies on it);
-* the JSON Schema committed at ``src/detserve/schemas/run-log.schema.json`` is
-  :func:`run_log_json_schema`, printed by ``python -m detserve.runlog``;
-  ``tests/unit/test_runlog.py`` checks that the committed file is the generated one.
+* the JSON Schema committed at ``src/detserve/schemas/run-log.schema.json`` is generated from
+  these models (:mod:`detserve.runlog.schema`).
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ from detserve.imageref import DIGEST_REF_PATTERN
 from detserve.runlog.layout import LayoutPins
 
 FORMAT: Final = "detserve-run-log"
+#: 5: an exchange records its ``delivery``; ``incomplete`` names more causes (a stopped gateway).
 #: 4: a transcript's exchange records ``constraint_check``, the gateway's check of the output
 #: against the request's constraint, and a request may carry a ``json_object`` constraint.
 #: 3: the header holds no ``sampling.concurrency`` (how many requests were in flight is not an
@@ -32,7 +32,7 @@ FORMAT: Final = "detserve-run-log"
 #: is byte-identical to the concurrency-1 log; the concurrency goes to the sidecar), and each
 #: sample records its request kind, constraint and request hash.
 #: 2: RFC 8785 (JCS) lines and integers within ±(2**53 - 1); 1 was Python's ``json.dumps`` form.
-FORMAT_VERSION: Final = 4
+FORMAT_VERSION: Final = 5
 
 #: The longest line read, newline included; a longer one is refused before it is parsed. Parsing
 #: takes a multiple of a line's size in memory (docs/performance.md), so this is what bounds the
@@ -44,8 +44,6 @@ MAX_TOKENS: Final = 1 << 20
 MAX_TEXT_CHARS: Final = 1 << 22
 #: The most samples in one log.
 MAX_SAMPLES: Final = 10**9
-
-SCHEMA_ID: Final = "https://detserve.invalid/schemas/run-log.schema.json"
 
 # Patterns are ECMA-262 and Python compatible; each fixed-length one is paired with its length.
 _SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
@@ -163,7 +161,7 @@ class RunLogHeader(_Record):
     format: Literal["detserve-run-log"] = FORMAT
     """File format name."""
 
-    format_version: Literal[4] = FORMAT_VERSION
+    format_version: Literal[5] = FORMAT_VERSION
     """File format version."""
 
     pins: RunPins
@@ -260,6 +258,10 @@ StopString = tuple[Annotated[str, Field(min_length=1, max_length=256)], ...]
 CONSTRAINT_KINDS: Final = ("choice", "grammar", "json_object", "json_schema", "regex")
 #: The gateway's check of an output against its constraint (:mod:`detserve.gateway.output_check`).
 ConstraintCheck = Literal["satisfied", "violated", "cut", "not_checked"]
+Delivery = Literal["delivered", "partial", "undelivered", "withheld"]
+Incomplete = Literal[
+    "client_disconnected", "client_stalled", "engine_failed", "gateway_failed", "gateway_stopped"
+]
 
 
 class ChatMessage(_Record):
@@ -338,7 +340,7 @@ class TranscriptHeader(_Record):
     format: Literal["detserve-run-log"] = FORMAT
     """File format name."""
 
-    format_version: Literal[4] = FORMAT_VERSION
+    format_version: Literal[5] = FORMAT_VERSION
     """File format version."""
 
     pins: EnginePins
@@ -366,6 +368,12 @@ class TranscriptExchange(_Record):
     that ended early) or ``not_checked`` (a constraint detserve cannot check); null when
     unconstrained. A function of the request and the output, so a faithful replay repeats it."""
 
+    delivery: Delivery
+    """What the client was sent of the output: ``delivered`` (all: the client was connected when
+    the line was synced, then the answer was sent), ``partial`` (a stream's first tokens),
+    ``undelivered`` (no token: the client had gone, or a constrained stream's tokens waited for
+    the check) or ``withheld`` (it violates its constraint). A replay repeats the claim's."""
+
     finish_reason: (
         Annotated[str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)] | None
     )
@@ -374,9 +382,10 @@ class TranscriptExchange(_Record):
     id: ExchangeId
     """The exchange's provenance id, as the answer named it (random; not an input)."""
 
-    incomplete: Literal["client_disconnected", "engine_failed"] | None
-    """Why a streamed exchange ended before its end (the output is what was streamed); null when
-    the exchange completed."""
+    incomplete: Incomplete | None
+    """Why a stream ended early (the output is what the engine had sent): the client went away,
+    stalled (read nothing for long: dropped), the engine failed, the gateway failed or was
+    stopped; null when the exchange completed."""
 
     index: Annotated[int, Field(ge=0, lt=MAX_SAMPLES)]
     """Position in the segment, from 0."""
@@ -431,20 +440,3 @@ AnyRecord = (
 RunLogRecord = Annotated[AnyRecord, Field(discriminator="record")]
 #: Validates one line's JSON as whichever record its ``record`` field names.
 RECORD_ADAPTER: TypeAdapter[AnyRecord] = TypeAdapter(RunLogRecord)
-
-
-def run_log_json_schema() -> dict[str, Any]:
-    """The JSON Schema of one run-log line (committed as ``schemas/run-log.schema.json``)."""
-    schema = RECORD_ADAPTER.json_schema(mode="serialization")
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": SCHEMA_ID,
-        "title": "detserve run-log line",
-        "description": (
-            "One line of a detserve run log (canonical JSON Lines): a header, then one sample "
-            "per prompt in index order, then a footer. Beyond this schema, readers require "
-            "RFC 8785 canonical JSON (JCS) and the rules across lines (order, counts, the "
-            "footer's hash)."
-        ),
-        **schema,
-    }

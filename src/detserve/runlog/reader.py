@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from detserve.errors import RunLogError
+from detserve.errors import EvidenceChanged, RunLogError
 from detserve.fileio import MAX_RUN_LOG_BYTES, open_input
 from detserve.runlog.lines import LineParser, read_checked_line
 from detserve.runlog.models import (
@@ -188,12 +188,30 @@ def read_run_log(
         yield reader.footer
 
 
-def validate_run_log(path: Path) -> RunLogSummary:
-    """Read ``path`` to its end, checking everything; raise :class:`RunLogError` on any failure."""
+def require_same_bytes(path: Path, actual: str, expected: str | None, *, what: str) -> None:
+    """Raise :class:`~detserve.errors.EvidenceChanged` unless ``actual``, the sha256 of what was
+    just read of ``path``, is ``expected``, the sha256 it had when it was verified (None: nothing
+    to compare)."""
+    if expected is not None and actual != expected:
+        raise EvidenceChanged(
+            f"{what} {path} changed while detserve read it: it is not the file that was verified",
+            details=[f"verified: sha256 {expected}", f"read now: sha256 {actual}"],
+            hint="nothing may write the file while a command reads it; run the command again",
+        )
+
+
+def validate_run_log(path: Path, *, expected_sha256: str | None = None) -> RunLogSummary:
+    """Read ``path`` to its end, checking everything; raise :class:`RunLogError` on any failure.
+
+    ``expected_sha256``: the bytes must be those (hashed, then re-opened, the file could have
+    been swapped in between): :class:`~detserve.errors.EvidenceChanged` (exit 1) otherwise.
+    """
     with RunLogReader(path) as reader:
         for _ in reader.lines():
             pass
-        return reader.summary()
+        summary = reader.summary()
+    require_same_bytes(path, summary.sha256, expected_sha256, what="run log")
+    return summary
 
 
 def run_log_sha256(path: Path) -> str:

@@ -12,6 +12,12 @@ naming its predecessor's sha256 and holding the same pins and seed, every segmen
 rotated, and only the last cut (a crash). Anything else is a :class:`ChainBroken` (exit 1)
 naming the segment: a segment missing, reordered, renamed or substituted.
 
+An empty file named as a segment holds no header, so it names no series and claims nothing: a
+segment created when the disk was already full (its header never written). The gateway's start
+passes ``on_empty`` and goes on without it (a warning); everywhere else it is refused as no
+transcript. Emptying a written segment is seen like removing it: a following segment names its
+sha256, a last one is anchored only by the sha256 ``serve`` printed.
+
 What the chain cannot say: a series' last segment is named by no later one, so replacing it
 with another valid last segment, or removing a whole series (a whole gateway run) from the
 directory, is not seen here; the sha256 the gateway reports for each segment when it stops
@@ -21,6 +27,7 @@ anchors them.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +78,15 @@ def segment_paths(directory: Path) -> list[Path]:
             f"cannot list transcript directory {directory}: {exc.strerror or exc}"
         ) from exc
     return [directory / name for name in names if name.endswith(SUFFIX)]
+
+
+def _is_empty(path: Path) -> bool:
+    """Whether ``path`` is an empty regular file (not followed: a link is read, and refused)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False  # the reader names what is wrong with it
+    return stat.S_ISREG(info.st_mode) and info.st_size == 0
 
 
 def _read_segment(
@@ -143,14 +159,19 @@ def validate_transcript_dir(
     *,
     allow_cut: bool = False,
     on_exchange: ExchangeSink | None = None,
+    on_empty: Callable[[Path], None] | None = None,
 ) -> list[TranscriptSeries]:
     """Read every segment of ``directory`` completely and check every series' chain; return
     the series by transcript id. ``on_exchange`` sees each exchange as it is read (act on them
-    only once this returns). A cut last segment raises unless ``allow_cut``."""
+    only once this returns). A cut last segment raises unless ``allow_cut``. An empty segment
+    file is given to ``on_empty`` and skipped, or, without it, refused."""
     directory = Path(directory)
     parser = LineParser()
     by_id: dict[str, list[TranscriptSummary]] = {}
     for path in segment_paths(directory):
+        if on_empty is not None and _is_empty(path):
+            on_empty(path)
+            continue
         summary = _read_segment(path, parser, on_exchange)
         by_id.setdefault(summary.header.transcript_id, []).append(summary)
     series = [_check_series(key, segments) for key, segments in sorted(by_id.items())]

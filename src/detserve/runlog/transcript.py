@@ -11,9 +11,15 @@ Unlike a sampled run log, a segment is written in place and grows: the number of
 not known in advance, and an answer must never exist without its record. So
 :class:`TranscriptWriter` writes each line with one ``write`` and syncs it to disk before it
 returns (the gateway answers only after that); a line that cannot be written whole is cut back
-off, so the file always ends at a complete line. A gateway that crashes leaves a segment without
-a footer: :func:`validate_transcript` reads such a segment up to its last complete line and
-says it was cut (refusing it unless ``allow_cut``).
+off, so the file always ends at a complete line, and a segment whose header cannot be written is
+removed. A segment is created ``0600`` (the prompts are the clients' business). A gateway that
+crashes leaves a segment without a footer, possibly ending inside a line a killed ``write`` did
+not finish (that line's answer was never given: answers wait for the sync):
+:func:`validate_transcript` reads such a segment up to its last complete line and says it was
+cut and how many bytes of a torn line follow (refusing it unless ``allow_cut``).
+
+The rules across a segment's lines are :class:`~detserve.runlog.transcript_sequence.
+TranscriptSequence`'s, which the writer and the reader both enforce.
 
 The request hash an answer names is :func:`request_sha256`; the output hash
 :func:`output_sha256`; both are computed from the exchange line, by anyone.
@@ -21,11 +27,13 @@ The request hash an answer names is :func:`request_sha256`; the output hash
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -43,9 +51,12 @@ from detserve.runlog.models import (
     TranscriptFooter,
     TranscriptHeader,
 )
+from detserve.runlog.transcript_sequence import TranscriptSequence
 
 #: the file name suffix of a transcript segment
 SUFFIX = ".transcript.jsonl"
+#: the kinds of line a writer writes
+LineRecord = Literal["header", "exchange", "footer"]
 
 
 def request_sha256(request: ExchangeRequest) -> str:
@@ -59,81 +70,23 @@ def output_sha256(output_token_ids: Sequence[int], text: str) -> str:
     return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
 
 
-class TranscriptSequence:
-    """The rules across a segment's lines: order, the token budget, completeness, the footer."""
-
-    def __init__(self, header: TranscriptHeader) -> None:
-        self.header = header
-        self.next_index = 0
-        self.header_sha256 = hashlib.sha256(record_line(header)).hexdigest()
-        self._exchanges_sha256 = hashlib.sha256()
-
-    def exchange(self, exchange: TranscriptExchange, line: bytes, where: str) -> None:
-        """Check the exchange against the lines before it, then count it."""
-        self.check(exchange, where)
-        self.count(line)
-
-    def count(self, line: bytes) -> None:
-        """Count a checked exchange's line."""
-        self._exchanges_sha256.update(line)
-        self.next_index += 1
-
-    def check(self, exchange: TranscriptExchange, where: str) -> None:
-        """Raise :class:`~detserve.errors.RunLogError` when the exchange cannot be the next."""
-        if exchange.index != self.next_index:
-            raise RunLogError(
-                f"{where}: exchange index {exchange.index} out of order: expected {self.next_index}"
-            )
-        if len(exchange.output_token_ids) > exchange.request.max_tokens:
-            raise RunLogError(
-                f"{where}: {len(exchange.output_token_ids)} output tokens exceed the request's "
-                f"max_tokens ({exchange.request.max_tokens})"
-            )
-        if (exchange.finish_reason is None) == (exchange.incomplete is None):
-            raise RunLogError(
-                f"{where}: an exchange has a finish_reason exactly when it is not incomplete"
-            )
-        check = exchange.constraint_check
-        if (check is None) != (exchange.request.constraint is None):
-            raise RunLogError(
-                f"{where}: an exchange has a constraint_check exactly when its request has a "
-                "constraint"
-            )
-        cut = exchange.incomplete is not None or exchange.finish_reason == "length"
-        if (check == "cut" and not cut) or (check == "violated" and cut):
-            raise RunLogError(
-                f"{where}: constraint_check {check!r} with finish_reason "
-                f"{exchange.finish_reason!r} and incomplete {exchange.incomplete!r}: an output "
-                "is cut exactly when its generation was (max_tokens, or a stream that ended)"
-            )
-
-    def expected_footer(self, reason: Literal["rotated", "stopped"]) -> TranscriptFooter:
-        return TranscriptFooter(
-            n_exchanges=self.next_index,
-            header_sha256=self.header_sha256,
-            exchanges_sha256=self._exchanges_sha256.hexdigest(),
-            reason=reason,
-        )
-
-    def footer(self, footer: TranscriptFooter, where: str) -> None:
-        expected = self.expected_footer(footer.reason)
-        if footer != expected:
-            raise RunLogError(
-                f"{where}: the footer does not match the lines above it",
-                details=[f"footer:   {footer.model_dump()}", f"expected: {expected.model_dump()}"],
-                hint="the transcript was changed after it was written",
-            )
-
-
 class TranscriptWriter:
     """Append exchanges to a new transcript segment, each synced to disk before it returns.
 
     Thread-safe: one line at a time, in the order :meth:`append` is called. After a write fails
     (a full disk) the writer is broken: the partial line is cut off, and every later call raises.
+    ``on_line`` is told of each line once it is on disk, with how long its ``fsync`` took.
     """
 
-    def __init__(self, path: Path, header: TranscriptHeader) -> None:
+    def __init__(
+        self,
+        path: Path,
+        header: TranscriptHeader,
+        *,
+        on_line: Callable[[LineRecord, float], None] | None = None,
+    ) -> None:
         self.path = Path(path)
+        self._on_line = on_line
         check_outputs([self.path], force=False)
         self._parser = LineParser()
         self._sequence = TranscriptSequence(header)
@@ -142,15 +95,26 @@ class TranscriptWriter:
         self._broken: EnvironmentFault | None = None
         self._closed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise EnvironmentFault(
                 f"cannot create transcript {self.path}: {exc.strerror or exc}"
             ) from exc
         self._size = 0
-        self._emit(self._checked(header, f"{self.path}: header"))
-        _sync_directory(self.path.parent)
+        #: the size and digest before the footer, once one was written
+        self._body_size: int | None = None
+        self._body_sha256 = self._file_sha256
+        try:
+            self._emit(self._checked(header, f"{self.path}: header"), "header")
+            _sync_directory(self.path.parent)
+        except BaseException:
+            # A segment without its header holds nothing and names nothing: it is not left for
+            # the next start to stumble on (a full disk at rotation).
+            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            raise
 
     @property
     def header(self) -> TranscriptHeader:
@@ -175,12 +139,14 @@ class TranscriptWriter:
             raise RunLogError(f"{what}: the line would be longer than {MAX_LINE_BYTES} bytes")
         return self._parser.parse(line, what)
 
-    def _emit(self, line: bytes) -> None:
+    def _emit(self, line: bytes, record: LineRecord) -> None:
         try:
             written = 0
             while written < len(line):
                 written += _write(self._fd, line[written:])
+            began = time.perf_counter()
             os.fsync(self._fd)
+            synced_s = time.perf_counter() - began
         except OSError as exc:
             try:
                 os.ftruncate(self._fd, self._size)  # the file ends at its last complete line
@@ -194,6 +160,8 @@ class TranscriptWriter:
             raise self._broken from exc
         self._size += len(line)
         self._file_sha256.update(line)
+        if self._on_line is not None:
+            self._on_line(record, synced_s)
 
     def append(self, fields: Mapping[str, Any]) -> TranscriptExchange:
         """Write the next exchange (``fields`` without ``index`` and ``record``); return it once
@@ -214,7 +182,7 @@ class TranscriptWriter:
             if not isinstance(record, TranscriptExchange):
                 raise RunLogError(f"{where}: not an exchange")
             self._sequence.check(record, where)  # before the write: a refused line is not written
-            self._emit(line)
+            self._emit(line, "exchange")
             self._sequence.count(line)
             return record
 
@@ -227,10 +195,47 @@ class TranscriptWriter:
             try:
                 if self._broken is None:
                     footer = self._sequence.expected_footer(reason)
-                    self._emit(self._checked(footer, f"{self.path}: footer"))
+                    body = (self._size, self._file_sha256.copy())
+                    self._emit(self._checked(footer, f"{self.path}: footer"), "footer")
+                    self._body_size, self._body_sha256 = body
             finally:
                 os.close(self._fd)
             return self._file_sha256.hexdigest()
+
+    def leave_cut(self) -> str:
+        """Close the file without a footer (a replay of a cut segment is cut at the same
+        place); return the segment's sha256."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+            return self._file_sha256.hexdigest()
+
+    def withdraw_footer(self, why: str) -> None:
+        """Cut a closed segment's footer off again: it ends at its last exchange, as a crash
+        leaves it (cut), and the writer is broken with ``why``.
+
+        For a rotation whose next segment could not be opened: a footer ``rotated`` with no
+        segment after it would read as a segment removed from the chain.
+        """
+        with self._lock:
+            self._broken = EnvironmentFault(why)
+            if self._body_size is None:
+                return
+            try:
+                fd = os.open(self.path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, self._body_size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise EnvironmentFault(
+                    f"cannot cut the footer off transcript {self.path}: {exc.strerror or exc}",
+                    hint="it says 'rotated' and no segment follows it: its chain reads as broken",
+                ) from exc
+            self._body_size = None
+            self._file_sha256 = self._body_sha256
 
     def __enter__(self) -> TranscriptWriter:
         return self
@@ -270,6 +275,9 @@ class TranscriptSummary:
     #: None when the segment was cut (no footer)
     footer: TranscriptFooter | None
     n_exchanges: int
+    #: the bytes of a line a crash left unfinished after the last complete one (cut segments
+    #: only; not in ``sha256``, which covers the complete lines)
+    torn_bytes: int = 0
 
     @property
     def cut(self) -> bool:
@@ -290,6 +298,8 @@ class TranscriptReader:
         self._file_sha256 = hashlib.sha256()
         self._sequence: TranscriptSequence | None = None
         self._summary: TranscriptSummary | None = None
+        self._torn_bytes = 0
+        self._offset = 0
 
     def __enter__(self) -> TranscriptReader:
         self._file = open_input(
@@ -335,12 +345,33 @@ class TranscriptReader:
 
     def _next_line(self) -> bytes | None:
         assert self._file is not None
-        line = read_checked_line(self._file, self.path, self._line_no + 1, what="transcript")
+        try:
+            line = read_checked_line(self._file, self.path, self._line_no + 1, what="transcript")
+        except RunLogError as exc:
+            torn = self._torn_tail(exc)
+            if torn is None:
+                raise
+            self._torn_bytes = torn
+            return None
         if line is None:
             return None
+        self._offset += len(line)
         self._line_no += 1
         self._file_sha256.update(line)
         return line
+
+    def _torn_tail(self, error: RunLogError) -> int | None:
+        """The length of a last line a crash left unfinished (no newline, within the line
+        limit) after the header of a segment read with ``allow_cut``; None for any other fault
+        (a read error, a line too long, a torn header), which is raised."""
+        if not self.allow_cut or self._sequence is None or isinstance(error.__cause__, OSError):
+            return None
+        try:
+            torn = self.path.stat().st_size - self._offset
+        except OSError:
+            return None
+        # read_checked_line refuses a line over the limit before it can miss its newline
+        return torn if 0 < torn <= MAX_LINE_BYTES else None
 
     def _cut(self, sequence: TranscriptSequence) -> None:
         if not self.allow_cut:
@@ -350,7 +381,12 @@ class TranscriptReader:
                 hint="every exchange before the cut is valid; read it with allow_cut",
             )
         self._summary = TranscriptSummary(
-            self.path, self._file_sha256.hexdigest(), sequence.header, None, sequence.next_index
+            self.path,
+            self._file_sha256.hexdigest(),
+            sequence.header,
+            None,
+            sequence.next_index,
+            self._torn_bytes,
         )
 
     def lines(self) -> Iterator[tuple[bytes, TranscriptExchange]]:

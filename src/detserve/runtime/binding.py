@@ -20,12 +20,20 @@ a running container is compared, field by field, with the container the pins pro
 
 Every difference is listed, sorted by field; any one of them means the container is not the
 verified one and nothing is sampled, smoked or waited on from it.
+
+The engine arguments are compared word for word, which is stricter than any reading of them.
+What the server itself would make of a command that differs (``doctor`` says it) is
+:func:`server_option`: vLLM's parser is Python's argparse, which takes ``--opt value`` and
+``--opt=value``, expands an unambiguous prefix of an option name, and keeps the last occurrence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from detserve.engine_policy import ENGINE_OPTIONS, MANAGED_OPTIONS, NONDETERMINISTIC_OPTIONS
 from detserve.errors import ContainerError, DetserveError, PinMismatch
 from detserve.profile import SECRET_NAME_RE, LoadedProfile
 from detserve.runtime.container_spec import (
@@ -34,8 +42,7 @@ from detserve.runtime.container_spec import (
     label_mismatches,
     manifest_sha256,
 )
-from detserve.runtime.engine import (
-    ContainerEngine,
+from detserve.runtime.inspection import (
     ContainerInfo,
     DeviceRequestInfo,
     ImageInfo,
@@ -43,6 +50,10 @@ from detserve.runtime.engine import (
     is_pinned_image,
     repo_digests_shown,
 )
+
+if TYPE_CHECKING:
+    # a protocol, for annotations only: the binding itself runs without the Docker SDK
+    from detserve.runtime.engine import ContainerEngine
 
 #: values longer than this are shown cut, with their length
 _SHOWN_CHARS = 200
@@ -117,6 +128,84 @@ def _mount_mismatches(spec: ContainerSpec, actual: tuple[MountInfo, ...]) -> lis
     return lines
 
 
+@dataclass(frozen=True)
+class OptionReading:
+    """What the server's parser makes of one option in a command."""
+
+    #: each word that sets it, as written (``--seed``, ``--see=3``, ``--no-enable-prefix-cach``)
+    spellings: tuple[str, ...]
+    #: the value the last occurrence gives (None for a flag, or when no value follows)
+    value: str | None
+
+    @property
+    def found(self) -> bool:
+        return bool(self.spellings)
+
+    @property
+    def abbreviated(self) -> bool:
+        return any(word.partition("=")[0] not in _KNOWN_OPTIONS for word in self.spellings)
+
+
+#: option names the server surely has (exact names of vLLM 0.32's parser): a word spelling one of
+#: them exactly is that option, never an abbreviation of another (argparse matches exact first)
+_KNOWN_OPTIONS = frozenset(
+    {*NONDETERMINISTIC_OPTIONS, *MANAGED_OPTIONS, *ENGINE_OPTIONS, "--enable-prefix-caching"}
+)
+
+
+def _names(word: str, option: str) -> bool:
+    """Whether ``word`` (an option word, without ``=value``) may name ``option`` for argparse:
+    exactly, or as a prefix that is no other option's exact name. A prefix more than one option
+    shares makes argparse refuse to start; counting it is the cautious reading either way."""
+    if word == option:
+        return True
+    return len(word) > 2 and option.startswith(word) and word not in _KNOWN_OPTIONS
+
+
+def server_option(args: Sequence[str], option: str, *, takes_value: bool = True) -> OptionReading:
+    """How the server's parser reads ``option`` in ``args``: every word that may set it (an
+    abbreviation included) and the value of the last one, which is the one argparse keeps."""
+    spellings: list[str] = []
+    value: str | None = None
+    for index, word in enumerate(args):
+        if not word.startswith("--"):
+            continue
+        name, separator, given = word.partition("=")
+        if not _names(name, option):
+            continue
+        spellings.append(word)
+        if not takes_value:
+            value = None
+        elif separator:
+            value = given
+        else:
+            following = args[index + 1] if index + 1 < len(args) else None
+            value = following if following is not None and not following.startswith("--") else None
+    return OptionReading(tuple(spellings), value)
+
+
+def prefix_caching_enabled(args: Sequence[str]) -> bool:
+    """Whether a server started with ``args`` may cache prefixes: vLLM does unless the last word
+    naming ``--enable-prefix-caching`` or ``--no-enable-prefix-caching`` is the ``--no-`` one,
+    spelled in full (the cautious reading of an abbreviation is that caching stays on)."""
+    last: bool | None = None
+    for word in args:
+        name = word.partition("=")[0]
+        if name == "--no-enable-prefix-caching":
+            last = False
+        elif _names(name, "--enable-prefix-caching") or _names(name, "--no-enable-prefix-caching"):
+            # an abbreviated --no- form may be another option's prefix: read as not turned off
+            last = True
+    return last is not False
+
+
+def engine_args_mismatch(spec: ContainerSpec, container: ContainerInfo) -> str | None:
+    """The binding's engine-arguments line: None when ``container`` runs exactly the pins'."""
+    if tuple(container.command) == spec.command:
+        return None
+    return f"engine args: expected {' '.join(spec.command)}, found {' '.join(container.command)}"
+
+
 def binding_mismatches(
     spec: ContainerSpec, image: ImageInfo, container: ContainerInfo
 ) -> list[str]:
@@ -131,10 +220,9 @@ def binding_mismatches(
         lines.append(f"image id: expected {image.id}, found {container.image_id or '(none)'}")
     if not is_pinned_image(spec.image, image):
         lines.append(f"image id: {image.id} is not the pinned image; {repo_digests_shown(image)}")
-    if tuple(container.command) != spec.command:
-        lines.append(
-            f"engine args: expected {' '.join(spec.command)}, found {' '.join(container.command)}"
-        )
+    args = engine_args_mismatch(spec, container)
+    if args is not None:
+        lines.append(args)
     config = container.config
     if config is None:
         return [*lines, "configuration: the engine did not report how the container was created"]

@@ -3,7 +3,8 @@
 :func:`build_container_spec` is pure: it talks to no engine and no server, and reads one file,
 the manifest, to put its hash in a label. What it returns is what ``detserve start`` sends to
 ``client.containers.create(**spec.to_create_kwargs())``, so the unit tests can check every
-setting without a container.
+setting without a container. The Docker SDK's types are imported only to build those
+arguments, so that a spec is read (by the binding, the doctor) where the SDK is absent.
 
 The container is labelled with every pin it was started from. ``start`` reuses a running
 container only when all those labels equal the ones the current profile would produce, and
@@ -18,9 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from docker.types import DeviceRequest, Mount
+from typing import TYPE_CHECKING, Any
 
 from detserve.engine_policy import BATCH_INVARIANT_ENVIRONMENT
 from detserve.errors import InputError, UsageError
@@ -28,6 +27,9 @@ from detserve.imageref import ImageRef
 from detserve.manifest import read_manifest_bytes
 from detserve.profile import LoadedProfile, Profile
 from detserve.runtime.secrets import SecretEnvironment
+
+if TYPE_CHECKING:
+    from docker.types import DeviceRequest
 
 #: the port the server listens on inside the container
 CONTAINER_PORT = 8000
@@ -238,6 +240,10 @@ class ContainerSpec:
     def device_requests(self) -> list[DeviceRequest]:
         if self.device != "nvidia":
             return []
+        # the Docker SDK is imported where its types are built: a host without it (the host half
+        # of doctor) reads specs all the same
+        from docker.types import DeviceRequest
+
         if self.gpu_ids is not None:
             request = DeviceRequest(
                 driver="nvidia", device_ids=list(self.gpu_ids), capabilities=[["gpu"]]
@@ -252,6 +258,8 @@ class ContainerSpec:
         The result holds the secrets' values in ``environment``: hand it to the engine only,
         never log it.
         """
+        from docker.types import Mount
+
         kwargs: dict[str, Any] = {
             "image": self.image,
             "name": self.name,

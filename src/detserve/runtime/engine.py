@@ -20,15 +20,20 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import docker
 import docker.errors
 import requests
 
-from detserve.errors import ContainerError, EngineError, PinMismatch, RegistryError, UsageError
+from detserve.errors import ContainerError, EngineError, PinMismatch, RegistryError
 from detserve.imageref import ImageRef
 from detserve.runtime.container_spec import ContainerSpec
+from detserve.runtime.docker_host import (
+    DEFAULT_DOCKER_HOST,
+    DOCKER_HOST_SCHEMES,
+    check_docker_host,
+)
 from detserve.runtime.inspection import (
     ContainerConfig,
     ContainerInfo,
@@ -58,26 +63,16 @@ __all__ = [
     "repo_digests_shown",
 ]
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 STOP_TIMEOUT_S = 10
-
-
-#: the URL schemes the Docker SDK connects through
-DOCKER_HOST_SCHEMES: Final = ("unix", "tcp", "ssh", "npipe", "http", "https")
 
 
 def docker_address(host: str | None = None, environment: Mapping[str, str] | None = None) -> str:
     """The engine's address as the Docker SDK resolves it: ``host`` when given, else
     ``DOCKER_HOST``, else the current Docker context (``DOCKER_CONTEXT`` or the CLI's config),
-    else the local socket. A malformed ``host`` is a :class:`UsageError` (exit 2)."""
+    else the local socket. A ``host`` that is not a Docker host URL
+    (:func:`~detserve.runtime.docker_host.check_docker_host`) is a :class:`UsageError` (exit 2)."""
     if host is not None:
-        scheme, separator, rest = host.partition("://")
-        if not separator or scheme not in DOCKER_HOST_SCHEMES or not rest:
-            raise UsageError(
-                f"--docker-host {host!r} is not a Docker host URL",
-                hint="e.g. unix:///var/run/docker.sock, tcp://host:2376 or ssh://user@host",
-            )
-        return host
+        return check_docker_host(host)
     environ = os.environ if environment is None else environment
     if environ.get("DOCKER_HOST"):
         return environ["DOCKER_HOST"]

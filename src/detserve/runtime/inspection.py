@@ -100,6 +100,8 @@ class ContainerInfo:
     config: ContainerConfig | None = None
     #: its address on its one network (the bridge), None when it has no address or several
     ip_address: str | None = None
+    #: that network's gateway (the engine host's end of the bridge), None when not one
+    gateway_address: str | None = None
 
     @property
     def short_id(self) -> str:
@@ -249,14 +251,15 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         command=tuple(str(word) for word in config.get("Cmd") or ()),
         config=container_config(attrs),
         ip_address=_ip_address(attrs),
+        gateway_address=_ip_address(attrs, "Gateway"),
     )
 
 
-def _ip_address(attrs: Mapping[str, Any]) -> str | None:
+def _ip_address(attrs: Mapping[str, Any], key: str = "IPAddress") -> str | None:
     networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
     addresses = {
-        str(network.get("IPAddress"))
+        str(network.get(key))
         for network in networks.values()
-        if isinstance(network, Mapping) and network.get("IPAddress")
+        if isinstance(network, Mapping) and network.get(key)
     }
     return addresses.pop() if len(addresses) == 1 else None

@@ -33,6 +33,7 @@ from detserve.runtime.container_spec import (
 )
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
 from detserve.runtime.placement import Placement, place
+from detserve.runtime.reach import server_url
 from detserve.runtime.readiness import (
     ProgressSink,
     WaitProgress,
@@ -118,7 +119,7 @@ def start(
                 container=existing,
                 already_running=True,
                 replaced=None,
-                base_url=server_base_url(loaded.profile),
+                base_url=_url_shown(loaded, engine, existing),
                 engine_args=spec.command,
             )
         if mismatches or existing.labels.get(LABEL_PROFILE) != loaded.name:
@@ -136,9 +137,18 @@ def start(
         container=container,
         already_running=False,
         replaced=replaced,
-        base_url=server_base_url(loaded.profile),
+        base_url=_url_shown(loaded, engine, container),
         engine_args=spec.command,
     )
+
+
+def _url_shown(loaded: LoadedProfile, engine: ContainerEngine, container: ContainerInfo) -> str:
+    """Where the server will be reached, for the start's result (``wait`` and ``smoke`` refuse
+    an address that cannot be reached safely; a start only reports it)."""
+    try:
+        return server_url(loaded, engine, container)
+    except ContainerError as exc:
+        return f"(not reachable safely from this host: {exc.message})"
 
 
 # --- stop ---------------------------------------------------------------------------------------
@@ -307,12 +317,15 @@ def status(loaded: LoadedProfile, *, engine: ContainerEngine | None = None) -> S
     expected_labels(loaded)  # fail closed on an unpinned profile or a missing manifest
     engine = _engine(engine)
     name = container_name(loaded.profile)
-    base_url = server_base_url(loaded.profile)
     container = engine.find(name)
     if container is None:
-        return StatusResult(name, None, (), "no container", (), base_url)
+        return StatusResult(name, None, (), "no container", (), server_base_url(loaded.profile))
     mismatches = tuple(container_mismatches(loaded, container, engine))
     served: tuple[ServedModel, ...] = ()
+    try:
+        base_url = server_url(loaded, engine, container)
+    except ContainerError as exc:
+        return StatusResult(name, container, mismatches, f"unreachable: {exc.message}", (), "-")
     if not container.running:
         health = f"not running: {container.describe()}"
     else:

@@ -123,6 +123,10 @@ class DockerProbe:
                 return datetime.fromisoformat(created.replace("Z", "+00:00"))
         return None
 
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        """The local image a container runs (never pulled); for the binding."""
+        return self.engine.image_by_id(image_id)
+
     def container(self, loaded: LoadedProfile) -> ContainerInfo | None:
         """The profile's container, running or not; None when there is none."""
         return self.engine.find(container_name(loaded.profile))

@@ -21,8 +21,8 @@ from typing import Literal
 from detserve.errors import ContainerError, ServerError, SnapshotMismatch
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container, failure_logs
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import ServedModel, VllmServer
 from detserve.snapshot import VerifyReport, verify_snapshot
 
@@ -134,7 +134,7 @@ def wait(
         timeout_s if timeout_s is not None else loaded.profile.runtime.startup_timeout_s
     )
     served_name = loaded.profile.vllm.served_model_name
-    base_url = server_base_url(loaded.profile)
+    base_url = server_url(loaded, engine, container)
     started = time.monotonic()
     verify = _BackgroundVerify(loaded) if verify_manifest else None
     ready_at: datetime | None = None

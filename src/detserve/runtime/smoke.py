@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from detserve.errors import Divergence, PinMismatch
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container
-from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, DockerEngine
+from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
 from detserve.sequences import first_difference
 
@@ -113,8 +113,8 @@ def check_served_model(loaded: LoadedProfile, server: VllmServer) -> str | None:
 def smoke(loaded: LoadedProfile, *, engine: ContainerEngine | None = None) -> SmokeResult:
     """The server serves the pinned model, and repeated greedy completions are identical."""
     engine = engine if engine is not None else DockerEngine.from_env()
-    checked_container(loaded, engine, what="smoke-test")
-    return smoke_server(loaded, server_base_url(loaded.profile))
+    container = checked_container(loaded, engine, what="smoke-test")
+    return smoke_server(loaded, server_url(loaded, engine, container))
 
 
 def smoke_server(loaded: LoadedProfile, base_url: str) -> SmokeResult:

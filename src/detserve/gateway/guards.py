@@ -1,0 +1,198 @@
+"""What the gateway refuses before any route, and how every refusal is shaped.
+
+Loopback is not a trust boundary for browsers: a web page can make a browser send requests to
+``127.0.0.1``, and DNS rebinding makes a foreign name resolve there. So:
+
+* the ``Host`` header must name the gateway as it is bound (:class:`HostPolicy`): its address and
+  port, for a loopback bind also ``localhost``, ``127.0.0.1`` and ``[::1]`` at that port, and
+  every ``--allowed-host`` value (matched exactly, case-insensitively: ``NAME`` or
+  ``NAME:PORT``). A wildcard bind (``0.0.0.0``, ``::``), which needs an API key, accepts any
+  ``Host`` unless ``--allowed-host`` names some;
+* a request carrying an ``Origin`` (browsers send one on every cross-site and every POST request;
+  API clients send none) is refused unless it is ``http://`` or ``https://`` and an allowed host
+  (for a wildcard bind without ``--allowed-host``: none is);
+
+both with 403 in OpenAI's error shape, before authentication and routing, on every route.
+
+Every status the gateway answers is in OpenAI's error shape (``{"error": {"message", "type",
+"param", "code"}}``): Starlette's own 404 and 405 (:func:`http_error`), an unexpected exception
+(:func:`internal_error`: 500, and the gateway's health is 503 until its next check passes), and
+the refusals of the routes themselves. No redirect is ever answered (a trailing slash is a 404).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from detserve.errors import UsageError
+from detserve.gateway.upstream import error_response
+
+_LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "[::1]")
+#: what an ``--allowed-host`` value may be: a name or an address, and a port
+_HOST_VALUE: Final = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+#: the routes a 404 names
+ROUTES: Final = (
+    "/health, /metrics, /v1/models, /v1/completions, /v1/chat/completions, /v1/provenance/ID"
+)
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_hosts(values: Iterable[str]) -> tuple[str, ...]:
+    """``--allowed-host`` values, refused unless each is ``NAME``, ``ADDRESS``, ``[IPV6]``,
+    each optionally with ``:PORT``."""
+    checked = []
+    for value in values:
+        if not _HOST_VALUE.fullmatch(value):
+            raise UsageError(
+                f"--allowed-host {value!r} is not a host name or address (with an optional :PORT)"
+            )
+        checked.append(value.lower())
+    return tuple(checked)
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """The ``Host`` values the gateway answers, and so the ``Origin`` values it accepts."""
+
+    #: allowed ``Host`` values, lower case; None: any (a wildcard bind without allowed hosts)
+    hosts: frozenset[str] | None
+
+    @classmethod
+    def for_bind(cls, host: str, port: int, allowed: Iterable[str] = ()) -> HostPolicy:
+        extra = {value.strip().lower() for value in allowed}
+        if _is_wildcard(host):
+            return cls(frozenset(extra) if extra else None)
+        names = {host.lower()}
+        if _is_loopback(host):
+            names |= set(_LOOPBACK_NAMES)
+        bare = {name.strip("[]") for name in names}
+        values = {_authority(name, port) for name in bare}
+        if port == 80:  # a client leaves the default port out
+            values |= {f"[{name}]" if ":" in name else name for name in bare}
+        return cls(frozenset(values | extra))
+
+    def host_refusal(self, value: str | None) -> str | None:
+        """Why a ``Host`` header is refused, or None."""
+        if self.hosts is None:
+            return None
+        if value is None:
+            return "a request needs a Host header naming the gateway"
+        if value.lower() not in self.hosts:
+            return (
+                "the Host header does not name this gateway (DNS rebinding is refused); "
+                "serve with --allowed-host NAME for another name"
+            )
+        return None
+
+    def origin_refusal(self, value: str | None) -> str | None:
+        """Why an ``Origin`` header is refused, or None (none given)."""
+        if value is None:
+            return None
+        scheme, separator, rest = value.lower().partition("://")
+        if (
+            separator
+            and scheme in ("http", "https")
+            and self.hosts is not None
+            and rest in self.hosts
+        ):
+            return None
+        return "a request from a web page of another origin is refused (the Origin header)"
+
+
+class BrowserGuard:
+    """ASGI middleware: refuse a foreign ``Host`` or ``Origin`` (403) before anything else, and
+    tell ``refused`` (the metrics)."""
+
+    def __init__(
+        self, app: ASGIApp, policy: HostPolicyHolder, refused: Callable[[], None] = lambda: None
+    ) -> None:
+        self.app = app
+        self.policy = policy
+        self.refused = refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers: dict[bytes, list[bytes]] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, []).append(value)
+        policy = self.policy.current
+        reason = None
+        if policy is None:
+            reason = "the gateway's allowed hosts are not set"
+        elif len(headers.get(b"host", ())) > 1 or len(headers.get(b"origin", ())) > 1:
+            reason = "a request names one Host and at most one Origin"
+        else:
+            host = _latin1(headers.get(b"host"))
+            reason = policy.host_refusal(host) or policy.origin_refusal(
+                _latin1(headers.get(b"origin"))
+            )
+        if reason is not None:
+            self.refused()
+            await error_response(403, reason)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _latin1(values: list[bytes] | None) -> str | None:
+    return None if not values else values[0].decode("latin-1")
+
+
+class HostPolicyHolder:
+    """Where the gateway keeps its :class:`HostPolicy`: known once its socket is bound."""
+
+    def __init__(self, current: HostPolicy | None = None) -> None:
+        self.current = current
+
+
+async def http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404, 405, ...) in OpenAI's error shape, headers kept."""
+    assert isinstance(exc, HTTPException)
+    status = exc.status_code
+    if status == 404:
+        message = f"no such route; the gateway serves {ROUTES}"
+    elif status == 405:
+        message = "this method is not allowed on this route"
+    else:
+        message = exc.detail
+    return error_response(status, message, headers=exc.headers or {})
+
+
+def internal_error_response(exc: BaseException) -> JSONResponse:
+    """The 500 an unexpected exception is answered with (its type named, nothing else)."""
+    return error_response(
+        500,
+        f"the gateway failed ({type(exc).__name__}); it answers again once its next health "
+        "check passes",
+    )
