@@ -29,13 +29,14 @@ from typing import Annotated, Any, Final, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from detserve.errors import UsageError
+from detserve.runtime.docker_host import check_docker_host
+
 #: How vLLM spans the nodes.
 ClusterExecutor = Literal["mp", "ray"]
 #: The network every node's container is on.
 ClusterNetwork = Literal["host", "bridge"]
 
-#: the URL schemes the Docker SDK connects through (as :mod:`detserve.runtime.engine`)
-_DOCKER_SCHEMES: Final = ("unix", "tcp", "ssh", "npipe", "http", "https")
 _NODE_NAME: Final = r"^[a-z0-9][a-z0-9-]{0,31}$"
 #: engine options the cluster's layout sets; a cluster profile's ``vllm.extra_args`` may not
 LAYOUT_OPTIONS: Final = frozenset({"--pipeline-parallel-size", "--distributed-executor-backend"})
@@ -76,13 +77,11 @@ class ClusterNode(_Strict):
     @field_validator("docker_host")
     @classmethod
     def _docker_host(cls, value: str) -> str:
-        scheme, separator, rest = value.partition("://")
-        if not separator or scheme not in _DOCKER_SCHEMES or not rest:
-            raise ValueError(
-                f"expected a Docker host URL ({', '.join(s + '://' for s in _DOCKER_SCHEMES)}), "
-                f"found {value[:80]!r}"
-            )
-        return value
+        # the one check of an engine's address, as --docker-host and fleet's --node have it
+        try:
+            return check_docker_host(value, option="docker_host")
+        except UsageError as exc:
+            raise ValueError(exc.message) from None
 
 
 class ClusterSpec(_Strict):

@@ -73,8 +73,21 @@ CASES: dict[str, tuple[str, Any]] = {
         lambda d: d["cluster"]["nodes"][1].update(name="head"),
     ),
     "no Docker host URL": (
-        "expected a Docker host URL",
+        "is not a Docker host URL: the scheme must be one of",
         lambda d: d["cluster"]["nodes"][1].update(docker_host="/run/docker.sock"),
+    ),
+    # the one check of an engine's address (runtime/docker_host.py), as --docker-host has it
+    "an engine URL with a path": (
+        "an engine URL has no path, query or fragment",
+        lambda d: d["cluster"]["nodes"][1].update(docker_host="tcp://node2:2376/v1.47"),
+    ),
+    "an engine URL with a comma": (
+        "a space, a comma or a control character",
+        lambda d: d["cluster"]["nodes"][1].update(docker_host="ssh://node2,config=x"),
+    ),
+    "an engine URL with a password": (
+        "a password has no place in an engine URL",
+        lambda d: d["cluster"]["nodes"][1].update(docker_host="tcp://user:secret@node2:2376"),
     ),
     "host network without the head's address": (
         "network 'host' needs head_address",
