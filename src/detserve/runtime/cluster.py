@@ -15,8 +15,10 @@ labels. What a node adds is the parallel layout and how the nodes meet:
   N --distributed-executor-backend ray``; each worker runs ``ray start --block --address``.
 * network ``host``: every container on its host's network, ``HEAD`` the profile's
   ``head_address``, nothing published, the head's server on ``runtime.host:runtime.port`` of the
-  head's host (where detserve reaches it, as for one node: run detserve on the head's host, or
-  make ``runtime.host`` an address detserve reaches).
+  head's host. detserve reaches it there (:func:`~detserve.runtime.reach.server_url`): run on the
+  head's host, its ``docker_host`` that host's own socket, or make ``runtime.host`` an address of
+  the head's host that is not this host's (a remote head is never reached at a loopback
+  address).
 * network ``bridge``: each container on its engine's bridge; the head's host name is
   :data:`HEAD_HOSTNAME`, which the workers resolve through an ``/etc/hosts`` line to the address
   the head's engine gave it (known once the head runs); the head's port is published as for one

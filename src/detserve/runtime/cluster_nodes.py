@@ -24,6 +24,7 @@ from detserve.runtime.binding import binding_mismatches, failure_logs
 from detserve.runtime.cluster import NodeContainer, cluster_of, node_containers
 from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine, python_of
+from detserve.runtime.reach import server_url
 from detserve.runtime.secrets import SecretEnvironment
 from detserve.runtime.server import ServedModel, VllmServer
 
@@ -244,11 +245,15 @@ def status(loaded: LoadedProfile, engines: NodeEngines) -> ClusterStatus:
             if not info.running:
                 lines += (f"not running: {info.describe()}",)
         nodes.append(NodeStatus(node, info, lines))
-    base_url = server_base_url(loaded.profile)
     served: tuple[ServedModel, ...] = ()
+    base_url = server_base_url(loaded.profile)
     if head_info is None or not head_info.running:
         health = "no running head"
     else:
+        try:
+            base_url = server_url(loaded, engines[head_plan.node.name], head_info)
+        except ContainerError as exc:
+            return ClusterStatus(tuple(nodes), f"unreachable: {exc.message}", served, "-")
         with VllmServer(base_url, timeout_s=5, retries=0) as server:
             try:
                 server.health()

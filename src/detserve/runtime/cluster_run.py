@@ -12,7 +12,8 @@ rules of one container apply per node, and any node failing them fails the whole
 * :func:`checked_cluster` is the binding of every node (the same comparison as one container's,
   :func:`~detserve.runtime.binding.binding_mismatches`), each running; a node missing, not bound
   or not running is an error naming it.
-* ``wait`` polls the head's server while watching every node: a node that exits or restarts
+* ``wait`` polls the head's server (where :mod:`~detserve.runtime.reach` says this host reaches
+  it) while watching every node: a node that exits or restarts
   fails the wait at once, naming it, with its last log lines.
 * ``verify_nodes`` hashes the snapshot *inside each node's running container*, where its server
   reads it, and compares the result with the pinned manifest: each node's own copy is verified,
@@ -54,8 +55,9 @@ from detserve.runtime.cluster_nodes import (
     plan_nodes,
     watch_nodes,
 )
-from detserve.runtime.container_spec import LABEL_PROFILE, model_cache_target, server_base_url
+from detserve.runtime.container_spec import LABEL_PROFILE, model_cache_target
 from detserve.runtime.engine import ContainerInfo, python_of
+from detserve.runtime.reach import server_url
 from detserve.runtime.secrets import SecretEnvironment
 from detserve.runtime.server import ServedModel, VllmServer
 from detserve.runtime.smoke import SmokeResult, smoke_server
@@ -244,6 +246,12 @@ class ClusterReady:
         }
 
 
+def head_url(loaded: LoadedProfile, engines: NodeEngines, bound: Sequence[BoundNode]) -> str:
+    """Where this host reaches the head's server: :func:`~detserve.runtime.reach.server_url`."""
+    head = bound[0]
+    return server_url(loaded, engines[head.node.node.name], head.container)
+
+
 def wait(
     loaded: LoadedProfile,
     engines: NodeEngines,
@@ -255,7 +263,7 @@ def wait(
     """Until the head serves the pinned name, every node watched meanwhile."""
     timeout = float(timeout_s or loaded.profile.runtime.startup_timeout_s)
     name = loaded.profile.vllm.served_model_name
-    base_url = server_base_url(loaded.profile)
+    base_url = head_url(loaded, engines, bound)
     began = time.monotonic()
     with VllmServer(base_url, model=name, timeout_s=10, retries=0) as server:
         while True:
@@ -375,7 +383,8 @@ def run(
     stage = on_stage or (lambda _message: None)
     started = start(loaded, engines, manifest=manifest, secrets=secrets, on_stage=stage)
     try:
-        stage(f"waiting for the head at {server_base_url(loaded.profile)}, every node watched")
+        url = head_url(loaded, engines, started.nodes)
+        stage(f"waiting for the head at {url}, every node watched")
         ready = wait(loaded, engines, started.nodes, timeout_s)
         stage("verifying the snapshot inside every node's container")
         verified = verify_nodes(loaded, engines, started.nodes)
