@@ -10,8 +10,9 @@ the name ``bench-gateway`` and port 18030, as bench_runtime.py does): ``detserve
 directory on the same disk as the results, or ``--transcript-dir``) in front of it. The same
 completion prompts (the reference bundle's) go one at a time to both, over keep-alive
 connections of one httpx client each: to the gateway the client's body (model, prompt,
-max_tokens), to the server the exact body the gateway sends it (admitted, then
-:func:`detserve.gateway.admission.upstream_body`). Prompt by prompt, the order alternates.
+max_tokens), to the server the exact bytes the gateway sends it (admitted:
+:func:`detserve.gateway.admission.admit`, whose body is
+:func:`detserve.gateway.upstream_body.upstream_request`'s). Prompt by prompt, the order alternates.
 Every answer's tokens must be the same from both, or nothing is reported.
 
 Latency is one request's wall time at the client; requests/s is the requests over the sum of
@@ -25,6 +26,7 @@ record goes to ``benchmarks/results/bench_gateway-<stamp>.json``.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import statistics
 import subprocess
@@ -54,7 +56,7 @@ from benchlib import (
 )
 from detserve import api
 from detserve.errors import DetserveError
-from detserve.gateway.admission import Policy, admit, upstream_body
+from detserve.gateway.admission import Policy, admit, parse_body
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle
 
@@ -84,9 +86,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ranked[max(0, min(len(ranked) - 1, round(fraction * len(ranked)) - 1))]
 
 
-def timed_post(client: httpx.Client, body: dict[str, Any]) -> tuple[float, list[int]]:
+def timed_post(client: httpx.Client, body: bytes) -> tuple[float, list[int]]:
     began = time.perf_counter()
-    response = client.post("/v1/completions", json=body)
+    response = client.post(
+        "/v1/completions", content=body, headers={"Content-Type": "application/json"}
+    )
     seconds = time.perf_counter() - began
     if response.status_code != 200:
         raise BenchError(f"{client.base_url}: HTTP {response.status_code}: {response.text[:300]}")
@@ -169,12 +173,11 @@ def run(args: argparse.Namespace) -> Outcome:
             )
             bodies = {}
             for prompt in prompts:
-                client_body = {"model": model, "prompt": prompt, "max_tokens": args.tokens}
-                request = admit("completion", client_body, policy).request
-                bodies[prompt] = {
-                    "server": upstream_body(request, model=model, seed=seed, stream=False),
-                    "gateway": client_body,
-                }
+                client_body = json.dumps(
+                    {"model": model, "prompt": prompt, "max_tokens": args.tokens}
+                ).encode()
+                admitted = admit("completion", parse_body(client_body), policy)
+                bodies[prompt] = {"server": admitted.body, "gateway": client_body}
             for round_ in range(args.warmup + args.rounds):
                 timed = round_ >= args.warmup
                 for number, prompt in enumerate(prompts):

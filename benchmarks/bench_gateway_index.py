@@ -50,17 +50,21 @@ def write(directory: Path, exchanges: int, rotate: int) -> None:
         request = ExchangeRequest.model_validate_json(
             json.dumps(
                 {
-                    "constraint": {"json_schema": SCHEMA} if constrained else None,
                     "kind": "completion",
                     "max_tokens": 64,
                     "messages": None,
                     "prompt": f"Question {number:08d}: what follows in this sentence, word",
+                    "response_format": None,
                     "stop": None,
+                    "structured_outputs": (
+                        json.dumps({"json": SCHEMA}, separators=(",", ":")) if constrained else None
+                    ),
                 }
             )
         )
         fields = {
             "constraint_check": "satisfied" if constrained else None,
+            "delivery": "delivered",
             "finish_reason": "length",
             "incomplete": None,
             "output_token_ids": [(number * 7 + i) % 32000 for i in range(64)],

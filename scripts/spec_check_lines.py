@@ -17,6 +17,7 @@ from typing import IO, Any, Final
 
 import rfc8785
 
+import spec_check_request as request_rules
 from spec_check_schema import SchemaError, Validator
 
 MAX_LINE_BYTES: Final = 8 * 1024 * 1024
@@ -102,32 +103,12 @@ def parse_json(text: str, where: str) -> Any:
     return value
 
 
-def check_request(request: dict[str, Any], where: str) -> None:
-    """Section 6.7: [request.kind] and [request.constraint]."""
-    kind, prompt, messages = request["kind"], request["prompt"], request["messages"]
-    chat_ok = kind == "chat" and messages is not None and prompt is None
-    completion_ok = kind == "completion" and prompt is not None and messages is None
-    if not (chat_ok or completion_ok):
-        raise Refused(
-            "request.kind",
-            f"{where}: a {kind} with prompt {prompt!r:.20} and "
-            f"messages {'set' if messages is not None else 'null'}",
-        )
-    constraint = request["constraint"]
-    if constraint is None:
-        return
-    ((name, argument),) = constraint.items()
-    ok = {
-        "json_schema": isinstance(argument, dict) and bool(argument),
-        "json_object": argument is True,
-        "regex": isinstance(argument, str) and bool(argument),
-        "grammar": isinstance(argument, str) and bool(argument),
-        "choice": isinstance(argument, list)
-        and bool(argument)
-        and all(isinstance(option, str) for option in argument),
-    }.get(name, False)
-    if not ok:
-        raise Refused("request.constraint", f"{where}: constraint {name!r} with {argument!r:.40}")
+def check_request(request: dict[str, Any], where: str) -> str | None:
+    """Section 6.7 (``spec_check_request``); the request's constraint, None when it has none."""
+    try:
+        return request_rules.check_request(request, where)
+    except request_rules.RequestRefused as refused:
+        raise Refused(refused.rule, refused.message) from None
 
 
 def parse_line(line: bytes, where: str) -> dict[str, Any]:
@@ -320,7 +301,7 @@ def _check_exchange(exchange: dict[str, Any], index: int, where: str) -> None:
             "exchange.finish", f"{where}: finish_reason {finish!r}, incomplete {incomplete!r}"
         )
     check = exchange["constraint_check"]
-    if (check is None) != (request["constraint"] is None):
+    if (check is None) != (check_request(request, where) is None):
         raise Refused("exchange.check", f"{where}: constraint_check {check!r}")
     cut_short = incomplete is not None or finish == "length"
     if (check == "cut" and not cut_short) or (check == "violated" and cut_short):

@@ -115,7 +115,8 @@ BUNDLE: Final[tuple[Record, ...]] = (
         "id": "p0003",
         "prompt": "JSON:",
         "stop": ["\n\n"],
-        "constraint": {"json_schema": {"properties": {"a": {"type": "integer"}}, "type": "object"}},
+        # a schema as its author's text: its members in the author's order
+        "constraint": {"json_schema": '{"type":"object","properties":{"a":{"type":"integer"}}}'},
     },
 )
 

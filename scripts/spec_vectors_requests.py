@@ -1,8 +1,5 @@
-"""Transcript vectors of docs/spec/run-log.md section 6.7: the request and its constraint.
-
-To re-check when the gateway's admission change (a constraint recorded as the exact text sent)
-lands: these vectors hold constraints in the form format version 5 records on ``main`` today.
-"""
+"""Transcript vectors of docs/spec/run-log.md section 6.7: the request and its constraint fields,
+each a JSON text as it was sent (its members' order and its numbers' spellings kept)."""
 
 from __future__ import annotations
 
@@ -12,9 +9,21 @@ from spec_vectors_base import Lines, Record, VectorSet, replace_once
 from spec_vectors_segments import segment_vector
 from spec_vectors_transcripts import changed, reclosed
 
+#: the lines of the valid segment whose requests hold each field (spec_vectors_transcripts)
+_SCHEMA_LINE = 3  # response_format json_schema, "minimum":0.5
+_REGEX_LINE = 4  # structured_outputs {"regex":"[0-9]+"}
+
+
+def _fields(fields: Record) -> Callable[[Record], None]:
+    return lambda record: record["request"].update(fields)
+
+
+def _field(name: str, text: str | None) -> Callable[[Record], None]:
+    return _fields({name: text})
+
 
 def add_requests(vs: VectorSet, good: Lines) -> None:
-    """Section 6.7: the request and its constraint (to re-check with the admission change)."""
+    """Section 6.7: the request, its constraint fields' texts and values."""
     bad = "invalid"
 
     def request(change: Callable[[Record], None]) -> Callable[[Record], None]:
@@ -40,65 +49,96 @@ def add_requests(vs: VectorSet, good: Lines) -> None:
         "6.7",
         "a completion holding neither prompt nor messages",
     )
+    # [request.constraint]: the values a field may hold
+    values = [
+        ("both-fields", "response_format", '{"type":"json_object"}', "both constraint fields"),
+        ("two-constraints", "structured_outputs", '{"regex":"[0-9]+","choice":["1"]}',
+         "structured_outputs of two kinds"),
+        ("no-constraint", "structured_outputs", "{}", "structured_outputs holding nothing"),
+        ("unknown-constraint", "structured_outputs", '{"ebnf":"x"}',
+         "a constraint kind the format does not define"),
+        ("json-object-false", "structured_outputs", '{"json_object":false}', "json_object false"),
+        ("empty-regex", "structured_outputs", '{"regex":""}', "an empty regex"),
+        ("regex-too-long", "structured_outputs", '{"regex":"' + "a" * 4097 + '"}',
+         "a regex of 4,097 characters"),
+        ("choice-not-strings", "structured_outputs", '{"choice":["yes",1]}',
+         "a choice holding a number"),
+        ("choice-twice", "structured_outputs", '{"choice":["yes","yes"]}',
+         "a choice offered twice"),
+        ("schema-not-object", "structured_outputs", '{"json":[]}', "a JSON Schema array"),
+        ("schema-too-deep", "structured_outputs", '{"json":' + '{"a":' * 32 + "{}" + "}" * 32 + "}",
+         "a JSON Schema 33 levels deep"),
+        ("schema-too-many-values", "structured_outputs",
+         '{"json":{"enum":[' + ",".join(["0"] * 4095) + "]}}",
+         "a JSON Schema of 4,097 values"),
+        ("response-format-xml", "response_format", '{"type":"xml"}', "a response_format type the "
+         "format does not define"),
+        ("response-format-extra", "response_format", '{"type":"text","seed":1}',
+         "a response_format member the format does not define"),
+        ("response-format-no-name", "response_format",
+         '{"type":"json_schema","json_schema":{"schema":{}}}', "a json_schema without its name"),
+        ("response-format-strict-false", "response_format",
+         '{"type":"json_schema","json_schema":{"name":"n","schema":{},"strict":false}}',
+         "a json_schema that need not be followed (strict false)"),
+    ]  # fmt: skip
+    for name, field, text, what in values:
+        # the regex line's structured_outputs replaced (both-fields: response_format added)
+        fields: Record = {field: text}
+        if name != "both-fields":
+            fields = {"response_format": None, "structured_outputs": None} | fields
+        segment_vector(
+            vs,
+            name,
+            changed(good, _REGEX_LINE, _fields(fields)),
+            bad,
+            2,
+            "request.constraint",
+            "6.7",
+            what,
+        )
+    # [request.constraint-text]: one JSON text, in its compact form
+    texts = [
+        ("constraint-not-json", '{"regex":"[0-9]+"', "a constraint field that is not JSON"),
+        ("constraint-not-compact", '{"regex": "[0-9]+"}', "white space between tokens"),
+        ("constraint-escaped-letter", '{"regex":"[\\u0030-9]+"}',
+         "an escape the compact form does not write (\\u0030 for 0)"),
+        ("constraint-escaped-slash", '{"regex":"a\\/b"}', "a solidus escaped"),
+        ("constraint-upper-hex", '{"regex":"a\\u001Fb"}', "a control character in upper-case hex"),
+        ("constraint-name-twice", '{"regex":"a","regex":"b"}', "a member name twice"),
+        ("constraint-lone-surrogate", '{"regex":"\\ud800"}', "an escaped lone surrogate"),
+        ("constraint-nan", '{"json":{"maximum":NaN}}', "NaN in a JSON Schema"),
+        ("constraint-number-overflow", '{"json":{"maximum":1e400}}', "1e400 in a JSON Schema"),
+    ]  # fmt: skip
+    for name, text, what in texts:
+        segment_vector(
+            vs,
+            name,
+            changed(good, _REGEX_LINE, _field("structured_outputs", text)),
+            bad,
+            2,
+            "request.constraint-text",
+            "6.7",
+            what,
+        )
+    # what the compact form keeps: numbers as written, members in their order
+    for name, new, what in [
+        ("schema-number-as-written", b'\\"minimum\\":0.50', "0.50 in a JSON Schema, kept"),
+        ("schema-integer-past-2-53", b'\\"minimum\\":9007199254740993',
+         "2^53 + 1 in a JSON Schema: a text, not an integer member"),
+        ("schema-exponent", b'\\"minimum\\":5e-1', "5e-1 in a JSON Schema, kept"),
+    ]:  # fmt: skip
+        kept = [*good]
+        kept[_SCHEMA_LINE] = replace_once(good[_SCHEMA_LINE], b'\\"minimum\\":0.5', new)
+        segment_vector(vs, name, reclosed(kept), "valid", 0, None, "6.7", what)
     segment_vector(
         vs,
-        "two-constraints",
-        changed(good, 4, request(lambda r: r["constraint"].update(choice=["1"]))),
-        bad,
-        2,
-        "line.schema",
+        "control-character-escaped",
+        changed(good, _REGEX_LINE, _field("structured_outputs", '{"regex":"a\\u001fb\\tc"}')),
+        "valid",
+        0,
+        None,
         "6.7",
-        "a constraint object of two kinds",
-    )
-    segment_vector(
-        vs,
-        "unknown-constraint",
-        changed(good, 4, request(lambda r: r.update(constraint={"ebnf": "x"}))),
-        bad,
-        2,
-        "request.constraint",
-        "6.7",
-        "a constraint kind the format does not define",
-    )
-    segment_vector(
-        vs,
-        "json-object-false",
-        changed(good, 9, request(lambda r: r.update(constraint={"json_object": False}))),
-        bad,
-        2,
-        "request.constraint",
-        "6.7",
-        "json_object false",
-    )
-    segment_vector(
-        vs,
-        "empty-regex",
-        changed(good, 4, request(lambda r: r.update(constraint={"regex": ""}))),
-        bad,
-        2,
-        "request.constraint",
-        "6.7",
-        "an empty regex",
-    )
-    segment_vector(
-        vs,
-        "choice-not-strings",
-        changed(good, 5, request(lambda r: r.update(constraint={"choice": ["yes", 1]}))),
-        bad,
-        2,
-        "request.constraint",
-        "6.7",
-        "a choice holding a number",
-    )
-    segment_vector(
-        vs,
-        "empty-schema",
-        changed(good, 3, request(lambda r: r.update(constraint={"json_schema": {}}))),
-        bad,
-        2,
-        "request.constraint",
-        "6.7",
-        "an empty JSON Schema",
+        "control characters written as the compact form writes them",
     )
     segment_vector(
         vs,
@@ -110,41 +150,17 @@ def add_requests(vs: VectorSet, good: Lines) -> None:
         "6.7",
         "an empty stop list (null when none)",
     )
-    not_canonical = [*good]
-    not_canonical[3] = replace_once(good[3], b'"minimum":0.5', b'"minimum":0.50')
     segment_vector(
         vs,
-        "schema-number-not-canonical",
-        reclosed(not_canonical),
+        "constraint-over-max-chars",
+        changed(
+            good, _REGEX_LINE, _field("structured_outputs", '{"grammar":"' + "a" * 65523 + '"}')
+        ),
         bad,
         2,
-        "line.canonical",
-        "6.7",
-        "0.50 inside a JSON Schema constraint",
-    )
-    big = [*good]
-    big[3] = replace_once(good[3], b'"minimum":0.5', b'"minimum":9007199254740993')
-    segment_vector(
-        vs,
-        "schema-integer-past-2-53",
-        reclosed(big),
-        bad,
-        2,
-        "line.integer-range",
-        "2.2",
-        "2^53 + 1 inside a JSON Schema constraint",
-    )
-    exact = [*good]
-    exact[3] = replace_once(good[3], b'"minimum":0.5', b'"minimum":9007199254740992')
-    segment_vector(
-        vs,
-        "schema-integer-2-53",
-        reclosed(exact),
-        bad,
-        2,
-        "line.integer-range",
-        "2.2",
-        "2^53 inside a JSON Schema constraint: a double, but an integer literal past 2^53 - 1",
+        "line.schema",
+        "2.4",
+        "a constraint field of 65,537 characters",
     )
     segment_vector(
         vs,

@@ -36,15 +36,28 @@ def segment_header(
     }
 
 
-def _request(kind: str, constraint: Record | None = None, max_tokens: int = 8) -> Record:
+def constraint_text(value: Record) -> str:
+    """A constraint field's JSON text as the gateway sends and records it (section 6.7's compact
+    form: no white space, members in their order)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _request(
+    kind: str,
+    constraint: Record | None = None,
+    max_tokens: int = 8,
+    field: str = "structured_outputs",
+) -> Record:
     chat = kind == "chat"
+    text = None if constraint is None else constraint_text(constraint)
     return {
-        "constraint": constraint,
         "kind": kind,
         "max_tokens": max_tokens,
         "messages": [{"content": "Say hi", "role": "user"}] if chat else None,
         "prompt": None if chat else "Tell me a number:",
+        "response_format": text if field == "response_format" else None,
         "stop": None,
+        "structured_outputs": text if field == "structured_outputs" else None,
     }
 
 
@@ -75,25 +88,36 @@ def exchange(
 
 
 def exchanges() -> list[Record]:
-    """Nine exchanges, one of each kind the rules of section 6.3 tell apart."""
+    """Nine exchanges, one of each kind the rules of section 6.3 tell apart, with constraints in
+    both fields of section 6.7 (a schema's properties out of alphabetical order, a ``text``
+    response format that is no constraint)."""
     schema = {
+        "type": "json_schema",
         "json_schema": {
-            "properties": {"n": {"minimum": 0.5, "type": "number"}},
-            "required": ["n"],
-            "type": "object",
-        }
+            "name": "number",
+            "schema": {
+                "type": "object",
+                "properties": {"n": {"type": "number", "minimum": 0.5}},
+                "required": ["n"],
+            },
+        },
     }
     return [
         exchange(0, _request("completion"), [11, 12, 13], " 42.", finish="stop"),
         exchange(
             1,
-            _request("chat"),
+            _request("chat", {"type": "text"}, field="response_format"),
             [21, 22, 23, 24, 25, 26, 27, 28],
             "Hi there, how are",
             finish="length",
         ),
         exchange(
-            2, _request("chat", schema), [31, 32], '{"n":1}', finish="stop", check="satisfied"
+            2,
+            _request("chat", schema, field="response_format"),
+            [31, 32],
+            '{"n":1}',
+            finish="stop",
+            check="satisfied",
         ),
         exchange(
             3,
@@ -123,7 +147,7 @@ def exchanges() -> list[Record]:
         ),
         exchange(
             6,
-            _request("completion", {"grammar": "root ::= [0-9]+"}),
+            _request("completion", {"grammar": "start: /[0-9]+/"}),
             [71],
             "8",
             finish="stop",
@@ -140,7 +164,7 @@ def exchanges() -> list[Record]:
         ),
         exchange(
             8,
-            _request("chat", {"json_object": True}),
+            _request("chat", {"type": "json_object"}, field="response_format"),
             [91],
             "{",
             finish=None,

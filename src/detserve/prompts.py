@@ -7,7 +7,8 @@ A bundle is a directory::
     prompts.jsonl   one canonical JSON object a line, a request of one kind
                     (:mod:`detserve.requests`): {"id", "n_tokens", "prompt"} (a completion) or
                     {"id", "n_tokens", "messages"} (a chat), each optionally with "stop" and
-                    "constraint"
+                    "constraint" (a JSON Schema as its author's JSON text: ``prompts bootstrap``
+                    neither reorders nor respells it)
 
 Its pin is a manifest of those files (``manifests/reference_prompts/reference_prompts.sha256``,
 the same format as snapshot manifests); the bundle's hash is the sha256 of that manifest. Every
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from detserve import spelled_json
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
 from detserve.chat_template import pinned_chat_template, render_chat, special_tokens
 from detserve.errors import BundleError, InputError, SnapshotMismatch, bounded
@@ -326,6 +328,8 @@ def _read_dataset(
             shown = ", ".join(bounded(repr(key), 80) for key in duplicates[:5])
             raise BundleError(f"{where}: duplicate key(s) {shown} (ambiguous; keep one)")
         request = _dataset_request(value, where, fmt, field)
+        if fmt == "requests":
+            request = _schema_as_written(request, line, where)
         try:
             json.dumps(request, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
@@ -335,6 +339,23 @@ def _read_dataset(
                 f"(a \\ud800-\\udfff escape): not text"
             ) from None
         yield where, request
+
+
+def _schema_as_written(request: dict[str, Any], line: str, where: str) -> dict[str, Any]:
+    """A request whose constraint holds a JSON Schema, the schema as its author wrote it: JSON
+    text, compact, its keys in their order and its numbers as spelled (an author may give the
+    schema as an object or as its text)."""
+    constraint = request.get("constraint")
+    if not isinstance(constraint, dict) or "json_schema" not in constraint:
+        return request
+    try:
+        schema = spelled_json.loads(line)["constraint"]["json_schema"]
+        if isinstance(schema, str):
+            schema = spelled_json.loads(schema)
+        text = spelled_json.dumps(schema)
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{where}: constraint.json_schema: not JSON: {exc}") from None
+    return {**request, "constraint": {**constraint, "json_schema": text}}
 
 
 def download_hf_dataset_file(

@@ -8,32 +8,43 @@ is one :class:`PromptRecord`:
   ``user``, ``assistant``), sent to ``/v1/chat/completions`` and rendered by the server with the
   chat template of the pinned snapshot; no line can supply or configure a template;
 
-each optionally with ``stop`` strings and one ``constraint``: ``{"json_schema": {...}}``,
-``{"regex": "..."}``, ``{"choice": ["...", ...]}`` or ``{"grammar": "..."}`` (Lark syntax),
-sent as vLLM's ``structured_outputs``.
+each optionally with ``stop`` strings and one ``constraint``: ``{"json_schema": "{...}"}`` (the
+schema's JSON text: a string, so that its key order, which decides the order in which the engine
+writes the fields, and its numbers' spellings stay its author's), ``{"regex": "..."}``,
+``{"choice": ["...", ...]}`` or ``{"grammar": "..."}`` (Lark syntax), sent as vLLM's
+``structured_outputs`` with the schema's text embedded as it is.
 
 Invariants: a line is the RFC 8785 form of its record with absent fields left out (one form per
-request, so the bundle's hash pins each request exactly); a constraint is checked when the line
-is parsed (a JSON Schema against its metaschema, a regex by the ``regex`` package, a grammar by
-``lark``), so a line that loads can be checked after sampling; :func:`sample_record` is the one
-place a request is made and turned into a run-log sample. A regex is matched with a time limit
-(:data:`REGEX_CHECK_TIMEOUT_S`) and a grammar parsed in a child process with one
-(:mod:`detserve.grammar_check`): a bundle is someone's claim, and a pattern that backtracks for
-ever must not hang the verifier (:class:`ConstraintUncheckable`, exit 2).
+request, so the bundle's hash pins each request exactly; a schema's text is its own compact form,
+:mod:`detserve.constraints`); a constraint is within the caps of :mod:`detserve.constraints` and
+compiles when the line is parsed (a JSON Schema against its metaschema, its references inside
+it; a regex by the ``regex`` package; a grammar by ``lark``), in the checker's child process
+with a time limit (:mod:`detserve.constraint_check`), so a line that loads can be checked after
+sampling and a constraint that would hang or reach out is bad input (exit 2);
+:func:`sample_record` is the one place a request is made and turned into a run-log sample. An
+output check that cannot finish in its limit is :class:`ConstraintUncheckable` (exit 2).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
-import regex
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_json
-from detserve.constraint_check import accepts, json_validator, lark_parser
+from detserve.constraint_check import CheckedKind, accepts, compile_problem
+from detserve.constraints import (
+    MAX_GRAMMAR_CHARS,
+    MAX_REGEX_CHARS,
+    ConstraintRefused,
+    check_choices,
+    check_schema_text,
+    check_text,
+)
 from detserve.errors import (
     BundleError,
     ConstraintViolated,
@@ -41,17 +52,11 @@ from detserve.errors import (
     PinMismatch,
     RequestRefused,
 )
+from detserve.spelled_json import JSONText
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
 MAX_STOP_STRINGS: Final = 16
-MAX_CHOICES: Final = 1024
-#: the deepest a JSON Schema may nest (objects and arrays, counted from 1): the schema
-#: libraries recurse, and a schema a few hundred levels deep ran them out of stack
-MAX_SCHEMA_DEPTH: Final = 32
-#: wall-clock seconds one regex constraint's full match may take; a pattern that backtracks
-#: catastrophically on an output is refused rather than waited for
-REGEX_CHECK_TIMEOUT_S: Final = 2.0
 COMPLETIONS_PATH: Final = "/v1/completions"
 CHAT_PATH: Final = "/v1/chat/completions"
 
@@ -80,47 +85,52 @@ class Message(_Frozen):
     content: str = Field(max_length=MAX_PROMPT_BYTES)
 
 
-def json_depth(value: Any) -> int:
-    """How deep a JSON value nests (a scalar 0, ``{}`` and ``[]`` 1), without recursing."""
-    deepest = 0
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = (
-            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
-        )
-        if children is None:
-            continue
-        deepest = max(deepest, depth)
-        pending.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 class ConstraintUncheckable(BundleError):
     """A constraint whose check of an output cannot finish (a regex that backtracks for ever, a
     grammar whose parse does not end in time)."""
 
 
-def regex_fullmatch(pattern: str, text: str) -> bool:
-    """Whether ``pattern`` matches the whole of ``text``, within :data:`REGEX_CHECK_TIMEOUT_S`;
-    raises :class:`ConstraintUncheckable` past it."""
+def _compiled(kind: CheckedKind, argument: str) -> None:
+    """Raise ValueError unless the constraint compiles (in the checker's child, within its
+    time limit), so that a line that loads can be checked after sampling."""
     try:
-        return regex.fullmatch(pattern, text, timeout=REGEX_CHECK_TIMEOUT_S) is not None
-    except TimeoutError:
-        raise ConstraintUncheckable(
-            f"the regex constraint did not finish matching a {len(text)}-character output in "
-            f"{REGEX_CHECK_TIMEOUT_S:g} s (the pattern backtracks catastrophically)",
-            hint="write the pattern without nested or overlapping repetition",
-        ) from None
+        problem = _compile_problem(kind, argument)
+    except TimeoutError as exc:
+        raise ValueError(f"{kind} does not compile in time: {exc}") from None
+    if problem is not None:
+        what = {
+            "json_schema": "json_schema is not a JSON Schema detserve can check",
+            "grammar": "grammar is not a Lark grammar with a 'start' rule",
+            "regex": "regex does not compile",
+        }[kind]
+        raise ValueError(f"{what}: {problem}")
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_problem(kind: CheckedKind, argument: str) -> str | None:
+    # one compile per distinct constraint: a bundle repeats them, bootstrap validates twice
+    return compile_problem(kind, argument)
 
 
 class Constraint(_Frozen):
-    """Exactly one structured-output constraint."""
+    """Exactly one structured-output constraint, each argument within the caps of
+    :mod:`detserve.constraints` (a schema as its JSON text: keys in its author's order, numbers
+    as written, compact)."""
 
-    json_schema: dict[str, Any] | None = None
-    regex: str | None = Field(default=None, min_length=1, max_length=1 << 16)
-    choice: list[str] | None = Field(default=None, min_length=1, max_length=MAX_CHOICES)
-    grammar: str | None = Field(default=None, min_length=1, max_length=1 << 16)
+    json_schema: str | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("json_schema"), dict):
+            raise ValueError(
+                "json_schema is held as its JSON text (a string), so that its key order and "
+                "numbers stay as written; rebuild the bundle with `detserve prompts bootstrap`"
+            )
+        return data
 
     @model_validator(mode="after")
     def _one_and_valid(self) -> Constraint:
@@ -134,35 +144,18 @@ class Constraint(_Frozen):
                 "a constraint holds exactly one of json_schema, regex, choice, grammar; "
                 f"found {', '.join(given) or 'none'}"
             )
-        if self.json_schema is not None:
-            from jsonschema.exceptions import SchemaError
-
-            if json_depth(self.json_schema) > MAX_SCHEMA_DEPTH:
-                raise ValueError(f"json_schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
-            try:
-                json_validator(canonical_json(self.json_schema))
-            except SchemaError as exc:
-                raise ValueError(f"json_schema is not a valid JSON Schema: {exc.message}") from None
-        elif self.regex is not None:
-            try:
-                regex.compile(self.regex)
-            except regex.error as exc:
-                raise ValueError(f"regex does not compile: {exc}") from None
-        elif self.choice is not None:
-            if any(not option for option in self.choice) or len(set(self.choice)) != len(
-                self.choice
-            ):
-                raise ValueError("choice options must be distinct, non-empty strings")
-        elif self.grammar is not None:
-            from lark.exceptions import LarkError
-
-            try:
-                lark_parser(self.grammar)
-            except LarkError as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise ValueError(
-                    f"grammar is not a Lark grammar with a 'start' rule: {first}"
-                ) from None
+        try:
+            if self.json_schema is not None:
+                _compiled("json_schema", check_schema_text("json_schema", self.json_schema))
+            elif self.regex is not None:
+                _compiled("regex", check_text("regex", self.regex, MAX_REGEX_CHARS, "regex"))
+            elif self.choice is not None:
+                check_choices("choice", self.choice)
+            elif self.grammar is not None:
+                grammar = check_text("grammar", self.grammar, MAX_GRAMMAR_CHARS, "grammar")
+                _compiled("grammar", grammar)
+        except ConstraintRefused as exc:
+            raise ValueError(exc.message) from None
         return self
 
     @property
@@ -184,9 +177,10 @@ class Constraint(_Frozen):
         return hashlib.sha256(self.canonical().encode("utf-8")).hexdigest()
 
     def structured_outputs(self) -> dict[str, Any]:
-        """The request's ``structured_outputs`` field (vLLM's ``StructuredOutputsParams``)."""
+        """The request's ``structured_outputs`` field (vLLM's ``StructuredOutputsParams``), a
+        schema embedded as its text (:func:`~detserve.spelled_json.encode_body`)."""
         if self.json_schema is not None:
-            return {"json": self.json_schema}
+            return {"json": JSONText(self.json_schema)}
         if self.regex is not None:
             return {"regex": self.regex}
         if self.choice is not None:
@@ -196,25 +190,21 @@ class Constraint(_Frozen):
     def satisfied_by(self, text: str) -> bool:
         """detserve's own check: the JSON validates, the regex matches in full, the text is a
         choice, or the grammar (by ``lark``) parses the whole text. A check that cannot finish
-        in its time limit (:data:`REGEX_CHECK_TIMEOUT_S`; ``constraint_check.CHECK_TIMEOUT_S``)
-        or fails in its library raises :class:`ConstraintUncheckable`."""
-        if self.regex is not None:
-            return regex_fullmatch(self.regex, text)
+        in its time limit (:mod:`detserve.constraint_check`) or fails in its library raises
+        :class:`ConstraintUncheckable`."""
         if self.choice is not None:
             return text in self.choice
-        if self.json_schema is not None:
-            kind, argument = "json_schema", canonical_json(self.json_schema)
-        else:
-            assert self.grammar is not None
-            kind, argument = "grammar", self.grammar
+        kind: CheckedKind = self.kind  # type: ignore[assignment]
+        argument = self.json_schema or self.regex or self.grammar
+        assert argument is not None
         try:
-            verdict, reason = accepts(kind, argument, text)  # type: ignore[arg-type]
+            verdict, reason = accepts(kind, argument, text)
         except TimeoutError as exc:
             raise ConstraintUncheckable(
                 f"the {kind} constraint did not finish checking a {len(text)}-character output: "
                 f"{exc}",
-                hint="a schema pattern that backtracks, or an ambiguous grammar (Earley parsing "
-                "is cubic or worse), cannot be checked; write it otherwise",
+                hint="a pattern that backtracks, or an ambiguous grammar (Earley parsing is "
+                "cubic or worse), cannot be checked; write it otherwise",
             ) from None
         if verdict is None:
             raise ConstraintUncheckable(f"the {kind} constraint cannot be checked: {reason}")
@@ -279,7 +269,8 @@ class GenerationParams:
 
 def request_body(record: PromptRecord, params: GenerationParams) -> tuple[str, dict[str, Any]]:
     """The endpoint and the exact body of the request a line makes: greedy, seeded, one choice,
-    token ids returned; never a chat template or any of its options."""
+    token ids returned; never a chat template or any of its options. A schema is embedded as
+    its text: the body's bytes are :func:`~detserve.spelled_json.encode_body`'s."""
     body: dict[str, Any] = {
         "max_tokens": params.max_tokens,
         "temperature": 0,

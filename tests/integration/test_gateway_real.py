@@ -3,9 +3,10 @@
 One container and one gateway (a separate ``detserve serve`` process on a free loopback port)
 for the module; the tests run in order and add to one transcript. The ``openai`` client gets
 completions and chats, whole and streamed, and JSON-schema constrained answers (each parses and
-validates against its schema); every answer's provenance id resolves to the same record; a
-client that leaves mid-stream leaves an ``incomplete`` line; a malformed body is a 400 and a
-10 MB body a 413, and neither is recorded. Then the load: 16 client threads send 400 mixed
+validates against its schema; one whose properties are out of alphabetical order is written in
+that order, recorded in it and replayed); every answer's provenance id resolves to the same
+record; a client that leaves mid-stream leaves an ``incomplete`` line; a malformed body is a 400
+and a 10 MB body a 413, and neither is recorded. Then the load: 16 client threads send 400 mixed
 requests to a gateway whose queue holds 2, count the 429s and retry them after ``Retry-After``;
 ``/metrics``, scraped before and after, moved by exactly that (answers, 429s, transcript lines).
 Last, the gateway stopped with Ctrl-C closes its transcript, which validates and holds every
@@ -56,6 +57,14 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
 }
 RESPONSE_FORMAT: Any = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": SCHEMA}}
+#: properties out of alphabetical order: the engine writes the fields in the schema's order, so
+#: the schema must be sent, recorded and replayed in it (RFC 8785 would sort it)
+UNSORTED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"confident": {"type": "boolean"}, "answer": {"enum": ["yes", "no"]}},
+    "required": ["confident", "answer"],
+    "additionalProperties": False,
+}
 MAX_TOKENS = 32
 #: a short queue, so that the load test's 16 clients really meet 429s
 QUEUE_SIZE = 2
@@ -183,8 +192,37 @@ def test_a_json_schema_response_format_is_obeyed(served: Served) -> None:
         jsonschema.validate(json.loads(text), SCHEMA)
 
 
+def test_a_schema_is_sent_recorded_and_obeyed_in_its_own_property_order(served: Served) -> None:
+    client = served.gateway.client()
+    response_format: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "verdict", "schema": UNSORTED_SCHEMA},
+    }
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Is ice cold? Reply with JSON."}],
+        max_tokens=CONSTRAINED_MAX_TOKENS,
+        response_format=response_format,
+    )
+    served.provenances.append(answer.model_extra["detserve"])
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt="Is fire hot? Answer in JSON:",
+            max_tokens=CONSTRAINED_MAX_TOKENS,
+            stream=True,
+            extra_body={"structured_outputs": {"json": UNSORTED_SCHEMA}},
+        )
+    )
+    served.provenances.append(chunks[-1].model_extra["detserve"])
+    streamed = "".join(chunk.choices[0].text for chunk in chunks)
+    for text in (answer.choices[0].message.content or "", streamed):
+        assert list(json.loads(text)) == ["confident", "answer"], text
+        jsonschema.validate(json.loads(text), UNSORTED_SCHEMA)
+
+
 def test_every_provenance_id_resolves_to_its_record(served: Served) -> None:
-    assert len(served.provenances) == 13
+    assert len(served.provenances) == 15
     for provenance in served.provenances:
         resolved = httpx.get(f"{served.gateway.url}/v1/provenance/{provenance['id']}")
         assert resolved.status_code == 200
@@ -225,7 +263,12 @@ def test_a_client_leaving_mid_stream_leaves_an_incomplete_line(served: Served) -
 
 def test_a_malformed_and_an_oversized_body_are_refused_and_not_recorded(served: Served) -> None:
     url = f"{served.gateway.url}/v1/chat/completions"
-    malformed = httpx.post(url, content=b'{"model": "tiny-llama", "messages": [', timeout=30)
+    malformed = httpx.post(
+        url,
+        content=b'{"model": "tiny-llama", "messages": [',
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
     assert malformed.status_code == 400
     assert "not valid JSON" in malformed.json()["error"]["message"]
     oversized = httpx.post(
@@ -382,7 +425,12 @@ def test_the_transcript_validates_and_replays_identical(
     assert [e.incomplete for e in exchanges if e.incomplete] == ["client_disconnected"]
     assert {e.delivery for e in answered} == {"delivered"}
     assert {e.request.kind for e in answered} == {"completion", "chat"}
-    assert sum(e.request.constraint is not None for e in answered) == 3 + LOAD_REQUESTS // 5
+    assert sum(e.request.constraint is not None for e in answered) == 5 + LOAD_REQUESTS // 5
+    # the unsorted schema was recorded in its own order, so the replay below sends it so
+    recorded = [e.request.constraint for e in answered if e.request.constraint is not None]
+    unsorted = [c.text for c in recorded if '"properties":{"confident"' in c.text]
+    assert len(unsorted) == 2
+    assert all(text.index('"confident"') < text.index('"answer"') for text in unsorted)
     assert all(e.finish_reason is not None for e in answered)
     for exchange, provenance in zip(answered[: len(sequential)], served.provenances, strict=True):
         assert (

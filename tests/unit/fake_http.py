@@ -39,7 +39,7 @@ class Answer:
 Respond = Callable[[str, str, Any], Answer]
 
 
-def _handler(respond: Respond) -> type[BaseHTTPRequestHandler]:
+def _handler(respond: Respond, received: list[bytes] | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
             pass
@@ -47,6 +47,8 @@ def _handler(respond: Respond) -> type[BaseHTTPRequestHandler]:
         def _serve(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if received is not None and method == "POST":
+                received.append(raw)  # the exact bytes, for tests of what was sent
             answer = respond(method, self.path, json.loads(raw) if raw else None)
             if answer.delay_s:
                 time.sleep(answer.delay_s)
@@ -95,9 +97,10 @@ def _handler(respond: Respond) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serving(respond: Respond) -> Iterator[int]:
-    """Serve until the block ends; yields the port."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(respond))
+def serving(respond: Respond, received: list[bytes] | None = None) -> Iterator[int]:
+    """Serve until the block ends; yields the port. Each POST body's bytes go to
+    ``received`` when given."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(respond, received))
     httpd.daemon_threads = True
     httpd.block_on_close = False  # a handler still sleeping for a timeout test is not waited for
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)

@@ -45,6 +45,8 @@ class StreamingFakeVllm:
     """vLLM's answers, derived from the prompt; what it was asked; how it misbehaves."""
 
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: the exact bytes of each POST body, in the order they arrived
+    bodies: list[bytes] = field(default_factory=list)
     #: seconds between two streamed events
     event_delay_s: float = 0.0
     #: drop a stream's connection after this many events
@@ -166,7 +168,7 @@ class Fixture:
 
 def running_gateway(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[GatewayRig]:
     """The gateway, serving until the generator is closed (a fixture's ``yield from``)."""
-    with serving(fake.answer) as port:
+    with serving(fake.answer, fake.bodies) as port:
         config = gateway_profile(fixture.workspace, port)
         spec = build_container_spec(load_profile(config))
         engine = FakeEngine(faithful_container(spec), pinned_image(spec))

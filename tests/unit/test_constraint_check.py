@@ -1,9 +1,10 @@
-"""A schema or grammar check runs in a child process with a time limit: a schema pattern that
-backtracks or an ambiguous grammar cannot hang detserve (sampling and replay stop with exit 2,
-the gateway records ``not_checked``)."""
+"""A constraint compiles and is checked in a child process with a time limit: a schema pattern
+that backtracks or an ambiguous grammar cannot hang detserve (sampling and replay stop with exit
+2, the gateway records ``not_checked``), and a schema's references never leave the schema."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal
 
@@ -13,18 +14,17 @@ from pydantic import ValidationError
 import detserve.constraint_check as constraint_check
 from detserve.canonical import canonical_json
 from detserve.constraint_check import accepts
-from detserve.gateway.admission import Policy, Refused, admit, parse_body
+from detserve.constraints import MAX_SCHEMA_DEPTH, json_depth
+from detserve.gateway.admission import Policy, Refused, parse_body
 from detserve.gateway.output_check import check_output
 from detserve.requests import (
-    MAX_SCHEMA_DEPTH,
     Constraint,
     ConstraintUncheckable,
     GenerationParams,
-    json_depth,
     sample_record,
 )
 
-from .test_gateway_constraints import request
+from .test_gateway_constraints import admit_json, request
 from .test_requests import Answer, Sender, record
 
 #: every binary bracketing of the text is a derivation: Earley time grows as the cube of its
@@ -47,7 +47,7 @@ def test_the_child_answers_as_the_libraries_do() -> None:
     unresolvable = canonical_json({"$ref": "https://example.invalid/s.json"})
     verdict, reason = accepts("json_schema", unresolvable, "{}")
     assert verdict is None
-    assert "Unresolvable: https://example.invalid/s.json" in reason
+    assert "'https://example.invalid/s.json' does not resolve inside the schema" in reason
 
 
 @pytest.mark.parametrize(
@@ -86,14 +86,13 @@ def test_sampling_stops_as_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_schema_that_cannot_be_checked_is_bad_input() -> None:
-    # a $ref jsonschema cannot resolve offline used to end sampling as an internal error
+    # a schema whose check fails in jsonschema used to end sampling as an internal error
     params = GenerationParams(max_tokens=8, seed=0, logprobs=None, model="tiny-llama")
-    unresolvable = {"json_schema": {"$ref": "https://example.invalid/s.json"}}
+    recursive = {"json_schema": '{"$ref":"#"}'}
     with pytest.raises(ConstraintUncheckable) as caught:
-        sample_record(Sender(Answer("{}")), 0, record(prompt="Hi", constraint=unresolvable), params)
+        sample_record(Sender(Answer("{}")), 0, record(prompt="Hi", constraint=recursive), params)
     assert caught.value.exit_code == 2
-    assert "the json_schema constraint cannot be checked: " in caught.value.message
-    assert "Unresolvable: https://example.invalid/s.json" in caught.value.message
+    assert "the json_schema constraint cannot be checked: RecursionError" in caught.value.message
 
 
 def test_the_gateway_records_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,12 +114,16 @@ def _nested(depth: int) -> dict[str, Any]:
     return schema
 
 
+def _text(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, separators=(",", ":"))
+
+
 def test_a_schema_deeper_than_the_limit_is_refused_when_read() -> None:
     # 200 levels ran jsonschema out of stack: an internal error (exit 3) on a bundle line
     assert json_depth(_nested(MAX_SCHEMA_DEPTH)) == MAX_SCHEMA_DEPTH
-    Constraint.model_validate({"json_schema": _nested(MAX_SCHEMA_DEPTH)})
-    with pytest.raises(ValidationError, match=f"json_schema nests deeper than {MAX_SCHEMA_DEPTH}"):
-        Constraint.model_validate({"json_schema": _nested(500)})
+    Constraint.model_validate({"json_schema": _text(_nested(MAX_SCHEMA_DEPTH))})
+    with pytest.raises(ValidationError, match=f"nests deeper than {MAX_SCHEMA_DEPTH} levels"):
+        Constraint.model_validate({"json_schema": _text(_nested(500))})
 
 
 @pytest.mark.parametrize(
@@ -133,9 +136,9 @@ def test_a_schema_deeper_than_the_limit_is_refused_when_read() -> None:
                     "json_schema": {"name": "x", "schema": _nested(500)},
                 }
             },
-            "response_format",
+            "response_format.json_schema.schema",
         ),
-        ({"structured_outputs": {"json": _nested(500)}}, "structured_outputs"),
+        ({"structured_outputs": {"json": _nested(500)}}, "structured_outputs.json"),
     ],
 )
 def test_the_gateway_refuses_a_deep_schema_naming_the_field(
@@ -149,9 +152,9 @@ def test_the_gateway_refuses_a_deep_schema_naming_the_field(
         structured_outputs_pinned=True,
     )
     with pytest.raises(Refused) as refused:
-        admit("completion", {"model": "tiny-llama", "prompt": "p"} | extra, policy)
+        admit_json("completion", {"model": "tiny-llama", "prompt": "p"} | extra, policy)
     assert (refused.value.status, refused.value.param) == (400, field)
-    assert f"at most {MAX_SCHEMA_DEPTH} levels" in refused.value.message
+    assert f"nests deeper than {MAX_SCHEMA_DEPTH} levels" in refused.value.message
 
 
 def test_a_body_nested_past_the_parser_is_a_400() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import stat
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
+import detserve.constraint_check as constraint_check
 from detserve import api
 from detserve.errors import RunLogError, UnsafeOutputError
 from detserve.gateway import relay as relay_module
@@ -89,7 +91,7 @@ def test_a_request_failing_in_the_gateway_wedges_nothing(
         raise OverflowError("an unexpected fault on the way to the client")
 
     # in the stream, after the engine answered; in a whole answer, where it is recorded
-    monkeypatch.setattr(relay_module, "request_sha256", fail)
+    monkeypatch.setattr(relay_module, "timed", fail)
     monkeypatch.setattr(Relay, "_record", fail)
     failed = post(rig, BODY | {"stream": stream})
     assert failed.status_code == 500, failed.text
@@ -105,8 +107,8 @@ def test_a_request_failing_in_the_gateway_wedges_nothing(
 def test_a_client_gone_while_its_body_is_read_gives_its_place_back(rig: GatewayRig) -> None:
     with socket.create_connection(("127.0.0.1", rig.server.port)) as sock:
         sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 50\r\n\r\n{"
-            % rig.server.port
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{" % rig.server.port
         )
         eventually(lambda: rig.gateway.slots.pending == 1)
     eventually(lambda: rig.gateway.slots.pending == 0)
@@ -252,6 +254,63 @@ def test_a_client_leaving_mid_stream_is_recorded_left_with_what_it_was_sent(
     provenance = rig.gateway.transcript.provenance(exchange_id)
     assert provenance is not None
     assert (provenance.incomplete, provenance.delivery) == ("client_disconnected", "partial")
+
+
+#: Python's re backtracks for ever on a run of "a" not followed by "c": a check that takes its limit
+BACKTRACKING = {"type": "string", "pattern": "^(a|aa)*c$"}
+
+
+def slow_constrained_stream(
+    rig: GatewayRig, fake: StreamingFakeVllm, monkeypatch: pytest.MonkeyPatch
+) -> tuple[socket.socket, str]:
+    """A constrained stream whose output's check runs its whole limit (3 s): its socket, once
+    the check is under way (its chunks wait for it), and its exchange id."""
+    constraint_check.compile_problem("regex", "a")  # the child is up: the limit times the work
+    monkeypatch.setattr(constraint_check, "CHECK_TIMEOUT_S", 3.0)
+    fake.pieces = ['"', "a" * 60, 'cX"']
+    body = BODY | {"max_tokens": 3, "stream": True, "structured_outputs": {"json": BACKTRACKING}}
+    sent = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", rig.server.port))
+    sock.sendall(
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (rig.server.port, len(sent), sent)
+    )
+    head = sock.recv(65536)  # the stream's start: its chunks wait for the check
+    found = re.search(rb"x-detserve-id: ([0-9a-f]{32})", head)
+    assert found is not None, head
+    eventually(lambda: constraint_check._lock.locked() and bool(fake.requests))
+    return sock, found.group(1).decode()
+
+
+def test_a_client_leaving_while_its_stream_is_checked_is_recorded_undelivered(
+    rig: GatewayRig, fake: StreamingFakeVllm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check is awaited to its end although the client's leaving cancels the stream: the
+    engine's whole answer is recorded, as nobody received it."""
+    sock, exchange_id = slow_constrained_stream(rig, fake, monkeypatch)
+    sock.close()  # the client leaves while the output is checked
+    eventually(lambda: rig.gateway.transcript.provenance(exchange_id) is not None)
+    provenance = rig.gateway.transcript.provenance(exchange_id)
+    assert provenance is not None
+    assert (provenance.incomplete, provenance.delivery) == (None, "undelivered")
+    assert provenance.constraint_check == "not_checked"
+    eventually(lambda: rig.gateway.slots.pending == 0)
+    assert post(rig).status_code == 200
+
+
+def test_a_gateway_stopped_while_a_stream_is_checked_records_it_first(
+    rig: GatewayRig, fake: StreamingFakeVllm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The footer waits for the record under way; the line says nothing was delivered."""
+    rig.server.server.config.timeout_graceful_shutdown = 0.2
+    sock, exchange_id = slow_constrained_stream(rig, fake, monkeypatch)
+    with sock:
+        rig.stop()
+    (checked,) = read_exchanges(only_segment(rig))
+    assert checked.id == exchange_id
+    assert (checked.incomplete, checked.delivery) == (None, "undelivered")
+    assert checked.constraint_check == "not_checked"
 
 
 # --- rotation on a full disk, empty segments, permissions ---------------------------------------

@@ -5,6 +5,7 @@ by exactly what a load of clients did (answers, 429s, transcript lines, queue wa
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_running
 
 MODEL = "tiny-llama"
 BODY = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+JSON = {"Content-Type": "application/json"}
 #: samples by (name, labels)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -237,11 +239,27 @@ def test_no_client_text_becomes_a_label(rig: GatewayRig) -> None:
             {"json": BODY | {"structured_outputs": {"json_object": False}}},
             400,
             "invalid_request",
-            "constraint",
+            "structured_outputs",
         ),
         ({"json": BODY | {"frobnicate": True}}, 400, "invalid_request", "other"),
-        ({"content": b'{"model": "tiny-llama", "prompt": '}, 400, "invalid_request", "body"),
-        ({"content": b'{"pad": "' + b"x" * (3 << 20) + b'"}'}, 413, "body_too_large", "body"),
+        (
+            {"content": b'{"model": "tiny-llama", "prompt": ', "headers": JSON},
+            400,
+            "invalid_request",
+            "body",
+        ),
+        (
+            {"content": b'{"pad": "' + b"x" * (3 << 20) + b'"}', "headers": JSON},
+            413,
+            "body_too_large",
+            "body",
+        ),
+        (
+            {"content": json.dumps(BODY), "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+            "body",
+        ),
     ],
 )
 def test_a_refused_body_is_counted_by_its_field(

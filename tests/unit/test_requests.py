@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import detserve.requests as requests_module
+import detserve.constraint_check as constraint_check
 from detserve.canonical import canonical_bytes
 from detserve.errors import (
     BundleError,
@@ -43,6 +43,7 @@ from detserve.requests import (
 )
 from detserve.runlog import write_run_log
 from detserve.sampling import SampleRequest, check_request, prompts_within_budget
+from detserve.spelled_json import encode_body
 
 from .committed import REPO_ROOT, TINY_CONFIG, TINY_SNAPSHOT
 from .runlog_builders import make_header, make_sample
@@ -115,15 +116,39 @@ GOOD_CHAT = b'{"id":"c","messages":[{"content":"Hi","role":"user"}],"n_tokens":3
             id="bad-regex",
         ),
         pytest.param(
-            b'{"constraint":{"json_schema":{"type":"nonsense"}},"id":"x","n_tokens":3,'
-            b'"prompt":"Hi"}\n',
-            "json_schema is not a valid JSON Schema",
+            b'{"constraint":{"json_schema":"{\\"type\\":\\"nonsense\\"}"},"id":"x",'
+            b'"n_tokens":3,"prompt":"Hi"}\n',
+            "json_schema is not a JSON Schema detserve can check",
             id="bad-schema",
+        ),
+        pytest.param(
+            b'{"constraint":{"json_schema":{"type":"object"}},"id":"x","n_tokens":3,'
+            b'"prompt":"Hi"}\n',
+            "json_schema is held as its JSON text (a string)",
+            id="schema-as-an-object",
+        ),
+        pytest.param(
+            b'{"constraint":{"json_schema":"{\\"type\\": \\"object\\"}"},"id":"x",'
+            b'"n_tokens":3,"prompt":"Hi"}\n',
+            "json_schema: not in its compact form",
+            id="schema-not-compact",
+        ),
+        pytest.param(
+            b'{"constraint":{"json_schema":"{\\"$ref\\":\\"http://127.0.0.1:9/s\\"}"},'
+            b'"id":"x","n_tokens":3,"prompt":"Hi"}\n',
+            "does not resolve inside the schema",
+            id="remote-ref",
         ),
         pytest.param(
             b'{"constraint":{"grammar":"root ::= \\"a\\""},"id":"x","n_tokens":3,"prompt":"Hi"}\n',
             "grammar is not a Lark grammar",
             id="not-lark",
+        ),
+        pytest.param(
+            b'{"constraint":{"grammar":"%import common.WORD\\nstart: WORD"},"id":"x",'
+            b'"n_tokens":3,"prompt":"Hi"}\n',
+            "%import reads grammar files outside the request",
+            id="grammar-import",
         ),
         pytest.param(
             b'{"constraint":{"choice":["a","a"]},"id":"x","n_tokens":3,"prompt":"Hi"}\n',
@@ -189,15 +214,16 @@ SCHEMA = {
     "required": ["answer"],
     "additionalProperties": False,
 }
+SCHEMA_TEXT = json.dumps(SCHEMA, separators=(",", ":"))
 GRAMMAR = 'start: greeting " " name\ngreeting: "hello" | "goodbye"\nname: /[a-z]{1,6}/\n'
 
 
 @pytest.mark.parametrize(
     ("constraint", "good", "bad"),
     [
-        ({"json_schema": SCHEMA}, '{"answer":"no"}', '{"answer":"maybe"}'),
-        ({"json_schema": SCHEMA}, '{"answer":"yes"}', '{"answer":"yes"'),
-        ({"json_schema": {"type": "number"}}, "1.5", "NaN"),
+        ({"json_schema": SCHEMA_TEXT}, '{"answer":"no"}', '{"answer":"maybe"}'),
+        ({"json_schema": SCHEMA_TEXT}, '{"answer":"yes"}', '{"answer":"yes"'),
+        ({"json_schema": '{"type":"number"}'}, "1.5", "NaN"),
         ({"regex": "[0-9]{3}"}, "123", "1234"),
         ({"regex": "[0-9]{3}"}, "123", "x123"),
         ({"choice": ["red", "blue"]}, "red", "re"),
@@ -240,12 +266,13 @@ def test_the_request_bodies_of_both_kinds() -> None:
     }
     messages = [{"role": "user", "content": "Hi"}]
     path, body = request_body(
-        record(messages=messages, constraint={"json_schema": SCHEMA}),
+        record(messages=messages, constraint={"json_schema": SCHEMA_TEXT}),
         GenerationParams(max_tokens=8, seed=0, logprobs=2, model=None),
     )
     assert path == CHAT_PATH
     assert body["messages"] == messages
-    assert body["structured_outputs"] == {"json": SCHEMA}
+    assert body["structured_outputs"] == {"json": SCHEMA_TEXT}  # its text, embedded as it is
+    assert f'"structured_outputs":{{"json":{SCHEMA_TEXT}}}'.encode() in encode_body(body)
     assert (body["logprobs"], body["top_logprobs"]) == (True, 2)
     # the template is the server's pinned one: nothing in the body configures it
     assert not {"chat_template", "chat_template_kwargs", "add_generation_prompt"} & set(body)
@@ -286,7 +313,7 @@ def test_an_output_cut_short_is_recorded_unsatisfied() -> None:
     line = sample_record(
         Sender(Answer('{"answer":', finish_reason="length")),
         0,
-        record(prompt="Hi", constraint={"json_schema": SCHEMA}),
+        record(prompt="Hi", constraint={"json_schema": SCHEMA_TEXT}),
         PARAMS,
     )
     assert line["constraint_satisfied"] is False
@@ -311,7 +338,7 @@ def test_a_regex_that_backtracks_for_ever_stops_the_run_as_bad_input(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # a claimed bundle is someone else's input: its pattern must not hang the verifier
-    monkeypatch.setattr(requests_module, "REGEX_CHECK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(constraint_check, "REGEX_CHECK_TIMEOUT_S", 0.2)
     with pytest.raises(ConstraintUncheckable) as caught:
         sample_record(
             Sender(Answer("a" * 60 + "cX")),
@@ -321,8 +348,8 @@ def test_a_regex_that_backtracks_for_ever_stops_the_run_as_bad_input(
         )
     assert caught.value.exit_code == 2
     assert caught.value.message.startswith(
-        "sample 2 (p, completion): the regex constraint did not finish matching a 62-character "
-        "output in 0.2 s"
+        "sample 2 (p, completion): the regex constraint did not finish checking a 62-character "
+        "output: the regex did not finish matching in 0.2 s"
     )
 
 

@@ -49,12 +49,13 @@ def exchange(number: int, **changes: Any) -> dict[str, Any]:
         "constraint_check": None,
         "id": f"{number:032x}",
         "request": {
-            "constraint": None,
             "kind": "completion",
             "max_tokens": 4,
             "messages": None,
             "prompt": f"prompt {number}",
+            "response_format": None,
             "stop": None,
+            "structured_outputs": None,
         },
         "prompt_token_ids": [1, 2, 3],
         "output_token_ids": [5, 6, 7, 8],
@@ -85,8 +86,8 @@ def test_a_closed_segment_validates_and_names_its_hashes(tmp_path: Path) -> None
     assert (
         request_sha256(first.request)
         == hashlib.sha256(
-            b'{"constraint":null,"kind":"completion","max_tokens":4,"messages":null,'
-            b'"prompt":"prompt 0","stop":null}'
+            b'{"kind":"completion","max_tokens":4,"messages":null,"prompt":"prompt 0",'
+            b'"response_format":null,"stop":null,"structured_outputs":null}'
         ).hexdigest()
     )
     assert (
@@ -145,22 +146,23 @@ def test_an_over_long_line_is_refused_without_parsing_it(tmp_path: Path) -> None
         validate_transcript(path, allow_cut=True)
 
 
-def test_a_version_3_transcript_is_refused_by_name(tmp_path: Path) -> None:
-    # Version 3 exchanges had no constraint_check; its header is refused before them.
+def test_a_version_4_transcript_is_refused_by_name(tmp_path: Path) -> None:
+    # Version 4 requests held a canonical constraint; its header is refused before them.
     import json
 
     from detserve.canonical import canonical_bytes
 
     path = written(tmp_path / "t.transcript.jsonl", 1)
     lines = path.read_bytes().splitlines(keepends=True)
-    lines[0] = canonical_bytes(json.loads(lines[0]) | {"format_version": 3})
+    lines[0] = canonical_bytes(json.loads(lines[0]) | {"format_version": 4})
     path.write_bytes(b"".join(lines))
     with pytest.raises(
-        RunLogError, match="line 1: run-log format version 3; this detserve reads version 5 only"
+        RunLogError, match="line 1: run-log format version 4; this detserve reads version 5 only"
     ) as raised:
         validate_transcript(path)
     assert raised.value.hint is not None
-    assert "constraint" in raised.value.hint
+    assert "constraint field as sent" in raised.value.hint
+    assert "what the client was sent" in raised.value.hint
 
 
 def test_a_changed_line_is_refused_by_the_footer(tmp_path: Path) -> None:
@@ -222,9 +224,12 @@ def test_an_invalid_exchange_is_never_written(
     "request_changes",
     [
         {"kind": "chat"},
-        {"constraint": {"regex": "a", "choice": ["b"]}},
-        {"constraint": {"json": {}}},
-        {"constraint": {"choice": [1]}},
+        {"structured_outputs": '{"regex":"a","choice":["b"]}'},
+        {"structured_outputs": '{"json":{}}', "response_format": '{"type":"json_object"}'},
+        {"structured_outputs": '{"choice":[1]}'},
+        {"structured_outputs": '{"regex": "a"}'},  # not the compact form it was sent in
+        {"response_format": '{"type":"json_schema","json_schema":{"schema":{}}}'},  # no name
+        {"constraint": None},
     ],
 )
 def test_a_request_that_is_not_canonical_is_refused(
@@ -252,7 +257,10 @@ def test_an_existing_segment_is_never_overwritten(tmp_path: Path) -> None:
 
 def test_the_request_form_is_the_canonical_one() -> None:
     request = ExchangeRequest.model_validate_json(
-        '{"constraint":{"json_schema":{"type":"object"}},"kind":"chat","max_tokens":3,'
-        '"messages":[{"content":"hi","role":"user"}],"prompt":null,"stop":["\\n"]}'
+        '{"kind":"chat","max_tokens":3,"messages":[{"content":"hi","role":"user"}],'
+        '"prompt":null,"response_format":null,"stop":["\\n"],'
+        '"structured_outputs":"{\\"json\\":{\\"type\\":\\"object\\",\\"b\\":1.0}}"}'
     )
-    assert request.constraint == {"json_schema": {"type": "object"}}
+    constraint = request.constraint
+    assert constraint is not None
+    assert (constraint.kind, constraint.argument) == ("json_schema", '{"type":"object","b":1.0}')

@@ -57,14 +57,15 @@ def as_sample(exchange: TranscriptExchange) -> RunLogSample:
     request hash as the prompt hash, an incomplete exchange's reason as its finish reason."""
     request = exchange.request
     constraint = request.constraint
-    kind = next(iter(constraint)) if constraint else None
     digest = request_sha256(request)
     return RunLogSample(
-        constraint=kind,  # type: ignore[arg-type]
+        constraint=None if constraint is None else constraint.kind,
         # what the gateway found: a violation or a cut is unsatisfied; unchecked is unknown
         constraint_satisfied=_SATISFIED[exchange.constraint_check],
         constraint_sha256=(
-            hashlib.sha256(canonical_bytes(constraint)).hexdigest() if constraint else None
+            None
+            if constraint is None
+            else hashlib.sha256(canonical_bytes({constraint.field: constraint.text})).hexdigest()
         ),
         finish_reason=exchange.finish_reason or "incomplete",
         index=exchange.index,

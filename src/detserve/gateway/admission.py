@@ -1,41 +1,65 @@
-"""Strict admission: which client requests the gateway answers, and their one canonical form.
+"""Strict admission: which client requests the gateway answers, and the complete record of each.
 
-The gateway answers only what it can record as a replayable claim. A request body is admitted
-field by field against an allowlist; anything else is refused by name (:class:`Refused`, a 400
-in OpenAI's error shape naming the field):
+The gateway answers only what it can record as a replayable claim, and decides it before the
+request takes a slot or anything is sent. Nothing a client sends is dropped or rewritten: a
+field is either sent to the engine as the client wrote it and recorded, or refused by name
+(:class:`Refused`, in OpenAI's error shape naming ``param``):
 
-* ``model`` must be the pinned served name; ``temperature`` absent or 0; ``seed`` absent or the
-  profile's; ``n`` absent or 1; ``stream`` a boolean;
+* the body is ``Content-Type: application/json`` (``; charset=utf-8`` allowed; else 415) and
+  strict UTF-8 JSON (no byte order mark, no UTF-16 or UTF-32, no repeated key, NaN or infinity);
+* the pinned fields are accepted only at their pinned value, and sent as the pins say (the
+  transcript's header holds them): ``model`` the served name, ``temperature`` 0, ``seed`` the
+  profile's and ``n`` 1 (integers spelled as integers); ``stream`` a boolean;
 * a completion's ``prompt`` is one string; a chat's ``messages`` are ``system``/``user``/
-  ``assistant`` messages with string content; ``max_tokens`` (or a chat's
-  ``max_completion_tokens``) defaults to the profile's ``sampling.max_tokens``;
-* ``stop`` is a string or a list of strings;
-* constraints pass through and are recorded: ``response_format`` ``{"type": "json_schema",
-  "json_schema": {"schema": ...}}`` or ``{"type": "json_object"}`` and vLLM's
-  ``structured_outputs`` (``json``, ``regex``, ``choice``, ``grammar``, ``json_object``: one of
-  them) become the canonical ``constraint``; the output is checked against it once the engine
-  answered (:mod:`~detserve.gateway.output_check`);
+  ``assistant`` messages with string content; ``max_tokens`` or ``max_completion_tokens``, not
+  both (a null beside the other is refused, not ignored), defaults to the profile's
+  ``sampling.max_tokens`` and is recorded and sent as ``max_tokens`` (vLLM reads both the
+  same); ``stop`` is a string or a list of strings, sent as a list;
+* a constraint field, ``response_format`` or ``structured_outputs``, is sent to the engine as
+  the client wrote it (key order, which decides the order in which the engine writes a
+  schema's fields, and number spellings kept) and recorded as that JSON text; its shapes and
+  caps are :mod:`detserve.constraints` (``response_format`` passes through whole, ``name`` and
+  ``description`` included, since vLLM reads it natively and OpenAI's clients always send a
+  ``name``; ``strict: false`` is refused: vLLM enforces every schema). The output is checked
+  against it once the engine answered (:mod:`~detserve.gateway.output_check`);
 * refused by name with the reason: any chat-template override (``chat_template``,
   ``chat_template_kwargs``, ``add_generation_prompt``, ...), sampling options that change or
-  randomise the tokens (``top_p``, ``top_k``, penalties, ``logit_bias``, ...), and options not
-  recorded yet (``logprobs``, ``echo``, tools); every other field is refused as unknown.
+  randomise the tokens (``top_p``, ``top_k``, penalties, ``logit_bias``, ...), options not
+  recorded (``logprobs``, ``echo``, tools, ``user``); every other field is refused as unknown.
 
-The canonical form (:class:`~detserve.runlog.ExchangeRequest`) is the prompt bundle line's form
-(request kinds): what the transcript records and what the upstream body
-(:func:`upstream_body`) is built from, so a replay sends exactly what the gateway sent.
+:func:`admit` builds the exchange's record: the canonical request
+(:class:`~detserve.runlog.ExchangeRequest`, every string checked writable), its hash, and the
+exact bytes the engine is sent (:func:`upstream_request`, the one function the gateway and its
+replay build a body with); :func:`compile_constraint` then compiles the constraint (a schema, its
+references only inside it; a regex; a Lark grammar) in the checker's child process within its
+time limit, awaited in a worker thread. :func:`admit_body` runs the whole of it (the body's
+reading included) off the event loop. A request that cannot be recorded, canonicalised or
+checked is a 400 naming the field, before anything is sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import hashlib
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pydantic import ValidationError
 
-from detserve.requests import MAX_SCHEMA_DEPTH, json_depth
-from detserve.runlog.models import ExchangeRequest
+from detserve import spelled_json
+from detserve.constraint_check import compile_problem, in_worker
+from detserve.constraints import (
+    CONSTRAINT_FIELDS,
+    ConstraintRefused,
+    SentConstraint,
+    read_field,
+)
+from detserve.gateway.upstream_body import upstream_request
+from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest
+from detserve.runlog.transcript import canonical_request
+from detserve.spelled_json import Number
 
 #: what a field refused by name is refused for
 _REFUSED: Final[dict[str, str]] = {
@@ -80,20 +104,20 @@ _REFUSED: Final[dict[str, str]] = {
         "tool calls are not recorded in a transcript yet",
     ),
     "stream_options": "usage chunks are not part of a recorded answer",
+    "user": "an end-user id is not part of a recorded request (it would be dropped)",
     "return_token_ids": "the gateway asks for token ids itself",
 }
 _COMMON: Final = frozenset(
-    {"model", "max_tokens", "temperature", "seed", "n", "stream", "stop", "user"}
+    {"model", "max_tokens", "temperature", "seed", "n", "stream", "stop"}
     | {"response_format", "structured_outputs"}
 )
 _ALLOWED: Final = {
     "completion": _COMMON | {"prompt"},
     "chat": _COMMON | {"messages", "max_completion_tokens"},
 }
-_STRUCTURED: Final = {"json": "json_schema", "regex": "regex", "choice": "choice"} | {
-    "grammar": "grammar",
-    "json_object": "json_object",
-}
+#: the longest canonical request admitted: half a transcript line, the other half for the
+#: prompt's and the output's tokens and text
+MAX_REQUEST_BYTES: Final = MAX_LINE_BYTES // 2
 
 
 class Refused(Exception):
@@ -131,73 +155,118 @@ class Policy:
 
 @dataclass(frozen=True)
 class Admitted:
-    """An admitted request: its canonical form and whether the client wants a stream."""
+    """An admitted request, everything its exchange needs decided before anything is sent: the
+    canonical request, its hash, the engine's endpoint and body bytes, and its constraint."""
 
     request: ExchangeRequest
+    request_sha256: str
+    #: the engine's endpoint and the exact bytes sent there (:func:`upstream_request`)
+    path: str
+    body: bytes
     stream: bool
+    #: the constraint the output is held to, or None (compiled by :func:`compile_constraint`)
+    constraint: SentConstraint | None
 
 
-def _number_is(value: object, expected: int) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == expected
+def check_content_type(value: str | None) -> None:
+    """Refuse (415) a body not declared ``application/json`` (``; charset=utf-8`` allowed): a
+    browser's simple ``text/plain`` POST is never answered."""
+    media, *parameters = (value or "").split(";")
+    charset_only = all(
+        name.strip().lower() == "charset" and setting.strip().strip('"').lower() == "utf-8"
+        for name, _, setting in (parameter.partition("=") for parameter in parameters)
+    )
+    if media.strip().lower() != "application/json" or not charset_only:
+        raise Refused(
+            None,
+            "the body must be sent as Content-Type: application/json (UTF-8), not "
+            f"{(value or 'none')[:100]!r}",
+            status=415,
+            code="unsupported_media_type",
+        )
+
+
+def parse_body(raw: bytes) -> Any:
+    """A request body: strict UTF-8 (no byte order mark, no UTF-16 or UTF-32) JSON with no
+    repeated key, no NaN or infinity; objects in their key order and numbers as spelled
+    (:func:`detserve.spelled_json.loads`), so a constraint is sent as the client wrote it."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raise Refused(None, "the body starts with a byte order mark: send UTF-8 without one")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(
+            None, f"the body is not UTF-8 (byte {exc.start}): JSON is sent as UTF-8"
+        ) from None
+    if "\x00" in text:
+        raise Refused(None, "the body holds NUL bytes: UTF-16 or UTF-32? JSON is sent as UTF-8")
+    try:
+        return spelled_json.loads(text)
+    except ValueError as exc:
+        raise Refused(None, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise Refused(None, "the body is not valid JSON here: it nests too deeply") from None
+
+
+def _integer(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, Number) or not value.is_integer or len(value.spelling) > 20:
+        raise Refused(name, f"{name} must be an integer")
+    return int(value.spelling)
+
+
+def _utf8(param: str, text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(param, f"{param} holds a lone surrogate (a \\ud800-\\udfff escape)") from None
+    return text
 
 
 def _stop(value: object) -> list[str] | None:
     if value is None:
         return None
     stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise Refused("stop", "stop must be a non-empty string or a list of them")
-    return stops or None
+    if not isinstance(stops, list) or not stops or not all(isinstance(s, str) and s for s in stops):
+        # an empty list would be sent as no stop at all: refused rather than dropped
+        raise Refused("stop", "stop must be a non-empty string or a non-empty list of them")
+    return [_utf8("stop", stop) for stop in stops]
 
 
-def _shallow(field: str, value: Any) -> None:
-    # the schema libraries recurse: a schema nested hundreds deep would run them out of stack
-    if json_depth(value) > MAX_SCHEMA_DEPTH:
-        raise Refused(field, f"{field}: a schema may nest at most {MAX_SCHEMA_DEPTH} levels")
-
-
-def _constraint(body: Mapping[str, Any]) -> dict[str, Any] | None:
-    found: list[tuple[str, dict[str, Any]]] = []
-    response_format = body.get("response_format")
-    if response_format is not None:
-        if not isinstance(response_format, dict) or "type" not in response_format:
-            raise Refused("response_format", "response_format must be an object with a type")
-        kind = response_format["type"]
-        if kind == "json_schema":
-            spec = response_format.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if not isinstance(schema, dict):
-                raise Refused(
-                    "response_format", "response_format json_schema needs json_schema.schema"
-                )
-            _shallow("response_format", schema)
-            found.append(("response_format", {"json_schema": schema}))
-        elif kind == "json_object":
-            found.append(("response_format", {"json_object": True}))
-        elif kind != "text":
-            raise Refused("response_format", f"response_format type {kind!r} is not supported")
-    structured = body.get("structured_outputs")
-    if structured is not None:
-        given = (
-            [key for key in structured if structured[key] is not None]
-            if isinstance(structured, dict)
-            else []
-        )
-        if len(given) != 1 or given[0] not in _STRUCTURED:
-            raise Refused(
-                "structured_outputs",
-                "structured_outputs must hold exactly one of json, regex, choice, grammar, "
-                "json_object",
-            )
-        _shallow("structured_outputs", structured[given[0]])
-        found.append(("structured_outputs", {_STRUCTURED[given[0]]: structured[given[0]]}))
-    if len(found) > 1:
+def _constraint(body: dict[str, Any]) -> SentConstraint | None:
+    given = [name for name in CONSTRAINT_FIELDS if body.get(name) is not None]
+    if len(given) > 1:
         raise Refused("structured_outputs", "give response_format or structured_outputs, not both")
-    return found[0][1] if found else None
+    if not given:
+        return None
+    try:
+        return read_field(given[0], body[given[0]])
+    except ConstraintRefused as refused:
+        raise Refused(refused.param, refused.message) from None
+
+
+def _max_tokens(kind: str, body: dict[str, Any], policy: Policy) -> int:
+    if "max_completion_tokens" in body and "max_tokens" in body:
+        raise Refused(
+            "max_completion_tokens",
+            "give max_tokens or max_completion_tokens, not both (a null is not left out)",
+        )
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    max_tokens = _integer(name, body.get(name))
+    if max_tokens is None:
+        return policy.default_max_tokens
+    if max_tokens < 1:
+        raise Refused(name, f"{name} must be a positive integer")
+    if max_tokens >= policy.max_model_len:
+        raise Refused(name, f"{name} must be below max_model_len ({policy.max_model_len})")
+    return max_tokens
 
 
 def admit(kind: str, body: object, policy: Policy) -> Admitted:
-    """The canonical form of an admitted request; raise :class:`Refused` naming the field."""
+    """The complete record of an admitted request (its body as :func:`parse_body` reads it);
+    raise :class:`Refused` naming the field. Its constraint is compiled next
+    (:func:`compile_constraint`), before anything is sent."""
     if not isinstance(body, dict):
         raise Refused(None, "the request body must be a JSON object")
     for name in sorted(body):
@@ -207,45 +276,40 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
             raise Refused(name, f"{name} is not accepted by this gateway (strict admission)")
     if body.get("model") != policy.served_model_name:
         raise Refused("model", f"model must be {policy.served_model_name!r}")
-    if body.get("temperature") is not None and not _number_is(body["temperature"], 0):
+    temperature = body.get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, Number) and float(temperature.spelling) == 0
+    ):
         raise Refused("temperature", "temperature is refused unless 0: sampling is greedy")
-    if body.get("seed") is not None and not _number_is(body["seed"], policy.seed):
+    if _integer("seed", body.get("seed")) not in (None, policy.seed):
         raise Refused("seed", f"seed is refused unless it is the profile's ({policy.seed})")
-    if body.get("n") is not None and not _number_is(body["n"], 1):
+    if _integer("n", body.get("n")) not in (None, 1):
         raise Refused("n", "n is refused unless 1: one answer per request")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise Refused("stream", "stream must be a boolean")
-    if body.get("user") is not None and not isinstance(body["user"], str):
-        raise Refused("user", "user must be a string")
-    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    max_tokens = body.get(name)
-    if max_tokens is None:
-        max_tokens = policy.default_max_tokens
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise Refused(name, f"{name} must be a positive integer")
-    if max_tokens >= policy.max_model_len:
-        raise Refused(name, f"{name} must be below max_model_len ({policy.max_model_len})")
-    constraint = _constraint(body)
-    if constraint is not None and not policy.structured_outputs_pinned:
-        field = "structured_outputs" if body.get("structured_outputs") is not None else None
+    sent = _constraint(body)
+    if sent is not None and sent.kind is not None and not policy.structured_outputs_pinned:
         raise Refused(
-            field or "response_format",
+            sent.field,
             "constraints are refused: this gateway's profile pins no structured-outputs backend",
         )
     canonical: dict[str, Any] = {
-        "constraint": constraint,
         "kind": kind,
-        "max_tokens": max_tokens,
+        "max_tokens": _max_tokens(kind, body, policy),
         "messages": None,
         "prompt": None,
+        "response_format": None,
         "stop": _stop(body.get("stop")),
+        "structured_outputs": None,
     }
+    if sent is not None:
+        canonical[sent.field] = sent.text
     if kind == "completion":
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise Refused("prompt", "prompt must be one non-empty string")
-        canonical["prompt"] = prompt
+        canonical["prompt"] = _utf8("prompt", prompt)
     else:
         canonical["messages"] = _messages(body.get("messages"))
     try:
@@ -255,7 +319,54 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
         error = exc.errors(include_url=False)[0]
         field = str(error["loc"][0]) if error["loc"] else None
         raise Refused(field, f"{field or 'request'}: {error['msg']}") from None
-    return Admitted(request=request, stream=bool(stream))
+    line = canonical_request(request)  # every string was checked: it is writable
+    if len(line) > MAX_REQUEST_BYTES:
+        raise Refused(
+            None,
+            f"the request's record would be {len(line)} bytes; at most {MAX_REQUEST_BYTES} are "
+            "admitted (MAX_REQUEST_BYTES, half a transcript line)",
+        )
+    path, upstream = upstream_request(
+        request, model=policy.served_model_name, seed=policy.seed, stream=bool(stream)
+    )
+    return Admitted(
+        request=request,
+        request_sha256=hashlib.sha256(line).hexdigest(),
+        path=path,
+        body=upstream,
+        stream=bool(stream),
+        constraint=sent if sent is not None and sent.kind is not None else None,
+    )
+
+
+async def compile_constraint(admitted: Admitted) -> None:
+    """Compile the request's constraint (a schema with its references, a regex, a grammar) in
+    the checker's child, awaited in a worker: raise :class:`Refused` (400, naming the field) for
+    one that does not compile, or not within the checker's limit."""
+    constraint = admitted.constraint
+    if constraint is None or not isinstance(constraint.argument, str):
+        return  # a choice or json_object: nothing to compile
+    kind = constraint.kind
+    assert kind == "json_schema" or kind == "regex" or kind == "grammar"
+    try:
+        problem = await in_worker(compile_problem, kind, constraint.argument)
+    except TimeoutError as exc:
+        raise Refused(
+            constraint.param, f"{constraint.param}: the {kind} cannot be checked: {exc}"
+        ) from None
+    if problem is not None:
+        raise Refused(
+            constraint.param, f"{constraint.param}: the {kind} cannot be checked: {problem}"
+        )
+
+
+async def admit_body(kind: str, raw: bytes, policy: Policy) -> Admitted:
+    """The whole of admission, off the event loop: the body read and admitted in a thread (a
+    2 MiB body of numbers takes a good part of a second to read as spelled, a schema as long to
+    count), then the constraint compiled in the checker's child (:func:`compile_constraint`)."""
+    admitted = await asyncio.to_thread(lambda: admit(kind, parse_body(raw), policy))
+    await compile_constraint(admitted)
+    return admitted
 
 
 def _messages(value: object) -> list[dict[str, str]]:
@@ -270,57 +381,6 @@ def _messages(value: object) -> list[dict[str, str]]:
             raise Refused(f"{where}.role", f"{where}.role must be system, user or assistant")
         if not isinstance(message.get("content"), str):
             raise Refused(f"{where}.content", f"{where}.content must be a string")
-        messages.append({"role": message["role"], "content": message["content"]})
+        content = _utf8(f"{where}.content", message["content"])
+        messages.append({"role": message["role"], "content": content})
     return messages
-
-
-def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        raise ValueError("a key is repeated")
-    return document
-
-
-def refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_body(raw: bytes) -> Any:
-    """A request body as JSON: strict UTF-8, no repeated key, no NaN or infinity."""
-    try:
-        return json.loads(raw, object_pairs_hook=unique_keys, parse_constant=refuse_constant)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise Refused(None, f"the body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise Refused(None, "the body is not valid JSON here: it nests too deeply") from None
-
-
-def upstream_body(
-    request: ExchangeRequest, *, model: str, seed: int, stream: bool
-) -> dict[str, Any]:
-    """The exact body sent to the engine for a canonical request: greedy, seeded, one choice,
-    token ids returned; never a chat template or any of its options."""
-    body: dict[str, Any] = {
-        "model": model,
-        "max_tokens": request.max_tokens,
-        "temperature": 0,
-        "seed": seed,
-        "n": 1,
-        "stream": stream,
-        "return_token_ids": True,
-    }
-    if request.stop is not None:
-        body["stop"] = list(request.stop)
-    constraint = request.constraint
-    if constraint is not None:
-        ((kind, argument),) = constraint.items()
-        body["structured_outputs"] = {"json" if kind == "json_schema" else kind: argument}
-    if request.messages is not None:
-        body["messages"] = [message.model_dump() for message in request.messages]
-    else:
-        body["prompt"] = request.prompt
-    return body
-
-
-def upstream_path(request: ExchangeRequest) -> str:
-    return "/v1/chat/completions" if request.kind == "chat" else "/v1/completions"

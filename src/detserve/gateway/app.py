@@ -14,11 +14,15 @@ Invariants:
   since its last check, and the transcript can be written (503 with the reason otherwise);
 * a request takes its place in the queue before its body is read, and its slot at the engine
   after it is admitted; both are given back on every way out (``async with``): an answer, a
-  refusal, an exception, a client gone, a gateway stopped. A whole answer is sent after its
-  slot is given back; a stream is sent within it;
+  refusal, an exception, a client gone, a gateway stopped. The slot is given back as soon as
+  the engine's answer is read (its check and record follow outside it); a whole answer is sent
+  after it, a stream's chunks as the engine sends them;
 * a request is admitted strictly (:mod:`~detserve.gateway.admission`; 400 in OpenAI's error
-  shape naming the field); a body over :data:`MAX_BODY_BYTES` is refused (413) before it is
-  read whole, and one not read within ``body_timeout_s`` (a stalled upload) is refused (408);
+  shape naming the field; a body not ``application/json``, 415); a body over
+  :data:`MAX_BODY_BYTES` is refused (413) before it is read whole, and one not read within
+  ``body_timeout_s`` (a stalled upload) is refused (408); its whole record (canonical request,
+  hash, the engine's body bytes) is built in a worker thread and its constraint compiled in the
+  checker's child process (:mod:`detserve.constraint_check`) before it takes a slot;
 * an answer is given only once its exchange is on disk (:mod:`~detserve.gateway.relay`);
 * requests reach the engine ``concurrency`` at a time (1 unless a certificate covers more);
   up to ``queue_size`` more wait or are being read, and beyond that a request is refused with
@@ -53,7 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from detserve.gateway.admission import Policy, Refused, admit, parse_body
+from detserve.gateway.admission import Policy, Refused, admit_body, check_content_type
 from detserve.gateway.guards import (
     BrowserGuard,
     HostPolicy,
@@ -155,8 +159,6 @@ class Gateway:
         self.slots = RequestSlots(settings.concurrency, settings.queue_size, self.metrics.waited)
         self.relay = Relay(
             self.transcript,
-            model=self.policy.served_model_name,
-            seed=self.policy.seed,
             pins_sha256=verified.pins_sha256,
             on_engine_trouble=self._engine_trouble,
             send_timeout_s=settings.send_timeout_s,
@@ -205,6 +207,7 @@ class Gateway:
             finally:
                 self._stopping = True
                 self.watcher.cancel()
+                await self.relay.settled()  # a check under way is recorded, then the footer
                 self.transcript.close("stopped")
 
     async def _watch(self) -> None:
@@ -342,8 +345,8 @@ class Gateway:
             )
         except Refused as refused:
             self.metrics.refused_body(refused)
-            # a body left unread (too large, too slow) ends the connection with the answer
-            unread = {"Connection": "close"} if refused.status in (408, 413) else None
+            # a body left unread (too large, too slow, not JSON) ends the connection with the answer
+            unread = {"Connection": "close"} if refused.status in (408, 413, 415) else None
             response = JSONResponse(refused.body(), refused.status, headers=unread)
         except ClientDisconnect:
             return  # the client left while its body was read: nobody to answer
@@ -353,19 +356,19 @@ class Gateway:
     async def _queued(
         self, request: Request, kind: str, scope: Scope, send: Send
     ) -> Response | None:
-        """Within a place in the queue: read, admit, then within a slot, relay. Returns the
-        response still to send, or None when the stream was sent."""
+        """Within a place in the queue: read, admit (off the event loop), then within a slot,
+        relay. Returns the response still to send, or None when the stream was sent."""
+        check_content_type(request.headers.get("content-type"))  # from its headers alone
         async with self.slots.place() as place:
-            body = await self._body(request)
-            admitted = admit(kind, parse_body(body), self.policy)
-            async with place.slot():
+            admitted = await admit_body(kind, await self._body(request), self.policy)
+            async with place.slot() as slot:
                 reason = self.unhealthy()  # it may have changed while the request waited
                 if reason is not None:
                     return self._unavailable(reason)
                 if admitted.stream:
-                    await self.relay.stream(admitted, scope, request.receive, send)
+                    await self.relay.stream(admitted, slot, scope, request.receive, send)
                     return None
-                return await self.relay.answer(admitted, request.is_disconnected)
+                return await self.relay.answer(admitted, slot, request.is_disconnected)
 
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -9,8 +9,9 @@ Every name begins ``detserve_gateway_``:
 * ``refusals_total{reason, param}``: refusals by reason: ``host_or_origin``, ``unauthorized``,
   ``unavailable``, ``queue_full`` (:data:`Refusal`, ``param`` ``none``), and a refused body's
   by its status: ``invalid_request`` (400), ``body_timeout`` (408), ``body_too_large`` (413),
-  ``other_body``. A refused body's ``param`` is a field admission knows (:data:`FIELDS`),
-  ``body`` (the body as a whole) or ``other`` (a name the client chose, so never a label).
+  ``unsupported_media_type`` (415: not ``application/json``), ``other_body``. A refused body's
+  ``param`` is a field admission knows (:data:`FIELDS`), ``body`` (the body as a whole) or
+  ``other`` (a name the client chose, so never a label).
   What the connection layer refuses before a request reaches the application (a header
   deadline or size, the connection cap: :mod:`~detserve.gateway.connections`) is not counted;
 * ``queue_pending``, ``queue_in_flight``, ``queue_capacity`` (places held, slots held at the
@@ -70,7 +71,12 @@ _PROVENANCE: Final = "/v1/provenance/"
 #: (401), the gateway unhealthy (503), every place in the queue taken (429).
 Refusal = Literal["host_or_origin", "unauthorized", "unavailable", "queue_full"]
 #: A refused body's reason, by its status; another status is ``other_body``.
-_BODY_REASONS: Final = {400: "invalid_request", 408: "body_timeout", 413: "body_too_large"}
+_BODY_REASONS: Final = {
+    400: "invalid_request",
+    408: "body_timeout",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
 #: The fields a refused body's ``param`` may name as a label: those admission accepts or refuses
 #: by name, and those of the canonical request (its validation names them). Any other name a
 #: client sent is ``other``.

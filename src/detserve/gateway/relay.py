@@ -1,9 +1,12 @@
 """The hop to the engine and back: one admitted request sent, its answer recorded, then given.
 
-:class:`Relay` sends an admitted request's upstream body (:func:`~detserve.gateway.admission.
-upstream_body`) to the engine and answers the client, whole (:meth:`Relay.answer`) or as
-server-sent events (:meth:`Relay.stream`). The route holds the request's place and slot
-(:mod:`~detserve.gateway.slots`) around either call; nothing here takes or gives them back.
+:class:`Relay` sends the bytes admission built for the engine (``Admitted.body``, built as
+the replay builds them: :mod:`~detserve.gateway.upstream_body`) and answers the client, whole
+(:meth:`Relay.answer`) or as server-sent events (:meth:`Relay.stream`). The route holds the
+request's place and slot (:mod:`~detserve.gateway.slots`) around either call; nothing here takes
+them, and the one thing done here with the slot is to give it back early, once the engine's
+answer is read to its end (:meth:`~detserve.gateway.slots.Slot.release`): the output's check
+and its record need no engine.
 
 Invariants:
 
@@ -12,7 +15,12 @@ Invariants:
   a line that cannot be written fails the request (500, or an error event) and no output of it
   is sent after;
 * the line says what the client was sent (``delivery``): whether the client was still connected
-  is asked when the exchange is recorded, never assumed;
+  is asked when the exchange is recorded (after its check), never assumed;
+* a constraint's check runs in the checker's child process, awaited in a worker thread
+  (:func:`~detserve.constraint_check.in_worker`), never on the event loop; a check once begun
+  is finished and recorded even if the request's task is cancelled meanwhile (the client left,
+  the gateway stopped), the cancellation going on after it, and the gateway stops only once
+  every record under way is written (:meth:`Relay.settled`);
 * a stream that ends early is recorded as incomplete with what the engine had sent, naming why:
   the client went away (seen by a watcher of the connection), the client read nothing for
   :data:`SEND_TIMEOUT_S` (it is dropped), the engine failed, the gateway failed (an unexpected
@@ -27,15 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Final, TypeVar
 
 import aiohttp
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
+from detserve.constraint_check import in_worker
 from detserve.errors import DetserveError
-from detserve.gateway.admission import Admitted, upstream_body, upstream_path
+from detserve.gateway.admission import Admitted
+from detserve.gateway.slots import Slot
 from detserve.gateway.transcript import Provenance, Transcript, new_exchange_id
 from detserve.gateway.upstream import (
     Output,
@@ -46,7 +56,6 @@ from detserve.gateway.upstream import (
     event_lines,
 )
 from detserve.runlog.models import Delivery, ExchangeRequest, Incomplete
-from detserve.runlog.transcript import request_sha256
 
 #: The longest the engine may stay silent (no byte of an answer or of a stream), in seconds.
 UPSTREAM_TIMEOUT_S: Final = 600.0
@@ -67,6 +76,7 @@ _EVENT_STREAM_HEADERS: Final = {
     "Cache-Control": "no-store",
     "X-Accel-Buffering": "no",
 }
+_T = TypeVar("_T")
 
 
 class ClientStalled(Exception):
@@ -104,19 +114,17 @@ class Relay:
         self,
         transcript: Transcript,
         *,
-        model: str,
-        seed: int,
         pins_sha256: str,
         on_engine_trouble: Callable[[], None],
         send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         self.transcript = transcript
-        self.model = model
-        self.seed = seed
         self.pins_sha256 = pins_sha256
         self.send_timeout_s = send_timeout_s
         self._trouble = on_engine_trouble
         self._session: aiohttp.ClientSession | None = None
+        #: checks and records under way (:meth:`_to_its_end`), awaited before the gateway stops
+        self._recording: set[asyncio.Task[Any]] = set()
 
     @contextlib.asynccontextmanager
     async def opened(self, base_url: str) -> AsyncIterator[None]:
@@ -136,38 +144,81 @@ class Relay:
             await self._session.close()
             self._session = None
 
-    def _post(self, admitted: Admitted, *, stream: bool) -> Any:
+    def _post(self, admitted: Admitted) -> Any:
+        # the bytes admission built, as the replay builds them (a constraint as it was sent)
         if self._session is None:
             raise RuntimeError("the relay is used outside its lifespan")
-        body = upstream_body(admitted.request, model=self.model, seed=self.seed, stream=stream)
-        return self._session.post(upstream_path(admitted.request), json=body, allow_redirects=False)
+        return self._session.post(
+            admitted.path,
+            data=admitted.body,
+            headers={"Content-Type": "application/json"},
+            allow_redirects=False,
+        )
 
-    def _record(
+    async def _record(
         self,
         exchange_id: str,
         request: ExchangeRequest,
         output: Output,
         incomplete: Incomplete | None,
         *,
-        client_present: bool,
+        client_present: Callable[[], Awaitable[bool]],
         tokens_sent: int = 0,
     ) -> Provenance:
-        fields = output.fields(request, incomplete)
-        fields["delivery"] = delivery_of(
-            fields, client_present=client_present, tokens_sent=tokens_sent
-        )
-        return self.transcript.record(exchange_id, request, fields)
+        """Check the output, then record the exchange; ``client_present`` is asked once the
+        check is done. A constraint's check runs in the checker's child, awaited in a worker
+        thread, and is finished and recorded even if this task is cancelled meanwhile
+        (:meth:`_to_its_end`)."""
+
+        async def recorded(fields: dict[str, Any]) -> Provenance:
+            fields["delivery"] = delivery_of(
+                fields, client_present=await client_present(), tokens_sent=tokens_sent
+            )
+            return self.transcript.record(exchange_id, request, fields)
+
+        if request.constraint is None:  # nothing to check: written before anything can stop it
+            return await recorded(output.fields(request, incomplete))
+
+        async def checked() -> Provenance:
+            return await recorded(await in_worker(output.fields, request, incomplete))
+
+        return await self._to_its_end(checked())
+
+    async def _to_its_end(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """``work``'s result, awaited to its end even when this task is cancelled meanwhile (the
+        client left, the gateway stopped); a cancellation that came meanwhile is raised after
+        it. Bounded: a check is stopped at the checker's limit."""
+        task = asyncio.ensure_future(work)
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+        cancelled: asyncio.CancelledError | None = None
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            if not task.cancelled():
+                task.exception()  # retrieved: the cancellation is what goes on
+            raise cancelled
+        return task.result()
+
+    async def settled(self) -> None:
+        """Return once every check and record under way is done (the gateway stops after)."""
+        while self._recording:
+            await asyncio.wait(set(self._recording))
 
     # --- whole answers ------------------------------------------------------------------------
 
     async def answer(
-        self, admitted: Admitted, client_gone: Callable[[], Awaitable[bool]]
+        self, admitted: Admitted, slot: Slot, client_gone: Callable[[], Awaitable[bool]]
     ) -> Response:
         """The engine's whole answer, recorded: the response to send (the caller sends it once
-        its slot is given back)."""
+        its place is given back). ``slot`` is given back once the engine's answer is read."""
         try:
-            async with self._post(admitted, stream=False) as upstream:
+            async with self._post(admitted) as upstream:
                 status, content = upstream.status, await upstream.read()
+            slot.release()  # the engine is done: the check and the record need no engine slot
         except UPSTREAM_ERRORS as exc:
             self._trouble()
             return error_response(502, f"the engine did not answer: {type(exc).__name__}")
@@ -179,9 +230,12 @@ class Relay:
             output.add_answer(data)
         except _MALFORMED:
             return error_response(502, "the engine's answer is not what vLLM answers")
-        present = not await client_gone()
+
+        async def present() -> bool:
+            return not await client_gone()
+
         try:
-            provenance = self._record(
+            provenance = await self._record(
                 new_exchange_id(), admitted.request, output, None, client_present=present
             )
         except DetserveError:
@@ -193,11 +247,14 @@ class Relay:
 
     # --- streams ------------------------------------------------------------------------------
 
-    async def stream(self, admitted: Admitted, scope: Scope, receive: Receive, send: Send) -> None:
+    async def stream(
+        self, admitted: Admitted, slot: Slot, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         """Relay the engine's stream to the client as it comes, recording it; return once the
-        answer is sent, or the stream ended early and what was streamed is recorded."""
+        answer is sent, or the stream ended early and what was streamed is recorded. ``slot``
+        is given back once the engine's stream is read to its end."""
         try:
-            upstream = await self._post(admitted, stream=True)
+            upstream = await self._post(admitted)
         except UPSTREAM_ERRORS as exc:
             self._trouble()
             refusal = error_response(502, f"the engine did not answer: {type(exc).__name__}")
@@ -211,7 +268,7 @@ class Relay:
                     content = b""
                 await engine_refusal(upstream.status, content)(scope, receive, send)
                 return
-            relayed = _RelayedStream(self, admitted.request, upstream, receive, send)
+            relayed = _RelayedStream(self, admitted, slot, upstream, receive, send)
             await relayed.run()
         finally:
             upstream.release()  # closes the connection unless the answer was read to its end
@@ -223,24 +280,29 @@ class _RelayedStream:
     def __init__(
         self,
         relay: Relay,
-        request: ExchangeRequest,
+        admitted: Admitted,
+        slot: Slot,
         upstream: aiohttp.ClientResponse,
         receive: Receive,
         send: Send,
     ) -> None:
         self.relay = relay
-        self.request = request
+        self.admitted = admitted
+        self.request = admitted.request
+        self.slot = slot
         self.upstream = upstream
         self.receive = receive
         self.send = timed(send, relay.send_timeout_s)
         self.exchange_id = new_exchange_id()
-        self.output = Output(request.kind)
+        self.output = Output(self.request.kind)
         self.tokens_sent = 0
         self.recorded = False
         #: set by the watcher when the client's connection closed
         self.client_gone = False
         #: set once the last message is being sent: the watcher's disconnect is then the end
         self.finished = False
+        #: the task relaying the stream, once it runs
+        self.task: asyncio.Task[Any] | None = None
 
     async def event(self, data: str) -> None:
         body = b"data: " + data.encode("utf-8") + b"\n\n"
@@ -256,34 +318,41 @@ class _RelayedStream:
                     task.cancel()
                 return
 
-    def record(self, incomplete: Incomplete | None) -> Provenance | None:
+    async def record(self, incomplete: Incomplete | None) -> Provenance | None:
         """Record the exchange once; None when it was already, or nothing was answered."""
         if self.recorded or (incomplete is not None and not self.output.prompt_token_ids):
             return None  # the engine answered nothing, so there is nothing to record
+
+        async def present() -> bool:
+            # asked once the check is done: the client may have left, or the gateway stopped
+            # (this stream's task cancelled), while it ran
+            stopped = self.task is not None and self.task.cancelling() > 0
+            return incomplete is None and not self.client_gone and not stopped
+
         self.recorded = True
-        return self.relay._record(
+        return await self.relay._record(
             self.exchange_id,
             self.request,
             self.output,
             incomplete,
-            client_present=not self.client_gone and incomplete is None,
+            client_present=present,
             tokens_sent=self.tokens_sent,
         )
 
-    def record_incomplete(self, why: Incomplete) -> None:
+    async def record_incomplete(self, why: Incomplete) -> None:
         # the stream already failed: a line that cannot be written now changes nothing sent,
         # and the transcript is broken (503) from then on
         with contextlib.suppress(DetserveError):
-            self.record(why)
+            await self.record(why)
 
     async def run(self) -> None:
         headers = {
             **_EVENT_STREAM_HEADERS,
             "X-Detserve-Id": self.exchange_id,
             "X-Detserve-Pins-Sha256": self.relay.pins_sha256,
-            "X-Detserve-Request-Sha256": request_sha256(self.request),
+            "X-Detserve-Request-Sha256": self.admitted.request_sha256,
         }
-        task = asyncio.current_task()
+        self.task = task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.create_task(self._watch(task))
         try:
@@ -296,17 +365,18 @@ class _RelayedStream:
             )
             await self._relay()
         except asyncio.CancelledError:
+            # what was streamed is recorded, its check awaited to its end (_to_its_end)
             if not self.client_gone:
-                self.record_incomplete("gateway_stopped")
+                await self.record_incomplete("gateway_stopped")
                 raise
-            self.record_incomplete("client_disconnected")
+            await self.record_incomplete("client_disconnected")
             if task.uncancel() > 0:
                 raise  # cancelled for another reason too
         except ClientStalled:
-            self.record_incomplete("client_stalled")
+            await self.record_incomplete("client_stalled")
             raise
         except Exception:
-            self.record_incomplete("gateway_failed")
+            await self.record_incomplete("gateway_failed")
             with contextlib.suppress(Exception):
                 await self.event(error_event("the gateway failed mid-stream"))
             raise
@@ -338,12 +408,13 @@ class _RelayedStream:
                 raise ValueError("the engine's stream ended before its final chunk")
         except (*UPSTREAM_ERRORS, *_MALFORMED) as exc:
             self.relay._trouble()
-            self.record_incomplete("engine_failed")
+            await self.record_incomplete("engine_failed")
             await self.event(error_event(f"the engine failed mid-stream: {type(exc).__name__}"))
             await self.end()
             return
+        self.slot.release()  # the engine is done: the check and the record need no engine slot
         try:
-            provenance = self.record(None)
+            provenance = await self.record(None)
         except DetserveError:
             await self.event(error_event(NOT_RECORDED))
             await self.end()

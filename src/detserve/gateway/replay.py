@@ -4,10 +4,12 @@ The claim (one transcript segment) is validated completely and its pins and seed
 the verifier's own profile before anything runs (other pins:
 :class:`~detserve.replay_plan.NotAReplay`, exit 1). Then the server is verified as the gateway
 verifies it (:func:`~detserve.gateway.verification.verify_for_serving`), each exchange's
-canonical request is sent exactly as the gateway sent it (:func:`~detserve.gateway.admission.
-upstream_body`, whole, never streamed), and the answers are written as a transcript with the
-claim's names (its transcript id, segment, previous segment's hash, exchange ids, deliveries and
-footer reason: none of them an input of a token), so that a faithful replay is the same bytes.
+canonical request is sent as the bytes the gateway sent it
+(:func:`~detserve.gateway.upstream_body.upstream_request`; whole, never streamed: only
+``stream`` differs from a streamed exchange's body), and the answers are written as a
+transcript with the claim's names (its transcript id, segment, previous segment's hash,
+exchange ids, deliveries and footer reason: none of them an input of a token), so that a
+faithful replay is the same bytes.
 
 The rule for what is incomplete (:mod:`~detserve.evaluation.transcript_pair` judges it):
 
@@ -33,8 +35,8 @@ import httpx
 from detserve.errors import ServerError
 from detserve.evaluation.pair import DeterminismReport
 from detserve.evaluation.transcript_pair import evaluate_transcripts
-from detserve.gateway.admission import upstream_body, upstream_path
 from detserve.gateway.upstream import Output
+from detserve.gateway.upstream_body import upstream_request
 from detserve.gateway.verification import verify_for_serving
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
@@ -103,10 +105,9 @@ def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, se
     request = exchange.request
     if exchange.incomplete is not None:
         request = request.model_copy(update={"max_tokens": max(1, len(exchange.output_token_ids))})
-    body = upstream_body(request, model=model, seed=seed, stream=False)
-    path = upstream_path(request)
+    path, body = upstream_request(request, model=model, seed=seed, stream=False)
     try:
-        response = client.post(path, json=body)
+        response = client.post(path, content=body, headers={"Content-Type": "application/json"})
     except httpx.HTTPError as exc:
         raise ServerError(f"exchange {exchange.index}: POST {path} failed: {exc}") from exc
     if response.status_code != 200:

@@ -9,8 +9,10 @@ queue allows.
 
 Both are async context managers, so they are given back on every way out of the ``async with``
 block: an answer, a refusal, an exception, a cancelled task (the client left, the gateway
-stopped). Nothing else takes or gives them back. ``on_wait`` is told how long each slot was
-waited for (the metrics' queue wait).
+stopped). Within the block a slot may be given back early, once (:meth:`Slot.release`: the
+engine's answer is read, and what follows, the output's check and record, needs no engine);
+the block's end gives it back unless it was. Nothing else takes or gives them back.
+``on_wait`` is told how long each slot was waited for (the metrics' queue wait).
 """
 
 from __future__ import annotations
@@ -76,8 +78,9 @@ class Place:
         self._holding = False
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """A slot at the engine for the block (one per place)."""
+    async def slot(self) -> AsyncIterator[Slot]:
+        """A slot at the engine for the block (one per place), given back at the block's end
+        unless :meth:`Slot.release` gave it back before."""
         if self._holding:
             raise RuntimeError("a place holds one slot at a time")
         slots = self._slots
@@ -86,10 +89,35 @@ class Place:
         waited_s = time.perf_counter() - began
         self._holding = True
         slots._in_flight += 1
+        slot = Slot(self)
         try:
             slots.on_wait(waited_s)
-            yield
+            yield slot
         finally:
-            slots._in_flight -= 1
-            self._holding = False
-            slots._slots.release()
+            slot.release()
+
+    def _give_back(self) -> None:
+        slots = self._slots
+        slots._in_flight -= 1
+        self._holding = False
+        slots._slots.release()
+
+
+class Slot:
+    """A slot at the engine, held within :meth:`Place.slot`'s block."""
+
+    def __init__(self, place: Place) -> None:
+        self._place = place
+        self._held = True
+
+    @property
+    def held(self) -> bool:
+        """Whether the slot is still held."""
+        return self._held
+
+    def release(self) -> None:
+        """Give the slot back now (once the engine is done); again, or at the block's end, it
+        does nothing."""
+        if self._held:
+            self._held = False
+            self._place._give_back()

@@ -115,7 +115,7 @@ def provenance_of(
         index=exchange.index,
         incomplete=exchange.incomplete,
         delivery=exchange.delivery,
-        constraint=None if constraint is None else next(iter(constraint)),
+        constraint=None if constraint is None else constraint.kind,
         constraint_check=exchange.constraint_check,
     )
 

@@ -12,21 +12,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from detserve.runlog.record_base import Record
 
 
-class _Record(BaseModel):
-    # the configuration of every run-log record (detserve.runlog.models)
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        strict=True,
-        use_attribute_docstrings=True,
-        json_schema_serialization_defaults_required=True,
-    )
-
-
-class ClusterLayout(_Record):
+class ClusterLayout(Record):
     """How the nodes of a cluster served together."""
 
     executor: Literal["mp", "ray"]
@@ -53,7 +44,7 @@ def _never_null(schema: dict[str, Any]) -> None:
     schema.update(next(option for option in options if option.get("type") != "null"))
 
 
-class LayoutPins(_Record):
+class LayoutPins(Record):
     """The pins' layout field (see the module's docstring)."""
 
     layout: ClusterLayout | None = Field(

@@ -104,9 +104,11 @@ def schema_error(where: str, exc: ValidationError) -> RunLogError:
                     f"version {FORMAT_VERSION} lines are RFC 8785 (JCS), the header holds no "
                     "sampling.concurrency (the sidecar has it), samples record their request "
                     "kind and constraint, and a transcript's exchanges record the check of their "
-                    "output against their constraint and what the client was sent; re-sample with "
-                    "this detserve, or read the log with the detserve that wrote it (version 4: "
-                    "before deliveries; version 3: before the constraint check; version 2: before "
+                    "output against their constraint, the constraint field as sent (its JSON "
+                    "text) and what the client was sent; re-sample with this detserve, or read "
+                    "the log with the detserve that wrote it (version 4: a constraint in "
+                    "canonical form, which reordered a schema, and no deliveries; version 3: "
+                    "before the constraint check; version 2: before "
                     "certified concurrency and request kinds)"
                 ),
             )

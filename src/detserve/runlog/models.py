@@ -15,16 +15,26 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import Field, TypeAdapter
 
 from detserve.canonical import MAX_EXACT_INTEGER
 from detserve.imageref import DIGEST_REF_PATTERN
+
+# re-exported: a transcript's exchange holds a request (its own module), every record the base
+from detserve.runlog.exchange_request import ChatMessage as ChatMessage
+from detserve.runlog.exchange_request import ExchangeRequest as ExchangeRequest
 from detserve.runlog.layout import LayoutPins
+from detserve.runlog.record_base import MAX_TEXT_CHARS as MAX_TEXT_CHARS
+from detserve.runlog.record_base import MAX_TOKENS as MAX_TOKENS
+from detserve.runlog.record_base import Record as _Record
 
 FORMAT: Final = "detserve-run-log"
-#: 5: an exchange records its ``delivery``; ``incomplete`` names more causes (a stopped gateway).
+#: 5: an exchange's request records its constraint field as sent to the engine, the JSON text of
+#: ``response_format`` or ``structured_outputs`` (key order and number spellings kept), not a
+#: canonical ``constraint`` object whose RFC 8785 form reordered a schema's properties; an
+#: exchange records its ``delivery``, and ``incomplete`` names more causes (a stopped gateway).
 #: 4: a transcript's exchange records ``constraint_check``, the gateway's check of the output
 #: against the request's constraint, and a request may carry a ``json_object`` constraint.
 #: 3: the header holds no ``sampling.concurrency`` (how many requests were in flight is not an
@@ -38,10 +48,6 @@ FORMAT_VERSION: Final = 5
 #: takes a multiple of a line's size in memory (docs/performance.md), so this is what bounds the
 #: reader's memory. A sample of 1M prompt and 1M output tokens with logprobs fits.
 MAX_LINE_BYTES: Final = 8 * 1024 * 1024
-#: The most token ids (or logprobs) in one field of a sample.
-MAX_TOKENS: Final = 1 << 20
-#: The longest ``text`` of a sample, in characters.
-MAX_TEXT_CHARS: Final = 1 << 22
 #: The most samples in one log.
 MAX_SAMPLES: Final = 10**9
 
@@ -56,17 +62,6 @@ TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 TokenIds = Annotated[tuple[TokenId, ...], Field(max_length=MAX_TOKENS)]
 Logprob = Annotated[float, Field(allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=256)]
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        strict=True,
-        use_attribute_docstrings=True,
-        # The schema describes lines as written, where `record` and `format` are always present.
-        json_schema_serialization_defaults_required=True,
-    )
 
 
 _ENV_NAME_PATTERN: Final = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -253,82 +248,12 @@ class RunLogFooter(_Record):
 
 _EXCHANGE_ID_PATTERN: Final = r"^[0-9a-f]{32}$"
 ExchangeId = Annotated[str, Field(min_length=32, max_length=32, pattern=_EXCHANGE_ID_PATTERN)]
-StopString = tuple[Annotated[str, Field(min_length=1, max_length=256)], ...]
-#: The constraint kinds a request may carry, by the names of a prompt bundle line's constraint.
-CONSTRAINT_KINDS: Final = ("choice", "grammar", "json_object", "json_schema", "regex")
 #: The gateway's check of an output against its constraint (:mod:`detserve.gateway.output_check`).
 ConstraintCheck = Literal["satisfied", "violated", "cut", "not_checked"]
 Delivery = Literal["delivered", "partial", "undelivered", "withheld"]
 Incomplete = Literal[
     "client_disconnected", "client_stalled", "engine_failed", "gateway_failed", "gateway_stopped"
 ]
-
-
-class ChatMessage(_Record):
-    """One message of a chat request."""
-
-    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-    """The message text."""
-
-    role: Literal["system", "user", "assistant"]
-    """Who says it."""
-
-
-class ExchangeRequest(_Record):
-    """A client's request in its one canonical form: what decides the tokens, nothing else.
-
-    The same form as a prompt bundle line (a ``prompt`` or ``messages``, ``stop``, one
-    ``constraint`` object such as ``{"json_schema": {...}}``), with the request's ``max_tokens``;
-    the seed and the model are the header's. Its sha256 (of this object's canonical JSON, nulls
-    included) is the request hash a gateway answer names.
-    """
-
-    constraint: Annotated[dict[str, Any], Field(min_length=1, max_length=1)] | None
-    """One structured-output constraint: ``{"json_schema": {...}}``, ``{"json_object": true}``,
-    ``{"regex": "..."}``, ``{"choice": ["...", ...]}`` or ``{"grammar": "..."}``; null when
-    unconstrained."""
-
-    kind: Literal["completion", "chat"]
-    """A completion of ``prompt``, or a chat of ``messages`` rendered by the pinned template."""
-
-    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)]
-    """The most output tokens asked for."""
-
-    messages: Annotated[tuple[ChatMessage, ...], Field(min_length=1, max_length=1024)] | None
-    """A chat's messages; null for a completion."""
-
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)] | None
-    """A completion's prompt; null for a chat."""
-
-    stop: Annotated[StopString, Field(min_length=1, max_length=16)] | None
-    """Stop strings; null when none."""
-
-    @field_validator("constraint")
-    @classmethod
-    def _one_constraint(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return value
-        ((kind, argument),) = value.items()
-        if kind not in CONSTRAINT_KINDS:
-            raise ValueError(f"a constraint is one of {', '.join(CONSTRAINT_KINDS)}, not {kind!r}")
-        if kind == "json_object":
-            if argument is not True:
-                raise ValueError("a json_object constraint holds true")
-            return value
-        expected: type = {"json_schema": dict, "choice": list}.get(kind, str)
-        if not isinstance(argument, expected) or not argument:
-            raise ValueError(f"a {kind} constraint holds a non-empty {expected.__name__}")
-        if isinstance(argument, list) and not all(isinstance(option, str) for option in argument):
-            raise ValueError("a choice constraint holds strings")
-        return value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> ExchangeRequest:
-        if (self.kind == "chat") != (self.messages is not None) or (self.messages is None) == (
-            self.prompt is None
-        ):
-            raise ValueError("a completion holds a prompt and no messages; a chat the reverse")
-        return self
 
 
 class TranscriptHeader(_Record):

@@ -59,9 +59,15 @@ SUFFIX = ".transcript.jsonl"
 LineRecord = Literal["header", "exchange", "footer"]
 
 
+def canonical_request(request: ExchangeRequest) -> bytes:
+    """The request's canonical JSON (RFC 8785, nulls included, no newline), a constraint field
+    as the JSON text that was sent (which RFC 8785 writes as a string, never reordered)."""
+    return canonical_bytes(request.model_dump())[:-1]
+
+
 def request_sha256(request: ExchangeRequest) -> str:
-    """sha256 of the request's canonical JSON (RFC 8785, nulls included, no newline)."""
-    return hashlib.sha256(canonical_bytes(request.model_dump())[:-1]).hexdigest()
+    """sha256 of :func:`canonical_request`: two requests that send different bytes differ."""
+    return hashlib.sha256(canonical_request(request)).hexdigest()
 
 
 def output_sha256(output_token_ids: Sequence[int], text: str) -> str:

@@ -32,6 +32,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from detserve.errors import RequestRefused, ServerError
+from detserve.spelled_json import encode_body
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 DEFAULT_RETRIES = 3
@@ -251,13 +252,19 @@ class VllmServer:
         extra: dict[str, Any] = {}
         if timeout_s is not None:
             extra["timeout"] = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+        # the body's bytes as built, a constraint's JSON text embedded as it is
+        content: dict[str, Any] = (
+            {}
+            if body is None
+            else {"content": encode_body(body), "headers": {"Content-Type": "application/json"}}
+        )
         failure = ""
         cause: Exception | None = None
         for attempt in range(attempts):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                response = self._client.request(method, path, json=body, **extra)
+                response = self._client.request(method, path, **content, **extra)
             except httpx.TimeoutException as exc:
                 failure, cause = f"timed out ({type(exc).__name__})", exc
                 continue
