@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from detserve.runlog import RunLogSummary
     from detserve.runlog.series import TranscriptSeries
     from detserve.runlog.transcript import TranscriptSummary
+    from detserve.runtime.cluster_nodes import ClusterStatus, NodeEngines
+    from detserve.runtime.cluster_run import ClusterRun, ClusterStop
     from detserve.runtime.engine import ContainerEngine
     from detserve.runtime.lifecycle import (
         RunResult,
@@ -629,6 +631,65 @@ def status(
     return lifecycle.status(loaded, engine=_engine_at(engine, docker_host))
 
 
+def _nodes(loaded: LoadedProfile, nodes: NodeEngines | None) -> NodeEngines:
+    """A cluster profile's engines: as given (tests), else each node's ``docker_host``."""
+    from detserve.runtime.cluster_nodes import connect_nodes
+
+    return nodes if nodes is not None else connect_nodes(loaded)
+
+
+def run_cluster(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    stop_after: bool = False,
+    timeout_s: float | None = None,
+    on_stage: StageSink | None = None,
+    nodes: NodeEngines | None = None,
+) -> ClusterRun:
+    """Start a cluster profile's nodes, each on its own engine, bound as one container is; wait
+    for the head to serve the pinned model while every node is watched; verify the snapshot
+    inside every node's container; smoke. Any failure stops and removes every node's container.
+    ``nodes``: the engines by node name (default: each node's ``docker_host``)."""
+    from detserve.runtime import cluster_run
+    from detserve.runtime.lifecycle import require_manifest
+    from detserve.runtime.secrets import SecretEnvironment, load_secrets_file
+
+    loaded = load_profile(config)
+    manifest = require_manifest(loaded)
+    secrets = load_secrets_file(Path(secrets_file)) if secrets_file else SecretEnvironment()
+    return cluster_run.run(
+        loaded,
+        _nodes(loaded, nodes),
+        manifest=manifest,
+        secrets=secrets,
+        stop_after=stop_after,
+        timeout_s=timeout_s,
+        on_stage=on_stage,
+    )
+
+
+def stop_cluster(config: ProfileLike, *, nodes: NodeEngines | None = None) -> ClusterStop:
+    """Stop and remove every node's container of a cluster profile (workers first)."""
+    from detserve.runtime import cluster_run
+    from detserve.runtime.cluster_nodes import connect_nodes
+
+    loaded = load_profile(config)
+    engines = nodes if nodes is not None else connect_nodes(loaded, reachable_only=True)
+    return cluster_run.stop(loaded, engines)
+
+
+def status_cluster(config: ProfileLike, *, nodes: NodeEngines | None = None) -> ClusterStatus:
+    """Every node's container of a cluster profile, how it differs from the pins and the layout,
+    and the head's health."""
+    from detserve.runtime import cluster_nodes
+    from detserve.runtime.container_spec import expected_labels
+
+    loaded = load_profile(config)
+    expected_labels(loaded)  # fail closed on an unpinned profile or a missing manifest
+    return cluster_nodes.status(loaded, _nodes(loaded, nodes))
+
+
 def logs(
     config: ProfileLike,
     *,
@@ -791,6 +852,7 @@ def _sample_observed(
     engine: ContainerEngine,
     observer: SamplingObserver | None,
     fingerprint: Callable[[], Mapping[str, object]] | None = None,
+    nodes: NodeEngines | None = None,
 ) -> SampleSummary:
     from detserve.sampling import sample as sample_core
 
@@ -804,6 +866,7 @@ def _sample_observed(
         progress=observer.sampled if observer is not None else None,
         verify_progress=observer.verified if observer is not None else None,
         fingerprint=fingerprint,
+        nodes=nodes,
     )
 
 
@@ -864,6 +927,16 @@ def sample(
         full_verify=full_verify,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
+    if loaded.profile.cluster is not None:
+        nodes = _cluster_nodes(loaded, engine, docker_host)
+        head = nodes[loaded.profile.cluster.nodes[0].name]
+
+        def every_node() -> Mapping[str, object]:
+            from detserve.runtime.cluster_probe import cluster_fingerprint
+
+            return cluster_fingerprint(loaded, nodes).model_dump(mode="json")
+
+        return _sample_observed(loaded, prompts, request, head, observer, every_node, nodes)
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     placement = _lay_out(loaded, engine, concurrency)
@@ -885,6 +958,17 @@ def _lay_out(loaded: LoadedProfile, engine: ContainerEngine, concurrency: int) -
         return None
     container = checked_container(loaded, engine, what="place")
     return apply_policy(engine, container, policy, concurrency)
+
+
+def _cluster_nodes(
+    loaded: LoadedProfile, engine: ContainerEngine | None, docker_host: str | None
+) -> NodeEngines:
+    if engine is not None or docker_host is not None:
+        raise UsageError(
+            f"profile {loaded.path} is a cluster: its nodes name their engines "
+            "(cluster.nodes[].docker_host); no engine or --docker-host is taken"
+        )
+    return _nodes(loaded, None)
 
 
 def show_run_log(path: Path | str) -> RunLogSummary:
@@ -1570,6 +1654,10 @@ def check(
         shuffle=shuffle,
         shuffle_seed=shuffle_seed,
     )
+    nodes = None
+    if loaded.profile.cluster is not None:
+        nodes = _cluster_nodes(loaded, engine, docker_host)
+        engine = nodes[loaded.profile.cluster.nodes[0].name]
     if engine is None:
         from detserve.runtime.probe import DockerProbe
 
@@ -1579,7 +1667,8 @@ def check(
         engine, probe = docker_probe.engine, probe or docker_probe
     elif docker_host is not None:
         raise UsageError("give an engine or a docker_host, not both")
-    _lay_out(loaded, engine, max(plan.levels))
+    if nodes is None:
+        _lay_out(loaded, engine, max(plan.levels))
     result = run_check(
         loaded,
         prompts,
@@ -1588,6 +1677,7 @@ def check(
         probe=probe,
         on_pass=on_pass,
         full_verify=full_verify,
+        nodes=nodes,
     )
     pack = write_repro_pack(loaded, result, directory, force=force, signer=signer)
     return CheckOutcome(result=result, pack=pack)

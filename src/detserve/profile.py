@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
+from detserve.cluster_profile import ClusterSpec, check_cluster_fits
 from detserve.engine_policy import (
     batch_invariant_problem,
     check_engine_option,
@@ -305,6 +306,8 @@ class Profile(_Strict):
     sampling: SamplingSpec
     prompts: PromptsSpec | None = None
     """The prompt bundle this profile samples and its pin; null until one is bootstrapped."""
+    cluster: ClusterSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Several Docker engines serving together (:mod:`detserve.cluster_profile`); absent for one."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -325,6 +328,7 @@ class Profile(_Strict):
         )
         if problem:
             raise ValueError(problem)
+        check_cluster_fits(self.cluster, self)
         return self
 
 

@@ -12,6 +12,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from detserve import api
+from detserve.cli import commands_cluster
 from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, DockerHostOption, FullVerifyOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
@@ -212,6 +213,9 @@ def stop_command(
         detserve stop --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
+    if loaded.profile.cluster is not None:
+        commands_cluster.stop(loaded, docker_host=docker_host, json_output=json_output)
+        return
     stopped = api.stop(loaded, docker_host=docker_host)
     if json_output:
         emit_json(stopped.as_json())
@@ -252,6 +256,17 @@ def run_command(
         detserve run --config configs/tiny-cpu.json --hash --stop   # CI: verify first, clean up
     """
     loaded = load_profile(config)
+    if loaded.profile.cluster is not None:
+        commands_cluster.run(
+            loaded,
+            secrets_file=secrets_file,
+            hash_first=hash_first,
+            stop_after=stop_after,
+            timeout=timeout,
+            docker_host=docker_host,
+            json_output=json_output,
+        )
+        return
     with _wait_display(container_name(loaded.profile)) as display:
         ran = api.run(
             loaded,
@@ -294,6 +309,9 @@ def status_command(
         detserve status --config configs/tiny-cpu.json --json
     """
     loaded = load_profile(config)
+    if loaded.profile.cluster is not None:
+        commands_cluster.status(loaded, docker_host=docker_host, json_output=json_output)
+        return
     state = api.status(loaded, docker_host=docker_host)
     if json_output:
         emit_json(state.as_json())  # one object: "ok": false and the mismatches, then exit 1

@@ -4,11 +4,10 @@ The same pre-flight as strict sampling, nothing weaker: every pin filled, the sn
 against its manifest, the bundle measured with the verified snapshot's tokenizer
 (:mod:`detserve.bundle_binding`), the container bound to the pins (:func:`checked_container`),
 the pinned model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
-container's identity checked while requests are in flight
-(:class:`~detserve.identity_watch.IdentityWatch`). At the end the identity is checked again, the
-snapshot verified again against the same manifest and, when a probe is given, the environment
-fingerprinted again: any change is ``ENV_CHANGED`` and the measurements are not compared (a
-restarted server's tokens are not one server's).
+container's identity checked while requests are in flight (:mod:`detserve.verified`). At the
+end the identity is checked again, the snapshot verified again against the same manifest and,
+when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED`` and the
+measurements are not compared (a restarted server's tokens are not one server's).
 
 The core never prints; it returns a :class:`CheckResult`, whatever the verdict. A server that
 fails to answer is an environment error (exit 3), not a verdict.
@@ -26,13 +25,12 @@ from detserve.diagnosis.measure import CheckPlan, Measurements, PassKey, measure
 from detserve.diagnosis.verdict import Diagnosis, diagnose, env_changed
 from detserve.errors import ContainerError, SnapshotMismatch, UsageError
 from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine, environment_fingerprint
-from detserve.identity_watch import IdentityWatch
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
-from detserve.runtime.binding import checked_container
+from detserve.runtime.cluster_nodes import NodeEngines
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
 from detserve.runtime.reach import server_url
@@ -40,6 +38,7 @@ from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
 from detserve.sampling import prompts_within_budget
 from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
+from detserve.verified import bound_server
 
 
 @dataclass(frozen=True)
@@ -99,8 +98,10 @@ def run_check(
     probe: FingerprintEngine | None = None,
     on_pass: Callable[[PassKey], None] | None = None,
     full_verify: bool = False,
+    nodes: NodeEngines | None = None,
 ) -> CheckResult:
-    """Measure ``plan`` against the profile's running, verified container.
+    """Measure ``plan`` against the profile's running, verified container (on a cluster, given
+    ``nodes``: every node's, each bound, verified and watched, the head serving).
 
     The snapshot is verified for the container's lifetime at the start and at the end
     (:mod:`detserve.snapshot_state`; ``full_verify`` hashes every byte both times)."""
@@ -110,11 +111,10 @@ def run_check(
     manifest = PinnedManifest.read(loaded.manifest_path)
     # the bytes the snapshot is verified against next (sampling.sample), before the engine
     require_bundle_tokenizer(bundle, loaded, manifest.digests())
-    container = checked_container(loaded, engine, what="check", manifest=manifest.sha256)
+    container, watch, ray = bound_server(loaded, engine, nodes, manifest.sha256, what="check")
     lifetime = lifetime_of(container)
     first = verify_in_lifetime(loaded.snapshot_dir, manifest, lifetime, full=full_verify)
     pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
-    watch = IdentityWatch(engine, container)
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
@@ -122,7 +122,9 @@ def run_check(
     measurements: Measurements | None = None
     with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
-        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        run_pins = pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+        )
         try:
             measurements = measure(
                 prompts,
