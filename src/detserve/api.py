@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from detserve.runlog import RunLogSummary
     from detserve.runlog.series import TranscriptSeries
     from detserve.runlog.transcript import TranscriptSummary
+    from detserve.runtime.cluster_nodes import ClusterStatus, NodeEngines
+    from detserve.runtime.cluster_run import ClusterRun, ClusterStop
     from detserve.runtime.engine import ContainerEngine
     from detserve.runtime.lifecycle import (
         RunResult,
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
         WaitProgress,
         WaitResult,
     )
+    from detserve.runtime.placement import Placement
     from detserve.sampling import SampleRequest, SampleSummary
     from detserve.signed_statement import SignedModel
     from detserve.snapshot import VerifyReport
@@ -578,8 +581,13 @@ def run(
     on_progress: WaitSink | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    full_verify: bool = False,
 ) -> RunResult:
-    """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample."""
+    """Start, wait with the whole snapshot verified meanwhile, smoke test: a server to sample.
+
+    A container already running with these pins keeps its lifetime's record of a full pass;
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`)."""
     from detserve.runtime import lifecycle
 
     loaded = load_profile(config)
@@ -593,6 +601,7 @@ def run(
         on_stage=on_stage,
         on_progress=on_progress,
         engine=_engine_at(engine, docker_host),
+        full_verify=full_verify,
     )
 
 
@@ -620,6 +629,65 @@ def status(
 
     loaded = load_profile(config)
     return lifecycle.status(loaded, engine=_engine_at(engine, docker_host))
+
+
+def _nodes(loaded: LoadedProfile, nodes: NodeEngines | None) -> NodeEngines:
+    """A cluster profile's engines: as given (tests), else each node's ``docker_host``."""
+    from detserve.runtime.cluster_nodes import connect_nodes
+
+    return nodes if nodes is not None else connect_nodes(loaded)
+
+
+def run_cluster(
+    config: ProfileLike,
+    *,
+    secrets_file: Path | str | None = None,
+    stop_after: bool = False,
+    timeout_s: float | None = None,
+    on_stage: StageSink | None = None,
+    nodes: NodeEngines | None = None,
+) -> ClusterRun:
+    """Start a cluster profile's nodes, each on its own engine, bound as one container is; wait
+    for the head to serve the pinned model while every node is watched; verify the snapshot
+    inside every node's container; smoke. Any failure stops and removes every node's container.
+    ``nodes``: the engines by node name (default: each node's ``docker_host``)."""
+    from detserve.runtime import cluster_run
+    from detserve.runtime.lifecycle import require_manifest
+    from detserve.runtime.secrets import SecretEnvironment, load_secrets_file
+
+    loaded = load_profile(config)
+    manifest = require_manifest(loaded)
+    secrets = load_secrets_file(Path(secrets_file)) if secrets_file else SecretEnvironment()
+    return cluster_run.run(
+        loaded,
+        _nodes(loaded, nodes),
+        manifest=manifest,
+        secrets=secrets,
+        stop_after=stop_after,
+        timeout_s=timeout_s,
+        on_stage=on_stage,
+    )
+
+
+def stop_cluster(config: ProfileLike, *, nodes: NodeEngines | None = None) -> ClusterStop:
+    """Stop and remove every node's container of a cluster profile (workers first)."""
+    from detserve.runtime import cluster_run
+    from detserve.runtime.cluster_nodes import connect_nodes
+
+    loaded = load_profile(config)
+    engines = nodes if nodes is not None else connect_nodes(loaded, reachable_only=True)
+    return cluster_run.stop(loaded, engines)
+
+
+def status_cluster(config: ProfileLike, *, nodes: NodeEngines | None = None) -> ClusterStatus:
+    """Every node's container of a cluster profile, how it differs from the pins and the layout,
+    and the head's health."""
+    from detserve.runtime import cluster_nodes
+    from detserve.runtime.container_spec import expected_labels
+
+    loaded = load_profile(config)
+    expected_labels(loaded)  # fail closed on an unpinned profile or a missing manifest
+    return cluster_nodes.status(loaded, _nodes(loaded, nodes))
 
 
 def logs(
@@ -784,6 +852,7 @@ def _sample_observed(
     engine: ContainerEngine,
     observer: SamplingObserver | None,
     fingerprint: Callable[[], Mapping[str, object]] | None = None,
+    nodes: NodeEngines | None = None,
 ) -> SampleSummary:
     from detserve.sampling import sample as sample_core
 
@@ -797,6 +866,7 @@ def _sample_observed(
         progress=observer.sampled if observer is not None else None,
         verify_progress=observer.verified if observer is not None else None,
         fingerprint=fingerprint,
+        nodes=nodes,
     )
 
 
@@ -819,6 +889,7 @@ def sample(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    full_verify: bool = False,
 ) -> SampleSummary:
     """Sample the pinned prompt bundle from the bound, running server into a canonical run log.
 
@@ -832,6 +903,9 @@ def sample(
     a time afterwards (seeded by ``audit_seed``) and fails the run on any difference. Any
     failure, Ctrl-C included, leaves nothing at ``run_log`` or ``sidecar``. The run log's sha256
     is the claim.
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.sampling import SampleRequest, check_request
 
@@ -850,11 +924,51 @@ def sample(
         certificate_key=Path(certificate_key) if certificate_key is not None else None,
         audit_fraction=audit,
         audit_seed=audit_seed,
+        full_verify=full_verify,
     )
     check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
+    if loaded.profile.cluster is not None:
+        nodes = _cluster_nodes(loaded, engine, docker_host)
+        head = nodes[loaded.profile.cluster.nodes[0].name]
+
+        def every_node() -> Mapping[str, object]:
+            from detserve.runtime.cluster_probe import cluster_fingerprint
+
+            return cluster_fingerprint(loaded, nodes).model_dump(mode="json")
+
+        return _sample_observed(loaded, prompts, request, head, observer, every_node, nodes)
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
-    return _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
+    placement = _lay_out(loaded, engine, concurrency)
+    summary = _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
+    if placement is None:
+        return summary
+    return replace(summary, cpu_placement=placement.as_json())
+
+
+def _lay_out(loaded: LoadedProfile, engine: ContainerEngine, concurrency: int) -> Placement | None:
+    """The profile's CPU layout for a command keeping ``concurrency`` requests in flight, where
+    it is chosen per workload (``engine-core-with-worker-when-concurrent``); ``run`` lays out the
+    other policies once (:mod:`detserve.runtime.placement`)."""
+    from detserve.runtime.binding import checked_container
+    from detserve.runtime.placement import apply_policy
+
+    policy = loaded.profile.runtime.cpu_placement
+    if policy != "engine-core-with-worker-when-concurrent":
+        return None
+    container = checked_container(loaded, engine, what="place")
+    return apply_policy(engine, container, policy, concurrency)
+
+
+def _cluster_nodes(
+    loaded: LoadedProfile, engine: ContainerEngine | None, docker_host: str | None
+) -> NodeEngines:
+    if engine is not None or docker_host is not None:
+        raise UsageError(
+            f"profile {loaded.path} is a cluster: its nodes name their engines "
+            "(cluster.nodes[].docker_host); no engine or --docker-host is taken"
+        )
+    return _nodes(loaded, None)
 
 
 def show_run_log(path: Path | str) -> RunLogSummary:
@@ -1052,6 +1166,7 @@ def replay(
     observer: SamplingObserver | None = None,
     engine: ContainerEngine | None = None,
     docker_host: str | None = None,
+    full_verify: bool = False,
     claim_sha256: str | None = None,
 ) -> ReplayResult:
     """Re-run a claimed run log under your own pinned profile, and compare, in one step.
@@ -1073,6 +1188,9 @@ def replay(
     signed subject's, or ``claim_sha256`` when given) must be what the comparison reads at the
     end, and the replay's log must be what was sampled; a file swapped in between is
     :class:`~detserve.errors.EvidenceChanged` (exit 1), never a verdict.
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.replay_plan import plan_replay
     from detserve.runtime import lifecycle
@@ -1131,11 +1249,12 @@ def replay(
         run_log_output=replay_log,
         sidecar_output=sidecar,
         force=force,
+        full_verify=full_verify,
     )
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     stage(f"claim {claim}: {plan.n_prompts} samples x {plan.max_tokens} tokens; pins match")
-    lifecycle.run(loaded, engine=engine, on_stage=stage)
+    lifecycle.run(loaded, engine=engine, on_stage=stage, full_verify=full_verify)
     try:
         summary = _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
     finally:
@@ -1157,6 +1276,9 @@ def replay(
 
 #: where ``serve`` listens unless told otherwise
 DEFAULT_GATEWAY_PORT = 8088
+#: how often ``serve`` checks the snapshot's record and advances its paced full pass
+#: (:mod:`detserve.snapshot_watch`); a change through the file system is caught within it
+DEFAULT_REVERIFY_INTERVAL_S = 2.0
 
 
 def build_gateway(
@@ -1168,11 +1290,13 @@ def build_gateway(
     certificate: Path | str | None = None,
     certificate_key: Path | str | None = None,
     queue_size: int = 32,
-    reverify_interval_s: float = 300.0,
+    reverify_interval_s: float = DEFAULT_REVERIFY_INTERVAL_S,
     identity_interval_s: float = 2.0,
     rotate_exchanges: int | None = None,
     allowed_hosts: Sequence[str] = (),
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
+    reverify_bytes_per_s: int | None = None,
     docker_host: str | None = None,
 ) -> Gateway:
     """Verify as :func:`sample` does (pins, snapshot, the bound container, the served model) and
@@ -1189,6 +1313,10 @@ def build_gateway(
     verified with the public key ``certificate_key`` (:func:`verify_certificate`).
     The application answers only the ``Host`` values of its bind (``gateway.allow_hosts(host,
     port)``, which :class:`~detserve.gateway.server.GatewayServer` calls) and ``allowed_hosts``.
+    While serving, the snapshot's record is checked every ``reverify_interval_s`` and every byte
+    is read again at ``reverify_bytes_per_s`` (default
+    :data:`~detserve.snapshot_watch.DEFAULT_BYTES_PER_S`; :mod:`detserve.snapshot_watch`).
+    ``full_verify`` hashes every byte before serving even where a record vouches for them.
     """
     from detserve.certificate import check_certificate_options, verify_certificate
     from detserve.gateway.app import Gateway, GatewaySettings
@@ -1206,6 +1334,8 @@ def build_gateway(
     )
     if reverify_interval_s <= 0 or identity_interval_s <= 0:
         raise UsageError("re-verification intervals must be positive")
+    if reverify_bytes_per_s is not None and reverify_bytes_per_s <= 0:
+        raise UsageError("the re-verification rate must be positive")
     if rotate_exchanges is not None and rotate_exchanges < 1:
         raise UsageError("--rotate-exchanges must be at least 1")
     hosts = checked_hosts(allowed_hosts)
@@ -1223,9 +1353,10 @@ def build_gateway(
     if certificate is not None and certificate_key is not None:
         checked = verify_certificate(Path(certificate), Path(certificate_key))
     engine = _engine(engine, docker_host)
-    verified = verify_for_serving(loaded, engine)
+    verified = verify_for_serving(loaded, engine, full_verify=full_verify)
     if checked is not None:
         require_gateway_coverage(checked, verified, concurrency)
+    _lay_out(loaded, engine, concurrency)
     settings = GatewaySettings(
         transcript_dir=Path(transcript_dir),
         api_key=api_key,
@@ -1236,6 +1367,8 @@ def build_gateway(
         rotate_exchanges=rotate_exchanges,
         allowed_hosts=hosts,
     )
+    if reverify_bytes_per_s is not None:
+        settings = replace(settings, reverify_bytes_per_s=reverify_bytes_per_s)
     return Gateway(verified, engine, settings, earlier=earlier)
 
 
@@ -1265,12 +1398,14 @@ def serve(
     certificate: Path | str | None = None,
     certificate_key: Path | str | None = None,
     queue_size: int = 32,
-    reverify_interval_s: float = 300.0,
+    reverify_interval_s: float = DEFAULT_REVERIFY_INTERVAL_S,
     rotate_exchanges: int | None = None,
     allowed_hosts: Sequence[str] = (),
     on_ready: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
+    reverify_bytes_per_s: int | None = None,
     docker_host: str | None = None,
 ) -> ServeResult:
     """Serve the verified, OpenAI-compatible gateway until stopped (Ctrl-C or SIGTERM).
@@ -1297,6 +1432,8 @@ def serve(
         rotate_exchanges=rotate_exchanges,
         allowed_hosts=allowed_hosts,
         engine=engine,
+        full_verify=full_verify,
+        reverify_bytes_per_s=reverify_bytes_per_s,
         docker_host=docker_host,
     )
     for ignored in gateway.transcript.earlier.ignored:
@@ -1338,6 +1475,7 @@ def replay_transcript(
     force: bool = False,
     on_stage: StageSink | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
     docker_host: str | None = None,
 ) -> TranscriptReplayResult:
     """Re-send every exchange of a gateway transcript (one segment) under your own pinned
@@ -1350,6 +1488,9 @@ def replay_transcript(
     ``output_dir/report.json``. Returns the result whatever the verdict: INCOMPLETE (ok) when
     exchanges that ended early repeat their recorded start, CUT (not ok) for a segment cut by a
     crash, replayed up to its last whole line.
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.gateway.replay import plan_transcript_replay
     from detserve.gateway.replay import replay_transcript as replay_core
@@ -1369,9 +1510,9 @@ def replay_transcript(
     plan = plan_transcript_replay(claim, loaded)
     engine = _engine(engine, docker_host)
     stage(f"claim {claim}: a gateway transcript of {plan.n_exchanges} exchanges; pins match")
-    lifecycle.run(loaded, engine=engine, on_stage=stage)
+    lifecycle.run(loaded, engine=engine, on_stage=stage, full_verify=full_verify)
     try:
-        report = replay_core(plan, loaded, replay_path, engine=engine)
+        report = replay_core(plan, loaded, replay_path, engine=engine, full_verify=full_verify)
     finally:
         if stop_after:
             lifecycle.stop(loaded, engine=engine)
@@ -1452,6 +1593,7 @@ def check(
     on_pass: Callable[[PassKey], None] | None = None,
     engine: ContainerEngine | None = None,
     probe: FingerprintEngine | None = None,
+    full_verify: bool = False,
     docker_host: str | None = None,
 ) -> CheckOutcome:
     """Diagnose non-determinism against the running, verified container; write a repro pack.
@@ -1472,6 +1614,9 @@ def check(
     environment is fingerprinted before and after (``env.json``; a change is ENV_CHANGED).
     Returns the outcome whatever the verdict; ``outcome.error()`` is the error to raise when it
     is not a pass (exit 1).
+
+    ``full_verify`` hashes every byte of the snapshot even where the record of a full pass in
+    the container's lifetime vouches for it (:mod:`detserve.snapshot_state`).
     """
     from detserve.diagnosis.check import run_check
     from detserve.diagnosis.measure import CheckPlan, levels_with_baseline
@@ -1509,6 +1654,10 @@ def check(
         shuffle=shuffle,
         shuffle_seed=shuffle_seed,
     )
+    nodes = None
+    if loaded.profile.cluster is not None:
+        nodes = _cluster_nodes(loaded, engine, docker_host)
+        engine = nodes[loaded.profile.cluster.nodes[0].name]
     if engine is None:
         from detserve.runtime.probe import DockerProbe
 
@@ -1518,7 +1667,18 @@ def check(
         engine, probe = docker_probe.engine, probe or docker_probe
     elif docker_host is not None:
         raise UsageError("give an engine or a docker_host, not both")
-    result = run_check(loaded, prompts, plan, engine=engine, probe=probe, on_pass=on_pass)
+    if nodes is None:
+        _lay_out(loaded, engine, max(plan.levels))
+    result = run_check(
+        loaded,
+        prompts,
+        plan,
+        engine=engine,
+        probe=probe,
+        on_pass=on_pass,
+        full_verify=full_verify,
+        nodes=nodes,
+    )
     pack = write_repro_pack(loaded, result, directory, force=force, signer=signer)
     return CheckOutcome(result=result, pack=pack)
 

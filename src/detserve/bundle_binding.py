@@ -21,9 +21,11 @@ count the server disagrees with, after the server was started and asked.
 
 It is checked twice, both before the first request: by :func:`load_profile_bundle` against the
 profile's manifest, before any snapshot is verified or any container asked or started (a replay
-starts no server for a bundle it cannot use), and against the digests of the snapshot just
-verified, by the sampler and ``check`` right before they send anything, so that the identity
-compared is the verified one even if the manifest changed in between.
+starts no server for a bundle it cannot use), and by the sampler and ``check`` against the
+manifest bytes they verify the snapshot against next (read once:
+:class:`~detserve.snapshot_state.PinnedManifest`), before they ask the engine: the snapshot
+passes only with exactly those digests, so the identity compared is the verified one even if
+the manifest file changed in between.
 """
 
 from __future__ import annotations

@@ -173,6 +173,23 @@ class ContainerFingerprint(_Model):
     names excluded)."""
 
 
+class NodeFingerprint(_Model):
+    """One node of a cluster: its engine and its container (not its host's hardware, which is
+    read where detserve runs; ``detserve env --docker-host`` on the node reads the rest)."""
+
+    name: Annotated[str, Field(max_length=64)]
+    """The node's name in the profile."""
+
+    rank: Annotated[int, Field(ge=0, le=1024)]
+    """Its place in the layout (0: the head)."""
+
+    docker_engine_version: Text
+    """Its Docker engine's version."""
+
+    container: ContainerFingerprint
+    """Its container."""
+
+
 class EnvironmentFingerprint(_Model):
     """The host and the container a run used; canonical JSON, named by its sha256."""
 
@@ -186,7 +203,13 @@ class EnvironmentFingerprint(_Model):
     """The host."""
 
     container: ContainerFingerprint
-    """The container."""
+    """The container (on a cluster, the head's)."""
+
+    nodes: Annotated[tuple[NodeFingerprint, ...], Field(min_length=2, max_length=64)] | None = (
+        Field(default=None, exclude_if=lambda value: value is None)
+    )
+    """A cluster's every node, head first; absent for one container (whose fingerprint is the
+    same bytes as before clusters existed)."""
 
     def canonical(self) -> bytes:
         """RFC 8785 bytes with one final newline: what is written and hashed."""
@@ -321,15 +344,19 @@ def environment_fingerprint(
     loaded.require_pins()
     facts = engine.container_facts(loaded)
     version = engine.engine_version()
-    versions = facts.versions
     return EnvironmentFingerprint(
-        host=host_fingerprint(version),
-        container=ContainerFingerprint(
-            image=loaded.image,
-            image_id=facts.image_id,
-            python_version=versions.get("python"),
-            vllm_version=versions.get("vllm"),
-            torch_version=versions.get("torch"),
-            numerics_environment=numerics_environment(facts.environment),
-        ),
+        host=host_fingerprint(version), container=container_fingerprint(loaded.image, facts)
+    )
+
+
+def container_fingerprint(image: str, facts: ContainerFacts) -> ContainerFingerprint:
+    """The container part of a fingerprint, from what the engine told about it."""
+    versions = facts.versions
+    return ContainerFingerprint(
+        image=image,
+        image_id=facts.image_id,
+        python_version=versions.get("python"),
+        vllm_version=versions.get("vllm"),
+        torch_version=versions.get("torch"),
+        numerics_environment=numerics_environment(facts.environment),
     )

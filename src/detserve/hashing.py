@@ -18,6 +18,7 @@ every few MiB rather than every chunk.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -48,6 +49,9 @@ class FileDigest:
     path: str
     sha256: str
     size: int
+    #: the ``fstat`` of the descriptor that was read, taken before the first read (after the
+    #: sync when ``sync_first`` was asked); what :mod:`detserve.snapshot_state` records
+    opened: os.stat_result | None = None
 
 
 class _BatchedProgress:
@@ -69,23 +73,37 @@ class _BatchedProgress:
             self._pending = 0
 
 
-def sha256_file(
+def sha256_opened(
     path: Path,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
     buffer: memoryview | None = None,
-) -> tuple[str, int]:
-    """Return ``(hex digest, size)`` of one file, reading it once in ``chunk_size`` pieces.
+    sync_first: bool = False,
+) -> tuple[str, int, os.stat_result]:
+    """Return ``(hex digest, size, fstat)`` of one file, reading it once in ``chunk_size`` pieces.
 
-    Raises ``OSError``, :class:`~detserve.fileio.NotRegularFile` when ``path`` is (or has
-    become) anything but a regular file: a FIFO swapped in after a scan never blocks the read.
+    ``sync_first`` writes the file's dirty pages back before the ``fstat`` and the first read:
+    writeback write-protects the pages of a shared writable mapping, so that a later write
+    through it faults and updates the file's change time (docs/threat-model.md, "Weights
+    changed after a full pass"). Raises ``OSError``, :class:`~detserve.fileio.NotRegularFile` when
+    ``path`` is (or has become) anything but a regular file: a FIFO swapped in after a scan
+    never blocks the read.
     """
     view = buffer if buffer is not None else memoryview(bytearray(chunk_size))
     digest = hashlib.sha256()
     size = 0
     fd, info = open_regular(path)
     try:
+        if sync_first:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                # A read-only mount has no writer to fear; a file system that cannot sync is
+                # not one a record is kept on (snapshot_state.TRUSTED_FILE_SYSTEMS).
+                if exc.errno not in (errno.EROFS, errno.EINVAL, errno.ENOTSUP):
+                    raise
+            info = os.fstat(fd)
         if info.st_size > len(view) and hasattr(os, "posix_fadvise"):
             # Read-ahead for a file of several chunks; a one-chunk file gains nothing from it.
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -99,7 +117,19 @@ def sha256_file(
                 progress(count)
     finally:
         os.close(fd)
-    return digest.hexdigest(), size
+    return digest.hexdigest(), size, info
+
+
+def sha256_file(
+    path: Path,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: ProgressCallback | None = None,
+    buffer: memoryview | None = None,
+) -> tuple[str, int]:
+    """Return ``(hex digest, size)`` of one file (:func:`sha256_opened` without the ``fstat``)."""
+    digest, size, _ = sha256_opened(path, chunk_size=chunk_size, progress=progress, buffer=buffer)
+    return digest, size
 
 
 def hash_files(
@@ -110,11 +140,13 @@ def hash_files(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressCallback | None = None,
     sizes: Mapping[str, int] | None = None,
+    sync_first: bool = False,
 ) -> dict[str, FileDigest]:
     """Hash ``root / path`` for every path, in parallel. Raises ``OSError`` on a read failure.
 
     ``sizes`` (a scan's, when the caller has one) orders the files, largest first; without it
     each file is ``stat``-ed. It decides the order only: every file is read to its end.
+    ``sync_first``: see :func:`sha256_file`.
     """
     root = Path(root)
     paths = list(relative_paths)
@@ -125,8 +157,10 @@ def hash_files(
     if count <= 1:
         view = memoryview(bytearray(chunk_size))
         for path in ordered:
-            digest, size = sha256_file(root / path, progress=progress, buffer=view)
-            results[path] = FileDigest(path=path, sha256=digest, size=size)
+            digest, size, info = sha256_opened(
+                root / path, progress=progress, buffer=view, sync_first=sync_first
+            )
+            results[path] = FileDigest(path=path, sha256=digest, size=size, opened=info)
         return results
 
     queue = iter(ordered)
@@ -142,8 +176,10 @@ def hash_files(
                     path = next(queue, None)
                 if path is None:
                     return
-                digest, size = sha256_file(root / path, progress=batched, buffer=view)
-                results[path] = FileDigest(path=path, sha256=digest, size=size)
+                digest, size, info = sha256_opened(
+                    root / path, progress=batched, buffer=view, sync_first=sync_first
+                )
+                results[path] = FileDigest(path=path, sha256=digest, size=size, opened=info)
         except BaseException:
             # A failed read: the other workers finish the file they are on and take no other.
             stop.set()

@@ -181,7 +181,12 @@ def read_manifest_bytes(path: Path) -> bytes:
 
 def load_manifest(path: Path) -> ParsedManifest:
     """Load a manifest and fail (exit 1) on any problem in it."""
-    parsed = parse_manifest(read_manifest_bytes(path))
+    return checked_manifest(read_manifest_bytes(path), path)
+
+
+def checked_manifest(data: bytes, path: Path) -> ParsedManifest:
+    """Parse the manifest bytes read from ``path``; fail (exit 1) on any problem in them."""
+    parsed = parse_manifest(data)
     if parsed.problems:
         raise SnapshotMismatch(
             f"manifest {path} is not valid: {len(parsed.problems)} problem(s)",

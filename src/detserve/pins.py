@@ -9,6 +9,8 @@ What is a pin: every input that decides the tokens (model and revision, the mani
 image by digest, the engine arguments, the entrypoint, the environment detserve gives the
 container, the device request, the served name, the prompt bundle, the vLLM version). What is
 not: the profile's file name or directory, the host, the container's id and times, GPU ids.
+A cluster adds its layout (nodes, tensor and pipeline sizes, executor, the image's Ray version);
+which engines, hosts or addresses the nodes were is not a pin (it goes to the sidecar).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from detserve.profile import LoadedProfile
 from detserve.runlog import DevicePins, RunPins
+from detserve.runlog.layout import ClusterLayout
 from detserve.runlog.models import EnginePins
 from detserve.runtime.container_spec import container_environment, engine_args
 
@@ -36,19 +39,30 @@ class ProfilePins:
     environment: Mapping[str, str]
     device: DevicePins
     served_model_name: str
+    #: a cluster's layout but the Ray version (read from the running head), or None
+    layout: Mapping[str, Any] | None = None
 
-    def engine_pins(self, *, vllm_version: str) -> EnginePins:
+    def engine_pins(self, *, vllm_version: str, ray_version: str | None = None) -> EnginePins:
         """What fixes the server (a gateway transcript's pins): these and the server's version."""
-        return EnginePins(**self._fields(), vllm_version=vllm_version)
+        return EnginePins(**self._fields(ray_version), vllm_version=vllm_version)
 
-    def run_pins(self, *, prompt_bundle_sha256: str, vllm_version: str) -> RunPins:
-        """The run log's pins: these, the prompt bundle's hash and the server's version."""
+    def run_pins(
+        self, *, prompt_bundle_sha256: str, vllm_version: str, ray_version: str | None = None
+    ) -> RunPins:
+        """The run log's pins: these, the prompt bundle's hash and the server's version (and on
+        a cluster, the Ray version its head's image holds)."""
         return RunPins(
-            **self._fields(), prompt_bundle_sha256=prompt_bundle_sha256, vllm_version=vllm_version
+            **self._fields(ray_version),
+            prompt_bundle_sha256=prompt_bundle_sha256,
+            vllm_version=vllm_version,
         )
 
-    def _fields(self) -> dict[str, Any]:
+    def _fields(self, ray_version: str | None) -> dict[str, Any]:
+        layout = {}
+        if self.layout is not None:
+            layout = {"layout": ClusterLayout(**self.layout, ray_version=ray_version)}
         return {
+            **layout,
             "model_id": self.model_id,
             "model_revision": self.model_revision,
             "manifest_sha256": self.manifest_sha256,
@@ -76,7 +90,20 @@ def profile_pins(loaded: LoadedProfile, *, manifest_sha256: str) -> ProfilePins:
         environment=container_environment(loaded),
         device=DevicePins(kind=runtime.device, gpus=runtime.gpus_requested()),
         served_model_name=profile.vllm.served_model_name,
+        layout=None if profile.cluster is None else cluster_layout(loaded),
     )
+
+
+def cluster_layout(loaded: LoadedProfile) -> dict[str, Any]:
+    """The layout pins a cluster profile fixes (all but the image's Ray version)."""
+    cluster = loaded.profile.cluster
+    assert cluster is not None
+    return {
+        "executor": cluster.executor,
+        "nodes": len(cluster.nodes),
+        "pipeline_parallel_size": cluster.pipeline_parallel_size,
+        "tensor_parallel_size": loaded.profile.vllm.tensor_parallel_size,
+    }
 
 
 def pin_differences(
@@ -84,17 +111,25 @@ def pin_differences(
 ) -> list[str]:
     """Each pin a claim holds that the local profile does not, sorted by name, both in full.
 
-    The server's version cannot be known before a server runs; it is compared when the replay's
-    own run log is (``eval-determinism``).
+    The server's version (and a cluster's Ray version) cannot be known before a server runs;
+    it is compared when the replay's own run log is (``eval-determinism``). A pin only one side
+    holds (a cluster's layout against one container) is a difference, shown as absent.
     """
+    ray_version = claimed.layout.ray_version if claimed.layout is not None else None
     ours: dict[str, Any] = {
         **local.run_pins(
-            prompt_bundle_sha256=prompt_bundle_sha256, vllm_version=claimed.vllm_version
+            prompt_bundle_sha256=prompt_bundle_sha256,
+            vllm_version=claimed.vllm_version,
+            ray_version=ray_version,
         ).model_dump(mode="json"),
     }
     theirs = claimed.model_dump(mode="json")
+
+    def shown(side: dict[str, Any], name: str) -> str:
+        return repr(side[name]) if name in side else "(absent)"
+
     return [
-        f"{name}: claim {theirs.get(name)!r}, local {ours[name]!r}"
-        for name in sorted(ours)
-        if theirs.get(name) != ours[name]
+        f"{name}: claim {shown(theirs, name)}, local {shown(ours, name)}"
+        for name in sorted(set(ours) | set(theirs))
+        if name not in theirs or name not in ours or theirs[name] != ours[name]
     ]

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
+from detserve.cluster_profile import ClusterSpec, check_cluster_fits
 from detserve.engine_policy import (
     batch_invariant_problem,
     check_engine_option,
@@ -82,8 +83,8 @@ class SnapshotSpec(_Strict):
     profile file's directory."""
 
 
-#: where ``detserve run`` puts vLLM's CPU processes (detserve.runtime.placement)
-CpuPlacement = Literal["engine-core-with-worker"]
+#: where vLLM's CPU processes run (detserve.runtime.placement)
+CpuPlacement = Literal["engine-core-with-worker", "engine-core-with-worker-when-concurrent"]
 
 
 class RuntimeSpec(_Strict):
@@ -126,10 +127,12 @@ class RuntimeSpec(_Strict):
     """How long ``wait`` allows the server to become ready."""
 
     cpu_placement: CpuPlacement | None = None
-    """CPU only: once the server is ready, ``detserve run`` moves vLLM's engine core onto the
-    worker's cores and the API server onto the others, so that the engine core's spinning never
-    takes the API server's core (detserve.runtime.placement). Decides where, never what, is
-    computed; null leaves placement to the kernel."""
+    """CPU only: ``engine-core-with-worker``: once the server is ready, ``detserve run`` moves
+    vLLM's engine core onto the worker's cores and the API server onto the others, so that the
+    engine core's spinning never takes the API server's core (detserve.runtime.placement).
+    ``engine-core-with-worker-when-concurrent``: the same, applied by each command that keeps
+    more than one request in flight and released by those that keep one. Decides where, never
+    what, is computed; null leaves placement to the kernel."""
 
     @field_validator("image")
     @classmethod
@@ -303,6 +306,8 @@ class Profile(_Strict):
     sampling: SamplingSpec
     prompts: PromptsSpec | None = None
     """The prompt bundle this profile samples and its pin; null until one is bootstrapped."""
+    cluster: ClusterSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    """Several Docker engines serving together (:mod:`detserve.cluster_profile`); absent for one."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Profile:
@@ -323,6 +328,7 @@ class Profile(_Strict):
         )
         if problem:
             raise ValueError(problem)
+        check_cluster_fits(self.cluster, self)
         return self
 
 

@@ -14,9 +14,13 @@ covers more in flight; the log is then written in index order and is the same by
 concurrency 1 (the concurrency, the certificate's sha256 and its signer's key id go to the
 sidecar). With an audit fraction, a seeded random subset is sampled again one at a time after
 the concurrent pass, and any difference voids the run. The container's identity (id, start time,
-restart count) is checked during the run and at its end, and the snapshot is verified again
-before the log is committed: a restarted server or a changed snapshot voids the run. The run log
-is written atomically; any failure, Ctrl-C included, leaves nothing at the output paths.
+restart count; :mod:`detserve.verified`) is checked during the run and at its end, and the
+snapshot is verified again before the log is committed: a restarted server or a changed snapshot
+voids the run. Both verifications are bound to the container's lifetime: where a full pass in
+that lifetime left a record whose identities all still hold (:mod:`detserve.snapshot_state`), it
+vouches for the bytes without reading them; any change means a full pass (``full_verify`` always
+hashes). The run log is written atomically; any failure, Ctrl-C included, leaves nothing at the
+output paths.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from detserve.certificate import (
     require_coverage,
     verify_certificate,
 )
-from detserve.errors import ContainerError, Divergence, PinMismatch, UsageError
+from detserve.errors import Divergence, PinMismatch, ServerError, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
 from detserve.pins import profile_pins
@@ -52,15 +56,15 @@ from detserve.requests import (
     sample_record,
 )
 from detserve.runlog import RunLogWriter
-from detserve.runtime.binding import checked_container
-from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines
+from detserve.runtime.cluster_run import verify_nodes
+from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.snapshot import verify_snapshot
-
-#: how often, in seconds, the container's identity is re-checked while sampling
-IDENTITY_CHECK_INTERVAL_S = 2.0
+from detserve.snapshot import VerifyReport
+from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
+from detserve.verified import bound_server
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class SampleRequest:
     #: the fraction of samples sampled again at concurrency 1 after the pass (0: none)
     audit_fraction: float = 0.0
     audit_seed: int = 0
+    #: hash every byte at the start and the end even where a record of a full pass in this
+    #: container lifetime vouches for the snapshot (detserve.snapshot_state)
+    full_verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,11 @@ class SampleSummary:
     #: the id of the key that verified the certificate, computed from it
     certificate_keyid: str | None = None
     audited: tuple[int, ...] = ()
+    #: the snapshot's verifications, before the first request and before the commit
+    snapshot_checks: tuple[VerifyReport, ...] = ()
+    #: where the container's CPU processes were laid out for this run (the profile's
+    #: ``runtime.cpu_placement`` chosen per workload), when a layout was applied
+    cpu_placement: Mapping[str, object] | None = None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -113,48 +125,13 @@ class SampleSummary:
             "certificate_sha256": self.certificate_sha256,
             "certificate_keyid": self.certificate_keyid,
             "audited": list(self.audited),
+            "snapshot_checks": [report.as_json() for report in self.snapshot_checks],
+            "cpu_placement": None if self.cpu_placement is None else dict(self.cpu_placement),
         }
 
 
 #: called after each sample with (samples done, output tokens so far)
 SampleProgress = Callable[[int, int], None]
-
-
-def _identity(container: ContainerInfo) -> tuple[str, str, int, bool]:
-    return (container.id, container.started_at, container.restart_count, container.running)
-
-
-class IdentityWatch:
-    """Fails the run as soon as the container is not the one sampling started with."""
-
-    def __init__(self, engine: ContainerEngine, container: ContainerInfo) -> None:
-        self._engine = engine
-        self.initial = container
-        self._last_check = time.monotonic()
-
-    def check(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_check < IDENTITY_CHECK_INTERVAL_S:
-            return
-        self._last_check = now
-        try:
-            current = self._engine.inspect(self.initial.id)
-        except ContainerError as exc:
-            raise ContainerError(
-                f"container {self.initial.short_id} is gone; no run log was written",
-                details=[exc.message],
-            ) from exc
-        if _identity(current) != _identity(self.initial):
-            raise ContainerError(
-                "the server changed during the run; no run log was written",
-                details=[
-                    f"at start: container {self.initial.short_id} started "
-                    f"{self.initial.started_at}, restarts {self.initial.restart_count}",
-                    f"now:      container {current.short_id} {current.describe()}, started "
-                    f"{current.started_at}, restarts {current.restart_count}",
-                ],
-                hint="samples from two server lifetimes are not one claim; sample again",
-            )
 
 
 def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
@@ -294,30 +271,41 @@ def sample(
     progress: SampleProgress | None = None,
     verify_progress: Callable[[int], None] | None = None,
     fingerprint: Callable[[], Mapping[str, object]] | None = None,
+    nodes: NodeEngines | None = None,
 ) -> SampleSummary:
     """Sample ``bundle`` strictly and write the run log and its sidecar; raise on any failure.
 
     ``fingerprint``, when given, is called once the container is known to be the bound one; what
     it returns (the environment fingerprint, :mod:`detserve.fingerprint`) goes into the sidecar as
-    ``environment``, never into the run log.
+    ``environment``, never into the run log. ``nodes``: a cluster profile's engines by node name
+    (:mod:`detserve.runtime.cluster_nodes`); every node is bound, watched and verified.
     """
     verified = check_request(loaded, bundle, request)
     certificate = verified.certificate if verified is not None else None
     prompts = bundle.take(request.n_prompts)
-    report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress)
-    require_bundle_tokenizer(bundle, loaded, report.digests)  # the verified files, not a re-read
-    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
-    # the container is compared with the manifest bytes just verified, not a second read
-    container = checked_container(
-        loaded, engine, what="sample from", manifest=report.manifest_sha256
+    manifest = PinnedManifest.read(loaded.manifest_path)
+    # The bytes the snapshot is verified against next, not a re-read: its digests are these or
+    # nothing is sent. Checked before the engine is asked.
+    require_bundle_tokenizer(bundle, loaded, manifest.digests())
+    # the container (every node's) is compared with the manifest bytes verified next
+    container, watch, ray = bound_server(loaded, engine, nodes, manifest.sha256)
+    lifetime = lifetime_of(container)
+    report = verify_in_lifetime(
+        loaded.snapshot_dir,
+        manifest,
+        lifetime,
+        full=request.full_verify,
+        progress=verify_progress,
     )
+    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
     environment = fingerprint() if fingerprint is not None else None
-    watch = IdentityWatch(engine, container)
     profile = loaded.profile
     url = server_url(loaded, engine, container)  # the bound container's, never a stand-in's
     with VllmServer(url, model=profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
-        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        run_pins = pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+        )
         if certificate is not None:
             require_coverage(
                 certificate,
@@ -364,22 +352,40 @@ def sample(
                 if progress is not None:
                     progress(timed.index + 1, output_tokens)
 
-            run_in_flight(
-                prompts,
-                lambda index, prompt: sample_one(server, prompt, index, params),
-                concurrency=request.concurrency,
-                on_result=write,
-                between=watch.check,
-            )
+            def one(index: int, prompt: PromptRecord) -> dict[str, object]:
+                if isinstance(watch, ClusterWatch):  # a node's death fails the run at once
+                    return watch.guarded(lambda: sample_one(server, prompt, index, params))
+                return sample_one(server, prompt, index, params)
+
+            try:
+                run_in_flight(
+                    prompts,
+                    one,
+                    concurrency=request.concurrency,
+                    on_result=write,
+                    between=watch.check,
+                )
+            except ServerError:
+                if isinstance(watch, ClusterWatch):
+                    watch.check(force=True)  # a node gone explains the head's failure, by name
+                raise
             seconds = time.perf_counter() - started
             _audit(server, prompts, request, params, kept)
             # Before the log is committed: still the same server, and still the same snapshot
             # (it is mounted read-only, but the host side can change under a running server).
             watch.check(force=True)
-            final = verify_snapshot(
-                loaded.snapshot_dir, loaded.manifest_path, progress=verify_progress
+            final = verify_in_lifetime(
+                loaded.snapshot_dir,
+                PinnedManifest.read(loaded.manifest_path),
+                lifetime,
+                full=request.full_verify,
+                progress=verify_progress,
             )
             _check_same_manifest(report.manifest_sha256, final.manifest_sha256, loaded)
+            if isinstance(watch, ClusterWatch):
+                assert nodes is not None
+                verify_nodes(loaded, nodes, watch.bound)
+                watch.check(force=True)
     summary = SampleSummary(
         run_log=request.run_log_output,
         run_log_sha256=run_log.sha256,
@@ -391,6 +397,7 @@ def sample(
         certificate_sha256=verified.sha256 if verified is not None else None,
         certificate_keyid=verified.keyid if verified is not None else None,
         audited=audited,
+        snapshot_checks=(report, final),
     )
     sidecar = {
         "detserve_version": __version__,
@@ -425,6 +432,8 @@ def sample(
     }
     if environment is not None:
         sidecar["environment"] = dict(environment)
+    if isinstance(watch, ClusterWatch):
+        sidecar["cluster_nodes"] = [item.as_json() for item in watch.bound]
     try:
         atomic_write_bytes(request.sidecar_output, canonical_bytes(sidecar), force=request.force)
     except BaseException:

@@ -16,11 +16,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from detserve.errors import InputError, SnapshotChanged, SnapshotMismatch
 from detserve.fileio import NotRegularFile, atomic_write_bytes, check_outputs
 from detserve.hashing import FileDigest, ProgressCallback, hash_files
 from detserve.manifest import (
+    ParsedManifest,
     SnapshotManifest,
     check_relative_path,
     parse_manifest,
@@ -81,10 +83,18 @@ def _hash_stable(
     workers: int | None,
     progress: ProgressCallback | None,
     sizes: Mapping[str, int],
+    sync_first: bool = False,
 ) -> dict[str, FileDigest]:
     """``hash_files``, with a file that vanished or changed type since the scan reported as such."""
     try:
-        return hash_files(snapshot_dir, paths, workers=workers, progress=progress, sizes=sizes)
+        return hash_files(
+            snapshot_dir,
+            paths,
+            workers=workers,
+            progress=progress,
+            sizes=sizes,
+            sync_first=sync_first,
+        )
     except (FileNotFoundError, NotRegularFile) as exc:
         raise _changed(snapshot_dir, exc) from exc
 
@@ -167,6 +177,16 @@ class VerifyReport:
     manifest: Path | None = None
     #: the sha256 of every file verified, by relative path: what was read, equal to the manifest
     digests: Mapping[str, str] = field(default_factory=dict)
+    #: "full pass" (every byte hashed) or "record" (the record of a full pass earlier in the
+    #: same container lifetime still holds: detserve.snapshot_state)
+    verified_by: Literal["full pass", "record"] = "full pass"
+    #: what became of the record (why it was not used, whether one was written); None where no
+    #: container lifetime was given (``detserve verify``)
+    record: str | None = None
+
+    @property
+    def hashed_bytes(self) -> int:
+        return self.bytes if self.verified_by == "full pass" else 0
 
     @property
     def throughput_bytes_per_s(self) -> float:
@@ -181,7 +201,12 @@ class VerifyReport:
             "files": self.files,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
-            "throughput_bytes_per_s": round(self.throughput_bytes_per_s),
+            "throughput_bytes_per_s": (
+                round(self.throughput_bytes_per_s) if self.verified_by == "full pass" else None
+            ),
+            "verified_by": self.verified_by,
+            "hashed_bytes": self.hashed_bytes,
+            "record": self.record,
         }
 
 
@@ -226,6 +251,32 @@ def verify_snapshot(
     """Check every file of ``snapshot_dir`` against ``manifest_path``; raise on any difference."""
     started = time.perf_counter()
     parsed = parse_manifest(read_manifest_bytes(manifest_path))
+    report, _ = verify_against(
+        snapshot_dir,
+        parsed,
+        manifest_path,
+        workers=workers,
+        progress=progress,
+        on_total=on_total,
+        started=started,
+    )
+    return report
+
+
+def verify_against(
+    snapshot_dir: Path,
+    parsed: ParsedManifest,
+    manifest_path: Path,
+    *,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    on_total: ProgressCallback | None = None,
+    sync_first: bool = False,
+    started: float | None = None,
+) -> tuple[VerifyReport, Mapping[str, FileDigest]]:
+    """:func:`verify_snapshot` of manifest bytes already read; also return each file's digest
+    and the ``fstat`` of what was read (``sync_first``: :func:`~detserve.hashing.sha256_opened`)."""
+    started = time.perf_counter() if started is None else started
     scan = scan_snapshot(snapshot_dir)
     expected = parsed.manifest.digests
     diff = SnapshotDiff(
@@ -238,7 +289,7 @@ def verify_snapshot(
     if on_total is not None:
         on_total(sum(scan.files[p] for p in to_hash))
     try:
-        actual = _hash_stable(snapshot_dir, to_hash, workers, progress, scan.files)
+        actual = _hash_stable(snapshot_dir, to_hash, workers, progress, scan.files, sync_first)
     except OSError as exc:
         raise SnapshotMismatch(
             f"snapshot {snapshot_dir}: cannot read {exc.filename}: {exc.strerror}"
@@ -254,7 +305,7 @@ def verify_snapshot(
             details=diff.lines(),
             hint="do not serve this snapshot; re-download the pinned revision and verify again",
         )
-    return VerifyReport(
+    report = VerifyReport(
         snapshot_dir=snapshot_dir,
         manifest_sha256=parsed.sha256,
         files=len(to_hash),
@@ -263,6 +314,7 @@ def verify_snapshot(
         manifest=manifest_path,
         digests={path: actual[path].sha256 for path in to_hash},
     )
+    return report, actual
 
 
 def build_manifest(

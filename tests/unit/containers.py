@@ -8,7 +8,7 @@ on an image that carries the pinned digest. Tests change one field of it at a ti
 from __future__ import annotations
 
 from detserve.runtime.binding import shm_bytes
-from detserve.runtime.container_spec import CONTAINER_PORT, ContainerSpec
+from detserve.runtime.container_spec import ContainerSpec
 from detserve.runtime.engine import (
     ContainerConfig,
     ContainerInfo,
@@ -42,7 +42,7 @@ def faithful_config(spec: ContainerSpec) -> ContainerConfig:
                 for m in spec.mounts
             )
         ),
-        port_bindings={f"{CONTAINER_PORT}/tcp": ((spec.host, str(spec.port)),)},
+        port_bindings=spec.expected_ports(),
         device_requests=tuple(
             DeviceRequestInfo(
                 driver=r["Driver"],
@@ -57,11 +57,13 @@ def faithful_config(spec: ContainerSpec) -> ContainerConfig:
         volumes_from=(),
         cap_add=(),
         tmpfs=(),
-        network_mode="default",
+        network_mode=spec.network_mode or "default",
         ipc_mode=spec.ipc_mode or "private",
         pid_mode="",
         shm_size=shm_bytes(spec.shm_size),
         init=True,
+        extra_hosts=spec.extra_host_lines(),
+        hostname=spec.hostname or "c0ffeec0ffee",
     )
 
 

@@ -160,6 +160,10 @@ CHANGES: dict[str, tuple[Callable[[ContainerInfo], ContainerInfo], str]] = {
     "an added capability": (_config(cap_add=("SYS_ADMIN",)), "added capabilities"),
     "a tmpfs": (_config(tmpfs=("/hf-home",)), "tmpfs: expected none"),
     "the host's network": (_config(network_mode="host"), "network mode"),
+    "a host line redirecting a name": (
+        _config(extra_hosts=("detserve-cluster-head:10.0.0.66",)),
+        "extra hosts: expected none",
+    ),
     "the host's pids": (_config(pid_mode="host"), "pid mode"),
     "the host's ipc": (_config(ipc_mode="host"), "ipc mode"),
     "another shm size": (_config(shm_size=64 * 1024**2), "shm size"),

@@ -274,7 +274,8 @@ def test_sample_with_the_profiles_own_bundle_of_another_model_is_refused(
 def test_the_sampler_checks_the_verified_snapshot_before_any_request(
     rig: Rig, tmp_path: Path
 ) -> None:
-    # the core, without the loader's early check: refused after verification, before any request
+    # the core, without the loader's early check: refused against the manifest bytes the snapshot
+    # is verified against, before the engine is asked and before any request
     directory, pin = measured_on(tmp_path / "other", model_id="detserve/other-llama")
     request = SampleRequest(
         n_prompts=2,

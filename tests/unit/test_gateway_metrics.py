@@ -354,6 +354,25 @@ def test_health_and_its_reason_are_gauges_read_when_scraped(
     assert value(samples, "detserve_gateway_refusals_total", **refusal) == 1
 
 
+def test_the_snapshot_age_restarts_only_when_the_whole_snapshot_verified(rig: GatewayRig) -> None:
+    monitor = rig.gateway.monitor
+    monitor.last_verified_at -= 1000
+    monitor.reverify_snapshot()  # the record of the lifetime's full pass held: all of it
+    age = value(scrape(rig), "detserve_gateway_verification_age_seconds", check="snapshot")
+    assert age < 60
+    # Where no record is kept a check reads a slice of the paced pass (here almost nothing): it
+    # does not verify the whole snapshot, which was last verified whole 1000 s ago.
+    monitor.snapshot.unrecorded = "on tmpfs"
+    monitor.snapshot.bytes_per_s = 1
+    monitor.last_verified_at -= 1000
+    assert monitor.snapshot.verified_whole_at is not None
+    monitor.snapshot.verified_whole_at -= 1000
+    monitor.reverify_snapshot()
+    assert monitor.failure is None
+    age = value(scrape(rig), "detserve_gateway_verification_age_seconds", check="snapshot")
+    assert age >= 1000
+
+
 def test_a_stopped_watcher_is_its_state(rig: GatewayRig) -> None:
     watcher = rig.gateway.watcher
     assert watcher is not None

@@ -13,9 +13,22 @@ from typing import Any
 
 import pytest
 
+from detserve import api
 from detserve.errors import EXIT_ENVIRONMENT, ContainerError
+from detserve.profile import load_profile
+from detserve.runtime.container_spec import build_container_spec
 from detserve.runtime.engine import ContainerInfo, ImageInfo
-from detserve.runtime.placement import PLACEMENT_SCRIPT, parse_placement_output, place
+from detserve.runtime.placement import (
+    PLACEMENT_SCRIPT,
+    RELEASE_SCRIPT,
+    apply_policy,
+    layout_for,
+    parse_placement_output,
+    place,
+)
+
+from .committed import TinyWorkspace
+from .containers import faithful_container, pinned_image
 
 POLICY = "engine-core-with-worker"
 
@@ -119,9 +132,8 @@ class _ExecEngine:
         return self.answer
 
 
-def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> None:
-    engine = _ExecEngine(0, json.dumps(_answer()).encode())
-    container = ContainerInfo(
+def _container() -> ContainerInfo:
+    return ContainerInfo(
         id="c0ffee",
         name="detserve-tiny-cpu",
         status="running",
@@ -134,7 +146,11 @@ def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> N
         image_id="sha256:" + "a" * 64,
         image="127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64,
     )
-    placement = place(engine, container, POLICY)  # type: ignore[arg-type]
+
+
+def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> None:
+    engine = _ExecEngine(0, json.dumps(_answer()).encode())
+    placement = place(engine, _container(), POLICY)  # type: ignore[arg-type]
     assert engine.calls == [("c0ffee", "/opt/venv/bin/python3", PLACEMENT_SCRIPT)]
     assert placement.worker_cpus == (0,)
 
@@ -147,3 +163,135 @@ def test_the_script_only_changes_affinity() -> None:
     }
     assert calls == {"sched_setaffinity"}
     compile(PLACEMENT_SCRIPT, "placement", "exec")
+
+
+# --- the layout chosen per workload ------------------------------------------------------------
+
+WHEN = "engine-core-with-worker-when-concurrent"
+
+
+@pytest.mark.parametrize(
+    ("policy", "concurrency", "layout"),
+    [
+        (None, 1, None),
+        (None, 32, None),
+        (POLICY, 1, "place"),
+        (POLICY, 32, "place"),
+        (WHEN, 1, "release"),
+        (WHEN, 2, "place"),
+        (WHEN, 32, "place"),
+    ],
+)
+def test_the_layout_follows_the_policy_and_the_concurrency(
+    policy: Any, concurrency: int, layout: str | None
+) -> None:
+    assert layout_for(policy, concurrency) == layout
+
+
+def _released(**changes: Any) -> dict[str, Any]:
+    answer = _answer(mode="release", other_cpus=[0, 1])
+    for process in answer["processes"].values():
+        if process["title"] != "VLLM::Worker":
+            process["cpus"] = [0, 1]
+    answer.update(changes)
+    return answer
+
+
+def test_a_released_container_is_read_back_on_every_cpu() -> None:
+    raw = json.dumps(_released()).encode()
+    placement = parse_placement_output(raw, 0, container="c", policy=WHEN, layout="release")
+    assert placement.layout == "release"
+    assert placement.other_cpus == (0, 1)
+    assert placement.describe().startswith("released: engine core and API server on CPUs 0,1")
+
+
+def test_a_release_that_left_the_engine_core_placed_is_an_error() -> None:
+    answer = _released()
+    answer["processes"]["25"]["cpus"] = [0]
+    with pytest.raises(ContainerError, match="not all of the container's 0,1"):
+        parse_placement_output(
+            json.dumps(answer).encode(), 0, container="c", policy=WHEN, layout="release"
+        )
+
+
+def test_an_answer_to_another_layout_is_an_error() -> None:
+    with pytest.raises(ContainerError, match="asked to release, answered 'place'"):
+        parse_placement_output(
+            json.dumps(_answer(mode="place")).encode(),
+            0,
+            container="c",
+            policy=WHEN,
+            layout="release",
+        )
+
+
+@pytest.mark.parametrize(("concurrency", "script"), [(1, RELEASE_SCRIPT), (8, PLACEMENT_SCRIPT)])
+def test_the_policy_per_workload_runs_the_script_its_concurrency_wants(
+    concurrency: int, script: str
+) -> None:
+    answer = _released() if script is RELEASE_SCRIPT else _answer(mode="place")
+    engine = _ExecEngine(0, json.dumps(answer).encode())
+    placement = apply_policy(engine, _container(), WHEN, concurrency)  # type: ignore[arg-type]
+    assert placement is not None
+    assert [call[2] for call in engine.calls] == [script]
+
+
+def test_no_policy_runs_nothing() -> None:
+    engine = _ExecEngine(0, b"")
+    assert apply_policy(engine, _container(), None, 32) is None  # type: ignore[arg-type]
+    assert engine.calls == []
+
+
+def test_the_release_script_only_changes_affinity() -> None:
+    assert "os.sched_setaffinity(" in RELEASE_SCRIPT
+    assert RELEASE_SCRIPT.startswith("MODE = 'release'\n")
+    compile(RELEASE_SCRIPT, "release", "exec")
+
+
+# --- the commands lay the container out as the policy wants ------------------------------------
+
+
+class _BoundEngine(_ExecEngine):
+    """The profile's container, faithfully bound, answering every exec with a layout's answer."""
+
+    def __init__(self, container: ContainerInfo, image: ImageInfo) -> None:
+        super().__init__(0, b"")
+        self.container, self.image = container, image
+
+    def image_by_id(self, image_id: str) -> ImageInfo:
+        return self.image
+
+    def find(self, name: str) -> ContainerInfo | None:
+        return self.container if name == self.container.name else None
+
+    def inspect(self, container_id: str) -> ContainerInfo:
+        return self.container
+
+    def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
+        self.calls.append((container_id, python, code))
+        answer = _released() if code == RELEASE_SCRIPT else _answer(mode="place")
+        return 0, json.dumps(answer).encode()
+
+
+@pytest.mark.parametrize(
+    ("policy", "concurrency", "scripts"),
+    [
+        (WHEN, 1, [RELEASE_SCRIPT]),
+        (WHEN, 16, [PLACEMENT_SCRIPT]),
+        (POLICY, 16, []),  # run placed it once
+        (None, 16, []),
+    ],
+)
+def test_a_command_lays_the_container_out_for_its_concurrency(
+    tiny_workspace: TinyWorkspace, policy: Any, concurrency: int, scripts: list[str]
+) -> None:
+    document = json.loads(tiny_workspace.config.read_text(encoding="utf-8"))
+    document["runtime"]["image"] = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
+    document["runtime"]["cpu_placement"] = policy
+    tiny_workspace.config.write_text(json.dumps(document), encoding="utf-8")
+    loaded = load_profile(tiny_workspace.config)
+    spec = build_container_spec(loaded)
+    engine = _BoundEngine(faithful_container(spec), pinned_image(spec))
+    placement = api._lay_out(loaded, engine, concurrency)  # type: ignore[arg-type]
+    assert [call[2] for call in engine.calls] == scripts
+    assert (placement is None) == (not scripts)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from detserve import sampling
+from detserve import identity_watch, sampling, snapshot_state
 from detserve.errors import (
     ContainerError,
     DetserveError,
@@ -436,7 +437,7 @@ def test_a_container_restarted_during_the_run_voids_it(
 ) -> None:
     # The whole run is shorter than the interval: with it at 0 the check between samples runs
     # after every sample, and it is that check, not the one before the commit, that stops the run.
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr(identity_watch, "IDENTITY_CHECK_INTERVAL_S", 0.0)
 
     def restart_after_first(done: int, tokens: int) -> None:
         if done == 1:
@@ -452,7 +453,7 @@ def test_a_container_restarted_during_the_run_voids_it(
 def test_a_container_gone_during_the_run_voids_it(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr(identity_watch, "IDENTITY_CHECK_INTERVAL_S", 0.0)
 
     def remove_after_first(done: int, tokens: int) -> None:
         if done == 1:
@@ -482,7 +483,7 @@ def test_a_container_changed_after_the_last_sample_is_caught_before_the_commit(
 ) -> None:
     # Checked after every sample, and still: a change after the last sample's check is caught
     # only by the check that runs before the run log is committed.
-    monkeypatch.setattr(sampling, "IDENTITY_CHECK_INTERVAL_S", 0.0)
+    monkeypatch.setattr(identity_watch, "IDENTITY_CHECK_INTERVAL_S", 0.0)
 
     def change_after_last(done: int, tokens: int) -> None:
         if done == N_PROMPTS:
@@ -505,6 +506,46 @@ def test_a_snapshot_changed_during_the_run_voids_it(rig: Rig) -> None:
     error = rig.fails(SnapshotMismatch, EXIT_VERIFICATION, progress=flip_after_first)
     assert "changed: ./model.safetensors" in error.diagnostics()
     assert len(rig.fake.completions) == N_PROMPTS  # found at the end, before the commit
+
+
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let the copied snapshot's last change age past a (shortened) racy margin, so that a full
+    pass leaves a record (detserve.snapshot_state)."""
+    monkeypatch.setattr(snapshot_state, "RACY_MARGIN_NS", 50_000_000)
+    time.sleep(0.1)
+
+
+def test_a_recorded_pass_vouches_for_the_snapshot_at_both_ends(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled(monkeypatch)
+    first = rig.sample(rig.request("first"))
+    assert [c.verified_by for c in first.snapshot_checks] == ["full pass", "record"]
+    again = rig.sample(rig.request("again"))
+    assert [c.verified_by for c in again.snapshot_checks] == ["record", "record"]
+    full = rig.sample(dataclasses.replace(rig.request("full"), full_verify=True))
+    assert [c.verified_by for c in full.snapshot_checks] == ["full pass", "full pass"]
+
+
+def test_a_snapshot_changed_during_a_recorded_run_voids_it(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record holds at the start; the change is caught before the commit all the same."""
+    settled(monkeypatch)
+    first = rig.sample(rig.request("first"))
+    assert first.snapshot_checks[-1].verified_by == "record"
+    first.run_log.unlink()
+    first.sidecar.unlink()
+    weights = rig.workspace.blob_of("model.safetensors")
+
+    def flip_after_first(done: int, tokens: int) -> None:
+        if done == 1:
+            data = bytearray(weights.read_bytes())
+            data[-1] ^= 0x01
+            weights.write_bytes(bytes(data))
+
+    error = rig.fails(SnapshotMismatch, EXIT_VERIFICATION, progress=flip_after_first)
+    assert "changed: ./model.safetensors" in error.diagnostics()
 
 
 def test_a_manifest_changed_during_the_run_voids_it(rig: Rig) -> None:
@@ -530,7 +571,7 @@ def test_the_manifest_is_read_at_the_start_and_at_the_end_only(
 ) -> None:
     """One read before the first request (the container is compared with those very bytes) and
     one before the commit; a third read could see other bytes than the ones verified."""
-    from detserve import manifest, snapshot
+    from detserve import manifest, snapshot, snapshot_state
     from detserve.runtime import container_spec
 
     reads: list[Path] = []
@@ -541,6 +582,7 @@ def test_the_manifest_is_read_at_the_start_and_at_the_end_only(
         return original(path)
 
     monkeypatch.setattr(snapshot, "read_manifest_bytes", counted)
+    monkeypatch.setattr(snapshot_state, "read_manifest_bytes", counted)
     monkeypatch.setattr(container_spec, "read_manifest_bytes", counted)
     rig.sample()
     assert reads == [rig.loaded.manifest_path, rig.loaded.manifest_path]

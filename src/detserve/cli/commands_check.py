@@ -16,6 +16,7 @@ from detserve.cli.options import (
     ConfigOption,
     DockerHostOption,
     ForceOption,
+    FullVerifyOption,
     MaxTokensOption,
     NPromptsOption,
     logprobs_option,
@@ -92,6 +93,7 @@ def check_command(
         ),
     ] = None,
     force: ForceOption = False,
+    full_verify: FullVerifyOption = False,
     docker_host: DockerHostOption = None,
     junit_xml: JunitXmlOption = None,
     json_output: JsonOption = False,
@@ -130,6 +132,7 @@ def check_command(
         force=force,
         signing_key=signing_key,
         on_pass=lambda key: say(f"pass {key.label()}"),
+        full_verify=full_verify,
         docker_host=docker_host,
     )
     if json_output:

@@ -12,8 +12,9 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from detserve import api
+from detserve.cli import commands_cluster
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption, DockerHostOption
+from detserve.cli.options import ConfigOption, DockerHostOption, FullVerifyOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
 from detserve.errors import EXIT_VERIFICATION
 from detserve.printable import printable
@@ -212,6 +213,9 @@ def stop_command(
         detserve stop --config configs/tiny-cpu.json
     """
     loaded = load_profile(config)
+    if loaded.profile.cluster is not None:
+        commands_cluster.stop(loaded, docker_host=docker_host, json_output=json_output)
+        return
     stopped = api.stop(loaded, docker_host=docker_host)
     if json_output:
         emit_json(stopped.as_json())
@@ -238,6 +242,7 @@ def run_command(
     ] = False,
     timeout: TimeoutOption = None,
     docker_host: DockerHostOption = None,
+    full_verify: FullVerifyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Start, wait (verifying the whole snapshot meanwhile) and smoke-test, in one command.
@@ -251,6 +256,17 @@ def run_command(
         detserve run --config configs/tiny-cpu.json --hash --stop   # CI: verify first, clean up
     """
     loaded = load_profile(config)
+    if loaded.profile.cluster is not None:
+        commands_cluster.run(
+            loaded,
+            secrets_file=secrets_file,
+            hash_first=hash_first,
+            stop_after=stop_after,
+            timeout=timeout,
+            docker_host=docker_host,
+            json_output=json_output,
+        )
+        return
     with _wait_display(container_name(loaded.profile)) as display:
         ran = api.run(
             loaded,
@@ -261,6 +277,7 @@ def run_command(
             on_stage=say,
             on_progress=display,
             docker_host=docker_host,
+            full_verify=full_verify,
         )
     if json_output:
         emit_json(ran.as_json())
@@ -292,6 +309,9 @@ def status_command(
         detserve status --config configs/tiny-cpu.json --json
     """
     loaded = load_profile(config)
+    if loaded.profile.cluster is not None:
+        commands_cluster.status(loaded, docker_host=docker_host, json_output=json_output)
+        return
     state = api.status(loaded, docker_host=docker_host)
     if json_output:
         emit_json(state.as_json())  # one object: "ok": false and the mismatches, then exit 1

@@ -14,6 +14,7 @@ from detserve.cli.options import (
     ConfigOption,
     DockerHostOption,
     ForceOption,
+    FullVerifyOption,
     MaxTokensOption,
     NPromptsOption,
     legacy_output_option,
@@ -120,6 +121,7 @@ def sample_command(
     ] = 0,
     temperature: Annotated[float | None, typer.Option("--temperature", hidden=True)] = None,
     docker_host: DockerHostOption = None,
+    full_verify: FullVerifyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Sample the pinned prompt bundle from the running server, strictly, into a run log.
@@ -166,6 +168,7 @@ def sample_command(
             audit_seed=audit_seed,
             observer=shown,
             docker_host=docker_host,
+            full_verify=full_verify,
         )
     if json_output:
         emit_json(summary.as_json())
@@ -223,6 +226,7 @@ def replay_command(
     ] = None,
     force: ForceOption = False,
     docker_host: DockerHostOption = None,
+    full_verify: FullVerifyOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Re-run a claimed run log under your own pinned profile and compare, in one step.
@@ -247,7 +251,9 @@ def replay_command(
     from detserve.runlog.transcript import is_transcript
 
     if public_key is None and is_transcript(claim):
-        _replay_transcript(claim, config, output_dir, stop_after, force, json_output, docker_host)
+        _replay_transcript(
+            claim, config, output_dir, stop_after, force, json_output, full_verify, docker_host
+        )
         return
     with sampling_progress() as shown:
         replayed = api.replay(
@@ -263,6 +269,7 @@ def replay_command(
             on_stage=say,
             observer=shown,
             docker_host=docker_host,
+            full_verify=full_verify,
         )
     report, summary = replayed.report, replayed.summary
     if json_output:
@@ -281,6 +288,7 @@ def _replay_transcript(
     stop_after: bool,
     force: bool,
     json_output: bool,
+    full_verify: bool,
     docker_host: str | None,
 ) -> None:
     """A gateway transcript's replay: every exchange sent again, then compared."""
@@ -293,6 +301,7 @@ def _replay_transcript(
         stop_after=stop_after,
         force=force,
         on_stage=say,
+        full_verify=full_verify,
         docker_host=docker_host,
     )
     report = replayed.report

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from detserve.cli.app import app
-from detserve.cli.options import ConfigOption, DockerHostOption
+from detserve.cli.options import ConfigOption, DockerHostOption, FullVerifyOption
 from detserve.cli.output import JsonOption, emit_json, result, say
 
 
@@ -71,13 +71,26 @@ def serve_command(
         typer.Option(
             "--reverify-interval",
             min=0.001,
-            help="Seconds between two verifications of the whole snapshot while serving.",
+            help="Seconds between two checks of the snapshot's record while serving (a change "
+            "through the file system is caught within it); each also advances the paced full "
+            "pass.",
         ),
-    ] = 300.0,
+    ] = 2.0,
+    reverify_rate: Annotated[
+        float,
+        typer.Option(
+            "--reverify-rate",
+            min=0.001,
+            metavar="MIB_PER_S",
+            help="Pace of the periodic full pass that reads every byte again, in MiB/s (about "
+            "2 % of a core at the default).",
+        ),
+    ] = 32.0,
     rotate_exchanges: Annotated[
         int | None,
         typer.Option("--rotate-exchanges", min=1, help="Close a segment after N exchanges."),
     ] = None,
+    full_verify: FullVerifyOption = False,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -122,6 +135,8 @@ def serve_command(
         certificate_key=certificate_key,
         queue_size=queue_size,
         reverify_interval_s=reverify_interval,
+        reverify_bytes_per_s=round(reverify_rate * 1024 * 1024),
+        full_verify=full_verify,
         rotate_exchanges=rotate_exchanges,
         allowed_hosts=allowed_host or (),
         on_ready=lambda url: say(f"gateway ready at {url} (Ctrl-C stops it)"),

@@ -63,6 +63,15 @@ BundlePinOption = Annotated[
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
+FullVerifyOption = Annotated[
+    bool,
+    typer.Option(
+        "--full-verify",
+        help="Hash every byte of the snapshot even where the record of a full pass in this "
+        "container lifetime vouches for it (docs/threat-model.md).",
+    ),
+]
+
 # The sampling options of `sample` and `check`: the same names, bounds and help in both.
 NPromptsOption = Annotated[
     int | None,

@@ -4,10 +4,10 @@ The same pre-flight as strict sampling, nothing weaker: every pin filled, the sn
 against its manifest, the bundle measured with the verified snapshot's tokenizer
 (:mod:`detserve.bundle_binding`), the container bound to the pins (:func:`checked_container`),
 the pinned model served. Then every pass of the plan (:mod:`~detserve.diagnosis.measure`), with the
-container's identity checked while requests are in flight (sampling's :class:`IdentityWatch`).
-At the end the identity is checked again, the snapshot verified again against the same manifest
-and, when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED``
-and the measurements are not compared (a restarted server's tokens are not one server's).
+container's identity checked while requests are in flight (:mod:`detserve.verified`). At the
+end the identity is checked again, the snapshot verified again against the same manifest and,
+when a probe is given, the environment fingerprinted again: any change is ``ENV_CHANGED`` and the
+measurements are not compared (a restarted server's tokens are not one server's).
 
 The core never prints; it returns a :class:`CheckResult`, whatever the verdict. A server that
 fails to answer is an environment error (exit 3), not a verdict.
@@ -30,14 +30,15 @@ from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
-from detserve.runtime.binding import checked_container
+from detserve.runtime.cluster_nodes import NodeEngines
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
 from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.sampling import IdentityWatch, prompts_within_budget
-from detserve.snapshot import verify_snapshot
+from detserve.sampling import prompts_within_budget
+from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
+from detserve.verified import bound_server
 
 
 @dataclass(frozen=True)
@@ -96,16 +97,24 @@ def run_check(
     engine: ContainerEngine,
     probe: FingerprintEngine | None = None,
     on_pass: Callable[[PassKey], None] | None = None,
+    full_verify: bool = False,
+    nodes: NodeEngines | None = None,
 ) -> CheckResult:
-    """Measure ``plan`` against the profile's running, verified container."""
+    """Measure ``plan`` against the profile's running, verified container (on a cluster, given
+    ``nodes``: every node's, each bound, verified and watched, the head serving).
+
+    The snapshot is verified for the container's lifetime at the start and at the end
+    (:mod:`detserve.snapshot_state`; ``full_verify`` hashes every byte both times)."""
     check_plan(loaded, bundle, plan)
     prompts = bundle.take(plan.n_prompts)
     seed = loaded.profile.sampling.seed
-    first = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
-    require_bundle_tokenizer(bundle, loaded, first.digests)
+    manifest = PinnedManifest.read(loaded.manifest_path)
+    # the bytes the snapshot is verified against next (sampling.sample), before the engine
+    require_bundle_tokenizer(bundle, loaded, manifest.digests())
+    container, watch, ray = bound_server(loaded, engine, nodes, manifest.sha256, what="check")
+    lifetime = lifetime_of(container)
+    first = verify_in_lifetime(loaded.snapshot_dir, manifest, lifetime, full=full_verify)
     pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
-    container = checked_container(loaded, engine, what="check")
-    watch = IdentityWatch(engine, container)
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
@@ -113,7 +122,9 @@ def run_check(
     measurements: Measurements | None = None
     with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
         check_served_model(loaded, server)
-        run_pins = pins.run_pins(prompt_bundle_sha256=bundle.sha256, vllm_version=server.version())
+        run_pins = pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+        )
         try:
             measurements = measure(
                 prompts,
@@ -124,7 +135,9 @@ def run_check(
                 on_pass=on_pass,
             )
             watch.check(force=True)
-            diagnosis = _after(loaded, plan, first.manifest_sha256, fingerprint, probe)
+            diagnosis = _after(
+                loaded, plan, first.manifest_sha256, fingerprint, probe, lifetime, full_verify
+            )
             if diagnosis is None:
                 diagnosis = diagnose(measurements, plan.tier)
         except ContainerError as exc:
@@ -149,10 +162,17 @@ def _after(
     manifest_sha256: str,
     fingerprint: EnvironmentFingerprint | None,
     probe: FingerprintEngine | None,
+    lifetime: Lifetime,
+    full_verify: bool,
 ) -> Diagnosis | None:
     """ENV_CHANGED when the snapshot, its manifest or the environment changed; else None."""
     try:
-        final = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+        final = verify_in_lifetime(
+            loaded.snapshot_dir,
+            PinnedManifest.read(loaded.manifest_path),
+            lifetime,
+            full=full_verify,
+        )
     except SnapshotMismatch as exc:
         return env_changed(plan.tier, f"the snapshot changed during the check: {exc.message}")
     if final.manifest_sha256 != manifest_sha256:

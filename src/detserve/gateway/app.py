@@ -77,6 +77,7 @@ from detserve.gateway.upstream import error_response
 from detserve.gateway.verification import HealthMonitor, Verified
 from detserve.runlog.models import TranscriptHeader
 from detserve.runtime.engine import ContainerEngine
+from detserve.snapshot_watch import DEFAULT_BYTES_PER_S
 
 #: The largest request body read, in bytes; a larger one is refused with 413 (documented).
 MAX_BODY_BYTES: Final = 2 * 1024 * 1024
@@ -95,7 +96,9 @@ class GatewaySettings:
     concurrency: int = 1
     queue_size: int = 32
     identity_interval_s: float = 2.0
-    reverify_interval_s: float = 300.0
+    reverify_interval_s: float = 2.0
+    #: the pace of the periodic full pass (detserve.snapshot_watch)
+    reverify_bytes_per_s: int = DEFAULT_BYTES_PER_S
     rotate_exchanges: int | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     body_timeout_s: float = BODY_TIMEOUT_S
@@ -138,6 +141,7 @@ class Gateway:
             engine,
             identity_interval_s=settings.identity_interval_s,
             reverify_interval_s=settings.reverify_interval_s,
+            reverify_bytes_per_s=settings.reverify_bytes_per_s,
         )
         header = TranscriptHeader(
             pins=verified.pins,

@@ -20,8 +20,11 @@ Every name begins ``detserve_gateway_``:
 * ``transcript_lines_total{record}`` (``header``, ``exchange``, ``footer``) and
   ``transcript_fsync_seconds``: each line's sync to disk, which every answer waits for;
 * ``verification_age_seconds{check}``: seconds since the snapshot last verified whole
-  (``snapshot``: at start, then every ``--reverify-interval``) and since the container's identity
-  last checked out (``identity``: every 2 s while the watcher runs, and after an engine error);
+  (``snapshot``: at start, then every ``--reverify-interval`` whose check of the record of the
+  container lifetime's full pass held; where no record is kept, since the start of the last
+  paced full pass that completed: :mod:`~detserve.snapshot_watch`) and since the container's
+  identity last checked out (``identity``: every 2 s while the watcher runs, and after an engine
+  error);
 * ``healthy`` (1 while the gateway answers, else 0) and ``health_state{state}``: 1 for the
   current one of :data:`HealthState`, 0 for the others. The reason's text is ``/health``'s.
 

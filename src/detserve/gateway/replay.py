@@ -38,6 +38,7 @@ from detserve.evaluation.transcript_pair import evaluate_transcripts
 from detserve.gateway.upstream import Output
 from detserve.gateway.upstream_body import upstream_request
 from detserve.gateway.verification import verify_for_serving
+from detserve.identity_watch import IdentityWatch
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.replay_plan import NotAReplay
@@ -45,8 +46,7 @@ from detserve.runlog.models import TranscriptExchange, TranscriptHeader
 from detserve.runlog.transcript import TranscriptWriter, read_exchanges, validate_transcript
 from detserve.runtime.container_spec import manifest_sha256
 from detserve.runtime.engine import ContainerEngine
-from detserve.sampling import IdentityWatch
-from detserve.snapshot import verify_snapshot
+from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
 
 REPLAY_TIMEOUT_S = 600.0
 
@@ -144,13 +144,15 @@ def replay_transcript(
     output: Path,
     *,
     engine: ContainerEngine,
+    full_verify: bool = False,
 ) -> DeterminismReport:
     """Send every exchange of the claim again, write ``output``, and compare it with the claim.
 
     The server must be running and bound to the pins; the container's identity and the snapshot
-    are checked again before the replay's transcript is closed.
+    are checked again before the replay's transcript is closed (for the container's lifetime:
+    :mod:`detserve.snapshot_state`; ``full_verify`` hashes every byte both times).
     """
-    verified = verify_for_serving(loaded, engine)
+    verified = verify_for_serving(loaded, engine, full_verify=full_verify)
     watch = IdentityWatch(engine, verified.container)
     header = plan.header.model_copy(update={"pins": verified.pins})
     model = verified.pins.served_model_name
@@ -175,7 +177,12 @@ def replay_transcript(
                 )
                 watch.check()
         watch.check(force=True)
-        final = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+        final = verify_in_lifetime(
+            loaded.snapshot_dir,
+            PinnedManifest.read(loaded.manifest_path),
+            lifetime_of(verified.container),
+            full=full_verify,
+        )
         if final.manifest_sha256 != verified.manifest_sha256:
             raise NotAReplay(f"the manifest {loaded.manifest_path} changed during the replay")
     except BaseException:

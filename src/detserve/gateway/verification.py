@@ -5,9 +5,11 @@ pin is filled, the snapshot verifies against its manifest, the running container
 pins bind (:func:`~detserve.runtime.binding.checked_container`) and the server serves the pinned
 model (:func:`~detserve.runtime.smoke.check_served_model`). While serving,
 :class:`HealthMonitor` checks the container's identity (id, start time, restart count) every
-``identity_interval_s`` and verifies the whole snapshot again every ``reverify_interval_s``; the
-first failure is sticky: the gateway answers 503 with its reason from then on, because answers
-from another server or snapshot are not the claim its transcript makes.
+``identity_interval_s`` and the snapshot every ``reverify_interval_s``
+(:class:`~detserve.snapshot_watch.SnapshotWatch`: the record of the lifetime's full pass, and a
+full pass paced at ``reverify_bytes_per_s``); the first failure is sticky: the gateway answers
+503 with its reason from then on, because answers from another server or snapshot are not the
+claim its transcript makes.
 
 A *doubt* is not knowing (:meth:`HealthMonitor.doubt`): an unexpected exception answering a
 request, or in a check itself. The gateway answers 503 while one stands; it is lifted by the
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from detserve.certificate import CertificateMismatch, VerifiedCertificate
-from detserve.errors import DetserveError, PinMismatch
+from detserve.errors import DetserveError
 from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
@@ -45,7 +47,8 @@ from detserve.runtime.engine import ContainerEngine, ContainerInfo
 from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.snapshot import verify_snapshot
+from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
+from detserve.snapshot_watch import DEFAULT_BYTES_PER_S, SnapshotWatch
 
 _log = logging.getLogger("detserve.gateway")
 
@@ -74,12 +77,17 @@ class Verified:
         return pins_sha256_of(self.pins, self.seed)
 
 
-def verify_for_serving(loaded: LoadedProfile, engine: ContainerEngine) -> Verified:
+def verify_for_serving(
+    loaded: LoadedProfile, engine: ContainerEngine, *, full_verify: bool = False
+) -> Verified:
     """The pre-flight of ``sample`` that needs no prompt; raise on any failure."""
     loaded.require_pins()
-    report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
+    manifest = PinnedManifest.read(loaded.manifest_path)
+    container = checked_container(loaded, engine, what="serve", manifest=manifest.sha256)
+    report = verify_in_lifetime(
+        loaded.snapshot_dir, manifest, lifetime_of(container), full=full_verify
+    )
     pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
-    container = checked_container(loaded, engine, what="serve", manifest=report.manifest_sha256)
     profile = loaded.profile
     # the published port for an engine on this host; a remote engine's container's own address
     published = server_url(loaded, engine, container)
@@ -168,14 +176,25 @@ class HealthMonitor:
         *,
         identity_interval_s: float,
         reverify_interval_s: float,
+        reverify_bytes_per_s: int = DEFAULT_BYTES_PER_S,
     ) -> None:
         self.verified = verified
         self._engine = engine
         self.identity_interval_s = identity_interval_s
         self.reverify_interval_s = reverify_interval_s
+        loaded = verified.loaded
+        self.snapshot = SnapshotWatch(
+            loaded.snapshot_dir,
+            loaded.manifest_path,
+            verified.manifest_sha256,
+            lifetime_of(verified.container),
+            bytes_per_s=reverify_bytes_per_s,
+        )
         now = time.monotonic()
         self._identity_at = now
         self._snapshot_at = now
+        #: as of when the whole snapshot last verified (wall clock): at start, then at every
+        #: check whose record held, or, where no record is kept, a paced pass's start
         self.last_verified_at = time.time()
         #: when the container's identity last checked out (wall clock)
         self.identity_checked_at = self.last_verified_at
@@ -269,20 +288,18 @@ class HealthMonitor:
         self.identity_checked_at = time.time()
 
     def reverify_snapshot(self) -> None:
-        loaded = self.verified.loaded
         try:
-            report = verify_snapshot(loaded.snapshot_dir, loaded.manifest_path)
-            if report.manifest_sha256 != self.verified.manifest_sha256:
-                raise PinMismatch(
-                    f"the manifest {loaded.manifest_path} changed while serving: sha256 "
-                    f"{report.manifest_sha256}, served under {self.verified.manifest_sha256}"
-                )
+            self.snapshot.check()
         except DetserveError as exc:
             # what differs first (a changed file), then the message naming the snapshot's paths
             found = "; ".join((*exc.details, exc.message))
             self.fail(f"snapshot re-verification failed: {found}", "snapshot_failed")
             return
-        self.last_verified_at = time.time()
+        # as of when the whole snapshot verified, not when this check ran: where no record is
+        # kept a check reads only a slice of the paced pass (detserve.snapshot_watch)
+        whole_at = self.snapshot.verified_whole_at
+        if whole_at is not None:
+            self.last_verified_at = max(self.last_verified_at, whole_at)
 
     def tick(self, *, force: bool = False) -> None:
         """Run the checks that are due (all of them with ``force``)."""

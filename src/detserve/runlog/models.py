@@ -25,6 +25,7 @@ from detserve.imageref import DIGEST_REF_PATTERN
 # re-exported: a transcript's exchange holds a request (its own module), every record the base
 from detserve.runlog.exchange_request import ChatMessage as ChatMessage
 from detserve.runlog.exchange_request import ExchangeRequest as ExchangeRequest
+from detserve.runlog.layout import LayoutPins
 from detserve.runlog.record_base import MAX_TEXT_CHARS as MAX_TEXT_CHARS
 from detserve.runlog.record_base import MAX_TOKENS as MAX_TOKENS
 from detserve.runlog.record_base import Record as _Record
@@ -77,7 +78,7 @@ class DevicePins(_Record):
     """The device the engine ran on."""
 
 
-class EnginePins(_Record):
+class EnginePins(LayoutPins):
     """What fixes the server: every pin of a run but the prompt bundle.
 
     Only what decides the tokens: a profile's file name or directory, the host and the container's

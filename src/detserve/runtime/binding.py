@@ -37,7 +37,6 @@ from detserve.engine_policy import ENGINE_OPTIONS, MANAGED_OPTIONS, NONDETERMINI
 from detserve.errors import ContainerError, DetserveError, PinMismatch
 from detserve.profile import SECRET_NAME_RE, LoadedProfile
 from detserve.runtime.container_spec import (
-    CONTAINER_PORT,
     ContainerSpec,
     build_container_spec,
     label_mismatches,
@@ -234,7 +233,7 @@ def binding_mismatches(
         )
     lines += _environment_mismatches({**image.environment, **spec.environment}, config.environment)
     lines += _mount_mismatches(spec, config.mounts)
-    ports = {f"{CONTAINER_PORT}/tcp": ((spec.host, str(spec.port)),)}
+    ports = spec.expected_ports()
     if dict(config.port_bindings) != ports:
         lines.append(f"published ports: expected {ports}, found {dict(config.port_bindings)}")
     devices = _expected_devices(spec)
@@ -253,8 +252,19 @@ def binding_mismatches(
     ):
         if value:
             lines.append(f"{what}: expected none, found {', '.join(value)}")
-    if config.network_mode not in _OWN_NETWORK:
+    if spec.network_mode is None and config.network_mode not in _OWN_NETWORK:
         lines.append(f"network mode: expected its own network, found {config.network_mode}")
+    if spec.network_mode is not None and config.network_mode != spec.network_mode:
+        lines.append(
+            f"network mode: expected {spec.network_mode}, found {config.network_mode or '(own)'}"
+        )
+    if config.extra_hosts != spec.extra_host_lines():
+        lines.append(
+            f"extra hosts: expected {list(spec.extra_host_lines()) or 'none'}, "
+            f"found {list(config.extra_hosts) or 'none'}"
+        )
+    if spec.hostname is not None and config.hostname != spec.hostname:
+        lines.append(f"hostname: expected {spec.hostname}, found {config.hostname or '(none)'}")
     if config.pid_mode:
         lines.append(f"pid mode: expected its own, found {config.pid_mode}")
     if spec.ipc_mode is not None and config.ipc_mode != spec.ipc_mode:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detserve.engine_policy import BATCH_INVARIANT_ENVIRONMENT
-from detserve.errors import InputError
+from detserve.errors import InputError, UsageError
 from detserve.imageref import ImageRef
 from detserve.manifest import read_manifest_bytes
 from detserve.profile import LoadedProfile, Profile
@@ -219,6 +219,23 @@ class ContainerSpec:
     gpu_count: int | None
     gpu_ids: tuple[str, ...] | None
     secrets: SecretEnvironment = field(default_factory=SecretEnvironment)
+    #: what a cluster's node may differ in (:mod:`detserve.runtime.cluster`); one container
+    #: keeps the defaults: its own network, the server published, the engine's host name
+    network_mode: str | None = None
+    published: bool = True
+    hostname: str | None = None
+    #: ``name -> address`` lines for the container's ``/etc/hosts``
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
+
+    def expected_ports(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """The published ports as the engine reports them: the server's, or none."""
+        if not self.published:
+            return {}
+        return {f"{CONTAINER_PORT}/tcp": ((self.host, str(self.port)),)}
+
+    def extra_host_lines(self) -> tuple[str, ...]:
+        """``extra_hosts`` as the engine reports them (``name:address``), sorted."""
+        return tuple(sorted(f"{name}:{address}" for name, address in self.extra_hosts.items()))
 
     def device_requests(self) -> list[DeviceRequest]:
         if self.device != "nvidia":
@@ -253,12 +270,19 @@ class ContainerSpec:
                 Mount(target=mount.target, source=str(mount.source), type="bind", read_only=True)
                 for mount in self.mounts
             ],
-            "ports": {f"{CONTAINER_PORT}/tcp": (self.host, self.port)},
             "shm_size": self.shm_size,
             # tini as PID 1: SIGTERM reaches the server even while it loads (a bare PID 1 ignores
             # it until a handler is installed), and the engine's child processes are reaped
             "init": True,
         }
+        if self.published:
+            kwargs["ports"] = {f"{CONTAINER_PORT}/tcp": (self.host, self.port)}
+        if self.network_mode is not None:
+            kwargs["network_mode"] = self.network_mode
+        if self.hostname is not None:
+            kwargs["hostname"] = self.hostname
+        if self.extra_hosts:
+            kwargs["extra_hosts"] = dict(self.extra_hosts)
         if self.entrypoint is not None:
             kwargs["entrypoint"] = list(self.entrypoint)
         if self.ipc_mode is not None:
@@ -274,9 +298,20 @@ def build_container_spec(
     secrets: Mapping[str, str] | None = None,
     *,
     manifest: str | None = None,
+    cluster_node: bool = False,
 ) -> ContainerSpec:
     """The container for a fully pinned profile. Reads the manifest (for its label) only, and not
-    even that when ``manifest``, the sha256 of the manifest the command verified, is given."""
+    even that when ``manifest``, the sha256 of the manifest the command verified, is given.
+
+    A cluster profile has no single container: every path of one container (start, wait, smoke,
+    the binding, the gateway) refuses it here; :mod:`detserve.runtime.cluster` builds its nodes'
+    containers from this one (``cluster_node``)."""
+    if loaded.profile.cluster is not None and not cluster_node:
+        raise UsageError(
+            f"profile {loaded.path} is a cluster of {len(loaded.profile.cluster.nodes)} nodes, "
+            "not one container",
+            hint="`detserve run`, `status`, `stop`, `sample` and `check` take a cluster profile",
+        )
     loaded.require_pins()
     profile = loaded.profile
     runtime = profile.runtime

@@ -72,6 +72,10 @@ class ContainerConfig:
     pid_mode: str
     shm_size: int
     init: bool
+    #: ``name:address`` lines the engine adds to the container's ``/etc/hosts``, sorted
+    extra_hosts: tuple[str, ...] = ()
+    #: the container's host name (the engine's default is its short id)
+    hostname: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ def container_config(attrs: Mapping[str, Any]) -> ContainerConfig:
         pid_mode=str(host.get("PidMode") or ""),
         shm_size=int(host.get("ShmSize") or 0),
         init=bool(host.get("Init")),
+        extra_hosts=tuple(sorted(str(h) for h in host.get("ExtraHosts") or ())),
+        hostname=str(config.get("Hostname") or ""),
     )
 
 

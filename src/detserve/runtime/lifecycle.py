@@ -32,7 +32,7 @@ from detserve.runtime.container_spec import (
     server_base_url,
 )
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
-from detserve.runtime.placement import Placement, place
+from detserve.runtime.placement import Placement, apply_policy
 from detserve.runtime.reach import server_url
 from detserve.runtime.readiness import (
     ProgressSink,
@@ -221,11 +221,14 @@ def run(
     on_stage: Callable[[str], None] | None = None,
     on_progress: ProgressSink | None = None,
     engine: ContainerEngine | None = None,
+    full_verify: bool = False,
 ) -> RunResult:
     """start, then wait with the whole snapshot verified meanwhile, then smoke.
 
     ``hash_first`` verifies the whole snapshot before the container starts as well. With
     ``stop_after`` the container is stopped and removed at the end, whether the run passed or not.
+    A container already running with these pins keeps its lifetime's record of a full pass
+    (:mod:`detserve.snapshot_state`) unless ``full_verify``.
     """
     stage = on_stage or (lambda _message: None)
     require_manifest(loaded)
@@ -243,13 +246,21 @@ def run(
             stage(f"{started.container.name} is already running with these pins")
         stage(f"waiting for {started.base_url} (snapshot verified meanwhile)")
         waited = wait(
-            loaded, timeout_s, verify_manifest=True, on_progress=on_progress, engine=engine
+            loaded,
+            timeout_s,
+            verify_manifest=True,
+            on_progress=on_progress,
+            engine=engine,
+            full_verify=full_verify,
         )
         placement = None
         policy = loaded.profile.runtime.cpu_placement
         if policy is not None:
-            placement = place(engine, checked_container(loaded, engine, what="place"), policy)
-            stage(f"CPU placement ({policy}): {placement.describe()}")
+            # run keeps one request in flight (its smoke test): the policy's layout for that
+            container = checked_container(loaded, engine, what="place")
+            placement = apply_policy(engine, container, policy, concurrency=1)
+            if placement is not None:
+                stage(f"CPU placement ({policy}): {placement.describe()}")
         stage("smoke test: repeated greedy completions")
         smoked = smoke(loaded, engine=engine)
     except BaseException:

@@ -137,20 +137,23 @@ class DockerProbe:
         if existing is not None and existing.running:
             container = bound_container(loaded, self.engine, what="fingerprint")
             image = self.engine.image_by_id(container.image_id)
-            raw = self._exec(container.id, python_of(image.entrypoint))
-            environment = dict(container.config.environment) if container.config else {}
-            where = f"container {container.name}"
-            return ContainerFacts(
-                image_id=container.image_id,
-                environment=environment,
-                versions=parse_probe_output(raw, where=where),
-            )
+            return self.running_facts(container, python_of(image.entrypoint))
         image = self.engine.ensure_image(loaded.image)  # by digest, pin checked
         raw = self._run(image)
         return ContainerFacts(
             image_id=image.id,
             environment={**image.environment, **container_environment(loaded)},
             versions=parse_probe_output(raw, where=loaded.image),
+        )
+
+    def running_facts(self, container: ContainerInfo, python: str) -> ContainerFacts:
+        """Versions and environment of a running container the caller has bound to the pins."""
+        raw = self._exec(container.id, python)
+        environment = dict(container.config.environment) if container.config else {}
+        return ContainerFacts(
+            image_id=container.image_id,
+            environment=environment,
+            versions=parse_probe_output(raw, where=f"container {container.name}"),
         )
 
     def _exec(self, container_id: str, python: str) -> bytes:

@@ -18,6 +18,11 @@ container's for certain:
 * an address this host has itself, or one in a network this host is on too (the container's
   network gateway is an address of this host): a local container or process could hold it.
 
+A cluster's head on its host's network (``cluster.network: host``) has no address of its own:
+its server listens on the profile's ``runtime.host:runtime.port`` of the head's host. On a remote
+head engine that address is used only when it cannot be this host's: an IP address, not
+loopback, unspecified or link-local, and not one this host has.
+
 Each refusal is a :class:`~detserve.errors.ContainerError` (exit 3) naming the container, the
 engine and the address. Whether a remote container's address is routed to from here is the
 operator's network; a route that leads nowhere is a server that does not answer (exit 3).
@@ -91,11 +96,36 @@ def remote_container_url(container: ContainerInfo, engine: str) -> str:
     return url_of(str(address))
 
 
+def remote_host_network_url(loaded: LoadedProfile, container: ContainerInfo, engine: str) -> str:
+    """The URL of a cluster head's server on the network of its remote host: the profile's
+    ``runtime.host:runtime.port`` there; refused when that address could be this host's."""
+    runtime = loaded.profile.runtime
+    try:
+        address = ipaddress.ip_address(runtime.host)
+    except ValueError:
+        raise _refuse(
+            container, engine, f"runtime.host {runtime.host!r} on its host's network is no address"
+        ) from None
+    if address.is_loopback or address.is_unspecified or address.is_link_local:
+        raise _refuse(
+            container,
+            engine,
+            f"it serves on its host's network at runtime.host {address}, this host's or no one's",
+        )
+    if is_this_hosts_address(str(address)):
+        raise _refuse(container, engine, f"this host has runtime.host {address} itself")
+    return url_of(str(address), runtime.port)
+
+
 def server_url(loaded: LoadedProfile, engine: object, container: ContainerInfo) -> str:
     """Where to send requests for the bound, running ``container`` of ``loaded`` on ``engine``:
-    the profile's published address for an engine on this host, else the container's own."""
+    the profile's published address for an engine on this host, else the container's own (for
+    a cluster's head on its host's network: ``runtime.host`` of that host)."""
     address = engine_address(engine)
     if engine_on_this_host(address):
         return server_base_url(loaded.profile)
     assert address is not None  # an engine that names none is taken as this host's
+    cluster = loaded.profile.cluster
+    if cluster is not None and cluster.network == "host":
+        return remote_host_network_url(loaded, container, address)
     return remote_container_url(container, address)

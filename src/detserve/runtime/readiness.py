@@ -2,8 +2,10 @@
 
 ``wait`` polls ``/health`` then ``/v1/models`` and watches the container meanwhile: if it exits
 or restarts, the wait fails at once with its last log lines. With ``verify_manifest`` the whole
-snapshot is hashed in a thread at the same time; a mismatch fails the wait (exit 1) and the
-container, which has loaded weights that are not the pinned ones, is stopped and removed.
+snapshot is hashed in a thread at the same time (once per container lifetime: a record of an
+earlier full pass in it vouches for an unchanged snapshot, :mod:`detserve.snapshot_state`); a
+mismatch fails the wait (exit 1) and the container, which has loaded weights that are not the
+pinned ones, is stopped and removed.
 Invariant: a wait only ever returns for a container bound to the pins
 (:func:`~detserve.runtime.binding.checked_container`) that serves the pinned name.
 """
@@ -25,6 +27,7 @@ from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
 from detserve.runtime.reach import server_url
 from detserve.runtime.server import ServedModel, VllmServer
 from detserve.snapshot import VerifyReport, verify_snapshot
+from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
 
 POLL_INTERVAL_S = 0.5
 
@@ -81,18 +84,25 @@ class _Cancelled(Exception):
 
 
 class _BackgroundVerify:
-    """verify_snapshot in a thread, with a byte counter and a way to stop it early."""
+    """The snapshot verified in a thread for the container's lifetime, with a byte counter and a
+    way to stop it early."""
 
-    def __init__(self, loaded: LoadedProfile) -> None:
+    def __init__(self, loaded: LoadedProfile, container: ContainerInfo, *, full: bool) -> None:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.done_bytes = 0
         self.total_bytes: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
         self.future: Future[VerifyReport] = self._pool.submit(
-            verify_snapshot,
+            self._verify, loaded, lifetime_of(container), full
+        )
+
+    def _verify(self, loaded: LoadedProfile, lifetime: Lifetime, full: bool) -> VerifyReport:
+        return verify_in_lifetime(
             loaded.snapshot_dir,
-            loaded.manifest_path,
+            PinnedManifest.read(loaded.manifest_path),
+            lifetime,
+            full=full,
             progress=self._progress,
             on_total=self._total,
         )
@@ -126,8 +136,13 @@ def wait(
     on_progress: ProgressSink | None = None,
     engine: ContainerEngine | None = None,
     poll_interval_s: float = POLL_INTERVAL_S,
+    full_verify: bool = False,
 ) -> WaitResult:
-    """Wait until the server answers with the pinned model name (and the snapshot verified)."""
+    """Wait until the server answers with the pinned model name (and the snapshot verified).
+
+    The verification is the container lifetime's (:mod:`detserve.snapshot_state`): a record of
+    a full pass earlier in this lifetime vouches for an unchanged snapshot, unless
+    ``full_verify``."""
     engine = _engine(engine)
     container = checked_container(loaded, engine, what="wait for")
     timeout = float(
@@ -136,7 +151,7 @@ def wait(
     served_name = loaded.profile.vllm.served_model_name
     base_url = server_url(loaded, engine, container)
     started = time.monotonic()
-    verify = _BackgroundVerify(loaded) if verify_manifest else None
+    verify = _BackgroundVerify(loaded, container, full=full_verify) if verify_manifest else None
     ready_at: datetime | None = None
     served: list[ServedModel] = []
     phase: WaitPhase = "starting"

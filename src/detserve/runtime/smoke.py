@@ -114,9 +114,14 @@ def smoke(loaded: LoadedProfile, *, engine: ContainerEngine | None = None) -> Sm
     """The server serves the pinned model, and repeated greedy completions are identical."""
     engine = engine if engine is not None else DockerEngine.from_env()
     container = checked_container(loaded, engine, what="smoke-test")
+    return smoke_server(loaded, server_url(loaded, engine, container))
+
+
+def smoke_server(loaded: LoadedProfile, base_url: str) -> SmokeResult:
+    """The smoke test against the server at ``base_url``, whose container(s) the caller has
+    already checked (one container, or every node of a cluster)."""
     profile = loaded.profile
     served_name = profile.vllm.served_model_name
-    base_url = server_url(loaded, engine, container)
     with VllmServer(base_url, model=served_name) as server:
         root = check_served_model(loaded, server)
         version = server.version()

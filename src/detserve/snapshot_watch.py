@@ -1,0 +1,286 @@
+"""A served snapshot, watched: the record checked often, every byte read again at a paced rate.
+
+The gateway calls :meth:`SnapshotWatch.check` every ``reverify_interval_s``. Each call:
+
+1. reads the manifest (it must still be the one served under) and checks the record of the
+   container lifetime's full pass (:func:`detserve.snapshot_state.check_record`): O(files), so a
+   change made through the file system is caught within one interval, whatever the snapshot's
+   size. While serving, a record that no longer holds (or is gone) fails the check at once:
+   something changed the snapshot under a running server, and a full pass first would serve on
+   for as long as it takes. Restarting ``serve`` verifies every byte again. Only the first check
+   makes a full pass, when ``serve`` started without a record (a snapshot changed just before);
+2. advances :class:`PacedPass` by ``bytes_per_s`` times the time since the last call: every file
+   is read again from the start and hashed, so what the record cannot see (a change below the
+   file system) is caught within one paced pass, the snapshot's size over ``bytes_per_s``. It
+   reads with ``O_DIRECT`` where the file system allows it, so that it reads the device and not
+   the page cache, and leaves no page behind; elsewhere it reads through the cache and drops
+   what it read (``POSIX_FADV_DONTNEED``).
+
+The rate is what bounds the cost: hashing runs at about 1.5-1.8 GB/s a core on the development
+machine (docs/performance.md), so :data:`DEFAULT_BYTES_PER_S` (32 MiB/s) is a few per cent of
+one core and of its disk (1.2-1.5 GB/s cold): ``benchmarks/bench_soak.py`` measures it. Where
+no record can be kept (a file system outside
+:data:`~detserve.snapshot_identity.TRUSTED_FILE_SYSTEMS`), step 1 is skipped and the paced pass
+is the only periodic check. Every failure is a :class:`~detserve.errors.DetserveError`: a file
+that cannot be read is a :class:`~detserve.errors.SnapshotMismatch` naming it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import mmap
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from detserve.errors import PinMismatch, SnapshotMismatch
+from detserve.fileio import NotRegularFile
+from detserve.manifest import parse_manifest
+from detserve.snapshot import VerifyReport
+from detserve.snapshot_identity import untrusted_file_system
+from detserve.snapshot_state import (
+    Lifetime,
+    PinnedManifest,
+    RecordStore,
+    check_record,
+    verify_in_lifetime,
+)
+
+#: the gateway's default pace of its periodic full pass
+DEFAULT_BYTES_PER_S = 32 * 1024 * 1024
+#: one read; a multiple of any logical block size, as ``O_DIRECT`` needs
+CHUNK_BYTES = 1024 * 1024
+#: the most a late call may catch up on at once, in seconds of pace
+MAX_CATCH_UP_S = 10.0
+
+
+class PacedPass:
+    """A full pass over the snapshot's files, advanced a budget of bytes at a time, forever."""
+
+    def __init__(self, snapshot_dir: Path, digests: Mapping[str, str]) -> None:
+        self.snapshot_dir = Path(snapshot_dir)
+        self._digests = dict(digests)
+        self._order = sorted(self._digests)
+        self._index = 0
+        self._fd: int | None = None
+        #: whether the file being read is read with O_DIRECT (the device, not the page cache)
+        self.direct = False
+        self._hasher = hashlib.sha256()
+        self._offset = 0
+        self._buffer = mmap.mmap(-1, CHUNK_BYTES)  # page-aligned, as O_DIRECT needs
+        self.total_bytes = sum((self.snapshot_dir / path).stat().st_size for path in self._order)
+        self.passes = 0
+        self.completed_at: float | None = None
+        #: when the last pass that completed began (wall clock): each file it read was as pinned
+        #: at some moment after this, so the whole snapshot is vouched for as of then, not later
+        self.covered_since: float | None = None
+        self._started_at = time.time()
+        self.bytes_read = 0
+
+    def restart(self) -> None:
+        """Start again from the first file (after a full pass made at once)."""
+        self._close()
+        self._index = 0
+        self._started_at = time.time()
+
+    def close(self) -> None:
+        self._close()
+        self._buffer.close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self, path: Path) -> None:
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+        direct = getattr(os, "O_DIRECT", 0)
+        try:
+            fd = os.open(path, flags | direct)
+            self.direct = bool(direct)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            fd = os.open(path, flags)
+            self.direct = False
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise NotRegularFile(path, info.st_mode)
+        os.set_blocking(fd, True)
+        self._fd = fd
+        self._hasher = hashlib.sha256()
+        self._offset = 0
+
+    def _read(self) -> int:
+        assert self._fd is not None
+        view = memoryview(self._buffer)
+        try:
+            return os.readv(self._fd, [view])
+        except OSError as exc:
+            if not (self.direct and exc.errno == errno.EINVAL):
+                raise
+        # This file system takes O_DIRECT at open but not at read: read through the cache.
+        path = self._path()
+        self._close()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        os.set_blocking(fd, True)
+        os.lseek(fd, self._offset, os.SEEK_SET)
+        self._fd, self.direct = fd, False
+        return os.readv(fd, [view])
+
+    def _path(self) -> Path:
+        return self.snapshot_dir / self._order[self._index]
+
+    def advance(self, budget: int) -> None:
+        """Read and hash about ``budget`` bytes; raise :class:`SnapshotMismatch` when a file
+        read to its end differs from the manifest."""
+        while budget > 0:
+            if self._fd is None:
+                self._open(self._path())
+            count = self._read()
+            if count:
+                self._hasher.update(memoryview(self._buffer)[:count])
+                if not self.direct and hasattr(os, "posix_fadvise"):
+                    assert self._fd is not None
+                    os.posix_fadvise(self._fd, self._offset, count, os.POSIX_FADV_DONTNEED)
+                self._offset += count
+                self.bytes_read += count
+                budget -= count
+                continue
+            self._finish_file()
+
+    def _finish_file(self) -> None:
+        path = self._order[self._index]
+        self._close()
+        actual, expected = self._hasher.hexdigest(), self._digests[path]
+        if actual != expected:
+            raise SnapshotMismatch(
+                f"snapshot {self.snapshot_dir} changed while serving (the paced full pass)",
+                details=[f"changed: ./{path} expected {expected} actual {actual}"],
+                hint="do not serve this snapshot; re-download the pinned revision and verify again",
+            )
+        self._index += 1
+        if self._index == len(self._order):
+            self._index = 0
+            self.passes += 1
+            self.completed_at = time.time()
+            self.covered_since, self._started_at = self._started_at, self.completed_at
+
+
+class SnapshotWatch:
+    """What the gateway's periodic re-verification calls; raises on any failure."""
+
+    def __init__(
+        self,
+        snapshot_dir: Path,
+        manifest_path: Path,
+        manifest_sha256: str,
+        lifetime: Lifetime,
+        *,
+        bytes_per_s: int = DEFAULT_BYTES_PER_S,
+        store: RecordStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if bytes_per_s <= 0:
+            raise ValueError("the paced pass needs a positive rate")
+        self.snapshot_dir = Path(snapshot_dir)
+        self.manifest_path = Path(manifest_path)
+        self.manifest_sha256 = manifest_sha256
+        self.lifetime = lifetime
+        self.bytes_per_s = bytes_per_s
+        self._store = store if store is not None else RecordStore()
+        self._clock = clock
+        self._last = clock()
+        self._paced: PacedPass | None = None
+        #: why no record can be kept here (then the paced pass is the only periodic check)
+        self.unrecorded: str | None = None
+        #: the full pass of the first check, when there was no record to start from
+        self.first_pass: VerifyReport | None = None
+        #: checks of the record that held
+        self.record_checks = 0
+        #: as of when (wall clock) the whole snapshot last verified: a check whose record held
+        #: (or whose full pass passed), else the start of the last paced pass that completed;
+        #: what the gateway reports as the snapshot's verification age
+        self.verified_whole_at: float | None = None
+
+    def _manifest(self) -> PinnedManifest:
+        manifest = PinnedManifest.read(self.manifest_path)
+        if manifest.sha256 != self.manifest_sha256:
+            raise PinMismatch(
+                f"the manifest {self.manifest_path} changed while serving: sha256 "
+                f"{manifest.sha256}, served under {self.manifest_sha256}"
+            )
+        return manifest
+
+    def check(self) -> None:
+        """The record, then the paced pass's share of bytes; raise on any failure."""
+        manifest = self._manifest()
+        checked_at = time.time()
+        if self._paced is None:
+            self._paced = self._start(manifest)
+            whole = self.unrecorded is None or self.first_pass is not None
+        else:
+            whole = self.unrecorded is None
+            if whole:
+                self._check_record(manifest)
+        now = self._clock()
+        elapsed = min(now - self._last, MAX_CATCH_UP_S)
+        self._last = now
+        try:
+            self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)))
+        except OSError as exc:  # vanished, no longer a regular file, unreadable
+            self._paced.restart()
+            raise SnapshotMismatch(
+                f"snapshot {self.snapshot_dir} changed while serving: cannot read "
+                f"{exc.filename}: {exc.strerror or exc}",
+                hint="stop serving it; `detserve serve` verifies every byte again when restarted",
+            ) from exc
+        # Only a check that vouched for every file moves the time: where no record is kept, a
+        # check reads a slice, and the snapshot is whole as of the last complete pass's start.
+        times = (checked_at if whole else None, self._paced.covered_since, self.verified_whole_at)
+        self.verified_whole_at = max((at for at in times if at is not None), default=None)
+
+    def _why_not_held(self, manifest: PinnedManifest) -> list[str]:
+        record, why = self._store.load(self.snapshot_dir)
+        if record is None:
+            return [why]
+        return check_record(record, self.snapshot_dir, manifest.sha256, self.lifetime)
+
+    def _start(self, manifest: PinnedManifest) -> PacedPass:
+        digests = parse_manifest(manifest.data).manifest.digests
+        self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
+        if self.unrecorded is None and self._why_not_held(manifest):
+            self.first_pass = verify_in_lifetime(
+                self.snapshot_dir, manifest, self.lifetime, store=self._store
+            )
+            # A record that cannot be written (an unwritable state directory, say) must not make
+            # every later check fail: the paced pass is then the only periodic check.
+            self.unrecorded = "; ".join(self._why_not_held(manifest)) or None
+        return PacedPass(self.snapshot_dir, digests)
+
+    def _check_record(self, manifest: PinnedManifest) -> None:
+        why = self._why_not_held(manifest)
+        if why:
+            raise SnapshotMismatch(
+                f"snapshot {self.snapshot_dir} changed through the file system while serving",
+                details=why,
+                hint="stop serving it; `detserve serve` verifies every byte again when restarted",
+            )
+        self.record_checks += 1
+
+    @property
+    def paced(self) -> PacedPass | None:
+        return self._paced
+
+    @property
+    def pass_seconds(self) -> float | None:
+        """How long one paced pass over the snapshot takes, once its size is known."""
+        return None if self._paced is None else self._paced.total_bytes / self.bytes_per_s
+
+    def close(self) -> None:
+        if self._paced is not None:
+            self._paced.close()

@@ -1,0 +1,269 @@
+"""The gateway's watch over a served snapshot: the record at every check, every byte at a pace.
+
+A fake clock stands for time: each check advances the paced full pass by the rate times the
+seconds since the last one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from detserve import snapshot_state, snapshot_watch
+from detserve.errors import PinMismatch, SnapshotMismatch
+from detserve.snapshot import build_manifest
+from detserve.snapshot_identity import file_system_types, fingerprint
+from detserve.snapshot_state import Lifetime, PinnedManifest, RecordStore, verify_in_lifetime
+from detserve.snapshot_watch import CHUNK_BYTES, SnapshotWatch
+
+from .committed import TinyWorkspace
+
+LIFETIME = Lifetime(container_id="c" * 64, started_at="2026-12-01T00:00:00Z", restart_count=0)
+RATE = 256 * 1024  # bytes a second: the tiny model (1.7 MB) in about 7 s of the fake clock
+
+
+def run_for(watch: SnapshotWatch, clock: Clock, seconds: float, step: float = 1.0) -> None:
+    """Checks every ``step`` seconds of the fake clock, for ``seconds``."""
+    for _ in range(round(seconds / step)):
+        clock.now += step
+        watch.check()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def ws(tiny_workspace: TinyWorkspace, monkeypatch: pytest.MonkeyPatch) -> TinyWorkspace:
+    monkeypatch.setattr(snapshot_state, "RACY_MARGIN_NS", 50_000_000)
+    time.sleep(0.1)
+    return tiny_workspace
+
+
+def watch_of(ws: TinyWorkspace, clock: Clock) -> SnapshotWatch:
+    manifest = PinnedManifest.read(ws.manifest)
+    first = verify_in_lifetime(ws.snapshot, manifest, LIFETIME)  # what serve does before serving
+    assert "record written" in (first.record or ""), first.record
+    return SnapshotWatch(
+        ws.snapshot, ws.manifest, manifest.sha256, LIFETIME, bytes_per_s=RATE, clock=clock
+    )
+
+
+def test_every_check_goes_through_the_record(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    run_for(watch, clock, 3)
+    assert watch.first_pass is None  # serve's own pass before serving left the record
+    assert watch.record_checks == 2  # the first check starts the watch; the others check
+    watch.close()
+
+
+def test_a_watch_started_without_a_record_makes_one_full_pass_then_keeps_to_the_record(
+    ws: TinyWorkspace,
+) -> None:
+    clock = Clock()
+    manifest = PinnedManifest.read(ws.manifest)
+    watch = SnapshotWatch(
+        ws.snapshot, ws.manifest, manifest.sha256, LIFETIME, bytes_per_s=RATE, clock=clock
+    )
+    run_for(watch, clock, 3)
+    assert watch.first_pass is not None
+    assert watch.first_pass.verified_by == "full pass"
+    assert watch.unrecorded is None
+    assert watch.record_checks == 2
+    watch.close()
+
+
+def test_a_record_gone_while_serving_fails_the_check(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    watch.check()
+    RecordStore().path_for(ws.snapshot).unlink()
+    clock.now += 1
+    with pytest.raises(SnapshotMismatch, match="changed through the file system while serving"):
+        watch.check()
+    watch.close()
+
+
+def test_the_paced_pass_reads_at_its_rate_and_goes_round(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    watch.check()
+    paced = watch.paced
+    assert paced is not None
+    assert paced.bytes_read == 0  # no time has passed
+    clock.now += 2
+    watch.check()
+    assert 2 * RATE <= paced.bytes_read < 2 * RATE + CHUNK_BYTES
+    assert watch.pass_seconds == pytest.approx(paced.total_bytes / RATE)
+    for _ in range(10):  # the catch-up is bounded: ten seconds at most a check
+        clock.now += 10
+        watch.check()
+    assert paced.passes >= 2
+    assert paced.completed_at is not None
+    watch.close()
+
+
+def test_a_change_through_the_file_system_is_caught_at_the_next_check(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    watch.check()
+    flip_last_byte(ws.blob_of("model.safetensors"))
+    clock.now += 0.001  # far less than the paced pass needs to reach it
+    with pytest.raises(SnapshotMismatch, match="changed through the file system") as caught:
+        watch.check()
+    assert caught.value.details[0].startswith("changed: ./model.safetensors (file: ")
+    watch.close()
+
+
+def test_the_paced_pass_catches_what_the_record_does_not_see(ws: TinyWorkspace) -> None:
+    """A change the identities do not show (below the file system, or a record rewritten by
+    root): made here by changing a byte, then rewriting the record with the new identities."""
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    watch.check()
+    flip_last_byte(ws.blob_of("model.safetensors"))
+    store = RecordStore()
+    path = store.path_for(ws.snapshot)
+    record = snapshot_state.SnapshotRecord.model_validate_json(path.read_bytes())
+    entries = fingerprint(ws.snapshot, [k[5:] for k in record.entries if k.startswith("file:")])
+    path.write_bytes(record.model_copy(update={"entries": entries}).model_dump_json().encode())
+    clock.now += 1
+    watch.check()  # the record holds: nothing is seen yet
+    assert watch.record_checks == 1
+    with pytest.raises(SnapshotMismatch, match="paced full pass") as caught:
+        run_for(watch, clock, 100, step=10)
+    assert caught.value.details[0].startswith("changed: ./model.safetensors expected ")
+    watch.close()
+
+
+def test_the_paced_pass_reads_the_device_where_it_can(ws: TinyWorkspace) -> None:
+    if file_system_types().get(ws.snapshot.stat().st_dev) != "ext4":
+        pytest.skip("O_DIRECT is checked on ext4 here")
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    watch.check()
+    clock.now += 1
+    watch.check()
+    assert watch.paced is not None
+    assert watch.paced.direct
+    watch.close()
+
+
+def test_a_changed_manifest_is_refused(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    ws.manifest.write_bytes(ws.manifest.read_bytes())  # the same bytes: still fine
+    watch.check()
+    ws.manifest.write_bytes(ws.manifest.read_bytes() + b"\n")
+    with pytest.raises(PinMismatch, match="changed while serving"):
+        watch.check()
+    watch.close()
+
+
+def test_where_no_record_can_be_kept_the_paced_pass_alone_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or file_system_types().get(shm.stat().st_dev) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm here")
+    snapshot = shm / f"detserve-watch-{id(tmp_path)}"
+    try:
+        snapshot.mkdir()
+        (snapshot / "weights.bin").write_bytes(b"w" * (3 * CHUNK_BYTES))
+        manifest = tmp_path / "m.sha256"
+        manifest.write_bytes(build_manifest(snapshot).to_bytes())
+        clock = Clock()
+        watch = SnapshotWatch(
+            snapshot,
+            manifest,
+            PinnedManifest.read(manifest).sha256,
+            LIFETIME,
+            bytes_per_s=CHUNK_BYTES,
+            clock=clock,
+        )
+
+        def no_full_pass(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("a full pass at every check")
+
+        monkeypatch.setattr(snapshot_watch, "verify_in_lifetime", no_full_pass)
+        watch.check()
+        assert "is on tmpfs" in (watch.unrecorded or "")
+        flip_last_byte(snapshot / "weights.bin")
+        with pytest.raises(SnapshotMismatch, match="paced full pass"):
+            run_for(watch, clock, 5)
+        (snapshot / "weights.bin").unlink()  # what the record would have seen at once
+        with pytest.raises(SnapshotMismatch, match=r"cannot read .*weights\.bin"):
+            run_for(watch, clock, 1)
+        watch.close()
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def test_a_check_through_the_record_vouches_for_the_whole_snapshot_as_of_itself(
+    ws: TinyWorkspace,
+) -> None:
+    clock = Clock()
+    watch = watch_of(ws, clock)
+    before = time.time()
+    watch.check()  # the record held when the watch started
+    assert watch.verified_whole_at is not None
+    assert watch.verified_whole_at >= before
+    later = time.time()
+    clock.now += 1
+    watch.check()
+    assert watch.verified_whole_at >= later
+    watch.close()
+
+
+def test_where_no_record_is_kept_the_whole_snapshot_verified_when_a_paced_pass_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a check there reads a slice: the gateway's verification age must not restart at each one
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or file_system_types().get(shm.stat().st_dev) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm here")
+    snapshot = shm / f"detserve-watch-age-{id(tmp_path)}"
+    try:
+        snapshot.mkdir()
+        (snapshot / "weights.bin").write_bytes(b"w" * (3 * CHUNK_BYTES))
+        manifest = tmp_path / "m.sha256"
+        manifest.write_bytes(build_manifest(snapshot).to_bytes())
+        clock = Clock()
+        started = time.time()
+        watch = SnapshotWatch(
+            snapshot,
+            manifest,
+            PinnedManifest.read(manifest).sha256,
+            LIFETIME,
+            bytes_per_s=CHUNK_BYTES,
+            clock=clock,
+        )
+        watch.check()
+        assert watch.unrecorded is not None
+        assert watch.verified_whole_at is None  # nothing read whole yet
+        run_for(watch, clock, 2)
+        assert watch.verified_whole_at is None  # two of three chunks
+        passed = time.time()
+        run_for(watch, clock, 2)
+        paced = watch.paced
+        assert paced is not None
+        assert paced.passes == 1
+        assert watch.verified_whole_at is not None
+        assert started <= watch.verified_whole_at <= passed  # the pass's start, not its end
+        watch.close()
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
