@@ -24,7 +24,7 @@ page, DNS rebinding: 403), and to the keyed gateway with a wrong key (401). On e
 
 The budget: seed :data:`SEED`, :data:`MAX_EXAMPLES` examples per operation in the fuzzing phase
 (the coverage phase adds its own, a few hundred per POST operation), :data:`DEADLINE` per
-example; the whole file takes about a minute here (docs/gateway.md says what was measured).
+example; the whole file takes under a minute here (docs/gateway.md says what was measured).
 """
 
 from __future__ import annotations
