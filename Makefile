@@ -128,13 +128,15 @@ bench-runtime: stack
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-# The generated files: the schemas, the Python and command-line references, and README.md (the
-# site's landing page, docs/index.md, with its links into docs/). Tests require each to be current.
+# The generated files: the schemas, the Python and command-line references, the gateway's OpenAPI
+# document, and README.md (the site's landing page, docs/index.md, with its links into docs/).
+# Tests require each to be current.
 schemas: $(STAMP)
 	$(BIN)/detserve config schema > docs/profile.schema.json
 	$(BIN)/python -m detserve.runlog > src/detserve/schemas/run-log.schema.json
 	$(BIN)/python scripts/api_reference.py docs/python-api.md
 	$(BIN)/python scripts/cli_reference.py docs/reference/cli.md
+	$(BIN)/python scripts/openapi_document.py docs/reference/gateway-openapi.json
 	$(BIN)/python scripts/readme_from_landing.py README.md
 
 clean:

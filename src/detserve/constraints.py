@@ -46,8 +46,12 @@ MAX_SCHEMA_DEPTH: Final = 32
 MAX_REGEX_CHARS: Final = 4096
 MAX_GRAMMAR_CHARS: Final = 16384
 MAX_CHOICES: Final = 1024
-_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_STRUCTURED_KINDS: Final[dict[str, ConstraintKind]] = {
+#: what a ``response_format`` schema's ``name`` may be (matched whole)
+SCHEMA_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: the keys ``response_format.json_schema`` may hold (``name`` and ``schema`` required)
+JSON_SCHEMA_KEYS: Final = ("name", "description", "schema", "strict")
+#: vLLM's ``structured_outputs`` keys, and the constraint each asks for
+STRUCTURED_KINDS: Final[dict[str, ConstraintKind]] = {
     "json": "json_schema",
     "regex": "regex",
     "choice": "choice",
@@ -190,8 +194,8 @@ def _response_format(value: Any) -> tuple[ConstraintKind | None, Any, str]:
     where = f"{field}.json_schema"
     if not isinstance(spec, dict):
         raise ConstraintRefused(where, "json_schema is an object with a name and a schema")
-    _only(where, spec, ("name", "description", "schema", "strict"))
-    if not isinstance(spec.get("name"), str) or not _NAME.fullmatch(spec["name"]):
+    _only(where, spec, JSON_SCHEMA_KEYS)
+    if not isinstance(spec.get("name"), str) or not SCHEMA_NAME.fullmatch(spec["name"]):
         raise ConstraintRefused(
             f"{where}.name", "a name of 1 to 64 letters, digits, '_' or '-' is required"
         )
@@ -216,7 +220,7 @@ def _structured_outputs(value: Any) -> tuple[ConstraintKind | None, Any, str]:
     if not isinstance(value, dict):
         raise ConstraintRefused(field, "structured_outputs is an object")
     for key in value:
-        if key not in _STRUCTURED_KINDS:
+        if key not in STRUCTURED_KINDS:
             raise ConstraintRefused(
                 f"{field}.{key}",
                 "not accepted: structured_outputs holds one of json, regex, choice, grammar, "
@@ -229,7 +233,7 @@ def _structured_outputs(value: Any) -> tuple[ConstraintKind | None, Any, str]:
             "(a key holding null is not left out: leave it out)",
         )
     ((key, argument),) = value.items()
-    kind = _STRUCTURED_KINDS[key]
+    kind = STRUCTURED_KINDS[key]
     where = f"{field}.{key}"
     if kind == "json_object" and argument is not True:
         raise ConstraintRefused(where, "json_object holds true")

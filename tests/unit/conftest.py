@@ -47,6 +47,12 @@ def cli(capsys: pytest.CaptureFixture[str]) -> CliRunner:
 
 @pytest.fixture
 def tiny_workspace(tmp_path: Path) -> TinyWorkspace:
+    return copy_tiny_workspace(tmp_path)
+
+
+def copy_tiny_workspace(tmp_path: Path) -> TinyWorkspace:
+    """A copy of the tiny model, its manifest, its profile and bundle under ``tmp_path/repo``
+    (for a fixture of a wider scope than a test's)."""
     root = tmp_path / "repo"
     config = root / "configs" / "tiny-cpu.json"
     config.parent.mkdir(parents=True)

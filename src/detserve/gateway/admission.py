@@ -44,7 +44,7 @@ import codecs
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, get_args
 
 from pydantic import ValidationError
 
@@ -57,12 +57,13 @@ from detserve.constraints import (
     read_field,
 )
 from detserve.gateway.upstream_body import upstream_request
-from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest
+from detserve.profile import Profile
+from detserve.runlog.models import MAX_LINE_BYTES, ChatMessage, ExchangeRequest
 from detserve.runlog.transcript import canonical_request
 from detserve.spelled_json import Number
 
 #: what a field refused by name is refused for
-_REFUSED: Final[dict[str, str]] = {
+REFUSED_FIELDS: Final[dict[str, str]] = {
     **dict.fromkeys(
         (
             "chat_template",
@@ -111,10 +112,14 @@ _COMMON: Final = frozenset(
     {"model", "max_tokens", "temperature", "seed", "n", "stream", "stop"}
     | {"response_format", "structured_outputs"}
 )
-_ALLOWED: Final = {
+#: the fields each kind of request may hold (:mod:`~detserve.gateway.request_schema` documents
+#: each, so the published document cannot name another)
+ACCEPTED_FIELDS: Final = {
     "completion": _COMMON | {"prompt"},
     "chat": _COMMON | {"messages", "max_completion_tokens"},
 }
+#: the roles a chat message may have: the record's
+MESSAGE_ROLES: Final[tuple[str, ...]] = get_args(ChatMessage.model_fields["role"].annotation)
 #: the longest canonical request admitted: half a transcript line, the other half for the
 #: prompt's and the output's tokens and text
 MAX_REQUEST_BYTES: Final = MAX_LINE_BYTES // 2
@@ -151,6 +156,17 @@ class Policy:
     #: the profile pins a structured-outputs backend; without one a constraint is refused, as a
     #: bundle's is (vLLM's ``auto`` would pick a backend per request: not a pin)
     structured_outputs_pinned: bool
+
+    @classmethod
+    def of_profile(cls, profile: Profile) -> Policy:
+        """The policy of a gateway serving ``profile``."""
+        return cls(
+            served_model_name=profile.vllm.served_model_name,
+            seed=profile.sampling.seed,
+            default_max_tokens=profile.sampling.max_tokens,
+            max_model_len=profile.vllm.max_model_len,
+            structured_outputs_pinned=profile.vllm.structured_outputs is not None,
+        )
 
 
 @dataclass(frozen=True)
@@ -235,10 +251,13 @@ def _stop(value: object) -> list[str] | None:
 
 
 def _constraint(body: dict[str, Any]) -> SentConstraint | None:
-    given = [name for name in CONSTRAINT_FIELDS if body.get(name) is not None]
+    given = [name for name in CONSTRAINT_FIELDS if name in body]
     if len(given) > 1:
-        raise Refused("structured_outputs", "give response_format or structured_outputs, not both")
-    if not given:
+        raise Refused(
+            "structured_outputs",
+            "give response_format or structured_outputs, not both (a null is not left out)",
+        )
+    if not given or body[given[0]] is None:
         return None
     try:
         return read_field(given[0], body[given[0]])
@@ -270,9 +289,9 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
     if not isinstance(body, dict):
         raise Refused(None, "the request body must be a JSON object")
     for name in sorted(body):
-        if name in _REFUSED:
-            raise Refused(name, f"{name} is refused: {_REFUSED[name]}")
-        if name not in _ALLOWED[kind]:
+        if name in REFUSED_FIELDS:
+            raise Refused(name, f"{name} is refused: {REFUSED_FIELDS[name]}")
+        if name not in ACCEPTED_FIELDS[kind]:
             raise Refused(name, f"{name} is not accepted by this gateway (strict admission)")
     if body.get("model") != policy.served_model_name:
         raise Refused("model", f"model must be {policy.served_model_name!r}")
@@ -377,7 +396,7 @@ def _messages(value: object) -> list[dict[str, str]]:
         where = f"messages[{position}]"
         if not isinstance(message, dict) or set(message) - {"role", "content"}:
             raise Refused(where, f"{where} must hold only role and content")
-        if message.get("role") not in ("system", "user", "assistant"):
+        if message.get("role") not in MESSAGE_ROLES:
             raise Refused(f"{where}.role", f"{where}.role must be system, user or assistant")
         if not isinstance(message.get("content"), str):
             raise Refused(f"{where}.content", f"{where}.content must be a string")

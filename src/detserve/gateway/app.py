@@ -2,7 +2,8 @@
 
 Routes: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST
 /v1/chat/completions`` (``stream: true`` as server-sent events, as OpenAI clients expect),
-``GET /v1/provenance/{id}`` and ``GET /metrics`` (Prometheus). This module holds the routes,
+``GET /v1/provenance/{id}``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (the
+gateway's OpenAPI document, :mod:`~detserve.gateway.openapi`). This module holds the routes,
 health and authentication; the hop to the engine is :mod:`~detserve.gateway.relay`, the queue
 :mod:`~detserve.gateway.slots`, what is refused before any route :mod:`~detserve.gateway.guards`,
 what is counted :mod:`~detserve.gateway.metrics`.
@@ -28,9 +29,11 @@ Invariants:
   up to ``queue_size`` more wait or are being read, and beyond that a request is refused with
   429 and ``Retry-After``;
 * any unexpected exception is answered 500 in OpenAI's shape, logged, and doubts the gateway's
-  state: health is 503 until the watcher's next identity check passes;
+  state: health is 503 until the watcher's next identity check passes (its document then holds
+  an ``error`` in OpenAI's shape too);
 * with an API key, every route but ``/health`` needs ``Authorization: Bearer KEY``, compared in
-  constant time; the key is never logged or shown.
+  constant time before routing (:class:`~detserve.gateway.guards.KeyGuard`: 401 for an unknown
+  route or method too); the key is never logged or shown.
 
 Every answer carries its provenance: ``X-Detserve-Id``, ``X-Detserve-Pins-Sha256``,
 ``X-Detserve-Request-Sha256`` and ``X-Detserve-Output-Sha256`` headers (a stream's output hash is
@@ -42,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -62,10 +64,12 @@ from detserve.gateway.guards import (
     BrowserGuard,
     HostPolicy,
     HostPolicyHolder,
+    KeyGuard,
     http_error,
     internal_error_response,
 )
 from detserve.gateway.metrics import CONTENT_TYPE, CountedRequests, GatewayMetrics, scraped
+from detserve.gateway.openapi import openapi_document
 from detserve.gateway.relay import SEND_TIMEOUT_S, ClientStalled, Relay, timed
 from detserve.gateway.slots import QueueFull, RequestSlots
 from detserve.gateway.transcript import EarlierExchanges, Transcript, new_exchange_id
@@ -81,7 +85,6 @@ MAX_BODY_BYTES: Final = 2 * 1024 * 1024
 BODY_TIMEOUT_S: Final = 30.0
 #: What a 429 asks the client to wait, in seconds.
 RETRY_AFTER_S: Final = 1
-_KEY_REQUIRED: Final = "a valid API key is required (Authorization: Bearer KEY)"
 
 
 @dataclass(frozen=True)
@@ -130,14 +133,9 @@ class Gateway:
         self.verified = verified
         self.settings = settings
         self.metrics = GatewayMetrics(lambda: scraped(self.slots, self.monitor, self.transcript))
-        profile = verified.loaded.profile
-        self.policy = Policy(
-            served_model_name=profile.vllm.served_model_name,
-            seed=verified.seed,
-            default_max_tokens=profile.sampling.max_tokens,
-            max_model_len=profile.vllm.max_model_len,
-            structured_outputs_pinned=profile.vllm.structured_outputs is not None,
-        )
+        self.policy = Policy.of_profile(verified.loaded.profile)  # its seed is verified.seed
+        #: the OpenAPI document served at /openapi.json
+        self.openapi = openapi_document(self.policy, keyed=settings.api_key is not None)
         self.monitor = HealthMonitor(
             verified,
             engine,
@@ -180,10 +178,12 @@ class Gateway:
                 Route("/v1/chat/completions", _Endpoint(self._chat), methods=["POST"]),
                 Route("/v1/provenance/{exchange_id}", self._provenance, methods=["GET"]),
                 Route("/metrics", self._metrics, methods=["GET"]),
+                Route("/openapi.json", self._openapi, methods=["GET"]),
             ],
             middleware=[
                 Middleware(CountedRequests, metrics=self.metrics),
                 Middleware(BrowserGuard, policy=self.hosts, refused=self._foreign_refused),
+                Middleware(KeyGuard, key=settings.api_key, refused=self._unauthorized),
             ],
             exception_handlers={HTTPException: http_error, Exception: self._internal_error},
             lifespan=self._lifespan,
@@ -268,41 +268,29 @@ class Gateway:
             "concurrency": self.settings.concurrency,
             "upstream": self.verified.base_url,
         }
+        if reason is not None:  # a 503 in OpenAI's error shape too, beside the health fields
+            document |= Refused(None, f"the gateway does not answer: {reason}", status=503).body()
         return JSONResponse(document, 200 if reason is None else 503)
 
-    # --- authentication -----------------------------------------------------------------------
-
-    def _authorized(self, request: Request) -> bool:
-        """Whether the request may be answered (a refusal is counted)."""
-        key = self.settings.api_key
-        if key is None:
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode("utf-8"), key.encode("utf-8")
-        ):
-            return True
-        self.metrics.refused("unauthorized")
-        return False
+    # --- refusals, counted ---------------------------------------------------------------------
 
     def _foreign_refused(self) -> None:
         self.metrics.refused("host_or_origin")
+
+    def _unauthorized(self) -> None:
+        self.metrics.refused("unauthorized")
 
     def _unavailable(self, reason: str) -> Response:
         self.metrics.refused("unavailable")
         return error_response(503, f"the gateway does not answer: {reason}")
 
-    def _refusal(self, request: Request) -> Response | None:
-        if not self._authorized(request):
-            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
+    def _refusal(self) -> Response | None:
         reason = self.unhealthy()
         return None if reason is None else self._unavailable(reason)
 
     # --- routes -------------------------------------------------------------------------------
 
     async def _models(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         pins = self.verified.pins
         card = {
             "id": pins.served_model_name,
@@ -314,8 +302,6 @@ class Gateway:
         return JSONResponse({"object": "list", "data": [card]})
 
     async def _provenance(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         exchange_id = request.path_params["exchange_id"]
         provenance = self.transcript.provenance(exchange_id)
         if provenance is None:
@@ -324,9 +310,10 @@ class Gateway:
 
     async def _metrics(self, request: Request) -> Response:
         # answered while unhealthy too: that is when it is read
-        if not self._authorized(request):
-            return error_response(401, _KEY_REQUIRED, code="invalid_api_key")
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def _openapi(self, request: Request) -> Response:
+        return JSONResponse(self.openapi)
 
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._generate(scope, receive, send, "completion")
@@ -336,7 +323,7 @@ class Gateway:
 
     async def _generate(self, scope: Scope, receive: Receive, send: Send, kind: str) -> None:
         request = Request(scope, receive)
-        response = self._refusal(request)
+        response = self._refusal()
         try:
             if response is None:
                 response = await self._queued(request, kind, scope, send)

@@ -12,7 +12,9 @@ Loopback is not a trust boundary for browsers: a web page can make a browser sen
   API clients send none) is refused unless it is ``http://`` or ``https://`` and an allowed host
   (for a wildcard bind without ``--allowed-host``: none is);
 
-both with 403 in OpenAI's error shape, before authentication and routing, on every route.
+both with 403 in OpenAI's error shape, before authentication and routing, on every route. Then,
+with an API key, a request to any route but ``/health`` without ``Authorization: Bearer KEY`` is
+refused 401 (:class:`KeyGuard`), before routing.
 
 Every status the gateway answers is in OpenAI's error shape (``{"error": {"message", "type",
 "param", "code"}}``): Starlette's own 404 and 405 (:func:`http_error`), an unexpected exception
@@ -22,6 +24,7 @@ the refusals of the routes themselves. No redirect is ever answered (a trailing 
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -43,7 +46,8 @@ _HOST_VALUE: Final = re.compile(
 )
 #: the routes a 404 names
 ROUTES: Final = (
-    "/health, /metrics, /v1/models, /v1/completions, /v1/chat/completions, /v1/provenance/ID"
+    "/health, /metrics, /openapi.json, /v1/models, /v1/completions, /v1/chat/completions, "
+    "/v1/provenance/ID"
 )
 
 
@@ -163,6 +167,41 @@ class BrowserGuard:
             await error_response(403, reason)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+#: what a request without the API key is told
+KEY_REQUIRED: Final = "a valid API key is required (Authorization: Bearer KEY)"
+#: the one route answered without the API key
+OPEN_ROUTE: Final = "/health"
+
+
+class KeyGuard:
+    """ASGI middleware: with an API key, refuse (401) every request but ``/health``'s without
+    ``Authorization: Bearer KEY`` (compared in constant time), before routing: an unknown route
+    or method is not told apart from a known one without the key. Tells ``refused``."""
+
+    def __init__(
+        self, app: ASGIApp, key: str | None, refused: Callable[[], None] = lambda: None
+    ) -> None:
+        self.app = app
+        self.key = None if key is None else key.encode("utf-8")
+        self.refused = refused
+
+    def authorized(self, scope: Scope) -> bool:
+        if self.key is None or scope["path"] == OPEN_ROUTE:
+            return True
+        values = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        self.refused()
+        await error_response(401, KEY_REQUIRED, code="invalid_api_key")(scope, receive, send)
 
 
 def _latin1(values: list[bytes] | None) -> str | None:

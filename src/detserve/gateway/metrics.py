@@ -68,7 +68,10 @@ from detserve.runlog.models import ExchangeRequest
 from detserve.runlog.transcript import LineRecord
 
 #: The routes a request is counted under (a provenance id is not a label value), else ``other``.
-ROUTES: Final = ("/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions")
+ROUTES: Final = (
+    *("/health", "/metrics", "/openapi.json"),
+    *("/v1/models", "/v1/completions", "/v1/chat/completions"),
+)
 _PROVENANCE: Final = "/v1/provenance/"
 #: A refusal that names no field: a foreign Host or Origin (403, guards.py), no valid API key
 #: (401), the gateway unhealthy (503), every place in the queue taken (429).
@@ -83,8 +86,8 @@ _BODY_REASONS: Final = {
 #: The fields a refused body's ``param`` may name as a label: those admission accepts or refuses
 #: by name, and those of the canonical request (its validation names them). Any other name a
 #: client sent is ``other``.
-FIELDS: Final = frozenset(admission._REFUSED).union(
-    *admission._ALLOWED.values(), ExchangeRequest.model_fields
+FIELDS: Final = frozenset(admission.REFUSED_FIELDS).union(
+    *admission.ACCEPTED_FIELDS.values(), ExchangeRequest.model_fields
 )
 _FIELD_HEAD: Final = re.compile(r"[^.\[]*")
 #: The gateway's health: ``ok``, a failure's cause (sticky), ``doubted`` (an unexpected error:
