@@ -290,7 +290,7 @@ class LineReader:
     """A reader of one kind of line file; use it as a context manager.
 
     On entry the file is opened (or the :class:`LineFile` given is taken over: :func:`~detserve.
-    runlog.open_log.open_log` read its first line to tell which kind it is) and :meth:`_begin`
+    runlog.kinds.open_log` read its first line to tell which kind it is) and :meth:`_begin`
     checks the header line; on exit, or when entry fails, the file is closed.
     """
 

@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import CanonicalJSONError, EnvironmentFault, RunLogError
-from detserve.fileio import MAX_RUN_LOG_BYTES, check_outputs, open_input
+from detserve.fileio import check_outputs
 from detserve.runlog.lines import LineFile, LineParser, LineReader, record_line
 from detserve.runlog.models import (
     MAX_LINE_BYTES,
@@ -408,13 +408,3 @@ def read_exchanges(path: Path, *, allow_cut: bool = False) -> list[TranscriptExc
     """Every exchange of a valid segment (in memory: for replay and tests)."""
     with TranscriptReader(path, allow_cut=allow_cut) as reader:
         return [exchange for _, exchange in reader.lines()]
-
-
-def is_transcript(path: Path) -> bool:
-    """Whether the first line of ``path`` is a transcript header (nothing else is checked)."""
-    try:
-        with open_input(path, what="log", cap=MAX_RUN_LOG_BYTES, error=RunLogError) as handle:
-            first = handle.readline(MAX_LINE_BYTES + 1)
-    except RunLogError:
-        return False
-    return first.startswith(b'{"format":') and b'"record":"transcript"' in first
