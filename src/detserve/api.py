@@ -1028,7 +1028,7 @@ def evaluate(
     (exit 2) before anything is compared.
     """
     from detserve.evaluation import evaluate as evaluate_core
-    from detserve.runlog.transcript import is_transcript
+    from detserve.runlog.kinds import is_transcript
 
     logs = [Path(run_a), Path(run_b)]
     output = Path(report) if report is not None else None

@@ -17,10 +17,10 @@ import pytest
 from detserve.errors import EnvironmentFault, OutputExistsError, RunLogError
 from detserve.runlog import DevicePins, validate_run_log
 from detserve.runlog import transcript as transcript_module
+from detserve.runlog.kinds import is_transcript
 from detserve.runlog.models import EnginePins, ExchangeRequest, TranscriptHeader
 from detserve.runlog.transcript import (
     TranscriptWriter,
-    is_transcript,
     output_sha256,
     read_exchanges,
     request_sha256,

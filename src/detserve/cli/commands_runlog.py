@@ -41,7 +41,7 @@ AllowCutOption = Annotated[
 def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: bool) -> bool:
     """Validate (and show) a transcript segment or directory; False when it is neither."""
     from detserve import api
-    from detserve.runlog.transcript import is_transcript
+    from detserve.runlog.kinds import is_transcript
 
     if run_log.is_dir():
         series = api.validate_transcripts(run_log, allow_cut=allow_cut)

@@ -32,8 +32,8 @@ from detserve.evaluation.compare import (
     header_differences,
 )
 from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
-from detserve.runlog import LineParser, RunLogReader, RunLogSample, require_same_bytes
-from detserve.runlog.transcript import is_transcript
+from detserve.runlog import RunLogReader, RunLogSample, require_same_bytes
+from detserve.runlog.kinds import open_pair
 
 #: divergent samples described in full by default; all are counted
 DEFAULT_MAX_REPORTED: Final = 20
@@ -274,17 +274,11 @@ def evaluate(
     run_a, run_b, thresholds = checked_pair(
         run_a, run_b, min_exact_match_ratio, logprob_tolerance, max_reported
     )
-    if is_transcript(run_a) or is_transcript(run_b):
-        raise UsageError(
-            "a gateway transcript is compared with a transcript "
-            "(detserve.evaluation.transcript_pair), a sampled run log with a run log"
-        )
-    # One parser for both: a line the two logs share is validated once.
-    parser = LineParser()
-    with (
-        RunLogReader(run_a, parser=parser) as log_a,
-        RunLogReader(run_b, parser=parser) as log_b,
-    ):
+    refusal = (
+        "a gateway transcript is compared with a transcript "
+        "(detserve.evaluation.transcript_pair), a sampled run log with a run log"
+    )
+    with open_pair(run_a, run_b, RunLogReader, refusal=refusal) as (log_a, log_b):
         headers = tuple(header_differences(log_a.header, log_b.header))
         announced = log_a.header.n_samples
         counts = count_samples(

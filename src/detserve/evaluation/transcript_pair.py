@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from detserve.canonical import canonical_bytes
-from detserve.errors import UsageError
 from detserve.evaluation.compare import FieldDifference, header_differences
 from detserve.evaluation.pair import (
     DEFAULT_MAX_REPORTED,
@@ -39,9 +38,10 @@ from detserve.evaluation.pair import (
     judge,
 )
 from detserve.evaluation.report import LogRef
-from detserve.runlog import LineParser, RunLogSample, require_same_bytes
+from detserve.runlog import RunLogSample, require_same_bytes
+from detserve.runlog.kinds import open_pair
 from detserve.runlog.models import TranscriptExchange
-from detserve.runlog.transcript import TranscriptReader, is_transcript, request_sha256
+from detserve.runlog.transcript import TranscriptReader, request_sha256
 
 _SATISFIED: Final[dict[str | None, bool | None]] = {
     None: None,
@@ -92,11 +92,6 @@ def evaluate_transcripts(
     whatever its verdict. ``expected_sha256`` as for :func:`~detserve.evaluation.evaluate`."""
     # logprobs are not recorded in transcripts: nothing is within a tolerance
     run_a, run_b, thresholds = checked_pair(run_a, run_b, min_exact_match_ratio, None, max_reported)
-    if not (is_transcript(run_a) and is_transcript(run_b)):
-        raise UsageError(
-            "a gateway transcript is compared with a transcript, a sampled run log with a run log"
-        )
-    parser = LineParser()
     incomplete = 0
 
     def counted(lines: Iterator[tuple[bytes, TranscriptExchange]]) -> Iterator[Any]:
@@ -105,9 +100,10 @@ def evaluate_transcripts(
             incomplete += exchange.incomplete is not None
             yield line, exchange
 
-    with (
-        TranscriptReader(run_a, parser=parser, allow_cut=True) as log_a,
-        TranscriptReader(run_b, parser=parser, allow_cut=True) as log_b,
+    refusal = "a gateway transcript is compared with a transcript, a sampled run log with a run log"
+    with open_pair(run_a, run_b, TranscriptReader, refusal=refusal, allow_cut=True) as (
+        log_a,
+        log_b,
     ):
         headers = tuple(header_differences(log_a.header, log_b.header))
         counts = count_samples(

@@ -18,11 +18,14 @@ One reader and one writer for the format, one module a concept:
 * :mod:`~detserve.runlog.models`: the records, their bounds and the generated JSON Schema
   (``python -m detserve.runlog`` prints it);
 * :mod:`~detserve.runlog.lines`: one line, its canonical bytes and the check that it is exactly
-  them (:class:`LineParser`);
+  them (:class:`LineParser`), and the one bounded reader of line files (:class:`LineFile`), which
+  run logs and gateway transcripts share;
 * :mod:`~detserve.runlog.sequence`: the rules across lines (order, counts, the footer's hashes);
 * :mod:`~detserve.runlog.reader`: :class:`RunLogReader`, :func:`read_run_log`,
   :func:`validate_run_log`;
-* :mod:`~detserve.runlog.writer`: :class:`RunLogWriter`, :func:`write_run_log`.
+* :mod:`~detserve.runlog.writer`: :class:`RunLogWriter`, :func:`write_run_log`;
+* :mod:`~detserve.runlog.kinds`: :func:`open_log`, the one place that tells a run log from a
+  gateway transcript (:mod:`~detserve.runlog.transcript`), by its first line, read once.
 
 Invariants: the writer writes only what the reader accepts; the reader accepts exactly the lines
 ``jsonschema`` accepts with the committed schema, canonical form and the rules across lines
@@ -36,7 +39,8 @@ Why the records are validated by pydantic rather than ``jsonschema``, and what r
 docs/performance.md, "Reading run logs".
 """
 
-from detserve.runlog.lines import LineParser, _fast_sample_line, record_line
+from detserve.runlog.kinds import LogReader, is_transcript, open_log
+from detserve.runlog.lines import LineFile, LineParser, LineReader, _fast_sample_line, record_line
 from detserve.runlog.models import (
     FORMAT,
     FORMAT_VERSION,
@@ -72,7 +76,10 @@ __all__ = [
     "MAX_TOKENS",
     "SCHEMA_ID",
     "DevicePins",
+    "LineFile",
     "LineParser",
+    "LineReader",
+    "LogReader",
     "RunLogFooter",
     "RunLogHeader",
     "RunLogReader",
@@ -83,6 +90,8 @@ __all__ = [
     "RunPins",
     "SamplingParams",
     "_fast_sample_line",
+    "is_transcript",
+    "open_log",
     "read_run_log",
     "record_line",
     "require_same_bytes",

@@ -1,9 +1,18 @@
-"""One run-log line: its canonical bytes, and the check that a line is exactly that.
+"""One line of the run-log family: its canonical bytes, the check that a line is exactly them,
+and the one bounded reader of line files (run logs and transcript segments alike).
 
 A line is RFC 8785 (JCS, :func:`~detserve.canonical.canonical_json`) of one record plus
 ``"\\n"``. :class:`LineParser` checks, in order: strict UTF-8, JSON, the schema (the records of
 :mod:`detserve.runlog.models`), then canonical form (re-serialising the record as JCS gives the
 same bytes). Every failure is a :class:`~detserve.errors.RunLogError` naming where.
+
+:class:`LineFile` reads a file of such lines in one pass and bounded memory whatever its length:
+a line over :data:`~detserve.runlog.models.MAX_LINE_BYTES` is refused without being read into
+memory, a last line without its newline is refused (a file cut mid-line), and the sha256 of
+every line handed out is kept, so that the bytes validated are the bytes hashed (evidence is read
+once). :class:`LineReader` is what a reader of one record kind
+(:class:`~detserve.runlog.reader.RunLogReader`, :class:`~detserve.runlog.transcript.
+TranscriptReader`) builds on: the file opened on entry, the header line checked, closed on exit.
 
 Invariant of the fast path: a sample line is first compared with pydantic's own serialisation of
 its record, respelled into ECMAScript's number format (:func:`_fast_sample_line`); wherever the
@@ -14,14 +23,17 @@ is a fast path at all, and what it costs: docs/performance.md, "Reading run logs
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
-from typing import IO, Final
+from types import TracebackType
+from typing import IO, Final, Self
 
 from pydantic import BaseModel, ValidationError
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import CanonicalJSONError, RunLogError
+from detserve.fileio import MAX_RUN_LOG_BYTES, open_input
 from detserve.runlog.models import (
     FORMAT_VERSION,
     MAX_LINE_BYTES,
@@ -41,39 +53,6 @@ def record_line(record: BaseModel) -> bytes:
     # copy; the header nests models and needs the dump.
     data = record.__dict__ if type(record) is RunLogSample else record.model_dump()
     return canonical_bytes(data)
-
-
-def read_checked_line(
-    handle: IO[bytes],
-    path: Path,
-    line_no: int,
-    *,
-    what: str,
-    too_long: str = "",
-    too_long_hint: str | None = None,
-) -> bytes | None:
-    """The next line of ``handle`` (line ``line_no`` of ``path``), newline included, or None at
-    the end of the file; read in bounded memory whatever its length.
-
-    Raises :class:`~detserve.errors.RunLogError` for a read error (naming the file as ``what``),
-    a line over :data:`~detserve.runlog.models.MAX_LINE_BYTES` (refused without reading it into
-    memory; ``too_long`` is appended to the message, with ``too_long_hint``), and a last line
-    without its newline (a file cut mid-line).
-    """
-    try:
-        line = handle.readline(MAX_LINE_BYTES + 1)
-    except OSError as exc:
-        raise RunLogError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    if not line:
-        return None
-    where = f"{path}: line {line_no}"
-    if len(line) > MAX_LINE_BYTES:
-        raise RunLogError(
-            f"{where}: longer than {MAX_LINE_BYTES} bytes{too_long}", hint=too_long_hint
-        )
-    if not line.endswith(b"\n"):
-        raise RunLogError(f"{where}: truncated: the last line has no newline")
-    return line
 
 
 def _brief(value: object) -> str:
@@ -222,3 +201,155 @@ class LineParser:
             )
         self._last_line, self._last_record = line, record
         return record
+
+
+class LineFile:
+    """A file of lines read once, in order, one bounded line at a time; numbered and hashed.
+
+    ``what`` names the file in messages ("run log", "transcript"); ``too_long`` is appended to the
+    message for a line over the limit, with ``too_long_hint``. Every failure is a
+    :class:`~detserve.errors.RunLogError` (a read error's ``__cause__`` is the ``OSError``).
+    """
+
+    def __init__(self, path: Path, *, what: str) -> None:
+        self.path = Path(path)
+        self.what = what
+        self.too_long = ""
+        self.too_long_hint: str | None = None
+        #: the number of the last line handed out (0 before the first)
+        self.line_no = 0
+        #: the bytes of the lines handed out
+        self.offset = 0
+        self._sha256 = hashlib.sha256()
+        self._peeked: bytes | None = None
+        self._file: IO[bytes] | None = open_input(
+            self.path, what=what, cap=MAX_RUN_LOG_BYTES, error=RunLogError
+        )
+
+    @property
+    def where(self) -> str:
+        """Where the last line handed out is, for messages."""
+        return f"{self.path}: line {self.line_no}"
+
+    def sha256(self) -> str:
+        """sha256 of the lines handed out so far, in order."""
+        return self._sha256.hexdigest()
+
+    def _read(self, line: bool) -> bytes:
+        """The next line (at most ``MAX_LINE_BYTES + 1`` bytes), or the next byte."""
+        if self._file is None:
+            raise RuntimeError(f"{self.what} {self.path} is read after it was closed")
+        try:
+            return self._file.readline(MAX_LINE_BYTES + 1) if line else self._file.read(1)
+        except OSError as exc:
+            raise RunLogError(
+                f"cannot read {self.what} {self.path}: {exc.strerror or exc}"
+            ) from exc
+
+    def peek(self) -> bytes:
+        """The next line's raw bytes (at most ``MAX_LINE_BYTES + 1``, unchecked, maybe empty),
+        without handing it out: :meth:`next_line` hands out these very bytes, read once."""
+        if self._peeked is None:
+            self._peeked = self._read(line=True)
+        return self._peeked
+
+    def next_line(self) -> bytes | None:
+        """The next line, newline included, or None at the end of the file.
+
+        Raises :class:`~detserve.errors.RunLogError` for a read error, a line over the limit and
+        a last line without its newline; a line refused is not counted, nor hashed.
+        """
+        line = self.peek()
+        self._peeked = None
+        if not line:
+            return None
+        where = f"{self.path}: line {self.line_no + 1}"
+        if len(line) > MAX_LINE_BYTES:
+            raise RunLogError(
+                f"{where}: longer than {MAX_LINE_BYTES} bytes{self.too_long}",
+                hint=self.too_long_hint,
+            )
+        if not line.endswith(b"\n"):
+            raise RunLogError(f"{where}: truncated: the last line has no newline")
+        self.line_no += 1
+        self.offset += len(line)
+        self._sha256.update(line)
+        return line
+
+    def at_end(self) -> bool:
+        """Whether nothing follows the lines handed out."""
+        return not (self._peeked if self._peeked is not None else self._read(line=False))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class LineReader:
+    """A reader of one kind of line file; use it as a context manager.
+
+    On entry the file is opened (or the :class:`LineFile` given is taken over: :func:`~detserve.
+    runlog.kinds.open_log` read its first line to tell which kind it is) and :meth:`_begin`
+    checks the header line; on exit, or when entry fails, the file is closed.
+    """
+
+    #: names the file in messages
+    what: str = "line file"
+    #: appended to the message for a line over the limit, with its hint
+    too_long: str = ""
+    too_long_hint: str | None = None
+
+    def __init__(
+        self, path: Path, *, parser: LineParser | None = None, lines: LineFile | None = None
+    ) -> None:
+        self.path = Path(path)
+        self._parser = parser or LineParser()
+        self._lines = lines
+
+    def _begin(self, first: bytes | None) -> None:
+        """Check the header line (None: the file is empty)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        lines = self._lines
+        if lines is None:
+            lines = self._lines = LineFile(self.path, what=self.what)
+        lines.what, lines.too_long, lines.too_long_hint = (
+            self.what,
+            self.too_long,
+            self.too_long_hint,
+        )
+        try:
+            self._begin(lines.next_line())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lines is not None:
+            self._lines.close()
+
+    @property
+    def _file(self) -> LineFile:
+        if self._lines is None:
+            raise RuntimeError(f"{type(self).__name__} is used outside its `with` block")
+        return self._lines
+
+    def _where(self) -> str:
+        return self._file.where
+
+    def _check_end(self) -> None:
+        """Refuse anything after the footer."""
+        lines = self._file
+        if not lines.at_end():
+            raise RunLogError(f"{self.path}: data after the footer (line {lines.line_no})")

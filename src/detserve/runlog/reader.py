@@ -17,12 +17,10 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from detserve.errors import EvidenceChanged, RunLogError
 from detserve.fileio import MAX_RUN_LOG_BYTES, open_input
-from detserve.runlog.lines import LineParser, read_checked_line
+from detserve.runlog.lines import LineFile, LineParser, LineReader
 from detserve.runlog.models import (
     RunLogFooter,
     RunLogHeader,
@@ -46,7 +44,7 @@ class RunLogSummary:
         return self.header.n_samples
 
 
-class RunLogReader:
+class RunLogReader(LineReader):
     """One run log, read and checked one line at a time; use it as a context manager.
 
     The header is read on entry. :meth:`lines` (or :meth:`samples`) yields the samples and,
@@ -54,49 +52,31 @@ class RunLogReader:
     :attr:`footer` and :attr:`sha256` available.
     """
 
-    def __init__(self, path: Path, *, parser: LineParser | None = None) -> None:
-        self.path = Path(path)
-        self._parser = parser or LineParser()
-        self._file: IO[bytes] | None = None
-        self._line_no = 0
-        self._file_sha256 = hashlib.sha256()
+    what = "run log"
+    too_long = "; refused without parsing it"
+    too_long_hint = "no valid run-log line is this long"
+
+    def __init__(
+        self, path: Path, *, parser: LineParser | None = None, lines: LineFile | None = None
+    ) -> None:
+        super().__init__(path, parser=parser, lines=lines)
         self._sequence: LineSequence | None = None
         self._footer: RunLogFooter | None = None
 
-    def __enter__(self) -> RunLogReader:
-        self._file = open_input(self.path, what="run log", cap=MAX_RUN_LOG_BYTES, error=RunLogError)
-        try:
-            first = self._next_line()
-            if first is None:
-                raise RunLogError(f"{self.path}: empty file: not a run log")
-            record = self._parser.parse(first, self._where())
-            if isinstance(record, TranscriptHeader):
-                raise RunLogError(
-                    f"{self._where()}: a gateway transcript, not a sampled run log",
-                    hint="read it as a transcript (detserve.runlog.transcript)",
-                )
-            if not isinstance(record, RunLogHeader):
-                raise RunLogError(
-                    f"{self._where()}: expected the header record, found a {record.record!r} record"
-                )
-            self._sequence = LineSequence(record)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def _begin(self, first: bytes | None) -> None:
+        if first is None:
+            raise RunLogError(f"{self.path}: empty file: not a run log")
+        record = self._parser.parse(first, self._where())
+        if isinstance(record, TranscriptHeader):
+            raise RunLogError(
+                f"{self._where()}: a gateway transcript, not a sampled run log",
+                hint="read it as a transcript (detserve.runlog.transcript)",
+            )
+        if not isinstance(record, RunLogHeader):
+            raise RunLogError(
+                f"{self._where()}: expected the header record, found a {record.record!r} record"
+            )
+        self._sequence = LineSequence(record)
 
     @property
     def header(self) -> RunLogHeader:
@@ -115,44 +95,25 @@ class RunLogReader:
         """sha256 of the whole file, once :meth:`lines` is exhausted."""
         if self._footer is None:
             raise RuntimeError("the file hash is known once lines() is exhausted")
-        return self._file_sha256.hexdigest()
+        return self._file.sha256()
 
     def summary(self) -> RunLogSummary:
         return RunLogSummary(self.path, self.sha256, self.header, self.footer)
 
-    def _where(self) -> str:
-        return f"{self.path}: line {self._line_no}"
-
-    def _next_line(self) -> bytes | None:
-        assert self._file is not None
-        line = read_checked_line(
-            self._file,
-            self.path,
-            self._line_no + 1,
-            what="run log",
-            too_long="; refused without parsing it",
-            too_long_hint="no valid run-log line is this long",
-        )
-        if line is None:
-            return None
-        self._line_no += 1
-        self._file_sha256.update(line)
-        return line
-
     def lines(self) -> Iterator[tuple[bytes, RunLogSample]]:
         """Yield each sample with its exact line, then check the footer and the end of file."""
         sequence = self._sequence
-        if sequence is None or self._file is None:
+        if sequence is None:
             raise RuntimeError("RunLogReader is used outside its `with` block")
-        parse = self._parser.parse
+        lines, parse = self._file, self._parser.parse
         while True:
-            line = self._next_line()
+            line = lines.next_line()
             if line is None:
                 raise RunLogError(
                     f"{self.path}: truncated: no footer after {sequence.next_index} of "
                     f"{sequence.header.n_samples} samples"
                 )
-            where = self._where()
+            where = lines.where
             record = parse(line, where)
             if isinstance(record, RunLogSample):
                 sequence.sample(record, line, where)
@@ -165,8 +126,7 @@ class RunLogReader:
                 raise RunLogError(f"{where}: a second header")
             else:
                 raise RunLogError(f"{where}: a {record.record!r} record in a sampled run log")
-        if self._file.read(1):
-            raise RunLogError(f"{self.path}: data after the footer (line {self._line_no})")
+        self._check_end()
         self._footer = footer
 
     def samples(self) -> Iterator[RunLogSample]:

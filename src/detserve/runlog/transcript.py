@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import CanonicalJSONError, EnvironmentFault, RunLogError
-from detserve.fileio import MAX_RUN_LOG_BYTES, check_outputs, open_input
-from detserve.runlog.lines import LineParser, read_checked_line, record_line
+from detserve.fileio import check_outputs
+from detserve.runlog.lines import LineFile, LineParser, LineReader, record_line
 from detserve.runlog.models import (
     MAX_LINE_BYTES,
     AnyRecord,
@@ -290,50 +290,34 @@ class TranscriptSummary:
         return self.footer is None
 
 
-class TranscriptReader:
+class TranscriptReader(LineReader):
     """One transcript segment, read and checked one line at a time (a context manager)."""
 
+    what = "transcript"
+
     def __init__(
-        self, path: Path, *, parser: LineParser | None = None, allow_cut: bool = False
+        self,
+        path: Path,
+        *,
+        parser: LineParser | None = None,
+        allow_cut: bool = False,
+        lines: LineFile | None = None,
     ) -> None:
-        self.path = Path(path)
+        super().__init__(path, parser=parser, lines=lines)
         self.allow_cut = allow_cut
-        self._parser = parser or LineParser()
-        self._file: IO[bytes] | None = None
-        self._line_no = 0
-        self._file_sha256 = hashlib.sha256()
         self._sequence: TranscriptSequence | None = None
         self._summary: TranscriptSummary | None = None
         self._torn_bytes = 0
-        self._offset = 0
 
-    def __enter__(self) -> TranscriptReader:
-        self._file = open_input(
-            self.path, what="transcript", cap=MAX_RUN_LOG_BYTES, error=RunLogError
-        )
-        try:
-            first = self._next_line()
-            if first is None:
-                raise RunLogError(f"{self.path}: empty file: not a transcript")
-            record = self._parser.parse(first, self._where())
-            if not isinstance(record, TranscriptHeader):
-                raise RunLogError(
-                    f"{self._where()}: expected a transcript header, found a {record.record!r} "
-                    "record"
-                )
-            self._sequence = TranscriptSequence(record)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def _begin(self, first: bytes | None) -> None:
+        if first is None:
+            raise RunLogError(f"{self.path}: empty file: not a transcript")
+        record = self._parser.parse(first, self._where())
+        if not isinstance(record, TranscriptHeader):
+            raise RunLogError(
+                f"{self._where()}: expected a transcript header, found a {record.record!r} record"
+            )
+        self._sequence = TranscriptSequence(record)
 
     @property
     def header(self) -> TranscriptHeader:
@@ -346,25 +330,15 @@ class TranscriptReader:
             raise RuntimeError("the summary is known once lines() is exhausted")
         return self._summary
 
-    def _where(self) -> str:
-        return f"{self.path}: line {self._line_no}"
-
     def _next_line(self) -> bytes | None:
-        assert self._file is not None
         try:
-            line = read_checked_line(self._file, self.path, self._line_no + 1, what="transcript")
+            return self._file.next_line()
         except RunLogError as exc:
             torn = self._torn_tail(exc)
             if torn is None:
                 raise
             self._torn_bytes = torn
             return None
-        if line is None:
-            return None
-        self._offset += len(line)
-        self._line_no += 1
-        self._file_sha256.update(line)
-        return line
 
     def _torn_tail(self, error: RunLogError) -> int | None:
         """The length of a last line a crash left unfinished (no newline, within the line
@@ -373,10 +347,10 @@ class TranscriptReader:
         if not self.allow_cut or self._sequence is None or isinstance(error.__cause__, OSError):
             return None
         try:
-            torn = self.path.stat().st_size - self._offset
+            torn = self.path.stat().st_size - self._file.offset
         except OSError:
             return None
-        # read_checked_line refuses a line over the limit before it can miss its newline
+        # LineFile refuses a line over the limit before it can miss its newline
         return torn if 0 < torn <= MAX_LINE_BYTES else None
 
     def _cut(self, sequence: TranscriptSequence) -> None:
@@ -388,7 +362,7 @@ class TranscriptReader:
             )
         self._summary = TranscriptSummary(
             self.path,
-            self._file_sha256.hexdigest(),
+            self._file.sha256(),
             sequence.header,
             None,
             sequence.next_index,
@@ -398,7 +372,7 @@ class TranscriptReader:
     def lines(self) -> Iterator[tuple[bytes, TranscriptExchange]]:
         """Yield each exchange with its exact line, then check the footer and the end."""
         sequence = self._sequence
-        if sequence is None or self._file is None:
+        if sequence is None:
             raise RuntimeError("TranscriptReader is used outside its `with` block")
         while True:
             line = self._next_line()
@@ -416,10 +390,9 @@ class TranscriptReader:
                 break
             else:
                 raise RunLogError(f"{where}: a {record.record!r} record in a transcript")
-        if self._file.read(1):
-            raise RunLogError(f"{self.path}: data after the footer (line {self._line_no})")
+        self._check_end()
         self._summary = TranscriptSummary(
-            self.path, self._file_sha256.hexdigest(), sequence.header, footer, sequence.next_index
+            self.path, self._file.sha256(), sequence.header, footer, sequence.next_index
         )
 
 
@@ -435,13 +408,3 @@ def read_exchanges(path: Path, *, allow_cut: bool = False) -> list[TranscriptExc
     """Every exchange of a valid segment (in memory: for replay and tests)."""
     with TranscriptReader(path, allow_cut=allow_cut) as reader:
         return [exchange for _, exchange in reader.lines()]
-
-
-def is_transcript(path: Path) -> bool:
-    """Whether the first line of ``path`` is a transcript header (nothing else is checked)."""
-    try:
-        with open_input(path, what="log", cap=MAX_RUN_LOG_BYTES, error=RunLogError) as handle:
-            first = handle.readline(MAX_LINE_BYTES + 1)
-    except RunLogError:
-        return False
-    return first.startswith(b'{"format":') and b'"record":"transcript"' in first
