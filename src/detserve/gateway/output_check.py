@@ -93,9 +93,3 @@ def check_output(
     if incomplete is not None or finish_reason == "length":
         return "cut"
     return "violated"
-
-
-def constraint_kind(request: ExchangeRequest) -> str | None:
-    """The name of the request's constraint (``json_schema``, ``regex``, ...), or None."""
-    constraint = request.constraint
-    return None if constraint is None else constraint.kind
