@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 # securesystemslib.signer's public names, re-exported without __all__ (mypy's strict view).
 from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
@@ -64,6 +64,7 @@ from detserve.errors import InputError, UsageError, VerificationError, bounded
 from detserve.fileio import read_input
 from detserve.keys import Algorithm, load_public_key
 from detserve.runlog import RunPins
+from detserve.strict_model import StrictModel
 
 FORMAT: Final = "detserve-certificate"
 FORMAT_VERSION: Final = 2
@@ -96,13 +97,7 @@ class CertificateUnsupported(VerificationError):
     kind = "certificate-unsupported"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
-class Measurement(_Model):
+class Measurement(StrictModel):
     """What the check that issued the certificate measured."""
 
     n_prompts: Annotated[int, Field(ge=1, le=MAX_EXACT_INTEGER)]
@@ -121,7 +116,7 @@ class Measurement(_Model):
     """sha256 of the check's trace, every request and its tokens."""
 
 
-class Certificate(_Model):
+class Certificate(StrictModel):
     """A measured concurrency certificate: the payload of ``certificate.json``."""
 
     format: Literal["detserve-certificate"] = FORMAT

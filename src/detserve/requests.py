@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_json
 from detserve.constraint_check import CheckedKind, accepts, compile_problem
@@ -53,6 +53,7 @@ from detserve.errors import (
     RequestRefused,
 )
 from detserve.spelled_json import JSONText
+from detserve.strict_model import StrictModel
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
@@ -76,11 +77,7 @@ TEMPLATE_OVERRIDES: Final = frozenset(
 )
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class Message(_Frozen):
+class Message(StrictModel):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_PROMPT_BYTES)
 
@@ -112,7 +109,7 @@ def _compile_problem(kind: CheckedKind, argument: str) -> str | None:
     return compile_problem(kind, argument)
 
 
-class Constraint(_Frozen):
+class Constraint(StrictModel):
     """Exactly one structured-output constraint, each argument within the caps of
     :mod:`detserve.constraints` (a schema as its JSON text: keys in its author's order, numbers
     as written, compact)."""
@@ -211,7 +208,7 @@ class Constraint(_Frozen):
         return verdict
 
 
-class PromptRecord(_Frozen):
+class PromptRecord(StrictModel):
     """One line of a bundle: a completion or a chat, with optional stop strings and constraint."""
 
     id: str = Field(min_length=1, max_length=200)
