@@ -63,7 +63,10 @@ CHAT_PATH: Final = "/v1/chat/completions"
 
 RequestKind = Literal["completion", "chat"]
 ConstraintKind = Literal["json_schema", "regex", "choice", "grammar"]
-#: keys that would supply or configure a chat template from a bundle line: refused by name
+#: The keys of a request that would supply or configure the chat template, or what vLLM renders
+#: with it (tools, documents, the multimodal processor's options): refused by name in a bundle
+#: line (:mod:`detserve.prompts`) and by the gateway (:mod:`detserve.gateway.admission`). The
+#: one list: a key added here is refused by both.
 TEMPLATE_OVERRIDES: Final = frozenset(
     {
         "chat_template",
@@ -72,6 +75,7 @@ TEMPLATE_OVERRIDES: Final = frozenset(
         "continue_final_message",
         "add_special_tokens",
         "documents",
+        "mm_processor_kwargs",
         "tools",
     }
 )
