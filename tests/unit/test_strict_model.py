@@ -66,8 +66,10 @@ def test_no_config_sets_the_base_settings_again() -> None:
 
 
 def _package_models() -> list[type[BaseModel]]:
+    # Not the CLI: importing its command modules registers their commands, in this walk's order
+    # rather than the application's (the source scan above covers its classes).
     for module in pkgutil.walk_packages(detserve.__path__, "detserve."):
-        if not module.name.endswith("__main__"):
+        if not module.name.endswith("__main__") and not module.name.startswith("detserve.cli"):
             importlib.import_module(module.name)
     found: list[type[BaseModel]] = []
     pending: list[type[BaseModel]] = [BaseModel]
