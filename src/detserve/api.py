@@ -66,7 +66,7 @@ if TYPE_CHECKING:
         WaitResult,
     )
     from detserve.runtime.placement import Placement
-    from detserve.sampling import SampleRequest, SampleSummary
+    from detserve.sampling import CheckedRequest, SampleRequest, SampleSummary
     from detserve.signed_statement import SignedModel
     from detserve.snapshot import VerifyReport
 
@@ -853,6 +853,7 @@ def _sample_observed(
     observer: SamplingObserver | None,
     fingerprint: Callable[[], Mapping[str, object]] | None = None,
     nodes: NodeEngines | None = None,
+    checked: CheckedRequest | None = None,
 ) -> SampleSummary:
     from detserve.sampling import sample as sample_core
 
@@ -867,6 +868,7 @@ def _sample_observed(
         verify_progress=observer.verified if observer is not None else None,
         fingerprint=fingerprint,
         nodes=nodes,
+        checked=checked,
     )
 
 
@@ -926,7 +928,8 @@ def sample(
         audit_seed=audit_seed,
         full_verify=full_verify,
     )
-    check_request(loaded, prompts, request)  # outputs and budget before the engine is asked
+    # outputs and budget before the engine is asked; sampling does not check them again
+    checked = check_request(loaded, prompts, request)
     if loaded.profile.cluster is not None:
         nodes = _cluster_nodes(loaded, engine, docker_host)
         head = nodes[loaded.profile.cluster.nodes[0].name]
@@ -936,11 +939,15 @@ def sample(
 
             return cluster_fingerprint(loaded, nodes).model_dump(mode="json")
 
-        return _sample_observed(loaded, prompts, request, head, observer, every_node, nodes)
+        return _sample_observed(
+            loaded, prompts, request, head, observer, every_node, nodes, checked=checked
+        )
     engine = _engine(engine, docker_host)
     fingerprint = _fingerprint_for(loaded, engine)
     placement = _lay_out(loaded, engine, concurrency)
-    summary = _sample_observed(loaded, prompts, request, engine, observer, fingerprint)
+    summary = _sample_observed(
+        loaded, prompts, request, engine, observer, fingerprint, checked=checked
+    )
     if placement is None:
         return summary
     return replace(summary, cpu_placement=placement.as_json())

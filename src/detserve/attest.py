@@ -41,7 +41,6 @@ from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from in_toto_attestation.v1.statement import Statement
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -71,6 +70,7 @@ from detserve.runlog import (
     validate_run_log,
 )
 from detserve.runlog.models import Sha256Hex
+from detserve.strict_model import StrictModel
 
 #: The predicate type of a detserve claim.
 PREDICATE_TYPE: Final = "https://detserve.invalid/attestation/run-log/v1"
@@ -101,13 +101,7 @@ class ClaimPinMismatch(PinMismatch):
 # --- the statement ------------------------------------------------------------------------------
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
-class ClaimPredicate(_Model):
+class ClaimPredicate(StrictModel):
     """What a detserve claim says beyond the run log's hash."""
 
     pins: RunPins
@@ -143,19 +137,19 @@ class ClaimPredicate(_Model):
         return value
 
 
-class _Digest(_Model):
+class _Digest(StrictModel):
     sha256: Sha256Hex
 
 
-class _Subject(_Model):
+class _Subject(StrictModel):
     name: Annotated[str, Field(min_length=1, max_length=4096)]
     digest: _Digest
 
 
-class ClaimStatement(BaseModel):
+class ClaimStatement(StrictModel):
     """An in-toto Statement v1 of detserve's predicate type, as JSON."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True)  # `_type` is read by its alias
 
     type: Literal["https://in-toto.io/Statement/v1"] = Field(alias="_type")
     subject: Annotated[tuple[_Subject], Field(min_length=1, max_length=1)]

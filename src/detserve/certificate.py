@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 # securesystemslib.signer's public names, re-exported without __all__ (mypy's strict view).
 from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
@@ -64,6 +64,7 @@ from detserve.errors import InputError, UsageError, VerificationError, bounded
 from detserve.fileio import read_input
 from detserve.keys import Algorithm, load_public_key
 from detserve.runlog import RunPins
+from detserve.strict_model import StrictModel
 
 FORMAT: Final = "detserve-certificate"
 FORMAT_VERSION: Final = 2
@@ -96,13 +97,7 @@ class CertificateUnsupported(VerificationError):
     kind = "certificate-unsupported"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
-class Measurement(_Model):
+class Measurement(StrictModel):
     """What the check that issued the certificate measured."""
 
     n_prompts: Annotated[int, Field(ge=1, le=MAX_EXACT_INTEGER)]
@@ -121,7 +116,7 @@ class Measurement(_Model):
     """sha256 of the check's trace, every request and its tokens."""
 
 
-class Certificate(_Model):
+class Certificate(StrictModel):
     """A measured concurrency certificate: the payload of ``certificate.json``."""
 
     format: Literal["detserve-certificate"] = FORMAT
@@ -348,8 +343,11 @@ def check_certificate_options(
     *,
     sequential: str,
 ) -> None:
-    """Refuse, before any work, a concurrency no certificate is given for, and a certificate
-    without the public key that verifies it (or a key without a certificate): exit 2."""
+    """Refuse, before any work, a concurrency below 1 or one no certificate is given for, and a
+    certificate without the public key that verifies it (or a key without a certificate): exit 2.
+    The one statement of "more than one request in flight needs a certificate"."""
+    if concurrency < 1:
+        raise UsageError(f"--concurrency {concurrency} is refused: at least 1")
     if concurrency > 1 and certificate is None:
         raise UsageError(
             f"--concurrency {concurrency} is refused: {sequential} unless a concurrency "
@@ -366,6 +364,26 @@ def check_certificate_options(
         raise UsageError("--certificate-key verifies a --certificate: give the certificate")
 
 
+def pins_seed_concurrency_differences(
+    certificate: Certificate, *, pins: StrictModel, seed: int, concurrency: int, subject: str
+) -> list[str]:
+    """What every use of a certificate compares (a run's and a gateway's): each pin, the seed,
+    and whether ``concurrency`` was measured; ``subject`` names the other side."""
+    theirs = certificate.pins.model_dump(mode="json")
+    ours = pins.model_dump(mode="json")
+    lines = [
+        f"pins.{name}: certificate {theirs.get(name)!r}, {subject} {ours[name]!r}"
+        for name in sorted(ours)
+        if theirs.get(name) != ours[name]
+    ]
+    if concurrency not in certificate.concurrency_levels:
+        levels = ", ".join(str(level) for level in certificate.concurrency_levels)
+        lines.append(f"concurrency: certificate measured {levels}, {subject} asks {concurrency}")
+    if certificate.seed != seed:
+        lines.append(f"seed: certificate {certificate.seed}, {subject} {seed}")
+    return lines
+
+
 def coverage_differences(
     certificate: Certificate,
     *,
@@ -377,15 +395,9 @@ def coverage_differences(
     n_prompts: int,
 ) -> list[str]:
     """Each way ``certificate`` does not cover this run, sorted by field, both values in full."""
-    lines: list[str] = []
-    theirs = certificate.pins.model_dump(mode="json")
-    ours = pins.model_dump(mode="json")
-    for name in sorted(ours):
-        if theirs.get(name) != ours[name]:
-            lines.append(f"pins.{name}: certificate {theirs.get(name)!r}, run {ours[name]!r}")
-    if concurrency not in certificate.concurrency_levels:
-        levels = ", ".join(str(level) for level in certificate.concurrency_levels)
-        lines.append(f"concurrency: certificate measured {levels}, run asks {concurrency}")
+    lines = pins_seed_concurrency_differences(
+        certificate, pins=pins, seed=seed, concurrency=concurrency, subject="run"
+    )
     if certificate.logprobs != logprobs:
         lines.append(f"logprobs: certificate {certificate.logprobs!r}, run {logprobs!r}")
     if logprobs is not None and certificate.tier < 2:
@@ -400,8 +412,6 @@ def coverage_differences(
             f"n_prompts: certificate measured the first {certificate.measured.n_prompts}, "
             f"run samples {n_prompts}"
         )
-    if certificate.seed != seed:
-        lines.append(f"seed: certificate {certificate.seed}, run {seed}")
     return sorted(lines)
 
 

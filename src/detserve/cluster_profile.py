@@ -27,10 +27,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from detserve.errors import UsageError
 from detserve.runtime.docker_host import check_docker_host
+from detserve.strict_model import StrictModel
 
 #: How vLLM spans the nodes.
 ClusterExecutor = Literal["mp", "ray"]
@@ -61,13 +62,7 @@ CPU_EAGER_REFUSAL: Final = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
-class ClusterNode(_Strict):
+class ClusterNode(StrictModel):
     name: str = Field(pattern=_NODE_NAME)
     """The node's name: in messages, container names, labels and the fingerprint."""
 
@@ -84,7 +79,7 @@ class ClusterNode(_Strict):
             raise ValueError(exc.message) from None
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(StrictModel):
     nodes: Annotated[list[ClusterNode], Field(min_length=2, max_length=64)]
     """The nodes, head first: the head (rank 0) serves the API on ``runtime.host:runtime.port``;
     each node holds one pipeline stage, in this order."""

@@ -102,11 +102,6 @@ def json_shape(value: Any) -> tuple[int, int]:
     return nodes, deepest
 
 
-def json_depth(value: Any) -> int:
-    """How deep a JSON value nests (a scalar 0, ``{}`` and ``[]`` 1)."""
-    return json_shape(value)[1]
-
-
 def check_schema_value(param: str, schema: Any) -> str:
     """A schema (as :func:`spelled_json.loads` reads it) within the caps; its JSON text."""
     if not isinstance(schema, dict):

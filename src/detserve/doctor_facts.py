@@ -52,12 +52,6 @@ class CheckItem:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
 
 
-def _item(name: str, problem: str | None, ok: str, fix: str) -> CheckItem:
-    if problem is None:
-        return CheckItem(name, "PASS", ok, None)
-    return CheckItem(name, "FAIL", problem, fix)
-
-
 def _not_run(name: str) -> CheckItem:
     return CheckItem(name, "NOT RUN", HOST_ONLY, "run `detserve doctor` where the engine answers")
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes
 from detserve.engine_policy import ENVIRONMENT_VARIABLES
@@ -39,6 +39,7 @@ from detserve.errors import ContainerError, InputError
 from detserve.fileio import read_input
 from detserve.host_facts import read_host_facts
 from detserve.profile import SECRET_NAME_RE, LoadedProfile
+from detserve.strict_model import StrictModel
 
 FORMAT: Final = "detserve-environment"
 FORMAT_VERSION: Final = 1
@@ -83,18 +84,12 @@ _MAX_PROBE_OUTPUT: Final = 4096
 MAX_FINGERPRINT_BYTES: Final = 1024 * 1024
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
 Text = Annotated[str, Field(max_length=512)]
 #: A count: at most what RFC 8785 writes exactly, or the fingerprint could not be hashed.
 Count = Annotated[int, Field(ge=0, le=MAX_EXACT_INTEGER)]
 
 
-class GpuInfo(_Model):
+class GpuInfo(StrictModel):
     """One GPU as ``nvidia-smi`` names it."""
 
     name: Text
@@ -104,7 +99,7 @@ class GpuInfo(_Model):
     """Total memory in MiB, when reported."""
 
 
-class HostFingerprint(_Model):
+class HostFingerprint(StrictModel):
     """The machine the engine runs on."""
 
     os: Text
@@ -147,7 +142,7 @@ class HostFingerprint(_Model):
     """The engine's API version."""
 
 
-class ContainerFingerprint(_Model):
+class ContainerFingerprint(StrictModel):
     """The pinned image as it runs."""
 
     image: Annotated[str, Field(max_length=512)]
@@ -173,7 +168,7 @@ class ContainerFingerprint(_Model):
     names excluded)."""
 
 
-class NodeFingerprint(_Model):
+class NodeFingerprint(StrictModel):
     """One node of a cluster: its engine and its container (not its host's hardware, which is
     read where detserve runs; ``detserve env --docker-host`` on the node reads the rest)."""
 
@@ -190,7 +185,7 @@ class NodeFingerprint(_Model):
     """Its container."""
 
 
-class EnvironmentFingerprint(_Model):
+class EnvironmentFingerprint(StrictModel):
     """The host and the container a run used; canonical JSON, named by its sha256."""
 
     format: Literal["detserve-environment"] = FORMAT

@@ -173,7 +173,7 @@ def read_manifest_bytes(path: Path) -> bytes:
             f"manifest not found: {path}",
             hint=(
                 "detserve never creates a manifest implicitly; make one from a snapshot you trust "
-                "with `detserve hash ... --output PATH`, review it and commit it"
+                "with `detserve hash ... --manifest-output PATH`, review it and commit it"
             ),
         )
     return read_input(path, what="manifest", cap=MAX_MANIFEST_BYTES, error=ManifestError)

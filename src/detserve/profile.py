@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
 from detserve.cluster_profile import ClusterSpec, check_cluster_fits
@@ -30,22 +30,15 @@ from detserve.field_errors import format_validation_error
 from detserve.fileio import MAX_PROFILE_BYTES, read_input
 from detserve.imageref import is_digest_ref
 from detserve.profile_prompts import PromptsSpec
+from detserve.strict_model import StrictModel
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 SECRET_NAME_RE = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_KEY|PRIVATE_KEY)", re.I)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-PROFILE_SCHEMA_VERSION = 1
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     id: str
     """Hugging Face model id, ``ORG/NAME``."""
 
@@ -73,7 +66,7 @@ class ModelSpec(_Strict):
         return value
 
 
-class SnapshotSpec(_Strict):
+class SnapshotSpec(StrictModel):
     hf_home: str
     """Hugging Face home holding ``hub/models--ORG--NAME/snapshots/REVISION/``; a relative path is
     relative to the profile file's directory. Mounted read-only into the container."""
@@ -87,7 +80,7 @@ class SnapshotSpec(_Strict):
 CpuPlacement = Literal["engine-core-with-worker", "engine-core-with-worker-when-concurrent"]
 
 
-class RuntimeSpec(_Strict):
+class RuntimeSpec(StrictModel):
     image_tag: str
     """The image tag ``detserve lock-image`` resolves to a digest. Never used to run."""
 
@@ -200,7 +193,7 @@ class RuntimeSpec(_Strict):
 ExtraValue = str | int | float | bool
 
 
-class StructuredOutputsSpec(_Strict):
+class StructuredOutputsSpec(StrictModel):
     """The structured-output (guided decoding) engine, pinned: detserve passes it as
     ``--structured-outputs-config`` (canonical JSON of these fields)."""
 
@@ -216,7 +209,7 @@ class StructuredOutputsSpec(_Strict):
         return canonical_json(self.model_dump())
 
 
-class VllmSpec(_Strict):
+class VllmSpec(StrictModel):
     served_model_name: str
     """The name the server answers to; checked against ``/v1/models`` before sampling."""
 
@@ -260,7 +253,7 @@ class VllmSpec(_Strict):
         return value
 
 
-class SamplingSpec(_Strict):
+class SamplingSpec(StrictModel):
     temperature: float = 0.0
     """Must be 0: greedy decoding is the only strict mode."""
 
@@ -289,7 +282,7 @@ class SamplingSpec(_Strict):
         return value
 
 
-class Profile(_Strict):
+class Profile(StrictModel):
     schema_version: Literal[1]
     """Version of the profile format."""
 

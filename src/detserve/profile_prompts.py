@@ -15,14 +15,12 @@ does not make its running container another server.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from detserve.strict_model import StrictModel
 
 
-class PromptsSpec(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
+class PromptsSpec(StrictModel):
     bundle: str = Field(min_length=1, max_length=4096)
     """The prompt bundle directory (``bundle.json`` and ``prompts.jsonl``), e.g.
     ``../artifacts/reference_prompts``; relative to the profile file's directory."""

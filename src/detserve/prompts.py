@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from detserve import spelled_json
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes, canonical_json, duplicate_keys
@@ -48,6 +48,7 @@ from detserve.manifest import load_manifest
 from detserve.profile import COMMIT_RE, LoadedProfile
 from detserve.requests import TEMPLATE_OVERRIDES, PromptRecord
 from detserve.snapshot import verify_snapshot
+from detserve.strict_model import StrictModel
 
 BUNDLE_FILE = "bundle.json"
 PROMPTS_FILE = "prompts.jsonl"
@@ -62,11 +63,7 @@ TOKENIZER_FILES = (
 )
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class DatasetSource(_Frozen):
+class DatasetSource(StrictModel):
     kind: Literal["local-file", "hf-dataset"]
     name: str
     revision: str | None
@@ -75,13 +72,13 @@ class DatasetSource(_Frozen):
     field: str | None
 
 
-class TokenizerPin(_Frozen):
+class TokenizerPin(StrictModel):
     model_id: str
     model_revision: str
     files: dict[str, str]
 
 
-class BundleInfo(_Frozen):
+class BundleInfo(StrictModel):
     format: Literal["detserve-prompt-bundle"]
     format_version: Literal[1]
     name: str

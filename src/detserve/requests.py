@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_json
 from detserve.constraint_check import CheckedKind, accepts, compile_problem
@@ -53,6 +53,7 @@ from detserve.errors import (
     RequestRefused,
 )
 from detserve.spelled_json import JSONText
+from detserve.strict_model import StrictModel
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
@@ -62,7 +63,10 @@ CHAT_PATH: Final = "/v1/chat/completions"
 
 RequestKind = Literal["completion", "chat"]
 ConstraintKind = Literal["json_schema", "regex", "choice", "grammar"]
-#: keys that would supply or configure a chat template from a bundle line: refused by name
+#: The keys of a request that would supply or configure the chat template, or what vLLM renders
+#: with it (tools, documents, the multimodal processor's options): refused by name in a bundle
+#: line (:mod:`detserve.prompts`) and by the gateway (:mod:`detserve.gateway.admission`). The
+#: one list: a key added here is refused by both.
 TEMPLATE_OVERRIDES: Final = frozenset(
     {
         "chat_template",
@@ -71,16 +75,13 @@ TEMPLATE_OVERRIDES: Final = frozenset(
         "continue_final_message",
         "add_special_tokens",
         "documents",
+        "mm_processor_kwargs",
         "tools",
     }
 )
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class Message(_Frozen):
+class Message(StrictModel):
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=MAX_PROMPT_BYTES)
 
@@ -112,7 +113,7 @@ def _compile_problem(kind: CheckedKind, argument: str) -> str | None:
     return compile_problem(kind, argument)
 
 
-class Constraint(_Frozen):
+class Constraint(StrictModel):
     """Exactly one structured-output constraint, each argument within the caps of
     :mod:`detserve.constraints` (a schema as its JSON text: keys in its author's order, numbers
     as written, compact)."""
@@ -211,7 +212,7 @@ class Constraint(_Frozen):
         return verdict
 
 
-class PromptRecord(_Frozen):
+class PromptRecord(StrictModel):
     """One line of a bundle: a completion or a chat, with optional stop strings and constraint."""
 
     id: str = Field(min_length=1, max_length=200)

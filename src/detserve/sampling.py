@@ -130,6 +130,15 @@ class SampleSummary:
         }
 
 
+@dataclass(frozen=True)
+class CheckedRequest:
+    """What :func:`check_request` let through, and the certificate it verified."""
+
+    request: SampleRequest
+    bundle: PromptBundle
+    certificate: VerifiedCertificate | None
+
+
 #: called after each sample with (samples done, output tokens so far)
 SampleProgress = Callable[[int, int], None]
 
@@ -152,19 +161,6 @@ def audit_indices(n_samples: int, fraction: float, seed: int) -> tuple[int, ...]
     # Not for secrecy: the subset is reproducible from the seed the sidecar records.
     chooser = random.Random(f"detserve-audit:{seed}")  # noqa: S311
     return tuple(sorted(chooser.sample(range(n_samples), count)))
-
-
-def _check_concurrency(request: SampleRequest) -> None:
-    if not 0 <= request.audit_fraction <= 1:
-        raise UsageError(f"--audit {request.audit_fraction} is not a fraction between 0 and 1")
-    if request.concurrency < 1:
-        raise UsageError(f"--concurrency {request.concurrency} is refused: at least 1")
-    check_certificate_options(
-        request.concurrency,
-        request.certificate,
-        request.certificate_key,
-        sequential="strict sampling is sequential",
-    )
 
 
 def prompts_within_budget(
@@ -200,15 +196,22 @@ def prompts_within_budget(
 
 def check_request(
     loaded: LoadedProfile, bundle: PromptBundle, request: SampleRequest
-) -> VerifiedCertificate | None:
-    """Refuse a request before any work: outputs, token budget, pins, concurrency; return the
-    verified certificate, if any.
+) -> CheckedRequest:
+    """Refuse a request before any work: outputs, token budget, pins, concurrency; return it
+    with the verified certificate, if any (given to :func:`sample`, it is not checked again).
 
     The outputs first, before any input is read: no output may be an input, the certificate and
     its key included (``--sidecar-output`` naming the certificate with ``--force`` replaced it).
     """
     loaded.require_pins()
-    _check_concurrency(request)
+    if not 0 <= request.audit_fraction <= 1:
+        raise UsageError(f"--audit {request.audit_fraction} is not a fraction between 0 and 1")
+    check_certificate_options(
+        request.concurrency,
+        request.certificate,
+        request.certificate_key,
+        sequential="strict sampling is sequential",
+    )
     outputs = [request.run_log_output, request.sidecar_output]
     evidence = tuple(p for p in (request.certificate, request.certificate_key) if p is not None)
     inputs = (loaded.path, loaded.manifest_path, loaded.snapshot_dir, *bundle.files, *evidence)
@@ -230,7 +233,7 @@ def check_request(
             concurrency=request.concurrency,
             n_prompts=len(prompts),
         )
-    return verified
+    return CheckedRequest(request, bundle, verified)
 
 
 def sample_one(
@@ -272,6 +275,7 @@ def sample(
     verify_progress: Callable[[int], None] | None = None,
     fingerprint: Callable[[], Mapping[str, object]] | None = None,
     nodes: NodeEngines | None = None,
+    checked: CheckedRequest | None = None,
 ) -> SampleSummary:
     """Sample ``bundle`` strictly and write the run log and its sidecar; raise on any failure.
 
@@ -279,8 +283,11 @@ def sample(
     it returns (the environment fingerprint, :mod:`detserve.fingerprint`) goes into the sidecar as
     ``environment``, never into the run log. ``nodes``: a cluster profile's engines by node name
     (:mod:`detserve.runtime.cluster_nodes`); every node is bound, watched and verified.
+    ``checked``: :func:`check_request`'s answer for this request and bundle, else it runs here.
     """
-    verified = check_request(loaded, bundle, request)
+    if checked is None or checked.request is not request or checked.bundle is not bundle:
+        checked = check_request(loaded, bundle, request)
+    verified = checked.certificate
     certificate = verified.certificate if verified is not None else None
     prompts = bundle.take(request.n_prompts)
     manifest = PinnedManifest.read(loaded.manifest_path)

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from detserve.errors import DetserveError
 from detserve.fileio import atomic_writer
@@ -65,6 +65,7 @@ from detserve.snapshot_identity import (
     identity,
     shown,
 )
+from detserve.strict_model import StrictModel
 
 RECORD_FORMAT: Literal[1] = 1
 #: a ctime this close to a pass's start may be shared by a change that follows it
@@ -74,11 +75,7 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 STATE_DIR_ENV = "DETSERVE_STATE_DIR"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class Lifetime(_Strict):
+class Lifetime(StrictModel):
     """One container lifetime: a restart or a new container is another one."""
 
     container_id: str
@@ -106,7 +103,7 @@ def lifetime_of(container: _ContainerLike) -> Lifetime:
     )
 
 
-class SnapshotRecord(_Strict):
+class SnapshotRecord(StrictModel):
     """What a full pass found, and the identities that must still hold to vouch for it."""
 
     format: Literal[1]

@@ -133,17 +133,6 @@ def dumps(value: Any) -> str:
     return text
 
 
-def compact(text: str) -> str:
-    """``text`` re-written compactly, key order and number spellings kept."""
-    return dumps(loads(text))
-
-
-def plain(text: str) -> Any:
-    """The value of JSON text as Python reads it (numbers as ``int``/``float``), for libraries
-    that validate values: the order of keys is kept, their spelling is not needed."""
-    return json.loads(text, object_pairs_hook=_unique, parse_constant=_constant)
-
-
 def encode_body(body: Mapping[str, Any]) -> bytes:
     """A request body's bytes: compact JSON in the body's key order, each :class:`JSONText`
     embedded as it is (the same bytes ``httpx``'s ``json=`` writes for a body without one)."""

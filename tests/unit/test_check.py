@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from detserve import api
+from detserve import api, sampling
 from detserve.canonical import canonical_bytes
 from detserve.certificate import (
     PAYLOAD_TYPE,
@@ -39,11 +39,13 @@ from detserve.diagnosis.measure import PassKey
 from detserve.envelope import SignatureError, parse_envelope
 from detserve.errors import DetserveError, Divergence, UsageError
 from detserve.fingerprint import ContainerFacts, EngineVersion
+from detserve.gateway.verification import Verified, require_gateway_coverage
 from detserve.inflight import Timed, max_overlap, run_in_flight
 from detserve.keys import AttestationKeyError, generate_key_pair, load_public_key, load_signer
 from detserve.profile import LoadedProfile
 from detserve.prompts import load_bundle
 from detserve.runlog import read_run_log
+from detserve.runlog.models import EnginePins
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
 from .conftest import TinyWorkspace
@@ -458,6 +460,30 @@ def test_a_certified_concurrent_log_is_the_concurrency_1_bytes(varying: Rig) -> 
     assert "concurrency" not in header.model_dump()["sampling"]
 
 
+def test_a_certified_sample_checks_its_request_and_certificate_once(
+    varying: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # api.sample checks the request before the engine is asked; sampling must take that answer,
+    # not verify the certificate (signature, trace, verdict again) a second time.
+    certificate = _certify(varying)
+    checks: list[Path] = []
+    verifications: list[Path] = []
+    real_check, real_verify = sampling.check_request, sampling.verify_certificate
+
+    def check(loaded: Any, bundle: Any, request: sampling.SampleRequest) -> Any:
+        checks.append(request.run_log_output)
+        return real_check(loaded, bundle, request)
+
+    def verify(path: Path, key: Path) -> Any:
+        verifications.append(path)
+        return real_verify(path, key)
+
+    monkeypatch.setattr(sampling, "check_request", check)
+    monkeypatch.setattr(sampling, "verify_certificate", verify)
+    _sample(varying, "once", concurrency=4, certificate=certificate)
+    assert (len(checks), verifications) == (1, [certificate])
+
+
 def test_sampling_past_max_model_len_is_refused_before_any_request(varying: Rig) -> None:
     # The same budget check as `check`'s plan, and the same message.
     with pytest.raises(UsageError, match=r"prompt\(s\) plus --max-tokens 100000 exceed") as raised:
@@ -560,6 +586,34 @@ def test_a_certificate_for_other_pins_does_not_cover_the_run(
     )
     assert coverage_differences(certificate, pins=certificate.pins, seed=5, **common) == [
         "seed: certificate 0, run 5"
+    ]
+
+
+def test_the_gateway_is_covered_by_the_same_comparison_as_a_run(varying: Rig) -> None:
+    # serve compares the pins (the engine's: no prompt bundle), the seed and the level as
+    # sample does, naming itself
+    checked = api.verify_certificate(_certify(varying), _keys(varying).public)
+    measured = checked.certificate.pins
+    engine_fields = measured.model_fields_set - {"prompt_bundle_sha256"}
+    pins = EnginePins(**{name: getattr(measured, name) for name in engine_fields})
+
+    def served(seed: int) -> Verified:
+        return Verified(
+            varying.loaded,
+            pins,
+            seed,
+            "",
+            None,
+            "",
+            "",  # type: ignore[arg-type]
+        )
+
+    require_gateway_coverage(checked, served(0), 4)
+    with pytest.raises(CertificateMismatch) as raised:
+        require_gateway_coverage(checked, served(5), 2)
+    assert list(raised.value.details) == [
+        "concurrency: certificate measured 1, 4, gateway asks 2",
+        "seed: certificate 0, gateway 5",
     ]
 
 

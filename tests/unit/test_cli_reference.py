@@ -73,3 +73,21 @@ def test_the_reference_follows_a_changed_help_text(
     after = generator.reference()
     assert after != before
     assert "| `--workers <int range>` | Something else. [x>=1] |" in after
+
+
+def test_every_command_takes_json(generator: ModuleType) -> None:
+    # the README says every command has --json; read off the options, like the page's sentence
+    root = generator.application()
+    ctx = root.make_context("detserve", ["--help"], resilient_parsing=True)
+    leaves = [
+        (command, command_ctx)
+        for command, command_ctx in generator.commands(root, ctx)
+        if not getattr(command, "commands", None)
+    ]
+    assert len(leaves) > 20  # a sanity check of the walk
+    without = [
+        command_ctx.command_path
+        for command, command_ctx in leaves
+        if not any("--json" in param.opts for param in command.get_params(command_ctx))
+    ]
+    assert without == [], f"commands without --json: {without}"

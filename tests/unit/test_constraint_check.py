@@ -14,7 +14,7 @@ from pydantic import ValidationError
 import detserve.constraint_check as constraint_check
 from detserve.canonical import canonical_json
 from detserve.constraint_check import accepts
-from detserve.constraints import MAX_SCHEMA_DEPTH, json_depth
+from detserve.constraints import MAX_SCHEMA_DEPTH, json_shape
 from detserve.gateway.admission import Policy, Refused, parse_body
 from detserve.gateway.output_check import check_output
 from detserve.requests import (
@@ -120,7 +120,7 @@ def _text(schema: dict[str, Any]) -> str:
 
 def test_a_schema_deeper_than_the_limit_is_refused_when_read() -> None:
     # 200 levels ran jsonschema out of stack: an internal error (exit 3) on a bundle line
-    assert json_depth(_nested(MAX_SCHEMA_DEPTH)) == MAX_SCHEMA_DEPTH
+    assert json_shape(_nested(MAX_SCHEMA_DEPTH))[1] == MAX_SCHEMA_DEPTH
     Constraint.model_validate({"json_schema": _text(_nested(MAX_SCHEMA_DEPTH))})
     with pytest.raises(ValidationError, match=f"nests deeper than {MAX_SCHEMA_DEPTH} levels"):
         Constraint.model_validate({"json_schema": _text(_nested(500))})

@@ -392,11 +392,12 @@ def _compose_variables(loaded: LoadedProfile) -> dict[str, str]:
     }
 
 
-def test_compose_file_starts_the_same_container(cpu_profile: LoadedProfile) -> None:
-    variables = _compose_variables(cpu_profile)
+def _assert_compose_starts_the_container_of(
+    loaded: LoadedProfile, variables: dict[str, str]
+) -> None:
     text = (REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8")
     service = yaml.safe_load(_interpolate(text, variables))["services"]["vllm"]
-    kwargs = build_container_spec(cpu_profile, {}).to_create_kwargs()
+    kwargs = build_container_spec(loaded, {}).to_create_kwargs()
 
     assert service["image"] == kwargs["image"]
     assert service["container_name"] == kwargs["name"]
@@ -412,6 +413,66 @@ def test_compose_file_starts_the_same_container(cpu_profile: LoadedProfile) -> N
     # detserve's own variables, plus the profile's environment through DETSERVE_RUNTIME_ENV_FILE
     assert service["environment"] == {"HF_HOME": "/hf-home", "HF_HUB_OFFLINE": "1"}
     assert service["env_file"] == ["/dev/null", "/dev/null"]
+
+
+def test_compose_file_starts_the_same_container(cpu_profile: LoadedProfile) -> None:
+    _assert_compose_starts_the_container_of(cpu_profile, _compose_variables(cpu_profile))
+
+
+_ENV_LINE = re.compile(r"(?:export )?(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)")
+
+
+def _read_env_file(text: str) -> dict[str, str]:
+    """A ``.env`` file as docker compose reads it, for what ``.env.example`` uses: blank and
+    ``#`` lines skipped; ``NAME=value``, the value unquoted (a `` #`` comment and the white space
+    around it cut, quotes inside kept), in single quotes (literal) or in double quotes (``\\``
+    escapes). Anything else fails the test rather than being read some other way."""
+    variables: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _ENV_LINE.fullmatch(line)
+        assert match is not None, f".env.example:{number}: not NAME=value: {line!r}"
+        value = match["value"]
+        quote = value[:1]
+        if quote in ("'", '"'):
+            assert len(value) > 1, f".env.example:{number}: unclosed {quote}"
+            assert value.endswith(quote), f".env.example:{number}: unclosed {quote}"
+        if quote == "'":
+            value = value[1:-1]
+        elif quote == '"':
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        assert "$" not in value, f".env.example:{number}: compose would interpolate {value!r}"
+        variables[match["name"]] = value
+    return variables
+
+
+#: what .env.example leaves to each machine (empty, or a placeholder path): filled in as its
+#: comments say; every other value is the tiny profile's own, written in the file
+_MACHINE_VALUES = frozenset(
+    {
+        "DETSERVE_PROFILE_SHA256",
+        "DETSERVE_IMAGE_DIGEST",
+        "DETSERVE_MANIFEST_SHA256",
+        "DETSERVE_SNAPSHOT_DIR",
+        "DETSERVE_BLOBS_DIR",
+    }
+)
+
+
+def test_env_example_holds_the_tiny_profiles_values(cpu_profile: LoadedProfile) -> None:
+    # .env.example says its values are configs/tiny-cpu.json's: read as compose reads it, with
+    # only the machine's values filled in, it must start the container that profile makes
+    example = _read_env_file((REPO_ROOT / ".env.example").read_text(encoding="utf-8"))
+    profile = _compose_variables(cpu_profile)
+    written = {name: value for name, value in example.items() if name not in _MACHINE_VALUES}
+    assert written == {name: profile.get(name, "") for name in written}, (
+        ".env.example disagrees with the profile"
+    )
+    machine = {name: profile[name] for name in _MACHINE_VALUES}
+    _assert_compose_starts_the_container_of(cpu_profile, example | machine)
 
 
 def test_compose_file_refuses_a_missing_digest(cpu_profile: LoadedProfile) -> None:

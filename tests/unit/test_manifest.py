@@ -217,6 +217,8 @@ def test_missing_manifest_exits_2_and_creates_nothing(
     assert result.code == EXIT_INPUT, result.text
     assert f"manifest not found: {absent}" in result.err
     assert "never creates a manifest implicitly" in result.err
+    # the hint names hash's option as it is spelled now, not the deprecated --output
+    assert "`detserve hash ... --manifest-output PATH`" in " ".join(result.err.split())
     assert not absent.parent.exists()
 
 

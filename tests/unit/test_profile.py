@@ -472,6 +472,14 @@ def test_schema_command_matches_committed_schema(cli: CliRunner) -> None:
     )
 
 
+def test_schema_command_json_is_one_line_of_the_same_schema(cli: CliRunner) -> None:
+    result = cli("config", "schema", "--json")
+    assert result.code == EXIT_OK
+    assert result.out.count("\n") == 1
+    assert result.out.endswith("\n")
+    assert json.loads(result.out) == json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
 def test_committed_profiles_satisfy_committed_schema() -> None:
     import jsonschema
 

@@ -32,23 +32,13 @@ from detserve.cli.output import (
 from detserve.errors import UsageError
 
 
-def _refuse_weakening(
-    skip_reference_hash_check: bool,
-    concurrency: int | None,
-    certificate: Path | None,
-    temperature: float | None,
-) -> None:
+def _refuse_weakening(skip_reference_hash_check: bool, temperature: float | None) -> None:
     # These options exist only to be refused by name: a strict run has no way to weaken itself.
+    # (--concurrency above 1 without a certificate is the library's refusal, stated once in
+    # detserve.certificate.check_certificate_options, before the engine is asked.)
     if skip_reference_hash_check:
         raise UsageError(
             "--skip-reference-hash-check is refused: the prompt bundle is always verified"
-        )
-    if concurrency is not None and concurrency != 1 and certificate is None:
-        raise UsageError(
-            f"--concurrency {concurrency} is refused: strict sampling is sequential unless a "
-            "concurrency certificate measured for these pins covers it",
-            hint="measure one with `detserve check --tier 1 --signing-key KEY ...` and pass "
-            "--certificate FILE --certificate-key KEY.pub",
         )
     if temperature is not None and temperature != 0:
         raise UsageError(f"--temperature {temperature} is refused: strict sampling is greedy")
@@ -146,7 +136,7 @@ def sample_command(
     """
     from detserve import api
 
-    _refuse_weakening(skip_reference_hash_check, concurrency, certificate, temperature)
+    _refuse_weakening(skip_reference_hash_check, temperature)
     sidecar = renamed(sidecar_output, legacy_output, name="--sidecar-output", old="--output")
     if sidecar is None:
         raise UsageError("give --sidecar-output PATH: the run's sidecar")

@@ -83,10 +83,16 @@ def config_validate(
 
 
 @config_app.command("schema")
-def config_schema() -> None:
-    """Print the profile JSON Schema (committed as docs/profile.schema.json)."""
+def config_schema(json_output: JsonOption = False) -> None:
+    """Print the profile JSON Schema (committed as docs/profile.schema.json).
+
+    Indented for people; with --json, the same object as one line of canonical JSON (RFC 8785).
+    """
     from detserve.profile import profile_json_schema
 
+    if json_output:
+        emit_json(profile_json_schema())
+        return
     # detserve's own schema, but escaped as every JSON document printed is (emit_json)
     schema = json.dumps(profile_json_schema(), indent=2, sort_keys=True)
     sys.stdout.write(printable_json(schema) + "\n")

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 IDENTICAL: Final = "#2e7d32"
 LOGPROBS_ONLY: Final = "#1565c0"
-NOT_MEASURED: Final = "#9e9e9e"
 CELL: Final = 22
 LABEL_WIDTH: Final = 180
 

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from detserve.canonical import MAX_EXACT_INTEGER, canonical_bytes
 from detserve.diagnosis.measure import (
@@ -33,6 +33,7 @@ from detserve.diagnosis.measure import (
 )
 from detserve.errors import CanonicalJSONError, InputError, bounded
 from detserve.runlog import RunPins
+from detserve.strict_model import StrictModel
 
 #: the trace's file name in a repro pack, and what a certificate names
 TRACE_FILE: Final = "trace.jsonl"
@@ -48,13 +49,7 @@ class TraceError(InputError):
     kind = "invalid-trace"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True
-    )
-
-
-class TracePlan(_Model):
+class TracePlan(StrictModel):
     """The check's plan, as :meth:`CheckPlan.as_json` writes it."""
 
     tier: Literal[0, 1, 2]
@@ -81,7 +76,7 @@ class TracePlan(_Model):
         )
 
 
-class TraceHeader(_Model):
+class TraceHeader(StrictModel):
     """Line 1 of a trace."""
 
     format: Literal["detserve-check-trace"]
@@ -92,7 +87,7 @@ class TraceHeader(_Model):
     check: TracePlan
 
 
-class TraceRecord(_Model):
+class TraceRecord(StrictModel):
     """One request of a pass, as :meth:`Observation.trace_record` writes it."""
 
     concurrency: Annotated[int, Field(ge=1, le=4096)]

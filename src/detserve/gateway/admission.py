@@ -58,22 +58,15 @@ from detserve.constraints import (
 )
 from detserve.gateway.upstream_body import upstream_request
 from detserve.profile import Profile
+from detserve.requests import TEMPLATE_OVERRIDES
 from detserve.runlog.models import MAX_LINE_BYTES, ChatMessage, ExchangeRequest
 from detserve.runlog.transcript import canonical_request
 from detserve.spelled_json import Number
 
-#: what a field refused by name is refused for
+#: what a field refused by name is refused for (a later entry's reason wins: ``tools``)
 REFUSED_FIELDS: Final[dict[str, str]] = {
     **dict.fromkeys(
-        (
-            "chat_template",
-            "chat_template_kwargs",
-            "add_generation_prompt",
-            "continue_final_message",
-            "add_special_tokens",
-            "documents",
-            "mm_processor_kwargs",
-        ),
+        sorted(TEMPLATE_OVERRIDES),
         "a chat template or its options from a request is not the pinned template",
     ),
     **dict.fromkeys(

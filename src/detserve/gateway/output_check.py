@@ -30,21 +30,11 @@ a worker thread, never on its event loop.
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any
 
 from detserve.constraint_check import accepts
 from detserve.constraints import SentConstraint
 from detserve.runlog.models import ConstraintCheck, ExchangeRequest
-
-#: what each outcome means, for a client reading its provenance
-MEANING: Final[dict[str, str]] = {
-    "satisfied": "the output satisfies the constraint",
-    "violated": "the output violates the constraint: the engine did not enforce it",
-    "cut": "the output does not satisfy the constraint because its generation was cut "
-    "(max_tokens, or a stream that ended early)",
-    "not_checked": "detserve could not finish checking this output (the check ran out of "
-    "time, or its library failed on it)",
-}
 
 
 def _refuse_constant(name: str) -> Any:
@@ -93,9 +83,3 @@ def check_output(
     if incomplete is not None or finish_reason == "length":
         return "cut"
     return "violated"
-
-
-def constraint_kind(request: ExchangeRequest) -> str | None:
-    """The name of the request's constraint (``json_schema``, ``regex``, ...), or None."""
-    constraint = request.constraint
-    return None if constraint is None else constraint.kind

@@ -35,7 +35,11 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from detserve.certificate import CertificateMismatch, VerifiedCertificate
+from detserve.certificate import (
+    CertificateMismatch,
+    VerifiedCertificate,
+    pins_seed_concurrency_differences,
+)
 from detserve.errors import DetserveError
 from detserve.gateway.transcript import pins_sha256_of
 from detserve.pins import profile_pins
@@ -137,18 +141,13 @@ def require_gateway_coverage(
     """Refuse unless the verified certificate (:func:`~detserve.certificate.verify_certificate`)
     covers these engine pins, this seed and ``concurrency``."""
     certificate = checked.certificate
-    theirs = certificate.pins.model_dump(mode="json")
-    ours = verified.pins.model_dump(mode="json")
-    lines = [
-        f"pins.{name}: certificate {theirs.get(name)!r}, gateway {ours[name]!r}"
-        for name in sorted(ours)
-        if theirs.get(name) != ours[name]
-    ]
-    if certificate.seed != verified.seed:
-        lines.append(f"seed: certificate {certificate.seed}, gateway {verified.seed}")
-    if concurrency not in certificate.concurrency_levels:
-        levels = ", ".join(str(level) for level in certificate.concurrency_levels)
-        lines.append(f"concurrency: certificate measured {levels}, gateway asks {concurrency}")
+    lines = pins_seed_concurrency_differences(
+        certificate,
+        pins=verified.pins,
+        seed=verified.seed,
+        concurrency=concurrency,
+        subject="gateway",
+    )
     if lines:
         raise CertificateMismatch(
             f"the certificate (sha256 {certificate.sha256}) does not cover the gateway; "

@@ -1,15 +1,17 @@
 """The base of every run-log record and the bounds its fields share.
 
-Every record is frozen, forbids unknown fields and validates strictly; each field's docstring
-becomes its description in the generated JSON Schema (:func:`~detserve.runlog.schema.
-run_log_json_schema`).
+Every record is a :class:`~detserve.strict_model.StrictModel` (frozen, forbids unknown fields,
+validates strictly); each field's docstring becomes its description in the generated JSON Schema
+(:func:`~detserve.runlog.schema.run_log_json_schema`).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
+
+from detserve.strict_model import StrictModel
 
 #: The most token ids (or logprobs) in one field of a sample.
 MAX_TOKENS: Final = 1 << 20
@@ -17,12 +19,8 @@ MAX_TOKENS: Final = 1 << 20
 MAX_TEXT_CHARS: Final = 1 << 22
 
 
-class Record(BaseModel):
+class Record(StrictModel):
     model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        strict=True,
-        use_attribute_docstrings=True,
         # The schema describes lines as written, where `record` and `format` are always present.
         json_schema_serialization_defaults_required=True,
     )

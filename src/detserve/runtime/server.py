@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from detserve.errors import RequestRefused, ServerError
 from detserve.spelled_json import encode_body
+from detserve.strict_model import StrictModel
 
 RETRY_STATUS = frozenset({500, 502, 503, 504})
 DEFAULT_RETRIES = 3
@@ -46,8 +47,9 @@ _BODY_SHOWN = 300
 # --- what the server must answer (extra fields are the server's business) --------------------
 
 
-class _Shape(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+class _Shape(StrictModel):
+    # what the server adds beyond these fields is its business, not a refusal
+    model_config = ConfigDict(extra="ignore")
 
 
 ShapeT = TypeVar("ShapeT", bound=_Shape)
