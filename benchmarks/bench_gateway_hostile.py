@@ -19,7 +19,7 @@ run:
   header deadline, or the connection cap) is opened again at once;
 * the built-in hostile requests (``--hostile``, both by default), each sent again and again, one
   at a time, from its own thread: ``grammar``, a completion constrained by a Lark grammar of about
-  12 KB (:func:`hostile_grammar`: 260 rules of 6 optional literals, which Lark's Earley compile
+  12 KB (``hostile_load.hostile_grammar``: 260 rules of 6 optional literals, which Lark's Earley compile
   expands into 2**6 alternatives each: seconds of the checker's child, then the engine's
   xgrammar compile, then an Earley parse of the output); ``regex``, a completion whose JSON
   schema holds the catastrophic pattern ``^(a|aa)*c$`` beside an ``enum`` of 60 ``a``: the engine
@@ -38,21 +38,13 @@ end; the record goes to ``benchmarks/results/bench_gateway_hostile-<stamp>.json`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import selectors
 import socket
 import statistics
 import tempfile
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench_gateway import percentile, start_gateway, stop_gateway
 from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
@@ -71,16 +63,14 @@ from benchlib import (
 )
 from detserve import api
 from detserve.errors import DetserveError
-
-#: what a half-sent connection sends first, then one more byte a second
-HALF_SENT = (
-    b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+from hostile_load import (
+    BUILT_IN,
+    HostileConnections,
+    HostileRequests,
+    Sent,
+    built_in_request,
+    read_request,
 )
-#: the built-in hostile requests (``--hostile``)
-BUILT_IN = ("grammar", "regex")
-#: Python's ``re`` tries every way of splitting a run of ``a`` into ``a`` and ``aa`` (Fibonacci
-#: many) before it gives up on the missing ``c``
-CATASTROPHIC_PATTERN = "^(a|aa)*c$"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,208 +120,6 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     for number in ("idle", "half_sent", "probes"):
         if getattr(args, number) < 0 or (number == "probes" and args.probes < 1):
             parser.error(f"--{number.replace('_', '-')} must be positive")
-
-
-# --- the hostile requests ------------------------------------------------------------------------
-
-
-def hostile_grammar(nonce: int, rules: int = 260, optionals: int = 6) -> str:
-    """A Lark grammar of about 12 KB (under the gateway's 16 KiB cap): ``start`` is any of
-    ``rules`` rules, each ``optionals`` optional one-letter literals then ``"z"``, or the literal
-    ``q<nonce>``. Lark's Earley compile expands every optional into alternatives, 2**optionals a
-    rule (about 1.7 s here, within the checker's 10 s: it is admitted and sent on); the engine's
-    xgrammar compiles it again, and the gateway parses the output with it. The nonce makes each
-    send a grammar neither the checker's nor the engine's cache has seen."""
-    lines = ["start: " + " | ".join(f"r{i}" for i in range(rules)) + f' | "q{nonce}"']
-    for i in range(rules):
-        letters = (chr(ord("a") + (i + j) % 25) for j in range(optionals))
-        lines.append(f"r{i}: " + " ".join(f'"{letter}"?' for letter in letters) + ' "z"')
-    return "\n".join(lines) + "\n"
-
-
-def catastrophic_schema(run: int = 60) -> dict[str, Any]:
-    """A JSON schema whose one string must match :data:`CATASTROPHIC_PATTERN` and be ``run``
-    letters ``a`` (an ``enum``): the engine writes the enum's string, and a check of it against
-    the pattern backtracks through about 1.6**run ways before it fails."""
-    value = {"type": "string", "pattern": CATASTROPHIC_PATTERN, "enum": ["a" * run]}
-    return {
-        "type": "object",
-        "properties": {"s": value},
-        "required": ["s"],
-        "additionalProperties": False,
-    }
-
-
-def built_in_request(name: str, model: str) -> Callable[[int], Any]:
-    """The body of a built-in hostile request (a completion), given its send's number."""
-    if name == "grammar":
-        return lambda nonce: {
-            "model": model,
-            "prompt": "Write one word",
-            "max_tokens": 16,
-            "structured_outputs": {"grammar": hostile_grammar(nonce)},
-        }
-    schema = catastrophic_schema()
-    return lambda _: {
-        "model": model,
-        "prompt": "Write a run of the letter a",
-        "max_tokens": 128,
-        "structured_outputs": {"json": schema},
-    }
-
-
-def read_request(path: Path) -> tuple[str, Callable[[int], Any]]:
-    """A ``--request`` file's path and body (the same each send)."""
-    document = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(document, dict) or {"path", "body"} - document.keys():
-        raise BenchError(f"{path}: expected a JSON object with a path and a body")
-    body = document["body"]
-    return str(document["path"]), lambda _: body
-
-
-@dataclass
-class Sent:
-    """One hostile request, sent again and again: when each send was in flight, and what the
-    gateway answered (status, ``constraint_check`` or error ``code``; gateway text never
-    printed raw)."""
-
-    name: str
-    path: str
-    #: the body of each send, given its number
-    body_for: Callable[[int], Any]
-    spans: list[tuple[float, float]] = field(default_factory=list)
-    answers: Counter[str] = field(default_factory=Counter)
-    #: the first error message, for the record
-    first_error: str | None = None
-    began: float | None = None
-
-    def answered(self, response: httpx.Response | None) -> str:
-        if response is None:
-            return "no answer"
-        try:
-            document = response.json()
-        except ValueError:
-            return f"{response.status_code} not JSON"
-        if not isinstance(document, dict):
-            return f"{response.status_code} not an object"
-        if response.status_code == 200:
-            check = document.get("detserve", {}).get("constraint_check")
-            return f"200 {check}"
-        error = document.get("error")
-        error = error if isinstance(error, dict) else {}
-        if self.first_error is None:
-            self.first_error = str(error.get("message"))[:500]
-        return f"{response.status_code} {error.get('code')}"
-
-    def in_flight(self, moment: float) -> bool:
-        if self.began is not None and self.began <= moment:
-            return True  # the send under way when the probes ended
-        return any(start <= moment <= end for start, end in self.spans)
-
-    def as_json(self) -> dict[str, Any]:
-        durations = [end - start for start, end in self.spans]
-        return {
-            "name": self.name,
-            "path": self.path,
-            "body_bytes": len(json.dumps(self.body_for(0))),
-            "answers": dict(self.answers),
-            "completed": len(self.spans),
-            "median_s": round(statistics.median(durations), 3) if durations else None,
-            "max_s": round(max(durations), 3) if durations else None,
-            "first_error": self.first_error,
-        }
-
-
-class HostileRequests:
-    """Each request sent again and again, one at a time, from its own thread, until
-    :meth:`stop`."""
-
-    def __init__(self, base_url: str, requests: list[Sent]) -> None:
-        self.base_url = base_url
-        self.requests = requests
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._send, args=(sent,), daemon=True) for sent in requests
-        ]
-
-    def _send(self, sent: Sent) -> None:
-        with httpx.Client(base_url=self.base_url, trust_env=False, timeout=600) as client:
-            while not self._stop.is_set():
-                body = sent.body_for(len(sent.spans))
-                sent.began = time.perf_counter()
-                try:
-                    response: httpx.Response | None = client.post(sent.path, json=body)
-                except httpx.HTTPError:
-                    response = None
-                sent.spans.append((sent.began, time.perf_counter()))
-                sent.began = None
-                sent.answers[sent.answered(response)] += 1
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=0)
-
-
-# --- the hostile connections ---------------------------------------------------------------------
-
-
-class HostileConnections:
-    """Idle and half-sent connections to ``port``, held open (reopened when closed) in a
-    thread until :meth:`stop`."""
-
-    def __init__(self, port: int, idle: int, half_sent: int) -> None:
-        self.port = port
-        self.wanted = {"idle": idle, "half-sent": half_sent}
-        self.reopened = 0
-        self._selector = selectors.DefaultSelector()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._hold, name="hostile", daemon=True)
-
-    def _open(self, kind: str) -> None:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
-        sock.setblocking(False)
-        if kind == "half-sent":
-            sock.send(HALF_SENT)
-        self._selector.register(sock, selectors.EVENT_READ, kind)
-
-    def start(self) -> None:
-        for kind, count in self.wanted.items():
-            for _ in range(count):
-                self._open(kind)
-        self._thread.start()
-
-    def _hold(self) -> None:
-        next_byte = time.monotonic() + 1
-        while not self._stop.is_set():
-            for key, _ in self._selector.select(timeout=0.1):
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
-                try:
-                    closed = not sock.recv(65536)
-                except (ConnectionResetError, BlockingIOError):
-                    closed = True
-                if closed:  # the gateway closed it (or answered it 408): open another
-                    self._selector.unregister(sock)
-                    sock.close()
-                    self.reopened += 1
-                    self._open(key.data)
-            if time.monotonic() >= next_byte:
-                next_byte += 1
-                for key in list(self._selector.get_map().values()):
-                    if key.data == "half-sent":
-                        with contextlib.suppress(OSError):  # seen closed by the next select
-                            key.fileobj.send(b"X")  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        for key in list(self._selector.get_map().values()):
-            key.fileobj.close()  # type: ignore[union-attr]
-        self._selector.close()
 
 
 # --- the probes ----------------------------------------------------------------------------------
@@ -393,6 +181,7 @@ def run(args: argparse.Namespace) -> Outcome:
         ]
         sent += [Sent(name, *document) for name, document in files]
         gateway = None
+        gateway_stderr = ""
         try:
             say(f"starting {args.name} on port {args.port}")
             api.run(profile, on_stage=say)
@@ -419,11 +208,12 @@ def run(args: argparse.Namespace) -> Outcome:
             raise BenchError(exc.diagnostics()) from exc
         finally:
             if gateway is not None:
-                stop_gateway(gateway)
+                gateway_stderr = stop_gateway(gateway)
             if not args.keep:
                 api.stop(profile)
     # A probe counts as "under every hostile request" when each was in flight as it began.
     every = [latency for began, latency in loaded if all(s.in_flight(began) for s in sent)]
+    origin = loaded[0][0]
     phases = {
         "alone": stats([latency for _, latency in alone]),
         "hostile": stats([latency for _, latency in loaded]),
@@ -439,12 +229,24 @@ def run(args: argparse.Namespace) -> Outcome:
         "half_sent": args.half_sent,
         "hostile_requests": [s.as_json() for s in sent],
         "connections_reopened": hostile.reopened,
+        # what the gateway logged (a 500's traceback, say): the record's, never printed raw
+        "gateway_stderr_tail": gateway_stderr[-8000:],
         "interval_s": args.interval,
         "warm_up_s": args.warm_up,
         "health": phases,
         "latencies_s": {
             "alone": [latency for _, latency in alone],
             "hostile": [latency for _, latency in loaded],
+        },
+        # when each hostile probe began, each send was in flight and each connection was
+        # opened again, in seconds from the first hostile probe: what a slow probe ran beside
+        "timeline_s": {
+            "probes": [round(began - origin, 4) for began, _ in loaded],
+            "sends": {
+                s.name: [[round(a - origin, 4), round(b - origin, 4)] for a, b in s.spans]
+                for s in sent
+            },
+            "reopened": [round(moment - origin, 4) for moment in hostile.reopened_at],
         },
     }
     print("phase                      probes   p50 ms   p99 ms   max ms")
