@@ -18,8 +18,8 @@ run:
   start of a request and then a byte a second (a slowloris); each one the gateway closes (its
   header deadline, or the connection cap) is opened again at once;
 * the built-in hostile requests (``--hostile``, both by default), each sent again and again, one
-  at a time, from its own thread: ``grammar``, a completion constrained by a Lark grammar of about
-  12 KB (``hostile_load.hostile_grammar``: 260 rules of 6 optional literals, which Lark's Earley compile
+  at a time, from its own thread (``hostile_load.py``): ``grammar``, a completion constrained by
+  a Lark grammar of about 12 KB (260 rules of 6 optional literals, which Lark's Earley compile
   expands into 2**6 alternatives each: seconds of the checker's child, then the engine's
   xgrammar compile, then an Earley parse of the output); ``regex``, a completion whose JSON
   schema holds the catastrophic pattern ``^(a|aa)*c$`` beside an ``enum`` of 60 ``a``: the engine
