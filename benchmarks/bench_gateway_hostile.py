@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench_gateway import percentile, start_gateway, stop_gateway
 from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
@@ -71,6 +73,9 @@ from hostile_load import (
     built_in_request,
     read_request,
 )
+
+#: the gateway's metric of how long each transcript line's fsync took
+FSYNC_METRIC = "detserve_gateway_transcript_fsync_seconds"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +161,13 @@ def stats(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def fsync_histogram(url: str) -> list[str]:
+    """The gateway's histogram of transcript fsync times (``/metrics``): every answer waits
+    for its line's."""
+    text = httpx.get(f"{url}/metrics", timeout=30, trust_env=False).text
+    return [line for line in text.splitlines() if line.startswith(FSYNC_METRIC)]
+
+
 def served_model_name(profile: Path) -> str:
     return str(json.loads(profile.read_text(encoding="utf-8"))["vllm"]["served_model_name"])
 
@@ -201,6 +213,7 @@ def run(args: argparse.Namespace) -> Outcome:
                 )
                 time.sleep(args.warm_up)
                 loaded = probe(args.gateway_port, args.probes, args.interval)
+                fsync = fsync_histogram(url)
             finally:
                 requests.stop()
                 hostile.stop()
@@ -231,6 +244,7 @@ def run(args: argparse.Namespace) -> Outcome:
         "connections_reopened": hostile.reopened,
         # what the gateway logged (a 500's traceback, say): the record's, never printed raw
         "gateway_stderr_tail": gateway_stderr[-8000:],
+        "transcript_fsync_seconds": fsync,
         "interval_s": args.interval,
         "warm_up_s": args.warm_up,
         "health": phases,
