@@ -46,7 +46,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 #: wall-clock seconds one compile or check may take, a new child's start-up included
 CHECK_TIMEOUT_S: Final = 10.0
 #: how many steps of CPU priority (``nice``) the child runs below its parent: a hostile check is
-#: background work; on two busy cores, /health of a gateway whose child was an equal took 155 ms
+#: background work, never the event loop's equal for a core (benchmarks/bench_gateway_hostile.py)
 CHILD_NICENESS: Final = 10
 #: wall-clock seconds one regex match may take (the ``regex`` package's own limit, inside the
 #: child's): a pattern that backtracks on an output is reported, not waited for
