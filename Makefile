@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv constraints lint format test test-unit test-integration stack browser demo docs schemas clean bench bench-hash bench-eval bench-cli bench-download bench-verify bench-soak bench-runtime
+.PHONY: venv constraints lint format test test-unit test-integration stack browser demo docs schemas clean bench bench-hash bench-eval bench-cli bench-download bench-verify bench-soak bench-runtime bench-gateway
 
 # Versions come from constraints.txt, so that a fresh clone tests what was tested here.
 $(STAMP): pyproject.toml constraints.txt
@@ -68,7 +68,9 @@ bench: stack
 		--download-args="$(BENCH_DOWNLOAD_ARGS)" --verify-args="$(BENCH_VERIFY_ARGS)" \
 		--soak-args="$(BENCH_SOAK_ARGS)" \
 		--runtime-args="$(BENCH_RUNTIME_ARGS)" --concurrency-args="$(BENCH_CONCURRENCY_ARGS)" \
-		--gateway-args="$(BENCH_GATEWAY_ARGS)" --placement-args="$(BENCH_PLACEMENT_ARGS)"
+		--gateway-args="$(BENCH_GATEWAY_ARGS)" \
+		--gateway-hostile-args="$(BENCH_GATEWAY_HOSTILE_ARGS)" \
+		--placement-args="$(BENCH_PLACEMENT_ARGS)"
 
 # Verification throughput against this machine's limits, warm and cold; exit 1 below target.
 # Options: make bench-hash BENCH_HASH_ARGS="--total-gib 1 --shards 1" (docs/performance.md).
@@ -121,6 +123,14 @@ bench-runtime: stack
 	$(BIN)/python benchmarks/bench.py gateway $(BENCH_GATEWAY_ARGS) || status=$$?; \
 	$(BIN)/python benchmarks/bench.py placement $(BENCH_PLACEMENT_ARGS) || status=$$?; \
 	exit $$status
+
+# /health of `detserve serve` in front of the tiny CPU container, alone and then while 100 idle and
+# 100 half-sent connections are held and a ~12 KB hostile grammar and a JSON schema with a
+# catastrophic regex pattern are sent again and again (bench_gateway_hostile.py): p50, p99, max;
+# exit 1 when the max under that load is over 100 ms.
+# Options: make bench-gateway BENCH_GATEWAY_HOSTILE_ARGS="--probes 200 --hostile regex".
+bench-gateway: stack
+	$(BIN)/python benchmarks/bench.py gateway-hostile $(BENCH_GATEWAY_HOSTILE_ARGS)
 
 # The documentation site, from docs/ and mkdocs.yml into site/: strict, so a broken link or anchor
 # fails (tests/unit/test_docs_site.py builds it the same way in `make test`). Offline: nothing is

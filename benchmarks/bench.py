@@ -23,8 +23,9 @@ machine, each part's options, exit status and whole record (or why it could not 
 that cannot run does not stop the others.
 
 The runtime part needs the stack (`make stack`: dockerd, the local registry, the vLLM CPU
-image); `make bench` and `make bench-runtime` start it first. Exit status: 0 when every target is
-met, 1 when one is missed, 2 when a benchmark could not run or an option is wrong.
+image); `make bench`, `make bench-runtime` and `make bench-gateway` start it first. Exit status:
+0 when every target is met, 1 when one is missed, 2 when a benchmark could not run or an option
+is wrong.
 """
 
 from __future__ import annotations

@@ -121,14 +121,16 @@ def start_gateway(
     raise BenchError("the gateway did not become healthy in 120 s")
 
 
-def stop_gateway(process: subprocess.Popen[str]) -> None:
+def stop_gateway(process: subprocess.Popen[str]) -> str:
+    """Stop the gateway (SIGINT, then SIGKILL after 60 s); what it wrote on stderr."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
     try:
-        process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.communicate()
+        _, err = process.communicate()
+    return err or ""
 
 
 def run(args: argparse.Namespace) -> Outcome:

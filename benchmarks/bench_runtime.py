@@ -139,7 +139,10 @@ def lock_base_profile(detserve: str) -> None:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on the port now: as servers do (uvicorn, vLLM), with
+    ``SO_REUSEADDR``, so that connections of a run just ended (TIME_WAIT) do not count."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

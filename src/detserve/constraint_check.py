@@ -9,7 +9,10 @@ Python cannot stop a thread, so every compile and check runs in a child process 
 ``multiprocessing`` pool started with ``spawn``, which imports only this module and the
 libraries) and is abandoned at :data:`CHECK_TIMEOUT_S`: the child is terminated and the next
 call starts a new one. The gateway awaits these calls in a worker thread
-(:func:`in_worker`), never on its event loop.
+(:func:`in_worker`), never on its event loop. The child runs :data:`CHILD_NICENESS` steps below
+its parent's CPU priority: a compile or check may take a whole core for the whole limit, and on a
+machine with few cores it must yield the CPU to the process that started it (the gateway's event
+loop, its ``/health``), never compete with it as an equal.
 
 A Lark grammar is self-contained: an ``%import`` (which Lark resolves by reading a file) fails
 the compile. A JSON Schema's references resolve only inside the schema: its ``$ref``
@@ -33,6 +36,7 @@ import atexit
 import functools
 import json
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +45,9 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar
 
 #: wall-clock seconds one compile or check may take, a new child's start-up included
 CHECK_TIMEOUT_S: Final = 10.0
+#: how many steps of CPU priority (``nice``) the child runs below its parent: a hostile check is
+#: background work, never the event loop's equal for a core (benchmarks/bench_gateway_hostile.py)
+CHILD_NICENESS: Final = 10
 #: wall-clock seconds one regex match may take (the ``regex`` package's own limit, inside the
 #: child's): a pattern that backtracks on an output is reported, not waited for
 REGEX_CHECK_TIMEOUT_S: Final = 2.0
@@ -201,10 +208,17 @@ def _accepts_in_child(
 # --- in the parent --------------------------------------------------------------------------
 
 
+def _lower_priority(steps: int) -> None:
+    # In the child, before any work: it inherited its parent's priority.
+    os.nice(steps)
+
+
 def _child() -> Pool:
     global _pool
     if _pool is None:
-        _pool = multiprocessing.get_context("spawn").Pool(1)
+        _pool = multiprocessing.get_context("spawn").Pool(
+            1, initializer=_lower_priority, initargs=(CHILD_NICENESS,)
+        )
         atexit.register(_close, _pool)
     return _pool
 

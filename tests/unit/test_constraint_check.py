@@ -5,6 +5,7 @@ that backtracks or an ambiguous grammar cannot hang detserve (sampling and repla
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Literal
 
@@ -48,6 +49,20 @@ def test_the_child_answers_as_the_libraries_do() -> None:
     verdict, reason = accepts("json_schema", unresolvable, "{}")
     assert verdict is None
     assert "'https://example.invalid/s.json' does not resolve inside the schema" in reason
+
+
+def test_the_child_yields_the_cpu_to_its_parent() -> None:
+    """A compile or check may take a core for its whole limit: the child runs below the
+    gateway's priority, so the event loop (and /health) is not one of two equals on a busy
+    machine (bench_gateway_hostile.py measures what that bought)."""
+    constraint_check.compile_problem("regex", "a")  # the child is up
+    assert constraint_check._pool is not None
+    (child,) = constraint_check._pool._pool  # type: ignore[attr-defined]
+    parent = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(
+        19, parent + constraint_check.CHILD_NICENESS
+    )
+    assert parent < 19  # else nothing here could be lower: the check above would prove nothing
 
 
 @pytest.mark.parametrize(
