@@ -106,7 +106,7 @@ def attest_command(
     Publish the envelope, the run log and the public key; a verifier runs `detserve
     verify-claim`. Exit 0 written; 1 the sidecar or fingerprint is another run's; 2 bad input.
     """
-    from detserve.attest import attest
+    from detserve.attestation import attest
 
     signed = attest(run_log, sidecar, key, output, environment=environment, force=force)
     if json_output:
@@ -145,7 +145,7 @@ def verify_claim_command(
 
     Exit 0 verified; 1 verification failed; 2 a file that is not a key, envelope or run log.
     """
-    from detserve.attest import verify_claim
+    from detserve.attestation import verify_claim
 
     claim = verify_claim(envelope, public_key, run_log)
     if json_output:
@@ -307,7 +307,7 @@ def doctor_command(
     Exit 0 every item passes; 1 any FAIL (an unreachable engine is a FAIL here); 2 bad
     profile; 3 with --host-only when no host item fails: the engine items were NOT RUN.
     """
-    from detserve.doctor import doctor
+    from detserve.doctor_checks import doctor
 
     loaded = load_profile(config)
     if host_only:
