@@ -18,7 +18,7 @@ from pathlib import Path
 
 from detserve.bundle_binding import load_profile_bundle
 from detserve.claim_replay import replay_claim
-from detserve.errors import DetserveError
+from detserve.errors import DetserveError, UsageError
 from detserve.fileio import check_output_dir, check_outputs, write_json_report
 from detserve.fingerprint import EnvironmentFingerprint
 from detserve.fleet import (
@@ -126,8 +126,16 @@ def replay_fleet(
     stop_after: bool = False,
     force: bool = False,
     on_stage: StageSink | None = None,
+    docker_host: str | None = None,
 ) -> FleetReport:
-    """One claim replayed on every node at once (:func:`detserve.api.replay_fleet`)."""
+    """One claim replayed on every node at once (:func:`detserve.api.replay_fleet`); without
+    ``nodes``, one node: the engine ``docker_host`` (or ``DOCKER_HOST``, or the context) names."""
+    if nodes and docker_host is not None:
+        raise UsageError("--docker-host names the one node of a fleet without --node: give one")
+    if not nodes:
+        from detserve.runtime.engine import docker_address
+
+        nodes = [docker_address(docker_host)]
     parsed = [parse_node(text, index) for index, text in enumerate(nodes, start=1)]
     check_nodes(parsed)
     claim = Path(claim)

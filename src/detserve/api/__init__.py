@@ -39,6 +39,7 @@ from detserve.api.claims import (
     verify_claim,
 )
 from detserve.api.container import (
+    container_name,
     logs,
     run,
     run_cluster,
@@ -62,12 +63,14 @@ from detserve.api.gateway import DEFAULT_GATEWAY_PORT, build_gateway, replay_tra
 
 # not public (not in __all__): the benchmarks tune it
 from detserve.api.gateway import DEFAULT_REVERIFY_INTERVAL_S as DEFAULT_REVERIFY_INTERVAL_S
-from detserve.api.profiles import ProfileOptions, config_options, init_profile
+from detserve.api.profiles import ProfileOptions, config_options, init_profile, profile_json_schema
 from detserve.api.reports import (
     check_hash,
     compare_runs,
     evaluate,
     explain,
+    is_transcript,
+    replay_requirements,
     show_run_log,
     show_transcript,
     validate_transcripts,
@@ -112,6 +115,7 @@ __all__ = [
     "check_hash",
     "compare_runs",
     "config_options",
+    "container_name",
     "doctor",
     "download_snapshot",
     "env",
@@ -119,6 +123,7 @@ __all__ = [
     "explain",
     "hash_snapshot",
     "init_profile",
+    "is_transcript",
     "keygen",
     "load_profile",
     "load_prompts",
@@ -126,8 +131,10 @@ __all__ = [
     "lock_model",
     "logs",
     "plan_download",
+    "profile_json_schema",
     "replay",
     "replay_fleet",
+    "replay_requirements",
     "replay_transcript",
     "run",
     "run_cluster",

@@ -242,6 +242,7 @@ def replay_fleet(
     stop_after: bool = False,
     force: bool = False,
     on_stage: StageSink | None = None,
+    docker_host: str | None = None,
 ) -> FleetReport:
     """Replay one claim on several Docker engines at once, and say which agree.
 
@@ -255,6 +256,8 @@ def replay_fleet(
     node samples ``bundle`` and ``bundle_pin`` if given, else its own profile's bundle; each is
     loaded and checked against its profile's model before any node is asked anything. Every node
     requires the claim's bytes the fleet validated (``claim_sha256`` of :func:`replay`).
+    Without ``nodes``, one node: the engine ``docker_host`` (or ``DOCKER_HOST``, or the current
+    Docker context) names; ``docker_host`` with ``nodes`` is refused.
     """
     from detserve.fleet_replay import replay_fleet as replay_core
 
@@ -268,6 +271,7 @@ def replay_fleet(
         stop_after=stop_after,
         force=force,
         on_stage=on_stage,
+        docker_host=docker_host,
     )
 
 

@@ -212,3 +212,10 @@ def logs(
 
     loaded = load_profile(config)
     return lifecycle.logs(loaded, follow=follow, tail=tail, engine=engine_at(engine, docker_host))
+
+
+def container_name(config: ProfileLike) -> str:
+    """The name of the profile's container (what ``docker ps`` shows)."""
+    from detserve.runtime.container_spec import container_name as name_of
+
+    return name_of(load_profile(config).profile)

@@ -116,15 +116,20 @@ class HostOnlyEnvironment:
     profile: Path
     host: HostFacts
 
-    def as_json(self) -> dict[str, object]:
+    @property
+    def engine_reason(self) -> str:
+        """Why the engine's half is missing."""
         from detserve.doctor_facts import HOST_ONLY
 
+        return HOST_ONLY
+
+    def as_json(self) -> dict[str, object]:
         return {
             "ok": False,
             "host_only": True,
             "profile": str(self.profile),
             "host": self.host.as_json(),
-            "engine": {"run": False, "reason": HOST_ONLY},
+            "engine": {"run": False, "reason": self.engine_reason},
             "fingerprint": None,
         }
 

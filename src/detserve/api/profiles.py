@@ -89,3 +89,10 @@ def init_profile(
             hf_home=Path(hf_home) if hf_home is not None else None,
         )
     )
+
+
+def profile_json_schema() -> dict[str, object]:
+    """The JSON Schema of a profile (committed as docs/profile.schema.json)."""
+    from detserve.profile import profile_json_schema as schema
+
+    return schema()

@@ -18,7 +18,7 @@ from detserve.fileio import check_outputs
 if TYPE_CHECKING:
     from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
     from detserve.evaluation.explain import ExplainedReport
-    from detserve.runlog import RunLogSummary
+    from detserve.runlog import RunLogHeader, RunLogSummary
     from detserve.runlog.series import TranscriptSeries
     from detserve.runlog.transcript import TranscriptSummary
 
@@ -183,3 +183,20 @@ def write_json_report(path: Path, document: dict[str, object], *, force: bool) -
     from detserve.fileio import write_json_report as write_report
 
     write_report(path, document, force=force)
+
+
+def is_transcript(path: Path | str) -> bool:
+    """Whether ``path`` begins with a gateway transcript's header (nothing else is checked: the
+    show and replay functions validate the whole file); a file that cannot be read is not one."""
+    from detserve.runlog.transcript import is_transcript as is_transcript_core
+
+    return is_transcript_core(Path(path))
+
+
+def replay_requirements(header: RunLogHeader) -> list[tuple[str, str]]:
+    """What a verifier's profile must hold for :func:`replay` to accept a claim with this
+    header (``show_run_log(path).header``): (profile field, required value), the claim's pins
+    translated into the profile fields and files that produce them."""
+    from detserve.replay_plan import replay_requirements as requirements
+
+    return requirements(header)

@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from detserve.api._common import ProfileLike, load_profile
+
+# what `download` fetches and how many at once unless told otherwise (the CLI's help says them)
+from detserve.download import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
+from detserve.download import DEFAULT_INCLUDE as DEFAULT_INCLUDE
+from detserve.download import DEFAULT_WORKERS as DEFAULT_WORKERS
 from detserve.errors import UsageError
 from detserve.fileio import check_outputs
+
+# what `verify` returns with a publisher's signature (the CLI shows its signature)
+from detserve.signed_snapshot import SignedVerifyReport as SignedVerifyReport
 
 if TYPE_CHECKING:
     from detserve.download import DownloadObserver, DownloadPlan, DownloadResult
@@ -247,8 +255,8 @@ class _DownloadInputs:
 
         loaded = load_profile(config)
         loaded.require_pins(("model.revision",))
-        chosen = tuple(include) if include is not None else room.DEFAULT_INCLUDE
-        left_out = tuple(exclude) if exclude is not None else room.DEFAULT_EXCLUDE
+        chosen = tuple(include) if include is not None else DEFAULT_INCLUDE
+        left_out = tuple(exclude) if exclude is not None else DEFAULT_EXCLUDE
         room.check_patterns(chosen, left_out)
         token = room.token_from(Path(secrets_file) if secrets_file is not None else None)
         return cls(loaded, hub_endpoint(endpoint), token, chosen, left_out)
@@ -312,7 +320,7 @@ def download_snapshot(
         token=what.token,
         include=what.include,
         exclude=what.exclude,
-        workers=workers or room.DEFAULT_WORKERS,
+        workers=workers or DEFAULT_WORKERS,
         observer=observer,
     )
 
