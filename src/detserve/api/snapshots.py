@@ -7,29 +7,44 @@ paths (or a loaded profile), calls the room that does the work (:mod:`detserve.s
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from detserve.api._common import ProfileLike, load_profile
-
-# what `download` fetches and how many at once unless told otherwise (the CLI's help says them)
-from detserve.download import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
-from detserve.download import DEFAULT_INCLUDE as DEFAULT_INCLUDE
-from detserve.download import DEFAULT_WORKERS as DEFAULT_WORKERS
 from detserve.errors import UsageError
 from detserve.fileio import check_outputs
 
-# what `verify` returns with a publisher's signature (the CLI shows its signature)
-from detserve.signed_snapshot import SignedVerifyReport as SignedVerifyReport
-
 if TYPE_CHECKING:
+    # the defaults and SignedVerifyReport are served by __getattr__ below, on first use
+    from detserve.download import DEFAULT_EXCLUDE as DEFAULT_EXCLUDE
+    from detserve.download import DEFAULT_INCLUDE as DEFAULT_INCLUDE
+    from detserve.download import DEFAULT_WORKERS as DEFAULT_WORKERS
     from detserve.download import DownloadObserver, DownloadPlan, DownloadResult
     from detserve.locks import LockResult
     from detserve.profile import LoadedProfile
+    from detserve.signed_snapshot import SignedVerifyReport as SignedVerifyReport
     from detserve.signed_statement import SignedModel
     from detserve.snapshot import VerifyReport
+
+
+#: what ``download`` fetches, leaves out and fetches at once unless told otherwise (the CLI's help
+#: says them), and what ``verify`` returns with a publisher's signature: imported when first asked
+#: for, so that ``import detserve.api`` stays light
+_LAZY = {
+    "DEFAULT_EXCLUDE": "detserve.download",
+    "DEFAULT_INCLUDE": "detserve.download",
+    "DEFAULT_WORKERS": "detserve.download",
+    "SignedVerifyReport": "detserve.signed_snapshot",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class BytesObserver(Protocol):
@@ -255,8 +270,8 @@ class _DownloadInputs:
 
         loaded = load_profile(config)
         loaded.require_pins(("model.revision",))
-        chosen = tuple(include) if include is not None else DEFAULT_INCLUDE
-        left_out = tuple(exclude) if exclude is not None else DEFAULT_EXCLUDE
+        chosen = tuple(include) if include is not None else room.DEFAULT_INCLUDE
+        left_out = tuple(exclude) if exclude is not None else room.DEFAULT_EXCLUDE
         room.check_patterns(chosen, left_out)
         token = room.token_from(Path(secrets_file) if secrets_file is not None else None)
         return cls(loaded, hub_endpoint(endpoint), token, chosen, left_out)
@@ -320,7 +335,7 @@ def download_snapshot(
         token=what.token,
         include=what.include,
         exclude=what.exclude,
-        workers=workers or DEFAULT_WORKERS,
+        workers=workers or room.DEFAULT_WORKERS,
         observer=observer,
     )
 
