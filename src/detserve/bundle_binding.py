@@ -26,19 +26,24 @@ manifest bytes they verify the snapshot against next (read once:
 :class:`~detserve.snapshot_state.PinnedManifest`), before they ask the engine: the snapshot
 passes only with exactly those digests, so the identity compared is the verified one even if
 the manifest file changed in between.
+
+Whether the bundle fits the profile's server (:func:`prompts_within_budget`): every prompt taken,
+with the tokens asked, within ``max_model_len``, and a constrained prompt only with a pinned
+structured-outputs backend; ``sample`` and ``check`` both ask it before any work.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from detserve.canonical import canonical_bytes
-from detserve.errors import BundleModelMismatch, UnpinnedError, bounded
+from detserve.errors import BundleModelMismatch, UnpinnedError, UsageError, bounded
 from detserve.manifest import load_manifest
 from detserve.profile import LoadedProfile
-from detserve.prompts import TOKENIZER_FILES, PromptBundle, TokenizerPin, load_bundle
+from detserve.prompts import PROMPTS_FILE, TOKENIZER_FILES, PromptBundle, TokenizerPin, load_bundle
+from detserve.requests import PromptRecord
 
 #: a bundle-side value (from bundle.json, not validated) is shown at most this long
 _SHOWN = 200
@@ -179,3 +184,34 @@ def require_bundle_tokenizer(
             "model (`detserve prompts bootstrap --config ...`), or use the profile the bundle "
             "was measured on",
         )
+
+
+def prompts_within_budget(
+    loaded: LoadedProfile, bundle: PromptBundle, n_prompts: int | None, max_tokens: int
+) -> Sequence[PromptRecord]:
+    """The first ``n_prompts`` of the bundle; a usage error, naming the first five, when any of
+    them with ``max_tokens`` more would not fit the server's ``max_model_len``, or naming the
+    first constrained line when the profile pins no structured-outputs backend (vLLM would pick
+    one per request: an unpinned input). ``sample`` and ``check`` both ask it."""
+    prompts = bundle.take(n_prompts)
+    limit = loaded.profile.vllm.max_model_len
+    too_long = [p.id for p in prompts if p.n_tokens + max_tokens > limit]
+    if too_long:
+        raise UsageError(
+            f"{len(too_long)} prompt(s) plus --max-tokens {max_tokens} exceed "
+            f"max_model_len {limit}: {', '.join(too_long[:5])}"
+        )
+    constrained = [
+        (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
+    ]
+    if constrained and loaded.profile.vllm.structured_outputs is None:
+        line, prompt = constrained[0]
+        assert prompt.constraint is not None
+        raise UsageError(
+            f"{bundle.path / PROMPTS_FILE}:{line} ({prompt.id}): a {prompt.constraint.kind} "
+            f"constraint needs a pinned structured-outputs backend; profile {loaded.path} sets "
+            f"none ({len(constrained)} constrained line(s))",
+            hint="set vllm.structured_outputs.backend (xgrammar, guidance or outlines); vLLM's "
+            "'auto' picks a backend per request and is not a pin",
+        )
+    return prompts

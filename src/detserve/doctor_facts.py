@@ -3,9 +3,10 @@ against its manifest, this host's clock and GPUs, what the engine says), and the
 line of its checklist (:class:`CheckItem`).
 
 :func:`gather_facts` turns every failure into a fact, never an exception, so that each item of
-the checklist (:mod:`detserve.doctor`) can say what it could not see. The running container is
-compared with the pins by the binding itself (:func:`~detserve.runtime.binding.binding_mismatches`,
-what ``sample`` refuses a container for), with the manifest the doctor just verified.
+the checklist (:mod:`detserve.doctor_checks`) can say what it could not see. The running
+container is compared with the pins by the binding itself
+(:func:`~detserve.runtime.binding.binding_mismatches`, what ``sample`` refuses a container
+for), with the manifest the doctor just verified.
 
 The host half (``--host-only``: ``connect`` is None) asks no engine and imports nothing of the
 Docker SDK: its engine facts say they were not gathered (:attr:`EngineFacts.not_run`), never that

@@ -1,6 +1,6 @@
 """The checklist's GPU items: batch-invariant mode, compute capability, GPUs under a CPU profile.
 
-Pure functions of ``(profile, facts)`` like every item of :data:`detserve.doctor.CHECKS`; the
+Pure functions of ``(profile, facts)`` like every item of :data:`detserve.doctor_checks.CHECKS`; the
 GPUs are what ``nvidia-smi`` listed (:mod:`detserve.host_facts`), so these run in the host half
 (``--host-only``) too.
 

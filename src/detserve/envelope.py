@@ -1,6 +1,6 @@
 """DSSE envelopes and the JSON documents of evidence, read strictly and verified in linear time.
 
-A signed claim (:mod:`detserve.attest`) and a concurrency certificate
+A signed claim (:mod:`detserve.attestation`) and a concurrency certificate
 (:mod:`detserve.certificate`) are each a DSSE v1 envelope: ``{payload, payloadType,
 signatures: [{keyid, sig}]}``, every signature over DSSE's pre-authentication encoding (PAE) of
 the payload and its type. Signing goes through securesystemslib (its ``Envelope``, its signers);

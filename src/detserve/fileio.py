@@ -387,3 +387,11 @@ def atomic_writer(path: Path, *, force: bool, mode: int = 0o644) -> Iterator[IO[
 def atomic_write_bytes(path: Path, data: bytes, *, force: bool) -> None:
     with atomic_writer(path, force=force) as handle:
         handle.write(data)
+
+
+def write_json_report(path: Path, document: dict[str, object], *, force: bool) -> None:
+    """A JSON report for people and machines (indented, sorted keys), written atomically."""
+    import json
+
+    text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"), force=force)

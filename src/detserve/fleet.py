@@ -3,10 +3,10 @@
 A node is a Docker engine (``--node unix:///run/node2/docker.sock``, ``tcp://host:2376``,
 ``ssh://user@host``), optionally with its own profile (``,config=PATH``: the same pins under
 another port or path) and name (``,name=LABEL``). Each node replays the claim in its own thread
-(:func:`detserve.api.replay` against that engine); the fleet then says, per node, whether its
-run log is the claim byte for byte, and how its environment fingerprint differs from the
-reference node's (the first that replayed the claim identically), ranked by root-cause category
-(:mod:`detserve.root_causes`).
+(:func:`detserve.claim_replay.replay_claim` against that engine); the fleet then says, per
+node, whether its run log is the claim byte for byte, and how its environment fingerprint
+differs from the reference node's (the first that replayed the claim identically), ranked by
+root-cause category (:mod:`detserve.root_causes`).
 
 Invariants: every node replays the same claim; the verdict of each node is its own replay's
 (nothing here relaxes it); only a fleet whose every node is IDENTICAL is ok. A node that
@@ -16,7 +16,7 @@ node's own exit code, naming it. A node whose replay was refused before it ran (
 is still fingerprinted, so that the difference that refused it is shown.
 
 Nothing here prints, connects or starts anything: :func:`run_fleet` is given the function that
-replays one node (the API's, or a test's).
+replays one node (:mod:`detserve.fleet_replay`'s, or a test's).
 """
 
 from __future__ import annotations

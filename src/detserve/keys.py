@@ -2,7 +2,7 @@
 
 Ed25519 (the default) or ECDSA P-256, as PKCS#8 PEM (private, mode 0600) and SubjectPublicKeyInfo
 PEM (public), through ``cryptography`` and securesystemslib's signer. Signed claims
-(:mod:`detserve.attest`) and concurrency certificates (:mod:`detserve.certificate`) use them.
+(:mod:`detserve.attestation`) and concurrency certificates (:mod:`detserve.certificate`) use them.
 
 Invariants:
 

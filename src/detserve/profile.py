@@ -430,8 +430,11 @@ def parse_profile(data: bytes, *, source: str) -> Profile:
         ) from exc
 
 
-def load_profile(path: Path) -> LoadedProfile:
-    """Load and validate a profile. Pins may still be null (see ``require_pins``)."""
+def load_profile(path: Path | str | LoadedProfile) -> LoadedProfile:
+    """Load and validate a profile (one already loaded is returned as it is). Pins may still be
+    null (see ``require_pins``)."""
+    if isinstance(path, LoadedProfile):
+        return path
     path = Path(path)
     data = read_input(path, what="profile", cap=MAX_PROFILE_BYTES, error=ProfileError)
     profile = parse_profile(data, source=str(path))

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from detserve._version import __version__
-from detserve.bundle_binding import require_bundle_tokenizer
+from detserve.bundle_binding import prompts_within_budget, require_bundle_tokenizer
 from detserve.canonical import canonical_bytes
 from detserve.certificate import (
     VerifiedCertificate,
@@ -43,10 +43,9 @@ from detserve.certificate import (
     require_coverage,
     verify_certificate,
 )
-from detserve.errors import Divergence, PinMismatch, ServerError, UsageError
+from detserve.errors import Divergence, ServerError, UsageError
 from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
-from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PROMPTS_FILE, PromptBundle
 from detserve.requests import (
@@ -59,12 +58,10 @@ from detserve.runlog import RunLogWriter
 from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines
 from detserve.runtime.cluster_run import verify_nodes
 from detserve.runtime.engine import ContainerEngine
-from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
-from detserve.runtime.smoke import check_served_model
 from detserve.snapshot import VerifyReport
-from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
-from detserve.verified import bound_server
+from detserve.snapshot_state import PinnedManifest, verify_in_lifetime
+from detserve.verified import check_same_manifest, opened_server, verified_server
 
 
 @dataclass(frozen=True)
@@ -143,16 +140,6 @@ class CheckedRequest:
 SampleProgress = Callable[[int, int], None]
 
 
-def _check_same_manifest(first: str, final: str, loaded: LoadedProfile) -> None:
-    # The log names one manifest: the snapshot must have verified against that same manifest at
-    # the end as at the start, or the run straddles two trust roots.
-    if final != first:
-        raise PinMismatch(
-            f"the manifest {loaded.manifest_path} changed during the run; no run log was written",
-            details=[f"at start: sha256 {first}", f"at end:   sha256 {final}"],
-        )
-
-
 def audit_indices(n_samples: int, fraction: float, seed: int) -> tuple[int, ...]:
     """The samples an audit re-samples: ``ceil(fraction * n)`` of them, seeded, ascending."""
     if fraction <= 0:
@@ -161,37 +148,6 @@ def audit_indices(n_samples: int, fraction: float, seed: int) -> tuple[int, ...]
     # Not for secrecy: the subset is reproducible from the seed the sidecar records.
     chooser = random.Random(f"detserve-audit:{seed}")  # noqa: S311
     return tuple(sorted(chooser.sample(range(n_samples), count)))
-
-
-def prompts_within_budget(
-    loaded: LoadedProfile, bundle: PromptBundle, n_prompts: int | None, max_tokens: int
-) -> Sequence[PromptRecord]:
-    """The first ``n_prompts`` of the bundle; a usage error, naming the first five, when any of
-    them with ``max_tokens`` more would not fit the server's ``max_model_len``, or naming the
-    first constrained line when the profile pins no structured-outputs backend (vLLM would pick
-    one per request: an unpinned input). ``sample`` and ``check`` both ask it."""
-    prompts = bundle.take(n_prompts)
-    limit = loaded.profile.vllm.max_model_len
-    too_long = [p.id for p in prompts if p.n_tokens + max_tokens > limit]
-    if too_long:
-        raise UsageError(
-            f"{len(too_long)} prompt(s) plus --max-tokens {max_tokens} exceed "
-            f"max_model_len {limit}: {', '.join(too_long[:5])}"
-        )
-    constrained = [
-        (line, prompt) for line, prompt in enumerate(prompts, start=1) if prompt.constraint
-    ]
-    if constrained and loaded.profile.vllm.structured_outputs is None:
-        line, prompt = constrained[0]
-        assert prompt.constraint is not None
-        raise UsageError(
-            f"{bundle.path / PROMPTS_FILE}:{line} ({prompt.id}): a {prompt.constraint.kind} "
-            f"constraint needs a pinned structured-outputs backend; profile {loaded.path} sets "
-            f"none ({len(constrained)} constrained line(s))",
-            hint="set vllm.structured_outputs.backend (xgrammar, guidance or outlines); vLLM's "
-            "'auto' picks a backend per request and is not a pin",
-        )
-    return prompts
 
 
 def check_request(
@@ -295,23 +251,22 @@ def sample(
     # nothing is sent. Checked before the engine is asked.
     require_bundle_tokenizer(bundle, loaded, manifest.digests())
     # the container (every node's) is compared with the manifest bytes verified next
-    container, watch, ray = bound_server(loaded, engine, nodes, manifest.sha256)
-    lifetime = lifetime_of(container)
-    report = verify_in_lifetime(
-        loaded.snapshot_dir,
+    bound = verified_server(
+        loaded,
+        engine,
         manifest,
-        lifetime,
-        full=request.full_verify,
+        nodes=nodes,
+        full_verify=request.full_verify,
         progress=verify_progress,
     )
-    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
+    container, watch, lifetime, report = bound.container, bound.watch, bound.lifetime, bound.report
     environment = fingerprint() if fingerprint is not None else None
     profile = loaded.profile
-    url = server_url(loaded, engine, container)  # the bound container's, never a stand-in's
-    with VllmServer(url, model=profile.vllm.served_model_name) as server:
-        check_served_model(loaded, server)
-        run_pins = pins.run_pins(
-            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+    with opened_server(loaded, bound.url) as (server, vllm_version):
+        run_pins = bound.pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256,
+            vllm_version=vllm_version,
+            ray_version=bound.ray_version,
         )
         if certificate is not None:
             require_coverage(
@@ -388,7 +343,7 @@ def sample(
                 full=request.full_verify,
                 progress=verify_progress,
             )
-            _check_same_manifest(report.manifest_sha256, final.manifest_sha256, loaded)
+            check_same_manifest(report.manifest_sha256, final.manifest_sha256, loaded)
             if isinstance(watch, ClusterWatch):
                 assert nodes is not None
                 verify_nodes(loaded, nodes, watch.bound)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from detserve import api
-from detserve.attest import ClaimError, ClaimPinMismatch, SubjectMismatch, verify_claim
+from detserve.attestation import ClaimError, ClaimPinMismatch, SubjectMismatch, verify_claim
 from detserve.envelope import SignatureError
 from detserve.errors import ChainBroken, DetserveError, UsageError
 from detserve.evaluation import DeterminismReport

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from securesystemslib.dsse import Envelope
 
-from detserve.attest import (
+from detserve.attestation import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     ClaimPinMismatch,

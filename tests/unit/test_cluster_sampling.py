@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from detserve import identity_watch, sampling
+from detserve import identity_watch, verified
 from detserve.errors import ContainerError, DetserveError, RunLogError, SnapshotMismatch
 from detserve.pins import pin_differences, profile_pins
 from detserve.profile import LoadedProfile, load_profile
@@ -84,7 +84,7 @@ def rig(
         loaded = load_profile(loaded.path)
         engines, _ = node_engines(tiny_workspace.manifest)
         cluster_run.start(loaded, engines, manifest=manifest_sha256(loaded))
-        monkeypatch.setattr(sampling, "VllmServer", functools.partial(VllmServer, sleep=print))
+        monkeypatch.setattr(verified, "VllmServer", functools.partial(VllmServer, sleep=print))
         monkeypatch.setattr(identity_watch, "IDENTITY_CHECK_INTERVAL_S", 0.0)
         (tmp_path / "out").mkdir()
         yield ClusterRig(loaded, engines, tmp_path / "out", fake)

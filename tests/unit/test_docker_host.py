@@ -177,9 +177,9 @@ def test_without_either_the_current_docker_context_names_the_engine(
 
 
 def test_an_engine_and_a_host_together_are_refused() -> None:
-    from detserve.api import _engine
+    from detserve.runtime.connect import engine_for
     from detserve.runtime.engine import DockerEngine
 
     engine = DockerEngine(client=None, address="x")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
-        _engine(engine, "unix:///run/n2.sock")
+        engine_for(engine, "unix:///run/n2.sock")

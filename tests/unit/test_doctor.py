@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from detserve.doctor import (
+from detserve.doctor_checks import (
     CHECKS,
     DoctorEngine,
     DoctorFacts,
@@ -306,7 +306,7 @@ def test_doctor_json_and_exit_codes(
     loaded = load_profile(config)
     engine = FakeDoctorEngine(loaded, clock=datetime.now(UTC))
     monkeypatch.setattr("detserve.runtime.probe.DockerProbe.from_env", lambda: engine)
-    monkeypatch.setattr("detserve.doctor.read_gpu_host", lambda: NO_GPU)
+    monkeypatch.setattr("detserve.doctor_checks.read_gpu_host", lambda: NO_GPU)
     ran = cli("doctor", "--config", config, "--json")
     assert ran.code == 0, ran
     report = json.loads(ran.out)
@@ -330,7 +330,7 @@ def test_doctor_reports_an_unreachable_engine_as_a_failed_item(
         raise EngineError("the container engine at unix:///nowhere does not answer")
 
     monkeypatch.setattr("detserve.runtime.probe.DockerProbe.from_env", unreachable)
-    monkeypatch.setattr("detserve.doctor.read_gpu_host", lambda: NO_GPU)
+    monkeypatch.setattr("detserve.doctor_checks.read_gpu_host", lambda: NO_GPU)
     ran = cli("doctor", "--config", config, "--json")
     assert ran.code == 1, ran
     items = {item["name"]: item for item in json.loads(ran.out)["items"]}

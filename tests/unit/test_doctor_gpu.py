@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from detserve.doctor import DoctorEngine, gather_facts, run_checks
+from detserve.doctor_checks import DoctorEngine, gather_facts, run_checks
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_VERIFICATION
 from detserve.host_facts import NO_NVIDIA_SMI, GpuHost
 from detserve.profile import LoadedProfile, load_profile
@@ -171,7 +171,7 @@ def test_doctor_host_only_exit_codes(
     code: int,
 ) -> None:
     config = pinned_profile(tiny_workspace)
-    monkeypatch.setattr("detserve.doctor.read_gpu_host", lambda: gpu)
+    monkeypatch.setattr("detserve.doctor_checks.read_gpu_host", lambda: gpu)
     monkeypatch.setattr("detserve.runtime.probe.DockerProbe.from_env", _no_engine)
     ran = cli("doctor", "--config", config, "--host-only", "--json")
     assert ran.code == code, ran.text

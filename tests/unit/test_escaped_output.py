@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from detserve.attest import attest
+from detserve.attestation import attest
 from detserve.canonical import canonical_bytes
 from detserve.keys import generate_key_pair
 from detserve.runlog.models import TranscriptHeader

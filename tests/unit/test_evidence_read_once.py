@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from detserve import api, attest
+from detserve import api, attestation, fleet_replay, sampling_session
 from detserve.errors import EXIT_VERIFICATION, EvidenceChanged, PinMismatch
 from detserve.fleet import FAILED
 from detserve.runlog import write_run_log
-from detserve.runtime import lifecycle
+from detserve.runtime import connect, lifecycle
 from detserve.sampling import SampleRequest, SampleSummary
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace, sha256_hex
@@ -50,14 +50,14 @@ def test_a_header_read_from_another_file_than_the_one_hashed_is_refused(
     cli: CliRunner,
 ) -> None:
     forged = _another_log_with_the_same_header(claim.run_log, tmp_path / "forged.runlog.jsonl")
-    hashed = attest.run_log_sha256
+    hashed = attestation.run_log_sha256
 
     def hash_then_swap(path: Path) -> str:
         digest = hashed(path)
         shutil.copyfile(forged, path)  # after the subject's hash matched, before the header
         return digest
 
-    monkeypatch.setattr(attest, "run_log_sha256", hash_then_swap)
+    monkeypatch.setattr(attestation, "run_log_sha256", hash_then_swap)
     ran = cli(*claim.verify_args())
     assert ran.code == EXIT_VERIFICATION, ran.text
     assert "VERIFIED" not in ran.out
@@ -104,7 +104,7 @@ def _replay_sampling(
             after(request)
         return summary
 
-    monkeypatch.setattr(api, "_sample_observed", sample)
+    monkeypatch.setattr(sampling_session, "sample_observed", sample)
     return requests
 
 
@@ -171,14 +171,14 @@ def test_a_signed_claim_swapped_after_its_signature_is_refused_before_anything_r
     claim_log = run_log_claim(config, tmp_path / "claim.runlog.jsonl")
     forged = _another_log_with_the_same_header(claim_log, tmp_path / "forged.runlog.jsonl")
     requests = _replay_sampling(monkeypatch, claim_log)
-    verified = attest.verify_claim
+    verified = attestation.verify_claim
 
     def verify_then_swap(envelope: Path, key: Path, run_log: Path) -> Any:
         attested = verified(envelope, key, run_log)
         shutil.copyfile(forged, run_log)  # between the signature's check and the plan
         return attested
 
-    monkeypatch.setattr(attest, "verify_claim", verify_then_swap)
+    monkeypatch.setattr(attestation, "verify_claim", verify_then_swap)
     sidecar = tmp_path / "claim.sidecar.json"
     sidecar.write_text(json.dumps({"run_log_sha256": sha256_hex(claim_log.read_bytes())}))
     environment = tmp_path / "claim.env.json"
@@ -220,7 +220,7 @@ def test_every_fleet_node_requires_the_claim_the_fleet_validated(
     def no_fingerprint(*args: Any) -> Any:
         raise PinMismatch("no fingerprint in this test")
 
-    monkeypatch.setattr(api, "replay", node_replay)
+    monkeypatch.setattr(fleet_replay, "replay_claim", node_replay)
     monkeypatch.setattr("detserve.fingerprint.environment_fingerprint", no_fingerprint)
     monkeypatch.setattr(
         "detserve.runtime.engine.DockerEngine.from_env",
@@ -244,7 +244,7 @@ def test_the_swap_is_refused_through_the_command_line_as_exit_1(
     claim_log = run_log_claim(config, tmp_path / "claim.runlog.jsonl")
     answered = _another_log_with_the_same_header(claim_log, tmp_path / "answered.runlog.jsonl")
     _replay_sampling(monkeypatch, answered, after=lambda _: shutil.copyfile(answered, claim_log))
-    monkeypatch.setattr(api, "_engine", lambda engine, host=None: NoEngine())
+    monkeypatch.setattr(connect, "engine_for", lambda engine, host=None: NoEngine())
     ran = cli(
         "replay",
         "--claim",

@@ -39,7 +39,7 @@ def as_on_the_gpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """nvidia-smi answers what it answered there; no engine may be asked."""
     monkeypatch.chdir(REPO_ROOT)  # the capture names the profiles by their relative paths
     monkeypatch.setattr("detserve.host_facts.read_gpu_host", lambda: CAPTURED)
-    monkeypatch.setattr("detserve.doctor.read_gpu_host", lambda: CAPTURED)
+    monkeypatch.setattr("detserve.doctor_checks.read_gpu_host", lambda: CAPTURED)
     monkeypatch.setattr("detserve.runtime.probe.DockerProbe.from_env", _no_engine)
 
 

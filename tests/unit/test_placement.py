@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from detserve import api
 from detserve.errors import EXIT_ENVIRONMENT, ContainerError
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import build_container_spec
@@ -26,6 +25,7 @@ from detserve.runtime.placement import (
     parse_placement_output,
     place,
 )
+from detserve.sampling_session import lay_out
 
 from .committed import TinyWorkspace
 from .containers import faithful_container, pinned_image
@@ -292,6 +292,6 @@ def test_a_command_lays_the_container_out_for_its_concurrency(
     loaded = load_profile(tiny_workspace.config)
     spec = build_container_spec(loaded)
     engine = _BoundEngine(faithful_container(spec), pinned_image(spec))
-    placement = api._lay_out(loaded, engine, concurrency)  # type: ignore[arg-type]
+    placement = lay_out(loaded, engine, concurrency)  # type: ignore[arg-type]
     assert [call[2] for call in engine.calls] == scripts
     assert (placement is None) == (not scripts)

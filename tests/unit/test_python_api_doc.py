@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import inspect
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 import detserve
 from detserve import api
@@ -42,25 +47,35 @@ def test_every_public_function_is_documented_and_re_exported() -> None:
             assert inspect.getdoc(value), f"detserve.{name} has no docstring"
 
 
+def _face_modules() -> list[ModuleType]:
+    """Every module of the face's package, :mod:`detserve.api` itself and each family."""
+    names = [info.name for info in pkgutil.iter_modules(api.__path__, prefix="detserve.api.")]
+    assert {"detserve.api.snapshots", "detserve.api.claims"} <= set(names)
+    return [api, *(importlib.import_module(name) for name in names)]
+
+
 def test_the_list_names_every_public_function_and_class_of_the_api() -> None:
-    # detserve.api.__all__ is taken from detserve._public: a function or class added to the API
+    # detserve.api.__all__ is the one list: a function or class added to a family of the face
     # but not to that list would be neither re-exported nor documented.
     defined = {
         name
-        for name, value in vars(api).items()
+        for module in _face_modules()
+        for name, value in vars(module).items()
         if not name.startswith("_")
         and (inspect.isfunction(value) or inspect.isclass(value))
-        and value.__module__ == api.__name__
+        and value.__module__ == module.__name__
     }
     assert defined - set(api.__all__) == set()
+    assert len(api.__all__) == len(set(api.__all__)), "a name listed twice"
     assert set(detserve.__all__) - set(api.__all__) == {"DetserveError", "__version__"}
     for name in detserve.__all__:
         assert hasattr(detserve, name), name
 
 
 def test_type_checkers_see_the_same_names_as_the_runtime() -> None:
-    # The names detserve/__init__.py imports under TYPE_CHECKING are what mypy and IDEs see as
-    # detserve.X; __getattr__ serves the list at run time. Neither may name what the other lacks.
+    # What detserve/__init__.py imports under TYPE_CHECKING is what mypy and IDEs see as
+    # detserve.X: a star import of the face, which re-exports exactly detserve.api.__all__, the
+    # list __getattr__ serves at run time; nothing else but the error base.
     tree = ast.parse(Path(detserve.__file__).read_text(encoding="utf-8"))
     (block,) = (
         node
@@ -68,12 +83,16 @@ def test_type_checkers_see_the_same_names_as_the_runtime() -> None:
         if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
     )
     typed = {
-        alias.asname or alias.name
+        (node.module, alias.name, alias.asname)
         for node in block.body
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    assert typed == set(detserve.__all__) - {"__version__"}
+    assert typed == {
+        ("detserve.api", "*", None),
+        ("detserve.errors", "DetserveError", "DetserveError"),
+    }
+    assert all(isinstance(node, ast.ImportFrom) for node in block.body)
 
 
 def test_help_documents_sample() -> None:
@@ -87,9 +106,11 @@ def test_help_documents_sample() -> None:
     assert "Sample the pinned prompt bundle" in shown.stdout
 
 
-def test_importing_detserve_imports_no_heavy_dependency() -> None:
+@pytest.mark.parametrize("module", ["detserve", "detserve.api"])
+def test_importing_detserve_imports_no_heavy_dependency(module: str) -> None:
+    # the face too: every command imports it, and `hash` and `verify` pay for their start-up
     probe = (
-        "import sys, detserve; "
+        f"import sys, {module}; "
         "print(sorted(m for m in ('docker', 'httpx', 'pydantic', 'rich') if m in sys.modules))"
     )
     shown = subprocess.run(

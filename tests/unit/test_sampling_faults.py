@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from detserve import identity_watch, sampling, snapshot_state
+from detserve import identity_watch, sampling, snapshot_state, verified
 from detserve.errors import (
     ContainerError,
     DetserveError,
@@ -237,7 +237,7 @@ def _rig(
     container = faithful_container(spec)
     sleeps: list[float] = []
     # The sampler's own client, with the documented retry policy; its waits are recorded.
-    monkeypatch.setattr(sampling, "VllmServer", functools.partial(VllmServer, sleep=sleeps.append))
+    monkeypatch.setattr(verified, "VllmServer", functools.partial(VllmServer, sleep=sleeps.append))
     yield Rig(
         loaded=loaded,
         bundle=bundle,
@@ -331,7 +331,7 @@ def test_a_4xx_is_never_retried(rig: Rig, status: int) -> None:
 
 def test_a_timeout_is_retried_then_fails(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        sampling,
+        verified,
         "VllmServer",
         functools.partial(VllmServer, timeout_s=0.3, sleep=rig.sleeps.append),
     )

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 
-from detserve import __version__
+from detserve._version import __version__
 from detserve.cli.catalog import COMMANDS, ROOT_HELP
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, DetserveError, bounded, bounded_lines
 

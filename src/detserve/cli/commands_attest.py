@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,7 +11,9 @@ from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, DockerHostOption
 from detserve.cli.output import JsonOption, emit_json, result, say
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_VERIFICATION, bounded
-from detserve.profile import load_profile
+
+if TYPE_CHECKING:
+    from detserve.api import HostOnlyEnvironment
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 HostOnlyOption = Annotated[
@@ -47,12 +49,9 @@ def keygen_command(
         detserve keygen --output-dir keys/
         detserve keygen --output-dir keys/ --algorithm ecdsa-p256 --name operator
     """
-    from detserve.errors import UsageError
-    from detserve.keys import ALGORITHMS, generate_key_pair
+    from detserve import api
 
-    if algorithm not in ALGORITHMS:
-        raise UsageError(f"--algorithm {algorithm!r}: choose {' or '.join(ALGORITHMS)}")
-    pair = generate_key_pair(output_dir, algorithm=algorithm, name=name)
+    pair = api.keygen(output_dir, algorithm=algorithm, name=name)
     if json_output:
         emit_json(pair.as_json())
         return
@@ -106,9 +105,9 @@ def attest_command(
     Publish the envelope, the run log and the public key; a verifier runs `detserve
     verify-claim`. Exit 0 written; 1 the sidecar or fingerprint is another run's; 2 bad input.
     """
-    from detserve.attest import attest
+    from detserve import api
 
-    signed = attest(run_log, sidecar, key, output, environment=environment, force=force)
+    signed = api.attest(run_log, sidecar, key, output, environment=environment, force=force)
     if json_output:
         emit_json(signed.as_json())
         return
@@ -145,9 +144,9 @@ def verify_claim_command(
 
     Exit 0 verified; 1 verification failed; 2 a file that is not a key, envelope or run log.
     """
-    from detserve.attest import verify_claim
+    from detserve import api
 
-    claim = verify_claim(envelope, public_key, run_log)
+    claim = api.verify_claim(envelope, public_key, run_log)
     if json_output:
         emit_json(claim.as_json())
         return
@@ -193,22 +192,19 @@ def env_command(
     Exit 0; 1 the running container is not the pinned one; 2 bad input; 3 the engine does not
     answer, or was not asked (--host-only).
     """
-    if host_only:
-        _env_host_only(config, output, docker_host, json_output)
-        return
-    from detserve.fileio import atomic_write_bytes, check_outputs
-    from detserve.fingerprint import environment_fingerprint
-    from detserve.runtime.probe import DockerProbe
+    from detserve import api
 
-    loaded = load_profile(config)
-    loaded.require_pins()
-    if output is not None:
-        check_outputs([output], force=force, inputs=[config, loaded.manifest_path])
-    fingerprint = environment_fingerprint(
-        loaded, DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
+    found = api.env(
+        config,
+        fingerprint_output=output,
+        force=force,
+        docker_host=docker_host,
+        host_only=host_only,
     )
-    if output is not None:
-        atomic_write_bytes(output, fingerprint.canonical(), force=force)
+    if isinstance(found, api.HostOnlyEnvironment):
+        _say_host_only(found, json_output)
+        return
+    fingerprint = found
     if json_output:
         emit_json(fingerprint.as_json())
         return
@@ -235,37 +231,12 @@ def env_command(
         say(f"fingerprint written to {output}")
 
 
-def _refuse_with_host_only(output: Path | None, docker_host: str | None) -> None:
-    from detserve.errors import UsageError
-
-    if output is not None:
-        raise UsageError("--host-only makes no fingerprint: --fingerprint-output is refused")
-    if docker_host is not None:
-        raise UsageError("--host-only asks no engine: --docker-host is refused")
-
-
-def _env_host_only(
-    config: Path, output: Path | None, docker_host: str | None, json_output: bool
-) -> None:
+def _say_host_only(found: HostOnlyEnvironment, json_output: bool) -> None:
     """This host's facts, without any engine; exit 3: the engine half was not run."""
-    from detserve.doctor_facts import HOST_ONLY
-    from detserve.host_facts import read_host_facts
-
-    _refuse_with_host_only(output, docker_host)
-    loaded = load_profile(config)
-    host = read_host_facts()
     if json_output:
-        emit_json(
-            {
-                "ok": False,
-                "host_only": True,
-                "profile": str(loaded.path),
-                "host": host.as_json(),
-                "engine": {"run": False, "reason": HOST_ONLY},
-                "fingerprint": None,
-            }
-        )
+        emit_json(found.as_json())
     else:
+        host = found.host
         gpu = host.gpu
         for line in (
             f"host: {host.os} {host.kernel} {host.machine}; {host.cpu_model}, "
@@ -277,7 +248,7 @@ def _env_host_only(
                 f"{d.compute_capability_text}, driver {d.driver_version}"
                 for d in gpu.gpus or ()
             ),
-            f"engine: {HOST_ONLY}; no fingerprint was made",
+            f"engine: {found.engine_reason}; no fingerprint was made",
         ):
             result(bounded(line))  # names and versions as nvidia-smi printed them: escaped
     say("detserve env: the engine half was not run (--host-only): exit 3")
@@ -307,21 +278,9 @@ def doctor_command(
     Exit 0 every item passes; 1 any FAIL (an unreachable engine is a FAIL here); 2 bad
     profile; 3 with --host-only when no host item fails: the engine items were NOT RUN.
     """
-    from detserve.doctor import doctor
+    from detserve import api
 
-    loaded = load_profile(config)
-    if host_only:
-        _refuse_with_host_only(None, docker_host)
-        report = doctor(loaded, None)
-    else:
-        from detserve.runtime.probe import DockerProbe
-
-        connect = (
-            DockerProbe.from_env
-            if docker_host is None
-            else lambda: DockerProbe.from_env(docker_host)
-        )
-        report = doctor(loaded, connect)
+    report = api.doctor(config, docker_host=docker_host, host_only=host_only)
     if json_output:
         emit_json(report.as_json())
     else:

@@ -10,13 +10,16 @@ ids, states, served names) is escaped by the output functions like everything el
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from detserve import api
 from detserve.cli.output import emit_json, result, say
 from detserve.errors import EXIT_VERIFICATION, UsageError
-from detserve.profile import LoadedProfile
+
+if TYPE_CHECKING:
+    from detserve.profile import LoadedProfile
 
 
 def _refuse_single_options(loaded: LoadedProfile, **given: object) -> None:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import Progress
 
+from detserve.api.snapshots import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DEFAULT_WORKERS
 from detserve.cli.app import app
 from detserve.cli.options import ConfigOption
 from detserve.cli.output import JsonOption, byte_columns, emit_json, result, say, stderr
-from detserve.download import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, DEFAULT_WORKERS
 from detserve.errors import bounded
 
 if TYPE_CHECKING:

@@ -69,16 +69,12 @@ def fleet_command(
     replay; 2: bad input; 3: a node could not run (named).
     """
     from detserve import api
-    from detserve.errors import UsageError
-    from detserve.runtime.engine import docker_address
 
-    if nodes and docker_host is not None:
-        raise UsageError("--docker-host names the one node of a fleet without --node: give one")
-    given = nodes or [docker_address(docker_host)]
     report = api.replay_fleet(
         claim,
         config,
-        nodes=given,
+        nodes=nodes or (),
+        docker_host=docker_host,
         output_dir=output_dir,
         bundle=bundle,
         bundle_pin=bundle_pin,

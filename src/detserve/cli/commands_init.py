@@ -58,17 +58,10 @@ def init_command(
 
         detserve init --model Qwen/Qwen3-8B --device nvidia --gpus 1 --name qwen3-8b
     """
-    from detserve.scaffold import InitRequest, init_profile
+    from detserve import api
 
-    written = init_profile(
-        InitRequest(
-            model_id=model,
-            device=device,  # type: ignore[arg-type]  # checked by init_profile
-            name=name,
-            gpus=gpus,
-            output=output,
-            hf_home=hf_home,
-        )
+    written = api.init_profile(
+        model, device=device, name=name, gpus=gpus, output=output, hf_home=hf_home
     )
     if json_output:
         emit_json(written.as_json())

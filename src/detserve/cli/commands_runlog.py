@@ -41,7 +41,7 @@ AllowCutOption = Annotated[
 def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: bool) -> bool:
     """Validate (and show) a transcript segment or directory; False when it is neither."""
     from detserve import api
-    from detserve.runlog.kinds import is_transcript
+    from detserve.api.reports import is_transcript
 
     if run_log.is_dir():
         series = api.validate_transcripts(run_log, allow_cut=allow_cut)
@@ -160,7 +160,7 @@ def runlog_show(
     runs and their segments, each chain checked.
     """
     from detserve import api
-    from detserve.replay_plan import replay_requirements
+    from detserve.api.reports import replay_requirements
 
     if _transcripts(run_log, allow_cut, json_output, show=True):
         return

@@ -12,14 +12,13 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from detserve import api
+from detserve.api.container import container_name
 from detserve.cli import commands_cluster
 from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, DockerHostOption, FullVerifyOption
 from detserve.cli.output import JsonOption, emit_json, result, say, stderr
 from detserve.errors import EXIT_VERIFICATION
 from detserve.printable import printable
-from detserve.profile import load_profile
-from detserve.runtime.container_spec import container_name
 
 if TYPE_CHECKING:
     # an annotation only: importing the runtime's readiness imports the Docker SDK, which the
@@ -106,7 +105,7 @@ def start_command(
 
         detserve start --config configs/tiny-cpu.json
     """
-    loaded = load_profile(config)
+    loaded = api.load_profile(config)
     started = api.start(loaded, secrets_file=secrets_file, docker_host=docker_host)
     if json_output:
         emit_json(started.as_json())
@@ -146,8 +145,8 @@ def wait_command(
 
         detserve wait --config configs/tiny-cpu.json --verify-manifest --timeout 300
     """
-    loaded = load_profile(config)
-    with _wait_display(container_name(loaded.profile)) as display:
+    loaded = api.load_profile(config)
+    with _wait_display(container_name(loaded)) as display:
         waited = api.wait(
             loaded,
             timeout_s=timeout,
@@ -186,7 +185,7 @@ def smoke_command(
 
         detserve smoke --config configs/tiny-cpu.json
     """
-    loaded = load_profile(config)
+    loaded = api.load_profile(config)
     smoked = api.smoke(loaded, docker_host=docker_host)
     if json_output:
         emit_json(smoked.as_json())
@@ -212,7 +211,7 @@ def stop_command(
 
         detserve stop --config configs/tiny-cpu.json
     """
-    loaded = load_profile(config)
+    loaded = api.load_profile(config)
     if loaded.profile.cluster is not None:
         commands_cluster.stop(loaded, docker_host=docker_host, json_output=json_output)
         return
@@ -255,7 +254,7 @@ def run_command(
 
         detserve run --config configs/tiny-cpu.json --hash --stop   # CI: verify first, clean up
     """
-    loaded = load_profile(config)
+    loaded = api.load_profile(config)
     if loaded.profile.cluster is not None:
         commands_cluster.run(
             loaded,
@@ -267,7 +266,7 @@ def run_command(
             json_output=json_output,
         )
         return
-    with _wait_display(container_name(loaded.profile)) as display:
+    with _wait_display(container_name(loaded)) as display:
         ran = api.run(
             loaded,
             secrets_file=secrets_file,
@@ -308,7 +307,7 @@ def status_command(
 
         detserve status --config configs/tiny-cpu.json --json
     """
-    loaded = load_profile(config)
+    loaded = api.load_profile(config)
     if loaded.profile.cluster is not None:
         commands_cluster.status(loaded, docker_host=docker_host, json_output=json_output)
         return
@@ -351,10 +350,10 @@ def logs_command(
 
     detserve logs --config configs/tiny-cpu.json --follow
     """
-    loaded = load_profile(config)
+    loaded = api.load_profile(config)
     lines = api.logs(loaded, follow=follow, tail=tail, docker_host=docker_host)
     if json_output and not follow:
-        emit_json({"ok": True, "name": container_name(loaded.profile), "lines": list(lines)})
+        emit_json({"ok": True, "name": container_name(loaded), "lines": list(lines)})
         return
     for line in lines:
         if json_output:

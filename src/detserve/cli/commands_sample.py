@@ -238,7 +238,7 @@ def replay_command(
             --run-log a.runlog.jsonl --config configs/tiny-cpu.local.json --output-dir replays/a
     """
     from detserve import api
-    from detserve.runlog.kinds import is_transcript
+    from detserve.api.reports import is_transcript
 
     if public_key is None and is_transcript(claim):
         _replay_transcript(

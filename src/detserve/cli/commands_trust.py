@@ -60,7 +60,7 @@ def config_validate(
 
         detserve config validate --config configs/tiny-cpu.json
     """
-    from detserve.profile import load_profile
+    from detserve.api import load_profile
 
     loaded = load_profile(config)
     if not allow_unpinned:
@@ -88,7 +88,7 @@ def config_schema(json_output: JsonOption = False) -> None:
 
     Indented for people; with --json, the same object as one line of canonical JSON (RFC 8785).
     """
-    from detserve.profile import profile_json_schema
+    from detserve.api.profiles import profile_json_schema
 
     if json_output:
         emit_json(profile_json_schema())
@@ -108,39 +108,27 @@ def config_options(json_output: JsonOption = False) -> None:
 
         detserve config options --json
     """
-    from detserve import engine_policy as policy
+    from detserve import api
 
+    options = api.config_options()
     if json_output:
-        emit_json(
-            {
-                "engine_options": {
-                    name: {"kind": o.kind, "choices": list(o.choices), "why": o.why}
-                    for name, o in sorted(policy.ENGINE_OPTIONS.items())
-                },
-                "refused_engine_options": dict(sorted(policy.NONDETERMINISTIC_OPTIONS.items())),
-                "managed_engine_options": sorted(policy.MANAGED_OPTIONS),
-                "environment": {
-                    name: {"form": v.pattern, "why": v.why}
-                    for name, v in sorted(policy.ENVIRONMENT_VARIABLES.items())
-                },
-                "entrypoint": ["PYTHON", "-m", policy.SERVER_MODULE],
-            }
-        )
+        emit_json(options.as_json())
         return
     result("engine options (vllm.extra_args), by exact name:")
-    for name, option in sorted(policy.ENGINE_OPTIONS.items()):
+    for name, option in sorted(options.engine_options.items()):
         kind = f"one of {', '.join(option.choices)}" if option.choices else option.kind
         result(f"  {name} ({kind}): {option.why}")
     result("refused engine options:")
-    for name, why in sorted(policy.NONDETERMINISTIC_OPTIONS.items()):
+    for name, why in sorted(options.refused_engine_options.items()):
         result(f"  {name}: {why}")
     result(
-        f"set by detserve from the profile's fields: {', '.join(sorted(policy.MANAGED_OPTIONS))}"
+        "set by detserve from the profile's fields: "
+        f"{', '.join(sorted(options.managed_engine_options))}"
     )
     result("environment variables (runtime.environment):")
-    for name, variable in sorted(policy.ENVIRONMENT_VARIABLES.items()):
+    for name, variable in sorted(options.environment.items()):
         result(f"  {name} (form {variable.pattern}): {variable.why}")
-    result(f"entrypoint: omitted, or [PYTHON, '-m', '{policy.SERVER_MODULE}']")
+    result(f"entrypoint: omitted, or [PYTHON, '-m', '{options.server_module}']")
 
 
 SnapshotOption = Annotated[
@@ -284,7 +272,7 @@ def verify_command(
         detserve verify --config P --model-signature model.sig --public-key K
     """
     from detserve import api
-    from detserve.signed_snapshot import SignedVerifyReport
+    from detserve.api.snapshots import SignedVerifyReport
 
     with byte_progress("verifying") as bar:
         report = api.verify(

@@ -116,7 +116,7 @@ def _profile_stores(config: object) -> list[Path]:
     inside neither (it would be an extra file of the snapshot, or beside the trust root)."""
     if config is None:
         return []
-    from detserve.profile import load_profile
+    from detserve.api import load_profile
 
     loaded = load_profile(Path(str(config)))
     stores = [loaded.hf_home]

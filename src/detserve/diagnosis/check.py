@@ -20,12 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from detserve.bundle_binding import require_bundle_tokenizer
+from detserve.bundle_binding import prompts_within_budget, require_bundle_tokenizer
 from detserve.diagnosis.measure import CheckPlan, Measurements, PassKey, measure
 from detserve.diagnosis.verdict import Diagnosis, diagnose, env_changed
 from detserve.errors import ContainerError, SnapshotMismatch, UsageError
 from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine, environment_fingerprint
-from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
 from detserve.requests import GenerationParams, PromptRecord, generate
@@ -33,12 +32,9 @@ from detserve.runlog import RunPins
 from detserve.runtime.cluster_nodes import NodeEngines
 from detserve.runtime.engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
-from detserve.runtime.reach import server_url
 from detserve.runtime.server import Completion, VllmServer
-from detserve.runtime.smoke import check_served_model
-from detserve.sampling import prompts_within_budget
-from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
-from detserve.verified import bound_server
+from detserve.snapshot_state import Lifetime, PinnedManifest, verify_in_lifetime
+from detserve.verified import opened_server, verified_server
 
 
 @dataclass(frozen=True)
@@ -111,19 +107,20 @@ def run_check(
     manifest = PinnedManifest.read(loaded.manifest_path)
     # the bytes the snapshot is verified against next (sampling.sample), before the engine
     require_bundle_tokenizer(bundle, loaded, manifest.digests())
-    container, watch, ray = bound_server(loaded, engine, nodes, manifest.sha256, what="check")
-    lifetime = lifetime_of(container)
-    first = verify_in_lifetime(loaded.snapshot_dir, manifest, lifetime, full=full_verify)
-    pins = profile_pins(loaded, manifest_sha256=first.manifest_sha256)
+    bound = verified_server(
+        loaded, engine, manifest, nodes=nodes, what="check", full_verify=full_verify
+    )
+    container, watch, lifetime, first = bound.container, bound.watch, bound.lifetime, bound.report
     fingerprint = environment_fingerprint(loaded, probe) if probe is not None else None
     started_wall = datetime.now(UTC).isoformat()
     started = time.perf_counter()
-    base_url = server_url(loaded, engine, container)
+    base_url = bound.url
     measurements: Measurements | None = None
-    with VllmServer(base_url, model=loaded.profile.vllm.served_model_name) as server:
-        check_served_model(loaded, server)
-        run_pins = pins.run_pins(
-            prompt_bundle_sha256=bundle.sha256, vllm_version=server.version(), ray_version=ray
+    with opened_server(loaded, base_url) as (server, vllm_version):
+        run_pins = bound.pins.run_pins(
+            prompt_bundle_sha256=bundle.sha256,
+            vllm_version=vllm_version,
+            ray_version=bound.ray_version,
         )
         try:
             measurements = measure(

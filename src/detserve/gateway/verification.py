@@ -1,11 +1,11 @@
 """What the gateway verifies before it serves, and keeps verifying while it does.
 
-Before the first request, exactly what ``sample`` checks that does not depend on a prompt: every
-pin is filled, the snapshot verifies against its manifest, the running container is the one the
-pins bind (:func:`~detserve.runtime.binding.checked_container`) and the server serves the pinned
-model (:func:`~detserve.runtime.smoke.check_served_model`). While serving,
-:class:`HealthMonitor` checks the container's identity (id, start time, restart count) every
-``identity_interval_s`` and the snapshot every ``reverify_interval_s``
+Before the first request, exactly what ``sample`` checks that does not depend on a prompt, by
+the same path (:func:`~detserve.verified.verified_server`): every pin is filled, the running
+container is the one the pins bind, bound to the manifest bytes the snapshot then verifies
+against, and the server serves the pinned model (:func:`~detserve.verified.served_version`).
+While serving, :class:`HealthMonitor` checks the container's identity (id, start time, restart
+count) every ``identity_interval_s`` and the snapshot every ``reverify_interval_s``
 (:class:`~detserve.snapshot_watch.SnapshotWatch`: the record of the lifetime's full pass, and a
 full pass paced at ``reverify_bytes_per_s``); the first failure is sticky: the gateway answers
 503 with its reason from then on, because answers from another server or snapshot are not the
@@ -42,17 +42,15 @@ from detserve.certificate import (
 )
 from detserve.errors import DetserveError
 from detserve.gateway.transcript import pins_sha256_of
-from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.runlog.models import EnginePins
-from detserve.runtime.binding import checked_container
 from detserve.runtime.container_spec import CONTAINER_PORT
 from detserve.runtime.engine import ContainerEngine, ContainerInfo
-from detserve.runtime.reach import server_url
 from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
-from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
+from detserve.snapshot_state import PinnedManifest, lifetime_of
 from detserve.snapshot_watch import DEFAULT_BYTES_PER_S, SnapshotWatch
+from detserve.verified import served_version, verified_server
 
 _log = logging.getLogger("detserve.gateway")
 
@@ -87,17 +85,12 @@ def verify_for_serving(
     """The pre-flight of ``sample`` that needs no prompt; raise on any failure."""
     loaded.require_pins()
     manifest = PinnedManifest.read(loaded.manifest_path)
-    container = checked_container(loaded, engine, what="serve", manifest=manifest.sha256)
-    report = verify_in_lifetime(
-        loaded.snapshot_dir, manifest, lifetime_of(container), full=full_verify
-    )
-    pins = profile_pins(loaded, manifest_sha256=report.manifest_sha256)
+    bound = verified_server(loaded, engine, manifest, what="serve", full_verify=full_verify)
+    container, report, pins = bound.container, bound.report, bound.pins
     profile = loaded.profile
     # the published port for an engine on this host; a remote engine's container's own address
-    published = server_url(loaded, engine, container)
-    with VllmServer(published, model=profile.vllm.served_model_name) as server:
-        check_served_model(loaded, server)
-        version = server.version()
+    published = bound.url
+    version = served_version(loaded, published)
     engine_pins = pins.engine_pins(vllm_version=version)
     return Verified(
         loaded=loaded,
