@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -62,10 +63,19 @@ UPSTREAM_TIMEOUT_S: Final = 600.0
 #: The longest one write to a client may wait for the client to read, in seconds; a client that
 #: reads nothing for longer is dropped (its stream recorded ``client_stalled``).
 SEND_TIMEOUT_S: Final = 60.0
-#: What a failed hop to the engine raises (aiohttp's timeouts are TimeoutErrors).
-UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
-#: What an engine's stream that is not vLLM's raises while it is read.
-_MALFORMED: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+#: What a failed hop to the engine raises: aiohttp's own errors (its timeouts are
+#: TimeoutErrors), a socket's that reach us unwrapped (a reset), an answer's that its parser
+#: refuses (``HttpProcessingError`` is no ``ClientError``), a read cut short.
+UPSTREAM_ERRORS: Final = (
+    aiohttp.ClientError,
+    TimeoutError,
+    OSError,
+    HttpProcessingError,
+    asyncio.IncompleteReadError,
+)
+#: What an engine's answer or stream that is not vLLM's raises while it is read (JSON nested
+#: deeper than the parser recurses included).
+_MALFORMED: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 #: what a client is told when its answer could not be recorded (the path is not its business)
 NOT_RECORDED: Final = (
     "the answer could not be recorded in the transcript, so it is not given; the gateway "
@@ -367,7 +377,9 @@ class _RelayedStream:
         except asyncio.CancelledError:
             # what was streamed is recorded, its check awaited to its end (_to_its_end)
             if not self.client_gone:
-                await self.record_incomplete("gateway_stopped")
+                # a cancellation nobody asked of this task leaked from below: a fault, not a stop
+                stopped = task.cancelling() > 0
+                await self.record_incomplete("gateway_stopped" if stopped else "gateway_failed")
                 raise
             await self.record_incomplete("client_disconnected")
             if task.uncancel() > 0:

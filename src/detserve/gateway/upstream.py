@@ -157,14 +157,20 @@ def error_event(message: str) -> str:
     return json.dumps(Refused(None, message, status=500).body())
 
 
+#: the most characters of an engine's error message passed on
+MAX_ENGINE_MESSAGE: Final = 2000
+
+
 def engine_refusal(status: int, content: bytes) -> JSONResponse:
     """The engine refused (a constraint it cannot compile, a prompt too long): its 4xx passes
     through in OpenAI's shape; anything else is the gateway's 502."""
     try:
         engine: Any = json.loads(content)
         message = engine.get("error", {}).get("message") or engine.get("message") or str(engine)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON, or not vLLM's error
         message = content[:300].decode("utf-8", "replace")
+    # the engine's words, bounded and encodable (a lone surrogate is no UTF-8)
+    message = str(message)[:MAX_ENGINE_MESSAGE].encode("utf-8", "backslashreplace").decode()
     if 400 <= status < 500:
         return error_response(status, f"the engine refused the request: {message}")
     return error_response(502, f"the engine failed: HTTP {status}: {message}")
