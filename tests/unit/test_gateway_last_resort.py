@@ -293,3 +293,59 @@ def test_a_hop_to_the_engine_failing_in_any_way_is_a_502(
     monkeypatch.undo()
     assert "unexpected" not in str(health(rig).json()["reason"])
     assert_released_and_answering(rig)
+
+
+def completion(text: Any, token_ids: list[Any]) -> bytes:
+    """A whole completion as the fake vLLM answers it, with ``text`` and ``token_ids``."""
+    choice = {"index": 0, "finish_reason": "length", "token_ids": token_ids, "text": text}
+    document = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": MODEL}
+    return json.dumps(document | {"choices": [choice | {"prompt_token_ids": [1, 2]}]}).encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        completion("a\ud800b", [5, 6, 7]),  # a lone surrogate: JSON spells it, UTF-8 cannot
+        completion(7, [5, 6, 7]),  # a text that is not a string
+        completion("abc", ["x", 6, 7]),  # a token id no transcript line holds
+    ],
+    ids=["lone surrogate", "text not a string", "token id not a number"],
+)
+def test_an_engine_answer_no_line_can_hold_is_a_502_written_nowhere(
+    rig: GatewayRig, fake: FailingFakeVllm, body: bytes
+) -> None:
+    """It was a 500 saying the gateway refuses until restarted, while health stayed 200."""
+    fake.failure = Answer(200, body)
+    error = assert_openai_error(post(rig), 502)
+    assert "restarted" not in error["message"]
+    fake.failure = None
+    eventually(lambda: health(rig).status_code == 200)
+    assert_released_and_answering(rig)
+    rig.stop()
+    validate_transcript_dir(rig.transcripts)
+    (segment,) = sorted(rig.transcripts.iterdir())
+    (answered,) = read_exchanges(segment)  # the failed answer's line was never written
+    assert answered.delivery == "delivered"
+
+
+def test_an_engine_stream_with_a_lone_surrogate_fails_as_the_engine_s(
+    rig: GatewayRig, fake: FailingFakeVllm
+) -> None:
+    chunks = [
+        {"index": 0, "token_ids": [5], "text": "a", "prompt_token_ids": [1, 2]},
+        {"index": 0, "token_ids": [6], "text": "\ud800"},
+        {"index": 0, "token_ids": [7], "text": "c", "finish_reason": "length"},
+    ]
+    events = [json.dumps({"id": "c", "object": "text_completion", "choices": [c]}) for c in chunks]
+    fake.failure = Answer(events=(*events, "[DONE]"))
+    response, received = stream_events(rig, BODY | {"stream": True})
+    assert response.status_code == 200
+    assert "the engine failed mid-stream" in json.loads(received[-1])["error"]["message"]
+    fake.failure = None
+    eventually(lambda: health(rig).status_code == 200)
+    assert_released_and_answering(rig)
+    rig.stop()
+    validate_transcript_dir(rig.transcripts)
+    (segment,) = sorted(rig.transcripts.iterdir())
+    cut, _ = read_exchanges(segment)
+    assert (cut.incomplete, cut.output_token_ids, cut.text) == ("engine_failed", (5,), "a")

@@ -13,7 +13,8 @@ Invariants:
 * an answer is given only once its exchange is on disk: a whole answer after its line is
   synced, a stream's final event (the finish chunk, then ``[DONE]``) after its line is synced;
   a line that cannot be written fails the request (500, or an error event) and no output of it
-  is sent after;
+  is sent after; a line the transcript refuses before writing it (the engine's answer is not
+  vLLM's: a token id or a text no line holds) is the engine's failure (502, or an error event);
 * the line says what the client was sent (``delivery``): whether the client was still connected
   is asked when the exchange is recorded (after its check), never assumed;
 * a constraint's check runs in the checker's child process, awaited in a worker thread
@@ -44,7 +45,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from detserve.constraint_check import in_worker
-from detserve.errors import DetserveError
+from detserve.errors import DetserveError, RunLogError
 from detserve.gateway.admission import Admitted
 from detserve.gateway.slots import Slot
 from detserve.gateway.transcript import Provenance, Transcript, new_exchange_id
@@ -77,6 +78,11 @@ UPSTREAM_ERRORS: Final = (
 #: deeper than the parser recurses included).
 _MALFORMED: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 #: what a client is told when its answer could not be recorded (the path is not its business)
+#: what a client is told when the engine's answer is one no transcript line can hold (a token
+#: id or a text that is not what vLLM answers): nothing is written, the gateway goes on
+NOT_RECORDABLE: Final = (
+    "the engine's answer is not what vLLM answers: it cannot be recorded, so it is not given"
+)
 NOT_RECORDED: Final = (
     "the answer could not be recorded in the transcript, so it is not given; the gateway "
     "refuses requests until it is restarted"
@@ -248,6 +254,9 @@ class Relay:
             provenance = await self._record(
                 new_exchange_id(), admitted.request, output, None, client_present=present
             )
+        except RunLogError:  # the line was refused before it was written: the engine's doing
+            self._trouble()
+            return error_response(502, NOT_RECORDABLE)
         except DetserveError:
             return error_response(500, NOT_RECORDED)
         if provenance.constraint_check == "violated":
@@ -427,6 +436,11 @@ class _RelayedStream:
         self.slot.release()  # the engine is done: the check and the record need no engine slot
         try:
             provenance = await self.record(None)
+        except RunLogError:  # the line was refused before it was written: the engine's doing
+            self.relay._trouble()
+            await self.event(error_event(NOT_RECORDABLE))
+            await self.end()
+            return
         except DetserveError:
             await self.event(error_event(NOT_RECORDED))
             await self.end()

@@ -89,9 +89,10 @@ class Output:
             tokens = []  # vLLM opens a chat stream with the role alone: no token yet
         if not isinstance(tokens, list):
             raise ValueError("a chunk without token_ids")
-        self.token_ids.extend(tokens)
+        # read whole before anything is kept: a chunk refused adds nothing to the output
         piece = choice.get("text") if self.kind == "completion" else choice["delta"].get("content")
-        self.text.append(piece or "")
+        self.text.append(_text(piece))
+        self.token_ids.extend(tokens)
         self.finish_reason = choice.get("finish_reason")
 
     def add_answer(self, data: Any) -> None:
@@ -100,7 +101,7 @@ class Output:
         self.prompt_token_ids = list(choice.get("prompt_token_ids") or data["prompt_token_ids"])
         self.token_ids = list(choice["token_ids"])
         text = choice["text"] if self.kind == "completion" else choice["message"]["content"]
-        self.text = [text or ""]
+        self.text = [_text(text)]
         self.finish_reason = choice["finish_reason"] or "unknown"
 
     def fields(self, request: ExchangeRequest, incomplete: str | None = None) -> dict[str, Any]:
@@ -140,6 +141,17 @@ class Violation:
     def event(self) -> str:
         """The error event's data, for a stream."""
         return json.dumps(self.refusal().body())
+
+
+def _text(piece: Any) -> str:
+    """A piece of the engine's text: a string that UTF-8 can hold (a lone surrogate, which
+    JSON can spell, cannot be recorded or sent), or nothing; else ValueError or TypeError."""
+    if piece is None:
+        return ""
+    if not isinstance(piece, str):
+        raise TypeError("the engine's text is not a string")
+    piece.encode("utf-8")  # UnicodeEncodeError, a ValueError, for a lone surrogate
+    return piece
 
 
 def _opens_a_chat(choice: Any) -> bool:
