@@ -235,14 +235,21 @@ ENGINE_FAILURES: dict[str, tuple[Answer, int]] = {
 }
 
 
-@pytest.mark.parametrize("failure", list(ENGINE_FAILURES))
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+#: every failure whole, and streamed where the engine refuses before its stream: a stream's 200
+#: is an event stream (test_an_engine_stream_nested_too_deep_is_the_engine_s_failure)
+FAILURE_CASES = [
+    pytest.param(failure, stream, id=f"{failure}-{'streamed' if stream else 'whole'}")
+    for failure, (answer, _) in ENGINE_FAILURES.items()
+    for stream in (False, True)
+    if not (stream and answer.status == 200)
+]
+
+
+@pytest.mark.parametrize(("failure", "stream"), FAILURE_CASES)
 def test_an_engine_failure_is_answered_in_openai_shape_without_doubt(
     rig: GatewayRig, fake: FailingFakeVllm, failure: str, stream: bool
 ) -> None:
     answer, status = ENGINE_FAILURES[failure]
-    if stream and answer.status == 200:
-        pytest.skip("a stream's 200 is an event stream: test_an_engine_stream_nested_too_deep")
     fake.failure = answer
     error = assert_openai_error(post(rig, BODY | {"stream": stream}), status)
     assert error["message"].startswith("the engine")
@@ -349,3 +356,18 @@ def test_an_engine_stream_with_a_lone_surrogate_fails_as_the_engine_s(
     (segment,) = sorted(rig.transcripts.iterdir())
     cut, _ = read_exchanges(segment)
     assert (cut.incomplete, cut.output_token_ids, cut.text) == ("engine_failed", (5,), "a")
+
+
+def test_a_leaked_cancellation_is_counted_a_5xx(
+    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def leaked(*_: object) -> Any:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(Relay, "answer", leaked)
+    assert_openai_error(post(rig), 500)
+    monkeypatch.undo()
+    scraped = httpx.get(f"{rig.url}/metrics", timeout=5).text
+    assert (
+        'detserve_gateway_requests_total{outcome="5xx",route="/v1/completions"} 1.0' in scraped
+    ), scraped
