@@ -164,7 +164,7 @@ def test_the_gateway_serves_its_document_and_documents_every_route(rig: GatewayR
     assert served.status_code == 200
     assert served.headers["content-type"] == "application/json"
     assert served.json() == openapi_document(rig.gateway.policy, keyed=False)
-    routes = {route.path for route in rig.gateway.app.routes}  # type: ignore[attr-defined]
+    routes = {route.path for route in rig.gateway.starlette.routes}  # type: ignore[attr-defined]
     assert set(served.json()["paths"]) == routes
     foreign = httpx.get(
         f"{rig.url}/openapi.json", headers={"Origin": "http://attacker.example"}, timeout=10

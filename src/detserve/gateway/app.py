@@ -30,7 +30,10 @@ Invariants:
   429 and ``Retry-After``;
 * any unexpected exception is answered 500 in OpenAI's shape, logged, and doubts the gateway's
   state: health is 503 until the watcher's next identity check passes (its document then holds
-  an ``error`` in OpenAI's shape too);
+  an ``error`` in OpenAI's shape too). What escapes Starlette's own error layer (a
+  ``BaseException``, an error handler's fault) or a route that returns without answering is
+  answered the same by :class:`~detserve.gateway.guards.LastResort`, outermost, so uvicorn's
+  plain-text 500 never reaches a client;
 * with an API key, every route but ``/health`` needs ``Authorization: Bearer KEY``, compared in
   constant time before routing (:class:`~detserve.gateway.guards.KeyGuard`: 401 for an unknown
   route or method too); the key is never logged or shown.
@@ -65,6 +68,7 @@ from detserve.gateway.guards import (
     HostPolicy,
     HostPolicyHolder,
     KeyGuard,
+    LastResort,
     http_error,
     internal_error_response,
 )
@@ -170,7 +174,8 @@ class Gateway:
         #: the health watcher, while the application runs
         self.watcher: asyncio.Task[None] | None = None
         self._stopping = False
-        self.app = Starlette(
+        #: the routes and their middleware; :attr:`app` wraps it
+        self.starlette = Starlette(
             routes=[
                 Route("/health", self._health, methods=["GET"]),
                 Route("/v1/models", self._models, methods=["GET"]),
@@ -188,7 +193,9 @@ class Gateway:
             exception_handlers={HTTPException: http_error, Exception: self._internal_error},
             lifespan=self._lifespan,
         )
-        self.app.router.redirect_slashes = False  # a trailing slash is a 404, never a 307
+        self.starlette.router.redirect_slashes = False  # a trailing slash is a 404, never a 307
+        #: the ASGI application served: nothing escapes it raw (uvicorn's plain-text 500)
+        self.app = LastResort(self.starlette, self._failed)
 
     @property
     def refused_busy(self) -> int:
@@ -238,9 +245,12 @@ class Gateway:
             asyncio.get_running_loop().run_in_executor(None, self.monitor.recheck_identity)
 
     async def _internal_error(self, _request: Request, exc: Exception) -> Response:
+        self._failed(exc)
+        return internal_error_response(exc)
+
+    def _failed(self, exc: BaseException) -> None:
         if not isinstance(exc, ClientStalled):  # a client's doing, not the gateway's state
             self.monitor.doubt(f"an unexpected error answering a request ({type(exc).__name__})")
-        return internal_error_response(exc)
 
     def unhealthy(self) -> str | None:
         """Why nothing is answered now, or None."""

@@ -18,14 +18,25 @@ refused 401 (:class:`KeyGuard`), before routing.
 
 Every status the gateway answers is in OpenAI's error shape (``{"error": {"message", "type",
 "param", "code"}}``): Starlette's own 404 and 405 (:func:`http_error`), an unexpected exception
-(:func:`internal_error`: 500, and the gateway's health is 503 until its next check passes), and
-the refusals of the routes themselves. No redirect is ever answered (a trailing slash is a 404).
+(:func:`internal_error_response`: 500, and the gateway's health is 503 until its next check
+passes), and the refusals of the routes themselves. No redirect is ever answered (a trailing
+slash is a 404).
+
+:class:`LastResort` wraps the whole application, outside Starlette's own error layer, so that
+no answer of uvicorn's (its plain-text ``Internal Server Error``) can reach a client: anything
+that escapes (a ``BaseException`` such as a leaked ``CancelledError``, an error of an error
+handler) or an application that returns without answering is answered the same OpenAI-shaped
+500, logged, and doubts the gateway; an answer already begun is ended as the relay ends a
+broken stream (an error event, then the end) or, when it cannot be, its connection is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
+import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -34,10 +45,13 @@ from typing import Final
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from detserve.errors import UsageError
-from detserve.gateway.upstream import error_response
+from detserve.gateway.relay import ClientStalled
+from detserve.gateway.upstream import error_event, error_response
+
+_log = logging.getLogger("detserve.gateway")
 
 _LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "[::1]")
 #: what an ``--allowed-host`` value may be: a name or an address, and a port
@@ -235,3 +249,124 @@ def internal_error_response(exc: BaseException) -> JSONResponse:
         f"the gateway failed ({type(exc).__name__}); it answers again once its next health "
         "check passes",
     )
+
+
+#: the longest the last resort waits for a client to take its answer, in seconds
+LAST_RESORT_SEND_S: Final = 10.0
+#: how an error event's data begins (:func:`~detserve.gateway.upstream.error_event`)
+_ERROR_EVENT: Final = b'data: {"error": '
+
+
+class LastResort:
+    """ASGI middleware, outermost: whatever the application lets escape, or an application
+    that returns without answering, is never answered by the server's plain-text 500.
+
+    Before an answer began: the OpenAI-shaped 500 (:func:`internal_error_response`). A stream
+    already begun (``text/event-stream``) is ended with an error event unless one was sent; any
+    other answer begun and unfinished has its connection closed (raising is the one way an ASGI
+    application does that). Each is logged and tells ``failed`` (which doubts the gateway),
+    except a cancellation of a task being cancelled (the gateway stops): answered, then raised
+    on. A client that left before an answer began is answered nothing, and doubts nothing.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        failed: Callable[[BaseException], None],
+        send_timeout_s: float = LAST_RESORT_SEND_S,
+    ) -> None:
+        self.app = app
+        self.failed = failed
+        self.send_timeout_s = send_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        answer = _Answer(receive, send)
+        try:
+            await self.app(scope, answer.receive, answer.send)
+        except BaseException as exc:  # noqa: BLE001 - the last resort: nothing passes it raw
+            await self._escaped(scope, answer, exc)
+            return
+        if not answer.started and not answer.client_left:
+            silent = RuntimeError("the application returned without answering")
+            _log.error("%s %s: %s", scope["method"], _shown(scope), silent)
+            self.failed(silent)
+            await self._answer_500(scope, answer, silent)
+
+    async def _escaped(self, scope: Scope, answer: _Answer, exc: BaseException) -> None:
+        task = asyncio.current_task()
+        stopping = (
+            isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+        )
+        _log.error(
+            "an unexpected error answering %s %s", scope["method"], _shown(scope), exc_info=exc
+        )
+        if not stopping:
+            self.failed(exc)
+        if not answer.started:
+            await self._answer_500(scope, answer, exc)
+        elif not answer.complete and answer.event_stream and not isinstance(exc, ClientStalled):
+            await self._end_stream(answer)
+        if stopping or (answer.started and not answer.complete):
+            raise exc  # a cancellation goes on; an unfinished answer's connection is closed
+
+    async def _end_stream(self, answer: _Answer) -> None:
+        """End a stream as the relay ends a broken one: an error event (unless one was sent),
+        then the end."""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.send_timeout_s):
+                if not answer.error_event_sent:
+                    data = error_event("the gateway failed mid-stream").encode("utf-8")
+                    await answer.send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"data: " + data + b"\n\n",
+                            "more_body": True,
+                        }
+                    )
+                await answer.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _answer_500(self, scope: Scope, answer: _Answer, exc: BaseException) -> None:
+        with contextlib.suppress(Exception):  # the client may be gone, or read nothing
+            async with asyncio.timeout(self.send_timeout_s):
+                await internal_error_response(exc)(scope, answer.receive, answer.send)
+
+
+class _Answer:
+    """What one request's answer has been so far, seen on its way to the server."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self.started = False
+        self.complete = False
+        self.client_left = False
+        self.event_stream = False
+        self.error_event_sent = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.client_left = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.event_stream = any(
+                name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                for name, value in message.get("headers", ())
+            )
+        elif message["type"] == "http.response.body":
+            self.error_event_sent = self.error_event_sent or message.get("body", b"").startswith(
+                _ERROR_EVENT
+            )
+            self.complete = not message.get("more_body", False)
+
+
+def _shown(scope: Scope) -> str:
+    """A request's path as logged: escaped, cut (it is the client's text)."""
+    return ascii(str(scope.get("path", ""))[:200])

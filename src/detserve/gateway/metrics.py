@@ -309,8 +309,9 @@ class CountedRequests:
 
         try:
             await self.app(scope, receive, noted)
-        except Exception:
-            # Starlette's outermost layer answers it with the gateway's 500 handler
+        except BaseException:
+            # answered with the gateway's 500 (Starlette's error layer, or guards.LastResort
+            # for what escapes it) unless an answer had begun
             status = status or 500
             raise
         finally:

@@ -13,7 +13,8 @@ Invariants:
 * an answer is given only once its exchange is on disk: a whole answer after its line is
   synced, a stream's final event (the finish chunk, then ``[DONE]``) after its line is synced;
   a line that cannot be written fails the request (500, or an error event) and no output of it
-  is sent after;
+  is sent after; a line the transcript refuses before writing it (the engine's answer is not
+  vLLM's: a token id or a text no line holds) is the engine's failure (502, or an error event);
 * the line says what the client was sent (``delivery``): whether the client was still connected
   is asked when the exchange is recorded (after its check), never assumed;
 * a constraint's check runs in the checker's child process, awaited in a worker thread
@@ -39,11 +40,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from detserve.constraint_check import in_worker
-from detserve.errors import DetserveError
+from detserve.errors import DetserveError, RunLogError
 from detserve.gateway.admission import Admitted
 from detserve.gateway.slots import Slot
 from detserve.gateway.transcript import Provenance, Transcript, new_exchange_id
@@ -62,11 +64,25 @@ UPSTREAM_TIMEOUT_S: Final = 600.0
 #: The longest one write to a client may wait for the client to read, in seconds; a client that
 #: reads nothing for longer is dropped (its stream recorded ``client_stalled``).
 SEND_TIMEOUT_S: Final = 60.0
-#: What a failed hop to the engine raises (aiohttp's timeouts are TimeoutErrors).
-UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError)
-#: What an engine's stream that is not vLLM's raises while it is read.
-_MALFORMED: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError)
+#: What a failed hop to the engine raises: aiohttp's own errors (its timeouts are
+#: TimeoutErrors), a socket's that reach us unwrapped (a reset), an answer's that its parser
+#: refuses (``HttpProcessingError`` is no ``ClientError``), a read cut short.
+UPSTREAM_ERRORS: Final = (
+    aiohttp.ClientError,
+    TimeoutError,
+    OSError,
+    HttpProcessingError,
+    asyncio.IncompleteReadError,
+)
+#: What an engine's answer or stream that is not vLLM's raises while it is read (JSON nested
+#: deeper than the parser recurses included).
+_MALFORMED: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError)
 #: what a client is told when its answer could not be recorded (the path is not its business)
+#: what a client is told when the engine's answer is one no transcript line can hold (a token
+#: id or a text that is not what vLLM answers): nothing is written, the gateway goes on
+NOT_RECORDABLE: Final = (
+    "the engine's answer is not what vLLM answers: it cannot be recorded, so it is not given"
+)
 NOT_RECORDED: Final = (
     "the answer could not be recorded in the transcript, so it is not given; the gateway "
     "refuses requests until it is restarted"
@@ -238,6 +254,9 @@ class Relay:
             provenance = await self._record(
                 new_exchange_id(), admitted.request, output, None, client_present=present
             )
+        except RunLogError:  # the line was refused before it was written: the engine's doing
+            self._trouble()
+            return error_response(502, NOT_RECORDABLE)
         except DetserveError:
             return error_response(500, NOT_RECORDED)
         if provenance.constraint_check == "violated":
@@ -367,7 +386,9 @@ class _RelayedStream:
         except asyncio.CancelledError:
             # what was streamed is recorded, its check awaited to its end (_to_its_end)
             if not self.client_gone:
-                await self.record_incomplete("gateway_stopped")
+                # a cancellation nobody asked of this task leaked from below: a fault, not a stop
+                stopped = task.cancelling() > 0
+                await self.record_incomplete("gateway_stopped" if stopped else "gateway_failed")
                 raise
             await self.record_incomplete("client_disconnected")
             if task.uncancel() > 0:
@@ -415,6 +436,11 @@ class _RelayedStream:
         self.slot.release()  # the engine is done: the check and the record need no engine slot
         try:
             provenance = await self.record(None)
+        except RunLogError:  # the line was refused before it was written: the engine's doing
+            self.relay._trouble()
+            await self.event(error_event(NOT_RECORDABLE))
+            await self.end()
+            return
         except DetserveError:
             await self.event(error_event(NOT_RECORDED))
             await self.end()

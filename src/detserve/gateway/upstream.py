@@ -89,9 +89,10 @@ class Output:
             tokens = []  # vLLM opens a chat stream with the role alone: no token yet
         if not isinstance(tokens, list):
             raise ValueError("a chunk without token_ids")
-        self.token_ids.extend(tokens)
+        # read whole before anything is kept: a chunk refused adds nothing to the output
         piece = choice.get("text") if self.kind == "completion" else choice["delta"].get("content")
-        self.text.append(piece or "")
+        self.text.append(_text(piece))
+        self.token_ids.extend(tokens)
         self.finish_reason = choice.get("finish_reason")
 
     def add_answer(self, data: Any) -> None:
@@ -100,7 +101,7 @@ class Output:
         self.prompt_token_ids = list(choice.get("prompt_token_ids") or data["prompt_token_ids"])
         self.token_ids = list(choice["token_ids"])
         text = choice["text"] if self.kind == "completion" else choice["message"]["content"]
-        self.text = [text or ""]
+        self.text = [_text(text)]
         self.finish_reason = choice["finish_reason"] or "unknown"
 
     def fields(self, request: ExchangeRequest, incomplete: str | None = None) -> dict[str, Any]:
@@ -142,6 +143,17 @@ class Violation:
         return json.dumps(self.refusal().body())
 
 
+def _text(piece: Any) -> str:
+    """A piece of the engine's text: a string that UTF-8 can hold (a lone surrogate, which
+    JSON can spell, cannot be recorded or sent), or nothing; else ValueError or TypeError."""
+    if piece is None:
+        return ""
+    if not isinstance(piece, str):
+        raise TypeError("the engine's text is not a string")
+    piece.encode("utf-8")  # UnicodeEncodeError, a ValueError, for a lone surrogate
+    return piece
+
+
 def _opens_a_chat(choice: Any) -> bool:
     delta = choice.get("delta")
     return (
@@ -157,14 +169,20 @@ def error_event(message: str) -> str:
     return json.dumps(Refused(None, message, status=500).body())
 
 
+#: the most characters of an engine's error message passed on
+MAX_ENGINE_MESSAGE: Final = 2000
+
+
 def engine_refusal(status: int, content: bytes) -> JSONResponse:
     """The engine refused (a constraint it cannot compile, a prompt too long): its 4xx passes
     through in OpenAI's shape; anything else is the gateway's 502."""
     try:
         engine: Any = json.loads(content)
         message = engine.get("error", {}).get("message") or engine.get("message") or str(engine)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):  # not JSON, or not vLLM's error
         message = content[:300].decode("utf-8", "replace")
+    # the engine's words, bounded and encodable (a lone surrogate is no UTF-8)
+    message = str(message)[:MAX_ENGINE_MESSAGE].encode("utf-8", "backslashreplace").decode()
     if 400 <= status < 500:
         return error_response(status, f"the engine refused the request: {message}")
     return error_response(502, f"the engine failed: HTTP {status}: {message}")
