@@ -26,6 +26,7 @@ from .committed import (
     CliRunner,
     TinyWorkspace,
 )
+from .signing_rig import KeyPair, publish_model, sign_with_key
 
 
 @pytest.fixture
@@ -84,3 +85,24 @@ def copy_tiny_workspace(tmp_path: Path) -> TinyWorkspace:
 def tiny_snapshot_copy(tiny_workspace: TinyWorkspace) -> TinyWorkspace:
     """The same workspace; the name says what a test uses it for."""
     return tiny_workspace
+
+
+# --- a publisher's model signature (test_model_signature, test_signed_snapshot) ------------------
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyPair:
+    """The publisher's elliptic-curve key pair."""
+    return KeyPair.make(tmp_path / "keys", "publisher")
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    """The tiny model as its publisher's repository holds it (plain files)."""
+    return publish_model(tmp_path / "publisher" / "tiny-llama")
+
+
+@pytest.fixture
+def signature(tmp_path: Path, published: Path, keys: KeyPair) -> Path:
+    """``published`` signed with ``keys`` by model_signing."""
+    return sign_with_key(published, tmp_path / "publisher" / "model.sig", keys)
