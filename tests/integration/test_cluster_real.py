@@ -28,29 +28,9 @@ from detserve.runlog import validate_run_log
 
 from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory
 
-STACK = REPO_ROOT / "scripts" / "stack" / "stack.py"
-NODE2 = "unix:///run/detserve-node2/docker.sock"
 MAIN = "unix:///var/run/docker.sock"
 READY_TIMEOUT_S = 900
 EXIT_ENVIRONMENT = 3
-
-
-def _stack(*args: str) -> None:
-    ran = subprocess.run(
-        [sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=300
-    )
-    assert ran.returncode == 0, ran.stderr
-
-
-@pytest.fixture(scope="module")
-def node2() -> Iterator[docker.DockerClient]:
-    _stack("node2", "up")
-    client = docker.DockerClient(base_url=NODE2)
-    try:
-        yield client
-    finally:
-        client.close()
-        _stack("node2", "down")
 
 
 @pytest.fixture(scope="module")
