@@ -237,3 +237,13 @@ def node2() -> Iterator[docker.DockerClient]:
     finally:
         client.close()
         _stack("node2", "down")
+
+
+def wait_for_run_log(sampling: subprocess.Popen[str], out: Path, timeout_s: float) -> None:
+    """Wait until ``sampling`` has begun ``out/x.runlog.jsonl`` (its ``.partial`` exists);
+    fail if it exits first or the log never starts."""
+    deadline = time.monotonic() + timeout_s
+    while not list(out.glob("*.partial")) and time.monotonic() < deadline:
+        assert sampling.poll() is None, sampling.communicate()
+        time.sleep(0.05)
+    assert list(out.glob(".x.runlog.jsonl.*.partial")), "the run log never started"

@@ -26,7 +26,7 @@ import pytest
 
 from detserve.runlog import validate_run_log
 
-from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory
+from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory, wait_for_run_log
 
 MAIN = "unix:///var/run/docker.sock"
 READY_TIMEOUT_S = 900
@@ -159,11 +159,7 @@ def test_a_worker_killed_mid_run_leaves_no_claim(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
     )
     try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.partial")) and time.monotonic() < deadline:
-            assert sampling.poll() is None, sampling.communicate()
-            time.sleep(0.05)
-        assert list(out.glob(".x.runlog.jsonl.*.partial")), "the run log never started"
+        wait_for_run_log(sampling, out, 120)
         time.sleep(1.0)  # a few samples in
         assert sampling.poll() is None, "sampling finished before the worker could be killed"
         (worker,) = node2.containers.list()
