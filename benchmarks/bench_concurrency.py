@@ -30,23 +30,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
     BUNDLE,
     BUNDLE_PIN,
-    BenchError,
     Benchmark,
     Outcome,
     Target,
-    add_detserve_option,
     load_average,
-    machine_facts,
+    record_head,
     say,
     utc_stamp,
     write_result,
 )
+from benchstack import add_server_options, bench_profile, prepare_stack, served
 from detserve import api
-from detserve.errors import DetserveError
 from detserve.keys import generate_key_pair
 
 LEVELS = (1, 2, 4, 8, 16, 32)
@@ -57,10 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=128, help="output tokens per prompt (128)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per level (3)")
     parser.add_argument("--target", type=float, default=8.0, help="speed-up target (8)")
-    parser.add_argument("--name", default="bench-concurrency", help="profile name")
-    parser.add_argument("--port", type=int, default=18010, help="host port (18010)")
-    parser.add_argument("--keep", action="store_true", help="leave the container running")
-    add_detserve_option(parser)
+    add_server_options(parser, name="bench-concurrency", port=18010)
 
 
 def _sample(
@@ -88,17 +82,12 @@ def _sample(
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    if not BASE_PROFILE.is_file():
-        lock_base_profile(args.detserve)
-    if not port_is_free("127.0.0.1", args.port):
-        raise BenchError(f"port {args.port} is taken; pass --port")
+    prepare_stack(args.detserve, (args.port,))
     stamp = utc_stamp()
     with tempfile.TemporaryDirectory(prefix="bench-concurrency-") as temp:
         folder = Path(temp)
-        profile = write_bench_profile(BASE_PROFILE, args.name, args.port, folder)
-        try:
-            say(f"starting {args.name} on port {args.port}")
-            api.run(profile, on_stage=say)
+        profile = bench_profile(args.name, args.port, folder)
+        with served(profile, args.name, args.port, keep=args.keep):
             say(f"check: tier 1, 2 runs at {LEVELS}, {args.prompts} x {args.tokens}")
             keys = generate_key_pair(folder / "keys")  # the certificate is signed, and verified
             outcome = api.check(
@@ -114,17 +103,16 @@ def run(args: argparse.Namespace) -> Outcome:
                 signing_key=keys.private_key,
             )
             say(f"check verdict: {outcome.verdict} ({outcome.result.diagnosis.reason})")
-            record: dict[str, Any] = {
-                "benchmark": "bench_concurrency",
-                "stamp": stamp,
-                "machine": machine_facts(),
-                "load_average_before": load_average(),
-                "prompts": args.prompts,
-                "tokens": args.tokens,
-                "rounds": args.rounds,
-                "check_verdict": outcome.verdict,
-                "check_passes": outcome.pack.report["volatile"],
-            }
+            record: dict[str, Any] = record_head(
+                "bench_concurrency",
+                stamp,
+                load_average_before=load_average(),
+                prompts=args.prompts,
+                tokens=args.tokens,
+                rounds=args.rounds,
+                check_verdict=outcome.verdict,
+                check_passes=outcome.pack.report["volatile"],
+            )
             if outcome.certificate is None:
                 path = write_result("bench_concurrency", record, stamp=stamp)
                 return Outcome(record, path, (Target("check passes (1 = yes)", 0, 1, False),))
@@ -141,11 +129,6 @@ def run(args: argparse.Namespace) -> Outcome:
                         f"round {round_ + 1} concurrency {level:>2}: "
                         f"{last['tokens'] / last['seconds']:8.1f} tokens/s"
                     )
-        except DetserveError as exc:
-            raise BenchError(exc.diagnostics()) from exc
-        finally:
-            if not args.keep:
-                api.stop(profile)
     baseline_sha = runs[1][0]["sha256"]
     curve = {
         level: statistics.median(r["tokens"] / r["seconds"] for r in runs[level])

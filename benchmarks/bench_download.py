@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import platform
 import random
 import shutil
 import statistics
@@ -48,8 +47,7 @@ from benchlib import (
     Target,
     add_results_option,
     add_workdir_options,
-    load_average,
-    machine_facts,
+    record_head_when,
     run_child,
     say,
     utc_stamp,
@@ -284,11 +282,7 @@ def report(args: argparse.Namespace, runs: list[Run], total: int, commit: str) -
     for target in targets:
         print(f"{target.name}: {target.measured:.3g} (target {target.target:g}) "
               f"{'met' if target.met else 'MISSED'}")  # fmt: skip
-    record: dict[str, object] = {
-        "benchmark": BENCHMARK.name,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_facts()
-        | {"platform": platform.platform(), "load_average": load_average()},
+    record: dict[str, object] = record_head_when(BENCHMARK.name) | {
         "model": {"bytes": total, "shards": args.shards, "commit": commit, "repo": REPO_ID},
         "server": "olah (scripts/stack/olah_hub.py), offline, loopback",
         "patterns": {"include": list(DEFAULT_INCLUDE), "exclude": list(DEFAULT_EXCLUDE)},

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import random
 import shutil
 import struct
@@ -41,8 +40,7 @@ from benchlib import (
     Target,
     add_results_option,
     add_workdir_options,
-    load_average,
-    machine_facts,
+    record_head_when,
     run_child,
     say,
     utc_stamp,
@@ -287,11 +285,7 @@ def bench(args: argparse.Namespace, work: Path) -> Outcome:
             f"{r.peak_tree_mb:>8.1f} {r.ru_maxrss_mb:>9.1f}  {'met' if r.met else 'MISSED'} "
             f"(< {TARGET_SECONDS:g} s, < {TARGET_MB:g} MB)"
         )
-    record: dict[str, object] = {
-        "benchmark": BENCHMARK.name,
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_facts()
-        | {"platform": platform.platform(), "load_average": load_average()},
+    record: dict[str, object] = record_head_when(BENCHMARK.name) | {
         "logs": {
             "samples": n,
             "prompt_tokens": args.prompt_tokens,

@@ -37,7 +37,6 @@ from typing import Any
 
 import httpx
 
-from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
     BUNDLE,
     BUNDLE_PIN,
@@ -47,15 +46,13 @@ from benchlib import (
     Benchmark,
     Outcome,
     Target,
-    add_detserve_option,
     load_average,
-    machine_facts,
+    record_head,
     say,
     utc_stamp,
     write_result,
 )
-from detserve import api
-from detserve.errors import DetserveError
+from benchstack import add_server_options, bench_profile, prepare_stack, served
 from detserve.gateway.admission import Policy, admit, parse_body
 from detserve.profile import load_profile
 from detserve.prompts import load_bundle
@@ -67,17 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (1)")
     parser.add_argument("--target", type=float, default=5.0, help="p50 overhead target, in %% (5)")
-    parser.add_argument("--name", default="bench-gateway", help="profile name (bench-gateway)")
-    parser.add_argument("--port", type=int, default=18030, help="server host port (18030)")
-    parser.add_argument("--gateway-port", type=int, default=18031, help="gateway port (18031)")
     parser.add_argument(
         "--transcript-dir",
         type=Path,
         help="where the gateway's transcript goes (default: a temporary folder under "
         "benchmarks/results, on the disk); /dev/shm shows what the disk's sync costs",
     )
-    parser.add_argument("--keep", action="store_true", help="leave the container running")
-    add_detserve_option(parser)
+    add_server_options(parser, name="bench-gateway", port=18030, gateway_port=18031)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -134,11 +127,7 @@ def stop_gateway(process: subprocess.Popen[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    if not BASE_PROFILE.is_file():
-        lock_base_profile(args.detserve)
-    for port in (args.port, args.gateway_port):
-        if not port_is_free("127.0.0.1", port):
-            raise BenchError(f"port {port} is taken; pass --port / --gateway-port")
+    prepare_stack(args.detserve, (args.port, args.gateway_port), flags="--port / --gateway-port")
     bundle = load_bundle(BUNDLE, BUNDLE_PIN)
     prompts = [p.prompt for p in bundle.prompts if p.prompt is not None][: args.prompts]
     if len(prompts) < args.prompts:
@@ -148,70 +137,65 @@ def run(args: argparse.Namespace) -> Outcome:
     latencies: dict[str, list[float]] = {"server": [], "gateway": []}
     with tempfile.TemporaryDirectory(prefix="bench-gateway-", dir=RESULTS) as temp:
         folder = Path(temp)
-        profile = write_bench_profile(BASE_PROFILE, args.name, args.port, folder)
-        gateway: subprocess.Popen[str] | None = None
-        try:
-            say(f"starting {args.name} on port {args.port}")
-            api.run(profile, on_stage=say)
+        profile = bench_profile(args.name, args.port, folder)
+        with served(profile, args.name, args.port, keep=args.keep):
             transcripts = (args.transcript_dir or folder) / f"transcripts-{stamp}"
             gateway = start_gateway(args.detserve, profile, args.gateway_port, transcripts)
-            say(f"gateway on port {args.gateway_port}; {args.rounds} rounds of {len(prompts)}")
-            pinned = load_profile(profile).profile
-            seed, model = pinned.sampling.seed, pinned.vllm.served_model_name
-            clients = {
-                "server": httpx.Client(
-                    base_url=f"http://127.0.0.1:{args.port}", trust_env=False, timeout=120
-                ),
-                "gateway": httpx.Client(
-                    base_url=f"http://127.0.0.1:{args.gateway_port}", trust_env=False, timeout=120
-                ),
-            }
-            policy = Policy(
-                served_model_name=model,
-                seed=seed,
-                default_max_tokens=pinned.sampling.max_tokens,
-                max_model_len=pinned.vllm.max_model_len,
-                structured_outputs_pinned=pinned.vllm.structured_outputs is not None,
-            )
-            bodies = {}
-            for prompt in prompts:
-                client_body = json.dumps(
-                    {"model": model, "prompt": prompt, "max_tokens": args.tokens}
-                ).encode()
-                admitted = admit("completion", parse_body(client_body), policy)
-                bodies[prompt] = {"server": admitted.body, "gateway": client_body}
-            for round_ in range(args.warmup + args.rounds):
-                timed = round_ >= args.warmup
-                for number, prompt in enumerate(prompts):
-                    order = (
-                        ("server", "gateway")
-                        if (round_ + number) % 2 == 0
-                        else ("gateway", "server")
-                    )
-                    tokens = {}
-                    for side in order:
-                        seconds, tokens[side] = timed_post(clients[side], bodies[prompt][side])
-                        if timed:
-                            latencies[side].append(seconds)
-                    if tokens["server"] != tokens["gateway"]:
-                        raise BenchError(
-                            f"prompt {number}: the gateway's tokens are not the server's"
+            try:
+                say(f"gateway on port {args.gateway_port}; {args.rounds} rounds of {len(prompts)}")
+                pinned = load_profile(profile).profile
+                seed, model = pinned.sampling.seed, pinned.vllm.served_model_name
+                clients = {
+                    "server": httpx.Client(
+                        base_url=f"http://127.0.0.1:{args.port}", trust_env=False, timeout=120
+                    ),
+                    "gateway": httpx.Client(
+                        base_url=f"http://127.0.0.1:{args.gateway_port}",
+                        trust_env=False,
+                        timeout=120,
+                    ),
+                }
+                policy = Policy(
+                    served_model_name=model,
+                    seed=seed,
+                    default_max_tokens=pinned.sampling.max_tokens,
+                    max_model_len=pinned.vllm.max_model_len,
+                    structured_outputs_pinned=pinned.vllm.structured_outputs is not None,
+                )
+                bodies = {}
+                for prompt in prompts:
+                    client_body = json.dumps(
+                        {"model": model, "prompt": prompt, "max_tokens": args.tokens}
+                    ).encode()
+                    admitted = admit("completion", parse_body(client_body), policy)
+                    bodies[prompt] = {"server": admitted.body, "gateway": client_body}
+                for round_ in range(args.warmup + args.rounds):
+                    timed = round_ >= args.warmup
+                    for number, prompt in enumerate(prompts):
+                        order = (
+                            ("server", "gateway")
+                            if (round_ + number) % 2 == 0
+                            else ("gateway", "server")
                         )
-                if timed:
-                    say(
-                        f"round {round_ - args.warmup + 1}: p50 server "
-                        f"{statistics.median(latencies['server']) * 1e3:.2f} ms, gateway "
-                        f"{statistics.median(latencies['gateway']) * 1e3:.2f} ms"
-                    )
-            for client in clients.values():
-                client.close()
-        except DetserveError as exc:
-            raise BenchError(exc.diagnostics()) from exc
-        finally:
-            if gateway is not None:
+                        tokens = {}
+                        for side in order:
+                            seconds, tokens[side] = timed_post(clients[side], bodies[prompt][side])
+                            if timed:
+                                latencies[side].append(seconds)
+                        if tokens["server"] != tokens["gateway"]:
+                            raise BenchError(
+                                f"prompt {number}: the gateway's tokens are not the server's"
+                            )
+                    if timed:
+                        say(
+                            f"round {round_ - args.warmup + 1}: p50 server "
+                            f"{statistics.median(latencies['server']) * 1e3:.2f} ms, gateway "
+                            f"{statistics.median(latencies['gateway']) * 1e3:.2f} ms"
+                        )
+                for client in clients.values():
+                    client.close()
+            finally:
                 stop_gateway(gateway)
-            if not args.keep:
-                api.stop(profile)
     stats = {
         side: {
             "requests": len(values),
@@ -222,19 +206,18 @@ def run(args: argparse.Namespace) -> Outcome:
         for side, values in latencies.items()
     }
     overhead = (stats["gateway"]["p50_ms"] / stats["server"]["p50_ms"] - 1) * 100
-    record: dict[str, Any] = {
-        "benchmark": "bench_gateway",
-        "stamp": stamp,
-        "machine": machine_facts(),
-        "load_average_after": load_average(),
-        "prompts": len(prompts),
-        "tokens": args.tokens,
-        "rounds": args.rounds,
-        "transcript_dir": str(args.transcript_dir or "benchmarks/results (temporary)"),
-        "stats": stats,
-        "p50_overhead_percent": round(overhead, 2),
-        "latencies_s": latencies,
-    }
+    record: dict[str, Any] = record_head(
+        "bench_gateway",
+        stamp,
+        load_average_after=load_average(),
+        prompts=len(prompts),
+        tokens=args.tokens,
+        rounds=args.rounds,
+        transcript_dir=str(args.transcript_dir or "benchmarks/results (temporary)"),
+        stats=stats,
+        p50_overhead_percent=round(overhead, 2),
+        latencies_s=latencies,
+    )
     print("side      requests  requests/s   p50 ms   p99 ms")
     for side, row in stats.items():
         print(

@@ -49,22 +49,19 @@ from typing import Any
 import httpx
 
 from bench_gateway import percentile, start_gateway, stop_gateway
-from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
     RESULTS,
     BenchError,
     Benchmark,
     Outcome,
     Target,
-    add_detserve_option,
     load_average,
-    machine_facts,
+    record_head,
     say,
     utc_stamp,
     write_result,
 )
-from detserve import api
-from detserve.errors import DetserveError
+from benchstack import add_server_options, bench_profile, prepare_stack, served
 from hostile_load import (
     BUILT_IN,
     HostileConnections,
@@ -107,13 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target-ms", type=float, default=100.0, help="max /health latency target (100)"
     )
-    parser.add_argument(
-        "--name", default="bench-gateway-hostile", help="profile name (bench-gateway-hostile)"
-    )
-    parser.add_argument("--port", type=int, default=18032, help="server host port (18032)")
-    parser.add_argument("--gateway-port", type=int, default=18033, help="gateway port (18033)")
-    parser.add_argument("--keep", action="store_true", help="leave the container running")
-    add_detserve_option(parser)
+    add_server_options(parser, name="bench-gateway-hostile", port=18032, gateway_port=18033)
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -175,55 +166,44 @@ def served_model_name(profile: Path) -> str:
 def run(args: argparse.Namespace) -> Outcome:
     hostile_names: tuple[str, ...] = args.hostile
     files = [(str(path), read_request(path)) for path in args.request]
-    if not BASE_PROFILE.is_file():
-        lock_base_profile(args.detserve)
-    for port in (args.port, args.gateway_port):
-        if not port_is_free("127.0.0.1", port):
-            raise BenchError(f"port {port} is taken; pass --port / --gateway-port")
+    prepare_stack(args.detserve, (args.port, args.gateway_port), flags="--port / --gateway-port")
     stamp = utc_stamp()
     load_at_start = load_average()
     RESULTS.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{args.gateway_port}"
     with tempfile.TemporaryDirectory(prefix="bench-gateway-hostile-", dir=RESULTS) as temp:
         folder = Path(temp)
-        profile = write_bench_profile(BASE_PROFILE, args.name, args.port, folder)
+        profile = bench_profile(args.name, args.port, folder)
         model = served_model_name(profile)
         sent = [
             Sent(name, "/v1/completions", built_in_request(name, model)) for name in hostile_names
         ]
         sent += [Sent(name, *document) for name, document in files]
-        gateway = None
         gateway_stderr = ""
-        try:
-            say(f"starting {args.name} on port {args.port}")
-            api.run(profile, on_stage=say)
+        with served(profile, args.name, args.port, keep=args.keep):
             gateway = start_gateway(args.detserve, profile, args.gateway_port, folder / "t")
-            say(f"gateway on port {args.gateway_port}: {args.probes} probes alone")
-            alone = probe(args.gateway_port, args.probes, args.interval)
-            hostile = HostileConnections(args.gateway_port, args.idle, args.half_sent)
-            requests = HostileRequests(url, sent)
-            hostile.start()
-            requests.start()
             try:
-                say(
-                    f"{args.idle} idle and {args.half_sent} half-sent connections held, "
-                    f"{len(sent)} hostile requests in flight "
-                    f"({', '.join(s.name for s in sent) or 'none'}): {args.warm_up:g} s, then "
-                    f"{args.probes} probes"
-                )
-                time.sleep(args.warm_up)
-                loaded = probe(args.gateway_port, args.probes, args.interval)
-                fsync = fsync_histogram(url)
+                say(f"gateway on port {args.gateway_port}: {args.probes} probes alone")
+                alone = probe(args.gateway_port, args.probes, args.interval)
+                hostile = HostileConnections(args.gateway_port, args.idle, args.half_sent)
+                requests = HostileRequests(url, sent)
+                hostile.start()
+                requests.start()
+                try:
+                    say(
+                        f"{args.idle} idle and {args.half_sent} half-sent connections held, "
+                        f"{len(sent)} hostile requests in flight "
+                        f"({', '.join(s.name for s in sent) or 'none'}): {args.warm_up:g} s, then "
+                        f"{args.probes} probes"
+                    )
+                    time.sleep(args.warm_up)
+                    loaded = probe(args.gateway_port, args.probes, args.interval)
+                    fsync = fsync_histogram(url)
+                finally:
+                    requests.stop()
+                    hostile.stop()
             finally:
-                requests.stop()
-                hostile.stop()
-        except DetserveError as exc:
-            raise BenchError(exc.diagnostics()) from exc
-        finally:
-            if gateway is not None:
                 gateway_stderr = stop_gateway(gateway)
-            if not args.keep:
-                api.stop(profile)
     # A probe counts as "under every hostile request" when each was in flight as it began.
     every = [latency for began, latency in loaded if all(s.in_flight(began) for s in sent)]
     origin = loaded[0][0]
@@ -232,10 +212,7 @@ def run(args: argparse.Namespace) -> Outcome:
         "hostile": stats([latency for _, latency in loaded]),
         "every_request_in_flight": stats(every),
     }
-    record: dict[str, Any] = {
-        "benchmark": "bench_gateway_hostile",
-        "stamp": stamp,
-        "machine": machine_facts(),
+    record: dict[str, Any] = record_head("bench_gateway_hostile", stamp) | {
         "load_average_at_start": load_at_start,
         "load_average_after": load_average(),
         "idle": args.idle,

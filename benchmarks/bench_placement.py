@@ -36,7 +36,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench_runtime import BASE_PROFILE, lock_base_profile, port_is_free, write_bench_profile
 from benchlib import (
     BUNDLE,
     BUNDLE_PIN,
@@ -46,11 +45,12 @@ from benchlib import (
     Target,
     add_detserve_option,
     load_average,
-    machine_facts,
+    run_record,
     say,
     utc_stamp,
     write_result,
 )
+from benchstack import bench_profile, prepare_stack
 from detserve import api
 from detserve.errors import DetserveError
 from detserve.keys import generate_key_pair
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def profile_with(folder: Path, name: str, port: int, policy: str | None) -> Path:
-    path = write_bench_profile(BASE_PROFILE, name, port, folder / name)
+    path = bench_profile(name, port, folder / name)
     document = json.loads(path.read_text(encoding="utf-8"))
     document["runtime"]["cpu_placement"] = policy
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -111,19 +111,9 @@ def sample(
 
 
 def run(args: argparse.Namespace) -> Outcome:
-    if not BASE_PROFILE.is_file():
-        lock_base_profile(args.detserve)
-    for port in (args.port, args.port + 1):
-        if not port_is_free("127.0.0.1", port):
-            raise BenchError(f"port {port} is taken; pass --port")
+    prepare_stack(args.detserve, (args.port, args.port + 1))
     stamp = utc_stamp()
-    record: dict[str, Any] = {
-        "benchmark": "bench_placement",
-        "stamp": stamp,
-        "machine": machine_facts(),
-        "load_average_before": load_average(),
-        "options": {k: str(v) for k, v in vars(args).items()},
-    }
+    record: dict[str, Any] = run_record("bench_placement", stamp, args)
     high = args.concurrency
     runs: dict[str, list[dict[str, Any]]] = {"placed_high": [], "placed_1": [], "unplaced_1": []}
     with tempfile.TemporaryDirectory(prefix="bench-placement-") as temp:

@@ -49,7 +49,7 @@ from benchlib import (
     Target,
     add_workdir_options,
     load_average,
-    machine_facts,
+    run_record,
     say,
     utc_stamp,
     work_folder,
@@ -126,14 +126,7 @@ def detect(watch: SnapshotWatch, interval: float, limit_s: float) -> float | Non
 def run(args: argparse.Namespace) -> Outcome:
     stamp = utc_stamp()
     rate = round(args.rate_mib * MIB)
-    record: dict[str, Any] = {
-        "benchmark": "bench_soak",
-        "stamp": stamp,
-        "machine": machine_facts(),
-        "load_average_before": load_average(),
-        "options": {k: str(v) for k, v in vars(args).items()},
-        "bytes_per_s": rate,
-    }
+    record: dict[str, Any] = run_record("bench_soak", stamp, args, bytes_per_s=rate)
     with work_folder("bench-soak-", args) as work, state_directory(work):
         say(f"writing a {args.total_gib:g} GiB snapshot in {args.shards} shards under {work}")
         synthetic = write_hf_snapshot(work / "hf-cache", int(args.total_gib * GIB), args.shards)

@@ -47,7 +47,7 @@ from benchlib import (
     Target,
     add_workdir_options,
     load_average,
-    machine_facts,
+    run_record,
     say,
     utc_stamp,
     work_folder,
@@ -191,14 +191,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> Outcome:
     stamp = utc_stamp()
     cold = not args.no_cold and can_drop_page_cache() is None
-    record: dict[str, Any] = {
-        "benchmark": "bench_verify",
-        "stamp": stamp,
-        "machine": machine_facts(),
-        "load_average_before": load_average(),
-        "options": {k: str(v) for k, v in vars(args).items()},
-        "cold": cold,
-    }
+    record: dict[str, Any] = run_record("bench_verify", stamp, args, cold=cold)
     with work_folder("bench-verify-", args) as work, state_directory(work):
         say(f"writing a {args.total_gib:g} GiB snapshot in {args.shards} shards under {work}")
         began = time.perf_counter()

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -432,6 +433,32 @@ def run_child(
 def utc_stamp(when: float | None = None) -> str:
     """``20261123T091336Z``: the UTC time in a record's file name."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+
+
+def record_head(name: str, stamp: str, **more: object) -> dict[str, Any]:
+    """The fields a record begins with: the benchmark, its stamp, the machine, then ``more``."""
+    return {"benchmark": name, "stamp": stamp, "machine": machine_facts(), **more}
+
+
+def run_record(name: str, stamp: str, args: argparse.Namespace, **more: object) -> dict[str, Any]:
+    """:func:`record_head` with the load before the run and every option, as text."""
+    return record_head(
+        name,
+        stamp,
+        load_average_before=load_average(),
+        options={k: str(v) for k, v in vars(args).items()},
+        **more,
+    )
+
+
+def record_head_when(name: str) -> dict[str, object]:
+    """The fields a child-timing record begins with: the local time, the machine and its load."""
+    return {
+        "benchmark": name,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_facts()
+        | {"platform": platform.platform(), "load_average": load_average()},
+    }
 
 
 def write_result(

@@ -46,7 +46,13 @@ from detserve.hashing import (
 )
 from detserve.manifest import SnapshotManifest, parse_manifest, read_manifest_bytes
 from detserve.signed_statement import SignedFile, SignedModel
-from detserve.snapshot import SnapshotDiff, SnapshotScan, VerifyReport, scan_snapshot
+from detserve.snapshot import (
+    SnapshotDiff,
+    SnapshotScan,
+    VerifyReport,
+    pinnable_scan,
+    scan_snapshot,
+)
 
 _HINT: Final = (
     "a signed snapshot holds exactly the files the publisher signed: download every signed file "
@@ -230,12 +236,7 @@ def derive_manifest(
     on_total: ProgressCallback | None = None,
 ) -> SnapshotManifest:
     """The manifest of a snapshot that is exactly the signed model; raise on any difference."""
-    scan = scan_snapshot(snapshot_dir)
-    if scan.unsafe:
-        raise InputError(
-            f"refusing to hash {snapshot_dir}: it has entries that cannot be pinned",
-            details=[f"unsafe: ./{p} {why}" for p, why in sorted(scan.unsafe.items())],
-        )
+    scan = pinnable_scan(snapshot_dir)
     entry = signature_entry(snapshot_dir, signed.signature)
     to_read = [p for p in scan.files if p in signed.files or p == entry]
     if on_total is not None:
@@ -312,17 +313,7 @@ def verify_signed_snapshot(
             f"snapshot {snapshot_dir}: cannot read {exc.filename}: {exc.strerror}"
         ) from exc
     _check_entry(snapshot_dir, signed, entry, reads)
-    diff = SnapshotDiff(
-        manifest_problems=[str(p) for p in sorted(parsed.problems)],
-        unsafe=sorted(scan.unsafe.items()),
-        missing=[p for p in expected if p not in scan.files and p not in scan.unsafe],
-        extra=[p for p in scan.files if p not in expected],
-        changed=[
-            (p, expected[p], reads[p].sha256)
-            for p in expected
-            if p in reads and reads[p].sha256 != expected[p]
-        ],
-    )
+    diff = SnapshotDiff.against(parsed, scan, {p: read.sha256 for p, read in reads.items()})
     lines = diff.lines() + signature_lines(signed, scan, reads, entry)
     lines += _agreement_lines(parsed.manifest, signed, entry)
     if lines:

@@ -239,6 +239,36 @@ class SnapshotDiff:
             self.missing or self.extra or self.changed or self.unsafe or self.manifest_problems
         )
 
+    @classmethod
+    def against(
+        cls, parsed: ParsedManifest, scan: SnapshotScan, sha256: Mapping[str, str]
+    ) -> SnapshotDiff:
+        """How a scanned snapshot, whose files read to ``sha256``, differs from a manifest."""
+        expected = parsed.manifest.digests
+        return cls(
+            manifest_problems=[str(p) for p in sorted(parsed.problems)],
+            unsafe=sorted(scan.unsafe.items()),
+            missing=[p for p in expected if p not in scan.files and p not in scan.unsafe],
+            extra=[p for p in scan.files if p not in expected],
+            changed=[
+                (p, expected[p], sha256[p])
+                for p in expected
+                if p in sha256 and sha256[p] != expected[p]
+            ],
+        )
+
+
+def pinnable_scan(snapshot_dir: Path) -> SnapshotScan:
+    """:func:`scan_snapshot`, refusing a snapshot with entries that cannot be pinned."""
+    scan = scan_snapshot(snapshot_dir)
+    if scan.unsafe:
+        # Bad input, not a failed verification (exit 1): there is no manifest to fail against.
+        raise InputError(
+            f"refusing to hash {snapshot_dir}: it has entries that cannot be pinned",
+            details=[f"unsafe: ./{p} {why}" for p, why in sorted(scan.unsafe.items())],
+        )
+    return scan
+
 
 def verify_snapshot(
     snapshot_dir: Path,
@@ -278,14 +308,7 @@ def verify_against(
     and the ``fstat`` of what was read (``sync_first``: :func:`~detserve.hashing.sha256_opened`)."""
     started = time.perf_counter() if started is None else started
     scan = scan_snapshot(snapshot_dir)
-    expected = parsed.manifest.digests
-    diff = SnapshotDiff(
-        manifest_problems=[str(p) for p in sorted(parsed.problems)],
-        unsafe=sorted(scan.unsafe.items()),
-    )
-    diff.missing = [p for p in expected if p not in scan.files and p not in scan.unsafe]
-    diff.extra = [p for p in scan.files if p not in expected]
-    to_hash = [p for p in expected if p in scan.files]
+    to_hash = [p for p in parsed.manifest.digests if p in scan.files]
     if on_total is not None:
         on_total(sum(scan.files[p] for p in to_hash))
     try:
@@ -294,11 +317,7 @@ def verify_against(
         raise SnapshotMismatch(
             f"snapshot {snapshot_dir}: cannot read {exc.filename}: {exc.strerror}"
         ) from exc
-    diff.changed = [
-        (path, expected[path], actual[path].sha256)
-        for path in to_hash
-        if actual[path].sha256 != expected[path]
-    ]
+    diff = SnapshotDiff.against(parsed, scan, {path: d.sha256 for path, d in actual.items()})
     if diff:
         raise SnapshotMismatch(
             f"snapshot {snapshot_dir} does not match manifest {manifest_path}",
@@ -325,13 +344,7 @@ def build_manifest(
     on_total: ProgressCallback | None = None,
 ) -> SnapshotManifest:
     """Hash every file of a snapshot into a manifest; refuse a snapshot with unsafe entries."""
-    scan = scan_snapshot(snapshot_dir)
-    if scan.unsafe:
-        # Bad input, not a failed verification (exit 1): there is no manifest to fail against.
-        raise InputError(
-            f"refusing to hash {snapshot_dir}: it has entries that cannot be pinned",
-            details=[f"unsafe: ./{p} {why}" for p, why in sorted(scan.unsafe.items())],
-        )
+    scan = pinnable_scan(snapshot_dir)
     if not scan.files:
         raise InputError(f"refusing to hash {snapshot_dir}: it has no files")
     if on_total is not None:

@@ -40,6 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.json"
 IMAGE_TAG = "127.0.0.1:5000/detserve/vllm-cpu:0.32.0"
 IMAGE_REPO = IMAGE_TAG.rsplit(":", 1)[0]
+STACK = REPO_ROOT / "scripts" / "stack" / "stack.py"
+#: the second engine of the local stack (`stack.py node2 up`), a second node for cluster and fleet
+NODE2 = "unix:///run/detserve-node2/docker.sock"
 
 Document = dict[str, Any]
 
@@ -215,3 +218,32 @@ def profile_factory(
 def local_profile(profile_factory: ProfileFactory, request: pytest.FixtureRequest) -> Path:
     """A tiny-cpu copy for this test: its own name, container and free port; image pinned."""
     return profile_factory(request.node.name)
+
+
+def _stack(*args: str) -> None:
+    ran = subprocess.run(
+        [sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=300
+    )
+    assert ran.returncode == 0, ran.stderr
+
+
+@pytest.fixture(scope="module")
+def node2() -> Iterator[docker.DockerClient]:
+    """The second engine, up for the module that asks for it and down after it."""
+    _stack("node2", "up")
+    client = docker.DockerClient(base_url=NODE2)
+    try:
+        yield client
+    finally:
+        client.close()
+        _stack("node2", "down")
+
+
+def wait_for_run_log(sampling: subprocess.Popen[str], out: Path, timeout_s: float) -> None:
+    """Wait until ``sampling`` has begun ``out/x.runlog.jsonl`` (its ``.partial`` exists);
+    fail if it exits first or the log never starts."""
+    deadline = time.monotonic() + timeout_s
+    while not list(out.glob("*.partial")) and time.monotonic() < deadline:
+        assert sampling.poll() is None, sampling.communicate()
+        time.sleep(0.05)
+    assert list(out.glob(".x.runlog.jsonl.*.partial")), "the run log never started"

@@ -26,31 +26,11 @@ import pytest
 
 from detserve.runlog import validate_run_log
 
-from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory
+from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory, wait_for_run_log
 
-STACK = REPO_ROOT / "scripts" / "stack" / "stack.py"
-NODE2 = "unix:///run/detserve-node2/docker.sock"
 MAIN = "unix:///var/run/docker.sock"
 READY_TIMEOUT_S = 900
 EXIT_ENVIRONMENT = 3
-
-
-def _stack(*args: str) -> None:
-    ran = subprocess.run(
-        [sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=300
-    )
-    assert ran.returncode == 0, ran.stderr
-
-
-@pytest.fixture(scope="module")
-def node2() -> Iterator[docker.DockerClient]:
-    _stack("node2", "up")
-    client = docker.DockerClient(base_url=NODE2)
-    try:
-        yield client
-    finally:
-        client.close()
-        _stack("node2", "down")
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +159,7 @@ def test_a_worker_killed_mid_run_leaves_no_claim(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT
     )
     try:
-        deadline = time.monotonic() + 120
-        while not list(out.glob("*.partial")) and time.monotonic() < deadline:
-            assert sampling.poll() is None, sampling.communicate()
-            time.sleep(0.05)
-        assert list(out.glob(".x.runlog.jsonl.*.partial")), "the run log never started"
+        wait_for_run_log(sampling, out, 120)
         time.sleep(1.0)  # a few samples in
         assert sampling.poll() is None, "sampling finished before the worker could be killed"
         (worker,) = node2.containers.list()

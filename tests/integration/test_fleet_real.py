@@ -11,38 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from .conftest import REPO_ROOT, DetserveRunner, ProfileFactory
+from .conftest import NODE2, DetserveRunner, ProfileFactory
 
-STACK = REPO_ROOT / "scripts" / "stack" / "stack.py"
-NODE2 = "unix:///run/detserve-node2/docker.sock"
 MAIN = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 READY_TIMEOUT_S = 600
-
-
-def _stack(*args: str) -> None:
-    ran = subprocess.run(
-        [sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=300
-    )
-    assert ran.returncode == 0, ran.stderr
-
-
-@pytest.fixture(scope="module")
-def node2() -> Iterator[docker.DockerClient]:
-    _stack("node2", "up")
-    client = docker.DockerClient(base_url=NODE2)
-    try:
-        yield client
-    finally:
-        client.close()
-        _stack("node2", "down")
 
 
 @pytest.fixture(scope="module")

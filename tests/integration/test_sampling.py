@@ -44,7 +44,14 @@ from detserve.runtime.container_spec import LABEL_PROFILE
 from detserve.runtime.engine import DockerEngine
 from detserve.sampling import SampleRequest, sample
 
-from .conftest import REPO_ROOT, CliRun, DetserveRunner, ProfileFactory, container_of
+from .conftest import (
+    REPO_ROOT,
+    CliRun,
+    DetserveRunner,
+    ProfileFactory,
+    container_of,
+    wait_for_run_log,
+)
 
 #: generous: the server is ready 40-80 s after start on two cores
 READY_TIMEOUT_S = 400
@@ -521,11 +528,7 @@ class TestSampling:
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
-            deadline = time.monotonic() + 60
-            while not list(out.glob("*.partial")) and time.monotonic() < deadline:
-                assert sampling.poll() is None, sampling.communicate()
-                time.sleep(0.05)
-            assert list(out.glob(".x.runlog.jsonl.*.partial")), "the run log never started"
+            wait_for_run_log(sampling, out, 60)
             time.sleep(0.5)  # a few samples in
             assert sampling.poll() is None, "sampling finished before it could be interrupted"
             sampling.send_signal(signal.SIGINT)

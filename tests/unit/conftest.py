@@ -8,6 +8,7 @@ laid out like the repository (``configs/``, ``artifacts/hf-cache``, the referenc
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from .committed import (
     CliRunner,
     TinyWorkspace,
 )
+from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, running_gateway
+from .signing_rig import KeyPair, publish_model, sign_with_key
 
 
 @pytest.fixture
@@ -84,3 +87,44 @@ def copy_tiny_workspace(tmp_path: Path) -> TinyWorkspace:
 def tiny_snapshot_copy(tiny_workspace: TinyWorkspace) -> TinyWorkspace:
     """The same workspace; the name says what a test uses it for."""
     return tiny_workspace
+
+
+# --- a publisher's model signature (test_model_signature, test_signed_snapshot) ------------------
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> KeyPair:
+    """The publisher's elliptic-curve key pair."""
+    return KeyPair.make(tmp_path / "keys", "publisher")
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    """The tiny model as its publisher's repository holds it (plain files)."""
+    return publish_model(tmp_path / "publisher" / "tiny-llama")
+
+
+@pytest.fixture
+def signature(tmp_path: Path, published: Path, keys: KeyPair) -> Path:
+    """``published`` signed with ``keys`` by model_signing."""
+    return sign_with_key(published, tmp_path / "publisher" / "model.sig", keys)
+
+
+# --- a gateway in front of a streaming fake vLLM (the test_gateway* files) ----------------------
+
+
+@pytest.fixture
+def fixture(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Fixture:
+    """What the gateway is built from; a test's own ``rig`` may set its options or limits."""
+    return Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
+
+
+@pytest.fixture
+def fake() -> StreamingFakeVllm:
+    return StreamingFakeVllm()
+
+
+@pytest.fixture
+def rig(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[GatewayRig]:
+    """The gateway with default options, serving for the test."""
+    yield from running_gateway(fixture, fake)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 
 from detserve import api
@@ -186,3 +187,12 @@ def running_gateway(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[Gatew
 
 #: the same, as a ``with`` block
 gateway_running = contextmanager(running_gateway)
+
+JSON = {"Content-Type": "application/json"}
+
+
+def post_raw(
+    rig: GatewayRig, body: bytes, path: str = "/v1/completions", headers: Any = JSON
+) -> httpx.Response:
+    """``body`` exactly as given (no client re-encoding), to ``path`` of the gateway."""
+    return httpx.post(f"{rig.url}{path}", content=body, headers=headers, timeout=60)

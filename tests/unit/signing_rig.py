@@ -251,6 +251,14 @@ def hash_signed(
     )
 
 
+def assert_refused(result: CliResult, code: int, output: Path, *messages: str) -> None:
+    """The command exited ``code``, said each of ``messages`` and wrote nothing at ``output``."""
+    assert result.code == code, result.text
+    for message in messages:
+        assert message in result.err, result.err
+    assert not output.exists(), f"{output} was written"
+
+
 def verify_signed(
     cli: CliRunner, ws: TinyWorkspace, signature: Path, *trust: str | Path, manifest: Path
 ) -> CliResult:

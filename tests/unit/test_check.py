@@ -111,14 +111,22 @@ class VaryingVllm(FakeVllm):
         return answer
 
 
-@pytest.fixture
-def varying(
+def varying_rig(
     tiny_workspace: TinyWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Rig]:
+    """The tiny workspace in front of a fake vLLM that varies on request (a fixture's
+    ``yield from``)."""
     bundle = load_bundle(BUNDLE_DIR, BUNDLE_PIN)
     fake = VaryingVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts})
     with serving(fake.answer) as port:
         yield from _rig(tiny_workspace, tmp_path, monkeypatch, bundle, fake, port)
+
+
+@pytest.fixture
+def varying(
+    tiny_workspace: TinyWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Rig]:
+    yield from varying_rig(tiny_workspace, tmp_path, monkeypatch)
 
 
 def _fake(rig: Rig) -> VaryingVllm:
@@ -830,19 +838,25 @@ class ProbeWithEngine(FakeProbe):
         self.engine = rig.engine
 
 
-def test_cli_check_exits_1_on_batch_variance_and_0_on_a_pass(
-    varying: Rig, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def check_command(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> list[str | Path]:
+    """``detserve check`` at tier 1 over the rig, its probe seeing the rig's engine (no Docker);
+    the caller adds ``--output-dir`` and what it tests."""
     from detserve.runtime import probe
 
     monkeypatch.setattr(
-        probe.DockerProbe, "from_env", classmethod(lambda cls: ProbeWithEngine(varying))
+        probe.DockerProbe, "from_env", classmethod(lambda cls: ProbeWithEngine(rig))
     )
-    args = [
-        "check", "--config", varying.loaded.path, "--tier", "1", "--runs", "2",
+    return [
+        "check", "--config", rig.loaded.path, "--tier", "1", "--runs", "2",
         "--concurrency", "4", "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS),
         "--bundle", BUNDLE_DIR, "--bundle-pin", BUNDLE_PIN,
     ]  # fmt: skip
+
+
+def test_cli_check_exits_1_on_batch_variance_and_0_on_a_pass(
+    varying: Rig, cli: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = check_command(varying, monkeypatch)
     passed = cli(*args, "--output-dir", varying.out / "ok")
     assert passed.code == 0, passed.text
     assert "PASS at tier 1" in passed.out

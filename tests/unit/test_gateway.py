@@ -36,7 +36,7 @@ from detserve.runlog.transcript import (
 )
 from detserve.runtime.container_spec import build_container_spec
 
-from .committed import CliRunner, TinyWorkspace
+from .committed import CliRunner
 from .containers import faithful_container, pinned_image
 from .fake_http import Answer, serving
 from .gateway_rig import (
@@ -45,27 +45,11 @@ from .gateway_rig import (
     StreamingFakeVllm,
     gateway_profile,
     gateway_running,
-    running_gateway,
     tokens_of,
 )
 from .test_sampling_faults import FakeEngine
 
 MODEL = "tiny-llama"
-
-
-@pytest.fixture
-def fixture(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Fixture:
-    return Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
-
-
-@pytest.fixture
-def rig(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[GatewayRig]:
-    yield from running_gateway(fixture, fake)
 
 
 def only_segment(rig: GatewayRig) -> Path:

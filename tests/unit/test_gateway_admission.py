@@ -13,7 +13,6 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,30 +21,9 @@ from referencing.exceptions import Unresolvable
 
 import detserve.constraint_check as constraint_check
 
-from .committed import TinyWorkspace
-from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, running_gateway
+from .gateway_rig import JSON, GatewayRig, StreamingFakeVllm, post_raw
 
 MODEL = "tiny-llama"
-JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
-
-
-@pytest.fixture
-def rig(
-    tiny_workspace: TinyWorkspace, tmp_path: Path, fake: StreamingFakeVllm
-) -> Iterator[GatewayRig]:
-    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-    yield from running_gateway(fixture, fake)
-
-
-def post_raw(
-    rig: GatewayRig, body: bytes, path: str = "/v1/completions", headers: Any = JSON
-) -> httpx.Response:
-    return httpx.post(f"{rig.url}{path}", content=body, headers=headers, timeout=60)
 
 
 def post(rig: GatewayRig, body: dict[str, Any], path: str = "/v1/completions") -> httpx.Response:

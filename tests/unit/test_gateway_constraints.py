@@ -6,7 +6,6 @@ what the engine did. A faithful replay reproduces every check."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,9 @@ from .committed import TinyWorkspace
 from .containers import faithful_container, pinned_image
 from .fake_http import serving
 from .gateway_rig import (
-    Fixture,
     GatewayRig,
     StreamingFakeVllm,
     gateway_profile,
-    running_gateway,
 )
 from .test_sampling_faults import FakeEngine
 from .test_transcript import HEADER, exchange
@@ -46,19 +43,6 @@ SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required"
 GBNF = 'root ::= "yes" | "no"'
 #: vLLM's name for each constraint kind in structured_outputs
 VLLM_NAME = {"json_schema": "json", "json_object": "json_object"}
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
-
-
-@pytest.fixture
-def rig(
-    tiny_workspace: TinyWorkspace, tmp_path: Path, fake: StreamingFakeVllm
-) -> Iterator[GatewayRig]:
-    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-    yield from running_gateway(fixture, fake)
 
 
 def request(constraint: dict[str, Any] | None) -> ExchangeRequest:

@@ -33,21 +33,11 @@ from detserve.runlog import transcript as transcript_module
 from detserve.runlog.series import validate_transcript_dir
 from detserve.runlog.transcript import read_exchanges, validate_transcript
 
-from .committed import CliRunner, TinyWorkspace
+from .committed import CliRunner
 from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_profile, gateway_running
 
 MODEL = "tiny-llama"
 BODY = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
-
-
-@pytest.fixture
-def fixture(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Fixture:
-    return Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
 
 
 @pytest.fixture

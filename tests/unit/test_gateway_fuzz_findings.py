@@ -33,25 +33,12 @@ KEY = "findings-key-0123456789"
 
 
 @pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
-
-
-@pytest.fixture
 def keyed(
     tiny_workspace: TinyWorkspace, tmp_path: Path, fake: StreamingFakeVllm
 ) -> Iterator[GatewayRig]:
     fixture = Fixture(
         workspace=tiny_workspace, transcripts=tmp_path / "transcripts", options={"api_key": KEY}
     )
-    yield from running_gateway(fixture, fake)
-
-
-@pytest.fixture
-def rig(
-    tiny_workspace: TinyWorkspace, tmp_path: Path, fake: StreamingFakeVllm
-) -> Iterator[GatewayRig]:
-    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
     yield from running_gateway(fixture, fake)
 
 

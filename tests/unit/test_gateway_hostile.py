@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,23 +26,12 @@ from detserve.errors import UsageError
 from detserve.gateway.connections import ConnectionLimits
 from detserve.gateway.guards import HostPolicy, checked_hosts
 
-from .committed import TinyWorkspace
 from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_running
 
 MODEL = "tiny-llama"
 BODY = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
 #: short deadlines, so that the slow clients are seen within a test
 LIMITS = ConnectionLimits(header_timeout_s=0.5, max_header_bytes=4096, max_connections=8)
-
-
-@pytest.fixture
-def fixture(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Fixture:
-    return Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
 
 
 @pytest.fixture

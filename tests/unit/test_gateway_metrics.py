@@ -10,9 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +29,6 @@ from detserve.gateway.metrics import (
     route_of,
 )
 
-from .committed import TinyWorkspace
 from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_running
 
 MODEL = "tiny-llama"
@@ -39,22 +36,6 @@ BODY = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
 JSON = {"Content-Type": "application/json"}
 #: samples by (name, labels)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-def fixture(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Fixture:
-    return Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
-
-
-@pytest.fixture
-def rig(fixture: Fixture, fake: StreamingFakeVllm) -> Iterator[GatewayRig]:
-    with gateway_running(fixture, fake) as running:
-        yield running
 
 
 def scrape_text(rig: GatewayRig, **kwargs: Any) -> str:

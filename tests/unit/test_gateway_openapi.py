@@ -68,12 +68,6 @@ def keyed(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Iterator[GatewayRig]
     yield from running_gateway(fixture, StreamingFakeVllm())
 
 
-@pytest.fixture
-def rig(tiny_workspace: TinyWorkspace, tmp_path: Path) -> Iterator[GatewayRig]:
-    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-    yield from running_gateway(fixture, StreamingFakeVllm())
-
-
 def body_validator(document: dict[str, Any], kind: str) -> jsonschema.Draft202012Validator:
     """The document's request body schema, its references resolved in the document."""
     root = {"$ref": f"#/components/schemas/{BODY[kind]}", "components": document["components"]}

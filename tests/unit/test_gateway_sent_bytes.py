@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,10 @@ from detserve.runtime.container_spec import build_container_spec
 from .committed import TinyWorkspace
 from .containers import faithful_container, pinned_image
 from .fake_http import serving
-from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_profile, running_gateway
+from .gateway_rig import JSON, GatewayRig, StreamingFakeVllm, gateway_profile, post_raw
 from .test_sampling_faults import FakeEngine
 
 MODEL = "tiny-llama"
-JSON = {"Content-Type": "application/json"}
 POLICY = Policy(
     served_model_name=MODEL,
     seed=0,
@@ -46,25 +44,6 @@ SCHEMA_TEXT = (
     '{"type":"object","properties":{"zeta":{"type":"number","minimum":1.0},'
     '"alpha":{"enum":[1e2,100,-0]}},"required":["zeta","alpha"]}'
 )
-
-
-@pytest.fixture
-def fake() -> StreamingFakeVllm:
-    return StreamingFakeVllm()
-
-
-@pytest.fixture
-def rig(
-    tiny_workspace: TinyWorkspace, tmp_path: Path, fake: StreamingFakeVllm
-) -> Iterator[GatewayRig]:
-    fixture = Fixture(workspace=tiny_workspace, transcripts=tmp_path / "transcripts")
-    yield from running_gateway(fixture, fake)
-
-
-def post_raw(
-    rig: GatewayRig, body: bytes, path: str = "/v1/completions", headers: Any = JSON
-) -> httpx.Response:
-    return httpx.post(f"{rig.url}{path}", content=body, headers=headers, timeout=60)
 
 
 def response_format(schema_text: str, *, extra: str = "") -> str:

@@ -106,31 +106,28 @@ def _bundle(p: Paths) -> list[str | Path]:
     return ["--bundle", p["bundle"], "--bundle-pin", p["bundle-pin"]]
 
 
+def _sample(p: Paths) -> list[str | Path]:
+    return [
+        "sample",
+        "--config",
+        p["config"],
+        *_bundle(p),
+        "--run-log-output",
+        p["out-file"],
+        "--sidecar-output",
+        p["out-file-2"],
+    ]
+
+
 COMMANDS: dict[str, Command] = {
     "sample": Command(
-        lambda p: [
-            "sample",
-            "--config",
-            p["config"],
-            *_bundle(p),
-            "--run-log-output",
-            p["out-file"],
-            "--sidecar-output",
-            p["out-file-2"],
-        ],
+        _sample,
         ("config", "manifest", "snapshot", "bundle", "bundle-pin"),
         ("out-file", "out-file-2"),
     ),
     "sample --certificate": Command(
         lambda p: [
-            "sample",
-            "--config",
-            p["config"],
-            *_bundle(p),
-            "--run-log-output",
-            p["out-file"],
-            "--sidecar-output",
-            p["out-file-2"],
+            *_sample(p),
             "--concurrency",
             "2",
             "--certificate",

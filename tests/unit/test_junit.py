@@ -24,14 +24,12 @@ import typer
 from detserve.cli.junit_option import JunitXmlOption, junit_xml_report, record_outcome
 from detserve.errors import EXIT_INPUT, EXIT_OK, EXIT_VERIFICATION, Divergence, UsageError
 from detserve.junit import JunitCase, Outcome, junit_document
-from detserve.prompts import load_bundle
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, TINY_CONFIG, CliRunner
 from .conftest import TinyWorkspace
-from .fake_http import serving
 from .runlog_builders import make_sample, write_log
-from .test_check import MAX_TOKENS, N_PROMPTS, ProbeWithEngine, VaryingVllm
-from .test_sampling_faults import Rig, _rig
+from .test_check import check_command, varying_rig
+from .test_sampling_faults import Rig
 
 #: every character class XML 1.0 forbids or a reader's screen would act on, with XML's own
 #: specials: C0 controls but tab/newline/CR, DEL and C1, lone surrogates (an undecodable file
@@ -378,25 +376,13 @@ def varying(
     tiny_workspace: TinyWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Rig]:
     """test_check's rig: the tiny workspace in front of a fake vLLM that varies on request."""
-    bundle = load_bundle(BUNDLE_DIR, BUNDLE_PIN)
-    fake = VaryingVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts})
-    with serving(fake.answer) as port:
-        yield from _rig(tiny_workspace, tmp_path, monkeypatch, bundle, fake, port)
+    yield from varying_rig(tiny_workspace, tmp_path, monkeypatch)
 
 
 def test_check_reports_a_pass_and_batch_variance(
     varying: Rig, cli: CliRunner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from detserve.runtime import probe
-
-    monkeypatch.setattr(
-        probe.DockerProbe, "from_env", classmethod(lambda cls: ProbeWithEngine(varying))
-    )
-    args = [
-        "check", "--config", varying.loaded.path, "--tier", "1", "--runs", "2",
-        "--concurrency", "4", "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS),
-        "--bundle", BUNDLE_DIR, "--bundle-pin", BUNDLE_PIN,
-    ]  # fmt: skip
+    args = check_command(varying, monkeypatch)
     inside = varying.out / "ok" / "check.xml"
     refused = cli(*args, "--output-dir", varying.out / "ok", "--junit-xml", inside)
     assert refused.code == EXIT_INPUT

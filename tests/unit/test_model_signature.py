@@ -31,11 +31,11 @@ from .committed import CliRunner, TinyWorkspace, sha256_hex
 from .signing_rig import (
     Authority,
     KeyPair,
+    assert_refused,
     bundle_of,
     details,
     hash_signed,
     public_pem,
-    publish_model,
     sign_statement,
     sign_with_certificate,
     sign_with_key,
@@ -47,23 +47,8 @@ Statement = dict[str, Any]
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> KeyPair:
-    return KeyPair.make(tmp_path / "keys", "publisher")
-
-
-@pytest.fixture
 def other_keys(tmp_path: Path) -> KeyPair:
     return KeyPair.make(tmp_path / "keys", "someone-else")
-
-
-@pytest.fixture
-def published(tmp_path: Path) -> Path:
-    return publish_model(tmp_path / "publisher" / "tiny-llama")
-
-
-@pytest.fixture
-def signature(tmp_path: Path, published: Path, keys: KeyPair) -> Path:
-    return sign_with_key(published, tmp_path / "publisher" / "model.sig", keys)
 
 
 @pytest.fixture
@@ -91,9 +76,12 @@ def test_a_signature_by_another_key_is_exit_1(
     result = hash_signed(
         cli, tiny_workspace, signature, "--public-key", other_keys.public, output=output
     )
-    assert result.code == EXIT_VERIFICATION, result.text
-    assert f"does not verify with public key sha256:{other_keys.fingerprint}" in result.err
-    assert not output.exists()
+    assert_refused(
+        result,
+        EXIT_VERIFICATION,
+        output,
+        f"does not verify with public key sha256:{other_keys.fingerprint}",
+    )
 
 
 def test_a_signature_by_another_key_without_a_key_hint_is_exit_1(
@@ -108,9 +96,7 @@ def test_a_signature_by_another_key_without_a_key_hint_is_exit_1(
     result = hash_signed(
         cli, tiny_workspace, signature, "--public-key", other_keys.public, output=output
     )
-    assert result.code == EXIT_VERIFICATION, result.text
-    assert "does not verify with public key" in result.err
-    assert not output.exists()
+    assert_refused(result, EXIT_VERIFICATION, output, "does not verify with public key")
 
 
 def test_an_old_signature_without_a_key_hint_verifies_and_the_library_note_goes_to_stderr(
@@ -162,9 +148,7 @@ def test_signed_content_changed_to_match_a_tampered_file_is_exit_1(
 
     rewrite_bundle(forged, keep_publishers_signature)
     result = hash_signed(cli, tiny_workspace, forged, "--public-key", keys.public, output=output)
-    assert result.code == EXIT_VERIFICATION, result.text
-    assert "does not verify with public key" in result.err
-    assert not output.exists()
+    assert_refused(result, EXIT_VERIFICATION, output, "does not verify with public key")
 
 
 def test_a_changed_signature_value_is_exit_1(
@@ -216,9 +200,7 @@ def test_a_key_that_cannot_be_used_is_exit_2(
         assert isinstance(key, bytes)
         path.write_bytes(key)
     result = hash_signed(cli, tiny_workspace, signature, "--public-key", path, output=output)
-    assert result.code == EXIT_INPUT, result.text
-    assert message in result.err
-    assert not output.exists()
+    assert_refused(result, EXIT_INPUT, output, message)
 
 
 def test_a_p384_key_verifies(

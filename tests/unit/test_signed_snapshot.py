@@ -17,27 +17,12 @@ from detserve.errors import EXIT_INPUT, EXIT_OK, EXIT_VERIFICATION
 from .committed import TINY_MANIFEST, CliRunner, TinyWorkspace, sha256_hex
 from .signing_rig import (
     KeyPair,
+    assert_refused,
     details,
     hash_signed,
-    publish_model,
     sign_with_key,
     verify_signed,
 )
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> KeyPair:
-    return KeyPair.make(tmp_path / "keys", "publisher")
-
-
-@pytest.fixture
-def published(tmp_path: Path) -> Path:
-    return publish_model(tmp_path / "publisher" / "tiny-llama")
-
-
-@pytest.fixture
-def signature(tmp_path: Path, published: Path, keys: KeyPair) -> Path:
-    return sign_with_key(published, tmp_path / "publisher" / "model.sig", keys)
 
 
 def flip_byte(ws: TinyWorkspace, name: str) -> None:
@@ -159,9 +144,9 @@ def test_a_link_out_of_the_model_is_refused_whatever_the_signer_allowed(
     link.symlink_to(outside)  # the signed bytes, but from outside the model
     output = tmp_path / "derived.sha256"
     result = hash_signed(cli, tiny_workspace, signature, "--public-key", keys.public, output=output)
-    assert result.code == EXIT_INPUT, result.text
-    assert "unsafe: ./config.json symlink resolves outside the snapshot" in result.err
-    assert not output.exists()
+    assert_refused(
+        result, EXIT_INPUT, output, "unsafe: ./config.json symlink resolves outside the snapshot"
+    )
 
 
 def test_the_signature_file_inside_the_snapshot_is_pinned(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,35 @@ def watch_of(ws: TinyWorkspace, clock: Clock) -> SnapshotWatch:
     assert "record written" in (first.record or ""), first.record
     return SnapshotWatch(
         ws.snapshot, ws.manifest, manifest.sha256, LIFETIME, bytes_per_s=RATE, clock=clock
+    )
+
+
+@pytest.fixture
+def tmpfs_snapshot(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A three-chunk snapshot on tmpfs, where no record can be kept, and its manifest."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or file_system_types().get(shm.stat().st_dev) != "tmpfs":
+        pytest.skip("no tmpfs at /dev/shm here")
+    snapshot = shm / f"detserve-watch-{id(tmp_path)}"
+    try:
+        snapshot.mkdir()
+        (snapshot / "weights.bin").write_bytes(b"w" * (3 * CHUNK_BYTES))
+        manifest = tmp_path / "m.sha256"
+        manifest.write_bytes(build_manifest(snapshot).to_bytes())
+        yield snapshot, manifest
+    finally:
+        shutil.rmtree(snapshot, ignore_errors=True)
+
+
+def unrecorded_watch(snapshot: Path, manifest: Path, clock: Clock) -> SnapshotWatch:
+    """A watch of the tmpfs snapshot: no record, a pass paced at one chunk a second."""
+    return SnapshotWatch(
+        snapshot,
+        manifest,
+        PinnedManifest.read(manifest).sha256,
+        LIFETIME,
+        bytes_per_s=CHUNK_BYTES,
+        clock=clock,
     )
 
 
@@ -175,42 +205,25 @@ def test_a_changed_manifest_is_refused(ws: TinyWorkspace) -> None:
 
 
 def test_where_no_record_can_be_kept_the_paced_pass_alone_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmpfs_snapshot: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or file_system_types().get(shm.stat().st_dev) != "tmpfs":
-        pytest.skip("no tmpfs at /dev/shm here")
-    snapshot = shm / f"detserve-watch-{id(tmp_path)}"
-    try:
-        snapshot.mkdir()
-        (snapshot / "weights.bin").write_bytes(b"w" * (3 * CHUNK_BYTES))
-        manifest = tmp_path / "m.sha256"
-        manifest.write_bytes(build_manifest(snapshot).to_bytes())
-        clock = Clock()
-        watch = SnapshotWatch(
-            snapshot,
-            manifest,
-            PinnedManifest.read(manifest).sha256,
-            LIFETIME,
-            bytes_per_s=CHUNK_BYTES,
-            clock=clock,
-        )
+    snapshot, manifest = tmpfs_snapshot
+    clock = Clock()
+    watch = unrecorded_watch(snapshot, manifest, clock)
 
-        def no_full_pass(*_args: object, **_kwargs: object) -> None:
-            raise AssertionError("a full pass at every check")
+    def no_full_pass(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a full pass at every check")
 
-        monkeypatch.setattr(snapshot_watch, "verify_in_lifetime", no_full_pass)
-        watch.check()
-        assert "is on tmpfs" in (watch.unrecorded or "")
-        flip_last_byte(snapshot / "weights.bin")
-        with pytest.raises(SnapshotMismatch, match="paced full pass"):
-            run_for(watch, clock, 5)
-        (snapshot / "weights.bin").unlink()  # what the record would have seen at once
-        with pytest.raises(SnapshotMismatch, match=r"cannot read .*weights\.bin"):
-            run_for(watch, clock, 1)
-        watch.close()
-    finally:
-        shutil.rmtree(snapshot, ignore_errors=True)
+    monkeypatch.setattr(snapshot_watch, "verify_in_lifetime", no_full_pass)
+    watch.check()
+    assert "is on tmpfs" in (watch.unrecorded or "")
+    flip_last_byte(snapshot / "weights.bin")
+    with pytest.raises(SnapshotMismatch, match="paced full pass"):
+        run_for(watch, clock, 5)
+    (snapshot / "weights.bin").unlink()  # what the record would have seen at once
+    with pytest.raises(SnapshotMismatch, match=r"cannot read .*weights\.bin"):
+        run_for(watch, clock, 1)
+    watch.close()
 
 
 def test_a_check_through_the_record_vouches_for_the_whole_snapshot_as_of_itself(
@@ -230,40 +243,23 @@ def test_a_check_through_the_record_vouches_for_the_whole_snapshot_as_of_itself(
 
 
 def test_where_no_record_is_kept_the_whole_snapshot_verified_when_a_paced_pass_began(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmpfs_snapshot: tuple[Path, Path],
 ) -> None:
     # a check there reads a slice: the gateway's verification age must not restart at each one
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or file_system_types().get(shm.stat().st_dev) != "tmpfs":
-        pytest.skip("no tmpfs at /dev/shm here")
-    snapshot = shm / f"detserve-watch-age-{id(tmp_path)}"
-    try:
-        snapshot.mkdir()
-        (snapshot / "weights.bin").write_bytes(b"w" * (3 * CHUNK_BYTES))
-        manifest = tmp_path / "m.sha256"
-        manifest.write_bytes(build_manifest(snapshot).to_bytes())
-        clock = Clock()
-        started = time.time()
-        watch = SnapshotWatch(
-            snapshot,
-            manifest,
-            PinnedManifest.read(manifest).sha256,
-            LIFETIME,
-            bytes_per_s=CHUNK_BYTES,
-            clock=clock,
-        )
-        watch.check()
-        assert watch.unrecorded is not None
-        assert watch.verified_whole_at is None  # nothing read whole yet
-        run_for(watch, clock, 2)
-        assert watch.verified_whole_at is None  # two of three chunks
-        passed = time.time()
-        run_for(watch, clock, 2)
-        paced = watch.paced
-        assert paced is not None
-        assert paced.passes == 1
-        assert watch.verified_whole_at is not None
-        assert started <= watch.verified_whole_at <= passed  # the pass's start, not its end
-        watch.close()
-    finally:
-        shutil.rmtree(snapshot, ignore_errors=True)
+    snapshot, manifest = tmpfs_snapshot
+    clock = Clock()
+    started = time.time()
+    watch = unrecorded_watch(snapshot, manifest, clock)
+    watch.check()
+    assert watch.unrecorded is not None
+    assert watch.verified_whole_at is None  # nothing read whole yet
+    run_for(watch, clock, 2)
+    assert watch.verified_whole_at is None  # two of three chunks
+    passed = time.time()
+    run_for(watch, clock, 2)
+    paced = watch.paced
+    assert paced is not None
+    assert paced.passes == 1
+    assert watch.verified_whole_at is not None
+    assert started <= watch.verified_whole_at <= passed  # the pass's start, not its end
+    watch.close()

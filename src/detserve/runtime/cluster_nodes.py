@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from detserve.errors import ContainerError, DetserveError, PinMismatch, ServerError
+from detserve.errors import ContainerError, DetserveError, PinMismatch
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import binding_mismatches, failure_logs
 from detserve.runtime.cluster import NodeContainer, cluster_of, node_containers
@@ -26,7 +26,7 @@ from detserve.runtime.container_spec import server_base_url
 from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine, python_of
 from detserve.runtime.reach import server_url
 from detserve.runtime.secrets import SecretEnvironment
-from detserve.runtime.server import ServedModel, VllmServer
+from detserve.runtime.server import ServedModel, status_of
 
 #: node name -> that node's engine
 NodeEngines = Mapping[str, ContainerEngine]
@@ -254,13 +254,7 @@ def status(loaded: LoadedProfile, engines: NodeEngines) -> ClusterStatus:
             base_url = server_url(loaded, engines[head_plan.node.name], head_info)
         except ContainerError as exc:
             return ClusterStatus(tuple(nodes), f"unreachable: {exc.message}", served, "-")
-        with VllmServer(base_url, timeout_s=5, retries=0) as server:
-            try:
-                server.health()
-                served = tuple(server.models())
-                health = "ok"
-            except ServerError as exc:
-                health = f"not ready: {exc.message}"
+        health, served = status_of(base_url)
     return ClusterStatus(tuple(nodes), health, served, base_url)
 
 

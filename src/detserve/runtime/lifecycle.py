@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from detserve.errors import ContainerError, DetserveError, PinMismatch, ServerError
+from detserve.errors import ContainerError, DetserveError, PinMismatch
 from detserve.manifest import load_manifest
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container, container_mismatches
@@ -42,7 +42,7 @@ from detserve.runtime.readiness import (
     wait,
 )
 from detserve.runtime.secrets import SecretEnvironment, load_secrets_file
-from detserve.runtime.server import ServedModel, VllmServer
+from detserve.runtime.server import ServedModel, status_of
 from detserve.runtime.smoke import (
     SMOKE_PROMPTS,
     SmokeResult,
@@ -340,13 +340,7 @@ def status(loaded: LoadedProfile, *, engine: ContainerEngine | None = None) -> S
     if not container.running:
         health = f"not running: {container.describe()}"
     else:
-        with VllmServer(base_url, timeout_s=5, retries=0) as server:
-            try:
-                server.health()
-                served = tuple(server.models())
-                health = "ok"
-            except ServerError as exc:
-                health = f"not ready: {exc.message}"
+        health, served = status_of(base_url)
     return StatusResult(name, container, mismatches, health, served, base_url)
 
 

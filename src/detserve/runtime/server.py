@@ -427,3 +427,14 @@ class VllmServer:
             TokenLogprob(token=token, logprob=value, top=tuple((top or {}).items()))
             for token, value, top in zip(lp.tokens, lp.token_logprobs, tops, strict=True)
         )
+
+
+def status_of(base_url: str) -> tuple[str, tuple[ServedModel, ...]]:
+    """What ``detserve status`` says of the server at ``base_url``, asked once with a short
+    timeout: ``"ok"`` and the models it serves, or ``"not ready: …"`` and none."""
+    with VllmServer(base_url, timeout_s=5, retries=0) as server:
+        try:
+            server.health()
+            return "ok", tuple(server.models())
+        except ServerError as exc:
+            return f"not ready: {exc.message}", ()
