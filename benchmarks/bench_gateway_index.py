@@ -6,7 +6,7 @@
 It writes a transcript directory as the gateway does (TranscriptWriter through the gateway's
 Transcript, rotated every ``--rotate`` exchanges): completions of a 60-character prompt with
 24 prompt tokens and 64 output tokens, one in four with a JSON Schema constraint. Then it times
-:func:`detserve.gateway.transcript.index_earlier` (every line read and checked, every chain
+:func:`detserve.gateway.transcript_segments.index_earlier` (every line read and checked, every chain
 checked, every exchange indexed), the best of ``--repeat`` runs, in this process, and prints
 one JSON line: exchanges, segments, bytes, seconds, exchanges per second, and the peak resident
 memory of the process. Exit 0 when it ran; there is no target.
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from detserve.gateway.transcript import Transcript, index_earlier
+from detserve.gateway.transcript_segments import Transcript, index_earlier
 from detserve.runlog.models import DevicePins, EnginePins, ExchangeRequest, TranscriptHeader
 
 PINS = EnginePins(

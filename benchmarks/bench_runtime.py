@@ -77,10 +77,10 @@ from detserve.cli.output import sampling_progress
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PromptBundle, load_bundle
 from detserve.runtime.container_spec import build_container_spec, container_name, server_base_url
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 from detserve.runtime.lifecycle import require_manifest as check_manifest
-from detserve.runtime.server import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, completion_body
 from detserve.runtime.smoke import SMOKE_LOGPROBS, SMOKE_MAX_TOKENS, SMOKE_PROMPTS
+from detserve.runtime.vllm_client import CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, completion_body
 from detserve.sampling import SampleRequest, sample
 from detserve.snapshot import verify_snapshot
 

@@ -43,7 +43,7 @@ from detserve.errors import BundleModelMismatch, UnpinnedError, UsageError, boun
 from detserve.manifest import load_manifest
 from detserve.profile import LoadedProfile
 from detserve.prompts import PROMPTS_FILE, TOKENIZER_FILES, PromptBundle, TokenizerPin, load_bundle
-from detserve.requests import PromptRecord
+from detserve.request_kinds import PromptRecord
 
 #: a bundle-side value (from bundle.json, not validated) is shown at most this long
 _SHOWN = 200

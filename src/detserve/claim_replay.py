@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from detserve.evaluation import DeterminismReport
     from detserve.profile import LoadedProfile
     from detserve.replay_plan import ReplayPlan
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
     from detserve.sampling import SampleSummary
     from detserve.sampling_session import SamplingObserver
 

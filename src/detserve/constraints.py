@@ -14,10 +14,11 @@ JSON text:
   ``json_object`` (``true``), and nothing else: vLLM's other options change the tokens and are
   refused by name.
 
-A prompt bundle's constraint (:class:`detserve.requests.Constraint`) has the same arguments under
-the same caps, a schema held as its JSON text. Every cap bounds work before anything compiles
-it (detserve's check, and the engine's grammar compiler): :data:`MAX_CONSTRAINT_CHARS` for the
-whole field, :data:`MAX_SCHEMA_NODES` and :data:`MAX_SCHEMA_DEPTH` for a schema,
+A prompt bundle's constraint (:class:`detserve.request_kinds.Constraint`) has the same
+arguments under the same caps, a schema held as its JSON text. Every cap bounds work before
+anything compiles it (detserve's check, and the engine's grammar compiler):
+:data:`MAX_CONSTRAINT_CHARS` for the whole field, :data:`MAX_SCHEMA_NODES` and
+:data:`MAX_SCHEMA_DEPTH` for a schema,
 :data:`MAX_REGEX_CHARS`, :data:`MAX_GRAMMAR_CHARS` and :data:`MAX_CHOICES`. Anything else is a
 :class:`ConstraintRefused` naming the field (``param``, dotted: ``response_format.json_schema.
 strict``); nothing is dropped or rewritten.

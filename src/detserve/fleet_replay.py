@@ -55,7 +55,7 @@ def replay_node(
     # looked up when a node runs (tests stand in for the engine and the fingerprint)
     from detserve.evaluation.explain import read_node_environment
     from detserve.fingerprint import environment_fingerprint
-    from detserve.runtime.engine import DockerEngine
+    from detserve.runtime.docker_engine import DockerEngine
     from detserve.runtime.probe import DockerProbe
 
     def stage(message: str) -> None:
@@ -133,7 +133,7 @@ def replay_fleet(
     if nodes and docker_host is not None:
         raise UsageError("--docker-host names the one node of a fleet without --node: give one")
     if not nodes:
-        from detserve.runtime.engine import docker_address
+        from detserve.runtime.docker_engine import docker_address
 
         nodes = [docker_address(docker_host)]
     parsed = [parse_node(text, index) for index, text in enumerate(nodes, start=1)]

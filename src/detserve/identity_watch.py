@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from detserve.errors import ContainerError
-from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo
 
 #: how often, in seconds, the container's identity is re-checked while sampling
 IDENTITY_CHECK_INTERVAL_S = 2.0

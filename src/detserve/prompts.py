@@ -5,7 +5,7 @@ A bundle is a directory::
     bundle.json     what the bundle is: its source (dataset, revision, file sha256) and the
                     tokenizer it was measured with (model id, revision, tokenizer file hashes)
     prompts.jsonl   one canonical JSON object a line, a request of one kind
-                    (:mod:`detserve.requests`): {"id", "n_tokens", "prompt"} (a completion) or
+                    (:mod:`detserve.request_kinds`): {"id", "n_tokens", "prompt"} (a completion) or
                     {"id", "n_tokens", "messages"} (a chat), each optionally with "stop" and
                     "constraint" (a JSON Schema as its author's JSON text: ``prompts bootstrap``
                     neither reorders nor respells it)
@@ -46,7 +46,7 @@ from detserve.fileio import (
 from detserve.hub import hub_call
 from detserve.manifest import load_manifest
 from detserve.profile import COMMIT_RE, LoadedProfile
-from detserve.requests import TEMPLATE_OVERRIDES, PromptRecord
+from detserve.request_kinds import TEMPLATE_OVERRIDES, PromptRecord
 from detserve.snapshot import verify_snapshot
 from detserve.strict_model import StrictModel
 

@@ -7,7 +7,7 @@ the verified snapshot's tokenizer (:mod:`detserve.bundle_binding`), the running 
 is the profile's (same profile hash, the pinned image, the expected engine arguments) and the
 server serves the pinned model, a bundle with constraints needs a pinned structured-outputs
 backend, and each distinct constraint compiles in the engine (a one-token preflight request).
-Requests (:mod:`detserve.requests`) are greedy with the profile's seed, one at a time, unless a
+Requests (:mod:`detserve.request_kinds`) are greedy with the profile's seed, one at a time, unless a
 concurrency certificate (:mod:`detserve.certificate`, measured by ``detserve check`` for these
 very pins, signed with a key whose public half the caller names, and supported by its trace)
 covers more in flight; the log is then written in index order and is the same bytes as at
@@ -48,7 +48,7 @@ from detserve.fileio import atomic_write_bytes, check_outputs
 from detserve.inflight import Timed, run_in_flight
 from detserve.profile import LoadedProfile
 from detserve.prompts import PROMPTS_FILE, PromptBundle
-from detserve.requests import (
+from detserve.request_kinds import (
     GenerationParams,
     PromptRecord,
     preflight_constraints,
@@ -57,8 +57,8 @@ from detserve.requests import (
 from detserve.runlog import RunLogWriter
 from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines
 from detserve.runtime.cluster_run import verify_nodes
-from detserve.runtime.engine import ContainerEngine
-from detserve.runtime.server import VllmServer
+from detserve.runtime.docker_engine import ContainerEngine
+from detserve.runtime.vllm_client import VllmServer
 from detserve.snapshot import VerifyReport
 from detserve.snapshot_state import PinnedManifest, verify_in_lifetime
 from detserve.verified import check_same_manifest, opened_server, verified_server
@@ -196,7 +196,7 @@ def sample_one(
     server: VllmServer, prompt: PromptRecord, index: int, params: GenerationParams
 ) -> dict[str, object]:
     """One strict request and its run-log record: the single place a sample is made
-    (:func:`detserve.requests.sample_record`, for every request kind)."""
+    (:func:`detserve.request_kinds.sample_record`, for every request kind)."""
     return sample_record(server.generate, index, prompt, params)
 
 

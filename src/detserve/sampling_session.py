@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from detserve.profile import LoadedProfile
     from detserve.prompts import PromptBundle
     from detserve.runtime.cluster_nodes import NodeEngines
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
     from detserve.runtime.placement import Placement
     from detserve.sampling import CheckedRequest, SampleRequest, SampleSummary
 
@@ -71,7 +71,7 @@ def fingerprint_for(
 ) -> Callable[[], Mapping[str, object]] | None:
     """The environment fingerprint of the bound container, for the sidecar, when the engine is
     Docker's (another engine, a test's, has no probe to ask)."""
-    from detserve.runtime.engine import DockerEngine
+    from detserve.runtime.docker_engine import DockerEngine
 
     if not isinstance(engine, DockerEngine):
         return None

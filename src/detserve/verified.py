@@ -31,10 +31,10 @@ from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container
 from detserve.runtime.cluster_nodes import ClusterWatch, NodeEngines, checked_cluster, ray_version
 from detserve.runtime.cluster_run import verify_nodes
-from detserve.runtime.engine import ContainerEngine, ContainerInfo
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo
 from detserve.runtime.reach import server_url
-from detserve.runtime.server import VllmServer
 from detserve.runtime.smoke import check_served_model
+from detserve.runtime.vllm_client import VllmServer
 from detserve.snapshot import VerifyReport
 from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
 

@@ -29,7 +29,7 @@ import pytest
 from detserve.errors import InputError
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import build_container_spec
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 
 from .conftest import (
     IMAGE_TAG,

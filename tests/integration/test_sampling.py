@@ -41,7 +41,7 @@ from detserve.prompts import load_bundle
 from detserve.runlog import read_run_log, write_run_log
 from detserve.runtime import lifecycle
 from detserve.runtime.container_spec import LABEL_PROFILE
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 from detserve.sampling import SampleRequest, sample
 
 from .conftest import (

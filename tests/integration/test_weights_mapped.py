@@ -24,7 +24,7 @@ import docker
 import requests
 
 from detserve.runtime.container_spec import CONTAINER_HF_HOME
-from detserve.runtime.server import completion_body
+from detserve.runtime.vllm_client import completion_body
 
 from .conftest import DetserveRunner, ProfileFactory, container_of
 

@@ -18,7 +18,7 @@ from typing import Any
 from detserve.errors import ContainerError, RegistryError
 from detserve.profile import LoadedProfile, load_profile
 from detserve.runtime.container_spec import ContainerSpec
-from detserve.runtime.engine import ContainerInfo, ImageInfo
+from detserve.runtime.docker_engine import ContainerInfo, ImageInfo
 
 from .containers import IMAGE_ID, faithful_container
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from detserve.runtime.binding import shm_bytes
 from detserve.runtime.container_spec import ContainerSpec
-from detserve.runtime.engine import (
+from detserve.runtime.docker_engine import (
     ContainerConfig,
     ContainerInfo,
     DeviceRequestInfo,

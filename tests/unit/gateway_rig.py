@@ -5,7 +5,7 @@ The fake answers ``/v1/completions`` and ``/v1/chat/completions`` as vLLM does w
 stream, at the top level for a chat; a chat stream opens with a chunk of the role and no token,
 as vLLM 0.32 streams it), streamed as chunked server-sent events when asked, and
 can be told to stream slowly or drop the connection mid-stream (a killed engine). The gateway
-runs under uvicorn in a thread (:class:`~detserve.gateway.server.GatewayServer`), verified
+runs under uvicorn in a thread (:class:`~detserve.gateway.listener.GatewayServer`), verified
 against a copy of the tiny model and a fake engine holding the profile's container.
 """
 
@@ -26,7 +26,7 @@ import openai
 from detserve import api
 from detserve.gateway.app import Gateway
 from detserve.gateway.connections import ConnectionLimits
-from detserve.gateway.server import GatewayServer
+from detserve.gateway.listener import GatewayServer
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import build_container_spec
 

@@ -21,7 +21,7 @@ from detserve.errors import EXIT_VERIFICATION, PinMismatch
 from detserve.profile import LoadedProfile, load_profile
 from detserve.runtime.binding import binding_mismatches, bound_container
 from detserve.runtime.container_spec import build_container_spec
-from detserve.runtime.engine import ContainerInfo, DeviceRequestInfo, ImageInfo, MountInfo
+from detserve.runtime.docker_engine import ContainerInfo, DeviceRequestInfo, ImageInfo, MountInfo
 
 from .committed import TinyWorkspace
 from .containers import IMAGE_ID, faithful_container, pinned_image

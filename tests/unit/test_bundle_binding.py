@@ -27,7 +27,7 @@ from detserve.errors import BundleModelMismatch, UnpinnedError
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PROMPTS_FILE, TOKENIZER_FILES, PromptBundle, load_bundle
 from detserve.runtime.container_spec import ContainerSpec, build_container_spec
-from detserve.runtime.engine import ContainerInfo, ImageInfo
+from detserve.runtime.docker_engine import ContainerInfo, ImageInfo
 from detserve.sampling import SampleRequest, sample
 from detserve.snapshot import build_manifest, write_manifest
 

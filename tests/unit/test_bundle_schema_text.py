@@ -18,8 +18,8 @@ import pytest
 
 from detserve.errors import EXIT_INPUT, EXIT_OK, BundleError
 from detserve.prompts import load_bundle
-from detserve.requests import GenerationParams, request_body
-from detserve.runtime.server import VllmServer
+from detserve.request_kinds import GenerationParams, request_body
+from detserve.runtime.vllm_client import VllmServer
 
 from .committed import TINY_CONFIG, CliRunner, sha256_hex
 from .fake_http import Answer, serving

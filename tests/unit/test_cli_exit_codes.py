@@ -11,7 +11,7 @@ import pytest
 
 from detserve import api
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_OK, EngineError
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 
 from .committed import (
     BUNDLE_DIR,

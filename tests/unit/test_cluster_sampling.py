@@ -24,7 +24,7 @@ from detserve.runlog import validate_run_log
 from detserve.runlog.models import RunPins
 from detserve.runtime import cluster_run
 from detserve.runtime.container_spec import manifest_sha256
-from detserve.runtime.server import VllmServer
+from detserve.runtime.vllm_client import VllmServer
 from detserve.sampling import SampleRequest, sample
 
 from .cluster_rig import NodeEngine, cluster_profile, node_engines

@@ -18,7 +18,7 @@ from detserve.constraint_check import accepts
 from detserve.constraints import MAX_SCHEMA_DEPTH, json_shape
 from detserve.gateway.admission import Policy, Refused, parse_body
 from detserve.gateway.output_check import check_output
-from detserve.requests import (
+from detserve.request_kinds import (
     Constraint,
     ConstraintUncheckable,
     GenerationParams,

@@ -12,7 +12,7 @@ import typer.main
 from detserve.cli.app import _COMMAND_MODULES, app
 from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT, UsageError
 from detserve.fleet import parse_node
-from detserve.runtime.engine import DEFAULT_DOCKER_HOST, docker_address
+from detserve.runtime.docker_engine import DEFAULT_DOCKER_HOST, docker_address
 
 from .committed import CliRunner, TinyWorkspace
 
@@ -178,7 +178,7 @@ def test_without_either_the_current_docker_context_names_the_engine(
 
 def test_an_engine_and_a_host_together_are_refused() -> None:
     from detserve.runtime.connect import engine_for
-    from detserve.runtime.engine import DockerEngine
+    from detserve.runtime.docker_engine import DockerEngine
 
     engine = DockerEngine(client=None, address="x")  # type: ignore[arg-type]
     with pytest.raises(UsageError):

@@ -28,7 +28,7 @@ from detserve.host_facts import NO_NVIDIA_SMI, GpuHost
 from detserve.profile import LoadedProfile, load_profile
 from detserve.runtime.binding import binding_mismatches
 from detserve.runtime.container_spec import build_container_spec
-from detserve.runtime.engine import ContainerInfo, ImageInfo, MountInfo
+from detserve.runtime.docker_engine import ContainerInfo, ImageInfo, MountInfo
 
 from .committed import CliRunner, TinyWorkspace
 from .containers import IMAGE_ENTRYPOINT, IMAGE_ENVIRONMENT, IMAGE_ID, faithful_container

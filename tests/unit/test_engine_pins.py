@@ -22,7 +22,7 @@ import pytest
 from detserve.errors import EXIT_VERIFICATION, PinMismatch
 from detserve.profile import LoadedProfile, load_profile
 from detserve.runtime.container_spec import ContainerSpec, build_container_spec
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 
 from .committed import TinyWorkspace
 

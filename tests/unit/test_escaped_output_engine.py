@@ -28,12 +28,12 @@ import pytest
 import typer.main
 
 from detserve.fingerprint import ContainerFacts, EngineVersion
-from detserve.gateway.server import GatewayServer
+from detserve.gateway.listener import GatewayServer
 from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import load_bundle
 from detserve.runtime import probe
 from detserve.runtime.container_spec import LABEL_PROFILE, ContainerSpec, build_container_spec
-from detserve.runtime.engine import ContainerInfo, DockerEngine, ImageInfo
+from detserve.runtime.docker_engine import ContainerInfo, DockerEngine, ImageInfo
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace
 from .containers import faithful_container, pinned_image

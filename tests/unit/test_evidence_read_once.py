@@ -223,7 +223,7 @@ def test_every_fleet_node_requires_the_claim_the_fleet_validated(
     monkeypatch.setattr(fleet_replay, "replay_claim", node_replay)
     monkeypatch.setattr("detserve.fingerprint.environment_fingerprint", no_fingerprint)
     monkeypatch.setattr(
-        "detserve.runtime.engine.DockerEngine.from_env",
+        "detserve.runtime.docker_engine.DockerEngine.from_env",
         classmethod(lambda cls, host=None: cls(None, host)),  # type: ignore[arg-type]
     )
     report = api.replay_fleet(

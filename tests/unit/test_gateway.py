@@ -25,7 +25,7 @@ from detserve import api
 from detserve.errors import UsageError
 from detserve.gateway import verification
 from detserve.gateway.app import Gateway
-from detserve.gateway.server import GatewayServer, check_bind
+from detserve.gateway.listener import GatewayServer, check_bind
 from detserve.profile import load_profile
 from detserve.runlog import transcript as transcript_module
 from detserve.runlog.transcript import (

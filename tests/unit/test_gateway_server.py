@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from detserve.gateway.server import bind
+from detserve.gateway.listener import bind
 
 
 def test_accepted_connections_send_without_waiting_for_an_ack() -> None:

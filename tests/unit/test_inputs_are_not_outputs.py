@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from detserve.errors import EXIT_INPUT, EngineError
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace, sha256_hex
 from .fingerprints import make_fingerprint

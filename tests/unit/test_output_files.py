@@ -20,7 +20,7 @@ import pytest
 
 from detserve import fileio
 from detserve.errors import EXIT_INPUT, EngineError, OutputExistsError, UnsafeOutputError
-from detserve.runtime.engine import DockerEngine
+from detserve.runtime.docker_engine import DockerEngine
 
 from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace, sha256_hex
 from .runlog_builders import write_log

@@ -16,7 +16,7 @@ import pytest
 from detserve.errors import EXIT_ENVIRONMENT, ContainerError
 from detserve.profile import load_profile
 from detserve.runtime.container_spec import build_container_spec
-from detserve.runtime.engine import ContainerInfo, ImageInfo
+from detserve.runtime.docker_engine import ContainerInfo, ImageInfo
 from detserve.runtime.placement import (
     PLACEMENT_SCRIPT,
     RELEASE_SCRIPT,

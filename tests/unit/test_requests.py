@@ -30,7 +30,7 @@ from detserve.errors import (
 )
 from detserve.profile import load_profile, parse_profile
 from detserve.prompts import BUNDLE_FILE, PROMPTS_FILE, PromptCounter, load_bundle
-from detserve.requests import (
+from detserve.request_kinds import (
     CHAT_PATH,
     COMPLETIONS_PATH,
     Constraint,

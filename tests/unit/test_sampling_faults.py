@@ -7,7 +7,7 @@ and to a fake container engine that reports the profile's own container. Every f
 raise the documented error with its exit code and leave nothing at either output path, not even
 a ``.partial`` temporary file.
 
-The retry policy tested is the one ``detserve/runtime/server.py`` documents: at most four
+The retry policy tested is the one ``detserve/runtime/vllm_client.py`` documents: at most four
 attempts, waiting 0.5 s, 1 s and 2 s; 5xx and timeouts retried, 4xx and malformed 2xx never.
 The client's ``sleep`` is recorded instead of slept (and, for the timeout, its timeout is short):
 what is tested is how many requests were sent and how long the client asked to wait between them.
@@ -40,8 +40,8 @@ from detserve.profile import LoadedProfile, load_profile
 from detserve.prompts import PromptBundle, load_bundle
 from detserve.runlog import validate_run_log
 from detserve.runtime.container_spec import ContainerSpec, build_container_spec, engine_args
-from detserve.runtime.engine import ContainerInfo, DockerEngine, ImageInfo
-from detserve.runtime.server import VllmServer
+from detserve.runtime.docker_engine import ContainerInfo, DockerEngine, ImageInfo
+from detserve.runtime.vllm_client import VllmServer
 from detserve.sampling import SampleRequest, SampleSummary, sample
 from detserve.snapshot import build_manifest
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from detserve.errors import ServerError
-from detserve.runtime.server import Completion, ServedModel, TokenLogprob, VllmServer
+from detserve.runtime.vllm_client import Completion, ServedModel, TokenLogprob, VllmServer
 
 from .fake_http import Answer, serving
 

@@ -2,7 +2,7 @@
 
 A key that would supply or configure the chat template (``chat_template``, its options, what
 vLLM renders with it) is refused in a bundle line and by the gateway, from the one list
-:data:`detserve.requests.TEMPLATE_OVERRIDES`: adding a key there refuses it in both.
+:data:`detserve.request_kinds.TEMPLATE_OVERRIDES`: adding a key there refuses it in both.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from detserve.errors import BundleError
 from detserve.gateway.admission import Policy, Refused, admit
 from detserve.prompts import load_bundle
-from detserve.requests import TEMPLATE_OVERRIDES
+from detserve.request_kinds import TEMPLATE_OVERRIDES
 
 from .test_requests import GOOD_CHAT, write_bundle
 

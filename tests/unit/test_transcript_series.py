@@ -19,7 +19,7 @@ import pytest
 
 from detserve import api
 from detserve.errors import ChainBroken, RunLogError
-from detserve.gateway.transcript import Transcript, index_earlier
+from detserve.gateway.transcript_segments import Transcript, index_earlier
 from detserve.runlog.models import ExchangeRequest
 from detserve.runlog.series import validate_transcript_dir
 from detserve.runlog.transcript import TranscriptWriter, validate_transcript

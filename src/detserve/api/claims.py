@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from detserve.fleet import FleetReport
     from detserve.keys import KeyPair
     from detserve.prompts import BundleInfo, PromptBundle
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
     from detserve.sampling import SampleSummary
     from detserve.sampling_session import SamplingObserver
 

@@ -19,7 +19,7 @@ from detserve.runtime.connect import engine_at, nodes_for
 if TYPE_CHECKING:
     from detserve.runtime.cluster_nodes import ClusterStatus, NodeEngines
     from detserve.runtime.cluster_run import ClusterRun, ClusterStop
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
     from detserve.runtime.lifecycle import (
         RunResult,
         SmokeResult,

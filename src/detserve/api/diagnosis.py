@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from detserve.doctor_checks import DoctorReport
     from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine
     from detserve.host_facts import HostFacts
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
 
 
 #: the levels ``check`` measures unless told otherwise

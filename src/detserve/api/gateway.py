@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from detserve.claim_replay import TranscriptReplayResult
     from detserve.gateway.app import Gateway
     from detserve.gateway.launch import ServeResult
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
 
 
 #: where ``serve`` listens unless told otherwise
@@ -57,7 +57,7 @@ def build_gateway(
     Above one request in flight only with a ``certificate`` covering these pins and that level,
     verified with the public key ``certificate_key`` (:func:`verify_certificate`).
     The application answers only the ``Host`` values of its bind (``gateway.allow_hosts(host,
-    port)``, which :class:`~detserve.gateway.server.GatewayServer` calls) and ``allowed_hosts``.
+    port)``, which :class:`~detserve.gateway.listener.GatewayServer` calls) and ``allowed_hosts``.
     While serving, the snapshot's record is checked every ``reverify_interval_s`` and every byte
     is read again at ``reverify_bytes_per_s`` (default
     :data:`~detserve.snapshot_watch.DEFAULT_BYTES_PER_S`; :mod:`detserve.snapshot_watch`).

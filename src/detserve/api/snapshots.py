@@ -424,7 +424,7 @@ def lock_image(
     def resolve(loaded: LoadedProfile) -> LockResult:
         if docker_host is None:
             return resolve_image_digest(loaded)
-        from detserve.runtime.engine import connect
+        from detserve.runtime.docker_engine import connect
 
         return resolve_image_digest(loaded, connect(docker_host)[0])
 

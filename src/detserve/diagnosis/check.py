@@ -27,12 +27,12 @@ from detserve.errors import ContainerError, SnapshotMismatch, UsageError
 from detserve.fingerprint import EnvironmentFingerprint, FingerprintEngine, environment_fingerprint
 from detserve.profile import LoadedProfile
 from detserve.prompts import PromptBundle
-from detserve.requests import GenerationParams, PromptRecord, generate
+from detserve.request_kinds import GenerationParams, PromptRecord, generate
 from detserve.runlog import RunPins
 from detserve.runtime.cluster_nodes import NodeEngines
-from detserve.runtime.engine import ContainerEngine
+from detserve.runtime.docker_engine import ContainerEngine
 from detserve.runtime.metrics import read_counters
-from detserve.runtime.server import Completion, VllmServer
+from detserve.runtime.vllm_client import Completion, VllmServer
 from detserve.snapshot_state import Lifetime, PinnedManifest, verify_in_lifetime
 from detserve.verified import opened_server, verified_server
 
@@ -77,7 +77,7 @@ def _complete(
     )
 
     def complete(prompt: PromptRecord) -> Completion:
-        # every request kind, as sample makes it (detserve.requests)
+        # every request kind, as sample makes it (detserve.request_kinds)
         result = generate(server.generate, prompt, params, f"prompt {prompt.id}")
         assert isinstance(result, Completion)
         return result

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from detserve.diagnosis.repropack import ReproPack
     from detserve.fingerprint import FingerprintEngine
     from detserve.profile import LoadedProfile
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
 
 
 @dataclass(frozen=True)

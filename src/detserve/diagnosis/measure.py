@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from detserve.inflight import Timed, max_overlap, run_in_flight
-from detserve.requests import PromptRecord
+from detserve.request_kinds import PromptRecord
 from detserve.runtime.metrics import EngineCounters
-from detserve.runtime.server import Completion
+from detserve.runtime.vllm_client import Completion
 
 Order = Literal["bundle", "shuffled"]
 Tier = Literal[0, 1, 2]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from detserve.diagnosis.measure import Measurements, Observation, PassKey, Tier
-from detserve.sequences import first_difference
+from detserve.first_difference import first_difference
 
 #: tokens shown on each side of a first divergence
 WINDOW = 4

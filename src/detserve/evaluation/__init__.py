@@ -44,7 +44,7 @@ from detserve.evaluation.pair import (
     evaluate,
 )
 from detserve.evaluation.report import REPORT_FORMAT, REPORT_VERSION, LogRef
-from detserve.sequences import first_difference
+from detserve.first_difference import first_difference
 
 __all__ = [
     "DEFAULT_MAX_REPORTED",

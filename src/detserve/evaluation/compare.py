@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from detserve.errors import UsageError
+from detserve.first_difference import first_difference
 from detserve.runlog import RunLogHeader, RunLogSample
 from detserve.runlog.models import TranscriptHeader
-from detserve.sequences import first_difference
 
 #: tokens shown on each side of the first divergent token
 TOKEN_WINDOW: Final = 8

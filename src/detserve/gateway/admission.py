@@ -58,7 +58,7 @@ from detserve.constraints import (
 )
 from detserve.gateway.upstream_body import upstream_request
 from detserve.profile import Profile
-from detserve.requests import TEMPLATE_OVERRIDES
+from detserve.request_kinds import TEMPLATE_OVERRIDES
 from detserve.runlog.models import MAX_LINE_BYTES, ChatMessage, ExchangeRequest
 from detserve.runlog.transcript import canonical_request
 from detserve.spelled_json import Number

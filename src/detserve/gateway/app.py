@@ -76,11 +76,11 @@ from detserve.gateway.metrics import CONTENT_TYPE, CountedRequests, GatewayMetri
 from detserve.gateway.openapi import openapi_document
 from detserve.gateway.relay import SEND_TIMEOUT_S, ClientStalled, Relay, timed
 from detserve.gateway.slots import QueueFull, RequestSlots
-from detserve.gateway.transcript import EarlierExchanges, Transcript, new_exchange_id
+from detserve.gateway.transcript_segments import EarlierExchanges, Transcript, new_exchange_id
 from detserve.gateway.upstream import error_response
 from detserve.gateway.verification import HealthMonitor, Verified
 from detserve.runlog.models import TranscriptHeader
-from detserve.runtime.engine import ContainerEngine
+from detserve.runtime.docker_engine import ContainerEngine
 from detserve.snapshot_watch import DEFAULT_BYTES_PER_S
 
 #: The largest request body read, in bytes; a larger one is refused with 413 (documented).

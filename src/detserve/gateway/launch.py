@@ -22,7 +22,7 @@ from detserve.fileio import check_output_dir
 if TYPE_CHECKING:
     from detserve.gateway.app import Gateway
     from detserve.profile import LoadedProfile
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
 
 
 def build_gateway(
@@ -48,7 +48,7 @@ def build_gateway(
     from detserve.certificate import check_certificate_options, verify_certificate
     from detserve.gateway.app import Gateway, GatewaySettings
     from detserve.gateway.guards import checked_hosts
-    from detserve.gateway.transcript import index_earlier
+    from detserve.gateway.transcript_segments import index_earlier
     from detserve.gateway.verification import require_gateway_coverage, verify_for_serving
     from detserve.profile import load_profile
     from detserve.runtime.connect import engine_for
@@ -139,7 +139,7 @@ def serve_gateway(
     docker_host: str | None = None,
 ) -> ServeResult:
     """Serve the verified gateway until stopped (:func:`detserve.api.serve`)."""
-    from detserve.gateway.server import GatewayServer, api_key_from, check_bind
+    from detserve.gateway.listener import GatewayServer, api_key_from, check_bind
 
     api_key = api_key_from(Path(secrets_file) if secrets_file is not None else None)
     check_bind(host, api_key)  # before anything is verified or opened

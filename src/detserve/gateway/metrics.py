@@ -62,7 +62,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from detserve.gateway import admission
 from detserve.gateway.admission import Refused
 from detserve.gateway.slots import RequestSlots
-from detserve.gateway.transcript import Transcript
+from detserve.gateway.transcript_segments import Transcript
 from detserve.gateway.verification import FailureCause, HealthMonitor
 from detserve.runlog.models import ExchangeRequest
 from detserve.runlog.transcript import LineRecord

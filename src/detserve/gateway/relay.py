@@ -48,7 +48,7 @@ from detserve.constraint_check import in_worker
 from detserve.errors import DetserveError, RunLogError
 from detserve.gateway.admission import Admitted
 from detserve.gateway.slots import Slot
-from detserve.gateway.transcript import Provenance, Transcript, new_exchange_id
+from detserve.gateway.transcript_segments import Provenance, Transcript, new_exchange_id
 from detserve.gateway.upstream import (
     Output,
     Violation,

@@ -45,7 +45,7 @@ from detserve.replay_plan import NotAReplay
 from detserve.runlog.models import TranscriptExchange, TranscriptHeader
 from detserve.runlog.transcript import TranscriptWriter, read_exchanges, validate_transcript
 from detserve.runtime.container_spec import manifest_sha256
-from detserve.runtime.engine import ContainerEngine
+from detserve.runtime.docker_engine import ContainerEngine
 from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
 
 REPLAY_TIMEOUT_S = 600.0

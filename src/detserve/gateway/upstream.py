@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 
 from detserve.gateway.admission import Refused
 from detserve.gateway.output_check import check_output
-from detserve.gateway.transcript import Provenance
+from detserve.gateway.transcript_segments import Provenance
 from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest
 
 #: A server-sent event stream's line ends. A ``\\r`` that ends what has arrived waits for the

@@ -41,13 +41,13 @@ from detserve.certificate import (
     pins_seed_concurrency_differences,
 )
 from detserve.errors import DetserveError
-from detserve.gateway.transcript import pins_sha256_of
+from detserve.gateway.transcript_segments import pins_sha256_of
 from detserve.profile import LoadedProfile
 from detserve.runlog.models import EnginePins
 from detserve.runtime.container_spec import CONTAINER_PORT
-from detserve.runtime.engine import ContainerEngine, ContainerInfo
-from detserve.runtime.server import VllmServer
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo
 from detserve.runtime.smoke import check_served_model
+from detserve.runtime.vllm_client import VllmServer
 from detserve.snapshot_state import PinnedManifest, lifetime_of
 from detserve.snapshot_watch import DEFAULT_BYTES_PER_S, SnapshotWatch
 from detserve.verified import served_version, verified_server

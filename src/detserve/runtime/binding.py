@@ -53,7 +53,7 @@ from detserve.runtime.inspection import (
 
 if TYPE_CHECKING:
     # a protocol, for annotations only: the binding itself runs without the Docker SDK
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
 
 #: values longer than this are shown cut, with their length
 _SHOWN_CHARS = 200

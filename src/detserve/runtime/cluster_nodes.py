@@ -1,7 +1,7 @@
 """The nodes of a running cluster: their engines, their binding, their state.
 
-Each node is a Docker engine (:class:`~detserve.runtime.engine.ContainerEngine`, one per node,
-from its ``docker_host``) running the container :mod:`detserve.runtime.cluster` describes.
+Each node is a Docker engine (:class:`~detserve.runtime.docker_engine.ContainerEngine`, one per
+node, from its ``docker_host``) running the container :mod:`detserve.runtime.cluster` describes.
 :func:`checked_cluster` applies the binding of one container
 (:func:`~detserve.runtime.binding.binding_mismatches`) to every node, each against its own spec
 (its place in the layout; on a bridge, the workers' host line to the head's actual address), and
@@ -23,10 +23,10 @@ from detserve.profile import LoadedProfile
 from detserve.runtime.binding import binding_mismatches, failure_logs
 from detserve.runtime.cluster import NodeContainer, cluster_of, node_containers
 from detserve.runtime.container_spec import server_base_url
-from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine, python_of
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo, DockerEngine, python_of
 from detserve.runtime.reach import server_url
 from detserve.runtime.secrets import SecretEnvironment
-from detserve.runtime.server import ServedModel, status_of
+from detserve.runtime.vllm_client import ServedModel, status_of
 
 #: node name -> that node's engine
 NodeEngines = Mapping[str, ContainerEngine]

@@ -19,7 +19,7 @@ from detserve.fingerprint import (
 )
 from detserve.profile import LoadedProfile
 from detserve.runtime.cluster_nodes import NodeEngines, checked_cluster
-from detserve.runtime.engine import DockerEngine, python_of
+from detserve.runtime.docker_engine import DockerEngine, python_of
 from detserve.runtime.probe import DockerProbe
 
 

@@ -1,8 +1,9 @@
 """A cluster's life: start every node, check each is bound, wait, verify per node, stop.
 
-Each node is a Docker engine (:class:`~detserve.runtime.engine.ContainerEngine`, one per node,
-from its ``docker_host``) and runs the container :mod:`detserve.runtime.cluster` describes. The
-rules of one container apply per node, and any node failing them fails the whole cluster:
+Each node is a Docker engine (:class:`~detserve.runtime.docker_engine.ContainerEngine`, one per
+node, from its ``docker_host``) and runs the container :mod:`detserve.runtime.cluster`
+describes. The rules of one container apply per node, and any node failing them fails the
+whole cluster:
 
 * ``start`` pulls the pinned image by digest on every node before anything starts, then starts
   the head, reads the address its engine gave it (on a bridge), and starts the workers. If any
@@ -56,11 +57,11 @@ from detserve.runtime.cluster_nodes import (
     watch_nodes,
 )
 from detserve.runtime.container_spec import LABEL_PROFILE, model_cache_target
-from detserve.runtime.engine import ContainerInfo, python_of
+from detserve.runtime.docker_engine import ContainerInfo, python_of
 from detserve.runtime.reach import server_url
 from detserve.runtime.secrets import SecretEnvironment
-from detserve.runtime.server import ServedModel, VllmServer
 from detserve.runtime.smoke import SmokeResult, smoke_server
+from detserve.runtime.vllm_client import ServedModel, VllmServer
 
 POLL_INTERVAL_S = 1.0
 

@@ -16,13 +16,13 @@ from detserve.errors import UsageError
 if TYPE_CHECKING:
     from detserve.profile import LoadedProfile
     from detserve.runtime.cluster_nodes import NodeEngines
-    from detserve.runtime.engine import ContainerEngine
+    from detserve.runtime.docker_engine import ContainerEngine
 
 
 def engine_for(engine: ContainerEngine | None, docker_host: str | None = None) -> ContainerEngine:
     """``engine`` as given, else the Docker engine at ``docker_host``, else the one
     ``DOCKER_HOST`` or the current Docker context names."""
-    from detserve.runtime.engine import DockerEngine
+    from detserve.runtime.docker_engine import DockerEngine
 
     if engine is not None:
         if docker_host is not None:

@@ -31,7 +31,7 @@ from detserve.runtime.container_spec import (
     expected_labels,
     server_base_url,
 )
-from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo, DockerEngine
 from detserve.runtime.placement import Placement, apply_policy
 from detserve.runtime.reach import server_url
 from detserve.runtime.readiness import (
@@ -42,12 +42,12 @@ from detserve.runtime.readiness import (
     wait,
 )
 from detserve.runtime.secrets import SecretEnvironment, load_secrets_file
-from detserve.runtime.server import ServedModel, status_of
 from detserve.runtime.smoke import (
     SMOKE_PROMPTS,
     SmokeResult,
     smoke,
 )
+from detserve.runtime.vllm_client import ServedModel, status_of
 from detserve.snapshot import VerifyReport
 
 

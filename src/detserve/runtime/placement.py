@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 from detserve.errors import ContainerError
 from detserve.profile import CpuPlacement
-from detserve.runtime.engine import ContainerEngine, ContainerInfo, python_of
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo, python_of
 
 __all__ = [
     "PLACEMENT_SCRIPT",

@@ -31,7 +31,7 @@ from detserve.fingerprint import (
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import bound_container
 from detserve.runtime.container_spec import container_environment, container_name
-from detserve.runtime.engine import (
+from detserve.runtime.docker_engine import (
     ContainerInfo,
     DockerEngine,
     ImageInfo,

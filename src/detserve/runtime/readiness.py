@@ -23,9 +23,9 @@ from typing import Literal
 from detserve.errors import ContainerError, ServerError, SnapshotMismatch
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container, failure_logs
-from detserve.runtime.engine import ContainerEngine, ContainerInfo, DockerEngine
+from detserve.runtime.docker_engine import ContainerEngine, ContainerInfo, DockerEngine
 from detserve.runtime.reach import server_url
-from detserve.runtime.server import ServedModel, VllmServer
+from detserve.runtime.vllm_client import ServedModel, VllmServer
 from detserve.snapshot import VerifyReport, verify_snapshot
 from detserve.snapshot_state import Lifetime, PinnedManifest, lifetime_of, verify_in_lifetime
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from detserve.errors import Divergence, PinMismatch
+from detserve.first_difference import first_difference
 from detserve.profile import LoadedProfile
 from detserve.runtime.binding import checked_container
-from detserve.runtime.engine import ContainerEngine, DockerEngine
+from detserve.runtime.docker_engine import ContainerEngine, DockerEngine
 from detserve.runtime.reach import server_url
-from detserve.runtime.server import Completion, VllmServer
-from detserve.sequences import first_difference
+from detserve.runtime.vllm_client import Completion, VllmServer
 
 #: prompts of the smoke test; each is asked twice, all once before any is asked again
 SMOKE_PROMPTS = ("The quick brown fox", "1, 2, 3, 4, 5,", "def main():")

@@ -370,8 +370,8 @@ class VllmServer:
         )
 
     def generate(self, path: str, body: Mapping[str, Any]) -> Completion:
-        """Send a request body built elsewhere (:mod:`detserve.requests`) to ``/v1/completions``
-        or ``/v1/chat/completions`` and read either answer the same way."""
+        """Send a request body built elsewhere (:mod:`detserve.request_kinds`) to
+        ``/v1/completions`` or ``/v1/chat/completions`` and read either answer the same way."""
         if path == "/v1/completions":
             return self._completion(body)
         if path != "/v1/chat/completions":

@@ -299,7 +299,7 @@ def request_body(record: PromptRecord, params: GenerationParams) -> tuple[str, d
 
 
 class Generation(Protocol):
-    """What a server answered to one request (:class:`detserve.runtime.server.Completion`)."""
+    """What a server answered to one request (:class:`detserve.runtime.vllm_client.Completion`)."""
 
     @property
     def prompt_token_ids(self) -> tuple[int, ...]: ...
