@@ -328,6 +328,9 @@ class Profile(StrictModel):
 PinName = Literal["model.revision", "runtime.image"]
 ALL_PINS: tuple[PinName, ...] = ("model.revision", "runtime.image")
 
+#: every container detserve starts is named this and the profile's name
+CONTAINER_NAME_PREFIX = "detserve-"
+
 
 @dataclass(frozen=True)
 class LoadedProfile:
@@ -340,6 +343,11 @@ class LoadedProfile:
     @property
     def name(self) -> str:
         return self.profile.name
+
+    @property
+    def container_name(self) -> str:
+        """The name of the profile's container (what ``docker ps`` shows)."""
+        return CONTAINER_NAME_PREFIX + self.profile.name
 
     @property
     def content_sha256(self) -> str:

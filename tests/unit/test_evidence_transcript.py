@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from detserve.errors import EvidenceChanged
+from detserve.errors import EvidenceChanged, RunLogError, UsageError
 from detserve.evaluation import Verdict
 from detserve.gateway import replay as replay_module
 
@@ -46,3 +46,40 @@ def test_a_transcript_claim_swapped_after_its_plan_is_refused(
     monkeypatch.setattr(replay_module, "read_exchanges", read_then_swap)
     with pytest.raises(EvidenceChanged, match="changed while detserve read it"):
         replay(claim, tiny_workspace, Other(), tmp_path / "replay.transcript.jsonl")
+
+
+@pytest.mark.parametrize("option", ["bundle", "bundle_pin", "run_log"])
+def test_a_transcript_replayed_with_options_it_records_itself_is_refused(
+    claim: Path,  # noqa: F811
+    tiny_workspace: TinyWorkspace,
+    tmp_path: Path,
+    option: str,
+) -> None:
+    from detserve import api
+
+    with pytest.raises(UsageError, match="gateway transcript, which records its own requests"):
+        api.replay_evidence(
+            claim,
+            tiny_workspace.config,
+            output_dir=tmp_path / "out",
+            **{option: tmp_path / "anything"},
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_evidence_is_read_as_what_it_is(
+    claim: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from detserve import api
+
+    segment = api.read_evidence(claim)
+    assert segment.transcript is not None
+    assert segment.run_log is segment.series is None
+    directory = api.read_evidence(claim.parent)
+    assert directory.series is not None
+    assert len(directory.series) == 1
+    not_a_log = tmp_path / "x.runlog.jsonl"
+    not_a_log.write_text("{}\n")
+    with pytest.raises(RunLogError):
+        api.read_evidence(not_a_log)

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from detserve.attestation import AttestedClaim, SignedClaim
-    from detserve.claim_replay import ReplayResult
+    from detserve.claim_replay import ReplayResult, TranscriptReplayResult
     from detserve.fleet import FleetReport
     from detserve.keys import KeyPair
     from detserve.prompts import BundleInfo, PromptBundle
@@ -228,6 +228,75 @@ def replay(
         docker_host=docker_host,
         full_verify=full_verify,
         claim_sha256=claim_sha256,
+    )
+
+
+def replay_evidence(
+    claim: Path | str,
+    config: ProfileLike,
+    *,
+    output_dir: Path | str,
+    bundle: Path | str | None = None,
+    bundle_pin: Path | str | None = None,
+    stop_after: bool = False,
+    force: bool = False,
+    public_key: Path | str | None = None,
+    run_log: Path | str | None = None,
+    on_stage: StageSink | None = None,
+    observer: SamplingObserver | None = None,
+    engine: ContainerEngine | None = None,
+    docker_host: str | None = None,
+    full_verify: bool = False,
+) -> ReplayResult | TranscriptReplayResult:
+    """``detserve replay`` in one call: a gateway transcript (an unsigned ``claim`` whose first
+    line is a transcript's header) is :func:`~detserve.api.replay_transcript`, anything else
+    :func:`replay`. A transcript records its own requests, so ``bundle``, ``bundle_pin`` and
+    ``run_log`` beside one are :class:`~detserve.errors.UsageError` (exit 2)."""
+    from detserve.api.gateway import replay_transcript
+    from detserve.runlog.kinds import is_transcript
+
+    if public_key is None and is_transcript(Path(claim)):
+        given = [
+            option
+            for option, value in (
+                ("--bundle", bundle),
+                ("--bundle-pin", bundle_pin),
+                ("--run-log", run_log),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(
+                f"{claim} is a gateway transcript, which records its own requests: "
+                f"{', '.join(given)} do not apply",
+                hint="give the transcript segment alone, with --config and --output-dir",
+            )
+        return replay_transcript(
+            claim,
+            config,
+            output_dir=output_dir,
+            stop_after=stop_after,
+            force=force,
+            on_stage=on_stage,
+            engine=engine,
+            full_verify=full_verify,
+            docker_host=docker_host,
+        )
+    return replay(
+        claim,
+        config,
+        output_dir=output_dir,
+        bundle=bundle,
+        bundle_pin=bundle_pin,
+        stop_after=stop_after,
+        force=force,
+        public_key=public_key,
+        run_log=run_log,
+        on_stage=on_stage,
+        observer=observer,
+        engine=engine,
+        docker_host=docker_host,
+        full_verify=full_verify,
     )
 
 

@@ -9,6 +9,7 @@ error to raise when it is not a pass.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,35 @@ if TYPE_CHECKING:
     from detserve.runlog import RunLogHeader, RunLogSummary
     from detserve.runlog.series import TranscriptSeries
     from detserve.runlog.transcript import TranscriptSummary
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """A file of evidence, validated completely: exactly one of ``series`` (a directory of
+    transcript segments, each gateway run's chain checked), ``transcript`` (one segment) and
+    ``run_log`` (with ``replay_needs``: :func:`replay_requirements` of its header)."""
+
+    path: Path
+    series: list[TranscriptSeries] | None = None
+    transcript: TranscriptSummary | None = None
+    run_log: RunLogSummary | None = None
+    replay_needs: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_evidence(path: Path | str, *, allow_cut: bool = False) -> Evidence:
+    """``detserve runlog show`` and ``validate`` in one call: a directory is
+    :func:`validate_transcripts`, a file that begins with a transcript's header
+    :func:`show_transcript`, anything else :func:`show_run_log`. Whatever does not validate
+    raises as those do."""
+    from detserve.runlog.kinds import is_transcript as is_transcript_core
+
+    evidence = Path(path)
+    if evidence.is_dir():
+        return Evidence(evidence, series=validate_transcripts(evidence, allow_cut=allow_cut))
+    if is_transcript_core(evidence):
+        return Evidence(evidence, transcript=show_transcript(evidence, allow_cut=allow_cut))
+    summary = show_run_log(evidence)
+    return Evidence(evidence, run_log=summary, replay_needs=replay_requirements(summary.header))
 
 
 def show_run_log(path: Path | str) -> RunLogSummary:
@@ -176,6 +206,73 @@ def explain(
     if output is not None:
         write_json_report(output, explained.as_json(), force=force)
     return explained
+
+
+def eval_determinism(
+    *,
+    run_a: Path | str | None = None,
+    run_b: Path | str | None = None,
+    runs: Sequence[Path | str] = (),
+    expected_hash: str | None = None,
+    sidecars: Sequence[Path | str] = (),
+    min_exact_match_ratio: float | None = None,
+    logprob_tolerance: float | None = None,
+    max_reported: int = 20,
+    report: Path | str | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    on_validating: Callable[[Path], None] | None = None,
+) -> DeterminismReport | HashCheckReport | MajorityReport | ExplainedReport:
+    """``detserve eval-determinism`` in one call: which comparison the arguments ask for, then,
+    with ``sidecars``, its explanation; the one report written to ``report``.
+
+    Two logs (``run_a``, ``run_b``): :func:`evaluate` (``progress`` per sample). One log against
+    a published sha256 (``run_a``, ``expected_hash``): :func:`check_hash`. Three or more
+    (``runs``): :func:`compare_runs` (``on_validating`` per log). Any other combination, or
+    thresholds where the comparison is exact, is :class:`~detserve.errors.UsageError` (exit 2)
+    before a file is read.
+    """
+    thresholds = min_exact_match_ratio is not None or logprob_tolerance is not None
+    compared_report = None if sidecars else report  # with sidecars the explained one is written
+    result: DeterminismReport | HashCheckReport | MajorityReport
+    if runs:
+        if run_a is not None or run_b is not None or expected_hash is not None:
+            raise UsageError("--run (majority mode) excludes --run-a, --run-b and --expected-hash")
+        if thresholds:
+            raise UsageError("the majority mode groups logs by sha256: thresholds do not apply")
+        result = compare_runs(
+            runs,
+            max_reported=max_reported,
+            report=compared_report,
+            force=force,
+            progress=on_validating,
+        )
+    elif expected_hash is not None:
+        if run_a is None or run_b is not None:
+            raise UsageError("--expected-hash checks one log: give --run-a PATH, not --run-b")
+        if thresholds:
+            raise UsageError("--expected-hash is an exact check: thresholds do not apply")
+        result = check_hash(run_a, expected_hash, report=compared_report, force=force)
+    elif run_a is not None and run_b is not None:
+        result = evaluate(
+            run_a,
+            run_b,
+            min_exact_match_ratio=min_exact_match_ratio,
+            logprob_tolerance=logprob_tolerance,
+            max_reported=max_reported,
+            report=compared_report,
+            force=force,
+            progress=progress,
+        )
+    else:
+        raise UsageError(
+            "give --run-a A --run-b B, or --run-a A --expected-hash SHA256, or --run PATH "
+            "three or more times",
+            hint="see `detserve eval-determinism --help` for examples",
+        )
+    if sidecars:
+        return explain(result, sidecars, report=report, force=force)
+    return result
 
 
 def write_json_report(path: Path, document: dict[str, object], *, force: bool) -> None:

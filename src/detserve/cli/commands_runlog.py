@@ -7,12 +7,15 @@ segments (``detserve serve --transcript-dir``), whose hash chain is then checked
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from detserve.cli.app import app
 from detserve.cli.output import JsonOption, emit_json, result
+
+if TYPE_CHECKING:
+    from detserve.api import Evidence
 
 runlog_app = typer.Typer(
     help="Read a run log or gateway transcript: what it claims, and whether it is a valid one.",
@@ -38,13 +41,11 @@ AllowCutOption = Annotated[
 ]
 
 
-def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: bool) -> bool:
-    """Validate (and show) a transcript segment or directory; False when it is neither."""
-    from detserve import api
-    from detserve.api.reports import is_transcript
-
-    if run_log.is_dir():
-        series = api.validate_transcripts(run_log, allow_cut=allow_cut)
+def _transcripts(evidence: Evidence, json_output: bool, *, show: bool) -> None:
+    """Show a directory of transcript segments, or one segment."""
+    run_log = evidence.path
+    if evidence.series is not None:
+        series = evidence.series
         document = [
             {
                 "transcript_id": one.transcript_id,
@@ -59,7 +60,7 @@ def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: boo
         ]
         if json_output:
             emit_json({"ok": True, "directory": str(run_log), "transcripts": document})
-            return True
+            return
         result(f"{run_log}: {len(series)} gateway transcripts, every chain intact")
         for one in series:
             state = "cut (the gateway did not stop cleanly)" if one.cut else "closed"
@@ -70,10 +71,10 @@ def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: boo
             if show:
                 for segment in one.segments:
                     result(f"    {segment.path.name} sha256 {segment.sha256}")
-        return True
-    if not is_transcript(run_log):
-        return False
-    summary = api.show_transcript(run_log, allow_cut=allow_cut)
+        return
+    if evidence.transcript is None:
+        return
+    summary = evidence.transcript
     header = summary.header
     if json_output:
         document_one: dict[str, object] = {
@@ -93,7 +94,7 @@ def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: boo
                 "seed": header.seed,
             }
         emit_json(document_one)
-        return True
+        return
     cut = ", cut (no footer)" if summary.cut else ""
     result(
         f"{run_log}: valid gateway transcript segment, {summary.n_exchanges} exchanges{cut}, "
@@ -108,7 +109,6 @@ def _transcripts(run_log: Path, allow_cut: bool, json_output: bool, *, show: boo
         for name, value in sorted(header.pins.model_dump(mode="json").items()):
             result(f"  {name}: {value}")
         result(f"seed: {header.seed}")
-    return True
 
 
 @runlog_app.command("validate")
@@ -127,10 +127,11 @@ def runlog_validate(
     """
     from detserve import api
 
-    if _transcripts(run_log, allow_cut, json_output, show=False):
+    evidence = api.read_evidence(run_log, allow_cut=allow_cut)
+    if evidence.run_log is None:
+        _transcripts(evidence, json_output, show=False)
         return
-
-    summary = api.show_run_log(run_log)
+    summary = evidence.run_log
     if json_output:
         emit_json(
             {
@@ -160,14 +161,14 @@ def runlog_show(
     runs and their segments, each chain checked.
     """
     from detserve import api
-    from detserve.api.reports import replay_requirements
 
-    if _transcripts(run_log, allow_cut, json_output, show=True):
+    evidence = api.read_evidence(run_log, allow_cut=allow_cut)
+    if evidence.run_log is None:
+        _transcripts(evidence, json_output, show=True)
         return
-
-    summary = api.show_run_log(run_log)
+    summary = evidence.run_log
     header = summary.header
-    needs = replay_requirements(header)
+    needs = evidence.replay_needs
     if json_output:
         emit_json(
             {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,11 +20,9 @@ from detserve.cli.output import (
     result,
     say,
 )
-from detserve.errors import UsageError
 
 if TYPE_CHECKING:
-    from detserve.evaluation import DeterminismReport, HashCheckReport, MajorityReport
-    from detserve.evaluation.explain import ExplainedReport
+    pass
 
 # --- eval-determinism ---------------------------------------------------------------------------
 
@@ -177,56 +175,28 @@ def eval_determinism(
     from detserve import api
 
     output = renamed(report_output, legacy_output, name="--report-output", old="--output")
-    final_output = output
-    if sidecars:
-        output = None  # the explained report is the one written
-    report: DeterminismReport | HashCheckReport | MajorityReport | ExplainedReport
-    thresholds_given = min_exact_match_ratio is not None or logprob_tolerance is not None
-    if runs:
-        if run_a is not None or run_b is not None or expected_hash is not None:
-            raise UsageError("--run (majority mode) excludes --run-a, --run-b and --expected-hash")
-        if thresholds_given:
-            raise UsageError("the majority mode groups logs by sha256: thresholds do not apply")
-        report = api.compare_runs(
-            runs,
+    compares_two = run_a is not None and run_b is not None and not runs and expected_hash is None
+    with _sample_progress("comparing") if compares_two else nullcontext(None) as advance:
+        report = api.eval_determinism(
+            run_a=run_a,
+            run_b=run_b,
+            runs=runs or (),
+            expected_hash=expected_hash,
+            sidecars=sidecars or (),
+            min_exact_match_ratio=min_exact_match_ratio,
+            logprob_tolerance=logprob_tolerance,
             max_reported=max_reported,
             report=output,
             force=force,
-            progress=lambda path: say(f"validating {path}"),
+            progress=advance,
+            on_validating=lambda path: say(f"validating {path}"),
         )
-    elif expected_hash is not None:
-        if run_a is None or run_b is not None:
-            raise UsageError("--expected-hash checks one log: give --run-a PATH, not --run-b")
-        if thresholds_given:
-            raise UsageError("--expected-hash is an exact check: thresholds do not apply")
-        report = api.check_hash(run_a, expected_hash, report=output, force=force)
-    elif run_a is not None and run_b is not None:
-        with _sample_progress("comparing") as advance:
-            report = api.evaluate(
-                run_a,
-                run_b,
-                min_exact_match_ratio=min_exact_match_ratio,
-                logprob_tolerance=logprob_tolerance,
-                max_reported=max_reported,
-                report=output,
-                force=force,
-                progress=advance,
-            )
-    else:
-        raise UsageError(
-            "give --run-a A --run-b B, or --run-a A --expected-hash SHA256, or --run PATH "
-            "three or more times",
-            hint="see `detserve eval-determinism --help` for examples",
-        )
-
-    if sidecars:
-        report = api.explain(report, sidecars, report=final_output, force=force)
     if json_output:
         emit_json(report.as_json())
     else:
         for line in report.summary_lines():
             result(line)
-        if final_output is not None:
-            say(f"report written to {final_output}")
+        if output is not None:
+            say(f"report written to {output}")
     record_outcome(report.summary_lines(), report.error())
     raise_verdict(report.error(), json_output=json_output)

@@ -12,7 +12,6 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from detserve import api
-from detserve.api.container import container_name
 from detserve.cli import commands_cluster
 from detserve.cli.app import app
 from detserve.cli.options import ConfigOption, DockerHostOption, FullVerifyOption
@@ -146,7 +145,7 @@ def wait_command(
         detserve wait --config configs/tiny-cpu.json --verify-manifest --timeout 300
     """
     loaded = api.load_profile(config)
-    with _wait_display(container_name(loaded)) as display:
+    with _wait_display(loaded.container_name) as display:
         waited = api.wait(
             loaded,
             timeout_s=timeout,
@@ -266,7 +265,7 @@ def run_command(
             json_output=json_output,
         )
         return
-    with _wait_display(container_name(loaded)) as display:
+    with _wait_display(loaded.container_name) as display:
         ran = api.run(
             loaded,
             secrets_file=secrets_file,
@@ -353,7 +352,7 @@ def logs_command(
     loaded = api.load_profile(config)
     lines = api.logs(loaded, follow=follow, tail=tail, docker_host=docker_host)
     if json_output and not follow:
-        emit_json({"ok": True, "name": container_name(loaded), "lines": list(lines)})
+        emit_json({"ok": True, "name": loaded.container_name, "lines": list(lines)})
         return
     for line in lines:
         if json_output:

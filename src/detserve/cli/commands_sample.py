@@ -238,15 +238,9 @@ def replay_command(
             --run-log a.runlog.jsonl --config configs/tiny-cpu.local.json --output-dir replays/a
     """
     from detserve import api
-    from detserve.api.reports import is_transcript
 
-    if public_key is None and is_transcript(claim):
-        _replay_transcript(
-            claim, config, output_dir, stop_after, force, json_output, full_verify, docker_host
-        )
-        return
     with sampling_progress() as shown:
-        replayed = api.replay(
+        replayed = api.replay_evidence(
             claim,
             config,
             output_dir=output_dir,
@@ -261,44 +255,14 @@ def replay_command(
             docker_host=docker_host,
             full_verify=full_verify,
         )
-    report, summary = replayed.report, replayed.summary
-    if json_output:
-        emit_json(replayed.as_json())
-    else:
-        for line in report.summary_lines():
-            result(line)
-        say(f"replay run log {summary.run_log}; report {replayed.report_path}")
-    raise_verdict(report.error(), json_output=json_output)
-
-
-def _replay_transcript(
-    claim: Path,
-    config: Path,
-    output_dir: Path,
-    stop_after: bool,
-    force: bool,
-    json_output: bool,
-    full_verify: bool,
-    docker_host: str | None,
-) -> None:
-    """A gateway transcript's replay: every exchange sent again, then compared."""
-    from detserve import api
-
-    replayed = api.replay_transcript(
-        claim,
-        config,
-        output_dir=output_dir,
-        stop_after=stop_after,
-        force=force,
-        on_stage=say,
-        full_verify=full_verify,
-        docker_host=docker_host,
-    )
     report = replayed.report
     if json_output:
         emit_json(replayed.as_json())
     else:
         for line in report.summary_lines():
             result(line)
-        say(f"replay transcript {replayed.replay_transcript}; report {replayed.report_path}")
+        if isinstance(replayed, api.TranscriptReplayResult):
+            say(f"replay transcript {replayed.replay_transcript}; report {replayed.report_path}")
+        else:
+            say(f"replay run log {replayed.summary.run_log}; report {replayed.report_path}")
     raise_verdict(report.error(), json_output=json_output)

@@ -25,7 +25,7 @@ from detserve.engine_policy import BATCH_INVARIANT_ENVIRONMENT
 from detserve.errors import InputError, UsageError
 from detserve.imageref import ImageRef
 from detserve.manifest import read_manifest_bytes
-from detserve.profile import LoadedProfile, Profile
+from detserve.profile import CONTAINER_NAME_PREFIX, LoadedProfile, Profile
 from detserve.runtime.secrets import SecretEnvironment
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 CONTAINER_PORT = 8000
 #: the container's Hugging Face home; only the verified snapshot and its blobs are mounted in it
 CONTAINER_HF_HOME = "/hf-home"
-CONTAINER_NAME_PREFIX = "detserve-"
 
 LABEL_PROFILE = "io.detserve.profile"
 LABEL_PROFILE_SHA256 = "io.detserve.profile-sha256"
