@@ -107,6 +107,28 @@ def test_only_strict_utf8_is_read(rig: GatewayRig, encoded: bytes) -> None:
 
 
 @pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model":"tiny-llama","prompt":"p","\\ud800":1}', "\\ud800"),
+        (b'{"model":"tiny-llama","prompt":"p","response_format":{"type":"text","\\udfff":1}}',
+         "response_format.\\udfff"),
+        (b'{"model":"tiny-llama","prompt":"p","structured_outputs":{"\\ud800x":1}}',
+         "structured_outputs.\\ud800x"),
+    ],
+)  # fmt: skip
+def test_a_refusal_naming_a_lone_surrogate_is_a_400_and_health_stays_ok(
+    rig: GatewayRig, body: bytes, param: str
+) -> None:
+    # the refusal names the client's key: written escaped, never a 500 that doubts the gateway
+    response = post_raw(rig, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert param in response.json()["error"]["message"]
+    assert httpx.get(f"{rig.url}/health", timeout=10).status_code == 200
+    assert rig.fake.requests == []
+
+
+@pytest.mark.parametrize(
     "content_type",
     [
         None,
