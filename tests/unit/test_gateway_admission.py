@@ -88,6 +88,21 @@ def test_the_pinned_values_in_another_spelling_are_admitted(rig: GatewayRig) -> 
     assert post_raw(rig, body).status_code == 200
 
 
+@pytest.mark.parametrize("spelling", ["1e-400", "-1e-400", "0." + "0" * 400 + "1", "5e-324"])
+def test_a_temperature_a_double_would_round_to_zero_is_refused(
+    rig: GatewayRig, spelling: str
+) -> None:
+    # not zero as written: answering it greedily would change what was asked
+    body = '{"model":"tiny-llama","prompt":"p","max_tokens":2,"temperature":' + spelling + "}"
+    response = post_raw(rig, body.encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "temperature"
+    assert rig.fake.requests == []
+    for zero in ("0", "-0", "0.0", "-0.0e5", "0E-400"):
+        admitted = body.replace(spelling, zero).encode()
+        assert post_raw(rig, admitted).status_code == 200, zero
+
+
 @pytest.mark.parametrize(
     "encoded",
     [

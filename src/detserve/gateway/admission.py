@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import decimal
 import hashlib
 import json
 from dataclasses import dataclass
@@ -299,8 +300,9 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
     if body.get("model") != policy.served_model_name:
         raise Refused("model", f"model must be {policy.served_model_name!r}")
     temperature = body.get("temperature")
+    # exactly zero as written: 1e-400 is not 0, though a double rounds it there
     if temperature is not None and not (
-        isinstance(temperature, Number) and float(temperature.spelling) == 0
+        isinstance(temperature, Number) and decimal.Decimal(temperature.spelling).is_zero()
     ):
         raise Refused("temperature", "temperature is refused unless 0: sampling is greedy")
     if _integer("seed", body.get("seed")) not in (None, policy.seed):
