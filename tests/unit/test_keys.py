@@ -348,6 +348,34 @@ def test_a_sidecar_in_utf_16_is_refused_by_attest(
     assert not output.exists()
 
 
+def _loose(text: str, how: str) -> bytes:
+    """A JSON document ``text`` (one object) re-written as a loose reader would still read it."""
+    if how == "utf-16":
+        return text.encode("utf-16")
+    if how == "bom":
+        return b"\xef\xbb\xbf" + text.encode("utf-8")
+    # a second value of the first key, before it: a reviewer reads the first, json.loads the last
+    document = json.loads(text)
+    key = next(iter(document))
+    return ("{" + json.dumps(key) + ":" + json.dumps("forged") + "," + text.strip()[1:]).encode()
+
+
+@pytest.mark.parametrize("how", ["utf-16", "bom", "duplicate-key"])
+def test_an_environment_fingerprint_read_loosely_is_refused_by_attest(
+    tmp_path: Path, cli: CliRunner, ed_claim: Claim, how: str
+) -> None:
+    environment = tmp_path / "loose.env.json"
+    environment.write_bytes(_loose(ed_claim.environment.read_text(encoding="utf-8"), how))
+    output = tmp_path / "again.claim.json"
+    ran = cli(
+        "attest", "--run-log", ed_claim.run_log, "--sidecar", ed_claim.sidecar, "--environment",
+        environment, "--key", ed_claim.private_key, "--envelope-output", output,
+    )  # fmt: skip
+    assert ran.code == 2, ran
+    assert "loose.env.json" in ran.err
+    assert not output.exists()
+
+
 # --- PEM: one block and nothing else ------------------------------------------------------------
 
 
