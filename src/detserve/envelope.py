@@ -70,9 +70,14 @@ def _b64(value: object, what: str, source: str) -> bytes:
     if not isinstance(value, str):
         raise InputError(f"{source}: {what} is not a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        decoded = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"{source}: {what} is not base64") from exc
+    if base64.b64encode(decoded).decode("ascii") != value:
+        # pad bits set: the same bytes in another spelling, so one signature would verify
+        # several files (RFC 4648 3.5 lets a decoder refuse them; this one does)
+        raise InputError(f"{source}: {what} is not base64 in its one spelling (pad bits set)")
+    return decoded
 
 
 def parse_envelope(data: bytes, source: str) -> ParsedEnvelope:

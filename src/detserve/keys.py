@@ -159,10 +159,17 @@ def _pem_der(data: bytes, label: str, source: str, hint: str) -> bytes:
             "LF line ends, one block)",
             hint=hint,
         )
+    text = "".join(body)
     try:
-        return base64.b64decode("".join(body), validate=True)
+        der = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise AttestationKeyError(f"{source}: the {label} block is not base64", hint=hint) from None
+    if base64.b64encode(der).decode("ascii") != text:
+        raise AttestationKeyError(
+            f"{source}: the {label} block is not base64 in its one spelling (pad bits set)",
+            hint=hint,
+        )
+    return der
 
 
 def load_public_key(path: Path) -> PublicKey:
