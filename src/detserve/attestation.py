@@ -53,7 +53,6 @@ from detserve.canonical import canonical_bytes
 from detserve.envelope import (
     ParsedEnvelope,
     parse_envelope,
-    read_json_object,
     sign_envelope,
     verify_envelope,
 )
@@ -70,6 +69,7 @@ from detserve.runlog import (
     validate_run_log,
 )
 from detserve.runlog.models import Sha256Hex
+from detserve.strict_json import read_json_object
 from detserve.strict_model import StrictModel
 
 #: The predicate type of a detserve claim.

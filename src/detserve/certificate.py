@@ -56,7 +56,6 @@ from detserve.diagnosis.verdict import Verdict, diagnose
 from detserve.envelope import (
     SignatureError,
     parse_envelope,
-    read_json_object,
     sign_envelope,
     verify_envelope,
 )
@@ -64,6 +63,7 @@ from detserve.errors import InputError, UsageError, VerificationError, bounded
 from detserve.fileio import read_input
 from detserve.keys import Algorithm, load_public_key
 from detserve.runlog import RunPins
+from detserve.strict_json import read_json_object
 from detserve.strict_model import StrictModel
 
 FORMAT: Final = "detserve-certificate"

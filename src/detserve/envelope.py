@@ -1,4 +1,4 @@
-"""DSSE envelopes and the JSON documents of evidence, read strictly and verified in linear time.
+"""DSSE envelopes, read strictly and verified in linear time.
 
 A signed claim (:mod:`detserve.attestation`) and a concurrency certificate
 (:mod:`detserve.certificate`) are each a DSSE v1 envelope: ``{payload, payloadType,
@@ -9,10 +9,8 @@ signature and reports who signed by the key that verified.
 
 Invariants:
 
-* A document (an envelope, a sidecar) is UTF-8 JSON and nothing else: a byte-order mark,
-  UTF-16 or UTF-32 (which Python's ``json.loads`` of bytes would silently accept), a duplicate
-  key, ``NaN`` or ``Infinity`` and a lone surrogate are refused (exit 2), as I-JSON (RFC 7493)
-  requires.
+* An envelope is read as every document of evidence is (:mod:`detserve.strict_json`: I-JSON,
+  exit 2 otherwise).
 * An envelope has exactly DSSE's fields, at most :data:`MAX_SIGNATURES` signatures with
   distinct key ids, every value of its type and every base64 strict; otherwise it is bad input
   (exit 2), never a verdict.
@@ -26,11 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import securesystemslib.exceptions
 from securesystemslib.dsse import Envelope
@@ -41,94 +36,16 @@ from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
 from detserve.canonical import canonical_bytes
 from detserve.errors import InputError, VerificationError, bounded
 from detserve.keys import AttestationKeyError, PublicKey, signer_public_key
+from detserve.strict_json import read_json_object
 
 #: The most signatures an envelope may carry: detserve writes one; DSSE's threshold use is a few.
 MAX_SIGNATURES: Final = 16
-#: How deeply a document may nest (an envelope is 3 levels; a claim's statement about 6).
-MAX_DEPTH: Final = 64
 
 
 class SignatureError(VerificationError):
     """The envelope carries no signature the given public key verifies (exit 1)."""
 
     kind = "bad-signature"
-
-
-# --- strict JSON --------------------------------------------------------------------------------
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Duplicate(key)
-        seen[key] = value
-    return seen
-
-
-class _Duplicate(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-def _strings(value: Any, depth: int = 0) -> Iterator[str]:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield key
-            yield from _strings(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item, depth + 1)
-
-
-def read_json_document(data: bytes, source: str, *, error: type[InputError] = InputError) -> Any:
-    """The JSON value of ``data``, read as I-JSON: UTF-8 without a byte-order mark, no duplicate
-    key, no ``NaN``/``Infinity``, no lone surrogate; ``error`` (exit 2) naming ``source``
-    otherwise."""
-    shown = bounded(source)
-    if data.startswith(codecs.BOM_UTF8):
-        raise error(f"{shown}: starts with a byte-order mark; JSON here is UTF-8 without one")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise error(
-            f"{shown}: not UTF-8 (byte {exc.start}); JSON here is UTF-8, never UTF-16 or UTF-32"
-        ) from None
-    try:
-        value = json.loads(text, object_pairs_hook=_unique, parse_constant=_refuse_constant)
-    except _Duplicate as exc:
-        raise error(f"{shown}: duplicate keys {bounded(exc.key, 200)}") from None
-    except RecursionError:
-        raise error(f"{shown}: not JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise error(f"{shown}: not JSON: {bounded(str(exc), 300)}") from None
-    try:
-        for string in _strings(value):
-            string.encode("utf-8")
-    except UnicodeEncodeError:
-        raise error(f"{shown}: a string holds a lone surrogate (not I-JSON)") from None
-    except (ValueError, RecursionError) as exc:
-        raise error(f"{shown}: not JSON here: {exc}") from None
-    return value
-
-
-def read_json_object(
-    data: bytes, source: str, *, error: type[InputError] = InputError
-) -> dict[str, Any]:
-    """:func:`read_json_document` of a JSON object."""
-    document = read_json_document(data, source, error=error)
-    if not isinstance(document, dict):
-        raise error(f"{bounded(source)}: not a JSON object")
-    return document
 
 
 # --- envelopes ----------------------------------------------------------------------------------
@@ -153,9 +70,14 @@ def _b64(value: object, what: str, source: str) -> bytes:
     if not isinstance(value, str):
         raise InputError(f"{source}: {what} is not a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        decoded = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InputError(f"{source}: {what} is not base64") from exc
+    if base64.b64encode(decoded).decode("ascii") != value:
+        # pad bits set: the same bytes in another spelling, so one signature would verify
+        # several files (RFC 4648 3.5 lets a decoder refuse them; this one does)
+        raise InputError(f"{source}: {what} is not base64 in its one spelling (pad bits set)")
+    return decoded
 
 
 def parse_envelope(data: bytes, source: str) -> ParsedEnvelope:

@@ -39,6 +39,7 @@ from detserve.errors import ContainerError, InputError
 from detserve.fileio import read_input
 from detserve.host_facts import read_host_facts
 from detserve.profile import SECRET_NAME_RE, LoadedProfile
+from detserve.strict_json import read_json_object
 from detserve.strict_model import StrictModel
 
 FORMAT: Final = "detserve-environment"
@@ -235,11 +236,8 @@ def parse_fingerprint(document: object, *, source: str) -> EnvironmentFingerprin
 def read_fingerprint(path: Path) -> EnvironmentFingerprint:
     """Read a fingerprint file written by ``detserve env --fingerprint-output``."""
     data = read_input(Path(path), what="environment fingerprint", cap=MAX_FINGERPRINT_BYTES)
-    try:
-        document = json.loads(data)
-    except ValueError as exc:
-        raise InputError(f"{path}: not JSON: {exc}") from exc
-    return parse_fingerprint(document, source=str(path))
+    # strictly: a loose read takes the last of two values of a key, and UTF-16 (attest signs it)
+    return parse_fingerprint(read_json_object(data, str(path)), source=str(path))
 
 
 def numerics_environment(environment: Mapping[str, str]) -> dict[str, str]:

@@ -131,8 +131,9 @@ def public_key_of(crypto: object, source: str) -> PublicKey:
     )
 
 
-def _pem_der(data: bytes, label: str, source: str, hint: str) -> bytes:
-    """The DER of the one ``label`` PEM block that is the whole of ``data``."""
+def pem_der(data: bytes, label: str, source: str, hint: str) -> bytes:
+    """The DER of the one ``label`` PEM block that is the whole of ``data`` (RFC 7468's strict
+    form, base64 in its one spelling); :class:`AttestationKeyError` otherwise."""
     begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
     try:
         text = data.decode("ascii")
@@ -159,10 +160,17 @@ def _pem_der(data: bytes, label: str, source: str, hint: str) -> bytes:
             "LF line ends, one block)",
             hint=hint,
         )
+    text = "".join(body)
     try:
-        return base64.b64decode("".join(body), validate=True)
+        der = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise AttestationKeyError(f"{source}: the {label} block is not base64", hint=hint) from None
+    if base64.b64encode(der).decode("ascii") != text:
+        raise AttestationKeyError(
+            f"{source}: the {label} block is not base64 in its one spelling (pad bits set)",
+            hint=hint,
+        )
+    return der
 
 
 def load_public_key(path: Path) -> PublicKey:
@@ -171,7 +179,7 @@ def load_public_key(path: Path) -> PublicKey:
     hint = "pass the .pub file `detserve keygen` wrote (never the private key)"
     source = bounded(str(path))
     data = read_input(Path(path), what="public key", cap=MAX_DOCUMENT_BYTES)
-    der = _pem_der(data, "PUBLIC KEY", source, hint)
+    der = pem_der(data, "PUBLIC KEY", source, hint)
     try:
         crypto = load_der_public_key(der)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -274,7 +282,7 @@ def load_signer(path: Path) -> CryptoSigner:
     data = _read_private(Path(path))
     source = bounded(str(path))
     hint = "pass the .key file `detserve keygen` wrote (unencrypted PKCS#8)"
-    der = _pem_der(data, "PRIVATE KEY", source, hint)
+    der = pem_der(data, "PRIVATE KEY", source, hint)
     try:
         private = load_der_private_key(der, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:

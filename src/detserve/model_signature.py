@@ -185,13 +185,24 @@ def _check_curve(key: object, what: str, error: type[Exception]) -> ec.EllipticC
 
 
 def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
+
+    from detserve.keys import AttestationKeyError, pem_der
 
     data = read_input(path, what="public key", cap=MAX_TRUST_BYTES, error=SignatureTrustError)
     shown = bounded(str(path))
+    hint = "pass the publisher's public key PEM file, the block alone"
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
+        # one strict block and nothing else, as every key detserve reads: a loose PEM reader
+        # takes the first block of a file and ignores what surrounds it
+        der = pem_der(data, "PUBLIC KEY", shown, hint)
+        key = serialization.load_der_public_key(der)
+    except AttestationKeyError as exc:
+        raise SignatureTrustError(
+            f"public key {shown} is not a PEM public key", details=[exc.message], hint=hint
+        ) from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise SignatureTrustError(f"public key {shown} is not a PEM public key") from exc
     return _check_curve(key, f"public key {shown}", SignatureTrustError)
 

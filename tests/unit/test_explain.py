@@ -175,6 +175,31 @@ def test_a_sidecar_without_a_fingerprint_is_refused(
     assert "records no environment fingerprint" in ran.err
 
 
+@pytest.mark.parametrize("how", ["utf-16", "bom", "duplicate-environment", "overflow"])
+def test_a_sidecar_read_loosely_is_refused(
+    nodes: list[tuple[Path, Path]], cli: CliRunner, tmp_path: Path, how: str
+) -> None:
+    # node 3's sidecar as a loose reader (json.loads of bytes) would still read it: UTF-16, a
+    # byte order mark, a second "environment" that hides the first from json.loads, 1e400
+    text = nodes[2][1].read_text(encoding="utf-8")
+    clean = make_fingerprint().model_dump(mode="json")
+    loose = tmp_path / "loose.sidecar.json"
+    loose.write_bytes(
+        text.encode("utf-16")
+        if how == "utf-16"
+        else b"\xef\xbb\xbf" + text.encode()
+        if how == "bom"
+        else ('{"environment":' + json.dumps(clean) + "," + text[1:]).encode()
+        if how == "duplicate-environment"
+        else ('{"padding":1e400,' + text[1:]).encode()
+    )
+    args = _majority_args(nodes)
+    args[-1] = loose
+    ran = cli(*args)
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "loose.sidecar.json" in ran.err
+
+
 def test_one_sidecar_per_log(nodes: list[tuple[Path, Path]], cli: CliRunner) -> None:
     ran = cli(*_majority_args(nodes)[:-2])
     assert ran.code == EXIT_INPUT, ran.text

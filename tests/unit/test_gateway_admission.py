@@ -88,6 +88,21 @@ def test_the_pinned_values_in_another_spelling_are_admitted(rig: GatewayRig) -> 
     assert post_raw(rig, body).status_code == 200
 
 
+@pytest.mark.parametrize("spelling", ["1e-400", "-1e-400", "0." + "0" * 400 + "1", "5e-324"])
+def test_a_temperature_a_double_would_round_to_zero_is_refused(
+    rig: GatewayRig, spelling: str
+) -> None:
+    # not zero as written: answering it greedily would change what was asked
+    body = '{"model":"tiny-llama","prompt":"p","max_tokens":2,"temperature":' + spelling + "}"
+    response = post_raw(rig, body.encode())
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "temperature"
+    assert rig.fake.requests == []
+    for zero in ("0", "-0", "0.0", "-0.0e5", "0E-400"):
+        admitted = body.replace(spelling, zero).encode()
+        assert post_raw(rig, admitted).status_code == 200, zero
+
+
 @pytest.mark.parametrize(
     "encoded",
     [
@@ -103,6 +118,28 @@ def test_only_strict_utf8_is_read(rig: GatewayRig, encoded: bytes) -> None:
     response = post_raw(rig, encoded)
     assert response.status_code == 400, response.text
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert rig.fake.requests == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model":"tiny-llama","prompt":"p","\\ud800":1}', "\\ud800"),
+        (b'{"model":"tiny-llama","prompt":"p","response_format":{"type":"text","\\udfff":1}}',
+         "response_format.\\udfff"),
+        (b'{"model":"tiny-llama","prompt":"p","structured_outputs":{"\\ud800x":1}}',
+         "structured_outputs.\\ud800x"),
+    ],
+)  # fmt: skip
+def test_a_refusal_naming_a_lone_surrogate_is_a_400_and_health_stays_ok(
+    rig: GatewayRig, body: bytes, param: str
+) -> None:
+    # the refusal names the client's key: written escaped, never a 500 that doubts the gateway
+    response = post_raw(rig, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert param in response.json()["error"]["message"]
+    assert httpx.get(f"{rig.url}/health", timeout=10).status_code == 200
     assert rig.fake.requests == []
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import shutil
 import socket
 import stat
 import threading
@@ -181,6 +182,48 @@ def test_a_watcher_that_ends_turns_health_503(rig: GatewayRig) -> None:
 
 
 # --- what the transcript says was delivered -----------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["directory-removed", "segment-replaced"])
+def test_a_transcript_removed_under_the_gateway_is_health_503_and_nothing_answered(
+    rig: GatewayRig, how: str
+) -> None:
+    # the open segment would take every line into a file nobody reads, answers 200 and health ok
+    body = {"model": "tiny-llama", "prompt": "p", "max_tokens": 2}
+    assert httpx.post(f"{rig.url}/v1/completions", json=body, timeout=10).status_code == 200
+    segment = rig.gateway.transcript.path
+    if how == "directory-removed":
+        shutil.rmtree(rig.transcripts)
+    else:
+        copy = segment.with_name("copy")
+        copy.write_bytes(segment.read_bytes())
+        copy.replace(segment)
+    health = httpx.get(f"{rig.url}/health", timeout=10)
+    assert health.status_code == 503, health.text
+    assert str(segment.name) in health.json()["reason"]
+    refused = httpx.post(f"{rig.url}/v1/completions", json=body, timeout=10)
+    assert refused.status_code == 503, refused.text
+    assert len(rig.fake.requests) == 1
+
+
+def test_a_segment_removed_while_its_answer_is_recorded_is_never_answered(
+    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # removed after the request was admitted (health looked fine), before its line was synced
+    body = {"model": "tiny-llama", "prompt": "p", "max_tokens": 2}
+    segment = rig.gateway.transcript.path
+    real = transcript_module._write
+
+    def removing(fd: int, data: bytes) -> int:
+        if b'"record":"exchange"' in data:
+            segment.unlink()
+        return real(fd, data)
+
+    monkeypatch.setattr(transcript_module, "_write", removing)
+    response = httpx.post(f"{rig.url}/v1/completions", json=body, timeout=10)
+    assert response.status_code == 500, response.text
+    assert "t23" not in response.text  # the engine's answer is not given
+    assert httpx.get(f"{rig.url}/health", timeout=10).status_code == 503
 
 
 def test_an_answer_to_a_client_gone_before_it_is_recorded_undelivered(

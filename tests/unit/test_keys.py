@@ -12,7 +12,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -348,6 +348,60 @@ def test_a_sidecar_in_utf_16_is_refused_by_attest(
     assert not output.exists()
 
 
+_B64: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _pad_bits_set(value: str) -> str:
+    """``value`` (base64 ending in ``=``) with a pad bit of its last character set: the same
+    bytes to a lenient decoder, another spelling of them."""
+    data = value.rstrip("=")
+    last = _B64.index(data[-1])
+    return data[:-1] + _B64[last | 1] + value[len(data) :]
+
+
+def test_a_signature_in_another_base64_spelling_is_refused(ed_claim: Claim, cli: CliRunner) -> None:
+    # a lenient decoder reads the same bytes, so the same signature verifies another file
+    document = json.loads(ed_claim.envelope.read_text(encoding="utf-8"))
+    entry = document["signatures"][0]
+    assert entry["sig"].endswith("==")  # 64 bytes: the last character holds 4 pad bits
+    spelled = _pad_bits_set(entry["sig"])
+    assert spelled != entry["sig"]
+    assert base64.b64decode(spelled, validate=True) == base64.b64decode(entry["sig"])
+    entry["sig"] = spelled
+    ed_claim.envelope.write_text(json.dumps(document), encoding="utf-8")
+    ran = cli(*ed_claim.verify_args())
+    assert ran.code == 2, ran
+    assert "not base64 in its one spelling" in ran.err
+
+
+def _loose(text: str, how: str) -> bytes:
+    """A JSON document ``text`` (one object) re-written as a loose reader would still read it."""
+    if how == "utf-16":
+        return text.encode("utf-16")
+    if how == "bom":
+        return b"\xef\xbb\xbf" + text.encode("utf-8")
+    # a second value of the first key, before it: a reviewer reads the first, json.loads the last
+    document = json.loads(text)
+    key = next(iter(document))
+    return ("{" + json.dumps(key) + ":" + json.dumps("forged") + "," + text.strip()[1:]).encode()
+
+
+@pytest.mark.parametrize("how", ["utf-16", "bom", "duplicate-key"])
+def test_an_environment_fingerprint_read_loosely_is_refused_by_attest(
+    tmp_path: Path, cli: CliRunner, ed_claim: Claim, how: str
+) -> None:
+    environment = tmp_path / "loose.env.json"
+    environment.write_bytes(_loose(ed_claim.environment.read_text(encoding="utf-8"), how))
+    output = tmp_path / "again.claim.json"
+    ran = cli(
+        "attest", "--run-log", ed_claim.run_log, "--sidecar", ed_claim.sidecar, "--environment",
+        environment, "--key", ed_claim.private_key, "--envelope-output", output,
+    )  # fmt: skip
+    assert ran.code == 2, ran
+    assert "loose.env.json" in ran.err
+    assert not output.exists()
+
+
 # --- PEM: one block and nothing else ------------------------------------------------------------
 
 
@@ -375,6 +429,20 @@ def test_a_public_key_file_that_is_not_one_strict_pem_block_is_refused(
     ran = cli(*ed_claim.verify_args(public_key=key))
     assert ran.code == 2, ran
     assert message in ran.err
+
+
+def test_a_public_key_in_another_base64_spelling_is_refused(
+    ed_claim: Claim, cli: CliRunner, tmp_path: Path
+) -> None:
+    # the same key to a lenient decoder: one key, many files, each with its own sha256
+    lines = ed_claim.public_key.read_text(encoding="ascii").split("\n")
+    assert lines[1].endswith("=")  # an Ed25519 key's 44 bytes: the last character has pad bits
+    lines[1] = _pad_bits_set(lines[1])
+    key = tmp_path / "respelled.pub"
+    key.write_text("\n".join(lines), encoding="ascii")
+    ran = cli(*ed_claim.verify_args(public_key=key))
+    assert ran.code == 2, ran
+    assert "not base64 in its one spelling" in ran.err
 
 
 def _attest_with(cli: CliRunner, claim: Claim, key: Path, output: Path) -> Any:

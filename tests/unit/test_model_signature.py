@@ -170,6 +170,9 @@ def test_a_changed_signature_value_is_exit_1(
     [
         (b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n", "not a PEM"),
         (b"", "not a PEM"),
+        ("junk-before", "not exactly one PUBLIC KEY PEM block"),
+        ("junk-after", "not exactly one PUBLIC KEY PEM block"),
+        ("second-block", "not exactly one PUBLIC KEY PEM block"),
         ("rsa", "not an elliptic-curve key"),
         ("x25519", "not an elliptic-curve key"),
     ],
@@ -177,6 +180,7 @@ def test_a_changed_signature_value_is_exit_1(
 def test_a_key_that_cannot_be_used_is_exit_2(
     tiny_workspace: TinyWorkspace,
     cli: CliRunner,
+    keys: KeyPair,
     signature: Path,
     tmp_path: Path,
     output: Path,
@@ -196,6 +200,12 @@ def test_a_key_that_cannot_be_used_is_exit_2(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
+    elif key in ("junk-before", "junk-after", "second-block"):
+        # the signer's own key, in a file a loose PEM reader takes the first block of
+        pem = keys.public.read_bytes()
+        other = public_pem(ec.generate_private_key(ec.SECP256R1()))
+        edited = {"junk-before": b"comment\n" + pem, "junk-after": pem + b"junk\n"}
+        path.write_bytes(edited.get(key, pem + other))
     else:
         assert isinstance(key, bytes)
         path.write_bytes(key)

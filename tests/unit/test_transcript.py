@@ -197,6 +197,33 @@ def test_a_write_that_fails_is_cut_off_and_breaks_the_writer(
     assert summary.n_exchanges == 1
 
 
+@pytest.mark.parametrize("how", ["removed", "replaced", "directory-removed"])
+def test_a_segment_removed_or_replaced_while_written_breaks_the_writer(
+    tmp_path: Path, how: str
+) -> None:
+    # a line synced into a file no path names is a record nobody can read: never an answer
+    folder = tmp_path / "transcripts"
+    path = folder / "t.transcript.jsonl"
+    writer = TranscriptWriter(path, HEADER)
+    writer.append(exchange(0))
+    assert writer.unreachable() is None
+    if how == "replaced":
+        other = folder / "other"
+        other.write_bytes(path.read_bytes())
+        other.replace(path)
+    elif how == "removed":
+        path.unlink()
+    else:
+        path.unlink()
+        folder.rmdir()
+    assert writer.unreachable() is not None
+    with pytest.raises(EnvironmentFault, match="no file a reader can find"):
+        writer.append(exchange(1))
+    assert writer.broken is not None
+    with pytest.raises(EnvironmentFault):
+        writer.append(exchange(2))
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

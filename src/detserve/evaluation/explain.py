@@ -16,7 +16,6 @@ nothing here changes it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from detserve.evaluation.pair import DeterminismReport
 from detserve.fileio import read_input
 from detserve.fingerprint import FORMAT, EnvironmentFingerprint, parse_fingerprint
 from detserve.root_causes import Difference, fingerprint_differences, header_differences
+from detserve.strict_json import read_json_object
 
 #: the largest sidecar read
 MAX_SIDECAR_BYTES: Final = 4 * 1024 * 1024
@@ -54,12 +54,8 @@ def read_node_environment(path: Path, *, run_log_sha256: str, log: str) -> NodeE
     run log, a bare ``detserve env`` fingerprint (bound to no run), one without a fingerprint.
     """
     data = read_input(Path(path), what="sidecar", cap=MAX_SIDECAR_BYTES)
-    try:
-        document = json.loads(data)
-    except ValueError as exc:
-        raise InputError(f"{path}: not JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: not a sidecar")
+    # strictly: a loose read takes the last of two values of a key (a reviewer reads the first)
+    document = read_json_object(data, str(path))
     if document.get("format") == FORMAT:
         raise InputError(
             f"{path}: an environment fingerprint bound to no run log: it names no run log's "

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import decimal
 import hashlib
 import json
 from dataclasses import dataclass
@@ -118,12 +119,22 @@ MESSAGE_ROLES: Final[tuple[str, ...]] = get_args(ChatMessage.model_fields["role"
 MAX_REQUEST_BYTES: Final = MAX_LINE_BYTES // 2
 
 
+def writable(text: str) -> str:
+    """``text`` with each lone surrogate (no UTF-8 text can hold one) written as its ``\\udXXX``
+    escape: what a refusal says of a client's strings can always be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Refused(Exception):
     """A request the gateway does not answer: an HTTP status, the field, and why."""
 
     def __init__(
         self, param: str | None, message: str, *, status: int = 400, code: str | None = None
     ) -> None:
+        # A refusal names what the client sent (a key, a value, the engine's own message): a
+        # lone surrogate there would fail the answer's UTF-8 and make a 400 a 500 that doubts
+        # the gateway's state. Escaped here, so every refusal can be written.
+        param, message = (None if param is None else writable(param)), writable(message)
         super().__init__(message)
         self.param = param
         self.message = message
@@ -289,8 +300,9 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
     if body.get("model") != policy.served_model_name:
         raise Refused("model", f"model must be {policy.served_model_name!r}")
     temperature = body.get("temperature")
+    # exactly zero as written: 1e-400 is not 0, though a double rounds it there
     if temperature is not None and not (
-        isinstance(temperature, Number) and float(temperature.spelling) == 0
+        isinstance(temperature, Number) and decimal.Decimal(temperature.spelling).is_zero()
     ):
         raise Refused("temperature", "temperature is refused unless 0: sampling is greedy")
     if _integer("seed", body.get("seed")) not in (None, policy.seed):

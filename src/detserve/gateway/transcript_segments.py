@@ -255,8 +255,10 @@ class Transcript:
         """Why nothing more can be recorded, or None."""
         if self._fault is not None:
             return self._fault
-        fault = self._writer.broken
-        return None if fault is None else fault.message
+        writer = self._writer
+        fault = writer.broken
+        # the segment removed or replaced (a stat): nothing written now would be found
+        return writer.unreachable() if fault is None else fault.message
 
     def record(
         self,

@@ -81,6 +81,8 @@ class TranscriptWriter:
 
     Thread-safe: one line at a time, in the order :meth:`append` is called. After a write fails
     (a full disk) the writer is broken: the partial line is cut off, and every later call raises.
+    So is it when a synced line is in a file the segment's path no longer names (removed, or
+    replaced: :meth:`unreachable`), since no reader would find that record.
     ``on_line`` is told of each line once it is on disk, with how long its ``fsync`` took.
     """
 
@@ -107,6 +109,9 @@ class TranscriptWriter:
             raise EnvironmentFault(
                 f"cannot create transcript {self.path}: {exc.strerror or exc}"
             ) from exc
+        info = os.fstat(self._fd)
+        #: the file written, as its path must keep naming it (:meth:`unreachable`)
+        self._identity = (info.st_dev, info.st_ino)
         self._size = 0
         #: the size and digest before the footer, once one was written
         self._body_size: int | None = None
@@ -134,6 +139,17 @@ class TranscriptWriter:
     def broken(self) -> EnvironmentFault | None:
         """Why the writer can write no more, or None."""
         return self._broken
+
+    def unreachable(self) -> str | None:
+        """Why the segment's path no longer names the file written (removed, or replaced), or
+        None: a line written then is on disk in a file nobody reads."""
+        try:
+            info = os.lstat(self.path)
+        except OSError as exc:
+            return f"transcript {self.path} is gone: {exc.strerror or exc}"
+        if (info.st_dev, info.st_ino) != self._identity:
+            return f"transcript {self.path} was replaced by another file"
+        return None
 
     def _checked(self, record: Any, what: str) -> bytes:
         line = record_line(record)
@@ -164,6 +180,14 @@ class TranscriptWriter:
                 hint="an answer is never given without its record: free space, then restart",
             )
             raise self._broken from exc
+        unreachable = self.unreachable()
+        if unreachable is not None:
+            # synced, but into a file no path names: not a record anyone can read or check
+            self._broken = EnvironmentFault(
+                f"{unreachable}: the line written is in no file a reader can find",
+                hint="an answer is never given without its record: restart the gateway",
+            )
+            raise self._broken
         self._size += len(line)
         self._file_sha256.update(line)
         if self._on_line is not None:
