@@ -57,7 +57,9 @@ from detserve.strict_model import StrictModel
 
 MAX_PROMPT_BYTES: Final = 1 << 20
 MAX_MESSAGES: Final = 1024
-MAX_STOP_STRINGS: Final = 16
+#: vLLM refuses more (its ``VLLM_MAX_STOP_STRINGS``, 4 by default in the pinned image, as OpenAI's
+#: API documents "up to 4 sequences"): refused here, before anything is sent or recorded
+MAX_STOP_STRINGS: Final = 4
 COMPLETIONS_PATH: Final = "/v1/completions"
 CHAT_PATH: Final = "/v1/chat/completions"
 

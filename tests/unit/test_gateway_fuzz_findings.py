@@ -13,10 +13,14 @@ the document's own drift is held in ``test_gateway_openapi.py``).
 * A ``stop`` list longer than 16, or a stop string over 256 characters, was documented valid and
   refused by the canonical record in pydantic's words; the document now takes ``stop``,
   ``prompt`` and ``messages`` from the record's own schema (``test_gateway_openapi.py``).
+* On the real engine (``tests/integration/test_gateway_fuzz_real.py``), a ``stop`` list of 5 was
+  documented valid and the engine refused it (vLLM's ``VLLM_MAX_STOP_STRINGS``, 4): the record's
+  cap is now the engine's, so the gateway refuses it by name and the document says 4.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,3 +115,24 @@ def test_a_null_constraint_field_beside_the_other_is_refused(
     alone = {"model": MODEL, "prompt": "p", "max_tokens": 2, "response_format": None}
     assert httpx.post(f"{rig.url}/v1/completions", json=alone, timeout=10).status_code == 200
     assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_more_stop_strings_than_the_engine_takes_are_refused_before_it(
+    rig: GatewayRig, fake: StreamingFakeVllm, path: str
+) -> None:
+    asked = (
+        {"prompt": "p"}
+        if path == "/v1/completions"
+        else {"messages": [{"role": "user", "content": "p"}]}
+    )
+    body = {"model": MODEL, "max_tokens": 2, **asked}
+    refused = httpx.post(f"{rig.url}{path}", json=body | {"stop": list("abcde")}, timeout=10)
+    assert refused.status_code == 400, refused.text
+    assert_error_shape(400, refused.json())
+    assert refused.json()["error"]["param"] == "stop"
+    assert fake.requests == []
+    taken = httpx.post(f"{rig.url}{path}", json=body | {"stop": list("abcd")}, timeout=10)
+    assert taken.status_code == 200, taken.text
+    document = httpx.get(f"{rig.url}/openapi.json", timeout=10).json()
+    assert '"maxItems": 4' in json.dumps(document)

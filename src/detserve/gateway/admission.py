@@ -59,7 +59,7 @@ from detserve.constraints import (
 )
 from detserve.gateway.upstream_body import upstream_request
 from detserve.profile import Profile
-from detserve.request_kinds import TEMPLATE_OVERRIDES
+from detserve.request_kinds import MAX_STOP_STRINGS, TEMPLATE_OVERRIDES
 from detserve.runlog.models import MAX_LINE_BYTES, ChatMessage, ExchangeRequest
 from detserve.runlog.transcript import canonical_request
 from detserve.spelled_json import Number
@@ -251,6 +251,9 @@ def _stop(value: object) -> list[str] | None:
     if not isinstance(stops, list) or not stops or not all(isinstance(s, str) and s for s in stops):
         # an empty list would be sent as no stop at all: refused rather than dropped
         raise Refused("stop", "stop must be a non-empty string or a non-empty list of them")
+    if len(stops) > MAX_STOP_STRINGS:
+        # the engine refuses more; refused here, by name, before anything is sent or recorded
+        raise Refused("stop", f"at most {MAX_STOP_STRINGS} stop strings (the engine takes no more)")
     return [_utf8("stop", stop) for stop in stops]
 
 

@@ -39,6 +39,7 @@ from detserve.constraints import (
     STRUCTURED_KINDS,
 )
 from detserve.gateway.admission import ACCEPTED_FIELDS, Policy
+from detserve.request_kinds import MAX_STOP_STRINGS
 from detserve.runlog.models import ExchangeRequest
 
 RequestKind = Literal["completion", "chat"]
@@ -211,7 +212,12 @@ def _field_schemas(policy: Policy) -> dict[str, Callable[[], dict[str, Any]]]:
             {"type": "boolean"}, "true: the answer as server-sent events (text/event-stream)"
         ),
         "stop": lambda: _nullable(
-            {"anyOf": [_recorded("stop")["items"], _recorded("stop")]},
+            {
+                "anyOf": [
+                    _recorded("stop")["items"],
+                    _recorded("stop") | {"maxItems": MAX_STOP_STRINGS},  # the engine's cap
+                ]
+            },
             "a stop string or a list of them; sent and recorded as a list",
         ),
         "response_format": lambda: _ref("ResponseFormat"),
