@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -50,6 +49,7 @@ from detserve.errors import (
 )
 from detserve.fileio import read_input
 from detserve.signed_statement import SignedModel, read_statement
+from detserve.strict_json import read_json_object
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -111,22 +111,10 @@ def verify_model_signature(signature: Path, trust: SignatureTrust) -> SignedMode
 # --- the signature file -----------------------------------------------------------------------
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        # Two readers could take different values: refused, not resolved.
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelSignatureError(f"{what} is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelSignatureError(f"{what} is not a JSON object")
-    return value
+    # I-JSON and nothing else, as every evidence file (detserve.strict_json): a loose reader takes
+    # UTF-16 or a BOM, the last of two keys, NaN or 1e400 as infinity
+    return read_json_object(data, what, error=ModelSignatureError)
 
 
 def _parse_bundle(data: bytes, shown: str) -> Bundle:
