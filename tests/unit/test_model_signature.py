@@ -630,8 +630,109 @@ def test_a_chain_file_without_a_certificate_is_exit_2(
         cli, tiny_workspace, certified, "--certificate-chain", keys.public, output=output
     )
     assert result.code == EXIT_INPUT, result.text
-    assert "holds no PEM certificate" in result.err
+    assert "line 1: '-----BEGIN PUBLIC KEY-----' is neither part of a CERTIFICATE" in result.err
     assert details(result) == []
+
+
+def test_a_chain_file_of_comments_alone_is_exit_2(
+    tiny_workspace: TinyWorkspace, cli: CliRunner, certified: Path, tmp_path: Path, output: Path
+) -> None:
+    chain = tmp_path / "comments.pem"
+    chain.write_text("# a CA bundle\n\n# with nothing in it\n")
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert "holds no PEM certificate" in result.err
+
+
+def with_text(root: Path, before: str, between: str, after: str) -> str:
+    """The root twice (a bundle of two), with ``before``, ``between`` and ``after`` around it."""
+    block = root.read_text(encoding="ascii")
+    return before + block + between + block + after
+
+
+def test_a_chain_file_with_the_comments_ca_bundles_carry_verifies(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    tmp_path: Path,
+    output: Path,
+) -> None:
+    """As Mozilla's and Debian's bundles are written: '#' lines and empty lines around blocks."""
+    chain = tmp_path / "bundle.pem"
+    chain.write_text(
+        with_text(
+            authority.root, "##\n## Bundle of CA Root Certificates\n##\n\n", "\n# two\n", "\n"
+        )
+    )
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_OK, result.text
+
+
+@pytest.mark.parametrize(
+    ("before", "between", "after", "message"),
+    [
+        (
+            "",
+            "Subject: CN=Trusted Corp\n",
+            "",
+            "line {between}: 'Subject: CN=Trusted Corp' is neither",
+        ),
+        ("GlobalSign Root CA\n==================\n", "", "", "line 1: 'GlobalSign Root CA'"),
+        ("", "", "VERIFIED\n", "line {after}: 'VERIFIED' is neither"),
+        ("", " # indented\n", "", "line {between}: ' # indented' is neither"),
+        ("", "\x1b[2J\n", "", "line {between}: '\\x1b[2J' is neither"),
+        ("", "", "-----BEGIN CERTIFICATE-----\n", "a CERTIFICATE block does not end"),
+        ("", "-----BEGIN PRIVATE KEY-----\n", "", "line {between}: '-----BEGIN PRIVATE KEY-----'"),
+    ],
+    ids=["text-between", "title-before", "text-after", "indented-hash", "escape", "open", "key"],
+)
+def test_a_chain_file_with_anything_else_outside_its_blocks_is_exit_2(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    tmp_path: Path,
+    output: Path,
+    before: str,
+    between: str,
+    after: str,
+    message: str,
+) -> None:
+    """A loose PEM reader skips text outside its blocks, so a reader of the file and detserve
+    would not read the same trust root: refused, naming the line, the line shown escaped."""
+    size = len(authority.root.read_text().splitlines())  # lines of one block
+    message = message.format(between=size + 1, after=2 * size + 1)
+    chain = tmp_path / "chain.pem"
+    chain.write_text(with_text(authority.root, before, between, after))
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert message in result.err, result.text
+    assert "\x1b" not in result.text
+    assert not output.exists()
+
+
+def test_a_chain_block_not_in_its_strict_form_is_exit_2(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    tmp_path: Path,
+    output: Path,
+) -> None:
+    chain = tmp_path / "crlf.pem"
+    chain.write_bytes(authority.root.read_bytes().replace(b"\n", b"\r\n"))
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert f"certificate chain {chain}" in result.err, result.text
 
 
 def replace_certificate(signature: Path, der: bytes, *, at: int) -> Path:
