@@ -251,7 +251,13 @@ class Relay:
         except _MALFORMED:
             return error_response(502, "the engine's answer is not what vLLM answers")
 
+        task = asyncio.current_task()
+
         async def present() -> bool:
+            # asked once the check is done: the client may have left, or the gateway stopped
+            # (this request's task cancelled: its answer will never be sent) while it ran
+            if task is not None and task.cancelling() > 0:
+                return False
             return not await client_gone()
 
         try:
