@@ -153,7 +153,11 @@ def replay_fleet(
     inputs = (
         claim,
         *bundle_files,
-        *(path for loaded in profiles.values() for path in (loaded.path, loaded.manifest_path)),
+        *(
+            path
+            for loaded in profiles.values()
+            for path in (loaded.path, loaded.manifest_path, loaded.snapshot_dir)
+        ),
     )
     check_output_dir(output_dir, force=True, inputs=inputs)
     check_outputs([report_path], force=force, inputs=inputs)

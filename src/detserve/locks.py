@@ -81,6 +81,10 @@ def resolve_image_digest(loaded: LoadedProfile, client: Any | None = None) -> Lo
     tag = loaded.profile.runtime.image_tag
     repository = repository_of_tag(tag)
     registry = registry_of(repository)
+    if client is None:
+        from detserve.runtime.docker_engine import docker_address
+
+        docker_address()  # DOCKER_HOST (or the context) passes the rule --docker-host does
     try:
         engine = client if client is not None else docker.from_env(timeout=60)
         data = engine.images.get_registry_data(tag)

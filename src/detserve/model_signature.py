@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -50,6 +49,7 @@ from detserve.errors import (
 )
 from detserve.fileio import read_input
 from detserve.signed_statement import SignedModel, read_statement
+from detserve.strict_json import read_json_object
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -111,22 +111,10 @@ def verify_model_signature(signature: Path, trust: SignatureTrust) -> SignedMode
 # --- the signature file -----------------------------------------------------------------------
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        # Two readers could take different values: refused, not resolved.
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelSignatureError(f"{what} is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ModelSignatureError(f"{what} is not a JSON object")
-    return value
+    # I-JSON and nothing else, as every evidence file (detserve.strict_json): a loose reader takes
+    # UTF-16 or a BOM, the last of two keys, NaN or 1e400 as infinity
+    return read_json_object(data, what, error=ModelSignatureError)
 
 
 def _parse_bundle(data: bytes, shown: str) -> Bundle:
@@ -207,18 +195,75 @@ def _load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
     return _check_curve(key, f"public key {shown}", SignatureTrustError)
 
 
+_CERTIFICATE_BEGIN: Final = "-----BEGIN CERTIFICATE-----"
+_CERTIFICATE_END: Final = "-----END CERTIFICATE-----"
+
+
+def _certificate_blocks(data: bytes, shown: str) -> list[bytes]:
+    """The DER of each strict CERTIFICATE block of a chain file. Between blocks only what CA
+    bundles carry: empty lines and ``#`` comment lines; anything else is refused with its line
+    number, since a loose reader skips it and a reader of the file would believe it."""
+    from detserve.keys import AttestationKeyError, pem_der
+
+    hint = "a chain file holds CERTIFICATE PEM blocks; between them, empty or '#' lines only"
+    try:
+        lines = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise SignatureTrustError(
+            f"certificate chain {shown} is not a PEM file (not UTF-8)", hint=hint
+        ) from None
+    if lines[-1] == "":
+        lines.pop()
+    blocks: list[bytes] = []
+    block: list[str] | None = None
+    for number, line in enumerate(lines, start=1):
+        if block is not None:
+            block.append(line)
+            if line == _CERTIFICATE_END:
+                try:
+                    blocks.append(
+                        pem_der(
+                            ("\n".join(block) + "\n").encode(),
+                            "CERTIFICATE",
+                            f"certificate chain {shown} line {number}",
+                            hint,
+                        )
+                    )
+                except AttestationKeyError as exc:
+                    raise SignatureTrustError(exc.message, hint=hint) from None
+                block = None
+        elif line == _CERTIFICATE_BEGIN:
+            block = [line]
+        elif line and not line.startswith("#"):
+            raise SignatureTrustError(
+                f"certificate chain {shown} line {number}: {bounded(repr(line), 80)} is neither "
+                "part of a CERTIFICATE block, an empty line nor a '#' comment",
+                hint=hint,
+            )
+    if block is not None:
+        raise SignatureTrustError(
+            f"certificate chain {shown}: a CERTIFICATE block does not end", hint=hint
+        )
+    return blocks
+
+
 def _load_chain(paths: Sequence[Path]) -> list[x509.Certificate]:
     from cryptography import x509
 
     certificates: list[x509.Certificate] = []
     for path in paths:
         data = read_input(path, what="certificate", cap=MAX_TRUST_BYTES, error=SignatureTrustError)
-        try:
-            certificates += x509.load_pem_x509_certificates(data)
-        except ValueError as exc:
-            raise SignatureTrustError(
-                f"certificate chain {bounded(str(path))} holds no PEM certificate"
-            ) from exc
+        shown = bounded(str(path))
+        blocks = _certificate_blocks(data, shown)
+        if not blocks:
+            raise SignatureTrustError(f"certificate chain {shown} holds no PEM certificate")
+        for der in blocks:
+            try:
+                certificates.append(x509.load_der_x509_certificate(der))
+            except ValueError as exc:
+                raise SignatureTrustError(
+                    f"certificate chain {shown} holds a block that is not an X.509 certificate"
+                ) from exc
     return certificates
 
 

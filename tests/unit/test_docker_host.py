@@ -183,3 +183,36 @@ def test_an_engine_and_a_host_together_are_refused() -> None:
     engine = DockerEngine(client=None, address="x")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         engine_for(engine, "unix:///run/n2.sock")
+
+
+@pytest.mark.parametrize("host", MALFORMED_HOSTS)
+def test_docker_host_in_the_environment_is_checked_as_the_option_is(host: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        docker_address(None, {"DOCKER_HOST": host})
+    assert refused.value.message.startswith("DOCKER_HOST ")
+    assert "is not a Docker host URL" in refused.value.message
+
+
+def test_the_current_docker_context_is_checked_as_the_option_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from docker.context import ContextAPI
+
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    (config / "config.json").write_text("{}")
+    ContextAPI.create_context("odd", host="tcp://gpu-1:2376/v1.41")
+    (config / "config.json").write_text(json.dumps({"currentContext": "odd"}))
+    with pytest.raises(UsageError) as refused:
+        docker_address(None, {"DOCKER_CONFIG": str(config)})
+    assert refused.value.message.startswith("the current Docker context's host ")
+
+
+def test_doctor_refuses_a_malformed_docker_host_in_the_environment(
+    cli: CliRunner, pinned_profile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://gpu-1:2376/v1.41")
+    ran = cli("doctor", "--config", pinned_profile, "--json")
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "DOCKER_HOST 'tcp://gpu-1:2376/v1.41' is not a Docker host URL" in ran.err, ran.text

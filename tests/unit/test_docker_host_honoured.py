@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from detserve.errors import EXIT_ENVIRONMENT
+from detserve.errors import EXIT_ENVIRONMENT, EXIT_INPUT
 from detserve.manifest import read_manifest_bytes
 from detserve.pins import profile_pins
 from detserve.profile import load_profile
@@ -152,3 +152,35 @@ def test_the_engine_named_is_the_engine_asked(
     assert ran.code == EXIT_ENVIRONMENT, ran.text
     assert f"the container engine at {named} does not answer" in ran.text, ran.text
     assert default not in ran.text
+
+
+#: DOCKER_HOST values --docker-host refuses: a path on a TCP URL (the SDK would drop it), a
+#: password, a relative socket, and an escape sequence that would be printed as the engine's name
+MALFORMED_ENVIRONMENT_HOSTS = (
+    "tcp://gpu-1:2376/v1.41",
+    "tcp://user:secret@gpu-1:2376",
+    "unix://relative/docker.sock",
+    "unix:///run/\x1b[2Jdocker.sock",
+)
+
+
+@pytest.mark.parametrize("host", MALFORMED_ENVIRONMENT_HOSTS)
+@pytest.mark.parametrize("name", sorted(ARGUMENTS))
+def test_docker_host_in_the_environment_passes_the_rule_of_the_option(
+    name: str,
+    host: str,
+    config: Path,
+    tmp_path: Path,
+    cli: CliRunner,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --docker-host, the environment's DOCKER_HOST names the engine: it is checked as the
+    option is, and refused by its name (exit 2), before any engine is built."""
+    monkeypatch.setenv("DOCKER_HOST", host)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    ran = cli(*ARGUMENTS[name](config, scratch))
+    assert ran.code == EXIT_INPUT, ran.text
+    assert "DOCKER_HOST " in ran.err, ran.text
+    assert "is not a Docker host URL" in ran.err, ran.text
+    assert "\x1b" not in ran.text

@@ -10,6 +10,7 @@ full disk without failing the answer it recorded, and keeps its files to their o
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import re
@@ -342,6 +343,37 @@ def test_a_gateway_stopped_while_a_stream_is_checked_records_it_first(
         rig.stop()
     (checked,) = read_exchanges(only_segment(rig))
     assert checked.id == exchange_id
+    assert (checked.incomplete, checked.delivery) == (None, "undelivered")
+    assert checked.constraint_check == "not_checked"
+
+
+def test_a_gateway_stopped_while_a_whole_answer_is_checked_records_it_undelivered(
+    rig: GatewayRig, fake: StreamingFakeVllm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a stream: the check is finished and recorded before the footer, and the line says
+    the answer was not delivered, since the stopped request never sends it (it said
+    ``delivered``: the client was still connected when the line was made)."""
+    rig.server.server.config.timeout_graceful_shutdown = 0.2
+    constraint_check.compile_problem("regex", "a")  # the child is up: the limit times the work
+    monkeypatch.setattr(constraint_check, "CHECK_TIMEOUT_S", 3.0)
+    fake.pieces = ['"', "a" * 60, 'cX"']
+    body = BODY | {"max_tokens": 3, "structured_outputs": {"json": BACKTRACKING}}
+    sent = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", rig.server.port)) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (rig.server.port, len(sent), sent)
+        )
+        eventually(lambda: constraint_check._lock.locked() and bool(fake.requests))
+        rig.stop()
+        sock.settimeout(10)
+        received = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert b"aaaa" not in received  # the answer was never sent
+    (checked,) = read_exchanges(only_segment(rig))
     assert (checked.incomplete, checked.delivery) == (None, "undelivered")
     assert checked.constraint_check == "not_checked"
 

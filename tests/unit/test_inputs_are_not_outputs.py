@@ -147,7 +147,7 @@ COMMANDS: dict[str, Command] = {
             "--output-dir",
             p["out-dir"],
         ],
-        ("claim", "config", "manifest", "bundle-pin"),
+        ("claim", "config", "manifest", "snapshot", "bundle-pin"),
         ("out-dir/replay.runlog.jsonl", "out-dir/replay.sidecar.json", "out-dir/report.json"),
     ),
     "replay (signed)": Command(
@@ -170,7 +170,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "check": Command(
         lambda p: ["check", "--config", p["config"], *_bundle(p), "--output-dir", p["out-dir"]],
-        ("config", "manifest", "bundle-pin"),
+        ("config", "manifest", "snapshot", "bundle-pin"),
         ("out-dir/certificate.json", "out-dir/report.json"),
     ),
     "fleet": Command(
@@ -184,7 +184,7 @@ COMMANDS: dict[str, Command] = {
             "--output-dir",
             p["out-dir"],
         ],
-        ("claim", "config", "manifest", "bundle-pin"),
+        ("claim", "config", "manifest", "snapshot", "bundle-pin"),
         ("out-dir/fleet.json",),
     ),
     "env": Command(

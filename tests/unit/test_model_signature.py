@@ -282,19 +282,42 @@ def duplicate_key(signature: Path) -> None:
     signature.write_text(text[:-1] + ', "mediaType": "x"}', encoding="utf-8")
 
 
+def utf16(signature: Path) -> None:
+    signature.write_bytes(signature.read_text(encoding="utf-8").encode("utf-16"))
+
+
+def byte_order_mark(signature: Path) -> None:
+    signature.write_bytes(b"\xef\xbb\xbf" + signature.read_bytes())
+
+
+def not_a_number(signature: Path) -> None:
+    # an unknown key the library ignores, so only the reader can refuse it
+    text = signature.read_text(encoding="utf-8")
+    signature.write_text(text[:-1] + ', "x": NaN}', encoding="utf-8")
+
+
+def past_a_double(signature: Path) -> None:
+    text = signature.read_text(encoding="utf-8")
+    signature.write_text(text[:-1] + ', "x": 1e400}', encoding="utf-8")
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
-        (truncate_half, "is not JSON"),
-        (lambda p: p.write_bytes(b""), "is not JSON"),
-        (lambda p: p.write_bytes(b"\xff\xfe"), "is not JSON"),
-        (lambda p: p.write_text("[1, 2]"), "is not a JSON object"),
+        (truncate_half, ": not JSON"),
+        (lambda p: p.write_bytes(b""), ": not JSON"),
+        (lambda p: p.write_bytes(b"\xff\xfe"), "not UTF-8"),
+        (lambda p: p.write_text("[1, 2]"), "not a JSON object"),
         (lambda p: p.write_text('{"a": 1}'), "is not a Sigstore bundle"),
         (lambda p: rewrite_bundle(p, lambda b: b.pop("dsseEnvelope")), "is not a Sigstore bundle"),
         (two_signatures, "2 signatures in the envelope, expected 1"),
         (keyless, "Sigstore keyless signature"),
         (other_media_type, "media type"),
-        (duplicate_key, "duplicate key 'mediaType'"),
+        (duplicate_key, "duplicate keys mediaType"),
+        (utf16, "not UTF-8"),
+        (byte_order_mark, "byte-order mark"),
+        (not_a_number, "NaN is not JSON"),
+        (past_a_double, "overflows a double"),
     ],
     ids=[
         "truncated",
@@ -307,6 +330,10 @@ def duplicate_key(signature: Path) -> None:
         "keyless",
         "media-type",
         "duplicate-key",
+        "utf-16",
+        "bom",
+        "nan",
+        "1e400",
     ],
 )
 def test_a_malformed_signature_file_is_exit_2(
@@ -472,7 +499,42 @@ def test_a_duplicate_key_in_the_signed_statement_is_exit_2(
     sign_statement((text[:-1] + ', "predicateType": "other"}').encode(), keys, signature)
     result = hash_signed(cli, tiny_workspace, signature, "--public-key", keys.public, output=output)
     assert result.code == EXIT_INPUT, result.text
-    assert "duplicate key 'predicateType'" in result.err
+    assert "duplicate keys predicateType" in result.err
+
+
+@pytest.mark.parametrize(
+    ("spelling", "message"),
+    [
+        (b', "x": NaN}', "NaN is not JSON"),
+        (b', "x": 1e400}', "overflows a double"),
+    ],
+    ids=["nan", "1e400"],
+)
+def test_a_signed_statement_json_cannot_write_back_is_exit_2(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    signature: Path,
+    keys: KeyPair,
+    output: Path,
+    spelling: bytes,
+    message: str,
+) -> None:
+    """Signed by the publisher's key, but not I-JSON: refused, never read as a float."""
+    text = json.dumps(statement_of(signature)).encode()
+    sign_statement(text[:-1] + spelling, keys, signature)
+    result = hash_signed(cli, tiny_workspace, signature, "--public-key", keys.public, output=output)
+    assert result.code == EXIT_INPUT, result.text
+    assert message in result.err, result.text
+    assert not output.exists()
+
+
+def test_a_signed_statement_in_utf16_is_exit_2(
+    tiny_workspace: TinyWorkspace, cli: CliRunner, signature: Path, keys: KeyPair, output: Path
+) -> None:
+    sign_statement(json.dumps(statement_of(signature)).encode("utf-16"), keys, signature)
+    result = hash_signed(cli, tiny_workspace, signature, "--public-key", keys.public, output=output)
+    assert result.code == EXIT_INPUT, result.text
+    assert "not UTF-8" in result.err, result.text
 
 
 def test_the_rig_signs_as_the_library_does(
@@ -568,8 +630,109 @@ def test_a_chain_file_without_a_certificate_is_exit_2(
         cli, tiny_workspace, certified, "--certificate-chain", keys.public, output=output
     )
     assert result.code == EXIT_INPUT, result.text
-    assert "holds no PEM certificate" in result.err
+    assert "line 1: '-----BEGIN PUBLIC KEY-----' is neither part of a CERTIFICATE" in result.err
     assert details(result) == []
+
+
+def test_a_chain_file_of_comments_alone_is_exit_2(
+    tiny_workspace: TinyWorkspace, cli: CliRunner, certified: Path, tmp_path: Path, output: Path
+) -> None:
+    chain = tmp_path / "comments.pem"
+    chain.write_text("# a CA bundle\n\n# with nothing in it\n")
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert "holds no PEM certificate" in result.err
+
+
+def with_text(root: Path, before: str, between: str, after: str) -> str:
+    """The root twice (a bundle of two), with ``before``, ``between`` and ``after`` around it."""
+    block = root.read_text(encoding="ascii")
+    return before + block + between + block + after
+
+
+def test_a_chain_file_with_the_comments_ca_bundles_carry_verifies(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    tmp_path: Path,
+    output: Path,
+) -> None:
+    """As Mozilla's and Debian's bundles are written: '#' lines and empty lines around blocks."""
+    chain = tmp_path / "bundle.pem"
+    chain.write_text(
+        with_text(
+            authority.root, "##\n## Bundle of CA Root Certificates\n##\n\n", "\n# two\n", "\n"
+        )
+    )
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_OK, result.text
+
+
+@pytest.mark.parametrize(
+    ("before", "between", "after", "message"),
+    [
+        (
+            "",
+            "Subject: CN=Trusted Corp\n",
+            "",
+            "line {between}: 'Subject: CN=Trusted Corp' is neither",
+        ),
+        ("GlobalSign Root CA\n==================\n", "", "", "line 1: 'GlobalSign Root CA'"),
+        ("", "", "VERIFIED\n", "line {after}: 'VERIFIED' is neither"),
+        ("", " # indented\n", "", "line {between}: ' # indented' is neither"),
+        ("", "\x1b[2J\n", "", "line {between}: '\\x1b[2J' is neither"),
+        ("", "", "-----BEGIN CERTIFICATE-----\n", "a CERTIFICATE block does not end"),
+        ("", "-----BEGIN PRIVATE KEY-----\n", "", "line {between}: '-----BEGIN PRIVATE KEY-----'"),
+    ],
+    ids=["text-between", "title-before", "text-after", "indented-hash", "escape", "open", "key"],
+)
+def test_a_chain_file_with_anything_else_outside_its_blocks_is_exit_2(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    tmp_path: Path,
+    output: Path,
+    before: str,
+    between: str,
+    after: str,
+    message: str,
+) -> None:
+    """A loose PEM reader skips text outside its blocks, so a reader of the file and detserve
+    would not read the same trust root: refused, naming the line, the line shown escaped."""
+    size = len(authority.root.read_text().splitlines())  # lines of one block
+    message = message.format(between=size + 1, after=2 * size + 1)
+    chain = tmp_path / "chain.pem"
+    chain.write_text(with_text(authority.root, before, between, after))
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert message in result.err, result.text
+    assert "\x1b" not in result.text
+    assert not output.exists()
+
+
+def test_a_chain_block_not_in_its_strict_form_is_exit_2(
+    tiny_workspace: TinyWorkspace,
+    cli: CliRunner,
+    certified: Path,
+    authority: Authority,
+    tmp_path: Path,
+    output: Path,
+) -> None:
+    chain = tmp_path / "crlf.pem"
+    chain.write_bytes(authority.root.read_bytes().replace(b"\n", b"\r\n"))
+    result = hash_signed(
+        cli, tiny_workspace, certified, "--certificate-chain", chain, output=output
+    )
+    assert result.code == EXIT_INPUT, result.text
+    assert f"certificate chain {chain}" in result.err, result.text
 
 
 def replace_certificate(signature: Path, der: bytes, *, at: int) -> Path:

@@ -27,6 +27,10 @@ Invariants:
   :data:`SEND_TIMEOUT_S` (it is dropped), the engine failed, the gateway failed (an unexpected
   error, re-raised for the route's 500 handler) or the gateway was stopped (any other
   cancellation);
+* what a line records of a stream is what the engine streamed, so what the client was sent
+  is in it: a chunk that is not vLLM's (no prompt ids first, another set of them, a token past
+  ``max_tokens``, anything after the finishing chunk) is the engine's failure before anything
+  of it is kept or sent, and a stream closed without ``[DONE]`` is cut;
 * an output violating its constraint is recorded and withheld (502, or a stream's error event):
   a constrained stream's chunks wait for the check.
 """
@@ -247,7 +251,13 @@ class Relay:
         except _MALFORMED:
             return error_response(502, "the engine's answer is not what vLLM answers")
 
+        task = asyncio.current_task()
+
         async def present() -> bool:
+            # asked once the check is done: the client may have left, or the gateway stopped
+            # (this request's task cancelled: its answer will never be sent) while it ran
+            if task is not None and task.cancelling() > 0:
+                return False
             return not await client_gone()
 
         try:
@@ -313,7 +323,7 @@ class _RelayedStream:
         self.receive = receive
         self.send = timed(send, relay.send_timeout_s)
         self.exchange_id = new_exchange_id()
-        self.output = Output(self.request.kind)
+        self.output = Output(self.request.kind, max_tokens=self.request.max_tokens)
         self.tokens_sent = 0
         self.recorded = False
         #: set by the watcher when the client's connection closed
@@ -408,12 +418,14 @@ class _RelayedStream:
         held: Any = None
         # a constrained stream's chunks wait for the check of the whole output
         waiting: list[str] | None = [] if self.request.constraint is not None else None
+        done = False
         try:
             async for line in event_lines(self.upstream.content.iter_any()):
                 if not line.startswith("data:"):
                     continue
                 payload = line[len("data:") :].strip()
                 if payload == "[DONE]":
+                    done = True
                     break
                 chunk = json.loads(payload)
                 before = len(self.output.token_ids)
@@ -427,6 +439,8 @@ class _RelayedStream:
                     self.tokens_sent += len(self.output.token_ids) - before
             if held is None:
                 raise ValueError("the engine's stream ended before its final chunk")
+            if not done:  # vLLM ends every stream with it: one closed before is cut short
+                raise ValueError("the engine's stream ended without [DONE]")
         except (*UPSTREAM_ERRORS, *_MALFORMED) as exc:
             self.relay._trouble()
             await self.record_incomplete("engine_failed")

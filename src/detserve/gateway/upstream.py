@@ -67,9 +67,14 @@ def error_response(
 
 @dataclass
 class Output:
-    """What the engine answered so far."""
+    """What the engine answered so far. A stream is vLLM's or it is refused chunk by chunk, before
+    anything of the refused chunk is kept or sent: the prompt's token ids on the first chunk and
+    never another set, token ids a line can hold and no more than ``max_tokens`` of them, nothing
+    after the chunk that finishes the choice."""
 
     kind: str
+    #: the request's budget: a stream past it is not vLLM's (None: unchecked here)
+    max_tokens: int | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
@@ -77,21 +82,33 @@ class Output:
 
     def add_chunk(self, chunk: Any) -> None:
         """One streamed chunk; raise ValueError when it is not what vLLM streams."""
+        if self.finish_reason is not None:
+            raise ValueError("a chunk after the one that finished the choice")
         choices = chunk.get("choices") if isinstance(chunk, dict) else None
         if not isinstance(choices, list) or len(choices) != 1:
             raise ValueError("a chunk without exactly one choice")
         choice = choices[0]
         prompt = chunk.get("prompt_token_ids") or choice.get("prompt_token_ids")
         if prompt:
-            self.prompt_token_ids = list(prompt)
+            if self.prompt_token_ids and list(prompt) != self.prompt_token_ids:
+                raise ValueError("the prompt's token ids changed mid-stream")
+            prompt = _token_ids(prompt)
+        elif not self.prompt_token_ids:
+            raise ValueError("a chunk before the prompt's token ids (vLLM sends them first)")
         tokens = choice.get("token_ids")
         if tokens is None and self.kind == "chat" and _opens_a_chat(choice):
             tokens = []  # vLLM opens a chat stream with the role alone: no token yet
         if not isinstance(tokens, list):
             raise ValueError("a chunk without token_ids")
+        tokens = _token_ids(tokens)
+        if self.max_tokens is not None and len(self.token_ids) + len(tokens) > self.max_tokens:
+            raise ValueError(f"more tokens than the request's max_tokens ({self.max_tokens})")
         # read whole before anything is kept: a chunk refused adds nothing to the output
         piece = choice.get("text") if self.kind == "completion" else choice["delta"].get("content")
-        self.text.append(_text(piece))
+        piece = _text(piece)
+        if prompt:
+            self.prompt_token_ids = prompt
+        self.text.append(piece)
         self.token_ids.extend(tokens)
         self.finish_reason = choice.get("finish_reason")
 
@@ -152,6 +169,15 @@ def _text(piece: Any) -> str:
         raise TypeError("the engine's text is not a string")
     piece.encode("utf-8")  # UnicodeEncodeError, a ValueError, for a lone surrogate
     return piece
+
+
+def _token_ids(ids: Any) -> list[int]:
+    """Token ids a transcript line holds (integers from 0 to 2**31 - 1); else ValueError."""
+    if not isinstance(ids, list) or not all(
+        type(token) is int and 0 <= token < 2**31 for token in ids
+    ):
+        raise ValueError("token ids that are not integers from 0 to 2**31 - 1")
+    return list(ids)
 
 
 def _opens_a_chat(choice: Any) -> bool:

@@ -69,13 +69,15 @@ STOP_TIMEOUT_S = 10
 def docker_address(host: str | None = None, environment: Mapping[str, str] | None = None) -> str:
     """The engine's address as the Docker SDK resolves it: ``host`` when given, else
     ``DOCKER_HOST``, else the current Docker context (``DOCKER_CONTEXT`` or the CLI's config),
-    else the local socket. A ``host`` that is not a Docker host URL
-    (:func:`~detserve.runtime.docker_host.check_docker_host`) is a :class:`UsageError` (exit 2)."""
+    else the local socket. Whichever names it, an address that is not a Docker host URL
+    (:func:`~detserve.runtime.docker_host.check_docker_host`) is a :class:`UsageError` (exit 2)
+    naming where it came from (``--docker-host``, ``DOCKER_HOST``, the Docker context)."""
     if host is not None:
         return check_docker_host(host)
     environ = os.environ if environment is None else environment
     if environ.get("DOCKER_HOST"):
-        return environ["DOCKER_HOST"]
+        # the environment's address passes the rule --docker-host does, refused by its name
+        return check_docker_host(environ["DOCKER_HOST"], option="DOCKER_HOST")
     try:
         from docker.context import ContextAPI
 
@@ -85,7 +87,9 @@ def docker_address(host: str | None = None, environment: Mapping[str, str] | Non
     if not context_url:
         return DEFAULT_DOCKER_HOST
     # the SDK normalises unix:// to http+unix://; the address is shown as a person wrote it
-    return str(context_url).removeprefix("http+")
+    return check_docker_host(
+        str(context_url).removeprefix("http+"), option="the current Docker context's host"
+    )
 
 
 def connect(host: str | None = None) -> tuple[docker.DockerClient, str]:
