@@ -189,7 +189,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "env": Command(
         lambda p: ["env", "--config", p["config"], "--fingerprint-output", p["out-file"]],
-        ("config", "manifest"),
+        ("config", "manifest", "snapshot"),
         ("out-file",),
     ),
     "attest": Command(

@@ -170,7 +170,9 @@ def env(
     loaded.require_pins()
     output = Path(fingerprint_output) if fingerprint_output is not None else None
     if output is not None:
-        check_outputs([output], force=force, inputs=[loaded.path, loaded.manifest_path])
+        # the snapshot too: a file written into it would fail every later verify
+        inputs = [loaded.path, loaded.manifest_path, loaded.snapshot_dir]
+        check_outputs([output], force=force, inputs=inputs)
     fingerprint = environment_fingerprint(
         loaded, DockerProbe.from_env() if docker_host is None else DockerProbe.from_env(docker_host)
     )

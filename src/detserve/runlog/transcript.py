@@ -382,7 +382,7 @@ class TranscriptReader(LineReader):
             raise RunLogError(
                 f"{self.path}: cut after {sequence.next_index} exchanges: no footer (the gateway "
                 "did not stop cleanly)",
-                hint="every exchange before the cut is valid; read it with allow_cut",
+                hint="every exchange before the cut is valid; accept it with --allow-cut",
             )
         self._summary = TranscriptSummary(
             self.path,
