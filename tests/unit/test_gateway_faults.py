@@ -373,6 +373,9 @@ def test_a_gateway_stopped_while_a_whole_answer_is_checked_records_it_undelivere
             while chunk := sock.recv(65536):
                 received += chunk
     assert b"aaaa" not in received  # the answer was never sent
+    # told so, in OpenAI's shape: a 503, not a 500 that names an exception
+    assert received.startswith(b"HTTP/1.1 503"), received[:200]
+    assert b"the gateway is stopping: this request was not answered" in received
     (checked,) = read_exchanges(only_segment(rig))
     assert (checked.incomplete, checked.delivery) == (None, "undelivered")
     assert checked.constraint_check == "not_checked"

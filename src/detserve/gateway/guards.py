@@ -251,6 +251,8 @@ def internal_error_response(exc: BaseException) -> JSONResponse:
     )
 
 
+#: what a request the stopping gateway cancelled before its answer began is told (503)
+STOPPING_MESSAGE: Final = "the gateway is stopping: this request was not answered"
 #: the longest the last resort waits for a client to take its answer, in seconds
 LAST_RESORT_SEND_S: Final = 10.0
 #: how an error event's data begins (:func:`~detserve.gateway.upstream.error_event`)
@@ -306,7 +308,7 @@ class LastResort:
         if not stopping:
             self.failed(exc)
         if not answer.started:
-            await self._answer_500(scope, answer, exc)
+            await self._answer_500(scope, answer, exc, stopping=stopping)
         elif not answer.complete and answer.event_stream and not isinstance(exc, ClientStalled):
             await self._end_stream(answer)
         if stopping or (answer.started and not answer.complete):
@@ -328,10 +330,17 @@ class LastResort:
                     )
                 await answer.send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _answer_500(self, scope: Scope, answer: _Answer, exc: BaseException) -> None:
+    async def _answer_500(
+        self, scope: Scope, answer: _Answer, exc: BaseException, *, stopping: bool = False
+    ) -> None:
+        """The OpenAI-shaped 500, or, for a request the stopping gateway cancelled, a 503 that
+        says so (nothing failed: the request was not answered)."""
+        response = (
+            error_response(503, STOPPING_MESSAGE) if stopping else internal_error_response(exc)
+        )
         with contextlib.suppress(Exception):  # the client may be gone, or read nothing
             async with asyncio.timeout(self.send_timeout_s):
-                await internal_error_response(exc)(scope, answer.receive, answer.send)
+                await response(scope, answer.receive, answer.send)
 
 
 class _Answer:
