@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from detserve.errors import UsageError
+from detserve.errors import UsageError, bounded
 from detserve.fileio import check_output_dir, check_outputs, write_json_report
 
 if TYPE_CHECKING:
@@ -190,6 +190,7 @@ def replay_transcript_claim(
     replay_path = output_dir / "replay.transcript.jsonl"
     report_path = output_dir / "report.json"
     check_output_dir(output_dir, force=True, inputs=inputs)
+    _refuse_a_transcript_dir(output_dir, replay_path)
     check_outputs((replay_path, report_path), force=force, inputs=inputs)
     if force:
         replay_path.unlink(missing_ok=True)  # a transcript is never written over, only anew
@@ -206,3 +207,26 @@ def replay_transcript_claim(
     return TranscriptReplayResult(
         replay_transcript=replay_path, report=report, report_path=report_path
     )
+
+
+def _refuse_a_transcript_dir(output_dir: Path, replay_path: Path) -> None:
+    """A directory that holds a gateway's transcript segments is the gateway's: a replay
+    written there would be read as one of its segments (``runlog validate DIR``, the next
+    ``serve``), whatever ``--force`` says."""
+    from detserve.errors import UnsafeOutputError
+    from detserve.runlog.transcript import SUFFIX
+
+    if not output_dir.is_dir():
+        return
+    segments = sorted(
+        path.name
+        for path in output_dir.iterdir()
+        if path.name.endswith(SUFFIX) and path.name != replay_path.name
+    )
+    if segments:
+        raise UnsafeOutputError(
+            f"refusing to write a replay into {bounded(str(output_dir))}: it holds a gateway's "
+            f"transcript segments ({bounded(segments[0])}"
+            f"{f' and {len(segments) - 1} more' if len(segments) > 1 else ''})",
+            hint="give the replay a directory of its own",
+        )

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from detserve.errors import EvidenceChanged, RunLogError, UsageError
+from detserve.errors import EvidenceChanged, RunLogError, UnsafeOutputError, UsageError
 from detserve.evaluation import Verdict
 from detserve.gateway import replay as replay_module
 
@@ -83,3 +83,21 @@ def test_evidence_is_read_as_what_it_is(
     not_a_log.write_text("{}\n")
     with pytest.raises(RunLogError):
         api.read_evidence(not_a_log)
+
+
+def test_a_replay_is_never_written_among_a_gateway_s_segments(
+    claim: Path,  # noqa: F811
+    tiny_workspace: TinyWorkspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from detserve import api
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")  # none is asked
+
+    transcripts = claim.parent  # the gateway's live directory
+    before = sorted(path.name for path in transcripts.iterdir())
+    with pytest.raises(UnsafeOutputError, match="it holds a gateway's transcript segments"):
+        api.replay_transcript(claim, tiny_workspace.config, output_dir=transcripts, force=True)
+    assert sorted(path.name for path in transcripts.iterdir()) == before
+    api.validate_transcripts(transcripts)  # still only the gateway's own segments
