@@ -74,9 +74,9 @@ from benchlib import (
 from detserve import __version__
 from detserve.api import DEFAULT_BUNDLE, DEFAULT_BUNDLE_PIN
 from detserve.cli.output import sampling_progress
-from detserve.profile import LoadedProfile, load_profile
+from detserve.profile import LoadedProfile, container_name, load_profile
 from detserve.prompts import PromptBundle, load_bundle
-from detserve.runtime.container_spec import build_container_spec, container_name, server_base_url
+from detserve.runtime.container_spec import build_container_spec, server_base_url
 from detserve.runtime.docker_engine import DockerEngine
 from detserve.runtime.lifecycle import require_manifest as check_manifest
 from detserve.runtime.smoke import SMOKE_LOGPROBS, SMOKE_MAX_TOKENS, SMOKE_PROMPTS

@@ -332,6 +332,11 @@ ALL_PINS: tuple[PinName, ...] = ("model.revision", "runtime.image")
 CONTAINER_NAME_PREFIX = "detserve-"
 
 
+def container_name(profile: Profile) -> str:
+    """The name of the profile's container (what ``docker ps`` shows)."""
+    return CONTAINER_NAME_PREFIX + profile.name
+
+
 @dataclass(frozen=True)
 class LoadedProfile:
     """A validated profile and where it came from."""
@@ -347,7 +352,7 @@ class LoadedProfile:
     @property
     def container_name(self) -> str:
         """The name of the profile's container (what ``docker ps`` shows)."""
-        return CONTAINER_NAME_PREFIX + self.profile.name
+        return container_name(self.profile)
 
     @property
     def content_sha256(self) -> str:

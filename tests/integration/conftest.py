@@ -33,8 +33,7 @@ import pytest
 import requests
 
 from detserve.errors import DetserveError
-from detserve.profile import load_profile
-from detserve.runtime.container_spec import container_name
+from detserve.profile import container_name, load_profile
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny-cpu.json"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detserve.api._common import ProfileLike, StageSink, load_profile
-from detserve.errors import UsageError
+from detserve.errors import UsageError, bounded
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -267,7 +267,7 @@ def replay_evidence(
         ]
         if given:
             raise UsageError(
-                f"{claim} is a gateway transcript, which records its own requests: "
+                f"{bounded(str(claim))} is a gateway transcript, which records its own requests: "
                 f"{', '.join(given)} do not apply",
                 hint="give the transcript segment alone, with --config and --output-dir",
             )

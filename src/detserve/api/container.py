@@ -216,6 +216,6 @@ def logs(
 
 def container_name(config: ProfileLike) -> str:
     """The name of the profile's container (what ``docker ps`` shows)."""
-    from detserve.runtime.container_spec import container_name as name_of
+    from detserve.profile import container_name as name_of
 
     return name_of(load_profile(config).profile)

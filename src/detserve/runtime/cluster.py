@@ -42,8 +42,8 @@ from typing import Final, Literal
 
 from detserve.cluster_profile import ClusterNode, ClusterSpec
 from detserve.errors import InputError
-from detserve.profile import LoadedProfile
-from detserve.runtime.container_spec import ContainerSpec, build_container_spec, container_name
+from detserve.profile import LoadedProfile, container_name
+from detserve.runtime.container_spec import ContainerSpec, build_container_spec
 from detserve.runtime.secrets import SecretEnvironment
 
 #: NCCL settings every NVIDIA node gets: one algorithm and protocol, so that the reduction order

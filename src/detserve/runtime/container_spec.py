@@ -25,7 +25,7 @@ from detserve.engine_policy import BATCH_INVARIANT_ENVIRONMENT
 from detserve.errors import InputError, UsageError
 from detserve.imageref import ImageRef
 from detserve.manifest import read_manifest_bytes
-from detserve.profile import CONTAINER_NAME_PREFIX, LoadedProfile, Profile
+from detserve.profile import LoadedProfile, Profile, container_name
 from detserve.runtime.secrets import SecretEnvironment
 
 if TYPE_CHECKING:
@@ -50,10 +50,6 @@ PIN_LABELS = (
     LABEL_IMAGE,
     LABEL_MANIFEST_SHA256,
 )
-
-
-def container_name(profile: Profile) -> str:
-    return CONTAINER_NAME_PREFIX + profile.name
 
 
 def engine_args(loaded: LoadedProfile) -> list[str]:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 from detserve.errors import ContainerError, DetserveError, PinMismatch
 from detserve.manifest import load_manifest
-from detserve.profile import LoadedProfile
+from detserve.profile import LoadedProfile, container_name
 from detserve.runtime.binding import checked_container, container_mismatches
 from detserve.runtime.container_spec import (
     LABEL_PROFILE,
     LABEL_PROFILE_SHA256,
     PIN_LABELS,
     build_container_spec,
-    container_name,
     engine_args,
     expected_labels,
     server_base_url,

@@ -28,9 +28,9 @@ from detserve.fingerprint import (
     EngineVersion,
     parse_probe_output,
 )
-from detserve.profile import LoadedProfile
+from detserve.profile import LoadedProfile, container_name
 from detserve.runtime.binding import bound_container
-from detserve.runtime.container_spec import container_environment, container_name
+from detserve.runtime.container_spec import container_environment
 from detserve.runtime.docker_engine import (
     ContainerInfo,
     DockerEngine,
