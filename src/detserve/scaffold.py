@@ -202,7 +202,7 @@ def profile_document(request: InitRequest) -> dict[str, Any]:
             "port": 8000,
             "environment": {"VLLM_CPU_KVCACHE_SPACE": "1"},
             "startup_timeout_s": 600,
-            "cpu_placement": "engine-core-with-worker",
+            "cpu_placement": "engine-core-with-worker-when-concurrent",
         }
         vllm = {
             "served_model_name": name,

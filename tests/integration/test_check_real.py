@@ -201,29 +201,66 @@ def _allowed_cpus(pid: int) -> set[int]:
     raise AssertionError(f"no Cpus_allowed_list for pid {pid}")
 
 
-def test_run_places_the_engine_core_with_the_worker_and_the_api_server_apart(
-    server: Path, detserve: DetserveRunner, docker_client: docker.DockerClient
-) -> None:
-    """The profile's runtime.cpu_placement, seen from the host's /proc."""
-    assert load_profile(server).profile.runtime.cpu_placement == "engine-core-with-worker"
-    again = detserve("run", "--json", "--config", server, timeout=600)  # already running
-    assert again.code == 0, again
-    reported = again.json()["cpu_placement"]
-    assert reported["policy"] == "engine-core-with-worker"
-    top = docker_client.containers.get(container_of(server)).top(ps_args="-eo pid,comm")
+def _layout_seen(
+    docker_client: docker.DockerClient, profile: Path
+) -> tuple[set[int], dict[str, set[int]]]:
+    """The worker's CPUs and, for the engine core and the API server, the CPUs each may run on:
+    read by the host from /proc, every process of each kind alike."""
+    top = docker_client.containers.get(container_of(profile)).top(ps_args="-eo pid,comm")
     seen = {int(pid): comm for pid, comm in top["Processes"]}
-    workers = [pid for pid, comm in seen.items() if comm.startswith("VLLM::Worker")]
-    engines = [pid for pid, comm in seen.items() if comm.startswith("VLLM::EngineCor")]
-    assert workers, seen
-    assert engines, seen
-    worker_cpus = set().union(*(_allowed_cpus(pid) for pid in workers))
-    assert sorted(worker_cpus) == reported["worker_cpus"]
-    for pid in engines:
-        assert _allowed_cpus(pid) == worker_cpus
-    servers = [pid for pid, comm in seen.items() if comm.startswith("python")]
-    assert servers, seen
-    for pid in servers:
-        cpus = _allowed_cpus(pid)
-        assert sorted(cpus) == reported["other_cpus"]
-        if len(os.sched_getaffinity(0)) > len(worker_cpus):
-            assert not cpus & worker_cpus, (pid, cpus, worker_cpus)
+    kinds = {"worker": "VLLM::Worker", "engine": "VLLM::EngineCor", "server": "python"}
+    found: dict[str, set[frozenset[int]]] = {kind: set() for kind in kinds}
+    for pid, comm in seen.items():
+        for kind, title in kinds.items():
+            if comm.startswith(title):
+                found[kind].add(frozenset(_allowed_cpus(pid)))
+    for kind, layouts in found.items():
+        assert len(layouts) == 1, (kind, layouts, seen)  # each kind present, and alike
+    worker, engine, server = (set(next(iter(found[kind]))) for kind in kinds)
+    return worker, {"engine": engine, "server": server}
+
+
+def test_placement_follows_the_workload_as_the_hosts_proc_shows_it(
+    server: Path,
+    checked: tuple[CliRun, Path],
+    detserve: DetserveRunner,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+    keys: Path,
+) -> None:
+    """The profile's runtime.cpu_placement, chosen per workload, seen from the host's /proc:
+    ``run`` and ``sample`` at 1 release the processes to the kernel, ``sample`` at 16 places the
+    engine core with the worker and the API server apart; what each reports is what is there."""
+    policy = load_profile(server).profile.runtime.cpu_placement
+    assert policy == "engine-core-with-worker-when-concurrent"
+    run, out = checked
+    if not (out / "certificate.json").is_file():
+        pytest.fail(f"the engine was not invariant here, so nothing is certified: {run.out}")
+    everywhere = os.sched_getaffinity(0)  # the container is given every CPU of the host
+    common = ["--config", server, "--n-prompts", str(N_PROMPTS), "--max-tokens", str(MAX_TOKENS),
+              "--logprobs", "1", "--json"]  # fmt: skip  # the certificate's parameters
+    signed = ["--certificate", out / "certificate.json",
+              "--certificate-key", keys / "operator.pub"]  # fmt: skip
+    steps = (
+        ("run", ["run", "--json", "--config", server], "release"),
+        ("sample at 16", ["sample", *common, "--concurrency", "16", *signed,
+                          "--run-log-output", tmp_path / "p.runlog.jsonl",
+                          "--sidecar-output", tmp_path / "p.sidecar.json"], "place"),
+        ("sample at 1", ["sample", *common, "--run-log-output", tmp_path / "r.runlog.jsonl",
+                         "--sidecar-output", tmp_path / "r.sidecar.json"], "release"),
+    )  # fmt: skip
+    for what, command, layout in steps:
+        done = detserve(*command, timeout=600)
+        assert done.code == 0, (what, done)
+        reported = done.json()["cpu_placement"]
+        assert (reported["policy"], reported["layout"]) == (policy, layout), what
+        worker, cpus = _layout_seen(docker_client, server)
+        assert sorted(worker) == reported["worker_cpus"], what
+        assert sorted(cpus["server"]) == reported["other_cpus"], what
+        if layout == "release":
+            assert cpus == {"engine": everywhere, "server": everywhere}, what
+        else:
+            assert cpus["engine"] == worker, what
+            if len(everywhere) > len(worker):
+                assert cpus["server"] == everywhere - worker, what
+    assert (tmp_path / "p.runlog.jsonl").read_bytes() == (tmp_path / "r.runlog.jsonl").read_bytes()
