@@ -1,6 +1,6 @@
 """CPU placement chosen per workload: concurrency 1 as fast as the unplaced server, 32 at 8x.
 
-    .venv/bin/python benchmarks/bench_placement.py                  # 20 paired rounds, 64 x 128
+    .venv/bin/python benchmarks/bench_placement.py   # 40 paired rounds, about 27 min
     .venv/bin/python benchmarks/bench_placement.py --rounds 2 --prompts 16 --tokens 16
     .venv/bin/python benchmarks/bench_placement.py --policy engine-core-with-worker   # the toll
 
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=POLICIES, default=POLICIES[0], help="(%(default)s)")
     parser.add_argument("--prompts", type=int, default=64, help="prompts per run (64)")
     parser.add_argument("--tokens", type=int, default=128, help="output tokens per prompt (128)")
-    parser.add_argument("--rounds", type=int, default=20, help="paired rounds (20)")
+    parser.add_argument("--rounds", type=int, default=40, help="paired rounds (40)")
     parser.add_argument("--concurrency", type=int, default=32, help="the high level (32)")
     parser.add_argument("--target", type=float, default=8.0, help="speed-up target (8)")
     parser.add_argument("--c1-target", type=float, default=0.97, help="vs unplaced (0.97)")
