@@ -29,22 +29,12 @@ from detserve.sampling_session import lay_out
 
 from .committed import TinyWorkspace
 from .containers import faithful_container, pinned_image
+from .placement_answers import answer_to, placed_answer, released_answer
 
 POLICY = "engine-core-with-worker"
 
 
-def _answer(**changes: Any) -> dict[str, Any]:
-    answer: dict[str, Any] = {
-        "worker_cpus": [0],
-        "other_cpus": [1],
-        "processes": {
-            "7": {"title": "python3", "cpus": [1]},
-            "25": {"title": "VLLM::EngineCor", "cpus": [0]},
-            "37": {"title": "VLLM::Worker", "cpus": [0]},
-        },
-    }
-    answer.update(changes)
-    return answer
+_answer = placed_answer
 
 
 def _parse(answer: object, exit_code: int = 0) -> Any:
@@ -188,13 +178,7 @@ def test_the_layout_follows_the_policy_and_the_concurrency(
     assert layout_for(policy, concurrency) == layout
 
 
-def _released(**changes: Any) -> dict[str, Any]:
-    answer = _answer(mode="release", other_cpus=[0, 1])
-    for process in answer["processes"].values():
-        if process["title"] != "VLLM::Worker":
-            process["cpus"] = [0, 1]
-    answer.update(changes)
-    return answer
+_released = released_answer
 
 
 def test_a_released_container_is_read_back_on_every_cpu() -> None:
@@ -269,8 +253,7 @@ class _BoundEngine(_ExecEngine):
 
     def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
         self.calls.append((container_id, python, code))
-        answer = _released() if code == RELEASE_SCRIPT else _answer(mode="place")
-        return 0, json.dumps(answer).encode()
+        return answer_to(code)[1]
 
 
 @pytest.mark.parametrize(

@@ -49,6 +49,7 @@ from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
 from .conftest import TinyWorkspace
 from .containers import faithful_container, pinned_image
 from .fake_http import Answer, serving
+from .placement_answers import answer_to
 
 IMAGE = "127.0.0.1:5000/detserve/vllm-cpu@sha256:" + "a" * 64
 SERVED_NAME = "tiny-llama"
@@ -119,6 +120,8 @@ class FakeEngine:
         self.container = container
         self.image = image
         self.gone = False
+        #: the CPU layouts asked of the container, in order ("place", "release")
+        self.layouts: list[str] = []
 
     def image_by_id(self, image_id: str) -> ImageInfo:
         assert image_id == self.image.id
@@ -139,6 +142,14 @@ class FakeEngine:
 
     def logs(self, container_id: str, tail: int) -> list[str]:
         return ["(fake engine)"]
+
+    def exec_python(self, container_id: str, python: str, code: str) -> tuple[int, bytes]:
+        """Only a placement script (the profile's ``runtime.cpu_placement``), answered as vLLM's
+        CPU container answers it."""
+        self.inspect(container_id)
+        layout, answer = answer_to(code)
+        self.layouts.append(layout)
+        return answer
 
     # The sampler never starts, stops or pulls anything.
     def ensure_image(self, image: str) -> ImageInfo:
