@@ -6,7 +6,8 @@ than a line holds (8 MiB, less the request) had its chunks relayed; then the lin
 the client was told the answer could not be recorded, and it held tokens no line held. Now the
 chunk that would cross the budget is the engine's failure, neither kept nor sent, and the line
 records, incomplete (``engine_failed``), exactly what the client got; a whole answer past it is a
-502 before anything is sent (tests/unit/test_gateway_line_budget.py counts the budget itself).
+502 before anything is sent; a replay agrees (tests/unit/test_gateway_line_budget.py counts the
+budget itself).
 """
 
 from __future__ import annotations
@@ -14,19 +15,29 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from detserve.errors import Divergence
+from detserve.evaluation import Verdict
 from detserve.gateway.line_budget import Usage, output_budget
 from detserve.gateway.relay import TOO_LONG
 from detserve.runlog.models import MAX_TOKENS, ExchangeRequest
 from detserve.runlog.series import validate_transcript_dir
-from detserve.runlog.transcript import canonical_request, read_exchanges
+from detserve.runlog.transcript import (
+    TranscriptWriter,
+    canonical_request,
+    read_exchanges,
+    validate_transcript,
+)
 
+from .committed import TinyWorkspace
 from .fake_http import Answer
 from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_running
+from .test_gateway_replay import replay
 
 MODEL = "tiny-llama"
 BODY = {"model": MODEL, "prompt": "Hi", "max_tokens": 8}
@@ -214,3 +225,63 @@ def test_a_whole_answer_past_its_budget_is_a_502_written_nowhere(
     assert httpx.post(f"{rig.url}/v1/completions", json=BODY, timeout=60).status_code == 200
     (answered,) = recorded(rig)  # the refused answer's line was never written
     assert answered.delivery == "delivered"
+
+
+# --- a replay agrees -------------------------------------------------------------------------
+
+#: 1.8 MB in a line, in 450 000 characters: four fit one line, five do not
+PIECE = "😀" * 450_000
+
+
+def _claim(workspace: TinyWorkspace, tmp_path: Path, fake: StreamingFakeVllm, stream: bool) -> Path:
+    fixture = Fixture(workspace=workspace, transcripts=tmp_path / "claim")
+    with gateway_running(fixture, fake) as rig:
+        body = BODY | {"max_tokens": 6, "stream": stream}
+        with httpx.stream("POST", f"{rig.url}/v1/completions", json=body, timeout=60) as answer:
+            answer.read()
+    (path,) = fixture.transcripts.iterdir()
+    return path
+
+
+def test_a_stream_cut_at_its_budget_replays_as_its_recorded_start(
+    tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    claim = _claim(tiny_workspace, tmp_path, StreamingFakeVllm(pieces=[PIECE] * 6), stream=True)
+    (cut,) = read_exchanges(claim)
+    assert (cut.incomplete, len(cut.output_token_ids), cut.text) == ("engine_failed", 4, PIECE * 4)
+    out = tmp_path / "replay.transcript.jsonl"
+    report = replay(claim, tiny_workspace, StreamingFakeVllm(pieces=[PIECE] * 6), out)
+    assert report.verdict is Verdict.INCOMPLETE, report.summary_lines()
+    assert out.read_bytes() == claim.read_bytes()
+
+
+def test_a_replay_past_the_budget_diverged(tiny_workspace: TinyWorkspace, tmp_path: Path) -> None:
+    claim = _claim(tiny_workspace, tmp_path, StreamingFakeVllm(pieces=[" a"]), stream=False)
+    out = tmp_path / "replay.transcript.jsonl"
+    with pytest.raises(Divergence, match="exchange 0: the replay's output is not the claim's"):
+        replay(claim, tiny_workspace, StreamingFakeVllm(pieces=[PIECE * 5]), out)
+    assert not out.exists()
+
+
+def test_a_claim_written_before_the_budget_replays_as_it_was(
+    tiny_workspace: TinyWorkspace, tmp_path: Path
+) -> None:
+    """A line whose output is a byte past the budget, which a gateway with the budget never
+    writes (its other fields are shorter than their longest): its faithful replay is it."""
+    claim = _claim(tiny_workspace, tmp_path, StreamingFakeVllm(pieces=[" a"]), stream=False)
+    (answered,) = read_exchanges(claim)
+    budget = output_budget(len(canonical_request(answered.request)))
+    room = (
+        budget + 1 - Usage.of("", answered.output_token_ids, answered.prompt_token_ids).line_bytes
+    )
+    text = "😀" * (room // 4) + "a" * (room % 4)
+    old = tmp_path / "old.transcript.jsonl"
+    writer = TranscriptWriter(old, validate_transcript(claim).header)
+    fields = answered.model_dump(mode="json") | {"text": text}
+    del fields["index"], fields["record"]
+    writer.append(fields)
+    writer.close("stopped")
+    out = tmp_path / "replay.transcript.jsonl"
+    report = replay(old, tiny_workspace, StreamingFakeVllm(pieces=[text]), out)
+    assert report.verdict is Verdict.IDENTICAL, report.summary_lines()
+    assert out.read_bytes() == old.read_bytes()
