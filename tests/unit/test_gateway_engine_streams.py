@@ -2,11 +2,11 @@
 
 The gateway streams an engine's chunks to its client as they come and records the exchange at
 the end. A stream that breaks vLLM's form (the prompt's token ids missing from the first chunk
-or changed later, a token past ``max_tokens``, a chunk after the one that finished the choice,
-no ``[DONE]``) is the engine's failure: the breaking chunk is neither kept nor sent, and the
-exchange is recorded incomplete with every token the client got. Before, such a stream gave
-the client tokens that no line held (nothing recorded), or a line of tokens the client never got
-recorded as delivered.
+or changed later, a token past ``max_tokens``, a ``finish_reason`` no line holds, a chunk after
+the one that finished the choice, no ``[DONE]``) is the engine's failure: the breaking chunk is
+neither kept nor sent, and the exchange is recorded incomplete with every token the client got.
+Before, such a stream gave the client tokens that no line held (nothing recorded), or a line of
+tokens the client never got recorded as delivered.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ BROKEN = {
     "usage-after-finish": (FIRST, chunk([8], "length"), USAGE, "[DONE]"),
     "negative-token": (FIRST, chunk([-8], "length"), "[DONE]"),
     "boolean-token": (FIRST, chunk([True], "length"), "[DONE]"),  # type: ignore[list-item]
+    # a finish_reason no line holds: the line was refused after the tokens before it were sent
+    "finish-reason-empty": (FIRST, chunk([8], ""), "[DONE]"),
+    "finish-reason-unrecordable": (FIRST, chunk([8], "Stop!"), "[DONE]"),
 }
 
 

@@ -180,6 +180,8 @@ class Admitted:
 
     request: ExchangeRequest
     request_sha256: str
+    #: the bytes of the request's canonical JSON, what it takes of its transcript line
+    request_bytes: int
     #: the engine's endpoint and the exact bytes sent there (:func:`upstream_request`)
     path: str
     body: bytes
@@ -359,6 +361,7 @@ def admit(kind: str, body: object, policy: Policy) -> Admitted:
     return Admitted(
         request=request,
         request_sha256=hashlib.sha256(line).hexdigest(),
+        request_bytes=len(line),
         path=path,
         body=upstream,
         stream=bool(stream),

@@ -29,8 +29,10 @@ Invariants:
   cancellation);
 * what a line records of a stream is what the engine streamed, so what the client was sent
   is in it: a chunk that is not vLLM's (no prompt ids first, another set of them, a token past
-  ``max_tokens``, anything after the finishing chunk) is the engine's failure before anything
-  of it is kept or sent, and a stream closed without ``[DONE]`` is cut;
+  ``max_tokens``, anything after the finishing chunk) or that would take the output past what
+  its line holds (:mod:`~detserve.gateway.line_budget`) is the engine's failure before anything
+  of it is kept or sent, and a stream closed without ``[DONE]`` is cut; a whole answer its line
+  could not hold is refused (502) before its check;
 * an output violating its constraint is recorded and withheld (502, or a stream's error event):
   a constrained stream's chunks wait for the check.
 """
@@ -51,6 +53,7 @@ from starlette.types import Message, Receive, Scope, Send
 from detserve.constraint_check import in_worker
 from detserve.errors import DetserveError, RunLogError
 from detserve.gateway.admission import Admitted
+from detserve.gateway.line_budget import OutputTooLong, output_budget
 from detserve.gateway.slots import Slot
 from detserve.gateway.transcript_segments import Provenance, Transcript, new_exchange_id
 from detserve.gateway.upstream import (
@@ -87,6 +90,9 @@ _MALFORMED: Final = (ValueError, KeyError, TypeError, AttributeError, IndexError
 NOT_RECORDABLE: Final = (
     "the engine's answer is not what vLLM answers: it cannot be recorded, so it is not given"
 )
+#: what a client is told when the engine's whole answer is longer than its transcript line holds
+#: (vLLM may answer one: a long ``max_tokens`` of long tokens); nothing is written
+TOO_LONG: Final = "the engine's answer does not fit a transcript line: it is not given"
 NOT_RECORDED: Final = (
     "the answer could not be recorded in the transcript, so it is not given; the gateway "
     "refuses requests until it is restarted"
@@ -244,10 +250,12 @@ class Relay:
             return error_response(502, f"the engine did not answer: {type(exc).__name__}")
         if status != 200:
             return engine_refusal(status, content)
-        output = Output(admitted.request.kind)
+        output = Output(admitted.request.kind, line_budget=output_budget(admitted.request_bytes))
         try:
             data = json.loads(content)
             output.add_answer(data)
+        except OutputTooLong as exc:
+            return error_response(502, f"{TOO_LONG} ({exc})")
         except _MALFORMED:
             return error_response(502, "the engine's answer is not what vLLM answers")
 
@@ -323,7 +331,11 @@ class _RelayedStream:
         self.receive = receive
         self.send = timed(send, relay.send_timeout_s)
         self.exchange_id = new_exchange_id()
-        self.output = Output(self.request.kind, max_tokens=self.request.max_tokens)
+        self.output = Output(
+            self.request.kind,
+            max_tokens=self.request.max_tokens,
+            line_budget=output_budget(admitted.request_bytes),
+        )
         self.tokens_sent = 0
         self.recorded = False
         #: set by the watcher when the client's connection closed
@@ -444,7 +456,8 @@ class _RelayedStream:
         except (*UPSTREAM_ERRORS, *_MALFORMED) as exc:
             self.relay._trouble()
             await self.record_incomplete("engine_failed")
-            await self.event(error_event(f"the engine failed mid-stream: {type(exc).__name__}"))
+            why = str(exc) if isinstance(exc, OutputTooLong) else type(exc).__name__
+            await self.event(error_event(f"the engine failed mid-stream: {why}"))
             await self.end()
             return
         self.slot.release()  # the engine is done: the check and the record need no engine slot

@@ -23,6 +23,14 @@ The rule for what is incomplete (:mod:`~detserve.evaluation.transcript_pair` jud
 * a *cut claim* (no footer: the gateway crashed) is replayed up to its last whole line and the
   replay's transcript is left cut at the same place (no footer), so that the two compare line
   for line; the comparison is CUT (exit 1) even when every line repeats.
+
+An output longer than its line holds (:mod:`~detserve.gateway.line_budget`) was never recorded
+by the gateway: it cut such a stream at the chunk that crossed the budget (recorded incomplete,
+``engine_failed``, so replayed as its recorded start, above) and refused such a whole answer
+(no line). So a replay's output past the budget, the request's own, is not the claim's: it
+raises :class:`~detserve.errors.Divergence` (exit 1) naming the exchange, since it has no line
+to be compared in, unless it is the claim's output exactly (a transcript written before the
+budget, whose line had room: it is written as the claim's was).
 """
 
 from __future__ import annotations
@@ -32,9 +40,10 @@ from pathlib import Path
 
 import httpx
 
-from detserve.errors import ServerError
+from detserve.errors import Divergence, ServerError
 from detserve.evaluation.pair import DeterminismReport
 from detserve.evaluation.transcript_pair import evaluate_transcripts
+from detserve.gateway.line_budget import OutputTooLong, Usage, output_budget
 from detserve.gateway.upstream import Output
 from detserve.gateway.upstream_body import upstream_request
 from detserve.gateway.verification import verify_for_serving
@@ -43,7 +52,12 @@ from detserve.pins import profile_pins
 from detserve.profile import LoadedProfile
 from detserve.replay_plan import NotAReplay
 from detserve.runlog.models import TranscriptExchange, TranscriptHeader
-from detserve.runlog.transcript import TranscriptWriter, read_exchanges, validate_transcript
+from detserve.runlog.transcript import (
+    TranscriptWriter,
+    canonical_request,
+    read_exchanges,
+    validate_transcript,
+)
 from detserve.runtime.container_spec import manifest_sha256
 from detserve.runtime.docker_engine import ContainerEngine
 from detserve.snapshot_state import PinnedManifest, lifetime_of, verify_in_lifetime
@@ -115,7 +129,7 @@ def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, se
             f"exchange {exchange.index}: POST {path}: HTTP {response.status_code}",
             details=[response.text[:300]],
         )
-    output = Output(request.kind)
+    output = Output(request.kind)  # its line budget checked once it is cut as the claim's was
     try:
         output.add_answer(response.json())
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
@@ -125,7 +139,26 @@ def _replayed(client: httpx.Client, exchange: TranscriptExchange, model: str, se
         text = "".join(output.text)
         if text.startswith(exchange.text):
             output.text = [exchange.text]  # the replay's text, cut where the claim's ended
+    _check_fits(exchange, output)
     return output
+
+
+def _check_fits(exchange: TranscriptExchange, output: Output) -> None:
+    """Raise :class:`~detserve.errors.Divergence` for a replay's output (cut as the claim's
+    was) that the gateway would not have recorded: past the request's line budget, the budget
+    the gateway held the claim's output to; the claim's own output passes."""
+    text = "".join(output.text)
+    budget = output_budget(len(canonical_request(exchange.request)))
+    try:
+        Usage.of(text, output.token_ids, output.prompt_token_ids).check(budget)
+    except OutputTooLong as exc:
+        claimed = (exchange.prompt_token_ids, exchange.output_token_ids, exchange.text)
+        if (tuple(output.prompt_token_ids), tuple(output.token_ids), text) == claimed:
+            return  # the claim's line holds it: so will the replay's
+        raise Divergence(
+            f"exchange {exchange.index}: the replay's output is not the claim's: {exc} (the "
+            "gateway records no such output: it cuts a stream, refuses a whole answer)"
+        ) from exc
 
 
 def _delivery(exchange: TranscriptExchange, check: str | None) -> str:

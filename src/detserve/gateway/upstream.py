@@ -7,7 +7,9 @@ a chat stream opens with a chunk that names the role and holds no token (and so 
 An output is checked against its request's constraint when its line is made
 (:mod:`~detserve.gateway.output_check`). Anything else is not an answer the gateway can record:
 :meth:`Output.add_chunk` and :meth:`Output.add_answer` raise, and the gateway answers 502 (or
-ends the stream with an error event and records what was streamed as incomplete).
+ends the stream with an error event and records what was streamed as incomplete). An output
+that would not fit its transcript line is one of them (:mod:`~detserve.gateway.line_budget`):
+vLLM may answer one (a long ``max_tokens`` of long tokens), but no record could hold it.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from typing import Any, Final
 from starlette.responses import JSONResponse
 
 from detserve.gateway.admission import Refused
+from detserve.gateway.line_budget import Usage
 from detserve.gateway.output_check import check_output
 from detserve.gateway.transcript_segments import Provenance
 from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest
+
+#: what a recorded ``finish_reason`` may be (:class:`~detserve.runlog.models.TranscriptExchange`)
+_FINISH_REASON: Final = re.compile(r"[a-z_]{1,32}")
 
 #: A server-sent event stream's line ends. A ``\\r`` that ends what has arrived waits for the
 #: next bytes: it may be a ``\\r\\n`` cut in two.
@@ -69,16 +75,23 @@ def error_response(
 class Output:
     """What the engine answered so far. A stream is vLLM's or it is refused chunk by chunk, before
     anything of the refused chunk is kept or sent: the prompt's token ids on the first chunk and
-    never another set, token ids a line can hold and no more than ``max_tokens`` of them, nothing
-    after the chunk that finishes the choice."""
+    never another set, token ids a line can hold and no more than ``max_tokens`` of them, a
+    ``finish_reason`` a line can hold, nothing after the chunk that finishes the choice, and
+    never more than the transcript line holds (``line_budget``, each field's cap): whatever was
+    kept, and so sent, can always be recorded."""
 
     kind: str
     #: the request's budget: a stream past it is not vLLM's (None: unchecked here)
     max_tokens: int | None = None
+    #: the bytes the output's values may take in its line, each field within its cap too
+    #: (:func:`~detserve.gateway.line_budget.output_budget`; None: unchecked here)
+    line_budget: int | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     token_ids: list[int] = field(default_factory=list)
     text: list[str] = field(default_factory=list)
     finish_reason: str | None = None
+    #: what the values above take of the line, counted as they came
+    usage: Usage = field(default_factory=Usage)
 
     def add_chunk(self, chunk: Any) -> None:
         """One streamed chunk; raise ValueError when it is not what vLLM streams."""
@@ -89,10 +102,13 @@ class Output:
             raise ValueError("a chunk without exactly one choice")
         choice = choices[0]
         prompt = chunk.get("prompt_token_ids") or choice.get("prompt_token_ids")
+        new_prompt: list[int] = []  # the prompt's ids, the first time they come
         if prompt:
             if self.prompt_token_ids and list(prompt) != self.prompt_token_ids:
                 raise ValueError("the prompt's token ids changed mid-stream")
             prompt = _token_ids(prompt)
+            if not self.prompt_token_ids:
+                new_prompt = prompt
         elif not self.prompt_token_ids:
             raise ValueError("a chunk before the prompt's token ids (vLLM sends them first)")
         tokens = choice.get("token_ids")
@@ -106,20 +122,33 @@ class Output:
         # read whole before anything is kept: a chunk refused adds nothing to the output
         piece = choice.get("text") if self.kind == "completion" else choice["delta"].get("content")
         piece = _text(piece)
+        finish_reason = _finish_reason(choice.get("finish_reason"))
+        usage = self.usage.plus(piece, tokens, new_prompt)
+        if self.line_budget is not None:
+            usage.check(self.line_budget)  # the line could not hold the chunk: OutputTooLong
         if prompt:
             self.prompt_token_ids = prompt
         self.text.append(piece)
         self.token_ids.extend(tokens)
-        self.finish_reason = choice.get("finish_reason")
+        self.finish_reason = finish_reason
+        self.usage = usage
 
     def add_answer(self, data: Any) -> None:
-        """A whole answer."""
+        """A whole answer, read whole before anything is kept: token ids and a ``finish_reason``
+        a line can hold, and no more than the line holds
+        (:class:`~detserve.gateway.line_budget.OutputTooLong`)."""
         choice = data["choices"][0]
-        self.prompt_token_ids = list(choice.get("prompt_token_ids") or data["prompt_token_ids"])
-        self.token_ids = list(choice["token_ids"])
+        prompt = _token_ids(choice.get("prompt_token_ids") or data["prompt_token_ids"])
+        tokens = _token_ids(choice["token_ids"])
         text = choice["text"] if self.kind == "completion" else choice["message"]["content"]
-        self.text = [_text(text)]
-        self.finish_reason = choice["finish_reason"] or "unknown"
+        text = _text(text)
+        finish_reason = _finish_reason(choice["finish_reason"] or "unknown")
+        usage = Usage.of(text, tokens, prompt)
+        if self.line_budget is not None:
+            usage.check(self.line_budget)
+        self.prompt_token_ids, self.token_ids, self.text = prompt, tokens, [text]
+        self.finish_reason = finish_reason
+        self.usage = usage
 
     def fields(self, request: ExchangeRequest, incomplete: str | None = None) -> dict[str, Any]:
         """The exchange line's fields for this output, its constraint checked."""
@@ -169,6 +198,13 @@ def _text(piece: Any) -> str:
         raise TypeError("the engine's text is not a string")
     piece.encode("utf-8")  # UnicodeEncodeError, a ValueError, for a lone surrogate
     return piece
+
+
+def _finish_reason(value: Any) -> str | None:
+    """A ``finish_reason`` a line holds (``stop``, ``length``, ...), or None; else ValueError."""
+    if value is None or (isinstance(value, str) and _FINISH_REASON.fullmatch(value)):
+        return value
+    raise ValueError("a finish_reason that is not 1 to 32 of a-z and _")
 
 
 def _token_ids(ids: Any) -> list[int]:
