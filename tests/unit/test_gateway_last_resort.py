@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -70,6 +71,37 @@ def rig(
         yield running
 
 
+class Ticks:
+    """The gateway's health watcher, held before its next tick while a test reads what a fault
+    left: that tick clears the doubt at a moment the test does not choose (within 0.2 s here,
+    less than a loaded machine may take between the 500 and the next request)."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.real = monitor.watch_tick
+        self.running = threading.Event()
+        self.running.set()
+        monitor.watch_tick = self._tick
+
+    def _tick(self) -> None:
+        self.running.wait()
+        self.real()
+
+    def hold(self) -> None:
+        self.running.clear()
+
+    def let_run(self) -> None:
+        self.running.set()
+
+
+@pytest.fixture
+def ticks(rig: GatewayRig) -> Iterator[Ticks]:
+    held = Ticks(rig.gateway.monitor)
+    try:
+        yield held
+    finally:
+        held.let_run()  # before the rig stops the gateway: no tick is left waiting
+
+
 def post(rig: GatewayRig, body: Any = BODY) -> httpx.Response:
     return httpx.post(f"{rig.url}/v1/completions", json=body, timeout=30)
 
@@ -95,11 +127,12 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]
     return dict(document["error"])
 
 
-def assert_doubted_then_healthy(rig: GatewayRig, named: str) -> None:
-    """Health 503 naming the fault now, 200 once the watcher's next check passed."""
+def assert_doubted_then_healthy(rig: GatewayRig, ticks: Ticks, named: str) -> None:
+    """Health 503 naming the fault while the watcher is held, 200 once its next check passed."""
     unhealthy = health(rig)
     assert unhealthy.status_code == 503
     assert f"unexpected error answering a request ({named})" in unhealthy.json()["reason"]
+    ticks.let_run()
     eventually(lambda: health(rig).status_code == 200)
 
 
@@ -120,11 +153,12 @@ def stream_events(rig: GatewayRig, body: Any) -> tuple[httpx.Response, list[str]
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_leaked_cancellation_is_a_json_500_and_health_503(
-    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch, stream: bool
+    rig: GatewayRig, ticks: Ticks, monkeypatch: pytest.MonkeyPatch, stream: bool
 ) -> None:
     """A CancelledError that nobody asked of the request's task (a cancelled inner task's
     result, a timer's leaked cancel) is a BaseException: Starlette does not catch it, and
     uvicorn answered it ``Internal Server Error`` as text."""
+    ticks.hold()
 
     async def leaked(*_: object) -> Any:
         raise asyncio.CancelledError
@@ -133,27 +167,30 @@ def test_a_leaked_cancellation_is_a_json_500_and_health_503(
     error = assert_openai_error(post(rig, BODY | {"stream": stream}), 500)
     assert "CancelledError" in error["message"]
     monkeypatch.undo()
-    assert_doubted_then_healthy(rig, "CancelledError")
+    assert_doubted_then_healthy(rig, ticks, "CancelledError")
     assert_released_and_answering(rig)
 
 
 def test_a_route_that_returns_without_answering_is_a_json_500(
-    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+    rig: GatewayRig, ticks: Ticks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    ticks.hold()
+
     async def silent(*_: object) -> None:
         return None
 
     monkeypatch.setattr(Relay, "stream", silent)
     assert_openai_error(post(rig, BODY | {"stream": True}), 500)
     monkeypatch.undo()
-    assert_doubted_then_healthy(rig, "RuntimeError")
+    assert_doubted_then_healthy(rig, ticks, "RuntimeError")
     assert_released_and_answering(rig)
 
 
 def test_an_error_handler_that_fails_is_still_a_json_500(
-    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+    rig: GatewayRig, ticks: Ticks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 500 handler's own fault escapes Starlette's error layer."""
+    ticks.hold()
     monitor = rig.gateway.monitor
     real_doubt = monitor.doubt
     calls: list[str] = []
@@ -171,28 +208,31 @@ def test_an_error_handler_that_fails_is_still_a_json_500(
     monkeypatch.setattr(Relay, "answer", broken)
     assert_openai_error(post(rig), 500)
     monkeypatch.undo()
-    assert_doubted_then_healthy(rig, "LookupError")
+    assert_doubted_then_healthy(rig, ticks, "LookupError")
     assert_released_and_answering(rig)
 
 
 def test_an_error_in_a_guard_before_routing_is_a_json_500(
-    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+    rig: GatewayRig, ticks: Ticks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    ticks.hold()
+
     def broken(*_: object) -> str | None:
         raise ValueError("a fault in the Host check")
 
     monkeypatch.setattr(HostPolicy, "host_refusal", broken)
     assert_openai_error(post(rig), 500)
     monkeypatch.undo()
-    assert_doubted_then_healthy(rig, "ValueError")
+    assert_doubted_then_healthy(rig, ticks, "ValueError")
     assert_released_and_answering(rig)
 
 
 def test_a_cancellation_leaked_mid_stream_ends_the_stream_with_an_error_event(
-    rig: GatewayRig, monkeypatch: pytest.MonkeyPatch
+    rig: GatewayRig, ticks: Ticks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Once a stream has begun its status cannot change: it ends with an error event in
     OpenAI's shape (not a cut connection), and its line says the gateway failed."""
+    ticks.hold()
     real_add = Output.add_chunk
     seen: list[Any] = []
 
@@ -210,7 +250,7 @@ def test_a_cancellation_leaked_mid_stream_ends_the_stream_with_an_error_event(
     assert set(last["error"]) == {"message", "type", "param", "code"}
     assert "[DONE]" not in events
     monkeypatch.undo()
-    assert_doubted_then_healthy(rig, "CancelledError")
+    assert_doubted_then_healthy(rig, ticks, "CancelledError")
     assert_released_and_answering(rig)
     rig.stop()
     validate_transcript_dir(rig.transcripts)
