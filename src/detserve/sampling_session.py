@@ -90,17 +90,21 @@ def fingerprint_for(
     return take
 
 
-def lay_out(loaded: LoadedProfile, engine: ContainerEngine, concurrency: int) -> Placement | None:
+def lay_out(
+    loaded: LoadedProfile, engine: ContainerEngine, concurrency: int, *, what: str
+) -> Placement | None:
     """The profile's CPU layout for a command keeping ``concurrency`` requests in flight, where
     it is chosen per workload (``engine-core-with-worker-when-concurrent``); ``run`` lays out the
-    other policies once (:mod:`detserve.runtime.placement`)."""
+    other policies once (:mod:`detserve.runtime.placement`). ``what`` is what the command does
+    with the container (``sample from``, ``check``, ``serve``): a refusal names the command's
+    purpose, not the placement's."""
     from detserve.runtime.binding import checked_container
     from detserve.runtime.placement import apply_policy
 
     policy = loaded.profile.runtime.cpu_placement
     if policy != "engine-core-with-worker-when-concurrent":
         return None
-    container = checked_container(loaded, engine, what="place")
+    container = checked_container(loaded, engine, what=what)
     return apply_policy(engine, container, policy, concurrency)
 
 
@@ -133,7 +137,7 @@ def sample_profile(
         )
     engine = engine_for(engine, docker_host)
     fingerprint = fingerprint_for(loaded, engine)
-    placement = lay_out(loaded, engine, request.concurrency)
+    placement = lay_out(loaded, engine, request.concurrency, what="sample from")
     summary = sample_observed(
         loaded, prompts, request, engine, observer, fingerprint, checked=checked
     )

@@ -275,6 +275,6 @@ def test_a_command_lays_the_container_out_for_its_concurrency(
     loaded = load_profile(tiny_workspace.config)
     spec = build_container_spec(loaded)
     engine = _BoundEngine(faithful_container(spec), pinned_image(spec))
-    placement = lay_out(loaded, engine, concurrency)  # type: ignore[arg-type]
+    placement = lay_out(loaded, engine, concurrency, what="sample from")  # type: ignore[arg-type]
     assert [call[2] for call in engine.calls] == scripts
     assert (placement is None) == (not scripts)

@@ -606,6 +606,28 @@ def test_no_container_is_an_environment_error_before_any_request(rig: Rig) -> No
     assert rig.fake.completions == []
 
 
+def test_no_container_is_named_for_sampling_where_the_profile_places_per_workload(
+    rig: Rig,
+) -> None:
+    """The workspace's profile chooses CPU placement per workload, so the command lays the
+    container out first (a release at concurrency 1): a container that is not there is refused
+    there, in the sample's words, before any exec or request."""
+    from detserve.sampling_session import sample_profile
+
+    assert rig.loaded.profile.runtime.cpu_placement == "engine-core-with-worker-when-concurrent"
+    rig.engine.gone = True
+    request = rig.request()
+    with pytest.raises(ContainerError) as raised:
+        sample_profile(
+            rig.loaded, rig.bundle, request, observer=None, engine=rig.engine, docker_host=None
+        )
+    assert raised.value.message == f"no container detserve-{rig.loaded.name} to sample from"
+    assert raised.value.exit_code == EXIT_ENVIRONMENT
+    assert rig.engine.layouts == []
+    assert rig.fake.completions == []
+    assert not request.run_log_output.exists()
+
+
 def test_ctrl_c_during_the_run_leaves_nothing(rig: Rig) -> None:
     request = rig.request()
 

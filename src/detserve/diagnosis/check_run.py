@@ -149,7 +149,7 @@ def check_profile(
     elif docker_host is not None:
         raise UsageError("give an engine or a docker_host, not both")
     if nodes is None:
-        lay_out(loaded, engine, max(plan.levels))
+        lay_out(loaded, engine, max(plan.levels), what="check")
     result = run_check(
         loaded,
         prompts,

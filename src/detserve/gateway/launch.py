@@ -86,7 +86,7 @@ def build_gateway(
     verified = verify_for_serving(loaded, engine, full_verify=full_verify)
     if checked is not None:
         require_gateway_coverage(checked, verified, concurrency)
-    lay_out(loaded, engine, concurrency)
+    lay_out(loaded, engine, concurrency, what="serve")
     settings = GatewaySettings(
         transcript_dir=Path(transcript_dir),
         api_key=api_key,
