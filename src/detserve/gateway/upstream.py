@@ -20,16 +20,17 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
 from detserve.gateway.admission import Refused
 from detserve.gateway.line_budget import Usage
 from detserve.gateway.output_check import check_output
 from detserve.gateway.transcript_segments import Provenance
-from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest
+from detserve.runlog.models import MAX_LINE_BYTES, ExchangeRequest, FinishReason
 
-#: what a recorded ``finish_reason`` may be (:class:`~detserve.runlog.models.TranscriptExchange`)
-_FINISH_REASON: Final = re.compile(r"[a-z_]{1,32}")
+#: what a recorded ``finish_reason`` may be: the line's own type
+_FINISH_REASON: Final = TypeAdapter(FinishReason)
 
 #: A server-sent event stream's line ends. A ``\\r`` that ends what has arrived waits for the
 #: next bytes: it may be a ``\\r\\n`` cut in two.
@@ -202,9 +203,12 @@ def _text(piece: Any) -> str:
 
 def _finish_reason(value: Any) -> str | None:
     """A ``finish_reason`` a line holds (``stop``, ``length``, ...), or None; else ValueError."""
-    if value is None or (isinstance(value, str) and _FINISH_REASON.fullmatch(value)):
-        return value
-    raise ValueError("a finish_reason that is not 1 to 32 of a-z and _")
+    if value is None:
+        return None
+    try:
+        return _FINISH_REASON.validate_python(value, strict=True)
+    except ValidationError:
+        raise ValueError("a finish_reason that is not 1 to 32 of a-z and _") from None
 
 
 def _token_ids(ids: Any) -> list[int]:

@@ -56,6 +56,8 @@ _SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 _COMMIT_PATTERN: Final = r"^[0-9a-f]{40}$"
 _MODEL_ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _FINISH_REASON_PATTERN: Final = r"^[a-z_]+$"
+#: why generation stopped (``length``, ``stop``, ...), as a sample's or an exchange's line holds it
+FinishReason = Annotated[str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)]
 
 Sha256Hex = Annotated[str, Field(min_length=64, max_length=64, pattern=_SHA256_PATTERN)]
 TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -189,9 +191,7 @@ class RunLogSample(_Record):
     """sha256 of the constraint's canonical JSON (the constraint itself is in the prompt
     bundle); null when unconstrained."""
 
-    finish_reason: Annotated[
-        str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)
-    ]
+    finish_reason: FinishReason
     """Why generation stopped: ``length``, ``stop``, ..."""
 
     index: Annotated[int, Field(ge=0, lt=MAX_SAMPLES)]
@@ -299,9 +299,7 @@ class TranscriptExchange(_Record):
     ``undelivered`` (no token: the client had gone, or a constrained stream's tokens waited for
     the check) or ``withheld`` (it violates its constraint). A replay repeats the claim's."""
 
-    finish_reason: (
-        Annotated[str, Field(min_length=1, max_length=32, pattern=_FINISH_REASON_PATTERN)] | None
-    )
+    finish_reason: FinishReason | None
     """Why generation stopped (``length``, ``stop``, ...); null when the exchange is incomplete."""
 
     id: ExchangeId
