@@ -34,16 +34,13 @@ from .placement_answers import answer_to, placed_answer, released_answer
 POLICY = "engine-core-with-worker"
 
 
-_answer = placed_answer
-
-
 def _parse(answer: object, exit_code: int = 0) -> Any:
     raw = json.dumps(answer).encode()
     return parse_placement_output(raw, exit_code, container="detserve-tiny-cpu", policy=POLICY)
 
 
 def test_a_placed_container_is_read_back_process_by_process() -> None:
-    placement = _parse(_answer())
+    placement = _parse(placed_answer())
     assert placement.worker_cpus == (0,)
     assert placement.other_cpus == (1,)
     assert placement.processes == (
@@ -63,13 +60,13 @@ def _refused(answer: object, exit_code: int = 0) -> ContainerError:
 
 
 def test_an_engine_core_left_off_the_workers_cpus_is_an_error() -> None:
-    answer = _answer()
+    answer = placed_answer()
     answer["processes"]["25"]["cpus"] = [0, 1]
     assert "the engine core (pid 25) is on CPUs 0,1, not the worker's 0" in str(_refused(answer))
 
 
 def test_an_api_server_left_on_the_workers_cpus_is_an_error() -> None:
-    answer = _answer()
+    answer = placed_answer()
     answer["processes"]["7"]["cpus"] = [0, 1]
     assert "python3 (pid 7) is on CPUs 0,1, not 1" in str(_refused(answer))
 
@@ -102,7 +99,7 @@ def test_an_unreadable_answer_is_an_error(raw: bytes) -> None:
     ],
 )
 def test_a_malformed_answer_is_an_error(change: dict[str, Any]) -> None:
-    _refused(_answer(**change))
+    _refused(placed_answer(**change))
 
 
 class _ExecEngine:
@@ -139,7 +136,7 @@ def _container() -> ContainerInfo:
 
 
 def test_the_engine_is_asked_to_run_the_script_with_the_images_own_python() -> None:
-    engine = _ExecEngine(0, json.dumps(_answer()).encode())
+    engine = _ExecEngine(0, json.dumps(placed_answer()).encode())
     placement = place(engine, _container(), POLICY)  # type: ignore[arg-type]
     assert engine.calls == [("c0ffee", "/opt/venv/bin/python3", PLACEMENT_SCRIPT)]
     assert placement.worker_cpus == (0,)
@@ -178,11 +175,8 @@ def test_the_layout_follows_the_policy_and_the_concurrency(
     assert layout_for(policy, concurrency) == layout
 
 
-_released = released_answer
-
-
 def test_a_released_container_is_read_back_on_every_cpu() -> None:
-    raw = json.dumps(_released()).encode()
+    raw = json.dumps(released_answer()).encode()
     placement = parse_placement_output(raw, 0, container="c", policy=WHEN, layout="release")
     assert placement.layout == "release"
     assert placement.other_cpus == (0, 1)
@@ -190,7 +184,7 @@ def test_a_released_container_is_read_back_on_every_cpu() -> None:
 
 
 def test_a_release_that_left_the_engine_core_placed_is_an_error() -> None:
-    answer = _released()
+    answer = released_answer()
     answer["processes"]["25"]["cpus"] = [0]
     with pytest.raises(ContainerError, match="not all of the container's 0,1"):
         parse_placement_output(
@@ -201,7 +195,7 @@ def test_a_release_that_left_the_engine_core_placed_is_an_error() -> None:
 def test_an_answer_to_another_layout_is_an_error() -> None:
     with pytest.raises(ContainerError, match="asked to release, answered 'place'"):
         parse_placement_output(
-            json.dumps(_answer(mode="place")).encode(),
+            json.dumps(placed_answer(mode="place")).encode(),
             0,
             container="c",
             policy=WHEN,
@@ -213,7 +207,7 @@ def test_an_answer_to_another_layout_is_an_error() -> None:
 def test_the_policy_per_workload_runs_the_script_its_concurrency_wants(
     concurrency: int, script: str
 ) -> None:
-    answer = _released() if script is RELEASE_SCRIPT else _answer(mode="place")
+    answer = released_answer() if script is RELEASE_SCRIPT else placed_answer(mode="place")
     engine = _ExecEngine(0, json.dumps(answer).encode())
     placement = apply_policy(engine, _container(), WHEN, concurrency)  # type: ignore[arg-type]
     assert placement is not None
