@@ -32,14 +32,26 @@ from detserve.manifest import (
 
 @dataclass(frozen=True)
 class SnapshotScan:
-    """Files that may be hashed, and entries that must not be."""
+    """Files that may be hashed, and entries that must not be; and what the scan saw of them,
+    so that a record of the pass (:mod:`detserve.snapshot_state`) is of exactly this tree."""
 
     files: dict[str, int]  # relative path -> size
     unsafe: dict[str, str]  # relative path -> why it is refused
+    #: each directory's ``fstat`` taken on the descriptor it was listed through ("" the root)
+    directories: dict[str, os.stat_result] = field(default_factory=dict)
+    #: each file's ``lstat`` when it was classified (a link's own)
+    entries: dict[str, os.stat_result] = field(default_factory=dict)
+    #: where each link resolved when it was classified
+    targets: dict[str, str] = field(default_factory=dict)
+    #: where a link may resolve (:func:`allowed_roots_for`)
+    roots: tuple[Path, ...] = ()
 
     @property
     def total_bytes(self) -> int:
         return sum(self.files.values())
+
+
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def allowed_roots_for(snapshot_dir: Path) -> tuple[Path, ...]:
@@ -99,6 +111,13 @@ def _hash_stable(
         raise _changed(snapshot_dir, exc) from exc
 
 
+def _is_directory(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = None) -> SnapshotScan:
     snapshot_dir = Path(snapshot_dir)
     if not snapshot_dir.is_dir():
@@ -109,6 +128,9 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
     roots = tuple(allowed_roots) if allowed_roots is not None else allowed_roots_for(snapshot_dir)
     files: dict[str, int] = {}
     unsafe: dict[str, str] = {}
+    directories: dict[str, os.stat_result] = {}
+    entries: dict[str, os.stat_result] = {}
+    targets: dict[str, str] = {}
 
     def unreadable(exc: OSError) -> None:
         unsafe[os.path.relpath(exc.filename or ".", snapshot_dir)] = f"unreadable: {exc.strerror}"
@@ -124,6 +146,7 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
             unsafe[_printable(relative)] = f"name cannot be written in a manifest: {unpinnable}"
         elif stat.S_ISREG(info.st_mode):
             files[relative] = info.st_size
+            entries[relative] = info
         elif stat.S_ISLNK(info.st_mode):
             link = Path(full)
             target = Path(os.path.realpath(full))
@@ -135,33 +158,45 @@ def scan_snapshot(snapshot_dir: Path, allowed_roots: Sequence[Path] | None = Non
                 unsafe[relative] = f"symlink to a non-regular file: -> {target}"
             else:
                 files[relative] = target.stat().st_size
+                entries[relative], targets[relative] = info, str(target)
         else:
             unsafe[relative] = "not a regular file (device, FIFO or socket)"
 
     # os.walk, unrolled on strings: Path objects cost more than the system calls for a folder of
     # thousands of small files. Links are never followed: a link to a directory is classified
     # like any other link (and refused), and a directory that became a link after it was listed
-    # is not descended into.
+    # is not opened (O_NOFOLLOW: unreadable). Each directory is listed through the descriptor
+    # whose fstat is kept, so what was listed is the directory those identities name.
     pending = [(os.fspath(snapshot_dir), "")]
     while pending:
         directory, prefix = pending.pop()
         try:
-            with os.scandir(directory) as entries:
-                listed = list(entries)
+            fd = os.open(directory, _LIST_FLAGS | (os.O_NOFOLLOW if prefix else 0))
+            try:
+                directories[prefix[:-1]] = os.fstat(fd)
+                with os.scandir(fd) as listing:
+                    # while the descriptor is open: an entry without d_type is stat-ed through it
+                    listed = [(entry.name, _is_directory(entry)) for entry in listing]
+            finally:
+                os.close(fd)
         except OSError as exc:
             unreadable(exc)
             continue
-        for entry in listed:
-            relative = prefix + entry.name
-            try:
-                descend = entry.is_dir(follow_symlinks=False)
-            except OSError:
-                descend = False
-            if not descend:
-                classify(entry.path, relative)
-            elif not Path(entry.path).is_symlink():
-                pending.append((entry.path, relative + "/"))
-    return SnapshotScan(files=files, unsafe=unsafe)
+        for name, descend in listed:
+            relative = prefix + name
+            full = f"{directory.rstrip('/')}/{name}"
+            if descend:
+                pending.append((full, relative + "/"))
+            else:
+                classify(full, relative)
+    return SnapshotScan(
+        files=files,
+        unsafe=unsafe,
+        directories=directories,
+        entries=entries,
+        targets=targets,
+        roots=roots,
+    )
 
 
 @dataclass(frozen=True)
@@ -281,7 +316,7 @@ def verify_snapshot(
     """Check every file of ``snapshot_dir`` against ``manifest_path``; raise on any difference."""
     started = time.perf_counter()
     parsed = parse_manifest(read_manifest_bytes(manifest_path))
-    report, _ = verify_against(
+    report, _, _ = verify_against(
         snapshot_dir,
         parsed,
         manifest_path,
@@ -303,9 +338,10 @@ def verify_against(
     on_total: ProgressCallback | None = None,
     sync_first: bool = False,
     started: float | None = None,
-) -> tuple[VerifyReport, Mapping[str, FileDigest]]:
+) -> tuple[VerifyReport, Mapping[str, FileDigest], SnapshotScan]:
     """:func:`verify_snapshot` of manifest bytes already read; also return each file's digest
-    and the ``fstat`` of what was read (``sync_first``: :func:`~detserve.hashing.sha256_opened`)."""
+    and the ``fstat`` of what was read (``sync_first``: :func:`~detserve.hashing.sha256_opened`),
+    and the scan (what it saw of each directory and entry)."""
     started = time.perf_counter() if started is None else started
     scan = scan_snapshot(snapshot_dir)
     to_hash = [p for p in parsed.manifest.digests if p in scan.files]
@@ -333,7 +369,7 @@ def verify_against(
         manifest=manifest_path,
         digests={path: actual[path].sha256 for path in to_hash},
     )
-    return report, actual
+    return report, actual, scan
 
 
 def build_manifest(

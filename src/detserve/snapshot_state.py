@@ -16,10 +16,17 @@ Invariants:
 - The record only ever saves work. Absent, unreadable, not detserve's (owner, mode), of another
   snapshot, manifest or container lifetime, or any identity that differs: a full pass, never a
   pass. A full pass removes the record first and writes one only when it passed.
+- A record is of the tree the full pass judged, nothing else: the snapshot directory is resolved
+  once and both scan and record are of that directory (a link to it names the directory, never
+  the link), and every identity the record keeps equals what the pass saw
+  (:func:`~detserve.snapshot_identity.seen_by_pass`): each directory's as it was listed (through
+  the descriptor it was listed by), each entry's as it was classified, where each link resolved
+  and the roots it had to stay inside, each file's as the descriptor that was hashed. A tree
+  swapped under the pass (a parent directory renamed, a linked component re-pointed) leaves no
+  record.
 - A record is written only when nothing it names changed during the pass: every recorded ctime is
   older than the pass's start by :data:`RACY_MARGIN_NS` (a later change gets at least the coarse
-  clock's current tick, so it cannot equal a recorded ctime; "racy git"), and each file's recorded
-  identity is that of the descriptor that was hashed.
+  clock's current tick, so it cannot equal a recorded ctime; "racy git").
 - Each file's dirty pages are written back before it is read (``fsync``, ``sync_first``):
   writeback write-protects the pages of a shared writable mapping, so a write through a mapping
   made before the pass faults and updates ctime like any other (measured on ext4: without the
@@ -55,19 +62,22 @@ from detserve.errors import DetserveError
 from detserve.fileio import atomic_writer
 from detserve.hashing import FileDigest, ProgressCallback
 from detserve.manifest import checked_manifest, parse_manifest, read_manifest_bytes
-from detserve.snapshot import VerifyReport, verify_against
+from detserve.snapshot import SnapshotScan, VerifyReport, verify_against
 from detserve.snapshot_identity import (
     CTIME,
     TRUSTED_FILE_SYSTEMS,
     differences,
     file_system_types,
     fingerprint,
-    identity,
+    resolved,
+    seen_by_pass,
     shown,
+    unlike_pass,
 )
 from detserve.strict_model import StrictModel
 
-RECORD_FORMAT: Literal[1] = 1
+#: 2: ``real:`` and ``roots:`` entries, and the root's identity that of the directory resolved
+RECORD_FORMAT: Literal[2] = 2
 #: a ctime this close to a pass's start may be shared by a change that follows it
 RACY_MARGIN_NS = 2_000_000_000
 #: a record is a few hundred bytes a file
@@ -106,7 +116,7 @@ def lifetime_of(container: _ContainerLike) -> Lifetime:
 class SnapshotRecord(StrictModel):
     """What a full pass found, and the identities that must still hold to vouch for it."""
 
-    format: Literal[1]
+    format: Literal[2]
     """The record's format."""
     snapshot: str
     """The snapshot directory, resolved."""
@@ -121,8 +131,8 @@ class SnapshotRecord(StrictModel):
     bytes: int
     """Bytes hashed."""
     entries: dict[str, list[int] | str]
-    """``dir:REL``, ``entry:PATH``, ``file:PATH`` identities, ``link:PATH`` texts and
-    ``verity:PATH`` measurements."""
+    """``dir:REL``, ``entry:PATH``, ``file:PATH`` identities, ``link:PATH`` texts,
+    ``real:PATH`` resolutions, the ``roots:`` and ``verity:PATH`` measurements."""
 
 
 class PinnedManifest:
@@ -236,10 +246,13 @@ class RecordStore:
 
 def _why_not_recordable(
     entries: Mapping[str, list[int] | str],
-    digests: Mapping[str, FileDigest],
+    seen: Mapping[str, list[int] | str],
     started_ns: int,
     margin_ns: int,
 ) -> str | None:
+    unlike = unlike_pass(entries, seen)
+    if unlike is not None:
+        return f"{unlike} is not what the pass saw"
     types = file_system_types()
     for key, value in sorted(entries.items()):
         if not isinstance(value, list):
@@ -249,9 +262,6 @@ def _why_not_recordable(
             return f"{shown(key)} is on {fs_type}, where ctime may not see every write"
         if value[CTIME] >= started_ns - margin_ns:
             return f"{shown(key)} changed within {margin_ns / 1e9:g} s of the pass"
-    for path, digest in digests.items():
-        if digest.opened is None or entries.get(f"file:{path}") != identity(digest.opened):
-            return f"./{path} is not the file that was hashed"
     return None
 
 
@@ -259,6 +269,7 @@ def record_after_pass(
     store: RecordStore,
     report: VerifyReport,
     digests: Mapping[str, FileDigest],
+    scan: SnapshotScan,
     lifetime: Lifetime,
     started_ns: int,
 ) -> str:
@@ -269,13 +280,13 @@ def record_after_pass(
         entries = fingerprint(snapshot_dir, sorted(digests))
     except OSError as exc:
         return f"record not written: {exc.filename} changed after the pass ({exc.strerror})"
-    why = _why_not_recordable(entries, digests, started_ns, margin_ns)
+    why = _why_not_recordable(entries, seen_by_pass(scan, digests), started_ns, margin_ns)
     if why is not None:
         return f"record not written: {why}"
     return store.save(
         SnapshotRecord(
             format=RECORD_FORMAT,
-            snapshot=str(Path(snapshot_dir).resolve()),
+            snapshot=str(resolved(snapshot_dir)),
             manifest_sha256=report.manifest_sha256,
             lifetime=lifetime,
             verified_at=datetime.fromtimestamp(started_ns / 1e9, UTC).isoformat(),
@@ -290,13 +301,14 @@ def check_record(
     record: SnapshotRecord, snapshot_dir: Path, manifest_sha256: str, lifetime: Lifetime
 ) -> list[str]:
     """Why ``record`` no longer vouches for the snapshot, one line each; empty when it does."""
-    if record.snapshot != str(Path(snapshot_dir).resolve()):
+    directory = resolved(snapshot_dir)
+    if record.snapshot != str(directory):
         return ["the record is of another snapshot directory"]
     if record.manifest_sha256 != manifest_sha256:
         return ["the record is of another manifest"]
     if record.lifetime != lifetime:
         return ["the record is of another container lifetime"]
-    return differences(Path(snapshot_dir), record.entries)
+    return differences(directory, record.entries)
 
 
 def _summary(lines: list[str]) -> str:
@@ -323,6 +335,9 @@ def verify_in_lifetime(
     when the pass passed and nothing changed meanwhile.
     """
     began = time.perf_counter()
+    # Resolved once: the record is checked, the pass scans and the record is written of the one
+    # directory; reports name it.
+    snapshot_dir = resolved(snapshot_dir)
     store = store if store is not None else RecordStore()
     why = "a full pass was asked for"
     if not full:
@@ -345,7 +360,7 @@ def verify_in_lifetime(
             why = "since the last full pass, " + _summary(held)
     store.remove(snapshot_dir)  # a failed pass leaves no record behind
     started_ns = time.time_ns()
-    report, digests = verify_against(
+    report, digests, scan = verify_against(
         snapshot_dir,
         parse_manifest(manifest.data),
         manifest.path,
@@ -355,5 +370,5 @@ def verify_in_lifetime(
         sync_first=True,
         started=began,
     )
-    note = record_after_pass(store, report, digests, lifetime, started_ns)
+    note = record_after_pass(store, report, digests, scan, lifetime, started_ns)
     return dataclasses.replace(report, record=f"full pass: {why}; {note}")

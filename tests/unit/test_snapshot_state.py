@@ -9,6 +9,8 @@ byte").
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import mmap
 import os
 import shutil
@@ -18,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from detserve import hashing, snapshot_state
+from detserve import hashing, snapshot_identity, snapshot_state
+from detserve import snapshot as snapshot_module
 from detserve.errors import SnapshotMismatch
 from detserve.snapshot import VerifyReport
 from detserve.snapshot_identity import file_system_types, verity_measurement
@@ -222,6 +225,65 @@ def swap_the_snapshot_directory(ws: TinyWorkspace) -> None:
     other.rename(ws.snapshot)
 
 
+def write_with_o_direct(ws: TinyWorkspace) -> None:
+    block = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT needs
+    block.write(b"\1" * 4096)
+    fd = os.open(ws.blob_of("model.safetensors"), os.O_WRONLY | os.O_DIRECT)
+    try:
+        os.pwritev(fd, [block], 0)
+    finally:
+        os.close(fd)
+
+
+def copy_a_range_in(ws: TinyWorkspace) -> None:
+    source = ws.root / "zeros"
+    source.write_bytes(bytes(4096))
+    with source.open("rb") as src, ws.blob_of("model.safetensors").open("r+b") as dst:
+        os.copy_file_range(src.fileno(), dst.fileno(), 4096, 0, 0)
+
+
+def punch_a_hole_and_set_mtime_back(ws: TinyWorkspace) -> None:
+    blob = ws.blob_of("model.safetensors")
+
+    def punch() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        fd = os.open(blob, os.O_RDWR)
+        try:
+            # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: the size stays, the bytes read as zeros
+            assert libc.fallocate(fd, 0x02 | 0x01, 4096, 8192) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            os.close(fd)
+
+    keep_mtime(blob, punch)
+
+
+def exchange_two_blobs(ws: TinyWorkspace) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    a, b = ws.blob_of("config.json"), ws.blob_of("generation_config.json")
+    rename_exchange = 2  # RENAME_EXCHANGE: both names stay, atomically swapped
+    assert libc.renameat2(-100, bytes(a), -100, bytes(b), rename_exchange) == 0
+
+
+def add_a_fifo(ws: TinyWorkspace) -> None:
+    os.mkfifo(ws.snapshot / "pipe")
+
+
+def add_a_file_in_a_new_directory(ws: TinyWorkspace) -> None:
+    (ws.snapshot / "code").mkdir()
+    (ws.snapshot / "code" / "modeling.py").write_bytes(b"import os\n")
+
+
+def move_the_blobs_out_and_link_them_back(ws: TinyWorkspace) -> None:
+    # Every blob the same inode, reached through a link left in blobs/: a full pass refuses a
+    # link resolving outside the snapshot and its blobs/; no identity of a file changed.
+    elsewhere = ws.root / "elsewhere"
+    ws.blobs.rename(elsewhere)
+    ws.blobs.mkdir()
+    for blob in elsewhere.iterdir():
+        (ws.blobs / blob.name).symlink_to(blob)
+
+
 def write_through_a_new_mapping(ws: TinyWorkspace) -> None:
     with ws.blob_of("model.safetensors").open("r+b") as handle:
         mapped = mmap.mmap(handle.fileno(), 0)
@@ -243,7 +305,14 @@ CHANGES: dict[str, Callable[[TinyWorkspace], None]] = {
     "symlink-re-pointed": repoint_symlink,
     "file-added": add_a_file_in_place_of_nothing,
     "snapshot-directory-swapped": swap_the_snapshot_directory,
+    "blobs-moved-out-and-linked-back": move_the_blobs_out_and_link_them_back,
     "written-through-a-new-mapping": write_through_a_new_mapping,
+    "written-with-o-direct": write_with_o_direct,
+    "range-copied-in": copy_a_range_in,
+    "hole-punched-mtime-set-back": punch_a_hole_and_set_mtime_back,
+    "two-blobs-exchanged": exchange_two_blobs,
+    "fifo-added": add_a_fifo,
+    "file-added-in-a-new-directory": add_a_file_in_a_new_directory,
 }
 
 
@@ -257,6 +326,114 @@ def test_every_change_through_the_file_system_is_caught(
         check(ws)
     assert failed.value.details, "the full pass names what differs"
     assert not RecordStore().path_for(ws.snapshot).exists(), "a failed pass leaves no record"
+
+
+def test_a_snapshot_given_as_a_link_is_recorded_as_the_directory_it_names(
+    ws: TinyWorkspace,
+) -> None:
+    """The record is of the directory the link resolves to: a file added there is seen (the
+    link's own identity does not change)."""
+    link = ws.root / "snapshot-link"
+    link.symlink_to(ws.snapshot)
+    given = dataclasses.replace(ws, snapshot=link)
+    recorded(given)
+    assert check(given).verified_by == "record"
+    (ws.snapshot / "extra.py").write_bytes(b"import os\n")
+    with pytest.raises(SnapshotMismatch) as failed:
+        check(given)
+    assert list(failed.value.details) == ["extra: ./extra.py"]
+
+
+def test_links_resolving_where_they_did_through_changed_roots_are_seen(ws: TinyWorkspace) -> None:
+    """The links name blobs2/ and blobs/ is a link to it, so blobs2/ is where links may resolve;
+    blobs/ made a directory of its own leaves every link, its target and its resolution as they
+    were, and the links now resolve outside: the roots are part of what the pass judged."""
+    blobs2 = ws.model_dir / "blobs2"
+    ws.blobs.rename(blobs2)
+    ws.blobs.symlink_to("blobs2")
+    for entry in ws.snapshot.iterdir():
+        target = entry.readlink().name
+        entry.unlink()
+        entry.symlink_to(f"../../blobs2/{target}")
+    settle()
+    recorded(ws)
+    ws.blobs.unlink()
+    ws.blobs.mkdir()
+    with pytest.raises(SnapshotMismatch) as failed:
+        check(ws)
+    assert all("symlink resolves outside the snapshot" in line for line in failed.value.details)
+
+
+def test_where_a_link_resolves_is_what_realpath_says(tmp_path: Path) -> None:
+    """The check's shortcut (each directory a link names resolved once) gives realpath's
+    answer, which is the scan's: else no record could be written."""
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "b").write_bytes(b"b")
+    (tmp_path / "aliased").symlink_to("blobs")
+    links = tmp_path / "snap" / "sub"
+    links.mkdir(parents=True)
+    shapes = {
+        "relative": "../../blobs/b",
+        "absolute": str(tmp_path / "blobs" / "b"),
+        "through-a-linked-directory": "../../aliased/b",
+        "to-a-link": "relative",
+        "dangling": "../../blobs/none",
+        "dot-dot": "../..",
+        "trailing-slash": "../../blobs/",
+    }
+    routes: dict[str, str] = {}
+    for name, text in shapes.items():
+        (links / name).symlink_to(text)
+    for name in shapes:
+        link = links / name
+        assert snapshot_identity.link_resolution(link, routes) == os.path.realpath(link), name
+
+
+def swap_snapshots_dir(ws: TinyWorkspace) -> None:
+    """The snapshots/ directory renamed away and the other one renamed in its place (whichever
+    is in place now)."""
+    here, other = ws.model_dir / "snapshots", ws.model_dir / "snapshots-other"
+    here.rename(ws.model_dir / "swapping")
+    other.rename(here)
+    (ws.model_dir / "swapping").rename(other)
+
+
+@pytest.mark.parametrize("scan_saw", ["the-clean-tree", "the-tree-then-swapped"])
+def test_a_tree_swapped_under_the_pass_leaves_no_record(
+    ws: TinyWorkspace, monkeypatch: pytest.MonkeyPatch, scan_saw: str
+) -> None:
+    """Two trees, the same files linked to the same blobs, one with a file more: the pass must
+    not record the one it did not scan. An attacker swaps a parent directory (not a link: the
+    pass resolves the path once) while the scan runs, or just after it."""
+    shutil.copytree(ws.model_dir / "snapshots", ws.model_dir / "snapshots-other", symlinks=True)
+    tree_with_extra = (
+        ws.snapshot
+        if scan_saw == "the-clean-tree"
+        else ws.model_dir / (f"snapshots-other/{ws.snapshot.name}")
+    )
+    (tree_with_extra / "extra.py").write_bytes(b"import os\n")
+    settle()
+    scan = snapshot_module.scan_snapshot
+
+    def scan_then_swap(snapshot_dir: Path) -> snapshot_module.SnapshotScan:
+        if scan_saw == "the-clean-tree":
+            swap_snapshots_dir(ws)  # the scan sees the clean copy, then the tree is put back
+            try:
+                return scan(snapshot_dir)
+            finally:
+                swap_snapshots_dir(ws)
+        seen = scan(snapshot_dir)
+        swap_snapshots_dir(ws)  # the scan saw the clean tree; the hashing sees the other
+        return seen
+
+    monkeypatch.setattr(snapshot_module, "scan_snapshot", scan_then_swap)
+    report = check(ws)
+    assert "is not what the pass saw" in (report.record or ""), report.record
+    monkeypatch.setattr(snapshot_module, "scan_snapshot", scan)
+    settle()
+    with pytest.raises(SnapshotMismatch) as failed:
+        check(ws)
+    assert list(failed.value.details) == ["extra: ./extra.py"]
 
 
 def test_a_changed_but_equal_file_is_hashed_again_and_passes(ws: TinyWorkspace) -> None:

@@ -6,9 +6,10 @@ seconds since the last one.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,15 @@ def flip_last_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.fixture
-def ws(tiny_workspace: TinyWorkspace, monkeypatch: pytest.MonkeyPatch) -> TinyWorkspace:
+def settled(tiny_workspace: TinyWorkspace, monkeypatch: pytest.MonkeyPatch) -> TinyWorkspace:
     monkeypatch.setattr(snapshot_state, "RACY_MARGIN_NS", 50_000_000)
     time.sleep(0.1)
     return tiny_workspace
+
+
+@pytest.fixture
+def ws(tiny_workspace: TinyWorkspace, monkeypatch: pytest.MonkeyPatch) -> TinyWorkspace:
+    return settled(tiny_workspace, monkeypatch)
 
 
 def watch_of(ws: TinyWorkspace, clock: Clock) -> SnapshotWatch:
@@ -156,6 +161,41 @@ def test_a_change_through_the_file_system_is_caught_at_the_next_check(ws: TinyWo
     with pytest.raises(SnapshotMismatch, match="changed through the file system") as caught:
         watch.check()
     assert caught.value.details[0].startswith("changed: ./model.safetensors (file: ")
+    watch.close()
+
+
+def add_a_file_to_the_directory_linked_to(ws: TinyWorkspace) -> None:
+    (ws.snapshot.resolve() / "extra.py").write_bytes(b"import os\n")
+
+
+def move_the_blobs_out_and_link_them_back(ws: TinyWorkspace) -> None:
+    # every file the same inode, its links now resolving outside the snapshot's blobs/
+    elsewhere = ws.root / "elsewhere"
+    ws.blobs.rename(elsewhere)
+    ws.blobs.mkdir()
+    for blob in elsewhere.iterdir():
+        (ws.blobs / blob.name).symlink_to(blob)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [add_a_file_to_the_directory_linked_to, move_the_blobs_out_and_link_them_back],
+    ids=["file-added-where-the-snapshot-link-points", "blobs-moved-out-and-linked-back"],
+)
+def test_what_a_full_pass_would_refuse_is_caught_at_the_next_check(
+    tiny_workspace: TinyWorkspace, monkeypatch: pytest.MonkeyPatch, change: Callable[..., None]
+) -> None:
+    """The snapshot is served through a link to its directory; no file's identity changes."""
+    link = tiny_workspace.root / "snapshot-link"
+    link.symlink_to(tiny_workspace.snapshot)
+    given = dataclasses.replace(tiny_workspace, snapshot=link)
+    clock = Clock()
+    watch = watch_of(settled(given, monkeypatch), clock)
+    watch.check()
+    change(given)
+    clock.now += 0.001  # far less than the paced pass needs to reach anything
+    with pytest.raises(SnapshotMismatch, match="changed through the file system"):
+        watch.check()
     watch.close()
 
 
