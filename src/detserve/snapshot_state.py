@@ -226,8 +226,8 @@ class RecordStore:
         with contextlib.suppress(OSError):
             self.path_for(snapshot_dir).unlink()
 
-    def save(self, record: SnapshotRecord) -> str:
-        """Write the record; return what happened (a record is a cache: a failure is a note)."""
+    def unusable(self) -> str | None:
+        """Why no record can be written here (made if absent), or None."""
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -235,6 +235,15 @@ class RecordStore:
         unsafe = self._unsafe(self.directory, directory=True)
         if unsafe is not None:
             return f"record not written: {unsafe}"
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            return f"record not written: {self.directory} is not writable"
+        return None
+
+    def save(self, record: SnapshotRecord) -> str:
+        """Write the record; return what happened (a record is a cache: a failure is a note)."""
+        unusable = self.unusable()
+        if unusable is not None:
+            return unusable
         path = self.path_for(Path(record.snapshot))
         try:
             with atomic_writer(path, force=True, mode=0o600) as handle:

@@ -9,6 +9,11 @@ The gateway calls :meth:`SnapshotWatch.check` every ``reverify_interval_s``. Eac
    something changed the snapshot under a running server, and a full pass first would serve on
    for as long as it takes. Restarting ``serve`` verifies every byte again. Only the first check
    makes a full pass, when ``serve`` started without a record (a snapshot changed just before);
+   when that pass cannot write one either (a change within the racy margin of its start), the
+   first check past the margin makes another, which must: a change it finds within its own
+   margin was made while serving, and fails the check as a record that no longer holds does.
+   Without that, one change just before ``serve`` started left only the paced pass to see any
+   later one;
 2. advances :class:`PacedPass` by ``bytes_per_s`` times the time since the last call: every file
    is read again from the start and hashed, so what the record cannot see (a change below the
    file system) is caught within one paced pass, the snapshot's size over ``bytes_per_s``. It
@@ -36,6 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from detserve import snapshot_state
 from detserve.errors import PinMismatch, SnapshotMismatch
 from detserve.fileio import NotRegularFile
 from detserve.manifest import parse_manifest
@@ -202,6 +208,9 @@ class SnapshotWatch:
         self.first_pass: VerifyReport | None = None
         #: checks of the record that held
         self.record_checks = 0
+        #: when (``time_ns``) the full pass that could not write a record began: the first check
+        #: past the racy margin makes another
+        self._unrecorded_pass_at: int | None = None
         #: as of when (wall clock) the whole snapshot last verified: a check whose record held
         #: (or whose full pass passed), else the start of the last paced pass that completed;
         #: what the gateway reports as the snapshot's verification age
@@ -223,6 +232,8 @@ class SnapshotWatch:
         if self._paced is None:
             self._paced = self._start(manifest)
             whole = self.unrecorded is None or self.first_pass is not None
+        elif self._unrecorded_pass_at is not None:
+            whole = self._pass_again(manifest)
         else:
             whole = self.unrecorded is None
             if whole:
@@ -254,13 +265,36 @@ class SnapshotWatch:
         digests = parse_manifest(manifest.data).manifest.digests
         self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
         if self.unrecorded is None and self._why_not_held(manifest):
+            began = time.time_ns()
             self.first_pass = verify_in_lifetime(
                 self.snapshot_dir, manifest, self.lifetime, store=self._store
             )
-            # A record that cannot be written (an unwritable state directory, say) must not make
-            # every later check fail: the paced pass is then the only periodic check.
-            self.unrecorded = "; ".join(self._why_not_held(manifest)) or None
+            if self._why_not_held(manifest):
+                # A record that cannot be written (an unwritable state directory, say) must not
+                # make every later check fail: the paced pass is then the only periodic check.
+                self.unrecorded = self._store.unusable()
+                self._unrecorded_pass_at = began if self.unrecorded is None else None
         return PacedPass(self.snapshot_dir, digests)
+
+    def _pass_again(self, manifest: PinnedManifest) -> bool:
+        """The full pass after one that left no record, once past its margin: it must leave one
+        (else the snapshot changed while serving). Whether the whole snapshot was verified."""
+        assert self._unrecorded_pass_at is not None
+        began = time.time_ns()
+        if began < self._unrecorded_pass_at + snapshot_state.RACY_MARGIN_NS:
+            return False
+        report = verify_in_lifetime(self.snapshot_dir, manifest, self.lifetime, store=self._store)
+        self._unrecorded_pass_at = None
+        if self._why_not_held(manifest):
+            self.unrecorded = self._store.unusable()
+            if self.unrecorded is None:
+                raise SnapshotMismatch(
+                    f"snapshot {self.snapshot_dir} changed through the file system while serving",
+                    details=[report.record or "no record written"],
+                    hint="stop serving it; `detserve serve` verifies every byte again when "
+                    "restarted",
+                )
+        return True
 
     def _check_record(self, manifest: PinnedManifest) -> None:
         why = self._why_not_held(manifest)

@@ -122,6 +122,72 @@ def test_a_watch_started_without_a_record_makes_one_full_pass_then_keeps_to_the_
     watch.close()
 
 
+def started_just_after_a_change(ws: TinyWorkspace, clock: Clock) -> SnapshotWatch:
+    """``serve`` started within the racy margin of a change: neither its pass nor the watch's
+    first one can write a record."""
+    ws.blob_of("config.json").chmod(0o600)
+    manifest = PinnedManifest.read(ws.manifest)
+    verify_in_lifetime(ws.snapshot, manifest, LIFETIME)
+    watch = SnapshotWatch(
+        ws.snapshot, ws.manifest, manifest.sha256, LIFETIME, bytes_per_s=RATE, clock=clock
+    )
+    watch.check()
+    assert watch.first_pass is not None
+    assert "changed within" in (watch.first_pass.record or "")
+    return watch
+
+
+def test_a_watch_started_just_after_a_change_keeps_to_the_record_past_the_margin(
+    ws: TinyWorkspace,
+) -> None:
+    """Left without a record, the watch saw later changes only when its paced pass came round."""
+    clock = Clock()
+    watch = started_just_after_a_change(ws, clock)
+    time.sleep(0.1)  # past the margin of the first check's pass
+    clock.now += 1
+    watch.check()  # a full pass again, which leaves a record
+    assert watch.unrecorded is None
+    flip_last_byte(ws.blob_of("model.safetensors"))
+    clock.now += 0.001  # far less than the paced pass needs to reach it
+    with pytest.raises(SnapshotMismatch, match="changed through the file system"):
+        watch.check()
+    watch.close()
+
+
+def test_a_snapshot_changed_while_the_record_is_made_again_fails_the_check(
+    ws: TinyWorkspace,
+) -> None:
+    """The second pass began past the first one's margin: a change within its own was made
+    while serving, which fails the check as it does where the record holds."""
+    clock = Clock()
+    watch = started_just_after_a_change(ws, clock)
+    time.sleep(0.1)
+    ws.blob_of("config.json").chmod(0o640)
+    clock.now += 1
+    with pytest.raises(SnapshotMismatch, match="changed through the file system while serving"):
+        watch.check()
+    watch.close()
+
+
+def test_where_no_record_can_be_written_the_paced_pass_alone_runs(ws: TinyWorkspace) -> None:
+    clock = Clock()
+    state = RecordStore().directory
+    state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o777)  # a state directory others may write is never used
+    try:
+        manifest = PinnedManifest.read(ws.manifest)
+        watch = SnapshotWatch(
+            ws.snapshot, ws.manifest, manifest.sha256, LIFETIME, bytes_per_s=RATE, clock=clock
+        )
+        time.sleep(0.1)
+        run_for(watch, clock, 3)
+    finally:
+        state.chmod(0o700)
+    assert "has mode 777" in (watch.unrecorded or "")
+    assert watch.record_checks == 0
+    watch.close()
+
+
 def test_a_record_gone_while_serving_fails_the_check(ws: TinyWorkspace) -> None:
     clock = Clock()
     watch = watch_of(ws, clock)
