@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from detserve.canonical import canonical_bytes
 from detserve.errors import EnvironmentFault, OutputExistsError, RunLogError
 from detserve.runlog import DevicePins, validate_run_log
 from detserve.runlog import transcript as transcript_module
@@ -291,3 +295,57 @@ def test_the_request_form_is_the_canonical_one() -> None:
     constraint = request.constraint
     assert constraint is not None
     assert (constraint.kind, constraint.argument) == ("json_schema", '{"type":"object","b":1.0}')
+
+
+# --- the line drafted in C, rfc8785 deciding -------------------------------------------------
+
+#: every character UTF-8 holds (no lone surrogate), controls and the escaped ones weighted in
+_TEXTS = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"])
+    | st.sampled_from(['"', "\\", "\b", "\f", "\n", "\r", "\t", "\x00", "\x1f", "\x7f"])
+    | st.sampled_from(["\u2028", "\u2029", "\ufeff", "\U0001f600", "/", "<", "é"]),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prompt=_TEXTS.filter(bool), text=_TEXTS, stop=st.lists(_TEXTS.filter(bool), max_size=3))
+def test_an_exchange_line_is_rfc8785s_line_byte_for_byte(
+    tmp_path_factory: pytest.TempPathFactory, prompt: str, text: str, stop: list[str]
+) -> None:
+    """The writer drafts a line with the standard library's encoder: for every text, it is the
+    line rfc8785 writes for the same exchange."""
+    base = exchange(0)
+    document = base | {
+        "text": text,
+        "request": base["request"] | {"prompt": prompt, "stop": stop or None},
+    }
+    path = tmp_path_factory.mktemp("draft") / "t.transcript.jsonl"
+    with TranscriptWriter(path, HEADER) as writer:
+        writer.append(document)
+    line = path.read_bytes().split(b"\n")[1] + b"\n"
+    assert line == canonical_bytes(document | {"index": 0, "record": "exchange"})
+
+
+def test_a_draft_that_is_not_rfc8785s_line_is_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draft is checked as a reader checks a line: one rfc8785 would not write (here, keys
+    out of order) is refused, and nothing of it reaches the file."""
+    path = tmp_path / "t.transcript.jsonl"
+    writer = TranscriptWriter(path, HEADER)
+    unsorted = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    monkeypatch.setattr(transcript_module, "_DRAFT", unsorted)
+    with pytest.raises(RunLogError, match="not canonical JSON"):
+        writer.append(exchange(0))
+    assert path.read_bytes().count(b"\n") == 1
+    monkeypatch.undo()
+    writer.append(exchange(0))  # the writer goes on at the same index
+    writer.close("stopped")
+    assert validate_transcript(path).n_exchanges == 1
+
+
+def test_a_text_no_utf8_holds_is_refused_by_name(tmp_path: Path) -> None:
+    writer = TranscriptWriter(tmp_path / "t.transcript.jsonl", HEADER)
+    with pytest.raises(RunLogError, match="exchange 0: not representable as canonical JSON"):
+        writer.append(exchange(0, text="a lone \ud800 surrogate"))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import threading
 import time
@@ -37,10 +38,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from detserve.canonical import canonical_bytes
-from detserve.errors import CanonicalJSONError, EnvironmentFault, RunLogError
+from detserve.errors import EnvironmentFault, RunLogError
 from detserve.fileio import check_outputs
 from detserve.runlog.lines import LineFile, LineParser, LineReader, record_line
 from detserve.runlog.models import (
@@ -57,6 +58,15 @@ from detserve.runlog.transcript_sequence import TranscriptSequence
 SUFFIX = ".transcript.jsonl"
 #: the kinds of line a writer writes
 LineRecord = Literal["header", "exchange", "footer"]
+#: An exchange's line as the standard library's C encoder drafts it: compact, keys sorted, UTF-8,
+#: and the very escapes RFC 8785 writes (``"`` and ``\\``; ``\\b \\f \\n \\r \\t``; any other
+#: control character as ``\\u00xx``). For what an exchange holds (strings, integers, null,
+#: arrays, objects keyed by field names) that is ``rfc8785``'s line, in C; the writer's parse of
+#: the draft makes ``rfc8785`` decide all the same (docs/performance.md, "The gateway's own
+#: time").
+_DRAFT: Final = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
 
 
 def canonical_request(request: ExchangeRequest) -> bytes:
@@ -203,11 +213,10 @@ class TranscriptWriter:
                 raise EnvironmentFault(f"transcript {self.path} is closed")
             where = f"{self.path}: exchange {self._sequence.next_index}"
             document = {**fields, "index": self._sequence.next_index, "record": "exchange"}
-            try:
-                line = canonical_bytes(document)
-            except CanonicalJSONError as exc:
-                raise RunLogError(f"{where}: {exc.message}") from exc
-            # The line is checked as every reader checks it (schema, canonical form), once.
+            line = _drafted_line(document, where)
+            # The line is checked as every reader checks it, once: the schema, then its canonical
+            # form (rfc8785 writes the record parsed back, and must give these very bytes). So a
+            # draft that is not rfc8785's line is refused, never written.
             record = self._parsed(line, where)
             if not isinstance(record, TranscriptExchange):
                 raise RunLogError(f"{where}: not an exchange")
@@ -277,6 +286,18 @@ class TranscriptWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close("stopped")
+
+
+def _drafted_line(document: Mapping[str, Any], where: str) -> bytes:
+    """``document``'s line as :data:`_DRAFT` writes it; a value no JSON text holds (a lone
+    surrogate, a NaN, an object of another type) is a :class:`RunLogError`, as ``rfc8785``'s
+    refusal of it is."""
+    try:
+        return _DRAFT.encode(document).encode("utf-8") + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise RunLogError(
+            f"{where}: not representable as canonical JSON (RFC 8785): {exc}"
+        ) from exc
 
 
 def _write(fd: int, data: bytes) -> int:
