@@ -29,6 +29,7 @@ from detserve.runlog.transcript import (
     read_exchanges,
     request_sha256,
     validate_transcript,
+    written_digests,
 )
 
 PINS = EnginePins(
@@ -310,11 +311,11 @@ _TEXTS = st.text(
 
 @settings(max_examples=200, deadline=None)
 @given(prompt=_TEXTS.filter(bool), text=_TEXTS, stop=st.lists(_TEXTS.filter(bool), max_size=3))
-def test_an_exchange_line_is_rfc8785s_line_byte_for_byte(
+def test_an_exchange_line_and_its_digests_are_rfc8785s(
     tmp_path_factory: pytest.TempPathFactory, prompt: str, text: str, stop: list[str]
 ) -> None:
     """The writer drafts a line with the standard library's encoder: for every text, it is the
-    line rfc8785 writes for the same exchange."""
+    line rfc8785 writes for the same exchange, and the digests drafted alike are rfc8785's."""
     base = exchange(0)
     document = base | {
         "text": text,
@@ -322,9 +323,14 @@ def test_an_exchange_line_is_rfc8785s_line_byte_for_byte(
     }
     path = tmp_path_factory.mktemp("draft") / "t.transcript.jsonl"
     with TranscriptWriter(path, HEADER) as writer:
-        writer.append(document)
+        record = writer.append(document)
     line = path.read_bytes().split(b"\n")[1] + b"\n"
     assert line == canonical_bytes(document | {"index": 0, "record": "exchange"})
+    # and so the digests an answer names, drafted the same way, are rfc8785's
+    assert written_digests(record) == (
+        request_sha256(record.request),
+        output_sha256(record.output_token_ids, record.text),
+    )
 
 
 def test_a_draft_that_is_not_rfc8785s_line_is_never_written(

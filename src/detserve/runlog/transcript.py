@@ -86,6 +86,23 @@ def output_sha256(output_token_ids: Sequence[int], text: str) -> str:
     return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
 
 
+def written_digests(exchange: TranscriptExchange) -> tuple[str, str]:
+    """:func:`request_sha256` and :func:`output_sha256` of an exchange that
+    :meth:`TranscriptWriter.append` returned, drafted in C (:data:`_DRAFT`), not by rfc8785.
+
+    The same digests: that exchange's line is the draft, which the writer checked is rfc8785's
+    line, and a line parses one way only, so each value's draft in it (the request, the output
+    ids, the text) is rfc8785's spelling of that value too. Not for an exchange read elsewhere:
+    its line was never drafted.
+    """
+    request = _DRAFT.encode(exchange.request.model_dump()).encode("utf-8")
+    output = {"output_token_ids": exchange.output_token_ids, "text": exchange.text}
+    return (
+        hashlib.sha256(request).hexdigest(),
+        hashlib.sha256(_DRAFT.encode(output).encode("utf-8")).hexdigest(),
+    )
+
+
 class TranscriptWriter:
     """Append exchanges to a new transcript segment, each synced to disk before it returns.
 
