@@ -16,13 +16,21 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from detserve.canonical import canonical_bytes
 from detserve.errors import EnvironmentFault, OutputExistsError, RunLogError
 from detserve.runlog import DevicePins, validate_run_log
 from detserve.runlog import transcript as transcript_module
 from detserve.runlog.kinds import is_transcript
-from detserve.runlog.models import EnginePins, ExchangeRequest, TranscriptHeader
+from detserve.runlog.lines import _fast_line
+from detserve.runlog.models import (
+    ChatMessage,
+    EnginePins,
+    ExchangeRequest,
+    TranscriptExchange,
+    TranscriptHeader,
+)
 from detserve.runlog.transcript import (
     TranscriptWriter,
     output_sha256,
@@ -309,28 +317,44 @@ _TEXTS = st.text(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(prompt=_TEXTS.filter(bool), text=_TEXTS, stop=st.lists(_TEXTS.filter(bool), max_size=3))
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=_TEXTS.filter(bool),
+    text=_TEXTS,
+    stop=st.lists(_TEXTS.filter(bool), max_size=3),
+    chat=st.booleans(),
+)
 def test_an_exchange_line_and_its_digests_are_rfc8785s(
-    tmp_path_factory: pytest.TempPathFactory, prompt: str, text: str, stop: list[str]
+    tmp_path_factory: pytest.TempPathFactory, prompt: str, text: str, stop: list[str], chat: bool
 ) -> None:
-    """The writer drafts a line with the standard library's encoder: for every text, it is the
-    line rfc8785 writes for the same exchange, and the digests drafted alike are rfc8785's."""
+    """The writer drafts a line with the standard library's encoder, and the reader's fast check
+    writes it with pydantic: for every text, both are the line rfc8785 writes for the same
+    exchange, and the digests drafted alike are rfc8785's."""
     base = exchange(0)
-    document = base | {
-        "text": text,
-        "request": base["request"] | {"prompt": prompt, "stop": stop or None},
-    }
+    request = base["request"] | {"prompt": prompt, "stop": stop or None}
+    if chat:
+        messages = [{"content": text, "role": "system"}, {"content": prompt, "role": "user"}]
+        request |= {"kind": "chat", "messages": messages, "prompt": None}
+    document = base | {"text": text, "request": request}
     path = tmp_path_factory.mktemp("draft") / "t.transcript.jsonl"
     with TranscriptWriter(path, HEADER) as writer:
         record = writer.append(document)
     line = path.read_bytes().split(b"\n")[1] + b"\n"
     assert line == canonical_bytes(document | {"index": 0, "record": "exchange"})
+    assert _fast_line(record) == line
     # and so the digests an answer names, drafted the same way, are rfc8785's
     assert written_digests(record) == (
         request_sha256(record.request),
         output_sha256(record.output_token_ids, record.text),
     )
+
+
+@pytest.mark.parametrize("model", [TranscriptExchange, ExchangeRequest, ChatMessage])
+def test_an_exchanges_fields_are_declared_in_canonical_order(model: type[BaseModel]) -> None:
+    # pydantic serialises fields in declaration order (the reader's fast check of an exchange
+    # line); JCS sorts them by UTF-16 code units.
+    names = list(model.model_fields)
+    assert names == sorted(names, key=lambda name: name.encode("utf-16-be"))
 
 
 def test_a_draft_that_is_not_rfc8785s_line_is_never_written(

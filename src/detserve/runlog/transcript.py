@@ -62,8 +62,9 @@ LineRecord = Literal["header", "exchange", "footer"]
 #: and the very escapes RFC 8785 writes (``"`` and ``\\``; ``\\b \\f \\n \\r \\t``; any other
 #: control character as ``\\u00xx``). For what an exchange holds (strings, integers, null,
 #: arrays, objects keyed by field names) that is ``rfc8785``'s line, in C; the writer's parse of
-#: the draft makes ``rfc8785`` decide all the same (docs/performance.md, "The gateway's own
-#: time").
+#: the draft checks it is, as a reader checks a line (:class:`~detserve.runlog.lines.LineParser`:
+#: pydantic's line of the record, which is ``rfc8785``'s, and where they differ ``rfc8785``
+#: itself; docs/performance.md, "The gateway's own time").
 _DRAFT: Final = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
 )
@@ -91,9 +92,9 @@ def written_digests(exchange: TranscriptExchange) -> tuple[str, str]:
     :meth:`TranscriptWriter.append` returned, drafted in C (:data:`_DRAFT`), not by rfc8785.
 
     The same digests: that exchange's line is the draft, which the writer checked is rfc8785's
-    line, and a line parses one way only, so each value's draft in it (the request, the output
-    ids, the text) is rfc8785's spelling of that value too. Not for an exchange read elsewhere:
-    its line was never drafted.
+    line (as a reader checks one), and a line parses one way only, so each value's draft in it
+    (the request, the output ids, the text) is rfc8785's spelling of that value too. Not for an
+    exchange read elsewhere: its line was never drafted.
     """
     request = _DRAFT.encode(exchange.request.model_dump()).encode("utf-8")
     output = {"output_token_ids": exchange.output_token_ids, "text": exchange.text}
@@ -232,8 +233,8 @@ class TranscriptWriter:
             document = {**fields, "index": self._sequence.next_index, "record": "exchange"}
             line = _drafted_line(document, where)
             # The line is checked as every reader checks it, once: the schema, then its canonical
-            # form (rfc8785 writes the record parsed back, and must give these very bytes). So a
-            # draft that is not rfc8785's line is refused, never written.
+            # form (the record parsed back, written as rfc8785 writes it, must give these very
+            # bytes). So a draft that is not rfc8785's line is refused, never written.
             record = self._parsed(line, where)
             if not isinstance(record, TranscriptExchange):
                 raise RunLogError(f"{where}: not an exchange")
