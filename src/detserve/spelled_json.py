@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 
 class Number:
@@ -90,8 +90,13 @@ def loads(text: str) -> Any:
     )
 
 
+#: what ``json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)`` uses,
+#: made once: ``dumps`` with options makes a new encoder for each of a body's keys and scalars
+_SCALAR: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _scalar(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _SCALAR.encode(value)
 
 
 def _write(value: Any, out: list[str]) -> None:

@@ -9,22 +9,35 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
 
+from detserve.canonical import canonical_bytes
 from detserve.errors import EnvironmentFault, OutputExistsError, RunLogError
 from detserve.runlog import DevicePins, validate_run_log
 from detserve.runlog import transcript as transcript_module
 from detserve.runlog.kinds import is_transcript
-from detserve.runlog.models import EnginePins, ExchangeRequest, TranscriptHeader
+from detserve.runlog.lines import _fast_line
+from detserve.runlog.models import (
+    ChatMessage,
+    EnginePins,
+    ExchangeRequest,
+    TranscriptExchange,
+    TranscriptHeader,
+)
 from detserve.runlog.transcript import (
     TranscriptWriter,
     output_sha256,
     read_exchanges,
     request_sha256,
     validate_transcript,
+    written_digests,
 )
 
 PINS = EnginePins(
@@ -291,3 +304,78 @@ def test_the_request_form_is_the_canonical_one() -> None:
     constraint = request.constraint
     assert constraint is not None
     assert (constraint.kind, constraint.argument) == ("json_schema", '{"type":"object","b":1.0}')
+
+
+# --- the line drafted in C, rfc8785 deciding -------------------------------------------------
+
+#: every character UTF-8 holds (no lone surrogate), controls and the escaped ones weighted in
+_TEXTS = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"])
+    | st.sampled_from(['"', "\\", "\b", "\f", "\n", "\r", "\t", "\x00", "\x1f", "\x7f"])
+    | st.sampled_from(["\u2028", "\u2029", "\ufeff", "\U0001f600", "/", "<", "é"]),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prompt=_TEXTS.filter(bool),
+    text=_TEXTS,
+    stop=st.lists(_TEXTS.filter(bool), max_size=3),
+    chat=st.booleans(),
+)
+def test_an_exchange_line_and_its_digests_are_rfc8785s(
+    tmp_path_factory: pytest.TempPathFactory, prompt: str, text: str, stop: list[str], chat: bool
+) -> None:
+    """The writer drafts a line with the standard library's encoder, and the reader's fast check
+    writes it with pydantic: for every text, both are the line rfc8785 writes for the same
+    exchange, and the digests drafted alike are rfc8785's."""
+    base = exchange(0)
+    request = base["request"] | {"prompt": prompt, "stop": stop or None}
+    if chat:
+        messages = [{"content": text, "role": "system"}, {"content": prompt, "role": "user"}]
+        request |= {"kind": "chat", "messages": messages, "prompt": None}
+    document = base | {"text": text, "request": request}
+    path = tmp_path_factory.mktemp("draft") / "t.transcript.jsonl"
+    with TranscriptWriter(path, HEADER) as writer:
+        record = writer.append(document)
+    line = path.read_bytes().split(b"\n")[1] + b"\n"
+    assert line == canonical_bytes(document | {"index": 0, "record": "exchange"})
+    assert _fast_line(record) == line
+    # and so the digests an answer names, drafted the same way, are rfc8785's
+    assert written_digests(record) == (
+        request_sha256(record.request),
+        output_sha256(record.output_token_ids, record.text),
+    )
+
+
+@pytest.mark.parametrize("model", [TranscriptExchange, ExchangeRequest, ChatMessage])
+def test_an_exchanges_fields_are_declared_in_canonical_order(model: type[BaseModel]) -> None:
+    # pydantic serialises fields in declaration order (the reader's fast check of an exchange
+    # line); JCS sorts them by UTF-16 code units.
+    names = list(model.model_fields)
+    assert names == sorted(names, key=lambda name: name.encode("utf-16-be"))
+
+
+def test_a_draft_that_is_not_rfc8785s_line_is_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The draft is checked as a reader checks a line: one rfc8785 would not write (here, keys
+    out of order) is refused, and nothing of it reaches the file."""
+    path = tmp_path / "t.transcript.jsonl"
+    writer = TranscriptWriter(path, HEADER)
+    unsorted = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+    monkeypatch.setattr(transcript_module, "_DRAFT", unsorted)
+    with pytest.raises(RunLogError, match="not canonical JSON"):
+        writer.append(exchange(0))
+    assert path.read_bytes().count(b"\n") == 1
+    monkeypatch.undo()
+    writer.append(exchange(0))  # the writer goes on at the same index
+    writer.close("stopped")
+    assert validate_transcript(path).n_exchanges == 1
+
+
+def test_a_text_no_utf8_holds_is_refused_by_name(tmp_path: Path) -> None:
+    writer = TranscriptWriter(tmp_path / "t.transcript.jsonl", HEADER)
+    with pytest.raises(RunLogError, match="exchange 0: not representable as canonical JSON"):
+        writer.append(exchange(0, text="a lone \ud800 surrogate"))

@@ -111,6 +111,23 @@ class GatewaySettings:
     allowed_hosts: tuple[str, ...] = ()
 
 
+def _disconnected(receive: Receive) -> Callable[[], Awaitable[bool]]:
+    """Whether the client's connection has closed, asked without waiting: a disconnect the
+    server already holds is taken, nothing else is waited for (what Starlette's
+    ``Request.is_disconnected`` asks, through an anyio cancel scope that costs twice the time)."""
+
+    async def gone() -> bool:
+        try:
+            async with asyncio.timeout(0):  # expires at the loop's next turn, unless answered
+                message = await receive()
+        except TimeoutError:
+            return False
+        gone: bool = message["type"] == "http.disconnect"
+        return gone
+
+    return gone
+
+
 class _Endpoint:
     """A route's ASGI application: the handler gets the connection itself (receive, send),
     because a stream is sent within the request's slot."""
@@ -369,7 +386,7 @@ class Gateway:
                 if admitted.stream:
                     await self.relay.stream(admitted, slot, scope, request.receive, send)
                     return None
-                return await self.relay.answer(admitted, slot, request.is_disconnected)
+                return await self.relay.answer(admitted, slot, _disconnected(request.receive))
 
     async def _body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes

@@ -50,6 +50,7 @@ from detserve.runlog.transcript import (
     TranscriptWriter,
     output_sha256,
     request_sha256,
+    written_digests,
 )
 
 
@@ -101,15 +102,26 @@ class Provenance:
 
 
 def provenance_of(
-    exchange: TranscriptExchange, path: Path, segment: int, pins_sha256: str
+    exchange: TranscriptExchange,
+    path: Path,
+    segment: int,
+    pins_sha256: str,
+    *,
+    digests: tuple[str, str] | None = None,
 ) -> Provenance:
-    """An exchange's provenance, computed from its line alone (and where the line is)."""
+    """An exchange's provenance, computed from its line alone (and where the line is);
+    ``digests``: its request's and output's sha256, already known (:func:`written_digests`)."""
     constraint = exchange.request.constraint
+    if digests is None:
+        digests = (
+            request_sha256(exchange.request),
+            output_sha256(exchange.output_token_ids, exchange.text),
+        )
     return Provenance(
         id=exchange.id,
         pins_sha256=pins_sha256,
-        request_sha256=request_sha256(exchange.request),
-        output_sha256=output_sha256(exchange.output_token_ids, exchange.text),
+        request_sha256=digests[0],
+        output_sha256=digests[1],
         transcript=path,
         segment=segment,
         index=exchange.index,
@@ -278,7 +290,11 @@ class Transcript:
                 {**fields, "id": exchange_id, "request": request.model_dump(mode="json")}
             )
             provenance = provenance_of(
-                exchange, writer.path, writer.header.segment, self.pins_sha256
+                exchange,
+                writer.path,
+                writer.header.segment,
+                self.pins_sha256,
+                digests=written_digests(exchange),  # the line's own, in C
             )
             self._index[exchange_id] = provenance
             if self.rotate_exchanges is not None and writer.n_exchanges >= self.rotate_exchanges:

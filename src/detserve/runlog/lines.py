@@ -15,10 +15,13 @@ once). :class:`LineReader` is what a reader of one record kind
 TranscriptReader`) builds on: the file opened on entry, the header line checked, closed on exit.
 
 Invariant of the fast path: a sample line is first compared with pydantic's own serialisation of
-its record, respelled into ECMAScript's number format (:func:`_fast_sample_line`); wherever the
-two differ, ``rfc8785`` itself decides, so the fast path can only accept a line ``rfc8785``
-writes. ``tests/unit/test_runlog_fuzz.py`` checks the respelled line is ``rfc8785``'s. Why there
-is a fast path at all, and what it costs: docs/performance.md, "Reading run logs".
+its record, respelled into ECMAScript's number format (:func:`_fast_sample_line`), and a
+transcript's exchange line with pydantic's serialisation as it is (an exchange holds no float:
+:func:`_fast_line`); wherever the two differ, ``rfc8785`` itself decides, so the fast path can
+only accept a line ``rfc8785`` writes. ``tests/unit/test_runlog_fuzz.py`` checks the respelled
+line is ``rfc8785``'s, ``tests/unit/test_transcript.py`` the exchange's. Why there is a fast path
+at all, and what it costs: docs/performance.md, "Reading run logs" and "The gateway's own
+time".
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from detserve.runlog.models import (
     RECORD_ADAPTER,
     AnyRecord,
     RunLogSample,
+    TranscriptExchange,
 )
 
 
@@ -155,6 +159,21 @@ def _fast_sample_line(sample: RunLogSample) -> bytes:
     return line + b"\n"
 
 
+_EXCHANGE_SERIALIZER: Final = TranscriptExchange.__pydantic_serializer__
+
+
+def _fast_line(record: AnyRecord) -> bytes | None:
+    """rfc8785's line for a sample or an exchange, computed by pydantic; None for the others.
+    An exchange's fields (and its request's, and a message's) are declared in canonical order
+    and hold strings, integers and nulls, which pydantic-core writes as RFC 8785 does."""
+    if type(record) is RunLogSample:
+        return _fast_sample_line(record)
+    if type(record) is TranscriptExchange:
+        line: bytes = _EXCHANGE_SERIALIZER.to_json(record)
+        return line + b"\n"
+    return None
+
+
 class LineParser:
     """Checks one line: UTF-8, JSON, schema, canonical form.
 
@@ -179,7 +198,7 @@ class LineParser:
             record = RECORD_ADAPTER.validate_json(text)
         except ValidationError as exc:
             raise schema_error(where, exc) from exc
-        canonical = _fast_sample_line(record) if type(record) is RunLogSample else None
+        canonical = _fast_line(record)
         if canonical != line:
             try:
                 canonical = record_line(record)  # exact: rfc8785 decides

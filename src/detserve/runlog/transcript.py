@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import threading
 import time
@@ -37,10 +38,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from detserve.canonical import canonical_bytes
-from detserve.errors import CanonicalJSONError, EnvironmentFault, RunLogError
+from detserve.errors import EnvironmentFault, RunLogError
 from detserve.fileio import check_outputs
 from detserve.runlog.lines import LineFile, LineParser, LineReader, record_line
 from detserve.runlog.models import (
@@ -57,6 +58,16 @@ from detserve.runlog.transcript_sequence import TranscriptSequence
 SUFFIX = ".transcript.jsonl"
 #: the kinds of line a writer writes
 LineRecord = Literal["header", "exchange", "footer"]
+#: An exchange's line as the standard library's C encoder drafts it: compact, keys sorted, UTF-8,
+#: and the very escapes RFC 8785 writes (``"`` and ``\\``; ``\\b \\f \\n \\r \\t``; any other
+#: control character as ``\\u00xx``). For what an exchange holds (strings, integers, null,
+#: arrays, objects keyed by field names) that is ``rfc8785``'s line, in C; the writer's parse of
+#: the draft checks it is, as a reader checks a line (:class:`~detserve.runlog.lines.LineParser`:
+#: pydantic's line of the record, which is ``rfc8785``'s, and where they differ ``rfc8785``
+#: itself; docs/performance.md, "The gateway's own time").
+_DRAFT: Final = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":")
+)
 
 
 def canonical_request(request: ExchangeRequest) -> bytes:
@@ -74,6 +85,23 @@ def output_sha256(output_token_ids: Sequence[int], text: str) -> str:
     """sha256 of ``{"output_token_ids": [...], "text": "..."}`` in canonical JSON."""
     document = {"output_token_ids": list(output_token_ids), "text": text}
     return hashlib.sha256(canonical_bytes(document)[:-1]).hexdigest()
+
+
+def written_digests(exchange: TranscriptExchange) -> tuple[str, str]:
+    """:func:`request_sha256` and :func:`output_sha256` of an exchange that
+    :meth:`TranscriptWriter.append` returned, drafted in C (:data:`_DRAFT`), not by rfc8785.
+
+    The same digests: that exchange's line is the draft, which the writer checked is rfc8785's
+    line (as a reader checks one), and a line parses one way only, so each value's draft in it
+    (the request, the output ids, the text) is rfc8785's spelling of that value too. Not for an
+    exchange read elsewhere: its line was never drafted.
+    """
+    request = _DRAFT.encode(exchange.request.model_dump()).encode("utf-8")
+    output = {"output_token_ids": exchange.output_token_ids, "text": exchange.text}
+    return (
+        hashlib.sha256(request).hexdigest(),
+        hashlib.sha256(_DRAFT.encode(output).encode("utf-8")).hexdigest(),
+    )
 
 
 class TranscriptWriter:
@@ -203,11 +231,10 @@ class TranscriptWriter:
                 raise EnvironmentFault(f"transcript {self.path} is closed")
             where = f"{self.path}: exchange {self._sequence.next_index}"
             document = {**fields, "index": self._sequence.next_index, "record": "exchange"}
-            try:
-                line = canonical_bytes(document)
-            except CanonicalJSONError as exc:
-                raise RunLogError(f"{where}: {exc.message}") from exc
-            # The line is checked as every reader checks it (schema, canonical form), once.
+            line = _drafted_line(document, where)
+            # The line is checked as every reader checks it, once: the schema, then its canonical
+            # form (the record parsed back, written as rfc8785 writes it, must give these very
+            # bytes). So a draft that is not rfc8785's line is refused, never written.
             record = self._parsed(line, where)
             if not isinstance(record, TranscriptExchange):
                 raise RunLogError(f"{where}: not an exchange")
@@ -277,6 +304,18 @@ class TranscriptWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close("stopped")
+
+
+def _drafted_line(document: Mapping[str, Any], where: str) -> bytes:
+    """``document``'s line as :data:`_DRAFT` writes it; a value no JSON text holds (a lone
+    surrogate, a NaN, an object of another type) is a :class:`RunLogError`, as ``rfc8785``'s
+    refusal of it is."""
+    try:
+        return _DRAFT.encode(document).encode("utf-8") + b"\n"
+    except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        raise RunLogError(
+            f"{where}: not representable as canonical JSON (RFC 8785): {exc}"
+        ) from exc
 
 
 def _write(fd: int, data: bytes) -> int:
