@@ -15,7 +15,9 @@ Invariants:
 
 - The record only ever saves work. Absent, unreadable, not detserve's (owner, mode), of another
   snapshot, manifest or container lifetime, or any identity that differs: a full pass, never a
-  pass. A full pass removes the record first and writes one only when it passed.
+  pass. A record that does not hold is removed before the full pass; one that holds stays
+  while an asked-for full pass runs (what it vouches for is still so; a gateway relies on it
+  meanwhile). A pass that fails, or passes without writing a record, leaves none behind.
 - A record is of the tree the full pass judged, nothing else: the snapshot directory is resolved
   once and both scan and record are of that directory (a link to it names the directory, never
   the link), and every identity the record keeps equals what the pass saw
@@ -83,6 +85,7 @@ RACY_MARGIN_NS = 2_000_000_000
 #: a record is a few hundred bytes a file
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 STATE_DIR_ENV = "DETSERVE_STATE_DIR"
+RECORD_WRITTEN = "record written"
 
 
 class Lifetime(StrictModel):
@@ -250,7 +253,7 @@ class RecordStore:
                 handle.write(record.model_dump_json().encode("utf-8"))
         except DetserveError as exc:
             return f"record not written: {exc.message}"
-        return "record written"
+        return RECORD_WRITTEN
 
 
 def _why_not_recordable(
@@ -367,17 +370,26 @@ def verify_in_lifetime(
                     record=f"the record of the full pass of {record.verified_at} holds",
                 )
             why = "since the last full pass, " + _summary(held)
-    store.remove(snapshot_dir)  # a failed pass leaves no record behind
+        store.remove(snapshot_dir)  # one that does not hold vouches for nothing
+    # A record that holds stays while an asked-for full pass runs: a gateway serving this
+    # container checks it meanwhile, and its identities still say what they said. The pass's
+    # verdict replaces it: a new record when it passed, none when it failed or wrote none.
     started_ns = time.time_ns()
-    report, digests, scan = verify_against(
-        snapshot_dir,
-        parse_manifest(manifest.data),
-        manifest.path,
-        workers=workers,
-        progress=progress,
-        on_total=on_total,
-        sync_first=True,
-        started=began,
-    )
+    try:
+        report, digests, scan = verify_against(
+            snapshot_dir,
+            parse_manifest(manifest.data),
+            manifest.path,
+            workers=workers,
+            progress=progress,
+            on_total=on_total,
+            sync_first=True,
+            started=began,
+        )
+    except DetserveError:
+        store.remove(snapshot_dir)  # a failed pass leaves no record behind
+        raise
     note = record_after_pass(store, report, digests, scan, lifetime, started_ns)
+    if note != RECORD_WRITTEN:
+        store.remove(snapshot_dir)
     return dataclasses.replace(report, record=f"full pass: {why}; {note}")

@@ -124,6 +124,60 @@ def test_full_verify_hashes_every_byte_even_with_a_record(ws: TinyWorkspace) -> 
     assert (report.record or "").startswith("full pass: a full pass was")
 
 
+def test_a_record_that_holds_stays_while_a_full_pass_runs(ws: TinyWorkspace) -> None:
+    """``sample --full-verify`` beside a running gateway: the gateway checks the record every
+    interval, and what it vouches for is still so; removing it for the pass's length would fail
+    the gateway though nothing changed."""
+    recorded(ws)
+    store = RecordStore()
+    seen: list[bool] = []
+
+    def during(_done: int) -> None:
+        record, _ = store.load(ws.snapshot)
+        seen.append(record is not None)
+
+    verify_in_lifetime(
+        ws.snapshot, PinnedManifest.read(ws.manifest), LIFETIME, full=True, progress=during
+    )
+    assert seen and all(seen)
+    assert check(ws).verified_by == "record"
+
+
+def test_a_full_pass_that_fails_leaves_no_record_even_where_one_held(ws: TinyWorkspace) -> None:
+    """The bytes changed below what the identities show (here: the record's entries edited to
+    the changed file's, as a change no identity shows would leave them): the asked-for pass
+    fails, and the record that held is gone, so no later check trusts it."""
+    recorded(ws)
+    blob = ws.blob_of("config.json")
+    keep_mtime(blob, lambda: flip_last_byte(blob))
+    store = RecordStore()
+    record, _ = store.load(ws.snapshot)
+    assert record is not None
+    entries = dict(record.entries)
+    for key in list(entries):
+        if key.startswith(("file:", "entry:")) and key.endswith("config.json"):
+            entries[key] = snapshot_identity.identity(
+                (ws.snapshot / key.partition(":")[2]).stat()
+                if key.startswith("file:")
+                else os.lstat(ws.snapshot / key.partition(":")[2])
+            )
+    store.save(record.model_copy(update={"entries": entries}))
+    assert check(ws).verified_by == "record"  # the identities say nothing changed
+    with pytest.raises(SnapshotMismatch):
+        check(ws, full=True)
+    assert store.load(ws.snapshot)[0] is None
+    with pytest.raises(SnapshotMismatch):
+        check(ws)
+
+
+def test_a_full_pass_that_writes_no_record_leaves_none_of_the_last(ws: TinyWorkspace) -> None:
+    recorded(ws)
+    ws.blob_of("config.json").chmod(0o640)  # within the margin of the pass that follows
+    report = check(ws, full=True)
+    assert "record not written" in (report.record or "")
+    assert RecordStore().load(ws.snapshot)[0] is None
+
+
 @pytest.mark.parametrize(
     "other",
     [
