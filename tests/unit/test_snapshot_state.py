@@ -139,7 +139,8 @@ def test_a_record_that_holds_stays_while_a_full_pass_runs(ws: TinyWorkspace) -> 
     verify_in_lifetime(
         ws.snapshot, PinnedManifest.read(ws.manifest), LIFETIME, full=True, progress=during
     )
-    assert seen and all(seen)
+    assert seen
+    assert all(seen)
     assert check(ws).verified_by == "record"
 
 
