@@ -336,6 +336,9 @@ def _measure(
                 more = ["--workspace", str(work / "repo"), "--engine-port", str(engine_port)]
                 more += ["--transcripts", f"{temp}/transcripts"]
                 more += ["--reverify-rate", str(args.reverify_rate)]
+                # each its own records: gateways of two trees (record formats) beside one another
+                # on one snapshot would void each other's at start
+                more += ["--state-dir", f"{temp}/state"]
                 port_file = work / f"{name.replace(' ', '-')}.port"
                 process, port = stack.enter_context(_role("gateway", port_file, *more, src=src))
                 proxies.append(Proxy(name, process.pid, port, gateway_body))
@@ -382,6 +385,7 @@ def main() -> int:
     parser.add_argument("--workspace", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--engine-port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--transcripts", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--state-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))  # the unit tests' fakes: tests.unit.*
     # first: the tests' helpers import one another through their conftest
@@ -391,6 +395,8 @@ def main() -> int:
         _serve_engine(args.port_file)
         return 0
     if args.role == "gateway":
+        if args.state_dir is not None:
+            os.environ["DETSERVE_STATE_DIR"] = str(args.state_dir)
         if args.profile is None:
             _serve_gateway(args)
         else:
