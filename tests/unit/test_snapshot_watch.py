@@ -22,6 +22,7 @@ from detserve.snapshot_state import Lifetime, PinnedManifest, RecordStore, verif
 from detserve.snapshot_watch import CHUNK_BYTES, SnapshotWatch
 
 from .committed import TinyWorkspace
+from .test_snapshot_state import move_the_blobs_out_and_link_them_back
 
 LIFETIME = Lifetime(container_id="c" * 64, started_at="2026-12-01T00:00:00Z", restart_count=0)
 RATE = 256 * 1024  # bytes a second: the tiny model (1.7 MB) in about 7 s of the fake clock
@@ -232,15 +233,6 @@ def test_a_change_through_the_file_system_is_caught_at_the_next_check(ws: TinyWo
 
 def add_a_file_to_the_directory_linked_to(ws: TinyWorkspace) -> None:
     (ws.snapshot.resolve() / "extra.py").write_bytes(b"import os\n")
-
-
-def move_the_blobs_out_and_link_them_back(ws: TinyWorkspace) -> None:
-    # every file the same inode, its links now resolving outside the snapshot's blobs/
-    elsewhere = ws.root / "elsewhere"
-    ws.blobs.rename(elsewhere)
-    ws.blobs.mkdir()
-    for blob in elsewhere.iterdir():
-        (ws.blobs / blob.name).symlink_to(blob)
 
 
 @pytest.mark.parametrize(
