@@ -167,7 +167,7 @@ def _profiled(run: Callable[[], None], profile_file: Path) -> None:
         run()
     finally:
         main.disable()
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         stats = pstats.Stats(main)
         for thread_profile in profiles:
             with contextlib.suppress(TypeError):  # a thread that recorded nothing

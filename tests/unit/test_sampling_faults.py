@@ -45,8 +45,7 @@ from detserve.runtime.vllm_client import VllmServer
 from detserve.sampling import SampleRequest, SampleSummary, sample
 from detserve.snapshot import build_manifest
 
-from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner
-from .conftest import TinyWorkspace
+from .committed import BUNDLE_DIR, BUNDLE_PIN, CliRunner, TinyWorkspace
 from .containers import faithful_container, pinned_image
 from .fake_http import Answer, serving
 from .placement_answers import answer_to
@@ -226,7 +225,7 @@ def rig(
     tiny_workspace: TinyWorkspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Rig]:
     bundle = load_bundle(BUNDLE_DIR, BUNDLE_PIN)
-    fake = FakeVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts})
+    fake = FakeVllm(n_tokens={p.prompt: p.n_tokens for p in bundle.prompts if p.prompt is not None})
     with serving(fake.answer) as port:
         yield from _rig(tiny_workspace, tmp_path, monkeypatch, bundle, fake, port)
 
