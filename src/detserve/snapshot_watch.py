@@ -260,10 +260,12 @@ class SnapshotWatch:
         checked_at = time.time()
         if self._paced is None:
             self._pass_began = now
-            self._paced = self._start(self._manifest())
+            with self.share.charged():
+                self._paced = self._start(self._manifest())
             whole = self.unrecorded is None or self.first_pass is not None
         elif self._unrecorded_pass_at is not None:
-            whole = self._pass_again(self._manifest())
+            with self.share.charged():
+                whole = self._pass_again(self._manifest())
         elif self.share.record_due(now, self.interval_s):
             # the manifest is read (and hashed) with the record: O(files) too
             with self.share.record_check(now):
@@ -302,9 +304,10 @@ class SnapshotWatch:
         self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
         if self.unrecorded is None and self._why_not_held(manifest):
             began = time.time_ns()
-            self.first_pass = verify_in_lifetime(
-                self.snapshot_dir, manifest, self.lifetime, store=self._store
-            )
+            with self.share.exempt():
+                self.first_pass = verify_in_lifetime(
+                    self.snapshot_dir, manifest, self.lifetime, store=self._store
+                )
             if self._why_not_held(manifest):
                 # A record that cannot be written (an unwritable state directory, say) must not
                 # make every later check fail: the paced pass is then the only periodic check.
@@ -319,7 +322,10 @@ class SnapshotWatch:
         began = time.time_ns()
         if began < self._unrecorded_pass_at + snapshot_state.RACY_MARGIN_NS:
             return False
-        report = verify_in_lifetime(self.snapshot_dir, manifest, self.lifetime, store=self._store)
+        with self.share.exempt():
+            report = verify_in_lifetime(
+                self.snapshot_dir, manifest, self.lifetime, store=self._store
+            )
         self._unrecorded_pass_at = None
         if self._why_not_held(manifest):
             self.unrecorded = self._store.unusable()

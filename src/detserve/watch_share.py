@@ -20,8 +20,9 @@ with the GIL released included): the gateway runs each check in a worker thread 
 loop answers requests, and the process's CPU time would count those answers as verification,
 spacing the checks out (and so weakening the bound) under load a client controls. Each check is
 measured within one call, so a pool handing calls to different threads measures each right.
-The lifetime's full passes (at start without a record, once past the racy margin) are not
-paced: they are what ``serve`` does before it trusts a record, at full speed, once.
+The watch's start (its first check of the record, listing the files) is charged as a check of
+the record is; the lifetime's full passes (at start without a record, once past the racy
+margin) are not: they are what ``serve`` does before it trusts a record, at full speed, once.
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ class WatchShare:
         #: when (the watch's clock) the last check of the record began, and its CPU time
         self._record_at: float | None = None
         self.record_cpu_s = 0.0
-        #: CPU seconds spent on checks of the record and on the paced pass, in all
+        #: CPU seconds spent on checks of the record (and the watch's start) and on the paced
+        #: pass, in all
         self.record_cpu_total_s = 0.0
         self.paced_cpu_total_s = 0.0
+        #: CPU seconds of full passes, which are not paced
+        self.exempt_cpu_s = 0.0
 
     def accrue(self, elapsed: float) -> None:
         """``elapsed`` seconds of wall time have passed: the paced pass's credit grows."""
@@ -99,6 +103,28 @@ class WatchShare:
             self.record_cpu_s = spent
             self.record_cpu_total_s += spent
             self.credit -= spent
+
+    @contextmanager
+    def charged(self) -> Iterator[None]:
+        """Measure the watch's start (its first check of the record, its listing: O(files)),
+        charged to the credit as a check of the record is, less what ran :meth:`exempt`."""
+        began, exempt = self._cpu(), self.exempt_cpu_s
+        try:
+            yield
+        finally:
+            spent = max(self._cpu() - began - (self.exempt_cpu_s - exempt), 0.0)
+            self.record_cpu_total_s += spent
+            self.credit -= spent
+
+    @contextmanager
+    def exempt(self) -> Iterator[None]:
+        """Measure a full pass, which is not paced: what ``serve`` does once before it trusts a
+        record."""
+        began = self._cpu()
+        try:
+            yield
+        finally:
+            self.exempt_cpu_s += max(self._cpu() - began, 0.0)
 
     @contextmanager
     def paced_step(self) -> Iterator[Callable[[], bool]]:

@@ -201,3 +201,44 @@ def test_the_share_is_the_calling_threads_cpu_time() -> None:
     assert share._cpu is time.thread_time
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         WatchShare(0.0)
+
+
+def test_the_watchs_start_is_charged_and_its_full_pass_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(snapshot_state, "RACY_MARGIN_NS", 50_000_000)
+    snapshot, manifest_path = many_files(tmp_path, 50, 4096)
+    clock, cpu = Clock(), Clock(0.0)
+    watch = watch_of(snapshot, manifest_path, clock, cpu, rate=32 * 1024 * 1024)
+    record_checks_cost(monkeypatch, cpu, 0.5)  # its first check of the record: O(files)
+    opened = files_cost(monkeypatch, cpu, 0.01)
+    calls(watch, clock, INTERVAL)
+    assert opened == []  # 0.5 s owed against 0.08 s of credit
+    watch.close()
+
+    # started without a record, the watch makes a full pass: what serve does once, at full speed
+    snapshot_state.RecordStore().path_for(snapshot).unlink()
+    monkeypatch.setattr(snapshot_watch, "check_record", snapshot_state.check_record)
+    real_pass = snapshot_watch.verify_in_lifetime
+
+    def costly_pass(*args: object, **kwargs: object) -> object:
+        cpu.now += 5.0
+        return real_pass(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot_watch, "verify_in_lifetime", costly_pass)
+    manifest = PinnedManifest.read(manifest_path)
+    again = SnapshotWatch(
+        snapshot,
+        manifest_path,
+        manifest.sha256,
+        LIFETIME,
+        clock=clock,
+        cpu_share=SHARE,
+        cpu_clock=cpu,
+        interval_s=INTERVAL,
+    )
+    opened.clear()
+    calls(again, clock, INTERVAL)
+    assert again.first_pass is not None
+    assert 8 <= len(opened) <= 9  # 0.08 s of credit, 0.01 s a file (the last may straddle it)
+    again.close()
