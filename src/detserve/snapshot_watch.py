@@ -367,7 +367,7 @@ class SnapshotWatch:
         """How long one paced pass over the snapshot takes, once its size is known: its size
         over the rate, or longer where the CPU share holds it back: as long as the last pass
         took, else the CPU a pass needs (extrapolated from what was read so far) over the share
-        left to it."""
+        the record's checks leave it."""
         paced = self._paced
         if paced is None:
             return None
@@ -376,8 +376,11 @@ class SnapshotWatch:
             return max(nominal, self.last_pass_s)
         if not paced.bytes_read or not paced.total_bytes:
             return nominal
-        cpu_per_pass = self.share.paced_cpu_total_s * paced.total_bytes / paced.bytes_read
-        return max(nominal, cpu_per_pass / (self.share.share - self.share.record_share))
+        share = self.share
+        cpu_per_pass = share.paced_cpu_total_s * paced.total_bytes / paced.bytes_read
+        # what the record's checks leave it: at least half the share
+        records = share.record_cpu_s / share.record_bound_s(self.interval_s)
+        return max(nominal, cpu_per_pass / (share.share - min(records, share.record_share)))
 
     def close(self) -> None:
         if self._paced is not None:
