@@ -93,11 +93,16 @@ class WatchShare:
 
     @contextmanager
     def record_check(self, now: float) -> Iterator[None]:
-        """Measure a check of the record begun at ``now``; its cost is charged to the credit."""
+        """Measure a check of the record begun at ``now``; its cost is charged to the credit.
+        One that raised is not a check done: the next call checks again, whatever the spacing
+        (an unexpected error is a doubt, lifted only by a check that completes)."""
         self._record_at = now
         began = self._cpu()
         try:
             yield
+        except BaseException:
+            self._record_at = None
+            raise
         finally:
             spent = max(self._cpu() - began, 0.0)
             self.record_cpu_s = spent

@@ -242,3 +242,29 @@ def test_the_watchs_start_is_charged_and_its_full_pass_is_not(
     assert again.first_pass is not None
     assert 8 <= len(opened) <= 9  # 0.08 s of credit, 0.01 s a file (the last may straddle it)
     again.close()
+
+
+def test_a_check_of_the_record_that_raised_is_made_again_at_the_next_call(
+    ws: TinyWorkspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway lifts a check's doubt at the next check that completes: a spaced check that
+    skipped the record would lift it without knowing."""
+    clock, cpu = Clock(), Clock(0.0)
+    record_checks_cost(monkeypatch, cpu, 0.5)
+    watch = watch_of(ws.snapshot, ws.manifest, clock, cpu, rate=1)
+    calls(watch, clock, 4)
+    assert watch.record_checks == 1
+    costly = snapshot_watch.check_record
+
+    def broken(*args: object, **kwargs: object) -> list[str]:
+        cpu.now += 0.5
+        raise PermissionError("an unexpected fault")
+
+    monkeypatch.setattr(snapshot_watch, "check_record", broken)
+    clock.now += 26.0  # the spacing has passed: checked, and it raises
+    with pytest.raises(PermissionError):
+        watch.check()
+    monkeypatch.setattr(snapshot_watch, "check_record", costly)
+    calls(watch, clock, INTERVAL)  # well within the spacing
+    assert watch.record_checks == 2
+    watch.close()
