@@ -3,6 +3,7 @@ soon it catches a change.
 
     .venv/bin/python benchmarks/bench_soak.py                        # 20 GiB, one hour
     .venv/bin/python benchmarks/bench_soak.py --total-gib 1 --duration 60   # a quick look
+    .venv/bin/python benchmarks/bench_soak.py --files 20000 --file-kib 4 --duration 300
 
 What ``detserve serve`` runs with its default settings, alone in this process so that its CPU
 time is what is measured: the synthetic snapshot of bench_verify.py (Hugging Face layout), the
@@ -14,13 +15,21 @@ the process's user and system CPU time over the soak's wall time (``getrusage``)
 the bytes the process read (``/proc/self/io``) over the wall time. The container's identity
 checks (one engine ``inspect`` every 2 s) are not in it.
 
+With ``--files N``, the snapshot is another shape: N files of ``--file-kib`` KiB each, in the
+same layout, a hundred to a directory (``data/d000/f00000.bin``): what costs is then the number
+of files, not the bytes (a check of the record is O(files); the paced pass opens every file),
+and the watch holds both to its share of a core by their measured CPU time
+(:mod:`detserve.watch_share`), spacing the record's checks beyond the interval.
+
 After the soak, a byte is changed through the file system with its mtime set back (only ctime
 shows it), and the checks go on until one fails: the time from the change to the failure is
-the detection time, whose bound is one interval plus a check (the gateway fails at once on a
-record that no longer holds, whatever the snapshot's size).
+the detection time, whose bound is what the watch states at the change
+(``SnapshotWatch.record_bound_s``: one interval, or the spacing its measured cost needs) plus a
+check (the gateway fails at once on a record that no longer holds, whatever the snapshot's
+size).
 
-Targets: at most ``--cpu-target`` (5 %) of one core, and the change caught within one interval
-and one second. Exit 0 met, 1 missed, 2 could not run. The record goes to
+Targets: at most ``--cpu-target`` (5 %) of one core, and the change caught within the stated
+bound and one second. Exit 0 met, 1 missed, 2 could not run. The record goes to
 ``benchmarks/results/bench_soak-<stamp>.json``.
 """
 
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import resource
 import statistics
 import time
@@ -35,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from bench_verify import (
+    REVISION,
+    SyntheticSnapshot,
     change_only_ctime_shows,
     settle_past_the_margin,
     state_directory,
@@ -90,9 +102,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BYTES_PER_S / MIB,
         help=f"paced pass, MiB/s ({DEFAULT_BYTES_PER_S / MIB:g}, serve's default)",
     )
+    parser.add_argument(
+        "--files", type=int, default=0, help="N small files instead of shards (0: shards)"
+    )
+    parser.add_argument("--file-kib", type=int, default=4, help="each small file's KiB (4)")
     parser.add_argument("--cpu-target", type=float, default=0.05, help="share of a core (0.05)")
     add_workdir_options(parser, "synthetic snapshot")
     parser.set_defaults(workdir=Path("/var/tmp"))
+
+
+def write_many_files(root: Path, count: int, size: int) -> SyntheticSnapshot:
+    """``count`` files of ``size`` bytes in the Hugging Face layout, a hundred to a directory,
+    each a blob of its own (a distinct prefix) reached through a link; and the manifest."""
+    model = root / "hub" / "models--bench--many-files"
+    blobs, snapshot = model / "blobs", model / "snapshots" / REVISION
+    blobs.mkdir(parents=True)
+    filler = os.urandom(size)
+    digests: dict[str, str] = {}
+    files: dict[str, int] = {}
+    for index in range(count):
+        name = f"data/d{index // 100:03d}/f{index:05d}.bin"
+        data = (f"{index}:".encode() + filler)[:size]
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blobs / digest, link.parent))
+        digests[name], files[name] = digest, size
+    manifest = root / "manifest.sha256"
+    lines = [f"{digests[name]}  ./{name}\n" for name in sorted(digests, key=os.fsencode)]
+    manifest.write_text("".join(lines), encoding="utf-8")
+    os.sync()
+    return SyntheticSnapshot(snapshot=snapshot, manifest=manifest, files=files)
 
 
 def soak(watch: SnapshotWatch, duration: float, interval: float) -> list[float]:
@@ -128,8 +169,13 @@ def run(args: argparse.Namespace) -> Outcome:
     rate = round(args.rate_mib * MIB)
     record: dict[str, Any] = run_record("bench_soak", stamp, args, bytes_per_s=rate)
     with work_folder("bench-soak-", args) as work, state_directory(work):
-        say(f"writing a {args.total_gib:g} GiB snapshot in {args.shards} shards under {work}")
-        synthetic = write_hf_snapshot(work / "hf-cache", int(args.total_gib * GIB), args.shards)
+        if args.files:
+            say(f"writing {args.files} files of {args.file_kib} KiB under {work}")
+            synthetic = write_many_files(work / "hf-cache", args.files, args.file_kib * 1024)
+        else:
+            say(f"writing a {args.total_gib:g} GiB snapshot in {args.shards} shards under {work}")
+            synthetic = write_hf_snapshot(work / "hf-cache", int(args.total_gib * GIB), args.shards)
+        record["snapshot_files"] = len(synthetic.files)
         record["snapshot_bytes"] = synthetic.total_bytes
         settle_past_the_margin()
         lifetime = Lifetime(
@@ -142,7 +188,12 @@ def run(args: argparse.Namespace) -> Outcome:
         if "record written" not in (first.record or ""):
             raise BenchError(f"the pre-flight wrote no record: {first.record}")
         watch = SnapshotWatch(
-            synthetic.snapshot, synthetic.manifest, manifest.sha256, lifetime, bytes_per_s=rate
+            synthetic.snapshot,
+            synthetic.manifest,
+            manifest.sha256,
+            lifetime,
+            bytes_per_s=rate,
+            interval_s=args.interval,
         )
         say(
             f"soak: {args.duration:g} s, a check every {args.interval:g} s, {args.rate_mib:g} MiB/s"
@@ -168,13 +219,24 @@ def run(args: argparse.Namespace) -> Outcome:
             paced_pass_s=round(watch.pass_seconds or 0.0, 1),
             paced_reads_direct=paced.direct,
             record_checks=watch.record_checks,
+            watch_cpu_share=watch.share.share,
+            record_cpu_s=round(watch.share.record_cpu_total_s, 2),
+            record_check_cpu_s_last=round(watch.share.record_cpu_s, 4),
+            paced_cpu_s=round(watch.share.paced_cpu_total_s, 2),
+            record_bound_s=watch.record_bound_s,
+            paced_pass_s_stated=round(watch.pass_seconds or 0.0, 1),
+            paced_pass_s_last=None if watch.last_pass_s is None else round(watch.last_pass_s, 1),
         )
         say(
             f"CPU {cpu:.1f} s over {wall:.0f} s: {100 * cpu / wall:.2f} % of one core; "
-            f"disk {disk / wall / 1e6:.1f} MB/s; {paced.passes} paced passes"
+            f"disk {disk / wall / 1e6:.1f} MB/s; {paced.passes} paced passes; "
+            f"{watch.record_checks} checks of the record, each caught within "
+            f"{watch.record_bound_s} s"
         )
+        bound = (watch.record_bound_s or args.interval) + 1.0  # stated at the change, and a check
+        record["change_bound_s"] = bound
         change_only_ctime_shows(synthetic)
-        caught_after = detect(watch, args.interval, limit_s=10 * args.interval + 60)
+        caught_after = detect(watch, args.interval, limit_s=2 * bound + 60)
         record["change_caught_after_s"] = None if caught_after is None else round(caught_after, 3)
         say(f"a byte changed with its mtime set back: caught after {caught_after} s")
         watch.close()
@@ -182,7 +244,6 @@ def run(args: argparse.Namespace) -> Outcome:
     path = write_result("bench_soak", record, stamp=stamp)
     say(f"record: {path}")
     share = record["cpu_share_of_one_core"]
-    bound = args.interval + 1.0
     caught = caught_after is not None and caught_after <= bound
     return Outcome(
         record,

@@ -164,8 +164,10 @@ def timed_check(synthetic: SyntheticSnapshot, lifetime: Lifetime) -> tuple[float
 
 
 def change_only_ctime_shows(synthetic: SyntheticSnapshot) -> Path:
-    """One byte of the first shard changed in place, its mtime set back: only ctime differs."""
-    name = min(name for name in synthetic.files if name.endswith(".safetensors"))
+    """One byte of the first shard (else the first file) changed in place, its mtime set back:
+    only ctime differs."""
+    shards = [name for name in synthetic.files if name.endswith(".safetensors")]
+    name = min(shards or synthetic.files)
     blob = (synthetic.snapshot / name).resolve()
     info = blob.stat()
     with blob.open("r+b") as handle:

@@ -2,12 +2,13 @@
 
 The gateway calls :meth:`SnapshotWatch.check` every ``reverify_interval_s``. Each call:
 
-1. reads the manifest (it must still be the one served under) and checks the record of the
-   container lifetime's full pass (:func:`detserve.snapshot_state.check_record`): O(files), so a
-   change made through the file system is caught within one interval, whatever the snapshot's
-   size. While serving, a record that no longer holds (or is gone) fails the check at once:
-   something changed the snapshot under a running server, and a full pass first would serve on
-   for as long as it takes. Restarting ``serve`` verifies every byte again. Only the first check
+1. when due (below), reads the manifest (it must still be the one served under) and checks the
+   record of the container lifetime's full pass (:func:`detserve.snapshot_state.check_record`):
+   O(files), so a change made through the file system is caught within one interval (or the
+   spacing a snapshot of many files needs), whatever the snapshot's size. While serving, a
+   record that no longer holds (or is gone) fails the check at once: something changed the
+   snapshot under a running server, and a full pass first would serve on for as long as it
+   takes. Restarting ``serve`` verifies every byte again. Only the first check
    makes a full pass, when ``serve`` started without a record (a snapshot changed just before);
    when that pass cannot write one either (a change within the racy margin of its start), the
    first check past the margin makes another, which must: a change it finds within its own
@@ -16,14 +17,21 @@ The gateway calls :meth:`SnapshotWatch.check` every ``reverify_interval_s``. Eac
    later one;
 2. advances :class:`PacedPass` by ``bytes_per_s`` times the time since the last call: every file
    is read again from the start and hashed, so what the record cannot see (a change below the
-   file system) is caught within one paced pass, the snapshot's size over ``bytes_per_s``. It
+   file system) is caught within one paced pass, the snapshot's size over ``bytes_per_s`` (or
+   longer where its CPU time holds it back: :attr:`SnapshotWatch.pass_seconds`). It
    reads with ``O_DIRECT`` where the file system allows it, so that it reads the device and not
    the page cache, and leaves no page behind; elsewhere it reads through the cache and drops
    what it read (``POSIX_FADV_DONTNEED``).
 
-The rate is what bounds the cost: hashing runs at about 1.5-1.8 GB/s a core on the development
-machine (docs/performance.md), so :data:`DEFAULT_BYTES_PER_S` (32 MiB/s) is a few per cent of
-one core and of its disk (1.2-1.5 GB/s cold): ``benchmarks/bench_soak.py`` measures it. Where
+Both are held to a share of one core (:mod:`detserve.watch_share`, 4 % by default) by their own
+measured CPU time, whatever the snapshot's shape: a check of the record begins only once its
+last one's cost over half the share has passed (a few files: every call; many: spaced out, and
+:attr:`SnapshotWatch.record_bound_s` says by how much), and the paced pass stops when its credit
+of CPU time is spent, whatever its byte budget (many tiny files cost more than their bytes).
+For a few large files the rate is what bounds the cost: hashing runs at about 1.5-1.8 GB/s a
+core on the development machine (docs/performance.md), so :data:`DEFAULT_BYTES_PER_S`
+(32 MiB/s) is about 2 % of one core and a few per cent of its disk (1.2-1.5 GB/s cold):
+``benchmarks/bench_soak.py`` measures it. Where
 no record can be kept (a file system outside
 :data:`~detserve.snapshot_identity.TRUSTED_FILE_SYSTEMS`), step 1 is skipped and the paced pass
 is the only periodic check. Every failure is a :class:`~detserve.errors.DetserveError`: a file
@@ -54,6 +62,7 @@ from detserve.snapshot_state import (
     check_record,
     verify_in_lifetime,
 )
+from detserve.watch_share import DEFAULT_CPU_SHARE, WatchShare
 
 #: the gateway's default pace of its periodic full pass
 DEFAULT_BYTES_PER_S = 32 * 1024 * 1024
@@ -61,6 +70,8 @@ DEFAULT_BYTES_PER_S = 32 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 #: the most a late call may catch up on at once, in seconds of pace
 MAX_CATCH_UP_S = 10.0
+#: how often the gateway calls :meth:`SnapshotWatch.check` unless told (``--reverify-interval``)
+DEFAULT_INTERVAL_S = 2.0
 
 
 class PacedPass:
@@ -141,10 +152,11 @@ class PacedPass:
     def _path(self) -> Path:
         return self.snapshot_dir / self._order[self._index]
 
-    def advance(self, budget: int) -> None:
-        """Read and hash about ``budget`` bytes; raise :class:`SnapshotMismatch` when a file
-        read to its end differs from the manifest."""
-        while budget > 0:
+    def advance(self, budget: int, within: Callable[[], bool] = lambda: True) -> None:
+        """Read and hash about ``budget`` bytes, while ``within()`` (asked before each read: the
+        CPU credit of :class:`~detserve.watch_share.WatchShare`); raise
+        :class:`SnapshotMismatch` when a file read to its end differs from the manifest."""
+        while budget > 0 and within():
             if self._fd is None:
                 self._open(self._path())
             count = self._read()
@@ -190,9 +202,14 @@ class SnapshotWatch:
         bytes_per_s: int = DEFAULT_BYTES_PER_S,
         store: RecordStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cpu_share: float = DEFAULT_CPU_SHARE,
+        cpu_clock: Callable[[], float] = time.thread_time,
+        interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         if bytes_per_s <= 0:
             raise ValueError("the paced pass needs a positive rate")
+        if interval_s <= 0:
+            raise ValueError("the watch is called at a positive interval")
         self.snapshot_dir = Path(snapshot_dir)
         self.manifest_path = Path(manifest_path)
         self.manifest_sha256 = manifest_sha256
@@ -201,6 +218,14 @@ class SnapshotWatch:
         self._store = store if store is not None else RecordStore()
         self._clock = clock
         self._last = clock()
+        #: what the watch spends, measured, held to its share of one core
+        self.share = WatchShare(cpu_share, cpu_clock=cpu_clock)
+        #: how often the caller calls :meth:`check` (what the stated bounds are counted in)
+        self.interval_s = interval_s
+        #: how long (the watch's clock) the last paced pass that completed took
+        self.last_pass_s: float | None = None
+        self._passes_seen = 0
+        self._pass_began = self._last
         self._paced: PacedPass | None = None
         #: why no record can be kept here (then the paced pass is the only periodic check)
         self.unrecorded: str | None = None
@@ -226,23 +251,33 @@ class SnapshotWatch:
         return manifest
 
     def check(self) -> None:
-        """The record, then the paced pass's share of bytes; raise on any failure."""
-        manifest = self._manifest()
-        checked_at = time.time()
-        if self._paced is None:
-            self._paced = self._start(manifest)
-            whole = self.unrecorded is None or self.first_pass is not None
-        elif self._unrecorded_pass_at is not None:
-            whole = self._pass_again(manifest)
-        else:
-            whole = self.unrecorded is None
-            if whole:
-                self._check_record(manifest)
+        """The record when due, then the paced pass's share of bytes and of CPU time; raise on
+        any failure."""
         now = self._clock()
         elapsed = min(now - self._last, MAX_CATCH_UP_S)
         self._last = now
+        self.share.accrue(elapsed)
+        checked_at = time.time()
+        if self._paced is None:
+            self._pass_began = now
+            with self.share.charged():
+                self._paced = self._start(self._manifest())
+            whole = self.unrecorded is None or self.first_pass is not None
+        elif self._unrecorded_pass_at is not None:
+            with self.share.charged():
+                whole = self._pass_again(self._manifest())
+        elif self.share.record_due(now, self.interval_s):
+            # the manifest is read (and hashed) with the record: O(files) too
+            with self.share.record_check(now):
+                manifest = self._manifest()
+                if self.unrecorded is None:
+                    self._check_record(manifest)
+            whole = self.unrecorded is None
+        else:
+            whole = False  # not due: the last check's cost over the share has not passed
         try:
-            self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)))
+            with self.share.paced_step() as within:
+                self._paced.advance(int(self.bytes_per_s * max(elapsed, 0.0)), within)
         except OSError as exc:  # vanished, no longer a regular file, unreadable
             self._paced.restart()
             raise SnapshotMismatch(
@@ -250,6 +285,9 @@ class SnapshotWatch:
                 f"{exc.filename}: {exc.strerror or exc}",
                 hint="stop serving it; `detserve serve` verifies every byte again when restarted",
             ) from exc
+        if self._paced.passes != self._passes_seen:  # a pass completed: how long it took
+            self.last_pass_s = now - self._pass_began
+            self._passes_seen, self._pass_began = self._paced.passes, now
         # Only a check that vouched for every file moves the time: where no record is kept, a
         # check reads a slice, and the snapshot is whole as of the last complete pass's start.
         times = (checked_at if whole else None, self._paced.covered_since, self.verified_whole_at)
@@ -266,9 +304,10 @@ class SnapshotWatch:
         self.unrecorded = untrusted_file_system(self.snapshot_dir, digests)
         if self.unrecorded is None and self._why_not_held(manifest):
             began = time.time_ns()
-            self.first_pass = verify_in_lifetime(
-                self.snapshot_dir, manifest, self.lifetime, store=self._store
-            )
+            with self.share.exempt():
+                self.first_pass = verify_in_lifetime(
+                    self.snapshot_dir, manifest, self.lifetime, store=self._store
+                )
             if self._why_not_held(manifest):
                 # A record that cannot be written (an unwritable state directory, say) must not
                 # make every later check fail: the paced pass is then the only periodic check.
@@ -283,7 +322,10 @@ class SnapshotWatch:
         began = time.time_ns()
         if began < self._unrecorded_pass_at + snapshot_state.RACY_MARGIN_NS:
             return False
-        report = verify_in_lifetime(self.snapshot_dir, manifest, self.lifetime, store=self._store)
+        with self.share.exempt():
+            report = verify_in_lifetime(
+                self.snapshot_dir, manifest, self.lifetime, store=self._store
+            )
         self._unrecorded_pass_at = None
         if self._why_not_held(manifest):
             self.unrecorded = self._store.unusable()
@@ -311,9 +353,34 @@ class SnapshotWatch:
         return self._paced
 
     @property
+    def record_bound_s(self) -> float | None:
+        """How long after a change through the file system the check that catches it begins,
+        at most: one interval, or the record's last cost over its share rounded up to a call
+        (:meth:`~detserve.watch_share.WatchShare.record_bound_s`); None where no record is kept.
+        """
+        if self.unrecorded is not None or self._paced is None:
+            return None
+        return self.share.record_bound_s(self.interval_s)
+
+    @property
     def pass_seconds(self) -> float | None:
-        """How long one paced pass over the snapshot takes, once its size is known."""
-        return None if self._paced is None else self._paced.total_bytes / self.bytes_per_s
+        """How long one paced pass over the snapshot takes, once its size is known: its size
+        over the rate, or longer where the CPU share holds it back: as long as the last pass
+        took, else the CPU a pass needs (extrapolated from what was read so far) over the share
+        the record's checks leave it."""
+        paced = self._paced
+        if paced is None:
+            return None
+        nominal = paced.total_bytes / self.bytes_per_s
+        if self.last_pass_s is not None:
+            return max(nominal, self.last_pass_s)
+        if not paced.bytes_read or not paced.total_bytes:
+            return nominal
+        share = self.share
+        cpu_per_pass = share.paced_cpu_total_s * paced.total_bytes / paced.bytes_read
+        # what the record's checks leave it: at least half the share
+        records = share.record_cpu_s / share.record_bound_s(self.interval_s)
+        return max(nominal, cpu_per_pass / (share.share - min(records, share.record_share)))
 
     def close(self) -> None:
         if self._paced is not None:

@@ -28,6 +28,7 @@ from detserve.gateway.metrics import (
     param_of,
     route_of,
 )
+from detserve.gateway.verification import SnapshotBounds
 
 from .gateway_rig import Fixture, GatewayRig, StreamingFakeVllm, gateway_running
 
@@ -91,6 +92,8 @@ def test_the_exposition_parses_and_holds_every_family(rig: GatewayRig) -> None:
         "detserve_gateway_queue_in_flight": "gauge",
         "detserve_gateway_queue_capacity": "gauge",
         "detserve_gateway_verification_age_seconds": "gauge",
+        "detserve_gateway_verification_bound_seconds": "gauge",
+        "detserve_gateway_verification_cpu_seconds": "counter",
         "detserve_gateway_healthy": "gauge",
         "detserve_gateway_health_state": "gauge",
     }
@@ -117,7 +120,8 @@ def test_the_exposition_parses_and_holds_every_family(rig: GatewayRig) -> None:
 
 
 def test_each_gateway_counts_in_a_registry_of_its_own() -> None:
-    state = GatewayState(0, 0, 1, "ok", time.time(), time.time())
+    bounds = SnapshotBounds(2.0, 640.0, 0.04, 0.0, 0.0)
+    state = GatewayState(0, 0, 1, "ok", time.time(), time.time(), bounds)
     one, two = GatewayMetrics(lambda: state), GatewayMetrics(lambda: state)
     one.answered("/health", 200)
     one.line_written("exchange", 0.001)
@@ -473,3 +477,23 @@ def test_a_load_moves_the_metrics_by_exactly_what_happened(
     assert value(after, "detserve_gateway_queue_in_flight") == 0
     assert value(after, "detserve_gateway_queue_capacity") == 1 + QUEUE_SIZE
     assert value(after, "detserve_gateway_healthy") == 1
+
+
+def test_how_soon_a_change_is_caught_is_reported_as_measured(rig: GatewayRig) -> None:
+    monitor = rig.gateway.monitor
+    monitor.reverify_snapshot()  # the watch starts: its record holds
+    monitor.reverify_snapshot()
+    interval = monitor.reverify_interval_s
+    samples = scrape(rig)
+    assert value(samples, "detserve_gateway_verification_bound_seconds", check="record") == interval
+    for check in ("record", "paced_pass"):  # the rate of their sum: the watch's share of a core
+        assert value(samples, "detserve_gateway_verification_cpu_seconds_total", check=check) >= 0
+    health = httpx.get(f"{rig.url}/health").json()["snapshot_watch"]
+    assert health["record_check_bound_s"] == interval
+    assert health["paced_pass_s"] > 0
+    # a check of the record that cost 1 s of CPU is spaced to its share: the bound follows
+    share = monitor.snapshot.share
+    share.record_cpu_s = 1.0
+    spaced = value(scrape(rig), "detserve_gateway_verification_bound_seconds", check="record")
+    assert spaced >= 1.0 / share.record_share > interval
+    assert httpx.get(f"{rig.url}/health").json()["snapshot_watch"]["record_check_bound_s"] == spaced

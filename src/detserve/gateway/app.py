@@ -291,6 +291,7 @@ class Gateway:
             "snapshot_verified_at": datetime.fromtimestamp(
                 self.monitor.last_verified_at, UTC
             ).isoformat(),
+            "snapshot_watch": self.monitor.snapshot_bounds().as_json(),
             "transcript": self.transcript.path.name,
             "concurrency": self.settings.concurrency,
             "upstream": self.verified.base_url,

@@ -25,6 +25,12 @@ Every name begins ``detserve_gateway_``:
   paced full pass that completed: :mod:`~detserve.snapshot_watch`) and since the container's
   identity last checked out (``identity``: every 2 s while the watcher runs, and after an engine
   error);
+* ``verification_bound_seconds{check}``: how soon a change is caught, as now measured:
+  ``record``, through the file system (one ``--reverify-interval``, or the spacing the record's
+  checks need to keep their share of a core on a snapshot of many files; NaN where no record is
+  kept), and ``paced_pass``, below it (one paced pass; NaN before the first check);
+  ``verification_cpu_seconds_total{check}``: the CPU time the checks of the record and the
+  paced pass have spent (its rate is their share of a core: :mod:`~detserve.watch_share`);
 * ``healthy`` (1 while the gateway answers, else 0) and ``health_state{state}``: 1 for the
   current one of :data:`HealthState`, 0 for the others. The reason's text is ``/health``'s.
 
@@ -43,6 +49,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -56,14 +63,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from detserve.gateway import admission
 from detserve.gateway.admission import Refused
 from detserve.gateway.slots import RequestSlots
 from detserve.gateway.transcript_segments import Transcript
-from detserve.gateway.verification import FailureCause, HealthMonitor
+from detserve.gateway.verification import FailureCause, HealthMonitor, SnapshotBounds
 from detserve.runlog.models import ExchangeRequest
 from detserve.runlog.transcript import LineRecord
 
@@ -142,6 +149,7 @@ class GatewayState:
     health: HealthState
     snapshot_verified_at: float
     identity_checked_at: float
+    snapshot_bounds: SnapshotBounds
 
 
 def scraped(slots: RequestSlots, monitor: HealthMonitor, transcript: Transcript) -> GatewayState:
@@ -160,6 +168,7 @@ def scraped(slots: RequestSlots, monitor: HealthMonitor, transcript: Transcript)
         health=health,
         snapshot_verified_at=monitor.last_verified_at,
         identity_checked_at=monitor.identity_checked_at,
+        snapshot_bounds=monitor.snapshot_bounds(),
     )
 
 
@@ -267,6 +276,17 @@ class _StateCollector:
             "identity last checked out.",
             labels=("check",),
         )
+        bound = GaugeMetricFamily(
+            "detserve_gateway_verification_bound_seconds",
+            "How soon a change to the snapshot is caught, as now measured: through the file "
+            "system (record) and below it (paced_pass).",
+            labels=("check",),
+        )
+        cpu = CounterMetricFamily(
+            "detserve_gateway_verification_cpu_seconds",
+            "CPU time spent checking the snapshot's record and on its paced full pass.",
+            labels=("check",),
+        )
         healthy = GaugeMetricFamily(
             "detserve_gateway_healthy", "1 while the gateway answers, else 0."
         )
@@ -282,10 +302,18 @@ class _StateCollector:
             now = time.time()
             age.add_metric(["snapshot"], max(0.0, now - state.snapshot_verified_at))
             age.add_metric(["identity"], max(0.0, now - state.identity_checked_at))
+            bounds = state.snapshot_bounds
+            # NaN, not absent, while unknown: the series are the same at every scrape
+            record = bounds.record_s
+            bound.add_metric(["record"], math.nan if record is None else record)
+            paced = bounds.paced_pass_s
+            bound.add_metric(["paced_pass"], math.nan if paced is None else paced)
+            cpu.add_metric(["record"], bounds.record_cpu_s)
+            cpu.add_metric(["paced_pass"], bounds.paced_cpu_s)
             healthy.add_metric([], 1.0 if state.health == "ok" else 0.0)
             for name in get_args(HealthState):
                 health.add_metric([name], 1.0 if name == state.health else 0.0)
-        yield from (pending, in_flight, capacity, age, healthy, health)
+        yield from (pending, in_flight, capacity, age, bound, cpu, healthy, health)
 
 
 class CountedRequests:

@@ -100,6 +100,17 @@ _HEALTH: Final = {
         "pins_sha256": _SHA256,
         "container": {"type": "object"},
         "snapshot_verified_at": {"type": "string"},
+        "snapshot_watch": {
+            "type": "object",
+            "description": "How soon the snapshot's checks catch a change, as now measured: "
+            "record_check_bound_s (through the file system; null where no record is kept), "
+            "paced_pass_s (below it), and the share of one core they are held to.",
+            "properties": {
+                "record_check_bound_s": {"type": ["number", "null"]},
+                "paced_pass_s": {"type": ["number", "null"]},
+                "cpu_share": {"type": "number"},
+            },
+        },
         "transcript": {"type": "string"},
         "concurrency": {"type": "integer", "minimum": 1},
         "upstream": {"type": "string"},

@@ -7,7 +7,10 @@ against, and the server serves the pinned model (:func:`~detserve.verified.serve
 While serving, :class:`HealthMonitor` checks the container's identity (id, start time, restart
 count) every ``identity_interval_s`` and the snapshot every ``reverify_interval_s``
 (:class:`~detserve.snapshot_watch.SnapshotWatch`: the record of the lifetime's full pass, and a
-full pass paced at ``reverify_bytes_per_s``); the first failure is sticky: the gateway answers
+full pass paced at ``reverify_bytes_per_s``, both held to a share of one core by their measured
+CPU time, which may space the record's checks beyond the interval for a snapshot of many files:
+:meth:`HealthMonitor.snapshot_bounds` says how soon each catches a change now, and ``/health``
+and ``/metrics`` report it); the first failure is sticky: the gateway answers
 503 with its reason from then on, because answers from another server or snapshot are not the
 claim its transcript makes.
 
@@ -77,6 +80,34 @@ class Verified:
     def pins_sha256(self) -> str:
         """The pins' digest: sha256 of ``{"pins": ..., "seed": ...}`` in canonical JSON."""
         return pins_sha256_of(self.pins, self.seed)
+
+
+@dataclass(frozen=True)
+class SnapshotBounds:
+    """How soon the gateway's checks of the snapshot catch a change, as now measured."""
+
+    #: seconds from a change through the file system to the check of the record that sees it,
+    #: at most (one interval, or the spacing a costly check needs); None where no record is kept
+    record_s: float | None
+    #: seconds one paced pass takes (a change no identity shows is caught within it); None
+    #: before the first check
+    paced_pass_s: float | None
+    #: the share of one core the watch holds its measured CPU time to
+    cpu_share: float
+    #: CPU seconds spent so far on checks of the record and on the paced pass
+    record_cpu_s: float
+    paced_cpu_s: float
+
+    def as_json(self) -> dict[str, float | None]:
+        return {
+            "record_check_bound_s": _rounded(self.record_s),
+            "paced_pass_s": _rounded(self.paced_pass_s),
+            "cpu_share": self.cpu_share,
+        }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def verify_for_serving(
@@ -181,6 +212,7 @@ class HealthMonitor:
             verified.manifest_sha256,
             lifetime_of(verified.container),
             bytes_per_s=reverify_bytes_per_s,
+            interval_s=reverify_interval_s,
         )
         now = time.monotonic()
         self._identity_at = now
@@ -292,6 +324,17 @@ class HealthMonitor:
         whole_at = self.snapshot.verified_whole_at
         if whole_at is not None:
             self.last_verified_at = max(self.last_verified_at, whole_at)
+
+    def snapshot_bounds(self) -> SnapshotBounds:
+        """How soon the snapshot's checks catch a change now, from their measured cost."""
+        watch = self.snapshot
+        return SnapshotBounds(
+            record_s=watch.record_bound_s,
+            paced_pass_s=watch.pass_seconds,
+            cpu_share=watch.share.share,
+            record_cpu_s=watch.share.record_cpu_total_s,
+            paced_cpu_s=watch.share.paced_cpu_total_s,
+        )
 
     def tick(self, *, force: bool = False) -> None:
         """Run the checks that are due (all of them with ``force``)."""
