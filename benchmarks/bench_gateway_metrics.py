@@ -29,13 +29,15 @@ import timeit
 from typing import Any
 
 from detserve.gateway.metrics import CountedRequests, GatewayMetrics, GatewayState
+from detserve.gateway.verification import SnapshotBounds
 
 #: the gateway's p50 at one request in flight, tiny CPU model (docs/performance.md), in ms
 REQUEST_P50_MS = 40.0
 
 
 def metrics() -> GatewayMetrics:
-    state = GatewayState(0, 0, 33, "ok", time.time(), time.time())
+    bounds = SnapshotBounds(2.0, 640.0, 0.04, 0.0, 0.0)  # as serve reports on 20 GiB
+    state = GatewayState(0, 0, 33, "ok", time.time(), time.time(), bounds)
     return GatewayMetrics(lambda: state)
 
 
