@@ -63,7 +63,7 @@ from benchlib import (
     utc_stamp,
     write_result,
 )
-from study_gateway_floor import PASS_THROUGH
+from study_gateway_floor import PASS_THROUGH, wait_answering
 
 #: the warm-up requests each proxy gets before anything is timed
 WARM_UP = 20
@@ -185,14 +185,8 @@ def _free_port() -> int:
         return port
 
 
-def _answering(url: str, path: str, deadline_s: float = 60.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + path, timeout=5).status_code in (200, 405):
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer in {deadline_s:g} s")
+def _answering(url: str, path: str) -> None:
+    wait_answering(url, path, deadline_s=60.0, poll_s=0.1)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -94,7 +94,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait(url: str, path: str, deadline_s: float = 120) -> None:
+def wait_answering(url: str, path: str, deadline_s: float = 120, poll_s: float = 0.3) -> None:
+    """Until ``url + path`` answers 200 or 405 (a POST route asked with GET); exit after
+    ``deadline_s``."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         try:
@@ -102,7 +104,7 @@ def _wait(url: str, path: str, deadline_s: float = 120) -> None:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.3)
+        time.sleep(poll_s)
     raise SystemExit(f"{url} did not answer in {deadline_s:g} s")
 
 
@@ -142,14 +144,14 @@ def main() -> int:
                  "--port", str(ports["gateway"])],
                 cwd=REPO,
             )  # fmt: skip
-            _wait(url["gateway"], "/health")
+            wait_answering(url["gateway"], "/health")
             direct = httpx.get(url["gateway"] + "/health", timeout=10).json()["upstream"]
             say(f"the pass-throughs and the gateway reach the server at {direct}")
             for name, source in PASS_THROUGH.items():
                 processes[name] = subprocess.Popen(
                     [sys.executable, "-c", source, direct, str(ports[name])]
                 )
-                _wait(url[name], "/v1/completions")
+                wait_answering(url[name], "/v1/completions")
             clients = {name: httpx.Client(base_url=url[name], timeout=60) for name in names}
             for number in range(args.requests + 10):  # 10 warm-up rounds, not timed
                 tokens: dict[str, Any] = {}

@@ -137,9 +137,10 @@ def resolved(snapshot_dir: Path) -> Path:
     return Path(snapshot_dir).resolve()
 
 
-def _roots(snapshot_dir: Path) -> str:
-    # NUL ends no path component, so the joined text is the tuple
-    return "\0".join(map(str, allowed_roots_for(snapshot_dir)))
+def roots_text(roots: Iterable[Path]) -> str:
+    """The ``roots:`` entry of these roots: NUL ends no path component, so the joined text is
+    the tuple."""
+    return "\0".join(map(str, roots))
 
 
 def link_resolution(link: Path, routes: dict[str, str]) -> str:
@@ -173,7 +174,7 @@ def _value(snapshot_dir: Path, key: str, routes: dict[str, str] | None = None) -
     if kind == "real":
         return link_resolution(path, routes if routes is not None else {})
     if kind == "roots":
-        return _roots(snapshot_dir)
+        return roots_text(allowed_roots_for(snapshot_dir))
     if kind == "verity":
         return _verity_of(path) or ""
     raise ValueError(f"unknown record key {key!r}")
@@ -207,7 +208,7 @@ OBSERVED_KINDS = ("roots", "dir", "entry", "real", "file")
 def seen_by_pass(scan: SnapshotScan, digests: Mapping[str, FileDigest]) -> Entries:
     """What a full pass saw, as record entries: each directory as it was listed, each entry
     as it was classified, where each link resolved, the roots, each file as it was read."""
-    seen: Entries = {"roots:": "\0".join(map(str, scan.roots))}
+    seen: Entries = {"roots:": roots_text(scan.roots)}
     for directory, info in scan.directories.items():
         seen[f"dir:{directory}"] = identity(info)
     for path, digest in digests.items():
